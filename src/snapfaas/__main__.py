@@ -1,0 +1,3 @@
+from snapfaas.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Server configuration: one frozen object, built once from CLI flags and the environment.
+
+Nothing in the package reads ``os.environ`` at import time; the CLI builds a `ServerConfig`
+with `ServerConfig.build(...)` (passing the environment explicitly) and hands it down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13")
+ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "SNAPFAAS_SECRET_ACCESS_KEY"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Lambda's quotas, as enforced by this server."""
+
+    sync_payload_bytes: int = 6 * 1024 * 1024
+    event_payload_bytes: int = 256 * 1024
+    response_bytes: int = 6 * 1024 * 1024
+    zip_bytes: int = 50 * 1024 * 1024
+    unzipped_bytes: int = 250 * 1024 * 1024
+    zip_entries: int = 20_000
+    log_tail_bytes: int = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Everything `snapfaas serve` needs.
+
+    `runtimes` maps a Lambda runtime name to an interpreter command or path; a runtime absent
+    from the map falls back to the matching ``python3.X`` on ``PATH`` when first used.
+    """
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 9000
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    auth: bool = True
+    credentials: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    runtimes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    keep_alive_s: float = 300.0
+    max_environments: int = 32
+    sandbox_uid: int = 1000
+    host_id_base: int = 100_000
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def parse_runtime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ``--runtime python3.12=/path/to/python`` values; raise ValueError on bad input."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--runtime expects NAME=PATH, got {item!r}")
+        if name not in SUPPORTED_RUNTIMES:
+            raise ValueError(f"--runtime: unsupported runtime {name!r} (supported: {', '.join(SUPPORTED_RUNTIMES)})")
+        out[name] = path
+    return out
+
+
+def credentials_from_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The key pair named by SNAPFAAS_ACCESS_KEY_ID / SNAPFAAS_SECRET_ACCESS_KEY, if both are set."""
+    akid, secret = environ.get(ACCESS_KEY_ENV), environ.get(SECRET_KEY_ENV)
+    if akid and secret:
+        return {akid: secret}
+    return None

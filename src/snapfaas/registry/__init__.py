@@ -1,0 +1,1 @@
+"""Functions, versions, aliases and code artifacts, persisted in SQLite."""

@@ -1,0 +1,280 @@
+"""SQLite persistence for functions, versions and aliases.
+
+Every mutating method is one SQLite transaction: a crash mid-request leaves either the old
+state or the new one, never half a function. Methods are synchronous and short; the daemon
+calls them from its event loop thread only (one connection, no locking needed).
+
+Schema (all records are JSON in `data`, keyed columns are for lookups)::
+
+    functions(name PK, seq, reserved_concurrency, last_version)
+    versions(function, version, ordinal, data)   PK(function, version)
+    aliases(function, name, data)                PK(function, name)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed
+from snapfaas.registry.model import LATEST, Alias, FunctionInfo, FunctionVersion, State, new_revision, now_iso
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    reserved_concurrency INTEGER,
+    last_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS versions (
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    version TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (function, version)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (function, name)
+);
+"""
+
+
+class Registry:
+    def __init__(self, path: Path, arn_prefix: str) -> None:
+        self.arn_prefix = arn_prefix  # arn:aws:lambda:<region>:<account>:function:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- ARNs and errors -------------------------------------------------------------------
+    def function_arn(self, name: str, qualifier: str | None = None) -> str:
+        return self.arn_prefix + name + (f":{qualifier}" if qualifier else "")
+
+    def _not_found(self, name: str, qualifier: str | None = None) -> NotFound:
+        return NotFound(f"Function not found: {self.function_arn(name, qualifier)}")
+
+    # -- functions -------------------------------------------------------------------------
+    def function_info(self, name: str) -> FunctionInfo:
+        row = self._db.execute(
+            "SELECT name, reserved_concurrency, last_version FROM functions WHERE name=?", (name,)
+        ).fetchone()
+        if row is None:
+            raise self._not_found(name)
+        return FunctionInfo(*row)
+
+    def create_function(self, latest: FunctionVersion) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM functions WHERE name=?", (latest.name,)).fetchone():
+                raise Conflict(f"Function already exist: {latest.name}")
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM functions").fetchone()[0]
+            db.execute("INSERT INTO functions(name, seq) VALUES (?, ?)", (latest.name, seq))
+            self._put(db, latest)
+
+    def _put(self, db: sqlite3.Connection, version: FunctionVersion) -> None:
+        ordinal = 0 if version.is_latest else int(version.version)
+        db.execute(
+            "INSERT OR REPLACE INTO versions(function, version, ordinal, data) VALUES (?, ?, ?, ?)",
+            (version.name, version.version, ordinal, json.dumps(version.to_json())),
+        )
+
+    def get_version(self, name: str, version: str) -> FunctionVersion:
+        row = self._db.execute(
+            "SELECT data FROM versions WHERE function=? AND version=?", (name, version)
+        ).fetchone()
+        if row is None:
+            self.function_info(name)  # raises the unqualified not-found first
+            raise self._not_found(name, version)
+        return FunctionVersion.from_json(json.loads(row[0]))
+
+    def resolve(self, name: str, qualifier: str | None) -> tuple[FunctionVersion, Alias | None]:
+        """Map a qualifier ($LATEST, version number, alias name or None) to a version."""
+        if qualifier is None or qualifier == LATEST or qualifier.isdigit():
+            return self.get_version(name, qualifier or LATEST), None
+        alias = self.get_alias(name, qualifier)
+        return self.get_version(name, alias.version), alias
+
+    def update_version(
+        self, name: str, version: str, change: Callable[[FunctionVersion], None], revision_id: str | None = None
+    ) -> FunctionVersion:
+        """Apply `change` to a version inside one transaction, enforcing RevisionId if given."""
+        with self._tx() as db:
+            current = self.get_version(name, version)
+            if revision_id is not None and revision_id != current.revision_id:
+                raise PreconditionFailed(
+                    "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id"
+                )
+            change(current)
+            self._put(db, current)
+            return current
+
+    def set_state(self, name: str, version: str, state: State, reason: str | None, code: str | None) -> None:
+        """Best-effort state move for background work; a deleted function is silently ignored."""
+        try:
+            self.update_version(name, version, lambda v: v.move_to(state, reason, code))
+        except NotFound:
+            pass
+
+    def list_latest(self) -> list[FunctionVersion]:
+        rows = self._db.execute(
+            "SELECT v.data FROM versions v JOIN functions f ON f.name=v.function WHERE v.version=? ORDER BY f.name",
+            (LATEST,),
+        ).fetchall()
+        return [FunctionVersion.from_json(json.loads(r[0])) for r in rows]
+
+    def list_all_versions(self) -> list[FunctionVersion]:
+        rows = self._db.execute("SELECT data FROM versions ORDER BY function, ordinal").fetchall()
+        return [FunctionVersion.from_json(json.loads(r[0])) for r in rows]
+
+    def list_versions(self, name: str) -> list[FunctionVersion]:
+        self.function_info(name)
+        rows = self._db.execute(
+            "SELECT data FROM versions WHERE function=? ORDER BY ordinal", (name,)
+        ).fetchall()
+        return [FunctionVersion.from_json(json.loads(r[0])) for r in rows]
+
+    def publish(
+        self, name: str, code_sha256: str | None, revision_id: str | None, description: str | None
+    ) -> tuple[FunctionVersion, bool]:
+        """Publish $LATEST as a new version. Returns ``(version, created)``.
+
+        If nothing changed since the last published version, that version is returned with
+        ``created=False``, as Lambda does.
+        """
+        with self._tx() as db:
+            latest = self.get_version(name, LATEST)
+            if latest.state == State.PENDING or latest.last_update_status == "InProgress":
+                raise Conflict(
+                    "The operation cannot be performed at this time. An update is in progress for resource: "
+                    + self.function_arn(name)
+                )
+            if code_sha256 is not None and code_sha256 != latest.code_sha256:
+                raise InvalidParameterValue(
+                    f"CodeSHA256 ({code_sha256}) is different from current CodeSHA256 in $LATEST ({latest.code_sha256}). Please try again with the CodeSHA256 in $LATEST."
+                )
+            if revision_id is not None and revision_id != latest.revision_id:
+                raise PreconditionFailed(
+                    "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id"
+                )
+            info = self.function_info(name)
+            if info.last_version:
+                try:
+                    previous = self.get_version(name, str(info.last_version))
+                except NotFound:
+                    previous = None
+                if previous is not None and previous.config_fingerprint() == latest.config_fingerprint():
+                    return previous, False
+            number = info.last_version + 1
+            version = dataclasses.replace(
+                latest,
+                version=str(number),
+                revision_id=new_revision(),
+                last_modified=now_iso(),
+                description=latest.description if description is None else description,
+                last_update_status="Successful",
+                last_update_status_reason=None,
+                last_update_status_reason_code=None,
+            )
+            version.state, version.state_reason, version.state_reason_code = State.PENDING, "The function is being created.", "Creating"
+            db.execute("UPDATE functions SET last_version=? WHERE name=?", (number, name))
+            self._put(db, version)
+            return version, True
+
+    def delete_function(self, name: str) -> list[FunctionVersion]:
+        """Delete a function with all versions and aliases; returns what was deleted."""
+        with self._tx() as db:
+            versions = self.list_versions(name)
+            db.execute("DELETE FROM functions WHERE name=?", (name,))
+            return versions
+
+    def delete_version(self, name: str, version: str) -> FunctionVersion:
+        with self._tx() as db:
+            record = self.get_version(name, version)
+            used_by = [a.name for a in self.list_aliases(name) if a.version == version or version in a.routing]
+            if used_by:
+                raise Conflict(
+                    f"Unable to delete version because the following aliases reference it: [{', '.join(used_by)}]"
+                )
+            db.execute("DELETE FROM versions WHERE function=? AND version=?", (name, version))
+            return record
+
+    # -- aliases ---------------------------------------------------------------------------
+    def _put_alias(self, db: sqlite3.Connection, alias: Alias) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO aliases(function, name, data) VALUES (?, ?, ?)",
+            (alias.function, alias.name, json.dumps(dataclasses.asdict(alias))),
+        )
+
+    def get_alias(self, function: str, name: str) -> Alias:
+        row = self._db.execute("SELECT data FROM aliases WHERE function=? AND name=?", (function, name)).fetchone()
+        if row is None:
+            self.function_info(function)
+            raise NotFound(f"Alias not found: {self.function_arn(function, name)}")
+        return Alias(**json.loads(row[0]))
+
+    def list_aliases(self, function: str) -> list[Alias]:
+        self.function_info(function)
+        rows = self._db.execute("SELECT data FROM aliases WHERE function=? ORDER BY name", (function,)).fetchall()
+        return [Alias(**json.loads(r[0])) for r in rows]
+
+    def _check_alias_target(self, alias: Alias) -> None:
+        for version in (alias.version, *alias.routing):
+            self.get_version(alias.function, version)
+
+    def create_alias(self, alias: Alias) -> Alias:
+        with self._tx() as db:
+            self._check_alias_target(alias)
+            if db.execute(
+                "SELECT 1 FROM aliases WHERE function=? AND name=?", (alias.function, alias.name)
+            ).fetchone():
+                raise Conflict(f"Alias already exists: {self.function_arn(alias.function, alias.name)}")
+            self._put_alias(db, alias)
+            return alias
+
+    def update_alias(self, function: str, name: str, change: Callable[[Alias], None], revision_id: str | None) -> Alias:
+        with self._tx() as db:
+            alias = self.get_alias(function, name)
+            if revision_id is not None and revision_id != alias.revision_id:
+                raise PreconditionFailed(
+                    "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id"
+                )
+            change(alias)
+            alias.revision_id = new_revision()
+            self._check_alias_target(alias)
+            self._put_alias(db, alias)
+            return alias
+
+    def delete_alias(self, function: str, name: str) -> None:
+        with self._tx() as db:
+            self.function_info(function)
+            db.execute("DELETE FROM aliases WHERE function=? AND name=?", (function, name))
+
+    # -- concurrency -----------------------------------------------------------------------
+    def set_reserved_concurrency(self, name: str, value: int | None) -> None:
+        with self._tx() as db:
+            self.function_info(name)
+            db.execute("UPDATE functions SET reserved_concurrency=? WHERE name=?", (value, name))
+
+    def referenced_digests(self) -> set[str]:
+        return {v.code_digest for v in self.list_all_versions()}

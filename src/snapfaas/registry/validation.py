@@ -1,0 +1,190 @@
+"""Pure validation of control-plane input, with Lambda's exact error wording.
+
+Every check raises a `snapfaas.errors` leaf and never touches state, so a request that fails
+validation changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from snapfaas.config import SUPPORTED_RUNTIMES
+from snapfaas.errors import InvalidParameterValue, ValidationError
+
+FUNCTION_NAME_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
+ALIAS_NAME_RE = re.compile(r"^(?!^[0-9]+$)([a-zA-Z0-9-_]+)$")
+VERSION_RE = re.compile(r"^(\$LATEST|[0-9]+)$")
+QUALIFIER_RE = re.compile(r"^[a-zA-Z0-9$_-]{1,128}$")
+ENV_NAME_RE = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])+$")
+HANDLER_RE = re.compile(r"^[^\s]{1,128}$")
+ROLE_RE = re.compile(r"^arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
+ARN_RE = re.compile(
+    r"^(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?(\d{12}:)?(function:)?"
+    r"([a-zA-Z0-9-_\.]+)(:(\$LATEST|[a-zA-Z0-9-_]+))?$"
+)
+RESERVED_ENV = frozenset(
+    {
+        "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+        "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+    }
+)
+
+
+def constraint_error(value: object, member: str, constraint: str) -> ValidationError:
+    return ValidationError(
+        f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: {constraint}"
+    )
+
+
+def parse_function_ref(raw: str) -> tuple[str, str | None]:
+    """Split a FunctionName path member (name, name:qualifier, partial or full ARN).
+
+    Returns ``(name, qualifier_or_None)``.
+    """
+    if len(raw) > 140 or not raw:
+        raise constraint_error(raw, "functionName", "Member must have length less than or equal to 140")
+    match = ARN_RE.match(raw)
+    if match is None:
+        raise constraint_error(
+            raw,
+            "functionName",
+            "Member must satisfy regular expression pattern: "
+            "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?(\\d{12}:)?(function:)?([a-zA-Z0-9-_\\.]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?",
+        )
+    name, qualifier = match.group(10), match.group(12)
+    if len(name) > 64:
+        raise constraint_error(raw, "functionName", "Member must have length less than or equal to 64")
+    return name, qualifier
+
+
+def function_name(name: object) -> str:
+    if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+        raise constraint_error(
+            name,
+            "functionName",
+            "Member must satisfy regular expression pattern: (arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?(\\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?",
+        )
+    return name
+
+
+def alias_name(name: object) -> str:
+    if not isinstance(name, str) or not (1 <= len(name) <= 128) or not ALIAS_NAME_RE.match(name):
+        raise constraint_error(
+            name, "name", "Member must satisfy regular expression pattern: (?!^[0-9]+$)([a-zA-Z0-9-_]+)"
+        )
+    return name
+
+
+def version_ref(version: object, member: str = "functionVersion") -> str:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise constraint_error(version, member, "Member must satisfy regular expression pattern: (\\$LATEST|[0-9]+)")
+    return version
+
+
+def qualifier(value: str) -> str:
+    if not QUALIFIER_RE.match(value):
+        raise constraint_error(value, "qualifier", "Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)")
+    return value
+
+
+def runtime(value: object) -> str:
+    if value not in SUPPORTED_RUNTIMES:
+        raise InvalidParameterValue(
+            f"Value {value} at 'runtime' failed to satisfy constraint: this server supports {', '.join(SUPPORTED_RUNTIMES)}"
+        )
+    return str(value)
+
+
+def handler(value: object) -> str:
+    if not isinstance(value, str) or not HANDLER_RE.match(value):
+        raise constraint_error(value, "handler", "Member must satisfy regular expression pattern: [^\\s]+")
+    module, dot, func = value.rpartition(".")
+    if not dot or not module or not func:
+        raise InvalidParameterValue(f"Handler '{value}' must be of the form module.function (e.g. app.handler)")
+    return value
+
+
+def int_range(value: object, member: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterValue(f"Value {value!r} at '{member}' must be an integer")
+    if value < low:
+        raise constraint_error(value, member, f"Member must have value greater than or equal to {low}")
+    if value > high:
+        raise constraint_error(value, member, f"Member must have value less than or equal to {high}")
+    return value
+
+
+def memory_size(value: object) -> int:
+    return int_range(value, "memorySize", 128, 32768)
+
+
+def timeout(value: object) -> int:
+    return int_range(value, "timeout", 1, 900)
+
+
+def ephemeral_storage(value: object) -> int:
+    if not isinstance(value, Mapping) or "Size" not in value:
+        raise InvalidParameterValue("EphemeralStorage must be an object with a Size member")
+    return int_range(value["Size"], "ephemeralStorage.size", 512, 10240)
+
+
+def snap_start(value: object) -> str:
+    if not isinstance(value, Mapping):
+        raise InvalidParameterValue("SnapStart must be an object with an ApplyOn member")
+    apply_on = value.get("ApplyOn", "None")
+    if apply_on not in ("PublishedVersions", "None"):
+        raise constraint_error(apply_on, "snapStart.applyOn", "Member must satisfy enum value set: [PublishedVersions, None]")
+    return str(apply_on)
+
+
+def environment(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise InvalidParameterValue("Environment must be an object with a Variables member")
+    variables = value.get("Variables") or {}
+    if not isinstance(variables, Mapping):
+        raise InvalidParameterValue("Environment.Variables must be a map of strings")
+    out: dict[str, str] = {}
+    for key, val in variables.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            raise constraint_error(key, "environment.variables", "Member must satisfy regular expression pattern: [a-zA-Z]([a-zA-Z0-9_])+")
+        if key in RESERVED_ENV:
+            raise InvalidParameterValue(
+                f"Lambda was unable to configure your environment variables because the environment variables you have provided contains reserved keys that are currently not supported for modification. Reserved keys used in this request: {key}"
+            )
+        if not isinstance(val, str):
+            raise InvalidParameterValue(f"Environment variable {key} must be a string")
+        out[key] = val
+    if sum(len(k) + len(v) for k, v in out.items()) > 4096:
+        raise InvalidParameterValue(
+            "Lambda was unable to configure your environment variables because the environment variables you have provided exceeded the 4KB limit."
+        )
+    return out
+
+
+def description(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 256:
+        raise constraint_error(value, "description", "Member must have length less than or equal to 256")
+    return value
+
+
+def role(value: object) -> str:
+    if not isinstance(value, str) or not ROLE_RE.match(value):
+        raise constraint_error(
+            value, "role", "Member must satisfy regular expression pattern: arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+"
+        )
+    return value
+
+
+def reserved_concurrency(value: object) -> int:
+    return int_range(value, "reservedConcurrentExecutions", 0, 1_000_000)
+
+
+def require(body: Mapping[str, Any], key: str, member: str) -> Any:
+    if key not in body or body[key] is None:
+        raise constraint_error("null", member, "Member must not be null")
+    return body[key]

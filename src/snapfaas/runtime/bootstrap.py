@@ -1,0 +1,201 @@
+"""The runtime's main loop: init once, then serve invocations one at a time.
+
+Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
+
+1. init: import the handler module and resolve the handler. Failure -> ``init_error`` frame,
+   exit 1.
+2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
+   (LIFO), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
+   taken while blocked); then reseed RNGs and run after-restore hooks (FIFO). Failures send
+   ``init_error`` (exit 64) or ``restore_error`` (exit 65).
+3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
+   ``error``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, TextIO
+
+from . import protocol
+from .context import LambdaContext
+from .faults import Fault, error_of
+
+Handler = Callable[[Any, LambdaContext], Any]
+EXIT_INIT_ERROR = 1
+EXIT_BEFORE_SNAPSHOT = 64
+EXIT_AFTER_RESTORE = 65
+
+
+class Channel:
+    """The runtime's end of the stdio channel."""
+
+    def __init__(self, inbound: BinaryIO, outbound: BinaryIO, log: TextIO) -> None:
+        self.inbound, self.outbound, self.log = inbound, outbound, log
+
+    def send(self, kind: str, payload: bytes = b"", **fields: Any) -> None:
+        self.outbound.write(protocol.encode(kind, payload, **fields))
+        self.outbound.flush()
+
+    def receive(self) -> tuple[dict[str, Any], bytes] | None:
+        return protocol.read_frame(self.inbound)
+
+    def mark_logs(self, tag: str) -> None:
+        """Tell the worker that everything logged during `tag` has been written."""
+        sys.stdout.flush()
+        self.log.flush()
+        self.log.write(protocol.LOG_MARK + tag + "\n")
+        self.log.flush()
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``module.function`` the way Lambda's Python runtime does, with its error types."""
+    try:
+        module_name, func_name = spec.rsplit(".", 1)
+    except ValueError as exc:
+        raise Fault(Fault.MALFORMED_HANDLER, f"Bad handler '{spec}': {exc}") from exc
+    if module_name.split(".")[0] in sys.builtin_module_names:
+        raise Fault(
+            Fault.BUILTIN_CONFLICT,
+            f"Cannot use built-in module {module_name} as a handler module",
+        )
+    module_path = module_name.replace("/", ".")
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise Fault(Fault.IMPORT_MODULE, f"Unable to import module '{module_path}': {exc}") from exc
+    except SyntaxError as exc:
+        trace = [f'  File "{exc.filename}" Line {exc.lineno}\n', f"    {exc.text}"] if exc.text else []
+        raise Fault(Fault.SYNTAX, f"Syntax error in module '{module_path}': {exc}", trace) from exc
+    handler = getattr(module, func_name, None)
+    if handler is None:
+        raise Fault(Fault.HANDLER_NOT_FOUND, f"Handler '{func_name}' missing on module '{module_path}'")
+    return handler
+
+
+def run_hooks(kind: str) -> None:
+    """Run the snapshot_restore_py hooks of `kind` ("before" LIFO, "after" FIFO)."""
+    try:
+        import snapshot_restore_py as hooks
+    except ImportError:
+        return
+    if kind == "before":
+        registry = hooks.get_before_snapshot()
+        while registry:
+            func, args, kwargs = registry.pop()
+            func(*args, **kwargs)
+    else:
+        for func, args, kwargs in list(hooks.get_after_restore()):
+            func(*args, **kwargs)
+
+
+def reseed() -> None:
+    """Make restored copies of one snapshot diverge: fresh OS entropy for the global RNGs."""
+    import random
+
+    random.seed(os.urandom(32))
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
+
+
+def encode_result(result: Any) -> bytes:
+    try:
+        return json.dumps(result).encode()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Fault(Fault.MARSHAL, f"Unable to marshal response: {exc}") from exc
+
+
+def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> None:
+    channel.send("ready")
+    while True:
+        frame = channel.receive()
+        if frame is None:
+            return
+        header, payload = frame
+        if header["t"] != "invoke":
+            continue
+        request_id = header["id"]
+        environ_trace = header.get("trace_id")
+        if environ_trace:
+            os.environ["_X_AMZN_TRACE_ID"] = environ_trace
+        else:
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
+        try:
+            event = json.loads(payload) if payload else None
+            result = handler(event, LambdaContext(header, environ))
+            body = encode_result(result)
+        except Exception as exc:  # user code may raise anything; it becomes Lambda's error object
+            error = error_of(exc, request_id)
+            print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=channel.log)
+            channel.mark_logs(request_id)
+            channel.send("error", json.dumps(error).encode(), id=request_id, error_type=error["errorType"])
+            continue
+        channel.mark_logs(request_id)
+        channel.send("response", body, id=request_id)
+
+
+def snap_start_barrier(channel: Channel) -> None:
+    try:
+        run_hooks("before")
+    except Exception as exc:  # a hook can raise anything
+        fault = Fault(Fault.BEFORE_SNAPSHOT, f"{type(exc).__name__}: {exc}", error_of(exc, None)["stackTrace"])
+        channel.mark_logs("init")
+        channel.send("init_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
+        sys.exit(EXIT_BEFORE_SNAPSHOT)
+    channel.mark_logs("init")
+    channel.send("restore_ready")
+    frame = channel.receive()
+    if frame is None:
+        sys.exit(0)
+    header, payload = frame
+    for key, value in (json.loads(payload) if payload else {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        reseed()
+        run_hooks("after")
+    except Exception as exc:  # a hook can raise anything
+        fault = Fault(Fault.AFTER_RESTORE, f"{type(exc).__name__}: {exc}", error_of(exc, None)["stackTrace"])
+        channel.mark_logs("restore")
+        channel.send("restore_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
+        sys.exit(EXIT_AFTER_RESTORE)
+    channel.mark_logs("restore")
+
+
+def main() -> None:
+    # fd 1 carries frames; everything user code prints goes to stderr (the log stream).
+    outbound = os.fdopen(1, "wb", buffering=0, closefd=False)
+    inbound = os.fdopen(0, "rb", closefd=False)
+    log = sys.stderr
+    sys.stdout = log
+    sys.stdin = open(os.devnull)
+    channel = Channel(inbound, outbound, log)
+    environ = os.environ
+    started = time.monotonic()
+    try:
+        handler = load_handler(environ["_HANDLER"])
+    except Fault as fault:
+        print(f"[ERROR] {fault.error_type}: {fault.message}", file=log)
+        channel.mark_logs("init")
+        channel.send("init_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
+        sys.exit(EXIT_INIT_ERROR)
+    except Exception as exc:  # module-level user code raised
+        error = error_of(exc, None)
+        print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=log)
+        channel.mark_logs("init")
+        channel.send("init_error", json.dumps(error).encode(), error_type=error["errorType"])
+        sys.exit(EXIT_INIT_ERROR)
+    if environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+        snap_start_barrier(channel)
+    else:
+        channel.mark_logs("init")
+    del started
+    serve(channel, handler, environ)

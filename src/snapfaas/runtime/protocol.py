@@ -1,0 +1,60 @@
+"""Framing of the worker <-> runtime channel (the Runtime API semantics over stdio pipes).
+
+The channel is the environment's stdin (worker -> runtime) and stdout (runtime -> worker):
+pipes survive a CRIU checkpoint/restore of the container (runc re-attaches them), which a TCP
+connection to the worker would not. Each message is one frame::
+
+    +-----------+-----+--------------------------------+----+-----------------+
+    | MAGIC (9) | ' ' | header: compact JSON object    | \n | payload (n B)   |
+    +-----------+-----+--------------------------------+----+-----------------+
+
+``MAGIC`` is ``b"\\x1esnapfaas"``; the header always carries ``"t"`` (the kind) and ``"n"`` (the
+payload length, possibly 0). A line on stdout that does not start with ``MAGIC`` is not a frame:
+it is output some user code wrote to fd 1 directly (a subprocess, say) and the worker logs it.
+
+Kinds, runtime -> worker: ``ready`` (init done, waiting for work: Runtime API ``/next``),
+``init_error``, ``response``, ``error`` (invocation error), ``restore_ready`` (SnapStart: init
+and before-snapshot hooks done, blocked in ``/restore/next``), ``restore_error``.
+Kinds, worker -> runtime: ``invoke`` (the event as payload), ``restore`` (resume after restore).
+
+After every init and every invocation the runtime also writes `LOG_MARK` + ``<tag>\\n`` to
+stderr, after flushing it, so that the worker knows it has read all of that phase's log output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, BinaryIO
+
+MAGIC = b"\x1esnapfaas"
+LOG_MARK = "\x1esnapfaas-end "
+
+
+def encode(kind: str, payload: bytes = b"", **fields: Any) -> bytes:
+    header = {"t": kind, "n": len(payload), **fields}
+    return MAGIC + b" " + json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def parse_header(line: bytes) -> dict[str, Any] | None:
+    """Return the header of a frame line, or None if `line` is not a frame."""
+    if not line.startswith(MAGIC + b" "):
+        return None
+    header = json.loads(line[len(MAGIC) + 1 :])
+    if not isinstance(header, dict) or "t" not in header or "n" not in header:
+        raise ValueError(f"malformed frame header: {line[:200]!r}")
+    return header
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """Blocking read of one frame (used by the runtime on stdin); None at EOF."""
+    while True:
+        line = stream.readline()
+        if not line:
+            return None
+        header = parse_header(line)
+        if header is None:
+            continue
+        payload = stream.read(header["n"]) if header["n"] else b""
+        if len(payload) != header["n"]:
+            return None
+        return header, payload

@@ -1,0 +1,1 @@
+"""Execution environments as OCI containers run by runc."""

@@ -1,0 +1,128 @@
+"""One runc container: start it in the foreground, kill it, clean up after it.
+
+`runc run` stays in the foreground as the container's parent: the container's stdio are the
+pipes we give runc (non-terminal mode passes them straight through), and runc's exit status is
+the container's. `Container.kill` is idempotent; after it returns nothing of the container is
+left (runc deletes a foreground container when it exits; `_force_delete` covers the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from snapfaas.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+STREAM_LIMIT = 16 * 1024 * 1024
+
+
+class Runc:
+    """The runc binary with its own state directory (`--root`), shared by all containers."""
+
+    def __init__(self, state_dir: Path, binary: str = "runc") -> None:
+        self.state_dir = state_dir
+        self.binary = shutil.which(binary) or binary
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.binary, "--root", str(self.state_dir), *args]
+
+    def reap_leftovers(self) -> list[str]:
+        """Kill and delete containers left by a previous daemon (crash or SIGKILL)."""
+        out = subprocess.run(self.argv("list", "--format", "json"), capture_output=True, text=True)
+        if out.returncode != 0:
+            return []
+        ids = [c["id"] for c in json.loads(out.stdout or "null") or []]
+        for cid in ids:
+            subprocess.run(self.argv("delete", "--force", cid), capture_output=True)
+        return ids
+
+    def check(self) -> str:
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise ServiceError(f"runc --version failed: {out.stderr.strip()}")
+        return out.stdout.splitlines()[0]
+
+
+class Container:
+    def __init__(self, runc: Runc, container_id: str, bundle: Path) -> None:
+        self.runc = runc
+        self.id = container_id
+        self.bundle = bundle
+        self.process: asyncio.subprocess.Process | None = None
+        self._killed = False
+
+    def __repr__(self) -> str:
+        state = "killed" if self._killed else ("running" if self.process else "new")
+        return f"<Container {self.id} {state}>"
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        assert self.process is not None and self.process.stdin is not None
+        return self.process.stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.process is not None and self.process.stdout is not None
+        return self.process.stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        assert self.process is not None and self.process.stderr is not None
+        return self.process.stderr
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.bundle.mkdir(parents=True, exist_ok=True)
+        (self.bundle / "config.json").write_text(json.dumps(config))
+
+    async def start(self) -> None:
+        """Launch `runc run` with piped stdio; returns once runc is spawned."""
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.runc.argv("run", "--bundle", str(self.bundle), self.id),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=STREAM_LIMIT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL the container and wait for runc to exit; idempotent."""
+        if self._killed:
+            return
+        self._killed = True
+        if self.process is not None and self.process.returncode is None:
+            proc = await asyncio.create_subprocess_exec(
+                *self.runc.argv("kill", self.id, "KILL"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await proc.wait()
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        await self._force_delete()
+
+    async def _force_delete(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self.runc.argv("delete", "--force", self.id),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()
+        shutil.rmtree(self.bundle, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""Resolve a Lambda runtime name to a host interpreter that can be mounted into a sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+
+from snapfaas.errors import InvalidParameterValue
+
+PROBE = (
+    "import json, sys, sysconfig; print(json.dumps({'executable': sys.executable, "
+    "'prefixes': sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}), "
+    "'version': '%d.%d' % sys.version_info[:2]}))"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpreter:
+    """A real interpreter binary and the install trees it needs (mounted read-only)."""
+
+    runtime: str
+    executable: str
+    prefixes: tuple[str, ...]
+
+    def mount_sources(self) -> list[str]:
+        """Prefixes not already visible through the sandbox's /usr bind."""
+        return [p for p in self.prefixes if not (p == "/usr" or p.startswith("/usr/"))]
+
+
+def candidate_commands(runtime: str, environ: Mapping[str, str]) -> list[str]:
+    """Every ``python3.X`` on PATH in order, then pyenv installs (whose shims may refuse to run)."""
+    found: list[str] = []
+    for entry in environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
+        path = os.path.join(entry, runtime)
+        if entry and os.access(path, os.X_OK) and path not in found:
+            found.append(path)
+    pyenv_root = environ.get("PYENV_ROOT") or os.path.join(environ.get("HOME", "/root"), ".pyenv")
+    minor = runtime.removeprefix("python")
+    found.extend(sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{minor}.*", "bin", runtime)), reverse=True))
+    return found
+
+
+class InterpreterRegistry:
+    """Resolves and caches interpreters; configured paths win over ``python3.X`` on PATH."""
+
+    def __init__(self, overrides: Mapping[str, str], environ: Mapping[str, str] | None = None) -> None:
+        self._overrides = dict(overrides)
+        self._environ = dict(environ or {})
+        self._cache: dict[str, Interpreter] = {}
+
+    def resolve(self, runtime: str) -> Interpreter:
+        """Return the interpreter for `runtime` or raise a clear `InvalidParameterValue`."""
+        if runtime in self._cache:
+            return self._cache[runtime]
+        hint = f"configure it with `snapfaas serve --runtime {runtime}=/path/to/python`"
+        override = self._overrides.get(runtime)
+        candidates = [override] if override else candidate_commands(runtime, self._environ)
+        if not candidates:
+            raise InvalidParameterValue(f"Runtime {runtime} is not available on this server: no {runtime} on PATH; {hint}")
+        failures = []
+        for command in candidates:
+            try:
+                out = subprocess.run([command, "-c", PROBE], capture_output=True, text=True, timeout=30, check=True)
+                info = json.loads(out.stdout)
+            except (OSError, subprocess.SubprocessError, ValueError) as exc:
+                failures.append(f"{command}: {exc}")
+                continue
+            if f"python{info['version']}" == runtime:
+                break
+            failures.append(f"{command} is Python {info['version']}")
+        else:
+            raise InvalidParameterValue(
+                f"Runtime {runtime} is not available on this server ({'; '.join(failures)}); {hint}"
+            )
+        interp = Interpreter(runtime, info["executable"], tuple(info["prefixes"]))
+        self._cache[runtime] = interp
+        return interp
+
+    def available(self, runtimes: tuple[str, ...]) -> dict[str, Interpreter | str]:
+        """Each runtime's interpreter, or the reason it is unavailable (for the startup banner)."""
+        out: dict[str, Interpreter | str] = {}
+        for name in runtimes:
+            try:
+                out[name] = self.resolve(name)
+            except InvalidParameterValue as exc:
+                out[name] = exc.message
+        return out

@@ -1,0 +1,114 @@
+"""The OCI runtime spec (config.json) of one execution environment.
+
+Isolation contract: read-only rootfs made of host binds (/usr, /etc, the interpreter's install
+tree) plus the function's code at /var/task (read-only) and the runtime at /var/runtime
+(read-only); a private tmpfs /tmp sized by EphemeralStorage and owned by the function's uid;
+its own pid, mount, ipc, uts and user namespaces (container 0-65535 -> host base..base+65535,
+the process runs as `uid` inside, which is unprivileged on the host too); no capabilities,
+no-new-privileges; a memory limit (no swap) from MemorySize and a pids limit. The network
+namespace is shared with the host so functions reach the network as Lambda functions do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from snapfaas.sandbox.interpreter import Interpreter
+
+TASK_ROOT = "/var/task"
+RUNTIME_DIR = "/var/runtime"
+RUNTIME_PACKAGE = "snapfaas_runtime"
+MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
+BASE_DIRS = ("usr", "etc", "proc", "dev", "tmp", "var/task", "var/runtime", "sys/devices/system/cpu")
+RO = ["rbind", "ro", "nosuid", "nodev"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxSpec:
+    """What differs between environments; everything else is policy fixed in `render`."""
+
+    env_id: str
+    code_dir: Path
+    runtime_dir: Path
+    interpreter: Interpreter
+    environ: Mapping[str, str]
+    memory_mb: int
+    tmp_mb: int
+    uid: int
+    host_id_base: int
+    cgroup: str
+    pids_limit: int = 1024
+
+
+def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
+    """Create the shared, read-only rootfs skeleton with every mount point it needs.
+
+    Idempotent. The merged-/usr links must be symlinks, not bind mounts (CRIU restore fails on
+    the latter). Mount points for interpreter trees outside /usr are created here because the
+    rootfs is read-only inside the container.
+    """
+    for rel in BASE_DIRS:
+        (rootfs / rel).mkdir(parents=True, exist_ok=True)
+    for name, target in MERGED_USR_LINKS.items():
+        link = rootfs / name
+        if not link.is_symlink():
+            link.symlink_to(target)
+    for interp in interpreters:
+        for prefix in interp.mount_sources():
+            (rootfs / prefix.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, _ in os.walk(rootfs):
+        os.chmod(dirpath, 0o755)
+
+
+def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/usr", "type": "bind", "source": "/usr", "options": RO},
+        {"destination": "/etc", "type": "bind", "source": "/etc", "options": RO},
+        {"destination": "/sys/devices/system/cpu", "type": "bind", "source": "/sys/devices/system/cpu", "options": RO},
+        {"destination": TASK_ROOT, "type": "bind", "source": str(spec.code_dir), "options": RO},
+        {"destination": RUNTIME_DIR, "type": "bind", "source": str(spec.runtime_dir), "options": RO},
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", f"size={spec.tmp_mb}m", f"uid={spec.uid}", f"gid={spec.uid}", "mode=1777"],
+        },
+    ]
+    for prefix in spec.interpreter.mount_sources():
+        mounts.append({"destination": prefix, "type": "bind", "source": prefix, "options": RO})
+    memory = spec.memory_mb * 1024 * 1024
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": spec.uid, "gid": spec.uid},
+            "args": [spec.interpreter.executable, *interpreter_args],
+            "env": [f"{k}={v}" for k, v in spec.environ.items()],
+            "cwd": TASK_ROOT,
+            "noNewPrivileges": True,
+            "capabilities": {"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "sandbox",
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")],
+            "uidMappings": [{"containerID": 0, "hostID": spec.host_id_base, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": spec.host_id_base, "size": 65536}],
+            "cgroupsPath": spec.cgroup,
+            "resources": {"memory": {"limit": memory, "swap": memory}, "pids": {"limit": spec.pids_limit}},
+            "maskedPaths": [
+                "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+            ],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }

@@ -1,0 +1,1 @@
+"""Per-version pools of execution environments: routing, scale-out, keep-alive, limits, logs."""

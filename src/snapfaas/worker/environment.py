@@ -1,0 +1,245 @@
+"""One execution environment: a sandbox running the runtime for one function version.
+
+State machine (checked on every move; anything else is a bug)::
+
+    STARTING --ready--> IDLE <--release-- BUSY
+        |                 \\--acquire-->  /
+        +--init error / crash / kill--> DEAD (terminal, from any state)
+
+An environment that raised anything is destroyed (OpenLambda's destroy-on-error): a DEAD
+environment never serves again. `destroy` is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from snapfaas.registry.model import FunctionVersion
+from snapfaas.runtime import protocol
+from snapfaas.sandbox.cgroup import memory_stats
+from snapfaas.sandbox.container import Container
+from snapfaas.worker.logs import LogStore
+
+logger = logging.getLogger(__name__)
+MARK_WAIT_S = 2.0
+
+
+class EnvState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+
+
+MOVES = {
+    EnvState.STARTING: {EnvState.IDLE, EnvState.BUSY, EnvState.DEAD},
+    EnvState.IDLE: {EnvState.BUSY, EnvState.DEAD},
+    EnvState.BUSY: {EnvState.IDLE, EnvState.DEAD},
+    EnvState.DEAD: {EnvState.DEAD},
+}
+
+
+class EnvironmentDied(Exception):
+    """The environment's process exited (crash, OOM kill, or our own kill)."""
+
+    def __init__(self, exit_status: int | None, oom: bool) -> None:
+        super().__init__(f"exit status {exit_status}")
+        self.exit_status = exit_status
+        self.oom = oom
+
+    def describe(self) -> str:
+        """Lambda's wording, which follows Go's os.ProcessState: "signal: killed", "exit status 1"."""
+        status = self.exit_status
+        if status is not None and status > 128 and status - 128 in SIGNAL_WORDS:
+            return f"signal: {SIGNAL_WORDS[status - 128]}"
+        return f"exit status {status}"
+
+
+SIGNAL_WORDS = {9: "killed", 6: "aborted", 11: "segmentation fault", 15: "terminated", 7: "bus error", 8: "floating point exception"}
+
+
+@dataclasses.dataclass
+class Frame:
+    kind: str
+    header: dict[str, Any]
+    payload: bytes
+
+
+@dataclasses.dataclass
+class InvokeRequest:
+    request_id: str
+    payload: bytes
+    invoked_arn: str
+    timeout_s: float
+    client_context: str | None = None
+    trace_id: str | None = None
+
+
+def log_stream_name(version: str, env_id: str) -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y/%m/%d/") + f"[{version}]{env_id}"
+
+
+class Environment:
+    """Owns one `Container` and the two reader tasks on its stdout (frames) and stderr (logs)."""
+
+    def __init__(
+        self,
+        env_id: str,
+        version: FunctionVersion,
+        container: Container,
+        logs: LogStore,
+        cgroup: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = env_id
+        self.version = version
+        self.container = container
+        self.logs = logs
+        self.cgroup = cgroup
+        self.clock = clock
+        self.state = EnvState.STARTING
+        self.stream = log_stream_name(version.version, env_id)
+        self.last_used = clock()
+        self.invocations = 0
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._marks: asyncio.Queue[str] = asyncio.Queue()
+        self._capture: list[str] | None = None
+        self._readers: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Environment {self.id} {self.version.name}:{self.version.version} {self.state.value} invocations={self.invocations}>"
+
+    def move(self, state: EnvState) -> None:
+        if state not in MOVES[self.state]:
+            raise RuntimeError(f"environment {self.id}: illegal move {self.state.value} -> {state.value}")
+        self.state = state
+
+    # -- logging ---------------------------------------------------------------------------
+    def log(self, *lines: str) -> None:
+        if self._capture is not None:
+            self._capture.extend(lines)
+        self.logs.append(self.version.name, self.stream, list(lines))
+
+    def begin_capture(self) -> None:
+        self._capture = []
+
+    def end_capture(self) -> list[str]:
+        lines, self._capture = self._capture or [], None
+        return lines
+
+    # -- readers ---------------------------------------------------------------------------
+    def start_readers(self) -> None:
+        self._readers = [
+            asyncio.create_task(self._read_frames(), name=f"{self.id}-frames"),
+            asyncio.create_task(self._read_logs(), name=f"{self.id}-logs"),
+        ]
+
+    async def _read_frames(self) -> None:
+        stream = self.container.stdout
+        try:
+            while True:
+                line = await stream.readline()
+                if not line:
+                    break
+                header = protocol.parse_header(line)
+                if header is None:
+                    self.log(line.decode(errors="replace"))
+                    continue
+                payload = await stream.readexactly(header["n"]) if header["n"] else b""
+                await self._frames.put(Frame(header["t"], header, payload))
+        except (asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
+            logger.info("environment %s: frame stream ended: %s", self.id, exc)
+        finally:
+            await self._frames.put(None)
+
+    async def _read_logs(self) -> None:
+        stream = self.container.stderr
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, ConnectionError):
+                continue
+            if not line:
+                return
+            text = line.decode(errors="replace")
+            if text.startswith(protocol.LOG_MARK):
+                await self._marks.put(text[len(protocol.LOG_MARK) :].strip())
+            else:
+                self.log(text)
+
+    async def next_frame(self, timeout: float | None) -> Frame:
+        """The next frame from the runtime; raises EnvironmentDied or TimeoutError."""
+        frame = await asyncio.wait_for(self._frames.get(), timeout)
+        if frame is None:
+            await self._frames.put(None)  # keep EOF sticky
+            raise await self._death()
+        return frame
+
+    async def wait_mark(self, tag: str) -> None:
+        """Wait (bounded) until all log output of phase `tag` has been read."""
+        try:
+            async with asyncio.timeout(MARK_WAIT_S):
+                while await self._marks.get() != tag:
+                    pass
+        except TimeoutError:
+            logger.warning("environment %s: log mark %s did not arrive", self.id, tag)
+
+    async def _death(self) -> EnvironmentDied:
+        stats = memory_stats(self.cgroup)
+        try:
+            status = await asyncio.wait_for(self.container.wait(), 10)
+        except TimeoutError:
+            status = None
+        return EnvironmentDied(status, bool(stats and stats.oom_killed))
+
+    def max_memory_mb(self) -> int:
+        stats = memory_stats(self.cgroup)
+        return (stats.peak_bytes + (1 << 20) - 1) // (1 << 20) if stats else 0
+
+    # -- protocol --------------------------------------------------------------------------
+    async def send(self, kind: str, payload: bytes = b"", **fields: Any) -> None:
+        try:
+            self.container.stdin.write(protocol.encode(kind, payload, **fields))
+            await self.container.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise await self._death() from exc
+
+    async def send_invoke(self, request: InvokeRequest, deadline_ms: int) -> None:
+        await self.send(
+            "invoke",
+            request.payload,
+            id=request.request_id,
+            arn=request.invoked_arn,
+            deadline_ms=deadline_ms,
+            client_context=request.client_context,
+            trace_id=request.trace_id,
+        )
+
+    async def destroy(self) -> None:
+        """Kill the container and stop the readers; idempotent."""
+        if self.state is not EnvState.DEAD:
+            self.move(EnvState.DEAD)
+        await self.container.kill()
+        for task in self._readers:
+            task.cancel()
+        for task in self._readers:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # reader teardown must not mask the kill
+                pass
+
+
+def decode_error(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+        return value if isinstance(value, dict) else {"errorMessage": str(value)}
+    except ValueError:
+        return {"errorMessage": payload.decode(errors="replace")}

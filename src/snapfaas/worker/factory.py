@@ -1,0 +1,106 @@
+"""Builds and boots execution environments for a function version."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from snapfaas.config import ServerConfig
+from snapfaas.registry.artifacts import ArtifactStore
+from snapfaas.registry.model import FunctionVersion
+from snapfaas.sandbox.container import Container, Runc
+from snapfaas.sandbox.interpreter import InterpreterRegistry
+from snapfaas.sandbox.spec import RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
+from snapfaas.worker.environment import Environment
+from snapfaas.worker.logs import LogStore
+
+RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
+
+
+def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: str, stream: str) -> dict[str, str]:
+    """Lambda's reserved variables, then the user's (validation keeps them from colliding)."""
+    environ = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "TZ": ":UTC",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": f"{RUNTIME_DIR}:{RUNTIME_DIR}/{RUNTIME_PACKAGE}/provided",
+        "_HANDLER": version.handler,
+        "LAMBDA_TASK_ROOT": TASK_ROOT,
+        "LAMBDA_RUNTIME_DIR": RUNTIME_DIR,
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_{version.runtime}",
+        "AWS_REGION": config.region,
+        "AWS_DEFAULT_REGION": config.region,
+        "AWS_LAMBDA_FUNCTION_NAME": version.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": version.version,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(version.memory_size),
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(version.timeout),
+        "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.name}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+    }
+    environ.update(version.environment)
+    return environ
+
+
+class EnvironmentFactory:
+    """Creates containers for versions. Owns the shared rootfs and the runtime mount."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        runc: Runc,
+        artifacts: ArtifactStore,
+        interpreters: InterpreterRegistry,
+        logs: LogStore,
+    ) -> None:
+        self.config = config
+        self.runc = runc
+        self.artifacts = artifacts
+        self.interpreters = interpreters
+        self.logs = logs
+        self.rootfs = config.data_dir / "rootfs"
+        self.bundles = config.data_dir / "bundles"
+        self.runtime_mount = config.data_dir / "runtime"
+        self._prepared: set[str] = set()
+
+    def _prepare(self, runtime: str) -> None:
+        if runtime in self._prepared:
+            return
+        interp = self.interpreters.resolve(runtime)
+        prepare_rootfs(self.rootfs, [interp])
+        # /var/runtime holds the runtime package under a fixed name (bind of the source tree).
+        (self.runtime_mount / RUNTIME_PACKAGE).mkdir(parents=True, exist_ok=True)
+        self._prepared.add(runtime)
+
+    def create(self, version: FunctionVersion, init_type: str = "on-demand") -> Environment:
+        """A new, not yet started environment for `version`."""
+        self._prepare(version.runtime)
+        env_id = secrets.token_hex(8)
+        cgroup = f"/snapfaas/{env_id}"
+        container = Container(self.runc, f"sf-{env_id}", self.bundles / env_id)
+        env = Environment(env_id, version, container, self.logs, cgroup)
+        interp = self.interpreters.resolve(version.runtime)
+        spec = SandboxSpec(
+            env_id=env_id,
+            code_dir=self.artifacts.tree(version.code_digest),
+            runtime_dir=self.runtime_mount,
+            interpreter=interp,
+            environ=lambda_environ(self.config, version, init_type, env.stream),
+            memory_mb=version.memory_size,
+            tmp_mb=version.ephemeral_storage,
+            uid=self.config.sandbox_uid,
+            host_id_base=self.config.host_id_base,
+            cgroup=cgroup,
+        )
+        config = render(spec, self.rootfs, ["-m", RUNTIME_PACKAGE])
+        config["mounts"].append(
+            {
+                "destination": f"{RUNTIME_DIR}/{RUNTIME_PACKAGE}",
+                "type": "bind",
+                "source": str(RUNTIME_SOURCE),
+                "options": ["rbind", "ro", "nosuid", "nodev"],
+            }
+        )
+        container.write_config(config)
+        return env

@@ -1,0 +1,326 @@
+"""Environment pools and the invocation path.
+
+Every bookkeeping decision (which environment serves a request, whom to throttle, which idle
+environments to evict or reclaim) is made in a synchronous method with no ``await`` inside,
+so it cannot interleave with another request (httpcore's pool pattern); the slow parts
+(booting, invoking, killing) happen around those decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from snapfaas.errors import Throttled
+from snapfaas.registry.model import FunctionVersion
+from snapfaas.runtime import protocol
+from snapfaas.worker.environment import EnvironmentDied, EnvState, Environment, InvokeRequest, decode_error
+from snapfaas.worker.factory import EnvironmentFactory
+
+logger = logging.getLogger(__name__)
+PoolKey = tuple[str, str, str]  # function, version, revision id
+
+
+def pool_key(version: FunctionVersion) -> PoolKey:
+    return (version.name, version.version, version.revision_id)
+
+
+@dataclasses.dataclass
+class InvokeOutcome:
+    """What the API needs to answer an Invoke; function errors are data, not exceptions."""
+
+    payload: bytes
+    function_error: str | None
+    log_lines: list[str]
+    duration_ms: float
+    init_ms: float | None
+    max_memory_mb: int
+    env_id: str
+
+
+class Pool:
+    """The environments of one version revision."""
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self.idle: list[Environment] = []  # most recently used last
+        self.busy: set[Environment] = set()
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.key[0]}:{self.key[1]} [{len(self.busy)} busy, {len(self.idle)} idle]>"
+
+    def __len__(self) -> int:
+        return len(self.idle) + len(self.busy)
+
+
+class Worker:
+    """Routes invocations to environments, scaling out and reclaiming them.
+
+    Parameters: `max_environments` bounds live environments and concurrent invocations
+    (the account concurrency limit); `keep_alive_s` is how long an idle environment is kept.
+    """
+
+    def __init__(
+        self,
+        factory: EnvironmentFactory,
+        max_environments: int,
+        keep_alive_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.factory = factory
+        self.max_environments = max_environments
+        self.keep_alive_s = keep_alive_s
+        self.clock = clock
+        self.pools: dict[PoolKey, Pool] = {}
+        self.inflight: collections.Counter[str] = collections.Counter()
+        self.starting = 0
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        idle = sum(len(p.idle) for p in self.pools.values())
+        busy = sum(len(p.busy) for p in self.pools.values())
+        return f"<Worker [{busy} busy, {idle} idle, {self.starting} starting | {len(self.pools)} pools]>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_loop(), name="reaper")
+
+    async def close(self) -> None:
+        """Destroy every environment; idempotent."""
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        envs = [e for p in self.pools.values() for e in (*p.idle, *p.busy)]
+        self.pools.clear()
+        await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
+
+    def environments(self) -> list[Environment]:
+        return [e for p in self.pools.values() for e in (*p.idle, *p.busy)]
+
+    # -- synchronous decisions -------------------------------------------------------------
+    def _admit(self, function: str, reserved: int | None) -> None:
+        if reserved is not None and self.inflight[function] >= reserved:
+            raise Throttled("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+        if sum(self.inflight.values()) >= self.max_environments:
+            raise Throttled("Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
+        self.inflight[function] += 1
+
+    def _take(self, key: PoolKey) -> tuple[Environment | None, list[Environment]]:
+        """An idle environment of `key` (now BUSY), or None plus idle ones to evict for room."""
+        pool = self.pools.setdefault(key, Pool(key))
+        while pool.idle:
+            env = pool.idle.pop()
+            if env.state is EnvState.IDLE:
+                env.move(EnvState.BUSY)
+                pool.busy.add(env)
+                return env, []
+        live = sum(len(p) for p in self.pools.values()) + self.starting
+        evict: list[Environment] = []
+        if live >= self.max_environments:
+            candidates = sorted((e for p in self.pools.values() for e in p.idle), key=lambda e: e.last_used)
+            evict = candidates[: live - self.max_environments + 1]
+            for env in evict:
+                self._forget(env)
+        self.starting += 1
+        return None, evict
+
+    def _forget(self, env: Environment) -> None:
+        pool = self.pools.get(pool_key(env.version))
+        if pool is None:
+            return
+        if env in pool.idle:
+            pool.idle.remove(env)
+        pool.busy.discard(env)
+        if not pool and pool.key in self.pools and not pool.idle and not pool.busy:
+            del self.pools[pool.key]
+
+    def _release(self, env: Environment, function: str, healthy: bool) -> bool:
+        """Return `env` to its pool; True if it must be destroyed instead."""
+        self.inflight[function] -= 1
+        if self.inflight[function] <= 0:
+            del self.inflight[function]
+        pool = self.pools.get(pool_key(env.version))
+        keep = healthy and not self._closing and pool is not None and env in pool.busy
+        if pool is not None:
+            pool.busy.discard(env)
+        if keep and pool is not None:
+            env.move(EnvState.IDLE)
+            env.last_used = self.clock()
+            pool.idle.append(env)
+            return False
+        if pool is not None and not pool:
+            self.pools.pop(pool.key, None)
+        return True
+
+    def _expired(self) -> list[Environment]:
+        deadline = self.clock() - self.keep_alive_s
+        out = []
+        for pool in list(self.pools.values()):
+            for env in [e for e in pool.idle if e.last_used <= deadline]:
+                out.append(env)
+                self._forget(env)
+        return out
+
+    def _retire(self, function: str, version: str | None) -> list[Environment]:
+        """Detach pools of a function (or one version); idle ones are returned for destruction."""
+        out: list[Environment] = []
+        for key in [k for k in self.pools if k[0] == function and (version is None or k[1] == version)]:
+            pool = self.pools.pop(key)
+            out.extend(pool.idle)
+            # busy environments finish their request, then `_release` finds no pool and destroys them
+        return out
+
+    # -- I/O around the decisions ----------------------------------------------------------
+    async def retire(self, function: str, version: str | None = None) -> None:
+        await asyncio.gather(*(e.destroy() for e in self._retire(function, version)), return_exceptions=True)
+
+    async def _reap_loop(self) -> None:
+        period = max(0.5, min(self.keep_alive_s / 4, 5.0))
+        while True:
+            await asyncio.sleep(period)  # a periodic timer, not synchronization
+            expired = self._expired()
+            if expired:
+                logger.info("reclaiming %d idle environment(s)", len(expired))
+                await asyncio.gather(*(e.destroy() for e in expired), return_exceptions=True)
+
+    async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
+        """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
+        self._admit(version.name, reserved)
+        env: Environment | None = None
+        healthy = False
+        try:
+            env, evict = self._take(pool_key(version))
+            if evict:
+                await asyncio.gather(*(e.destroy() for e in evict), return_exceptions=True)
+            init_ms: float | None = None
+            if env is None:
+                try:
+                    env = self.factory.create(version)
+                finally:
+                    self.starting -= 1
+                self.pools.setdefault(pool_key(version), Pool(pool_key(version))).busy.add(env)
+                env.move(EnvState.BUSY)
+                init = await self._boot(env, request)
+                if isinstance(init, InvokeOutcome):
+                    return init
+                init_ms = init
+            outcome, healthy = await self._run(env, request, init_ms)
+            return outcome
+        finally:
+            if env is not None:
+                if self._release(env, version.name, healthy):
+                    await env.destroy()
+            else:
+                self.inflight[version.name] -= 1
+                if self.inflight[version.name] <= 0:
+                    del self.inflight[version.name]
+
+    async def _boot(self, env: Environment, request: InvokeRequest) -> float | InvokeOutcome:
+        """Start the container and run init; the init time, or the failed invocation's outcome."""
+        started = time.monotonic()
+        env.log(f"INIT_START Runtime Version: {env.version.runtime}.snapfaas\n")
+        env.begin_capture()
+        await env.container.start()
+        env.start_readers()
+        init_timeout = max(10.0, float(env.version.timeout))
+        try:
+            frame = await env.next_frame(init_timeout)
+            await env.wait_mark("init")
+        except TimeoutError:
+            return self._failed(env, request, started, "Runtime.InitTimeout",
+                                {"errorType": "Runtime.InitTimeout", "errorMessage": f"RequestId: {request.request_id} Error: Init timed out after {init_timeout:.2f} seconds"})
+        except EnvironmentDied as died:
+            return self._failed(env, request, started, "Runtime.ExitError",
+                                {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {request.request_id} Error: Runtime exited with error: {died.describe()}"})
+        init_ms = (time.monotonic() - started) * 1000
+        if frame.kind == "init_error":
+            error = decode_error(frame.payload)
+            error_type = frame.header.get("error_type") or error.get("errorType", "Runtime.Unknown")
+            env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\tError Type: {error_type}\n")
+            return self._failed(env, request, started, error_type, error)
+        if frame.kind != "ready":
+            return self._failed(env, request, started, "Runtime.Unknown",
+                                {"errorType": "Runtime.Unknown", "errorMessage": f"unexpected frame {frame.kind!r} during init"})
+        return init_ms
+
+    def _failed(self, env: Environment, request: InvokeRequest, started: float, error_type: str, error: dict[str, object]) -> InvokeOutcome:
+        duration = (time.monotonic() - started) * 1000
+        env.log(
+            f"START RequestId: {request.request_id} Version: {env.version.version}\n",
+            f"END RequestId: {request.request_id}\n",
+            self._report(env, request.request_id, duration, None, status=error_type),
+        )
+        return InvokeOutcome(json.dumps(error).encode(), "Unhandled", env.end_capture(), duration, None,
+                             env.max_memory_mb(), env.id)
+
+    def _report(self, env: Environment, request_id: str, duration_ms: float, init_ms: float | None, status: str | None = None) -> str:
+        parts = [
+            f"REPORT RequestId: {request_id}",
+            f"Duration: {duration_ms:.2f} ms",
+            f"Billed Duration: {max(1, math.ceil(duration_ms))} ms",
+            f"Memory Size: {env.version.memory_size} MB",
+            f"Max Memory Used: {env.max_memory_mb()} MB",
+        ]
+        if init_ms is not None:
+            parts.append(f"Init Duration: {init_ms:.2f} ms")
+        if status is not None:
+            parts.append(f"Status: error\tError Type: {status}")
+        return "\t".join(parts) + "\t\n"
+
+    async def _run(self, env: Environment, request: InvokeRequest, init_ms: float | None) -> tuple[InvokeOutcome, bool]:
+        if init_ms is None:
+            env.begin_capture()
+        env.log(f"START RequestId: {request.request_id} Version: {env.version.version}\n")
+        started = time.monotonic()
+        deadline_ms = int(time.time() * 1000 + request.timeout_s * 1000)
+        env.invocations += 1
+        healthy = False
+        error_type: str | None = None
+        try:
+            await env.send_invoke(request, deadline_ms)
+            frame = await env.next_frame(request.timeout_s)
+            await env.wait_mark(request.request_id)
+            if frame.kind == "response":
+                payload, function_error, healthy = frame.payload, None, True
+            elif frame.kind == "error":
+                payload, function_error, healthy = frame.payload, "Unhandled", True
+            else:
+                payload, function_error = b'{"errorType":"Runtime.Unknown","errorMessage":"unexpected frame"}', "Unhandled"
+        except TimeoutError:
+            duration = (time.monotonic() - started) * 1000
+            message = f"{_utc_now()} {request.request_id} Task timed out after {request.timeout_s:.2f} seconds"
+            payload = json.dumps({"errorMessage": message}).encode()
+            function_error, error_type = "Unhandled", "Sandbox.Timedout"
+            env.log(f"{message}\n")
+        except EnvironmentDied as died:
+            kind = "Runtime.OutOfMemory" if died.oom else "Runtime.ExitError"
+            payload = json.dumps({
+                "errorType": kind,
+                "errorMessage": f"RequestId: {request.request_id} Error: Runtime exited with error: {died.describe()}",
+            }).encode()
+            function_error, error_type = "Unhandled", kind
+        duration = (time.monotonic() - started) * 1000
+        if healthy and len(payload) > self.factory.config.limits.response_bytes:
+            payload = json.dumps({
+                "errorType": "Function.ResponseSizeTooLarge",
+                "errorMessage": f"Response payload size exceeded maximum allowed payload size ({self.factory.config.limits.response_bytes} bytes).",
+            }).encode()
+            function_error = "Unhandled"
+        env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, init_ms, error_type))
+        return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id), healthy
+
+
+def _utc_now() -> str:
+    from snapfaas.worker.logs import utc_stamp
+
+    return utc_stamp()
+
+
+__all__ = ["InvokeOutcome", "Worker", "protocol"]

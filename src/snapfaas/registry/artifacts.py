@@ -44,10 +44,13 @@ class CodeArtifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path, limits: Limits) -> None:
+    def __init__(self, root: Path, limits: Limits, owner: int | None = None) -> None:
+        """`owner` is the host uid (and gid) sandboxes read code as; trees are private to it."""
         self.root = root
         self.limits = limits
+        self.owner = owner
         root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o711)
 
     def tree(self, digest: str) -> Path:
         return self.root / digest
@@ -71,7 +74,6 @@ class ArtifactStore:
             self._extract(data, entries, tmp)
             (self.root / f"{digest}.zip.tmp").write_bytes(data)
             os.replace(self.root / f"{digest}.zip.tmp", self.root / f"{digest}.zip")
-            os.chmod(tmp, 0o755)
             try:
                 os.rename(tmp, artifact.tree)
             except OSError:
@@ -128,12 +130,19 @@ class ArtifactStore:
                             )
                         out.write(chunk)
                 executable = (info.external_attr >> 16) & 0o111
-                os.chmod(target, 0o755 if executable else 0o644)
-            for dirpath, dirnames, _ in os.walk(dest):
-                for d in dirnames:
-                    os.chmod(os.path.join(dirpath, d), 0o755)
+                os.chmod(target, 0o500 if executable else 0o400)
+            self._seal(dest)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
             raise InvalidParameterValue(UNZIP_ERROR) from exc
+
+    def _seal(self, tree: Path) -> None:
+        """Read-only for the sandbox uid, invisible to other host users."""
+        for dirpath, dirnames, filenames in os.walk(tree):
+            os.chmod(dirpath, 0o500)
+            if self.owner is not None:
+                os.chown(dirpath, self.owner, self.owner)
+                for name in filenames:
+                    os.chown(os.path.join(dirpath, name), self.owner, self.owner)
 
     def handler_file_exists(self, digest: str, handler: str) -> bool:
         """Whether the module named by `handler` (``pkg.mod.func``) exists in the package."""

@@ -155,16 +155,22 @@ class Registry:
         return [FunctionVersion.from_json(json.loads(r[0])) for r in rows]
 
     def publish(
-        self, name: str, code_sha256: str | None, revision_id: str | None, description: str | None
+        self,
+        name: str,
+        code_sha256: str | None,
+        revision_id: str | None,
+        description: str | None,
+        allow_unsettled: bool = False,
     ) -> tuple[FunctionVersion, bool]:
         """Publish $LATEST as a new version. Returns ``(version, created)``.
 
         If nothing changed since the last published version, that version is returned with
-        ``created=False``, as Lambda does.
+        ``created=False``, as Lambda does. `allow_unsettled` publishes a $LATEST that is still
+        being created or updated (CreateFunction/UpdateFunctionCode with ``Publish``).
         """
         with self._tx() as db:
             latest = self.get_version(name, LATEST)
-            if latest.state == State.PENDING or latest.last_update_status == "InProgress":
+            if not allow_unsettled and (latest.state == State.PENDING or latest.last_update_status == "InProgress"):
                 raise Conflict(
                     "The operation cannot be performed at this time. An update is in progress for resource: "
                     + self.function_arn(name)

@@ -185,10 +185,10 @@ def main() -> None:
     except Fault as fault:
         print(f"[ERROR] {fault.error_type}: {fault.message}", file=log)
         channel.mark_logs("init")
-        channel.send("init_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
+        channel.send("init_error", json.dumps(fault.to_error("")).encode(), error_type=fault.error_type)
         sys.exit(EXIT_INIT_ERROR)
     except Exception as exc:  # module-level user code raised
-        error = error_of(exc, None)
+        error = error_of(exc, "")
         print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=log)
         channel.mark_logs("init")
         channel.send("init_error", json.dumps(error).encode(), error_type=error["errorType"])

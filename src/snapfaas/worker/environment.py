@@ -58,9 +58,11 @@ class EnvironmentDied(Exception):
     def describe(self) -> str:
         """Lambda's wording, which follows Go's os.ProcessState: "signal: killed", "exit status 1"."""
         status = self.exit_status
+        if status == 0:
+            return "Runtime exited without providing a reason"
         if status is not None and status > 128 and status - 128 in SIGNAL_WORDS:
-            return f"signal: {SIGNAL_WORDS[status - 128]}"
-        return f"exit status {status}"
+            return f"Runtime exited with error: signal: {SIGNAL_WORDS[status - 128]}"
+        return f"Runtime exited with error: exit status {status}"
 
 
 SIGNAL_WORDS = {9: "killed", 6: "aborted", 11: "segmentation fault", 15: "terminated", 7: "bus error", 8: "floating point exception"}

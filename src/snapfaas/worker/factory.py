@@ -71,6 +71,8 @@ class EnvironmentFactory:
         prepare_rootfs(self.rootfs, [interp])
         # /var/runtime holds the runtime package under a fixed name (bind of the source tree).
         (self.runtime_mount / RUNTIME_PACKAGE).mkdir(parents=True, exist_ok=True)
+        for path in (self.runtime_mount, self.runtime_mount / RUNTIME_PACKAGE):
+            path.chmod(0o755)
         self._prepared.add(runtime)
 
     def create(self, version: FunctionVersion, init_type: str = "on-demand") -> Environment:

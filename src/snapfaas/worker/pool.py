@@ -238,7 +238,7 @@ class Worker:
                                 {"errorType": "Runtime.InitTimeout", "errorMessage": f"RequestId: {request.request_id} Error: Init timed out after {init_timeout:.2f} seconds"})
         except EnvironmentDied as died:
             return self._failed(env, request, started, "Runtime.ExitError",
-                                {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {request.request_id} Error: Runtime exited with error: {died.describe()}"})
+                                {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {request.request_id} Error: {died.describe()}"})
         init_ms = (time.monotonic() - started) * 1000
         if frame.kind == "init_error":
             error = decode_error(frame.payload)
@@ -295,15 +295,15 @@ class Worker:
                 payload, function_error = b'{"errorType":"Runtime.Unknown","errorMessage":"unexpected frame"}', "Unhandled"
         except TimeoutError:
             duration = (time.monotonic() - started) * 1000
-            message = f"{_utc_now()} {request.request_id} Task timed out after {request.timeout_s:.2f} seconds"
-            payload = json.dumps({"errorMessage": message}).encode()
+            message = f"RequestId: {request.request_id} Error: Task timed out after {request.timeout_s:.2f} seconds"
+            payload = json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": message}).encode()
             function_error, error_type = "Unhandled", "Sandbox.Timedout"
             env.log(f"{message}\n")
         except EnvironmentDied as died:
             kind = "Runtime.OutOfMemory" if died.oom else "Runtime.ExitError"
             payload = json.dumps({
                 "errorType": kind,
-                "errorMessage": f"RequestId: {request.request_id} Error: Runtime exited with error: {died.describe()}",
+                "errorMessage": f"RequestId: {request.request_id} Error: {died.describe()}",
             }).encode()
             function_error, error_type = "Unhandled", kind
         duration = (time.monotonic() - started) * 1000
@@ -315,12 +315,6 @@ class Worker:
             function_error = "Unhandled"
         env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, init_ms, error_type))
         return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id), healthy
-
-
-def _utc_now() -> str:
-    from snapfaas.worker.logs import utc_stamp
-
-    return utc_stamp()
 
 
 __all__ = ["InvokeOutcome", "Worker", "protocol"]

@@ -1,0 +1,1 @@
+"""The HTTP front door: Lambda's REST API (control plane + Invoke), SigV4-authenticated."""

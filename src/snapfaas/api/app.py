@@ -1,0 +1,81 @@
+"""The aiohttp application: routes, authentication and error mapping middlewares."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+
+from snapfaas.api import aliases, functions
+from snapfaas.api.auth import SigV4Verifier
+from snapfaas.api.context import SERVICES, Services
+from snapfaas.api.errors import error_response
+from snapfaas.api.invoke import function_logs, invoke
+from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
+
+logger = logging.getLogger(__name__)
+MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
+FN = "/2015-03-31/functions/{name}"
+
+
+def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
+    """`verifier` None disables authentication (``--no-auth``)."""
+
+    @web.middleware
+    async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        request_id = str(uuid.uuid4())
+        try:
+            if verifier is not None and request.path != "/snapfaas/v1/health":
+                body = await request.read()
+                verifier.verify(request.method, request.raw_path, request.headers, body)
+            response = await handler(request)
+        except SnapfaasError as err:
+            return error_response(err, request_id)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(RequestTooLarge(f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the {request.path.split('/')[-1] or 'requested'} operation"), request_id)
+        except web.HTTPNotFound:
+            return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
+        except web.HTTPMethodNotAllowed:
+            return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
+        except Exception:  # every other failure is ours: log it, answer ServiceException, keep serving
+            logger.exception("unhandled error in %s %s", request.method, request.path)
+            return error_response(ServiceError("An internal error occurred; see the snapfaas server log."), request_id)
+        response.headers.setdefault("x-amzn-RequestId", request_id)
+        return response
+
+    app = web.Application(middlewares=[lambda_errors], client_max_size=MAX_REQUEST_BYTES)
+    app[SERVICES] = svc
+    app.router.add_post("/2015-03-31/functions", functions.create_function)
+    app.router.add_post("/2015-03-31/functions/", functions.create_function)
+    app.router.add_get("/2015-03-31/functions/", functions.list_functions)
+    app.router.add_get("/2015-03-31/functions", functions.list_functions)
+    app.router.add_get(FN, functions.get_function)
+    app.router.add_delete(FN, functions.delete_function)
+    app.router.add_get(FN + "/configuration", functions.get_configuration)
+    app.router.add_put(FN + "/configuration", functions.update_configuration)
+    app.router.add_put(FN + "/code", functions.update_code)
+    app.router.add_post(FN + "/versions", functions.publish_version)
+    app.router.add_get(FN + "/versions", functions.list_versions)
+    app.router.add_post(FN + "/aliases", aliases.create_alias)
+    app.router.add_get(FN + "/aliases", aliases.list_aliases)
+    app.router.add_get(FN + "/aliases/{alias}", aliases.get_alias)
+    app.router.add_put(FN + "/aliases/{alias}", aliases.update_alias)
+    app.router.add_delete(FN + "/aliases/{alias}", aliases.delete_alias)
+    app.router.add_post(FN + "/invocations", invoke)
+    app.router.add_put("/2017-10-31/functions/{name}/concurrency", functions.put_concurrency)
+    app.router.add_delete("/2017-10-31/functions/{name}/concurrency", functions.delete_concurrency)
+    app.router.add_get("/2019-09-30/functions/{name}/concurrency", functions.get_concurrency)
+    app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
+    app.router.add_get("/snapfaas/v1/health", health)
+    app.router.add_post("/snapfaas/v1/echo", echo)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Bench baseline: the same server stack (auth + middleware) with no function behind it."""
+    return web.Response(body=await request.read(), content_type="application/json")

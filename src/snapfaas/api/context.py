@@ -1,0 +1,66 @@
+"""What request handlers can reach: the control plane, the invoker and a few stores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from aiohttp import web
+
+from snapfaas.config import ServerConfig
+from snapfaas.errors import InvalidRequestContent
+from snapfaas.registry import validation as check
+from snapfaas.registry.service import ControlPlane
+from snapfaas.worker.invoker import Invoker
+from snapfaas.worker.logs import LogStore
+
+SERVICES = web.AppKey("services", object)
+
+
+@dataclasses.dataclass
+class Services:
+    config: ServerConfig
+    control: ControlPlane
+    invoker: Invoker
+    logs: LogStore
+
+    @property
+    def registry(self):  # type: ignore[no-untyped-def]
+        return self.control.registry
+
+
+def services(request: web.Request) -> Services:
+    svc = request.app[SERVICES]
+    assert isinstance(svc, Services)
+    return svc
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestContent(f"Could not parse request body into json: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestContent("Could not parse request body into json: expected a JSON object")
+    return body
+
+
+def function_ref(request: web.Request) -> tuple[str, str | None]:
+    """FunctionName from the path plus the ``Qualifier`` query parameter, reconciled."""
+    name, derived = check.parse_function_ref(request.match_info["name"])
+    query = request.query.get("Qualifier")
+    if query is not None:
+        if len(query) > 128:
+            raise check.constraint_error(query, "qualifier", "Member must have length less than or equal to 128")
+        check.qualifier(query)
+    if derived is not None and query is not None and derived != query:
+        raise check.InvalidParameterValue("The derived qualifier from the function name does not match the specified qualifier.")
+    return name, derived or query
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(), content_type="application/json")

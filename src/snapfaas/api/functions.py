@@ -1,0 +1,141 @@
+"""Handlers for functions, versions and reserved concurrency."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from snapfaas.api.context import function_ref, json_body, json_response, services
+from snapfaas.api.shapes import function_configuration, paginate
+from snapfaas.errors import NotFound
+from snapfaas.registry import validation as check
+from snapfaas.registry.model import LATEST, FunctionVersion
+
+
+def _arn_for(request: web.Request, v: FunctionVersion, qualifier: str | None) -> str:
+    return services(request).registry.function_arn(v.name, qualifier)
+
+
+def _max_items(request: web.Request) -> int:
+    raw = request.query.get("MaxItems")
+    if raw is None:
+        return 50
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise check.constraint_error(raw, "maxItems", "Member must have value between 1 and 10000")
+    return int(raw)
+
+
+async def create_function(request: web.Request) -> web.Response:
+    svc = services(request)
+    body = await json_body(request)
+    v = svc.control.create_function(body)
+    return json_response(function_configuration(v, svc.registry.function_arn(v.name)), 201)
+
+
+async def get_function(request: web.Request) -> web.Response:
+    svc = services(request)
+    name, qualifier = function_ref(request)
+    v, _ = _resolve(request, name, qualifier)
+    config = function_configuration(v, svc.registry.function_arn(name, qualifier))
+    out: dict[str, object] = {
+        "Configuration": config,
+        "Code": {"RepositoryType": "S3", "Location": f"{svc.config.endpoint_url}/snapfaas/v1/code/{v.code_digest}"},
+    }
+    reserved = svc.registry.function_info(name).reserved_concurrency
+    if reserved is not None:
+        out["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
+    return json_response(out)
+
+
+def _resolve(request: web.Request, name: str, qualifier: str | None) -> tuple[FunctionVersion, object]:
+    try:
+        return services(request).registry.resolve(name, qualifier)
+    except NotFound as exc:
+        raise NotFound(f"Function not found: {services(request).registry.function_arn(name, qualifier)}") from exc
+
+
+async def get_configuration(request: web.Request) -> web.Response:
+    name, qualifier = function_ref(request)
+    v, _ = _resolve(request, name, qualifier)
+    return json_response(function_configuration(v, _arn_for(request, v, qualifier)))
+
+
+async def update_code(request: web.Request) -> web.Response:
+    name, _ = function_ref(request)
+    v = services(request).control.update_code(name, await json_body(request))
+    return json_response(function_configuration(v, _arn_for(request, v, None if v.is_latest else v.version)))
+
+
+async def update_configuration(request: web.Request) -> web.Response:
+    name, _ = function_ref(request)
+    v = services(request).control.update_configuration(name, await json_body(request))
+    return json_response(function_configuration(v, _arn_for(request, v, None)))
+
+
+async def delete_function(request: web.Request) -> web.Response:
+    name, qualifier = function_ref(request)
+    await services(request).control.delete(name, qualifier)
+    return web.Response(status=204)
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    svc = services(request)
+    every = request.query.get("FunctionVersion")
+    if every is not None and every != "ALL":
+        raise check.constraint_error(every, "functionVersion", "Member must satisfy enum value set: [ALL]")
+    records = svc.registry.list_all_versions() if every else svc.registry.list_latest()
+    items = [
+        function_configuration(v, svc.registry.function_arn(v.name, v.version if every else None), listing=True)
+        for v in records
+    ]
+    page, marker = paginate(items, request.query.get("Marker"), _max_items(request))
+    out: dict[str, object] = {"Functions": page}
+    if marker:
+        out["NextMarker"] = marker
+    return json_response(out)
+
+
+async def publish_version(request: web.Request) -> web.Response:
+    name, _ = function_ref(request)
+    v = services(request).control.publish_version(name, await json_body(request))
+    return json_response(function_configuration(v, _arn_for(request, v, v.version)), 201)
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    svc = services(request)
+    name, _ = function_ref(request)
+    items = [function_configuration(v, svc.registry.function_arn(name, v.version), listing=True)
+             for v in svc.registry.list_versions(name)]
+    page, marker = paginate(items, request.query.get("Marker"), _max_items(request))
+    out: dict[str, object] = {"Versions": page}
+    if marker:
+        out["NextMarker"] = marker
+    return json_response(out)
+
+
+async def put_concurrency(request: web.Request) -> web.Response:
+    svc = services(request)
+    name, _ = function_ref(request)
+    body = await json_body(request)
+    value = check.reserved_concurrency(check.require(body, "ReservedConcurrentExecutions", "reservedConcurrentExecutions"))
+    limit = svc.config.max_environments
+    if value > limit:
+        raise check.InvalidParameterValue(
+            f"Specified ReservedConcurrentExecutions for function exceeds this server's concurrency limit of [{limit}]."
+        )
+    svc.registry.set_reserved_concurrency(name, value)
+    return json_response({"ReservedConcurrentExecutions": value})
+
+
+async def get_concurrency(request: web.Request) -> web.Response:
+    name, _ = function_ref(request)
+    reserved = services(request).registry.function_info(name).reserved_concurrency
+    return json_response({} if reserved is None else {"ReservedConcurrentExecutions": reserved})
+
+
+async def delete_concurrency(request: web.Request) -> web.Response:
+    name, _ = function_ref(request)
+    services(request).registry.set_reserved_concurrency(name, None)
+    return web.Response(status=204)
+
+
+__all__ = ["LATEST"]

@@ -1,0 +1,70 @@
+"""Render registry records as Lambda's JSON shapes (FunctionConfiguration, AliasConfiguration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snapfaas.registry.model import Alias, FunctionVersion
+
+
+def function_configuration(v: FunctionVersion, arn: str, listing: bool = False) -> dict[str, Any]:
+    """FunctionConfiguration as AWS returns it; list items omit the state fields."""
+    out: dict[str, Any] = {
+        "FunctionName": v.name,
+        "FunctionArn": arn,
+        "Runtime": v.runtime,
+        "Role": v.role,
+        "Handler": v.handler,
+        "CodeSize": v.code_size,
+        "Description": v.description,
+        "Timeout": v.timeout,
+        "MemorySize": v.memory_size,
+        "LastModified": v.last_modified,
+        "CodeSha256": v.code_sha256,
+        "Version": v.version,
+        "TracingConfig": {"Mode": "PassThrough"},
+        "RevisionId": v.revision_id,
+        "PackageType": "Zip",
+        "Architectures": list(v.architectures),
+        "EphemeralStorage": {"Size": v.ephemeral_storage},
+        "SnapStart": {"ApplyOn": v.snap_start, "OptimizationStatus": v.optimization_status},
+        "LoggingConfig": {"LogFormat": "Text", "LogGroup": f"/aws/lambda/{v.name}"},
+    }
+    if v.environment:
+        out["Environment"] = {"Variables": dict(v.environment)}
+    if listing:
+        return out
+    out["State"] = v.state.value
+    if v.state_reason:
+        out["StateReason"] = v.state_reason
+    if v.state_reason_code:
+        out["StateReasonCode"] = v.state_reason_code
+    if v.last_update_status:
+        out["LastUpdateStatus"] = v.last_update_status
+    if v.last_update_status_reason:
+        out["LastUpdateStatusReason"] = v.last_update_status_reason
+    if v.last_update_status_reason_code:
+        out["LastUpdateStatusReasonCode"] = v.last_update_status_reason_code
+    return out
+
+
+def alias_configuration(alias: Alias, arn: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "AliasArn": arn,
+        "Name": alias.name,
+        "FunctionVersion": alias.version,
+        "Description": alias.description,
+        "RevisionId": alias.revision_id,
+    }
+    if alias.routing:
+        out["RoutingConfig"] = {"AdditionalVersionWeights": dict(alias.routing)}
+    return out
+
+
+def paginate(items: list[Any], marker: str | None, max_items: int, default_max: int = 50) -> tuple[list[Any], str | None]:
+    """Marker is the decimal offset of the next page (opaque to clients)."""
+    start = int(marker) if marker and marker.isdigit() else 0
+    size = max(1, min(max_items or default_max, default_max))
+    page = items[start : start + size]
+    next_marker = str(start + size) if start + size < len(items) else None
+    return page, next_marker

@@ -1,0 +1,342 @@
+"""Control-plane operations: validate, store, and drive versions through their states.
+
+`ControlPlane` is the one object `api/` calls for everything except Invoke. Mutations are
+validated completely before anything is written, then committed in one registry transaction,
+so a rejected or interrupted request changes nothing. Slow follow-up work (bringing a new
+function or version to Active, finishing an update) runs in background tasks that survive
+only as state in the registry: `resume` restarts them after a daemon restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, SnapfaasError
+from snapfaas.registry import validation as check
+from snapfaas.registry.artifacts import ArtifactStore, CodeArtifact
+from snapfaas.registry.db import Registry
+from snapfaas.registry.model import LATEST, Alias, FunctionVersion, State, new_revision, now_iso
+from snapfaas.sandbox.interpreter import InterpreterRegistry
+
+logger = logging.getLogger(__name__)
+Retire = Callable[[str, str | None], Awaitable[None]]
+Settle = Callable[[FunctionVersion], Awaitable[None]]
+
+
+def _noop_retire(function: str, version: str | None) -> Awaitable[None]:
+    return asyncio.sleep(0)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        registry: Registry,
+        artifacts: ArtifactStore,
+        interpreters: InterpreterRegistry,
+        retire: Retire = _noop_retire,
+    ) -> None:
+        self.registry = registry
+        self.artifacts = artifacts
+        self.interpreters = interpreters
+        self.retire = retire
+        self.publishers: dict[str, Settle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- background settling ---------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _activate(self, name: str, version: str) -> None:
+        """Pending -> Active (or Failed), after checking the runtime and the code tree."""
+        await asyncio.sleep(0)
+        try:
+            record = self.registry.get_version(name, version)
+        except NotFound:
+            return
+        reason = self._readiness_problem(record)
+        if reason is not None:
+            self.registry.update_version(name, version, lambda v: self._fail(v, reason))
+            return
+        publisher = self.publishers.get(record.snap_start) if not record.is_latest else None
+        if publisher is not None:
+            await publisher(record)
+            return
+        self.registry.update_version(name, version, self._make_active)
+
+    @staticmethod
+    def _fail(v: FunctionVersion, reason: tuple[str, str]) -> None:
+        v.move_to(State.FAILED, reason[1], reason[0])
+        v.revision_id = new_revision()
+
+    @staticmethod
+    def _make_active(v: FunctionVersion) -> None:
+        v.move_to(State.ACTIVE)
+        v.revision_id = new_revision()
+        if v.is_latest or v.last_update_status is None:
+            v.last_update_status = "Successful"
+            v.last_update_status_reason = v.last_update_status_reason_code = None
+
+    async def _finish_update(self, name: str) -> None:
+        """LastUpdateStatus InProgress -> Successful (or Failed) for $LATEST."""
+        await asyncio.sleep(0)
+        try:
+            record = self.registry.get_version(name, LATEST)
+        except NotFound:
+            return
+        reason = self._readiness_problem(record)
+
+        def finish(v: FunctionVersion) -> None:
+            v.revision_id = new_revision()
+            if reason is None:
+                v.last_update_status, v.last_update_status_reason, v.last_update_status_reason_code = "Successful", None, None
+            else:
+                v.last_update_status, v.last_update_status_reason_code, v.last_update_status_reason = "Failed", *reason
+
+        self.registry.update_version(name, LATEST, finish)
+        await self.retire(name, LATEST)
+
+    def _readiness_problem(self, record: FunctionVersion) -> tuple[str, str] | None:
+        try:
+            self.interpreters.resolve(record.runtime)
+        except SnapfaasError as exc:
+            return "InvalidRuntime", exc.message
+        if not self.artifacts.tree(record.code_digest).is_dir():
+            return "InternalError", f"code package {record.code_sha256} is missing from the artifact store"
+        return None
+
+    def resume(self) -> None:
+        """Restart settling work interrupted by a daemon restart."""
+        for record in self.registry.list_all_versions():
+            if record.state == State.PENDING:
+                self._spawn(self._activate(record.name, record.version), f"activate-{record.name}:{record.version}")
+            elif record.is_latest and record.last_update_status == "InProgress":
+                self._spawn(self._finish_update(record.name), f"update-{record.name}")
+
+    # -- input parsing ---------------------------------------------------------------------
+    def _code(self, body: Mapping[str, Any], handler: str | None) -> CodeArtifact:
+        if "S3Bucket" in body or "S3Key" in body or "ImageUri" in body:
+            raise InvalidParameterValue("Only ZipFile code is supported by this server (S3 and image packages are not).")
+        raw = body.get("ZipFile")
+        if not isinstance(raw, str) or not raw:
+            raise InvalidParameterValue("Please provide a source for function code.")
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidParameterValue("Could not unzip uploaded file. Please check your file, then try to upload again.") from exc
+        artifact = self.artifacts.ingest(data)
+        if handler is not None:
+            self._check_handler(artifact.digest, handler)
+        return artifact
+
+    def _check_handler(self, digest: str, handler: str) -> None:
+        if not self.artifacts.handler_file_exists(digest, handler):
+            module = handler.rpartition(".")[0]
+            raise InvalidParameterValue(
+                f"Handler '{handler}' refers to module '{module}', but the deployment package has no "
+                f"{module.replace('.', '/')}.py (or package) at its root."
+            )
+
+    @staticmethod
+    def _apply_config(v: FunctionVersion, body: Mapping[str, Any], interpreters: InterpreterRegistry) -> None:
+        if "Runtime" in body:
+            v.runtime = check.runtime(body["Runtime"])
+            interpreters.resolve(v.runtime)
+        if "Handler" in body:
+            v.handler = check.handler(body["Handler"])
+        if "Role" in body:
+            v.role = check.role(body["Role"])
+        if "Description" in body:
+            v.description = check.description(body["Description"])
+        if "MemorySize" in body:
+            v.memory_size = check.memory_size(body["MemorySize"])
+        if "Timeout" in body:
+            v.timeout = check.timeout(body["Timeout"])
+        if "Environment" in body:
+            v.environment = check.environment(body["Environment"])
+        if "EphemeralStorage" in body:
+            v.ephemeral_storage = check.ephemeral_storage(body["EphemeralStorage"])
+        if "SnapStart" in body:
+            v.snap_start = check.snap_start(body["SnapStart"])
+        if "Architectures" in body:
+            arch = body["Architectures"]
+            if arch != ["x86_64"] and arch != ["arm64"]:
+                raise check.constraint_error(arch, "architectures", "Member must have length less than or equal to 1")
+
+    # -- functions -------------------------------------------------------------------------
+    def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
+        raw_name = check.require(body, "FunctionName", "functionName")
+        name, qualifier = check.parse_function_ref(str(raw_name))
+        if qualifier is not None:
+            raise check.constraint_error(raw_name, "functionName", "Member must not carry a qualifier")
+        check.function_name(name)
+        role = check.role(check.require(body, "Role", "role"))
+        if body.get("PackageType", "Zip") != "Zip":
+            raise InvalidParameterValue("Only PackageType Zip is supported by this server.")
+        runtime = check.runtime(check.require(body, "Runtime", "runtime"))
+        handler = check.handler(check.require(body, "Handler", "handler"))
+        self.interpreters.resolve(runtime)
+        draft = FunctionVersion(name=name, version=LATEST, runtime=runtime, handler=handler, role=role,
+                                code_digest="", code_sha256="", code_size=0)
+        self._apply_config(draft, body, self.interpreters)
+        code = body.get("Code")
+        if not isinstance(code, Mapping):
+            raise check.constraint_error("null", "code", "Member must not be null")
+        artifact = self._code(code, handler)
+        draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
+        self.registry.create_function(draft)
+        self._spawn(self._activate(name, LATEST), f"activate-{name}")
+        if body.get("Publish"):
+            published = self._publish_after_settle(name)
+            return dataclasses.replace(draft, version=published)
+        return draft
+
+    def _publish_after_settle(self, name: str) -> str:
+        """Create version 1 right away (Pending); it settles in the background like $LATEST."""
+        version, _ = self.registry.publish(name, None, None, None, allow_unsettled=True)
+        self._spawn(self._activate(name, version.version), f"activate-{name}:{version.version}")
+        return version.version
+
+    def update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+        current = self.registry.get_version(name, LATEST)
+        self._guard_update(current)
+        artifact = self._code(body, current.handler)
+
+        def change(v: FunctionVersion) -> None:
+            v.code_digest, v.code_sha256, v.code_size = artifact.digest, artifact.sha256, artifact.size
+            self._mark_in_progress(v)
+
+        if body.get("DryRun"):
+            return current
+        updated = self.registry.update_version(name, LATEST, change, body.get("RevisionId"))
+        self._spawn(self._finish_update(name), f"update-{name}")
+        if body.get("Publish"):
+            return self._publish_now(name, updated)
+        return updated
+
+    def update_configuration(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+        current = self.registry.get_version(name, LATEST)
+        self._guard_update(current)
+        draft = dataclasses.replace(current, environment=dict(current.environment))
+        self._apply_config(draft, body, self.interpreters)
+        self._check_handler(draft.code_digest, draft.handler)
+
+        def change(v: FunctionVersion) -> None:
+            for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",
+                          "ephemeral_storage", "snap_start"):
+                setattr(v, field, getattr(draft, field))
+            self._mark_in_progress(v)
+
+        updated = self.registry.update_version(name, LATEST, change, body.get("RevisionId"))
+        self._spawn(self._finish_update(name), f"update-{name}")
+        return updated
+
+    def _guard_update(self, current: FunctionVersion) -> None:
+        if current.state == State.PENDING or current.last_update_status == "InProgress":
+            raise Conflict(
+                "The operation cannot be performed at this time. An update is in progress for resource: "
+                + self.registry.function_arn(current.name)
+            )
+
+    @staticmethod
+    def _mark_in_progress(v: FunctionVersion) -> None:
+        v.last_modified = now_iso()
+        v.revision_id = new_revision()
+        v.last_update_status = "InProgress"
+        v.last_update_status_reason = "The function is being created."
+        v.last_update_status_reason_code = "Creating"
+
+    def _publish_now(self, name: str, latest: FunctionVersion) -> FunctionVersion:
+        """UpdateFunctionCode(Publish=True): publish the new code without waiting for the update."""
+        version, created = self.registry.publish(name, None, None, None, allow_unsettled=True)
+        if created:
+            self._spawn(self._activate(name, version.version), f"activate-{name}:{version.version}")
+        return version
+
+    def publish_version(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+        description = body.get("Description")
+        if description is not None:
+            check.description(description)
+        version, created = self.registry.publish(name, body.get("CodeSha256"), body.get("RevisionId"), description)
+        if created:
+            self.registry.update_version(name, LATEST, lambda v: setattr(v, "revision_id", new_revision()))
+            self._spawn(self._activate(name, version.version), f"activate-{name}:{version.version}")
+        return version
+
+    async def delete(self, name: str, qualifier: str | None) -> list[FunctionVersion]:
+        """Delete a function or one version; returns the deleted versions (for snapshot cleanup)."""
+        if qualifier is None:
+            deleted = self.registry.delete_function(name)
+            await self.retire(name, None)
+            self.artifacts.collect_garbage(self.registry.referenced_digests())
+            return deleted
+        if qualifier == LATEST:
+            raise InvalidParameterValue("$LATEST version cannot be deleted without deleting the function.")
+        if not qualifier.isdigit():
+            raise InvalidParameterValue("Deletion of aliases is not currently supported.")
+        self.registry.function_info(name)
+        try:
+            deleted_version = self.registry.delete_version(name, qualifier)
+        except NotFound:
+            return []
+        await self.retire(name, qualifier)
+        self.artifacts.collect_garbage(self.registry.referenced_digests())
+        return [deleted_version]
+
+    # -- aliases ---------------------------------------------------------------------------
+    @staticmethod
+    def _routing(body: Mapping[str, Any], target: str) -> dict[str, float]:
+        config = body.get("RoutingConfig") or {}
+        weights = (config.get("AdditionalVersionWeights") or {}) if isinstance(config, Mapping) else {}
+        if not isinstance(weights, Mapping):
+            raise InvalidParameterValue("RoutingConfig.AdditionalVersionWeights must be a map")
+        if len(weights) > 1:
+            raise InvalidParameterValue("Number of items in AdditionalVersionWeights cannot be greater than 1")
+        out: dict[str, float] = {}
+        for version, weight in weights.items():
+            if not str(version).isdigit():
+                raise check.constraint_error(f"{{{version}={weight}}}", "routingConfig.additionalVersionWeights",
+                                             "Map keys must satisfy constraint: [Member must satisfy regular expression pattern: [0-9]+]")
+            if not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+                raise check.constraint_error(f"{{{version}={float(weight) if isinstance(weight, (int, float)) else weight}}}",
+                                             "routingConfig.additionalVersionWeights",
+                                             "Map value must satisfy constraint: [Member must have value less than or equal to 1.0, Member must have value greater than or equal to 0.0, Member must not be null]")
+            if target == LATEST:
+                raise InvalidParameterValue("$LATEST is not supported for an alias pointing to more than 1 version")
+            if str(version) == target:
+                raise InvalidParameterValue(
+                    f"Invalid function version {target}. Function version {target} is already included in routing configuration."
+                )
+            out[str(version)] = float(weight)
+        return out
+
+    def create_alias(self, function: str, body: Mapping[str, Any]) -> Alias:
+        name = check.alias_name(check.require(body, "Name", "name"))
+        target = check.version_ref(check.require(body, "FunctionVersion", "functionVersion"))
+        alias = Alias(function, name, target, check.description(body.get("Description", "")), new_revision(),
+                      self._routing(body, target))
+        return self.registry.create_alias(alias)
+
+    def update_alias(self, function: str, name: str, body: Mapping[str, Any]) -> Alias:
+        current = self.registry.get_alias(function, name)
+        target = check.version_ref(body["FunctionVersion"]) if "FunctionVersion" in body else current.version
+        description = check.description(body["Description"]) if "Description" in body else current.description
+        routing = self._routing(body, target) if "RoutingConfig" in body else current.routing
+
+        def change(a: Alias) -> None:
+            a.version, a.description, a.routing = target, description, routing
+
+        return self.registry.update_alias(function, name, change, body.get("RevisionId"))

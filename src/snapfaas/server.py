@@ -1,0 +1,105 @@
+"""`snapfaas serve`: assemble the platform, serve until SIGINT/SIGTERM, tear down cleanly.
+
+Shutdown order: stop accepting requests, stop background work, then destroy every
+environment the server started (no container outlives the daemon; containers left by a
+crashed daemon are reaped at the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from snapfaas import credentials
+from snapfaas.api.app import build_app
+from snapfaas.api.auth import SigV4Verifier
+from snapfaas.api.context import Services
+from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
+from snapfaas.registry.artifacts import ArtifactStore
+from snapfaas.registry.db import Registry
+from snapfaas.registry.service import ControlPlane
+from snapfaas.sandbox.container import Runc
+from snapfaas.sandbox.interpreter import InterpreterRegistry
+from snapfaas.worker.factory import EnvironmentFactory
+from snapfaas.worker.invoker import Invoker
+from snapfaas.worker.logs import LogStore
+from snapfaas.worker.pool import Worker
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, config: ServerConfig, environ: dict[str, str], say: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.environ = environ
+        self.say = say
+        self._stop = asyncio.Event()
+
+    def _keys(self) -> dict[str, str]:
+        if self.config.credentials:
+            return dict(self.config.credentials)
+        (akid, secret), created = credentials.load_or_create(self.config.data_dir)
+        if created:
+            self.say(f"Generated access keys (stored in {self.config.data_dir / credentials.FILE_NAME}):")
+            self.say(credentials.snippet(self.config.endpoint_url, akid, secret, self.config.region))
+        else:
+            self.say(f"Access key id {akid} (secret in {self.config.data_dir / credentials.FILE_NAME})")
+        return {akid: secret}
+
+    async def run(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Traversable (not listable) so the sandbox's mapped root can reach its bind sources.
+        os.chmod(cfg.data_dir, 0o711)
+        keys = self._keys() if cfg.auth else {}
+        if not cfg.auth:
+            self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
+        runc = Runc(cfg.data_dir / "runc")
+        self.say(f"runc: {runc.check()}")
+        leftovers = runc.reap_leftovers()
+        if leftovers:
+            self.say(f"Removed {len(leftovers)} container(s) left by a previous run.")
+        interpreters = InterpreterRegistry(cfg.runtimes, self.environ)
+        for name, found in interpreters.available(SUPPORTED_RUNTIMES).items():
+            self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
+        os.umask(0o077)
+        registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:")
+        artifacts = ArtifactStore(cfg.data_dir / "code", cfg.limits, owner=cfg.host_id_base + cfg.sandbox_uid)
+        logs = LogStore(cfg.data_dir / "logs")
+        worker = Worker(EnvironmentFactory(cfg, runc, artifacts, interpreters, logs), cfg.max_environments, cfg.keep_alive_s)
+        control = ControlPlane(registry, artifacts, interpreters, worker.retire)
+        invoker = Invoker(registry, worker, cfg.limits, str(cfg.data_dir / "events.db"))
+        artifacts.collect_garbage(registry.referenced_digests())
+        services = Services(cfg, control, invoker, logs)
+        app = build_app(services, SigV4Verifier(keys) if cfg.auth else None)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await site.start()
+            worker.start()
+            invoker.start()
+            control.resume()
+            self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")
+            await self._stop.wait()
+            self.say("shutting down: stopping the API, then every environment")
+        finally:
+            await runner.cleanup()
+            await control.close()
+            await invoker.close()
+            await worker.close()
+            registry.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        self.say("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,155 @@
+"""The narrow interface `api/` uses to invoke functions.
+
+`Invoker.invoke` takes a function reference as the caller gave it and returns an
+`InvokeResult`; every failure that Lambda reports as an API error (not found, throttled, not
+ready, payload too large) is raised as a `snapfaas.errors` leaf. Function errors are data in
+the result (``function_error``), never exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import random
+import uuid
+
+from snapfaas.config import Limits
+from snapfaas.errors import Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
+from snapfaas.registry.db import Registry
+from snapfaas.registry.model import LATEST, FunctionVersion, State
+from snapfaas.worker.environment import InvokeRequest
+from snapfaas.worker.events import EventQueue, QueuedEvent
+from snapfaas.worker.pool import Worker
+
+logger = logging.getLogger(__name__)
+INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+
+
+@dataclasses.dataclass
+class InvokeResult:
+    status: int
+    payload: bytes
+    request_id: str
+    executed_version: str | None = None
+    function_error: str | None = None
+    log_tail: str | None = None
+
+
+class Invoker:
+    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_path: str) -> None:
+        self.registry = registry
+        self.worker = worker
+        self.limits = limits
+        self.events = EventQueue(__import__("pathlib").Path(events_path), self._run_event)
+
+    def start(self) -> None:
+        self.events.start()
+
+    async def close(self) -> None:
+        await self.events.close()
+
+    def resolve(self, name: str, qualifier: str | None) -> tuple[FunctionVersion, str]:
+        """The version to run and the ARN as invoked (alias ARN when called through an alias)."""
+        try:
+            version, alias = self.registry.resolve(name, qualifier)
+        except NotFound as exc:
+            raise NotFound(f"Function not found: {self.registry.function_arn(name, qualifier or LATEST)}") from exc
+        if alias is not None and alias.routing:
+            extra, weight = next(iter(alias.routing.items()))
+            if random.random() < weight:
+                version = self.registry.get_version(name, extra)
+        return version, self.registry.function_arn(name, qualifier)
+
+    @staticmethod
+    def check_ready(version: FunctionVersion) -> None:
+        if version.state != State.ACTIVE:
+            raise Conflict(
+                "The operation cannot be performed at this time. The function is currently in the following state: "
+                + version.state.value
+            )
+
+    async def invoke(
+        self,
+        name: str,
+        qualifier: str | None,
+        payload: bytes,
+        invocation_type: str = "RequestResponse",
+        tail: bool = False,
+        client_context: str | None = None,
+    ) -> InvokeResult:
+        if invocation_type not in INVOCATION_TYPES:
+            raise InvalidParameterValue(
+                f"1 validation error detected: Value '{invocation_type}' at 'invocationType' failed to satisfy constraint: "
+                "Member must satisfy enum value set: [Event, RequestResponse, DryRun]"
+            )
+        request_id = str(uuid.uuid4())
+        version, invoked_arn = self.resolve(name, qualifier)
+        limit = self.limits.event_payload_bytes if invocation_type == "Event" else self.limits.sync_payload_bytes
+        if len(payload) > limit:
+            if invocation_type == "Event":
+                raise RequestTooLarge(f"{len(payload)} byte payload is too large for the Event invocation type (limit {limit} bytes)")
+            raise RequestTooLarge(f"{len(payload)} byte payload is too large for the RequestResponse invocation type (limit {limit} bytes)")
+        check_json(payload)
+        context = decode_client_context(client_context)
+        if invocation_type == "DryRun":
+            return InvokeResult(204, b"", request_id, version.version)
+        if invocation_type == "Event":
+            self.events.put(request_id, name, qualifier, payload)
+            return InvokeResult(202, b"", request_id)
+        self.check_ready(version)
+        info = self.registry.function_info(name)
+        outcome = await self.worker.invoke(
+            version,
+            InvokeRequest(request_id, payload, invoked_arn, float(version.timeout), context),
+            info.reserved_concurrency,
+        )
+        tail_text = None
+        if tail:
+            raw = "".join(outcome.log_lines).encode()
+            tail_text = base64.b64encode(raw[-self.limits.log_tail_bytes :]).decode()
+        return InvokeResult(200, outcome.payload, request_id, version.version, outcome.function_error, tail_text)
+
+    async def _run_event(self, event: QueuedEvent, attempt: int) -> bool:
+        try:
+            version, invoked_arn = self.resolve(event.function, event.qualifier)
+            self.check_ready(version)
+            info = self.registry.function_info(event.function)
+        except (NotFound, Conflict) as exc:
+            logger.warning("dropping event %s: %s", event.request_id, exc.message)
+            return True
+        from snapfaas.errors import Throttled
+
+        try:
+            outcome = await self.worker.invoke(
+                version,
+                InvokeRequest(event.request_id, event.payload, invoked_arn, float(version.timeout)),
+                info.reserved_concurrency,
+            )
+        except Throttled:
+            return False
+        return outcome.function_error is None
+
+
+def check_json(payload: bytes) -> None:
+    """Lambda requires the event to be JSON; reject anything else before running code."""
+    if not payload:
+        return
+    import json
+
+    try:
+        json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestContent("Could not parse request body into json: Could not parse payload into json: "
+                                    f"{exc}") from exc
+
+
+def decode_client_context(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if len(raw) > 3583:
+        raise InvalidParameterValue("Client context must be a base64-encoded JSON object of at most 3583 bytes")
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestContent("Client context must be valid Base64") from exc

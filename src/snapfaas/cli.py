@@ -54,9 +54,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--keep-alive", default=300.0, show_default=True, type=float, help="Seconds an idle environment is kept.")
 @click.option("--max-environments", default=32, show_default=True, type=int, help="Account concurrency limit.")
 @click.option("--region", default="us-east-1", show_default=True)
+@click.option("--sandbox-dir", type=click.Path(path_type=Path), default=None,
+              help="Sandbox-visible derived state (default /var/lib/snapfaas/sandbox/<hash of data dir>).")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
-          max_environments: int, region: str, log_level: str) -> None:
+          max_environments: int, region: str, sandbox_dir: Path | None, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -68,7 +70,7 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
     config = ServerConfig(
         data_dir=data_dir.resolve(), host=host, port=port, region=region, auth=not no_auth,
         credentials=credentials_from_env(os.environ) or {}, runtimes=overrides, keep_alive_s=keep_alive,
-        max_environments=max_environments,
+        max_environments=max_environments, sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")

@@ -7,6 +7,7 @@ with `ServerConfig.build(...)` (passing the environment explicitly) and hands it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,6 +50,19 @@ class ServerConfig:
     sandbox_uid: int = 1000
     host_id_base: int = 100_000
     limits: Limits = dataclasses.field(default_factory=Limits)
+    sandbox_root: Path | None = None
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """Where sandbox-visible derived state lives (rootfs skeleton, runtime, code trees).
+
+        Every ancestor must be traversable by the sandbox's mapped root uid, which a data dir
+        under a private home directory is not; so by default this is under /var/lib.
+        """
+        if self.sandbox_root is not None:
+            return self.sandbox_root
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return Path("/var/lib/snapfaas/sandbox") / digest
 
     @property
     def db_path(self) -> Path:

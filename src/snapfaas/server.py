@@ -54,12 +54,12 @@ class Server:
     async def run(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        # Traversable (not listable) so the sandbox's mapped root can reach its bind sources.
-        os.chmod(cfg.data_dir, 0o711)
+        os.chmod(cfg.data_dir, 0o700)
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
             self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
         runc = Runc(cfg.data_dir / "runc")
+        self.say(f"sandbox dir: {cfg.sandbox_dir}")
         self.say(f"runc: {runc.check()}")
         leftovers = runc.reap_leftovers()
         if leftovers:
@@ -69,7 +69,9 @@ class Server:
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
         registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:")
-        artifacts = ArtifactStore(cfg.data_dir / "code", cfg.limits, owner=cfg.host_id_base + cfg.sandbox_uid)
+        cfg.sandbox_dir.mkdir(parents=True, exist_ok=True)
+        artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
+                                  owner=cfg.host_id_base + cfg.sandbox_uid)
         logs = LogStore(cfg.data_dir / "logs")
         worker = Worker(EnvironmentFactory(cfg, runc, artifacts, interpreters, logs), cfg.max_environments, cfg.keep_alive_s)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)

@@ -1,13 +1,15 @@
 """Code artifacts: validated, content-addressed deployment packages.
 
-Layout under ``<data-dir>/code``::
+Layout::
 
-    <sha256-hex>.zip     the package as uploaded
-    <sha256-hex>/        its extracted tree (mounted read-only at /var/task)
+    <data-dir>/code/<sha256-hex>.zip       the package as uploaded (the source of truth)
+    <sandbox-dir>/code/<sha256-hex>/       its extracted tree (mounted read-only at /var/task)
 
-An artifact directory appears atomically (extracted into a temporary sibling, then renamed),
-so a crash never leaves a half-extracted tree under a final name. Artifacts are shared by every
-version whose code has the same hash; `collect_garbage` removes the ones no version references.
+Trees live in the sandbox dir because every ancestor of a bind source must be traversable by
+the sandbox's mapped root uid; they are derived state, re-extracted from the zip when missing.
+A tree appears atomically (extracted into a temporary sibling, then renamed), so a crash never
+leaves a half-extracted tree under a final name. Artifacts are shared by every version whose
+code has the same hash; `collect_garbage` removes the ones no version references.
 """
 
 from __future__ import annotations
@@ -44,16 +46,23 @@ class CodeArtifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path, limits: Limits, owner: int | None = None) -> None:
+    def __init__(self, root: Path, trees: Path, limits: Limits, owner: int | None = None) -> None:
         """`owner` is the host uid (and gid) sandboxes read code as; trees are private to it."""
         self.root = root
+        self.trees = trees
         self.limits = limits
         self.owner = owner
         root.mkdir(parents=True, exist_ok=True)
-        os.chmod(root, 0o711)
+        trees.mkdir(parents=True, exist_ok=True)
+        os.chmod(trees, 0o711)
 
     def tree(self, digest: str) -> Path:
-        return self.root / digest
+        """The extracted tree of `digest`, re-extracting it from the stored zip if needed."""
+        path = self.trees / digest
+        if not path.is_dir() and (self.root / f"{digest}.zip").is_file():
+            data = self.read_zip(digest)
+            self._materialize(digest, data, self._check_zip(data))
+        return path
 
     def ingest(self, data: bytes) -> CodeArtifact:
         """Validate and store a zip; idempotent for identical bytes.
@@ -65,24 +74,28 @@ class ArtifactStore:
             raise RequestTooLarge(f"Zipped code must be smaller than {self.limits.zip_bytes} bytes")
         digest_bytes = hashlib.sha256(data).digest()
         digest = digest_bytes.hex()
-        artifact = CodeArtifact(digest, base64.b64encode(digest_bytes).decode(), len(data), self.tree(digest))
-        if artifact.tree.is_dir():
+        artifact = CodeArtifact(digest, base64.b64encode(digest_bytes).decode(), len(data), self.trees / digest)
+        if artifact.tree.is_dir() and (self.root / f"{digest}.zip").is_file():
             return artifact
-        entries = self._check_zip(data)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=self.root))
+        self._materialize(digest, data, self._check_zip(data))
+        tmp_zip = self.root / f".{digest}.zip.tmp"
+        tmp_zip.write_bytes(data)
+        os.replace(tmp_zip, self.root / f"{digest}.zip")
+        return artifact
+
+    def _materialize(self, digest: str, data: bytes, entries: list[zipfile.ZipInfo]) -> None:
+        final = self.trees / digest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=self.trees))
         try:
             self._extract(data, entries, tmp)
-            (self.root / f"{digest}.zip.tmp").write_bytes(data)
-            os.replace(self.root / f"{digest}.zip.tmp", self.root / f"{digest}.zip")
             try:
-                os.rename(tmp, artifact.tree)
+                os.rename(tmp, final)
             except OSError:
-                if not artifact.tree.is_dir():  # lost a race with an identical upload: fine
+                if not final.is_dir():  # lost a race with an identical upload: fine
                     raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return artifact
 
     def _check_zip(self, data: bytes) -> list[zipfile.ZipInfo]:
         try:
@@ -159,10 +172,9 @@ class ArtifactStore:
     def collect_garbage(self, referenced: set[str]) -> int:
         """Delete artifacts (and leftover temporaries) not in `referenced`; return how many."""
         removed = 0
-        for entry in self.root.iterdir():
+        for entry in [*self.root.iterdir(), *self.trees.iterdir()]:
             name = entry.name
-            digest = name.split(".")[1] if name.startswith(".") else name.removesuffix(".zip").removesuffix(".zip.tmp")
-            if digest in referenced and not name.startswith("."):
+            if not name.startswith(".") and name.removesuffix(".zip") in referenced:
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from pathlib import Path
 
 from snapfaas.config import ServerConfig
@@ -59,20 +61,35 @@ class EnvironmentFactory:
         self.artifacts = artifacts
         self.interpreters = interpreters
         self.logs = logs
-        self.rootfs = config.data_dir / "rootfs"
-        self.bundles = config.data_dir / "bundles"
-        self.runtime_mount = config.data_dir / "runtime"
+        self.rootfs = config.sandbox_dir / "rootfs"
+        self.bundles = config.sandbox_dir / "bundles"
+        self.runtime_mount = config.sandbox_dir / "runtime"
         self._prepared: set[str] = set()
+        self._install_runtime()
+
+    def _install_runtime(self) -> None:
+        """Copy the runtime package to ``<sandbox-dir>/runtime/snapfaas_runtime`` (world-readable)."""
+        target = self.runtime_mount / RUNTIME_PACKAGE
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(RUNTIME_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for dirpath, _, filenames in os.walk(self.runtime_mount):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        path = self.config.sandbox_dir
+        while path != path.parent:
+            if path.exists():
+                path.chmod(path.stat().st_mode | 0o111)
+            if path == Path("/var/lib"):
+                break
+            path = path.parent
 
     def _prepare(self, runtime: str) -> None:
         if runtime in self._prepared:
             return
         interp = self.interpreters.resolve(runtime)
         prepare_rootfs(self.rootfs, [interp])
-        # /var/runtime holds the runtime package under a fixed name (bind of the source tree).
-        (self.runtime_mount / RUNTIME_PACKAGE).mkdir(parents=True, exist_ok=True)
-        for path in (self.runtime_mount, self.runtime_mount / RUNTIME_PACKAGE):
-            path.chmod(0o755)
         self._prepared.add(runtime)
 
     def create(self, version: FunctionVersion, init_type: str = "on-demand") -> Environment:
@@ -95,14 +112,5 @@ class EnvironmentFactory:
             host_id_base=self.config.host_id_base,
             cgroup=cgroup,
         )
-        config = render(spec, self.rootfs, ["-m", RUNTIME_PACKAGE])
-        config["mounts"].append(
-            {
-                "destination": f"{RUNTIME_DIR}/{RUNTIME_PACKAGE}",
-                "type": "bind",
-                "source": str(RUNTIME_SOURCE),
-                "options": ["rbind", "ro", "nosuid", "nodev"],
-            }
-        )
-        container.write_config(config)
+        container.write_config(render(spec, self.rootfs, ["-m", RUNTIME_PACKAGE]))
         return env

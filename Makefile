@@ -1,0 +1,35 @@
+# snapfaas: `make demo` and `make test` do all set-up on a fresh Debian 12/13 machine (run as root).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: deps sysdeps pydeps test demo serve bench clean
+
+deps: sysdeps pydeps
+
+sysdeps:
+	@bash scripts/install-system-deps.sh
+
+pydeps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@bash scripts/make-venv.sh $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: deps
+	$(VENV)/bin/snapfaas demo
+
+serve: deps
+	$(VENV)/bin/snapfaas serve
+
+bench: deps
+	$(VENV)/bin/snapfaas bench
+
+clean:
+	rm -rf $(VENV) .snapfaas .pytest_cache

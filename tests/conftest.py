@@ -1,0 +1,183 @@
+"""Shared fixtures. `processes` owns every process a test starts; `server` is a real snapfaas
+daemon (real runc sandboxes) on a free port with its own data dir, shared by a test module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCESS_KEY = "SFIATESTKEY000000001"
+SECRET_KEY = "test-secret-key-for-the-suite-0123456789"
+ROLE = "arn:aws:iam::000000000000:role/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProcessFactory:
+    """Starts processes and guarantees they are gone after the owning scope (kill + reap)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        out = open(log, "ab")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return int(proc.returncode)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.stop(proc, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[ProcessFactory]:
+    factory = ProcessFactory()
+    yield factory
+    factory.close()
+
+
+def make_zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buf.getvalue()
+
+
+@dataclasses.dataclass
+class ServerHandle:
+    factory: ProcessFactory
+    data_dir: Path
+    port: int
+    extra_args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "server.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(SNAPFAAS_ACCESS_KEY_ID=ACCESS_KEY, SNAPFAAS_SECRET_ACCESS_KEY=SECRET_KEY)
+        return env
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "snapfaas", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                *self.extra_args]
+        self.proc = self.factory.start(argv, self.log_path, self.env())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/snapfaas/v1/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)  # polling a port that is not open yet
+        raise RuntimeError("server did not come up in 60 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        return self.factory.stop(self.proc, sig)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def client(self, secret: str = SECRET_KEY, key: str = ACCESS_KEY, **config: object):  # type: ignore[no-untyped-def]
+        return boto3.client(
+            "lambda", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=key, aws_secret_access_key=secret,
+            config=Config(retries={"max_attempts": 1}, read_timeout=120, **config),  # type: ignore[arg-type]
+        )
+
+    def runc_containers(self) -> list[str]:
+        out = subprocess.run(["runc", "--root", str(self.data_dir / "runc"), "list", "--format", "json"],
+                             capture_output=True, text=True, check=True)
+        return [c["id"] for c in json.loads(out.stdout or "null") or []]
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("these tests run real runc sandboxes and need root (CI runs as root)")
+
+
+@pytest.fixture(scope="module")
+def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    require_root()
+    base = tmp_path_factory.mktemp("server")
+    yield from run_server(processes, base, ["--keep-alive", "60"])
+
+
+def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterator[ServerHandle]:
+    """Start a server with its own data and sandbox dirs; stop it and check nothing leaked."""
+    sandbox = Path(f"/var/lib/snapfaas/test/{base.name}-{os.getpid()}")
+    handle = ServerHandle(processes, base / "data", free_port(), [*args, "--sandbox-dir", str(sandbox)])
+    handle.start()
+    try:
+        yield handle
+        if handle.proc is not None and handle.proc.poll() is None:
+            handle.stop()
+            assert handle.runc_containers() == [], "containers survived server shutdown"
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lam(server: ServerHandle):  # type: ignore[no-untyped-def]
+    return server.client()
+
+
+def create(lam, name: str, files: dict[str, str], handler: str = "app.handler", wait: bool = True, **kwargs: object) -> dict:  # type: ignore[no-untyped-def]
+    params: dict[str, object] = dict(FunctionName=name, Runtime="python3.12", Role=ROLE, Handler=handler,
+                                     Code={"ZipFile": make_zip(files)})
+    params.update(kwargs)
+    response = lam.create_function(**params)
+    if wait:
+        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    return response
+
+
+def invoke_json(lam, name: str, payload: object = None, **kwargs: object) -> tuple[dict, object]:  # type: ignore[no-untyped-def]
+    response = lam.invoke(FunctionName=name, Payload=json.dumps(payload if payload is not None else {}).encode(), **kwargs)
+    body = response["Payload"].read()
+    return response, json.loads(body) if body else None

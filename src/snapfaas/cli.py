@@ -202,3 +202,27 @@ def list_functions(endpoint_url: str, data_dir: Path, region: str) -> None:
 
 def _json(data: Any) -> str:
     return json.dumps(data, indent=2, default=str)
+
+
+@main.command()
+@click.option("--cold-runs", default=5, show_default=True, type=int)
+@click.option("--requests", default=400, show_default=True, type=int, help="Warm requests per path and concurrency level.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
+def bench(cold_runs: int, requests: int, out: Path) -> None:
+    """Measure cold start and warm overhead against a bare HTTP baseline (same run, same server)."""
+    from snapfaas.bench import platform
+
+    result = platform.run(lambda s: err_console.print(s), cold_runs=cold_runs, requests=requests)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "platform.json").write_text(_json(result) + "\n")
+    (out / "platform.md").write_text(platform.markdown(result))
+    console.print(platform.markdown(result))
+    err_console.print(f"results written to {out / 'platform.json'} and {out / 'platform.md'}")
+
+
+@main.command()
+def demo() -> None:
+    """Start a private platform, deploy the example, and show cold vs warm invokes."""
+    from snapfaas import demo as demo_module
+
+    demo_module.run(console, lambda s: console.print(s))

@@ -1,0 +1,84 @@
+"""Run a private `snapfaas serve` for a benchmark or the demo, and talk to it with boto3."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from snapfaas.client import Connection
+
+ROLE = "arn:aws:iam::000000000000:role/snapfaas"
+
+
+def zip_files(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buf.getvalue()
+
+
+class PrivateServer:
+    """A daemon on a free port with throwaway data and sandbox dirs; a context manager."""
+
+    def __init__(self, extra_args: list[str] | None = None) -> None:
+        self.extra_args = extra_args or []
+        self.tmp = Path(tempfile.mkdtemp(prefix="snapfaas-run-"))
+        self.sandbox = Path("/var/lib/snapfaas/run") / self.tmp.name
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.connection = Connection(f"http://127.0.0.1:{self.port}", "us-east-1",
+                                     "SFIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PrivateServer:
+        env = dict(os.environ, SNAPFAAS_ACCESS_KEY_ID=self.connection.access_key_id,
+                   SNAPFAAS_SECRET_ACCESS_KEY=self.connection.secret_access_key)
+        argv = [sys.executable, "-m", "snapfaas", "serve", "--port", str(self.port), "--data-dir", str(self.tmp / "data"),
+                "--sandbox-dir", str(self.sandbox), "--log-level", "WARNING", *self.extra_args]
+        log = open(self.tmp / "server.log", "wb")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.connection.endpoint + "/snapfaas/v1/health", timeout=1):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not start within 60 s") from None
+                time.sleep(0.1)  # waiting for the port to open
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.sandbox, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def client(self) -> Any:
+        return self.connection.lambda_client()
+
+    def deploy(self, name: str, files: dict[str, str], **config: Any) -> None:
+        client = self.client()
+        client.create_function(FunctionName=name, Role=ROLE, Code={"ZipFile": zip_files(files)},
+                               **{"Runtime": "python3.12", "Handler": "app.handler", **config})
+        client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})

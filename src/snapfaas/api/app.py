@@ -9,9 +9,11 @@ from aiohttp import web
 
 from snapfaas.api import aliases, functions
 from snapfaas.api.auth import SigV4Verifier
+from snapfaas.api.code import download_code
 from snapfaas.api.context import SERVICES, Services
 from snapfaas.api.errors import error_response
 from snapfaas.api.invoke import function_logs, invoke
+from snapfaas.api.links import PATH_PREFIX
 from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
-            if verifier is not None and request.path != "/snapfaas/v1/health":
+            if verifier is not None and not _unsigned_allowed(request.path):
                 body = await request.read()
                 verifier.verify(request.method, request.raw_path, request.headers, body)
             response = await handler(request)
@@ -67,9 +69,15 @@ def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
     app.router.add_delete("/2017-10-31/functions/{name}/concurrency", functions.delete_concurrency)
     app.router.add_get("/2019-09-30/functions/{name}/concurrency", functions.get_concurrency)
     app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
+    app.router.add_get(PATH_PREFIX + "{digest}", download_code)
     app.router.add_get("/snapfaas/v1/health", health)
     app.router.add_post("/snapfaas/v1/echo", echo)
     return app
+
+
+def _unsigned_allowed(path: str) -> bool:
+    """Health checks, and code links (which carry their own signature)."""
+    return path == "/snapfaas/v1/health" or path.startswith(PATH_PREFIX)
 
 
 async def health(request: web.Request) -> web.Response:

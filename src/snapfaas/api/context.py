@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from snapfaas.api.links import CodeLinks
 from snapfaas.config import ServerConfig
 from snapfaas.errors import InvalidRequestContent
 from snapfaas.registry import validation as check
@@ -24,6 +25,7 @@ class Services:
     control: ControlPlane
     invoker: Invoker
     logs: LogStore
+    links: CodeLinks = dataclasses.field(default_factory=CodeLinks)
 
     @property
     def registry(self):  # type: ignore[no-untyped-def]
@@ -54,8 +56,6 @@ def function_ref(request: web.Request) -> tuple[str, str | None]:
     name, derived = check.parse_function_ref(request.match_info["name"])
     query = request.query.get("Qualifier")
     if query is not None:
-        if len(query) > 128:
-            raise check.constraint_error(query, "qualifier", "Member must have length less than or equal to 128")
         check.qualifier(query)
     if derived is not None and query is not None and derived != query:
         raise check.InvalidParameterValue("The derived qualifier from the function name does not match the specified qualifier.")

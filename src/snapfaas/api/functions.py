@@ -38,7 +38,7 @@ async def get_function(request: web.Request) -> web.Response:
     config = function_configuration(v, svc.registry.function_arn(name, qualifier))
     out: dict[str, object] = {
         "Configuration": config,
-        "Code": {"RepositoryType": "S3", "Location": f"{svc.config.endpoint_url}/snapfaas/v1/code/{v.code_digest}"},
+        "Code": {"RepositoryType": "S3", "Location": svc.links.url(f"{request.scheme}://{request.host}", v.code_digest)},
     }
     reserved = svc.registry.function_info(name).reserved_concurrency
     if reserved is not None:
@@ -112,9 +112,24 @@ async def list_versions(request: web.Request) -> web.Response:
     return json_response(out)
 
 
+def _unqualified_ref(request: web.Request) -> str:
+    """FunctionName for function-level operations (reserved concurrency): no version or alias."""
+    name, qualifier = function_ref(request)
+    if qualifier is not None:
+        raise check.InvalidParameterValue(
+            "This operation is permitted on Lambda functions only. Aliases and versions do not support this operation. "
+            "Please specify either a function name or an unqualified function ARN."
+        )
+    return name
+
+
 async def put_concurrency(request: web.Request) -> web.Response:
     svc = services(request)
-    name, _ = function_ref(request)
+    name = _unqualified_ref(request)
+    try:
+        svc.registry.function_info(name)  # existence is checked before the value, as on Lambda
+    except NotFound as exc:
+        raise NotFound(f"Function not found: {svc.registry.function_arn(name, LATEST)}") from exc
     body = await json_body(request)
     value = check.reserved_concurrency(check.require(body, "ReservedConcurrentExecutions", "reservedConcurrentExecutions"))
     limit = svc.config.max_environments
@@ -127,14 +142,12 @@ async def put_concurrency(request: web.Request) -> web.Response:
 
 
 async def get_concurrency(request: web.Request) -> web.Response:
-    name, _ = function_ref(request)
-    reserved = services(request).registry.function_info(name).reserved_concurrency
+    reserved = services(request).registry.function_info(_unqualified_ref(request)).reserved_concurrency
     return json_response({} if reserved is None else {"ReservedConcurrentExecutions": reserved})
 
 
 async def delete_concurrency(request: web.Request) -> web.Response:
-    name, _ = function_ref(request)
-    services(request).registry.set_reserved_concurrency(name, None)
+    services(request).registry.set_reserved_concurrency(_unqualified_ref(request), None)
     return web.Response(status=204)
 
 

@@ -30,7 +30,7 @@ def function_configuration(v: FunctionVersion, arn: str, listing: bool = False) 
         "SnapStart": {"ApplyOn": v.snap_start, "OptimizationStatus": v.optimization_status},
         "LoggingConfig": {"LogFormat": "Text", "LogGroup": f"/aws/lambda/{v.name}"},
     }
-    if v.environment:
+    if v.environment or v.environment_set:
         out["Environment"] = {"Variables": dict(v.environment)}
     if listing:
         return out

@@ -166,6 +166,11 @@ class ArtifactStore:
             (tree / rel.parent).glob(rel.name + ".*.so")
         )
 
+    def discard(self, digest: str) -> None:
+        """Delete one artifact (zip and tree); the caller guarantees no version references it."""
+        (self.root / f"{digest}.zip").unlink(missing_ok=True)
+        shutil.rmtree(self.trees / digest, ignore_errors=True)
+
     def read_zip(self, digest: str) -> bytes:
         return (self.root / f"{digest}.zip").read_bytes()
 

@@ -198,6 +198,7 @@ class Registry:
                 revision_id=new_revision(),
                 last_modified=now_iso(),
                 description=latest.description if description is None else description,
+                source_description=latest.description,
                 last_update_status="Successful",
                 last_update_status_reason=None,
                 last_update_status_reason_code=None,

@@ -56,6 +56,7 @@ class FunctionVersion:
     memory_size: int = 128
     timeout: int = 3
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    environment_set: bool = False  # Environment was given (even empty): Lambda then echoes it
     ephemeral_storage: int = 512
     snap_start: str = "None"
     architectures: list[str] = dataclasses.field(default_factory=lambda: ["x86_64"])
@@ -67,6 +68,9 @@ class FunctionVersion:
     last_update_status: str | None = None
     last_update_status_reason: str | None = None
     last_update_status_reason_code: str | None = None
+    # A published version's Description may come from PublishVersion; this keeps the $LATEST
+    # description it was published from, which is what "unchanged since" compares.
+    source_description: str | None = None
 
     @property
     def is_latest(self) -> bool:
@@ -86,8 +90,9 @@ class FunctionVersion:
 
     def config_fingerprint(self) -> tuple[Any, ...]:
         """What PublishVersion compares to decide whether anything changed since the last version."""
+        description = self.description if self.source_description is None else self.source_description
         return (
-            self.code_sha256, self.runtime, self.handler, self.role, self.description, self.memory_size,
+            self.code_sha256, self.runtime, self.handler, self.role, description, self.memory_size,
             self.timeout, tuple(sorted(self.environment.items())), self.ephemeral_storage, self.snap_start,
         )
 

@@ -14,7 +14,8 @@ import base64
 import binascii
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, SnapfaasError
@@ -61,31 +62,38 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _activate(self, name: str, version: str) -> None:
-        """Pending -> Active (or Failed), after checking the runtime and the code tree."""
+        """Pending -> Active (or Failed), after checking the runtime and the code tree; a
+        published SnapStart version goes through its publisher (which takes the snapshot)."""
         await asyncio.sleep(0)
         try:
             record = self.registry.get_version(name, version)
+            publisher = self.publishers.get(record.snap_start) if not record.is_latest else None
+            if publisher is not None and self._readiness_problem(record) is None:
+                await publisher(record)
+                return
+            self._settle(name, version)
         except NotFound:
-            return
-        reason = self._readiness_problem(record)
-        if reason is not None:
-            self.registry.update_version(name, version, lambda v: self._fail(v, reason))
-            return
-        publisher = self.publishers.get(record.snap_start) if not record.is_latest else None
-        if publisher is not None:
-            await publisher(record)
-            return
-        self.registry.update_version(name, version, self._make_active)
+            return  # deleted meanwhile
+
+    def _settle(self, name: str, version: str) -> FunctionVersion:
+        """Move a Pending version to Active, or to Failed naming the readiness problem, now."""
+        reason = self._readiness_problem(self.registry.get_version(name, version))
+        change = self._make_active if reason is None else (lambda v: self._fail(v, reason))
+        return self.registry.update_version(name, version, change)
 
     @staticmethod
     def _fail(v: FunctionVersion, reason: tuple[str, str]) -> None:
         v.move_to(State.FAILED, reason[1], reason[0])
-        v.revision_id = new_revision()
+        if v.is_latest:
+            v.revision_id = new_revision()
 
     @staticmethod
     def _make_active(v: FunctionVersion) -> None:
+        """State transitions mint a new RevisionId for $LATEST only; a published version keeps
+        the RevisionId it was published with (as on Lambda)."""
         v.move_to(State.ACTIVE)
-        v.revision_id = new_revision()
+        if v.is_latest:
+            v.revision_id = new_revision()
         if v.is_latest or v.last_update_status is None:
             v.last_update_status = "Successful"
             v.last_update_status_reason = v.last_update_status_reason_code = None
@@ -139,8 +147,23 @@ class ControlPlane:
             raise InvalidParameterValue("Could not unzip uploaded file. Please check your file, then try to upload again.") from exc
         artifact = self.artifacts.ingest(data)
         if handler is not None:
-            self._check_handler(artifact.digest, handler)
+            with self._dropping_on_failure(artifact):
+                self._check_handler(artifact.digest, handler)
         return artifact
+
+    @contextmanager
+    def _dropping_on_failure(self, artifact: CodeArtifact) -> Iterator[None]:
+        """If the mutation using a freshly ingested `artifact` fails, delete the artifact again
+        unless some version already references it (a rejected request leaves nothing behind)."""
+        try:
+            yield
+        except SnapfaasError:
+            self._drop_unreferenced(artifact)
+            raise
+
+    def _drop_unreferenced(self, artifact: CodeArtifact) -> None:
+        if artifact.digest not in self.registry.referenced_digests():
+            self.artifacts.discard(artifact.digest)
 
     def _check_handler(self, digest: str, handler: str) -> None:
         if not self.artifacts.handler_file_exists(digest, handler):
@@ -166,7 +189,7 @@ class ControlPlane:
         if "Timeout" in body:
             v.timeout = check.timeout(body["Timeout"])
         if "Environment" in body:
-            v.environment = check.environment(body["Environment"])
+            v.environment, v.environment_set = check.environment(body["Environment"]), True
         if "EphemeralStorage" in body:
             v.ephemeral_storage = check.ephemeral_storage(body["EphemeralStorage"])
         if "SnapStart" in body:
@@ -178,11 +201,7 @@ class ControlPlane:
 
     # -- functions -------------------------------------------------------------------------
     def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
-        raw_name = check.require(body, "FunctionName", "functionName")
-        name, qualifier = check.parse_function_ref(str(raw_name))
-        if qualifier is not None:
-            raise check.constraint_error(raw_name, "functionName", "Member must not carry a qualifier")
-        check.function_name(name)
+        name = check.create_function_name(check.require(body, "FunctionName", "functionName"))
         role = check.role(check.require(body, "Role", "role"))
         if body.get("PackageType", "Zip") != "Zip":
             raise InvalidParameterValue("Only PackageType Zip is supported by this server.")
@@ -197,7 +216,8 @@ class ControlPlane:
             raise check.constraint_error("null", "code", "Member must not be null")
         artifact = self._code(code, handler)
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
-        self.registry.create_function(draft)
+        with self._dropping_on_failure(artifact):
+            self.registry.create_function(draft)
         self._spawn(self._activate(name, LATEST), f"activate-{name}")
         if body.get("Publish"):
             published = self._publish_after_settle(name)
@@ -220,8 +240,10 @@ class ControlPlane:
             self._mark_in_progress(v)
 
         if body.get("DryRun"):
+            self._drop_unreferenced(artifact)
             return current
-        updated = self.registry.update_version(name, LATEST, change, body.get("RevisionId"))
+        with self._dropping_on_failure(artifact):
+            updated = self.registry.update_version(name, LATEST, change, body.get("RevisionId"))
         self._spawn(self._finish_update(name), f"update-{name}")
         if body.get("Publish"):
             return self._publish_now(name, updated)
@@ -236,7 +258,7 @@ class ControlPlane:
 
         def change(v: FunctionVersion) -> None:
             for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",
-                          "ephemeral_storage", "snap_start"):
+                          "environment_set", "ephemeral_storage", "snap_start"):
                 setattr(v, field, getattr(draft, field))
             self._mark_in_progress(v)
 
@@ -271,9 +293,12 @@ class ControlPlane:
         if description is not None:
             check.description(description)
         version, created = self.registry.publish(name, body.get("CodeSha256"), body.get("RevisionId"), description)
-        if created:
-            self.registry.update_version(name, LATEST, lambda v: setattr(v, "revision_id", new_revision()))
-            self._spawn(self._activate(name, version.version), f"activate-{name}:{version.version}")
+        if not created:
+            return version
+        self.registry.update_version(name, LATEST, lambda v: setattr(v, "revision_id", new_revision()))
+        if self.publishers.get(version.snap_start) is None:
+            return self._settle(name, version.version)  # nothing slow to do: Active at once, as Lambda answers
+        self._spawn(self._activate(name, version.version), f"activate-{name}:{version.version}")
         return version
 
     async def delete(self, name: str, qualifier: str | None) -> list[FunctionVersion]:
@@ -326,6 +351,10 @@ class ControlPlane:
     def create_alias(self, function: str, body: Mapping[str, Any]) -> Alias:
         name = check.alias_name(check.require(body, "Name", "name"))
         target = check.version_ref(check.require(body, "FunctionVersion", "functionVersion"))
+        try:
+            self.registry.function_info(function)
+        except NotFound as exc:  # Lambda names the requested version of the missing function
+            raise NotFound(f"Function not found: {self.registry.function_arn(function, target)}") from exc
         alias = Alias(function, name, target, check.description(body.get("Description", "")), new_revision(),
                       self._routing(body, target))
         return self.registry.create_alias(alias)

@@ -13,16 +13,25 @@ from typing import Any
 from snapfaas.config import SUPPORTED_RUNTIMES
 from snapfaas.errors import InvalidParameterValue, ValidationError
 
-FUNCTION_NAME_RE = re.compile(r"^[a-zA-Z0-9-_]{1,64}$")
 ALIAS_NAME_RE = re.compile(r"^(?!^[0-9]+$)([a-zA-Z0-9-_]+)$")
 VERSION_RE = re.compile(r"^(\$LATEST|[0-9]+)$")
-QUALIFIER_RE = re.compile(r"^[a-zA-Z0-9$_-]{1,128}$")
 ENV_NAME_RE = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])+$")
 HANDLER_RE = re.compile(r"^[^\s]{1,128}$")
 ROLE_RE = re.compile(r"^arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
-ARN_RE = re.compile(
-    r"^(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?(\d{12}:)?(function:)?"
-    r"([a-zA-Z0-9-_\.]+)(:(\$LATEST|[a-zA-Z0-9-_]+))?$"
+# Lambda's own patterns, verbatim: they appear in error messages. Group 11 is the function name,
+# group 13 the qualifier, in both.
+_ARN_HEAD = r"(arn:(aws[a-zA-Z-]*)?:lambda:)?((eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?(\d{12}:)?(function:)?"
+REF_PATTERN = _ARN_HEAD + r"([a-zA-Z0-9-_\.]+)(:(\$LATEST(\.PUBLISHED)?|[a-zA-Z0-9-_]+))?"
+CREATE_PATTERN = _ARN_HEAD + r"([a-zA-Z0-9-_]+)(:(\$LATEST|[a-zA-Z0-9-_]+))?"
+QUALIFIER_PATTERN = r"\$(LATEST(\.PUBLISHED)?)|[a-zA-Z0-9-_$]+"
+REF_RE = re.compile(REF_PATTERN)
+CREATE_RE = re.compile(CREATE_PATTERN)
+QUALIFIER_RE = re.compile(QUALIFIER_PATTERN)
+DEPRECATED_RUNTIMES = frozenset(
+    {
+        "python2.7", "python3.6", "python3.7", "nodejs", "nodejs4.3", "nodejs4.3-edge", "nodejs6.10", "nodejs8.10",
+        "nodejs10.x", "nodejs12.x", "dotnetcore1.0", "dotnetcore2.0", "dotnetcore2.1", "ruby2.5",
+    }
 )
 RESERVED_ENV = frozenset(
     {
@@ -41,39 +50,46 @@ def constraint_error(value: object, member: str, constraint: str) -> ValidationE
     )
 
 
+def _function_ref(raw: str, regex: re.Pattern[str]) -> tuple[str, str | None]:
+    """Match `raw` against one of Lambda's FunctionName patterns; ValidationException naming it."""
+    if len(raw) > 140 or not raw:
+        raise constraint_error(raw, "functionName", "Member must have length less than or equal to 140")
+    match = regex.fullmatch(raw)
+    if match is None:
+        raise constraint_error(raw, "functionName", f"Member must satisfy regular expression pattern: {regex.pattern}")
+    return match.group(11), match.group(13)
+
+
 def parse_function_ref(raw: str) -> tuple[str, str | None]:
     """Split a FunctionName path member (name, name:qualifier, partial or full ARN).
 
-    Returns ``(name, qualifier_or_None)``.
+    Returns ``(name, qualifier_or_None)``. The name's length is not checked: like Lambda, a
+    name longer than 64 characters is simply a function that does not exist (404).
     """
-    if len(raw) > 140 or not raw:
-        raise constraint_error(raw, "functionName", "Member must have length less than or equal to 140")
-    match = ARN_RE.match(raw)
-    if match is None:
-        raise constraint_error(
-            raw,
-            "functionName",
-            "Member must satisfy regular expression pattern: "
-            "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?(\\d{12}:)?(function:)?([a-zA-Z0-9-_\\.]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?",
-        )
-    name, qualifier = match.group(10), match.group(12)
+    return _function_ref(raw, REF_RE)
+
+
+def create_function_name(raw: object) -> str:
+    """CreateFunction's FunctionName (bare name, partial or full ARN, no qualifier) -> bare name.
+
+    A pattern violation is a ValidationException; a name over 64 characters is, as on Lambda,
+    an InvalidParameterValueException carrying the same validation wording.
+    """
+    name, qualifier = _function_ref(str(raw), CREATE_RE)
+    if qualifier is not None:
+        raise constraint_error(raw, "functionName", "Member must not carry a qualifier")
     if len(name) > 64:
-        raise constraint_error(raw, "functionName", "Member must have length less than or equal to 64")
-    return name, qualifier
-
-
-def function_name(name: object) -> str:
-    if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
-        raise constraint_error(
-            name,
-            "functionName",
-            "Member must satisfy regular expression pattern: (arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?(\\d{12}:)?(function:)?([a-zA-Z0-9-_]+)(:(\\$LATEST|[a-zA-Z0-9-_]+))?",
+        raise InvalidParameterValue(
+            f"1 validation error detected: Value '{raw}' at 'functionName' failed to satisfy constraint: "
+            "Member must have length less than or equal to 64"
         )
     return name
 
 
 def alias_name(name: object) -> str:
-    if not isinstance(name, str) or not (1 <= len(name) <= 128) or not ALIAS_NAME_RE.match(name):
+    if isinstance(name, str) and len(name) > 128:
+        raise constraint_error(name, "name", "Member must have length less than or equal to 128")
+    if not isinstance(name, str) or not ALIAS_NAME_RE.match(name):
         raise constraint_error(
             name, "name", "Member must satisfy regular expression pattern: (?!^[0-9]+$)([a-zA-Z0-9-_]+)"
         )
@@ -87,17 +103,26 @@ def version_ref(version: object, member: str = "functionVersion") -> str:
 
 
 def qualifier(value: str) -> str:
-    if not QUALIFIER_RE.match(value):
-        raise constraint_error(value, "qualifier", "Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)")
+    if len(value) > 128:
+        raise constraint_error(value, "qualifier", "Member must have length less than or equal to 128")
+    if not QUALIFIER_RE.fullmatch(value):
+        raise constraint_error(value, "qualifier", f"Member must satisfy regular expression pattern: {QUALIFIER_PATTERN}")
     return value
 
 
 def runtime(value: object) -> str:
-    if value not in SUPPORTED_RUNTIMES:
+    """A runtime this server runs; Lambda's wording for deprecated and for unknown runtimes."""
+    if value in SUPPORTED_RUNTIMES:
+        return str(value)
+    if isinstance(value, str) and value in DEPRECATED_RUNTIMES:
         raise InvalidParameterValue(
-            f"Value {value} at 'runtime' failed to satisfy constraint: this server supports {', '.join(SUPPORTED_RUNTIMES)}"
+            f"The runtime parameter of {value} is no longer supported for creating or updating AWS Lambda functions. "
+            "We recommend you use a supported runtime while creating or updating functions."
         )
-    return str(value)
+    raise InvalidParameterValue(
+        f"Value {value} at 'runtime' failed to satisfy constraint: Member must satisfy enum value set: "
+        f"[{', '.join(SUPPORTED_RUNTIMES)}] or be a valid ARN"
+    )
 
 
 def handler(value: object) -> str:

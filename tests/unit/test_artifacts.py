@@ -1,0 +1,308 @@
+"""Code artifact store (snapfaas.registry.artifacts) in temporary directories."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import shutil
+import stat
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from snapfaas.config import Limits
+from snapfaas.errors import InvalidParameterValue, RequestTooLarge
+from snapfaas.registry.artifacts import UNZIP_ERROR, ArtifactStore
+
+ABSOLUTE_TARGET = f"/tmp/snapfaas-artifact-test-{os.getpid()}.py"
+SMALL = Limits(unzipped_bytes=64 * 1024, zip_bytes=256 * 1024, zip_entries=16)
+
+
+def make_zip(files: dict[str, bytes | str], modes: dict[str, int] | None = None,
+             method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            info.external_attr = ((modes or {}).get(name, stat.S_IFREG | 0o644)) << 16
+            archive.writestr(info, content)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "data" / "code", tmp_path / "sandbox" / "code"
+
+
+@pytest.fixture
+def store(dirs: tuple[Path, Path]) -> ArtifactStore:
+    return ArtifactStore(dirs[0], dirs[1], SMALL)
+
+
+def contents(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def assert_empty(store: ArtifactStore) -> None:
+    assert contents(store.root) == []
+    assert contents(store.trees) == []
+
+
+# -- valid packages --------------------------------------------------------------------------
+def test_ingest_valid_zip(store: ArtifactStore) -> None:
+    data = make_zip({"app.py": "def handler(e, c):\n    return 1\n", "lib/util.py": "X = 1\n",
+                     "bin/tool": "#!/bin/sh\n"}, modes={"bin/tool": stat.S_IFREG | 0o755})
+    artifact = store.ingest(data)
+    digest = hashlib.sha256(data).digest()
+    assert artifact.digest == digest.hex()
+    assert artifact.sha256 == base64.b64encode(digest).decode()
+    assert artifact.size == len(data)
+    assert artifact.tree == store.trees / digest.hex()
+    assert (store.root / f"{artifact.digest}.zip").read_bytes() == data
+    assert store.read_zip(artifact.digest) == data
+    tree = artifact.tree
+    assert (tree / "app.py").read_text() == "def handler(e, c):\n    return 1\n"
+    assert (tree / "lib" / "util.py").read_text() == "X = 1\n"
+    assert stat.S_IMODE((tree / "app.py").stat().st_mode) == 0o400
+    assert stat.S_IMODE((tree / "bin" / "tool").stat().st_mode) == 0o500
+    assert stat.S_IMODE(tree.stat().st_mode) == 0o500
+    assert stat.S_IMODE((tree / "lib").stat().st_mode) == 0o500
+    assert stat.S_IMODE(store.trees.stat().st_mode) == 0o711
+    # nothing but the zip and the tree
+    assert contents(store.root) == [f"{artifact.digest}.zip"]
+    assert contents(store.trees) == [artifact.digest]
+
+
+def test_ingest_with_directory_entries(store: ArtifactStore) -> None:
+    data = make_zip({"pkg/": "", "pkg/__init__.py": "", "pkg/sub/": ""},
+                    modes={"pkg/": stat.S_IFDIR | 0o755, "pkg/sub/": stat.S_IFDIR | 0o755})
+    tree = store.ingest(data).tree
+    assert (tree / "pkg" / "__init__.py").is_file()
+    assert (tree / "pkg" / "sub").is_dir()
+
+
+def test_ingest_is_idempotent(store: ArtifactStore) -> None:
+    data = make_zip({"app.py": "x = 1\n"})
+    first = store.ingest(data)
+    mtime = (store.root / f"{first.digest}.zip").stat().st_mtime_ns
+    second = store.ingest(data)
+    assert second == first
+    assert (store.root / f"{first.digest}.zip").stat().st_mtime_ns == mtime
+    assert contents(store.root) == [f"{first.digest}.zip"]
+    assert contents(store.trees) == [first.digest]
+
+
+def test_ingest_restores_missing_zip_and_tolerates_existing_tree(store: ArtifactStore) -> None:
+    data = make_zip({"app.py": "x = 1\n"})
+    artifact = store.ingest(data)
+    (store.root / f"{artifact.digest}.zip").unlink()
+    assert store.ingest(data) == artifact
+    assert store.read_zip(artifact.digest) == data
+    # the extraction lost the rename race against the existing tree; its temporary is gone
+    assert contents(store.trees) == [artifact.digest]
+    assert (artifact.tree / "app.py").read_text() == "x = 1\n"
+
+
+def test_different_packages_coexist(store: ArtifactStore) -> None:
+    a = store.ingest(make_zip({"app.py": "a = 1\n"}))
+    b = store.ingest(make_zip({"app.py": "b = 2\n"}))
+    assert a.digest != b.digest
+    assert (a.tree / "app.py").read_text() == "a = 1\n"
+    assert (b.tree / "app.py").read_text() == "b = 2\n"
+
+
+def test_owner_gets_the_tree(dirs: tuple[Path, Path]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    store = ArtifactStore(dirs[0], dirs[1], SMALL, owner=54321)
+    tree = store.ingest(make_zip({"app.py": "", "d/m.py": ""})).tree
+    for path in (tree, tree / "app.py", tree / "d", tree / "d" / "m.py"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (54321, 54321), path
+    assert store.trees.stat().st_uid == os.geteuid()
+
+
+# -- rejected packages -----------------------------------------------------------------------
+def symlink_zip() -> bytes:
+    return make_zip({"app.py": "", "link": "/etc/passwd"}, modes={"link": stat.S_IFLNK | 0o777})
+
+
+def lying_zip() -> bytes:
+    """A deflated 1 MiB of zeros whose headers claim 100 bytes (a bomb that lies about its size)."""
+    data = bytearray(make_zip({"app.py": b"\0" * (1 << 20)}))
+    real = 1 << 20
+    fake = 100
+    patched = 0
+    # local file header: signature PK\3\4, uncompressed size at offset 22
+    pos = data.find(b"PK\x03\x04")
+    assert struct.unpack_from("<I", data, pos + 22)[0] == real
+    struct.pack_into("<I", data, pos + 22, fake)
+    patched += 1
+    # central directory header: signature PK\1\2, uncompressed size at offset 24
+    pos = data.find(b"PK\x01\x02")
+    assert struct.unpack_from("<I", data, pos + 24)[0] == real
+    struct.pack_into("<I", data, pos + 24, fake)
+    patched += 1
+    assert patched == 2
+    out = bytes(data)
+    assert zipfile.ZipFile(io.BytesIO(out)).getinfo("app.py").file_size == fake
+    return out
+
+
+def valid_zip() -> bytes:
+    return make_zip({"app.py": "def handler(e, c):\n    return e\n" * 20, "data.txt": "x" * 500})
+
+
+BAD_PACKAGES = {
+    "not-a-zip": b"this is not a zip file at all",
+    "empty": b"",
+    "truncated": valid_zip()[: len(valid_zip()) // 2],
+    "truncated-tail": valid_zip()[:-10],
+    "dotdot": make_zip({"app.py": "", "../evil.py": "x"}),
+    "dotdot-nested": make_zip({"app.py": "", "a/../../evil.py": "x"}),
+    "absolute": make_zip({"app.py": "", ABSOLUTE_TARGET: "x"}),
+    "backslash": make_zip({"app.py": "", "..\\evil.py": "x"}),
+    "drive": make_zip({"app.py": "", "C:/evil.py": "x"}),
+    "symlink": symlink_zip(),
+    "bomb": make_zip({"app.py": b"\0" * (65 * 1024)}),
+    "bomb-many-files": make_zip({f"f{i}": b"\0" * (10 * 1024) for i in range(7)}),
+    "lying-header": lying_zip(),
+    "too-many-entries": make_zip({f"f{i}.py": "" for i in range(17)}),
+    "file-then-dir": make_zip({"a": "x", "a/b": "y"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PACKAGES))
+def test_bad_package_rejected_and_nothing_left(store: ArtifactStore, tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidParameterValue) as info:
+        store.ingest(BAD_PACKAGES[name])
+    assert info.value.code == "InvalidParameterValueException"
+    assert info.value.status == 400
+    assert UNZIP_ERROR in info.value.message or "Unzipped size must be smaller than 65536 bytes" in info.value.message
+    assert_empty(store)
+    assert not list(tmp_path.rglob("evil.py"))
+    assert not Path(ABSOLUTE_TARGET).exists()
+
+
+def test_bomb_message(store: ArtifactStore) -> None:
+    with pytest.raises(InvalidParameterValue, match="Unzipped size must be smaller than 65536 bytes"):
+        store.ingest(BAD_PACKAGES["bomb"])
+    # exactly at the limit is fine
+    assert store.ingest(make_zip({"app.py": b"\0" * (64 * 1024)})).tree.is_dir()
+
+
+def test_extraction_budget_backs_up_the_declared_size_check(store: ArtifactStore) -> None:
+    """Even when the declared-size check is bypassed, extraction stops at the byte budget."""
+    data = make_zip({"a.bin": b"\0" * (40 * 1024), "b.bin": b"\0" * (40 * 1024)})
+    infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    with pytest.raises(InvalidParameterValue, match="Unzipped size must be smaller than 65536 bytes"):
+        store._materialize("f" * 64, data, infos)
+    assert_empty(store)
+
+
+def test_zip_too_large(store: ArtifactStore) -> None:
+    with pytest.raises(RequestTooLarge):
+        store.ingest(os.urandom(256 * 1024 + 1))
+    assert_empty(store)
+
+
+def test_rejected_package_leaves_existing_artifacts_alone(store: ArtifactStore) -> None:
+    good = store.ingest(valid_zip())
+    for data in BAD_PACKAGES.values():
+        with pytest.raises(InvalidParameterValue):
+            store.ingest(data)
+    assert contents(store.root) == [f"{good.digest}.zip"]
+    assert contents(store.trees) == [good.digest]
+
+
+# -- handler lookup --------------------------------------------------------------------------
+@pytest.fixture
+def handler_pkg(store: ArtifactStore) -> str:
+    return store.ingest(make_zip({
+        "app.py": "",
+        "pkg/__init__.py": "",
+        "pkg/mod.py": "",
+        "sub/inner.py": "",
+        "nested/deep/m.py": "",
+        "ext.cpython-312-x86_64-linux-gnu.so": b"\x7fELF",
+        "notes.txt": "",
+    })).digest
+
+
+@pytest.mark.parametrize(
+    ("handler", "exists"),
+    [
+        ("app.handler", True),
+        ("pkg.handler", True),  # package __init__
+        ("pkg.mod.handler", True),
+        ("sub/inner.handler", True),
+        ("nested.deep.m.fn", True),
+        ("ext.handler", True),
+        ("missing.handler", False),
+        ("pkg.missing.handler", False),
+        ("notes.handler", False),
+        ("sub.handler", False),  # a directory without __init__.py is not a module here
+        ("inner.handler", False),
+    ],
+)
+def test_handler_file_exists(store: ArtifactStore, handler_pkg: str, handler: str, exists: bool) -> None:
+    assert store.handler_file_exists(handler_pkg, handler) is exists
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="BUG: handler '..handler' (valid per validation.handler) makes Path.with_suffix raise")
+def test_handler_file_exists_degenerate_module(store: ArtifactStore, handler_pkg: str) -> None:
+    assert store.handler_file_exists(handler_pkg, "..handler") is False
+
+
+# -- garbage collection and re-extraction ----------------------------------------------------
+def test_collect_garbage(store: ArtifactStore) -> None:
+    keep = store.ingest(make_zip({"app.py": "keep = 1\n"}))
+    drop = store.ingest(make_zip({"app.py": "drop = 1\n"}))
+    # leftovers of an interrupted ingest
+    (store.root / f".{drop.digest}.zip.tmp").write_bytes(b"partial")
+    (store.trees / f".{drop.digest}.abc123").mkdir()
+    (store.trees / f".{keep.digest}.def456").mkdir()  # a temporary even of a kept digest
+    removed = store.collect_garbage({keep.digest})
+    assert removed == 5
+    assert contents(store.root) == [f"{keep.digest}.zip"]
+    assert contents(store.trees) == [keep.digest]
+    assert (keep.tree / "app.py").read_text() == "keep = 1\n"
+    assert store.collect_garbage({keep.digest}) == 0
+    assert store.collect_garbage(set()) == 2
+    assert_empty(store)
+
+
+def test_tree_reextracts_deleted_tree(store: ArtifactStore) -> None:
+    artifact = store.ingest(make_zip({"app.py": "x = 1\n", "d/e.py": "y = 2\n"}))
+    shutil.rmtree(artifact.tree)
+    assert not artifact.tree.exists()
+    assert store.tree(artifact.digest) == artifact.tree
+    assert (artifact.tree / "app.py").read_text() == "x = 1\n"
+    assert (artifact.tree / "d" / "e.py").read_text() == "y = 2\n"
+    assert stat.S_IMODE(artifact.tree.stat().st_mode) == 0o500
+    assert contents(store.trees) == [artifact.digest]
+    # handler lookup goes through tree() as well
+    shutil.rmtree(artifact.tree)
+    assert store.handler_file_exists(artifact.digest, "app.handler")
+
+
+def test_tree_of_unknown_digest_is_not_created(store: ArtifactStore) -> None:
+    path = store.tree("0" * 64)
+    assert path == store.trees / ("0" * 64)
+    assert not path.exists()
+    assert_empty(store)
+
+
+def test_tree_rejects_corrupted_stored_zip(store: ArtifactStore) -> None:
+    artifact = store.ingest(make_zip({"app.py": ""}))
+    shutil.rmtree(artifact.tree)
+    (store.root / f"{artifact.digest}.zip").write_bytes(b"garbage")
+    with pytest.raises(InvalidParameterValue):
+        store.tree(artifact.digest)
+    assert contents(store.trees) == []

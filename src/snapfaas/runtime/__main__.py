@@ -1,3 +1,3 @@
-from .bootstrap import main
+from .init import main
 
 main()

@@ -170,10 +170,24 @@ def snap_start_barrier(channel: Channel) -> None:
     channel.mark_logs("restore")
 
 
+def private_inbound() -> BinaryIO:
+    """The worker -> runtime channel on a private, non-inheritable fd; fd 0 becomes /dev/null.
+
+    User code and its subprocesses then read an empty stdin, as on Lambda, instead of blocking
+    on (or consuming) invoke frames. The channel pipe itself is unchanged, and pid 1 (`init`)
+    still holds it as fd 0, which is what runc records for checkpoint/restore.
+    """
+    channel_fd = os.dup(0)  # os.dup makes non-inheritable descriptors
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return os.fdopen(channel_fd, "rb")
+
+
 def main() -> None:
     # fd 1 carries frames; everything user code prints goes to stderr (the log stream).
     outbound = os.fdopen(1, "wb", buffering=0, closefd=False)
-    inbound = os.fdopen(0, "rb", closefd=False)
+    inbound = private_inbound()
     log = sys.stderr
     sys.stdout = log
     sys.stdin = open(os.devnull)

@@ -45,6 +45,18 @@ def parse_header(line: bytes) -> dict[str, Any] | None:
     return header
 
 
+def split_stray_output(line: bytes) -> tuple[bytes, bytes]:
+    """Split a stdout line into (stray output, frame header line).
+
+    User code (or a subprocess) may write to fd 1 without a trailing newline, so a frame header
+    can follow its output on the same line. Returns ``(line, b"")`` when there is no frame.
+    """
+    at = line.find(MAGIC + b" ")
+    if at < 0:
+        return line, b""
+    return line[:at], line[at:]
+
+
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     """Blocking read of one frame (used by the runtime on stdin); None at EOF."""
     while True:

@@ -17,31 +17,41 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.errors import ServiceError
+from snapfaas.sandbox.cgroup import daemon_cgroup
+from snapfaas.sandbox.cgroup import remove as remove_cgroup
 
 logger = logging.getLogger(__name__)
 STREAM_LIMIT = 16 * 1024 * 1024
+CONTAINER_PREFIX = "sf-"  # container id = prefix + environment id
 
 
 class Runc:
-    """The runc binary with its own state directory (`--root`), shared by all containers."""
+    """The runc binary with its own state directory (`--root`), shared by all containers, and
+    the daemon's cgroup subtree (`cgroup`) every environment cgroup lives in."""
 
     def __init__(self, state_dir: Path, binary: str = "runc") -> None:
         self.state_dir = state_dir
         self.binary = shutil.which(binary) or binary
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.cgroup = daemon_cgroup(state_dir)
 
     def argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.state_dir), *args]
 
     def reap_leftovers(self) -> list[str]:
-        """Kill and delete containers left by a previous daemon (crash or SIGKILL)."""
+        """Kill and delete containers left by a previous daemon (crash or SIGKILL), then remove
+        its cgroup subtree (environments whose containers exited on their own leave theirs)."""
         out = subprocess.run(self.argv("list", "--format", "json"), capture_output=True, text=True)
-        if out.returncode != 0:
-            return []
-        ids = [c["id"] for c in json.loads(out.stdout or "null") or []]
+        ids = [c["id"] for c in json.loads(out.stdout or "null") or []] if out.returncode == 0 else []
         for cid in ids:
             subprocess.run(self.argv("delete", "--force", cid), capture_output=True)
+        self.remove_cgroups()
         return ids
+
+    def remove_cgroups(self) -> None:
+        """Remove the daemon's cgroup subtree; call only when none of its containers runs."""
+        for failure in remove_cgroup(self.cgroup):
+            logger.warning("cgroup cleanup failed at step %s", failure)
 
     def check(self) -> str:
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True)
@@ -82,7 +92,13 @@ class Container:
         (self.bundle / "config.json").write_text(json.dumps(config))
 
     async def start(self) -> None:
-        """Launch `runc run` with piped stdio; returns once runc is spawned."""
+        """Launch `runc run` with piped stdio; returns once runc is spawned.
+
+        Raises `ServiceError` if `kill` ran before or while runc was being spawned (the
+        container is then torn down here, so a killed container never keeps running).
+        """
+        if self._killed:
+            raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: the container was already killed")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.runc.argv("run", "--bundle", str(self.bundle), self.id),
@@ -94,6 +110,9 @@ class Container:
             )
         except OSError as exc:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc
+        if self._killed:
+            await self._terminate()
+            raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: killed while starting")
 
     async def wait(self) -> int:
         assert self.process is not None
@@ -104,6 +123,10 @@ class Container:
         if self._killed:
             return
         self._killed = True
+        await self._terminate()
+
+    async def _terminate(self) -> None:
+        """SIGKILL the container if runc runs, wait for runc, then delete what is left."""
         if self.process is not None and self.process.returncode is None:
             proc = await asyncio.create_subprocess_exec(
                 *self.runc.argv("kill", self.id, "KILL"),

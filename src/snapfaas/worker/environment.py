@@ -18,13 +18,15 @@ import datetime as dt
 import enum
 import json
 import logging
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import protocol
-from snapfaas.sandbox.cgroup import memory_stats
+from snapfaas.sandbox.cgroup import MemoryStats, memory_stats
+from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import Container
 from snapfaas.worker.logs import LogStore
 
@@ -115,9 +117,16 @@ class Environment:
         self._marks: asyncio.Queue[str] = asyncio.Queue()
         self._capture: list[str] | None = None
         self._readers: list[asyncio.Task[None]] = []
+        self._log_reader: asyncio.Task[None] | None = None
+        self._stream_ended = False
 
     def __repr__(self) -> str:
         return f"<Environment {self.id} {self.version.name}:{self.version.version} {self.state.value} invocations={self.invocations}>"
+
+    @property
+    def alive(self) -> bool:
+        """False once the runtime's frame stream ended: it exited, crashed or was killed."""
+        return not self._stream_ended
 
     def move(self, state: EnvState) -> None:
         if state not in MOVES[self.state]:
@@ -139,10 +148,8 @@ class Environment:
 
     # -- readers ---------------------------------------------------------------------------
     def start_readers(self) -> None:
-        self._readers = [
-            asyncio.create_task(self._read_frames(), name=f"{self.id}-frames"),
-            asyncio.create_task(self._read_logs(), name=f"{self.id}-logs"),
-        ]
+        self._log_reader = asyncio.create_task(self._read_logs(), name=f"{self.id}-logs")
+        self._readers = [asyncio.create_task(self._read_frames(), name=f"{self.id}-frames"), self._log_reader]
 
     async def _read_frames(self) -> None:
         stream = self.container.stdout
@@ -151,15 +158,18 @@ class Environment:
                 line = await stream.readline()
                 if not line:
                     break
-                header = protocol.parse_header(line)
+                stray, line = protocol.split_stray_output(line)
+                if stray:
+                    self.log(stray.decode(errors="replace"))
+                header = protocol.parse_header(line) if line else None
                 if header is None:
-                    self.log(line.decode(errors="replace"))
                     continue
                 payload = await stream.readexactly(header["n"]) if header["n"] else b""
                 await self._frames.put(Frame(header["t"], header, payload))
         except (asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
             logger.info("environment %s: frame stream ended: %s", self.id, exc)
         finally:
+            self._stream_ended = True
             await self._frames.put(None)
 
     async def _read_logs(self) -> None:
@@ -195,16 +205,37 @@ class Environment:
             logger.warning("environment %s: log mark %s did not arrive", self.id, tag)
 
     async def _death(self) -> EnvironmentDied:
-        stats = memory_stats(self.cgroup)
+        """Why the container is gone: its exit status and whether the OOM killer fired.
+
+        Reads the environment's own cgroup, which outlives the container's (see `cgroup`).
+        """
         try:
             status = await asyncio.wait_for(self.container.wait(), 10)
         except TimeoutError:
             status = None
-        return EnvironmentDied(status, bool(stats and stats.oom_killed))
+        if self._log_reader is not None:  # keep what the runtime logged right before it died
+            await asyncio.wait([self._log_reader], timeout=MARK_WAIT_S)
+        stats = memory_stats(self.cgroup)
+        return EnvironmentDied(status, self._oom_killed(status, stats))
+
+    def _oom_killed(self, status: int | None, stats: MemoryStats | None) -> bool:
+        """True if the OOM killer ended the container.
+
+        cgroup v2 counts the container's OOM kills in our (parent) cgroup too; cgroup v1 does
+        not, so there a SIGKILL after the memory peak reached the limit counts as one.
+        """
+        if stats is None:
+            return False
+        limit = self.version.memory_size * 1024 * 1024
+        return stats.oom_killed or (status == 128 + signal.SIGKILL and stats.peak_bytes >= limit)
 
     def max_memory_mb(self) -> int:
+        """Peak memory in MB (rounded up), never more than MemorySize (charge batching can
+        push the cgroup's watermark a few pages past the limit); 0 when unknown."""
         stats = memory_stats(self.cgroup)
-        return (stats.peak_bytes + (1 << 20) - 1) // (1 << 20) if stats else 0
+        if stats is None:
+            return 0
+        return min((stats.peak_bytes + (1 << 20) - 1) // (1 << 20), self.version.memory_size)
 
     # -- protocol --------------------------------------------------------------------------
     async def send(self, kind: str, payload: bytes = b"", **fields: Any) -> None:
@@ -226,10 +257,12 @@ class Environment:
         )
 
     async def destroy(self) -> None:
-        """Kill the container and stop the readers; idempotent."""
+        """Kill the container, stop the readers and remove the environment's cgroup; idempotent."""
         if self.state is not EnvState.DEAD:
             self.move(EnvState.DEAD)
         await self.container.kill()
+        for failure in remove_cgroup(self.cgroup):
+            logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)
         for task in self._readers:
             task.cancel()
         for task in self._readers:

@@ -10,7 +10,8 @@ from pathlib import Path
 from snapfaas.config import ServerConfig
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
-from snapfaas.sandbox.container import Container, Runc
+from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
+from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.sandbox.spec import RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
 from snapfaas.worker.environment import Environment
@@ -65,7 +66,15 @@ class EnvironmentFactory:
         self.bundles = config.sandbox_dir / "bundles"
         self.runtime_mount = config.sandbox_dir / "runtime"
         self._prepared: set[str] = set()
+        self._clear_bundles()
         self._install_runtime()
+
+    def _clear_bundles(self) -> None:
+        """Drop bundles a crashed daemon left behind. Contract: created after
+        `Runc.reap_leftovers`, so no container uses any of them."""
+        if self.bundles.exists():
+            shutil.rmtree(self.bundles)
+        self.bundles.mkdir(parents=True)
 
     def _install_runtime(self) -> None:
         """Copy the runtime package to ``<sandbox-dir>/runtime/snapfaas_runtime`` (world-readable)."""
@@ -96,8 +105,8 @@ class EnvironmentFactory:
         """A new, not yet started environment for `version`."""
         self._prepare(version.runtime)
         env_id = secrets.token_hex(8)
-        cgroup = f"/snapfaas/{env_id}"
-        container = Container(self.runc, f"sf-{env_id}", self.bundles / env_id)
+        cgroup = environment_cgroup(self.runc.cgroup, env_id)
+        container = Container(self.runc, CONTAINER_PREFIX + env_id, self.bundles / env_id)
         env = Environment(env_id, version, container, self.logs, cgroup)
         interp = self.interpreters.resolve(version.runtime)
         spec = SandboxSpec(
@@ -110,7 +119,7 @@ class EnvironmentFactory:
             tmp_mb=version.ephemeral_storage,
             uid=self.config.sandbox_uid,
             host_id_base=self.config.host_id_base,
-            cgroup=cgroup,
+            cgroup=container_cgroup(cgroup),
         )
         container.write_config(render(spec, self.rootfs, ["-m", RUNTIME_PACKAGE]))
         return env

@@ -93,7 +93,7 @@ class Invoker:
         check_json(payload)
         context = decode_client_context(client_context)
         if invocation_type == "DryRun":
-            return InvokeResult(204, b"", request_id, version.version)
+            return InvokeResult(204, b"", request_id)  # Lambda sends no X-Amz-Executed-Version for DryRun
         if invocation_type == "Event":
             self.events.put(request_id, name, qualifier, payload)
             return InvokeResult(202, b"", request_id)

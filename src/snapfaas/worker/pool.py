@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 
-from snapfaas.errors import Throttled
+from snapfaas.errors import ServiceError, Throttled
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import protocol
 from snapfaas.worker.environment import EnvironmentDied, EnvState, Environment, InvokeRequest, decode_error
@@ -93,13 +93,19 @@ class Worker:
         self._reaper = asyncio.create_task(self._reap_loop(), name="reaper")
 
     async def close(self) -> None:
-        """Destroy every environment; idempotent."""
+        """Destroy every environment, busy ones included; idempotent.
+
+        Safe while invocations are in flight: each one ends promptly (its environment is
+        killed, so it reports Runtime.ExitError), and no environment is started afterwards
+        (`invoke` raises `ServiceError`). Call it before waiting for in-flight requests.
+        """
         self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
         envs = [e for p in self.pools.values() for e in (*p.idle, *p.busy)]
         self.pools.clear()
         await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
+        self.factory.runc.remove_cgroups()
 
     def environments(self) -> list[Environment]:
         return [e for p in self.pools.values() for e in (*p.idle, *p.busy)]
@@ -113,23 +119,27 @@ class Worker:
         self.inflight[function] += 1
 
     def _take(self, key: PoolKey) -> tuple[Environment | None, list[Environment]]:
-        """An idle environment of `key` (now BUSY), or None plus idle ones to evict for room."""
+        """An idle, live environment of `key` (now BUSY), or None (a slot is reserved in
+        `starting`); plus environments the caller must destroy: idle ones whose runtime died
+        while idle, and idle ones of other pools evicted to make room."""
         pool = self.pools.setdefault(key, Pool(key))
+        discard: list[Environment] = []
         while pool.idle:
             env = pool.idle.pop()
-            if env.state is EnvState.IDLE:
+            if env.state is EnvState.IDLE and env.alive:
                 env.move(EnvState.BUSY)
                 pool.busy.add(env)
-                return env, []
+                return env, discard
+            discard.append(env)
         live = sum(len(p) for p in self.pools.values()) + self.starting
-        evict: list[Environment] = []
         if live >= self.max_environments:
             candidates = sorted((e for p in self.pools.values() for e in p.idle), key=lambda e: e.last_used)
             evict = candidates[: live - self.max_environments + 1]
             for env in evict:
                 self._forget(env)
+            discard.extend(evict)
         self.starting += 1
-        return None, evict
+        return None, discard
 
     def _forget(self, env: Environment) -> None:
         pool = self.pools.get(pool_key(env.version))
@@ -160,10 +170,11 @@ class Worker:
         return True
 
     def _expired(self) -> list[Environment]:
+        """Idle environments past keep-alive, or whose runtime died while idle (now forgotten)."""
         deadline = self.clock() - self.keep_alive_s
         out = []
         for pool in list(self.pools.values()):
-            for env in [e for e in pool.idle if e.last_used <= deadline]:
+            for env in [e for e in pool.idle if e.last_used <= deadline or not e.alive]:
                 out.append(env)
                 self._forget(env)
         return out
@@ -192,6 +203,8 @@ class Worker:
 
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
         """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
+        if self._closing:
+            raise ServiceError("invoke failed at step 'admit': the worker is shutting down")
         self._admit(version.name, reserved)
         env: Environment | None = None
         healthy = False
@@ -207,6 +220,8 @@ class Worker:
                     self.starting -= 1
                 self.pools.setdefault(pool_key(version), Pool(pool_key(version))).busy.add(env)
                 env.move(EnvState.BUSY)
+                if self._closing:  # close() ran while idle ones were being evicted
+                    raise ServiceError("invoke failed at step 'create environment': the worker is shutting down")
                 init = await self._boot(env, request)
                 if isinstance(init, InvokeOutcome):
                     return init
@@ -309,8 +324,8 @@ class Worker:
         duration = (time.monotonic() - started) * 1000
         if healthy and len(payload) > self.factory.config.limits.response_bytes:
             payload = json.dumps({
-                "errorType": "Function.ResponseSizeTooLarge",
                 "errorMessage": f"Response payload size exceeded maximum allowed payload size ({self.factory.config.limits.response_bytes} bytes).",
+                "errorType": "Function.ResponseSizeTooLarge",
             }).encode()
             function_error = "Unhandled"
         env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, init_ms, error_type))

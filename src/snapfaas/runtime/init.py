@@ -1,0 +1,47 @@
+"""pid 1 of the sandbox: start the runtime as a child, reap orphans, exit as the runtime did.
+
+The first process of a pid namespace is special: the kernel drops every signal sent to it from
+inside the namespace unless it installed a handler (SIGKILL and SIGSTOP always), and it adopts
+every orphan. Lambda's runtime is not pid 1, so a handler can ``os.kill(os.getpid(), 9)`` itself
+and orphaned subprocesses get reaped. To keep those semantics this process only forks the
+runtime, reaps children, and exits with the runtime's status: its exit code, or 128 + the
+signal number when a signal ended it (what runc reports for a signalled container, too).
+
+Imports nothing beyond ``os`` before forking, so the parent shares almost every page with the
+runtime and adds next to nothing to the function's memory use.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def exit_code(status: int) -> int:
+    """The shell convention for a wait status: the exit code, or 128 + the killing signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def supervise(runtime_pid: int) -> int:
+    """Reap children until the runtime exits; return the code this process must exit with."""
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:  # the runtime was already reaped: cannot happen, but never spin
+            return 1
+        if pid == runtime_pid:
+            return exit_code(status)
+
+
+def main() -> None:
+    runtime_pid = os.fork()
+    if runtime_pid == 0:
+        from .bootstrap import main as runtime_main
+
+        runtime_main()
+        return
+    # Our fds 0-2 stay the container's stdio pipes: runc records pid 1's stdio at checkpoint
+    # and re-attaches those pipes at restore. We never read or write them, and we exit as soon
+    # as the runtime does, so the worker still sees EOF when the runtime dies.
+    os._exit(supervise(runtime_pid))

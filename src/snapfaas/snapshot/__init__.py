@@ -1,0 +1,1 @@
+"""Checkpoint/restore of execution environments with CRIU (through runc), encrypted at rest."""

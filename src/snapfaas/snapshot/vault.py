@@ -1,0 +1,177 @@
+"""Snapshot images encrypted at rest, with a plaintext cache in memory.
+
+Persistent layout (``<data-dir>/snapshots/<snapshot-id>/``)::
+
+    manifest.json        {"magic": "SNAPFAAS-SNAPSHOT", "version": 1, "salt": hex,
+                          "files": [{"name", "size", "sha256", "chunks"}], ...}
+    <index>.enc          per image file: a sequence of chunks, each
+                         +------------+------------------------------------+
+                         | u32 BE len | AES-256-GCM(ciphertext || 16 B tag) |
+                         +------------+------------------------------------+
+                         nonce = u32 BE file index || u64 BE chunk index (unique per key)
+
+The key is HKDF-SHA256(master key, salt, info="snapfaas snapshot " + id), a fresh random salt
+per snapshot; the master key is ``<data-dir>/snapshot.key`` (0600). Plaintext images exist only
+in the cache directory, which lives on a tmpfs (RAM), never on persistent disk; restores read
+from it and a cache miss decrypts from disk. The manifest is written last and durably (write,
+fsync, rename), so a snapshot without a manifest is incomplete and ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from snapfaas.errors import ServiceError
+
+MAGIC = "SNAPFAAS-SNAPSHOT"
+VERSION = 1
+CHUNK = 4 << 20
+
+
+class SnapshotCorrupt(ServiceError):
+    """A stored snapshot failed authentication or its manifest is missing or malformed."""
+
+
+def _durable_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+class SnapshotVault:
+    def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int) -> None:
+        """`image_owner`: the host uid CRIU restores as (the sandbox's mapped root)."""
+        self.root = root
+        self.cache = cache
+        self.image_owner = image_owner
+        root.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        os.chmod(cache, 0o711)
+        self._master = self._load_key(key_file)
+
+    @staticmethod
+    def _load_key(path: Path) -> bytes:
+        if not path.exists():
+            fd = os.open(path.with_name(path.name + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(32))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(path.with_name(path.name + ".tmp"), path)
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise SnapshotCorrupt(f"snapshot key {path} is not 32 bytes")
+        return key
+
+    def _key(self, snapshot_id: str, salt: bytes) -> AESGCM:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"snapfaas snapshot " + snapshot_id.encode())
+        return AESGCM(hkdf.derive(self._master))
+
+    def work_dir(self, snapshot_id: str) -> Path:
+        """A fresh plaintext directory (in the RAM cache) for CRIU to dump into."""
+        path = self.cache / snapshot_id
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        os.chmod(path, 0o700)
+        return path
+
+    def seal(self, snapshot_id: str, plain: Path, extra: dict[str, Any]) -> dict[str, Any]:
+        """Encrypt the images in `plain` to disk and write the manifest; returns it."""
+        target = self.root / snapshot_id
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        salt = secrets.token_bytes(16)
+        aead = self._key(snapshot_id, salt)
+        files = []
+        for index, path in enumerate(sorted(p for p in plain.iterdir() if p.is_file() and p.name not in ("dump.log", ".complete"))):
+            digest = hashlib.sha256()
+            chunks = 0
+            with open(path, "rb") as src, open(target / f"{index}.enc", "wb") as out:
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    sealed = aead.encrypt(struct.pack(">IQ", index, chunks), block, path.name.encode())
+                    out.write(struct.pack(">I", len(sealed)) + sealed)
+                    chunks += 1
+                out.flush()
+                os.fsync(out.fileno())
+            files.append({"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest(), "chunks": chunks})
+        manifest = {"magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files, **extra}
+        _durable_write(target / "manifest.json", json.dumps(manifest, indent=1).encode())
+        self._own(plain)
+        return manifest
+
+    def manifest(self, snapshot_id: str) -> dict[str, Any]:
+        try:
+            manifest = json.loads((self.root / snapshot_id / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unreadable ({exc})") from exc
+        if manifest.get("magic") != MAGIC or manifest.get("version") != VERSION:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a version-{VERSION} snapfaas snapshot")
+        return manifest
+
+    def exists(self, snapshot_id: str) -> bool:
+        return (self.root / snapshot_id / "manifest.json").is_file()
+
+    def images(self, snapshot_id: str) -> Path:
+        """Plaintext images for restore: the RAM cache, filled from disk on a miss."""
+        plain = self.cache / snapshot_id
+        if (plain / ".complete").exists():
+            return plain
+        manifest = self.manifest(snapshot_id)
+        aead = self._key(snapshot_id, bytes.fromhex(manifest["salt"]))
+        staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
+        staging.mkdir(parents=True)
+        try:
+            for index, entry in enumerate(manifest["files"]):
+                self._decrypt_file(aead, self.root / snapshot_id / f"{index}.enc", staging / entry["name"], index, entry)
+            (staging / ".complete").touch()
+            self._own(staging)
+            shutil.rmtree(plain, ignore_errors=True)
+            os.rename(staging, plain)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return plain
+
+    @staticmethod
+    def _decrypt_file(aead: AESGCM, source: Path, dest: Path, index: int, entry: dict[str, Any]) -> None:
+        digest = hashlib.sha256()
+        try:
+            with open(source, "rb") as src, open(dest, "wb") as out:
+                for chunk in range(entry["chunks"]):
+                    (length,) = struct.unpack(">I", src.read(4))
+                    block = aead.decrypt(struct.pack(">IQ", index, chunk), src.read(length), entry["name"].encode())
+                    digest.update(block)
+                    out.write(block)
+        except Exception as exc:  # cryptography raises InvalidTag; struct/OSError for truncation
+            raise SnapshotCorrupt(f"snapshot image {entry['name']} failed to decrypt: {type(exc).__name__} {exc}") from exc
+        if digest.hexdigest() != entry["sha256"]:
+            raise SnapshotCorrupt(f"snapshot image {entry['name']}: checksum mismatch")
+
+    def _own(self, plain: Path) -> None:
+        """Tightest permissions that still restore: owned by the mapped root, 0700/0600."""
+        (plain / ".complete").touch()
+        for path in [plain, *plain.iterdir()]:
+            os.chown(path, self.image_owner, self.image_owner)
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+
+    def evict(self, snapshot_id: str) -> None:
+        shutil.rmtree(self.cache / snapshot_id, ignore_errors=True)
+
+    def delete(self, snapshot_id: str) -> None:
+        self.evict(snapshot_id)
+        shutil.rmtree(self.root / snapshot_id, ignore_errors=True)

@@ -1,0 +1,574 @@
+"""The in-sandbox runtime (`python -m snapfaas_runtime`) as a plain subprocess, without runc.
+
+The runtime package is made importable as ``snapfaas_runtime`` through a symlink in a temporary
+directory, with ``provided/`` (``snapshot_restore_py``) on PYTHONPATH as in the sandbox; the
+task directory is the working directory. The test drives it over stdin/stdout with the real
+framing and reads its log stream (stderr) separately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snapfaas.runtime import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME_SRC = ROOT / "src" / "snapfaas" / "runtime"
+TIMEOUT = 10.0
+ARN = "arn:aws:lambda:us-east-1:000000000000:function:f"
+
+
+class Runtime:
+    """One runtime process and reader threads for its frame channel and its log stream."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.frames: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
+        self.noise: list[bytes] = []  # stdout lines that are not frames
+        self._log: list[str] = []
+        self._log_cond = threading.Condition()
+        self._log_done = False
+        self._threads = [
+            threading.Thread(target=self._read_frames, daemon=True),
+            threading.Thread(target=self._read_log, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- readers -----------------------------------------------------------------------------
+    def _read_frames(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        try:
+            while True:
+                line = stream.readline()
+                if not line:
+                    break
+                header = protocol.parse_header(line)
+                if header is None:
+                    self.noise.append(line)
+                    continue
+                payload = stream.read(header["n"]) if header["n"] else b""
+                self.frames.put((header, payload))
+        finally:
+            self.frames.put(None)
+
+    def _read_log(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        for raw in iter(stream.readline, b""):
+            with self._log_cond:
+                self._log.append(raw.decode(errors="replace"))
+                self._log_cond.notify_all()
+        with self._log_cond:
+            self._log_done = True
+            self._log_cond.notify_all()
+
+    # -- driving -----------------------------------------------------------------------------
+    def send(self, kind: str, payload: bytes = b"", **fields: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(protocol.encode(kind, payload, **fields))
+        self.proc.stdin.flush()
+
+    def invoke(self, event: Any = None, request_id: str = "req-1", *, raw: bytes | None = None,
+               deadline_s: float = 30, client_context: str | None = None, trace_id: str | None = None,
+               arn: str = ARN) -> None:
+        payload = raw if raw is not None else json.dumps(event).encode()
+        self.send("invoke", payload, id=request_id, arn=arn, deadline_ms=int((time.time() + deadline_s) * 1000),
+                  client_context=client_context, trace_id=trace_id)
+
+    def frame(self, timeout: float = TIMEOUT) -> tuple[dict[str, Any], bytes]:
+        try:
+            item = self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no frame within {timeout}s; log so far:\n{self.log}") from None
+        if item is None:
+            self.frames.put(None)  # keep EOF sticky
+            raise AssertionError(f"runtime closed stdout (exit {self.proc.poll()}); log:\n{self.log}")
+        return item
+
+    def expect(self, kind: str) -> tuple[dict[str, Any], bytes]:
+        header, payload = self.frame()
+        assert header["t"] == kind, (header, payload, self.log)
+        return header, payload
+
+    def expect_eof(self) -> None:
+        assert self.frames.get(timeout=TIMEOUT) is None
+
+    @property
+    def log(self) -> str:
+        with self._log_cond:
+            return "".join(self._log)
+
+    def wait_mark(self, tag: str, timeout: float = TIMEOUT) -> str:
+        """Wait for the log mark of phase `tag`; return the log text written before it (since
+        the previous mark)."""
+        mark = protocol.LOG_MARK + tag + "\n"
+        deadline = time.monotonic() + timeout
+        with self._log_cond:
+            while mark not in self._log:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._log_done:
+                    raise AssertionError(f"log mark {tag!r} not seen; log:\n{''.join(self._log)}")
+                self._log_cond.wait(remaining)
+            index = self._log.index(mark)
+            start = max((i + 1 for i, line in enumerate(self._log[:index]) if line.startswith(protocol.LOG_MARK)),
+                        default=0)
+            return "".join(self._log[start:index])
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        code = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(timeout)
+        return code
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    """start(files, handler="app.handler", init_type="on-demand", env=None) -> Runtime."""
+    pkg_root = tmp_path / "runtime-path"
+    pkg_root.mkdir()
+    (pkg_root / "snapfaas_runtime").symlink_to(RUNTIME_SRC, target_is_directory=True)
+    started: list[Runtime] = []
+    counter = iter(range(1000))
+
+    def _start(files: dict[str, str], handler: str = "app.handler", init_type: str = "on-demand",
+               env: dict[str, str] | None = None) -> Runtime:
+        task = tmp_path / f"task{next(counter)}"
+        task.mkdir()
+        for name, text in files.items():
+            path = task / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": f"{pkg_root}:{RUNTIME_SRC / 'provided'}",
+            "_HANDLER": handler,
+            "LAMBDA_TASK_ROOT": str(task),
+            "AWS_LAMBDA_FUNCTION_NAME": "f",
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/f",
+            "AWS_LAMBDA_LOG_STREAM_NAME": "2026/01/01/[$LATEST]abc",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
+            "AWS_REGION": "us-east-1",
+            **(env or {}),
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "snapfaas_runtime"], cwd=task, env=environ,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        runtime = Runtime(proc)
+        started.append(runtime)
+        return runtime
+
+    yield _start
+    for runtime in started:
+        proc = runtime.proc
+        try:  # the whole session: the supervisor, the runtime it forked and anything user code spawned
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(TIMEOUT)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
+APP = """
+import json, os, sys
+print("init print from module")
+
+def handler(event, context):
+    print("in handler", json.dumps(event))
+    cc = context.client_context
+    return {
+        "event": event,
+        "request_id": context.aws_request_id,
+        "arn": context.invoked_function_arn,
+        "remaining_ok": 0 < context.get_remaining_time_in_millis() <= 30_000,
+        "function_name": context.function_name,
+        "memory": context.memory_limit_in_mb,
+        "trace": os.environ.get("_X_AMZN_TRACE_ID"),
+        "custom": cc.custom if cc else None,
+        "stdout_is_stderr": sys.stdout is sys.stderr,
+    }
+
+def fail(event, context):
+    print("about to fail")
+    raise ValueError("bad input: " + str(event))
+
+def unserializable(event, context):
+    return {"x": object()}
+
+def subprocess_output(event, context):
+    os.system("echo from-a-subprocess")
+    return "done"
+
+def suicide(event, context):
+    os.kill(os.getpid(), 9)
+"""
+
+
+# -- invocations -----------------------------------------------------------------------------
+def test_ready_then_invoke(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP})
+    rt.expect("ready")
+    assert "init print from module" in rt.wait_mark("init")
+
+    rt.invoke({"k": [1, 2]}, "req-1", client_context=json.dumps({"custom": {"a": "b"}}), trace_id="Root=1-abc")
+    header, payload = rt.expect("response")
+    assert header == {"t": "response", "n": len(payload), "id": "req-1"}
+    assert json.loads(payload) == {
+        "event": {"k": [1, 2]}, "request_id": "req-1", "arn": ARN, "remaining_ok": True,
+        "function_name": "f", "memory": "128", "trace": "Root=1-abc", "custom": {"a": "b"},
+        "stdout_is_stderr": True,
+    }
+    assert 'in handler {"k": [1, 2]}' in rt.wait_mark("req-1")
+
+    # a second invocation on the same process; no trace id clears the previous one
+    rt.invoke("just a string", "req-2", arn=ARN + ":prod")
+    header, payload = rt.expect("response")
+    body = json.loads(payload)
+    assert header["id"] == "req-2"
+    assert (body["event"], body["arn"], body["trace"], body["custom"]) == ("just a string", ARN + ":prod", None, None)
+    assert 'in handler "just a string"' in rt.wait_mark("req-2")
+    # print() never reaches the frame channel
+    assert rt.noise == []
+
+    rt.close_stdin()
+    rt.expect_eof()
+    assert rt.wait_exit() == 0
+
+
+def test_null_and_empty_payload(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": "def handler(event, context):\n    return [event, None]\n"})
+    rt.expect("ready")
+    rt.invoke(None, "a")
+    assert json.loads(rt.expect("response")[1]) == [None, None]
+    rt.invoke(raw=b"", request_id="b")
+    assert json.loads(rt.expect("response")[1]) == [None, None]
+
+
+def test_handler_error(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP}, handler="app.fail")
+    rt.expect("ready")
+    rt.wait_mark("init")
+    rt.invoke({"n": 1}, "req-err")
+    header, payload = rt.expect("error")
+    assert header["id"] == "req-err"
+    assert header["error_type"] == "ValueError"
+    error = json.loads(payload)
+    assert error["errorMessage"] == "bad input: {'n': 1}"
+    assert error["errorType"] == "ValueError"
+    assert error["requestId"] == "req-err"
+    assert isinstance(error["stackTrace"], list) and error["stackTrace"]
+    assert all(isinstance(line, str) for line in error["stackTrace"])
+    assert any("app.py" in line and "fail" in line for line in error["stackTrace"])
+    log = rt.wait_mark("req-err")
+    assert "about to fail" in log
+    assert "[ERROR] ValueError: bad input: {'n': 1}" in log
+    # the environment keeps serving after a function error
+    rt.invoke({"n": 2}, "req-err-2")
+    header, payload = rt.expect("error")
+    assert header["id"] == "req-err-2"
+    assert json.loads(payload)["requestId"] == "req-err-2"
+
+
+def test_marshal_error(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP}, handler="app.unserializable")
+    rt.expect("ready")
+    rt.invoke({}, "m")
+    header, payload = rt.expect("error")
+    error = json.loads(payload)
+    assert header["error_type"] == error["errorType"] == "Runtime.MarshalError"
+    assert error["errorMessage"].startswith("Unable to marshal response:")
+    assert error["requestId"] == "m"
+    assert isinstance(error["stackTrace"], list)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (compat): Lambda's Python runtime (awslambdaric to_json) serializes "
+                                       "decimal.Decimal, e.g. DynamoDB numbers; here it is a Runtime.MarshalError")
+def test_decimal_result_is_serialized(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": "import decimal\ndef handler(e, c):\n    return {'pi': decimal.Decimal('3.14159')}\n"})
+    rt.expect("ready")
+    rt.invoke({}, "d")
+    header, payload = rt.frame()
+    assert header["t"] == "response", payload
+    assert json.loads(payload) == {"pi": 3.14159}
+
+
+def test_invalid_json_event_is_an_invocation_error(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP})
+    rt.expect("ready")
+    rt.invoke(raw=b"{not json", request_id="bad")
+    header, payload = rt.expect("error")
+    assert header["id"] == "bad"
+    assert json.loads(payload)["errorType"] == "JSONDecodeError"
+    rt.invoke({"ok": True}, "good")
+    assert rt.expect("response")[0]["id"] == "good"
+
+
+def test_non_invoke_frames_and_noise_are_ignored(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP})
+    rt.expect("ready")
+    assert rt.proc.stdin is not None
+    rt.proc.stdin.write(b"garbage line that is not a frame\n")
+    rt.send("unknown-kind", b"xyz")
+    rt.invoke({"a": 1}, "after-noise")
+    header, payload = rt.expect("response")
+    assert header["id"] == "after-noise"
+    assert json.loads(payload)["event"] == {"a": 1}
+
+
+def test_subprocess_output_on_fd1_is_not_a_frame(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP}, handler="app.subprocess_output")
+    rt.expect("ready")
+    rt.invoke({}, "s")
+    header, payload = rt.expect("response")
+    assert json.loads(payload) == "done"
+    assert rt.noise == [b"from-a-subprocess\n"]
+
+
+def test_runtime_killed_by_signal_reports_128_plus_signal(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP}, handler="app.suicide")
+    rt.expect("ready")
+    rt.invoke({}, "k")
+    rt.expect_eof()
+    assert rt.wait_exit() == 128 + signal.SIGKILL
+
+
+# -- init errors -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("files", "handler", "error_type", "message"),
+    [
+        ({"app.py": APP}, "missing.handler", "Runtime.ImportModuleError",
+         "Unable to import module 'missing': No module named 'missing'"),
+        ({"app.py": "import not_installed_dep\n"}, "app.handler", "Runtime.ImportModuleError",
+         "Unable to import module 'app': No module named 'not_installed_dep'"),
+        ({"app.py": APP}, "app.nothere", "Runtime.HandlerNotFound", "Handler 'nothere' missing on module 'app'"),
+        ({"app.py": "def handler(:\n"}, "app.handler", "Runtime.UserCodeSyntaxError", "Syntax error in module 'app'"),
+        ({"app.py": APP}, "nodot", "Runtime.MalformedHandlerName", "Bad handler 'nodot'"),
+        ({"app.py": APP}, "sys.handler", "Runtime.BuiltInModuleConflict", "Cannot use built-in module sys"),
+        ({"app.py": "x = 1 / 0\n"}, "app.handler", "ZeroDivisionError", "division by zero"),
+    ],
+)
+def test_init_error(start, files: dict[str, str], handler: str, error_type: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    rt = start(files, handler=handler)
+    header, payload = rt.expect("init_error")
+    error = json.loads(payload)
+    assert header["error_type"] == error["errorType"] == error_type
+    assert error["errorMessage"].startswith(message), error
+    assert isinstance(error["stackTrace"], list)
+    log = rt.wait_mark("init")
+    assert f"[ERROR] {error_type}: {message}" in log
+    rt.expect_eof()
+    assert rt.wait_exit() == 1
+
+
+def test_handler_in_subdirectory_and_package(start) -> None:  # type: ignore[no-untyped-def]
+    files = {"src/mod.py": "def h(e, c):\n    return 'sub'\n", "pkg/__init__.py": "",
+             "pkg/inner.py": "def h(e, c):\n    return 'pkg'\n", "src/__init__.py": ""}
+    for handler, expected in (("src/mod.h", "sub"), ("pkg.inner.h", "pkg")):
+        rt = start(files, handler=handler)
+        rt.expect("ready")
+        rt.invoke({}, "x")
+        assert json.loads(rt.expect("response")[1]) == expected
+
+
+# -- SnapStart -------------------------------------------------------------------------------
+SNAP_APP = """
+import os, random
+import snapshot_restore_py
+from snapshot_restore_py import register_after_restore, register_before_snapshot
+
+random.seed(1234)
+print("module init", os.environ.get("FOO"))
+
+@register_before_snapshot
+def before_first():
+    print("before-snapshot first")
+
+def before_second(tag, *, suffix=""):
+    print("before-snapshot second", tag + suffix)
+
+register_before_snapshot(before_second, "arg", suffix="!")
+
+@register_after_restore
+def after_first():
+    print("after-restore first", os.environ.get("FOO"))
+
+def after_second(a, b=None):
+    print("after-restore second", a, b)
+
+register_after_restore(after_second, "x", b="y")
+
+def handler(event, context):
+    return {
+        "random": random.random(),
+        "foo": os.environ.get("FOO"),
+        "dropped": os.environ.get("DROP_ME"),
+        "before_left": len(snapshot_restore_py.get_before_snapshot()),
+        "after_left": len(snapshot_restore_py.get_after_restore()),
+    }
+"""
+
+
+def seeded_first_random() -> float:
+    import random
+
+    return random.Random(1234).random()
+
+
+def test_snapstart_hooks_and_restore(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": SNAP_APP}, init_type="snap-start", env={"DROP_ME": "present"})
+    rt.expect("restore_ready")
+    init_log = rt.wait_mark("init")
+    lines = [line for line in init_log.splitlines() if line]
+    # module init first, then the before-snapshot hooks in reverse registration order
+    assert lines == ["module init None", "before-snapshot second arg!", "before-snapshot first"]
+    assert "after-restore" not in rt.log
+    # blocked at the barrier: nothing more until the restore frame arrives
+    with pytest.raises(queue.Empty):
+        rt.frames.get(timeout=0.3)
+
+    rt.send("restore", json.dumps({"FOO": "bar", "DROP_ME": None}).encode())
+    restore_log = rt.wait_mark("restore")
+    assert [line for line in restore_log.splitlines() if line] == [
+        "after-restore first bar",
+        "after-restore second x y",
+    ]
+    rt.expect("ready")
+    rt.invoke({}, "r1")
+    body = json.loads(rt.expect("response")[1])
+    assert body["foo"] == "bar"
+    assert body["dropped"] is None
+    assert body["before_left"] == 0  # consumed when they ran
+    assert body["after_left"] == 2
+    # the RNG was reseeded after restore: not the value seeding at init would give
+    assert body["random"] != seeded_first_random()
+
+
+def test_on_demand_init_runs_no_hooks_and_keeps_seed(start) -> None:  # type: ignore[no-untyped-def]
+    """Control for the SnapStart test: without snap-start nothing reseeds or runs hooks."""
+    rt = start({"app.py": SNAP_APP}, init_type="on-demand", env={"FOO": "env", "DROP_ME": "present"})
+    rt.expect("ready")
+    assert [line for line in rt.wait_mark("init").splitlines() if line] == ["module init env"]
+    rt.invoke({}, "r1")
+    body = json.loads(rt.expect("response")[1])
+    assert body["random"] == seeded_first_random()
+    assert (body["foo"], body["dropped"], body["before_left"], body["after_left"]) == ("env", "present", 2, 2)
+    assert "before-snapshot" not in rt.log and "after-restore" not in rt.log
+
+
+def test_snapstart_two_restores_diverge(start) -> None:  # type: ignore[no-untyped-def]
+    values = []
+    for _ in range(2):
+        rt = start({"app.py": SNAP_APP}, init_type="snap-start")
+        rt.expect("restore_ready")
+        rt.send("restore", b"{}")
+        rt.expect("ready")
+        rt.invoke({}, "r")
+        values.append(json.loads(rt.expect("response")[1])["random"])
+    assert values[0] != values[1]
+    assert seeded_first_random() not in values
+
+
+def test_snapstart_without_hooks_module(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": "def handler(e, c):\n    return 'plain'\n"}, init_type="snap-start")
+    rt.expect("restore_ready")
+    rt.send("restore", b"")
+    rt.expect("ready")
+    rt.invoke({}, "p")
+    assert json.loads(rt.expect("response")[1]) == "plain"
+
+
+def test_snapstart_eof_at_barrier_exits_cleanly(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": SNAP_APP}, init_type="snap-start")
+    rt.expect("restore_ready")
+    rt.close_stdin()
+    rt.expect_eof()
+    assert rt.wait_exit() == 0
+
+
+def test_before_snapshot_hook_failure(start) -> None:  # type: ignore[no-untyped-def]
+    app = """
+    from snapshot_restore_py import register_before_snapshot
+
+    @register_before_snapshot
+    def runs_second():
+        print("never printed")
+
+    @register_before_snapshot
+    def runs_first():
+        raise RuntimeError("cannot snapshot")
+
+    def handler(e, c):
+        return 1
+    """
+    rt = start({"app.py": app}, init_type="snap-start")
+    header, payload = rt.expect("init_error")
+    error = json.loads(payload)
+    assert header["error_type"] == error["errorType"] == "Runtime.BeforeSnapshotError"
+    assert error["errorMessage"] == "RuntimeError: cannot snapshot"
+    assert isinstance(error["stackTrace"], list)
+    assert any("runs_first" in line for line in error["stackTrace"])
+    rt.wait_mark("init")
+    rt.expect_eof()
+    assert rt.wait_exit() == 64
+    assert "never printed" not in rt.log
+
+
+def test_after_restore_hook_failure(start) -> None:  # type: ignore[no-untyped-def]
+    app = """
+    from snapshot_restore_py import register_after_restore
+
+    def first():
+        print("first ran")
+
+    def broken(x):
+        raise KeyError(x)
+
+    def never():
+        print("never printed")
+
+    register_after_restore(first)
+    register_after_restore(broken, "missing-key")
+    register_after_restore(never)
+
+    def handler(e, c):
+        return 1
+    """
+    rt = start({"app.py": app}, init_type="snap-start")
+    rt.expect("restore_ready")
+    rt.send("restore", b"{}")
+    header, payload = rt.expect("restore_error")
+    error = json.loads(payload)
+    assert header["error_type"] == error["errorType"] == "Runtime.AfterRestoreError"
+    assert error["errorMessage"] == "KeyError: 'missing-key'"
+    assert isinstance(error["stackTrace"], list)
+    assert "first ran" in rt.wait_mark("restore")
+    rt.expect_eof()
+    assert rt.wait_exit() == 65
+    assert "never printed" not in rt.log

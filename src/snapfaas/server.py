@@ -94,10 +94,13 @@ class Server:
             await self._stop.wait()
             self.say("shutting down: stopping the API, then every environment")
         finally:
-            await runner.cleanup()
+            # Environments first: in-flight invokes then end at once (Runtime.ExitError)
+            # instead of holding the HTTP shutdown for up to their timeout.
+            await site.stop()
             await control.close()
             await invoker.close()
             await worker.close()
+            await runner.cleanup()
             registry.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

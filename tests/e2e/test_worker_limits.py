@@ -154,8 +154,6 @@ def test_sigterm_with_warm_environments_leaves_nothing(processes: ProcessFactory
         next(servers, None)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="server.py waits for in-flight requests (aiohttp's 60 s shutdown_timeout) "
-                                       "before Worker.close(); see the report")
 def test_sigterm_during_an_invocation_is_prompt_and_leaves_nothing(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> None:
     server, servers = dedicated_server(processes, tmp_path_factory, "busyshutdown")
     try:

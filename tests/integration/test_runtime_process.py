@@ -308,8 +308,6 @@ def test_marshal_error(start) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(error["stackTrace"], list)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (compat): Lambda's Python runtime (awslambdaric to_json) serializes "
-                                       "decimal.Decimal, e.g. DynamoDB numbers; here it is a Runtime.MarshalError")
 def test_decimal_result_is_serialized(start) -> None:  # type: ignore[no-untyped-def]
     rt = start({"app.py": "import decimal\ndef handler(e, c):\n    return {'pi': decimal.Decimal('3.14159')}\n"})
     rt.expect("ready")

@@ -254,8 +254,6 @@ def test_handler_file_exists(store: ArtifactStore, handler_pkg: str, handler: st
     assert store.handler_file_exists(handler_pkg, handler) is exists
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: handler '..handler' (valid per validation.handler) makes Path.with_suffix raise")
 def test_handler_file_exists_degenerate_module(store: ArtifactStore, handler_pkg: str) -> None:
     assert store.handler_file_exists(handler_pkg, "..handler") is False
 

@@ -297,10 +297,6 @@ def test_signature_for_other_region_still_matches_its_own_scope(verifier: SigV4V
     reject(verifier, "GET", "/2015-03-31/functions/", headers, b"", InvalidSignature)
 
 
-@pytest.mark.xfail(strict=True, raises=InvalidSignature,
-                   reason="BUG: the verifier re-signs with botocore, which silently drops headers on its own "
-                          "blacklist (user-agent, x-amzn-trace-id, ...) even when the client listed them in "
-                          "SignedHeaders (any SigV4 signer may sign them, e.g. curl --aws-sigv4-signedheaders)")
 def test_accepts_client_that_signs_user_agent(verifier: SigV4Verifier) -> None:
     with mock.patch("botocore.auth.SIGNED_HEADERS_BLACKLIST", []):
         headers = sign("POST", INVOKE_PATH, BODY, {"User-Agent": "some-sdk/1.0"})

@@ -405,8 +405,6 @@ def test_capacity_invariants_under_random_load(clock: Clock) -> None:
     assert throttled > 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: busy environments of retired pools are not counted against "
-                                       "max_environments, so more than the maximum can be alive at once")
 def test_retired_busy_environments_count_against_capacity(clock: Clock) -> None:
     worker = make_worker(clock, max_environments=2)
     running: set[FakeEnv] = set()

@@ -103,7 +103,6 @@ def test_create_function_name_too_long() -> None:
         check.create_function_name("a" * 65)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: create_function_name str()s non-strings: 5 -> function '5'")
 @pytest.mark.parametrize("raw", [5, True])
 def test_create_function_name_rejects_non_strings(raw: object) -> None:
     with pytest.raises((ValidationError, InvalidParameterValue)):
@@ -133,7 +132,6 @@ def test_alias_name_rejects(name: object) -> None:
     assert "at 'name'" in info.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: these regexes end in `$` and use .match, so a trailing newline passes")
 @pytest.mark.parametrize(
     ("func", "value"),
     [
@@ -230,7 +228,6 @@ def test_environment_4kb_limit() -> None:
         check.environment({"Variables": many})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the 4 KB limit counts characters, not bytes")
 def test_environment_4kb_limit_counts_bytes() -> None:
     with pytest.raises(InvalidParameterValue, match="4KB"):
         check.environment({"Variables": {"KEY": "é" * 3000}})  # 6003 bytes UTF-8

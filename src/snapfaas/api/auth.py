@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.compat import HTTPHeaders, urlsplit
 
 from snapfaas.errors import InvalidSignature, MissingAuthentication, UnrecognizedClient
 
@@ -30,6 +31,22 @@ SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key "
     "and signing method. Consult the service documentation for details."
 )
+
+
+class _ExactSigner(SigV4Auth):
+    """botocore's signer, but signing exactly the headers the client listed.
+
+    botocore never signs a few headers itself (user-agent, x-amzn-trace-id, ...) and drops them
+    when computing a signature; another SigV4 client may sign them, so the verifier must not.
+    """
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        out = HTTPHeaders()
+        for name, value in request.headers.items():
+            out[name.lower()] = value
+        if "host" not in out:
+            out["host"] = urlsplit(request.url).netloc
+        return out
 
 
 class SigV4Verifier:
@@ -76,7 +93,7 @@ class SigV4Verifier:
             data=body,
         )
         request.context["timestamp"] = amz_date
-        signer = SigV4Auth(Credentials(akid, secret), match["service"], match["region"])
+        signer = _ExactSigner(Credentials(akid, secret), match["service"], match["region"])
         canonical = signer.canonical_request(request)
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
         if not hmac.compare_digest(expected, match["signature"]):

@@ -159,8 +159,10 @@ class ArtifactStore:
 
     def handler_file_exists(self, digest: str, handler: str) -> bool:
         """Whether the module named by `handler` (``pkg.mod.func``) exists in the package."""
-        module = handler.rpartition(".")[0]
-        rel = Path(*module.split("."))
+        parts = handler.rpartition(".")[0].replace("/", ".").split(".")
+        if not all(parts):
+            return False
+        rel = Path(*parts)
         tree = self.tree(digest)
         return (tree / rel.with_suffix(".py")).is_file() or (tree / rel / "__init__.py").is_file() or any(
             (tree / rel.parent).glob(rel.name + ".*.so")

@@ -75,7 +75,9 @@ def create_function_name(raw: object) -> str:
     A pattern violation is a ValidationException; a name over 64 characters is, as on Lambda,
     an InvalidParameterValueException carrying the same validation wording.
     """
-    name, qualifier = _function_ref(str(raw), CREATE_RE)
+    if not isinstance(raw, str):
+        raise constraint_error(raw, "functionName", "Member must be a string")
+    name, qualifier = _function_ref(raw, CREATE_RE)
     if qualifier is not None:
         raise constraint_error(raw, "functionName", "Member must not carry a qualifier")
     if len(name) > 64:
@@ -89,7 +91,7 @@ def create_function_name(raw: object) -> str:
 def alias_name(name: object) -> str:
     if isinstance(name, str) and len(name) > 128:
         raise constraint_error(name, "name", "Member must have length less than or equal to 128")
-    if not isinstance(name, str) or not ALIAS_NAME_RE.match(name):
+    if not isinstance(name, str) or not ALIAS_NAME_RE.fullmatch(name):
         raise constraint_error(
             name, "name", "Member must satisfy regular expression pattern: (?!^[0-9]+$)([a-zA-Z0-9-_]+)"
         )
@@ -97,7 +99,7 @@ def alias_name(name: object) -> str:
 
 
 def version_ref(version: object, member: str = "functionVersion") -> str:
-    if not isinstance(version, str) or not VERSION_RE.match(version):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
         raise constraint_error(version, member, "Member must satisfy regular expression pattern: (\\$LATEST|[0-9]+)")
     return version
 
@@ -126,10 +128,10 @@ def runtime(value: object) -> str:
 
 
 def handler(value: object) -> str:
-    if not isinstance(value, str) or not HANDLER_RE.match(value):
+    if not isinstance(value, str) or not HANDLER_RE.fullmatch(value):
         raise constraint_error(value, "handler", "Member must satisfy regular expression pattern: [^\\s]+")
     module, dot, func = value.rpartition(".")
-    if not dot or not module or not func:
+    if not dot or not func or not module or any(not part for part in module.split(".")):
         raise InvalidParameterValue(f"Handler '{value}' must be of the form module.function (e.g. app.handler)")
     return value
 
@@ -175,7 +177,7 @@ def environment(value: object) -> dict[str, str]:
         raise InvalidParameterValue("Environment.Variables must be a map of strings")
     out: dict[str, str] = {}
     for key, val in variables.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
             raise constraint_error(key, "environment.variables", "Member must satisfy regular expression pattern: [a-zA-Z]([a-zA-Z0-9_])+")
         if key in RESERVED_ENV:
             raise InvalidParameterValue(
@@ -184,7 +186,7 @@ def environment(value: object) -> dict[str, str]:
         if not isinstance(val, str):
             raise InvalidParameterValue(f"Environment variable {key} must be a string")
         out[key] = val
-    if sum(len(k) + len(v) for k, v in out.items()) > 4096:
+    if sum(len(k.encode()) + len(v.encode()) for k, v in out.items()) > 4096:
         raise InvalidParameterValue(
             "Lambda was unable to configure your environment variables because the environment variables you have provided exceeded the 4KB limit."
         )
@@ -198,7 +200,7 @@ def description(value: object) -> str:
 
 
 def role(value: object) -> str:
-    if not isinstance(value, str) or not ROLE_RE.match(value):
+    if not isinstance(value, str) or not ROLE_RE.fullmatch(value):
         raise constraint_error(
             value, "role", "Member must satisfy regular expression pattern: arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+"
         )

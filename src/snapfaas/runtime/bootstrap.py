@@ -104,9 +104,18 @@ def reseed() -> None:
         numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
 
 
+def _json_default(value: Any) -> Any:
+    """What Lambda's Python runtime serializes beyond plain JSON: Decimal (DynamoDB numbers)."""
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def encode_result(result: Any) -> bytes:
     try:
-        return json.dumps(result).encode()
+        return json.dumps(result, default=_json_default).encode()
     except (TypeError, ValueError, OverflowError) as exc:
         raise Fault(Fault.MARSHAL, f"Unable to marshal response: {exc}") from exc
 

@@ -63,7 +63,12 @@ def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
         line = stream.readline()
         if not line:
             return None
-        header = parse_header(line)
+        try:
+            header = parse_header(line)
+        except ValueError:
+            if line.endswith(b"\n"):
+                raise
+            return None  # EOF in the middle of a header: the worker is gone
         if header is None:
             continue
         payload = stream.read(header["n"]) if header["n"] else b""

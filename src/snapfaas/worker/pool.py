@@ -80,6 +80,7 @@ class Worker:
         self.pools: dict[PoolKey, Pool] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
         self.starting = 0
+        self.draining: set[Environment] = set()  # busy environments of retired pools
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -102,7 +103,7 @@ class Worker:
         self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
-        envs = [e for p in self.pools.values() for e in (*p.idle, *p.busy)]
+        envs = [e for p in self.pools.values() for e in (*p.idle, *p.busy)] + list(self.draining)
         self.pools.clear()
         await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
         self.factory.runc.remove_cgroups()
@@ -131,7 +132,7 @@ class Worker:
                 pool.busy.add(env)
                 return env, discard
             discard.append(env)
-        live = sum(len(p) for p in self.pools.values()) + self.starting
+        live = sum(len(p) for p in self.pools.values()) + self.starting + len(self.draining)
         if live >= self.max_environments:
             candidates = sorted((e for p in self.pools.values() for e in p.idle), key=lambda e: e.last_used)
             evict = candidates[: live - self.max_environments + 1]
@@ -156,6 +157,7 @@ class Worker:
         self.inflight[function] -= 1
         if self.inflight[function] <= 0:
             del self.inflight[function]
+        self.draining.discard(env)
         pool = self.pools.get(pool_key(env.version))
         keep = healthy and not self._closing and pool is not None and env in pool.busy
         if pool is not None:
@@ -186,6 +188,7 @@ class Worker:
             pool = self.pools.pop(key)
             out.extend(pool.idle)
             # busy environments finish their request, then `_release` finds no pool and destroys them
+            self.draining.update(pool.busy)
         return out
 
     # -- I/O around the decisions ----------------------------------------------------------

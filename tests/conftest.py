@@ -23,6 +23,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from snapfaas.sandbox.mounts import remove_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "SFIATESTKEY000000001"
 SECRET_KEY = "test-secret-key-for-the-suite-0123456789"
@@ -159,7 +161,7 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterat
             handle.stop()
             assert handle.runc_containers() == [], "containers survived server shutdown"
     finally:
-        shutil.rmtree(sandbox, ignore_errors=True)
+        remove_tree(sandbox)
 
 
 @pytest.fixture(scope="module")

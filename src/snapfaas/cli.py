@@ -56,9 +56,13 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--region", default="us-east-1", show_default=True)
 @click.option("--sandbox-dir", type=click.Path(path_type=Path), default=None,
               help="Sandbox-visible derived state (default /var/lib/snapfaas/sandbox/<hash of data dir>).")
+@click.option("--snapshot-retention", default="14d", show_default=True,
+              help="Drop a SnapStart version's snapshot after this long without invokes (e.g. 14d, 6h, 90s).")
+@click.option("--no-snapstart", is_flag=True, help="Run without CRIU: SnapStart versions fail to publish.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
-          max_environments: int, region: str, sandbox_dir: Path | None, log_level: str) -> None:
+          max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
+          log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -71,10 +75,23 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         data_dir=data_dir.resolve(), host=host, port=port, region=region, auth=not no_auth,
         credentials=credentials_from_env(os.environ) or {}, runtimes=overrides, keep_alive_s=keep_alive,
         max_environments=max_environments, sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
+        snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
     asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``6h``, ``14d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    try:
+        if raw and raw[-1] in units:
+            return float(raw[:-1]) * units[raw[-1]]
+        return float(raw)
+    except ValueError as exc:
+        raise click.BadParameter(f"not a duration: {text!r} (use e.g. 14d, 6h, 30m, 90s)") from exc
 
 
 def zip_directory(path: Path) -> bytes:

@@ -51,6 +51,8 @@ class ServerConfig:
     host_id_base: int = 100_000
     limits: Limits = dataclasses.field(default_factory=Limits)
     sandbox_root: Path | None = None
+    snapshot_retention_s: float = 14 * 24 * 3600
+    snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
 
     @property
     def sandbox_dir(self) -> Path:
@@ -63,6 +65,18 @@ class ServerConfig:
             return self.sandbox_root
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return Path("/var/lib/snapfaas/sandbox") / digest
+
+    @property
+    def credentials_uri(self) -> str:
+        """Where environments fetch credentials; they share the host network namespace, and
+        botocore accepts plain HTTP only for loopback addresses."""
+        host = self.host if self.host.startswith("127.") or self.host == "::1" else "127.0.0.1"
+        return f"http://{host}:{self.port}/snapfaas/v1/credentials"
+
+    @property
+    def snapshot_cache(self) -> Path:
+        """Plaintext snapshot images: on a tmpfs (RAM), never on persistent disk."""
+        return Path("/dev/shm/snapfaas") / self.sandbox_dir.name
 
     @property
     def db_path(self) -> Path:

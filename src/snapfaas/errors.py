@@ -114,3 +114,27 @@ class RuntimeUnavailable(SnapfaasError):
 
     code = "InvalidRuntimeException"
     status = 502
+
+
+class SnapStartError(SnapfaasError):
+    """An after-restore hook failed (or the restore itself did)."""
+
+    code = "SnapStartException"
+    status = 400
+    error_type = "User"
+
+
+class SnapStartTimeout(SnapfaasError):
+    """Restore plus after-restore hooks took longer than Lambda's 10 s."""
+
+    code = "SnapStartTimeoutException"
+    status = 408
+    error_type = "User"
+
+
+class SnapStartNotReady(SnapfaasError):
+    """The version's snapshot is being (re-)created."""
+
+    code = "SnapStartNotReadyException"
+    status = 409
+    error_type = "User"

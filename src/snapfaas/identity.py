@@ -83,3 +83,20 @@ class IdentityBroker:
         if creds is None or creds.session_token != session_token or creds.expiration <= self.clock():
             return None
         return creds.secret_access_key
+
+
+class EndpointCredentials:
+    """The credentials variables of one environment: the endpoint URI and a fresh token."""
+
+    def __init__(self, broker: IdentityBroker, uri: str) -> None:
+        self.broker = broker
+        self.uri = uri
+
+    def environ(self, identity: str) -> dict[str, str]:
+        return {
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": self.uri,
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.broker.issue_token(identity),
+        }
+
+    def revoke(self, identity: str) -> None:
+        self.broker.revoke_environment(identity)

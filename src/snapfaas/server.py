@@ -25,6 +25,10 @@ from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.interpreter import InterpreterRegistry
+from snapfaas.identity import EndpointCredentials, IdentityBroker
+from snapfaas.snapshot import engine
+from snapfaas.snapshot.manager import SnapshotManager
+from snapfaas.snapshot.vault import SnapshotVault
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
@@ -73,12 +77,21 @@ class Server:
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
                                   owner=cfg.host_id_base + cfg.sandbox_uid)
         logs = LogStore(cfg.data_dir / "logs")
-        worker = Worker(EnvironmentFactory(cfg, runc, artifacts, interpreters, logs), cfg.max_environments, cfg.keep_alive_s)
+        identity = IdentityBroker()
+        credentials_env = EndpointCredentials(identity, cfg.credentials_uri)
+        factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs)
+        worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
+        snapshots = self._snapshots(registry, factory, credentials_env)
+        worker.snapshots = snapshots
+        control.publishers["PublishedVersions"] = snapshots.publish
+        control.dropped = snapshots.drop
         invoker = Invoker(registry, worker, cfg.limits, str(cfg.data_dir / "events.db"))
         artifacts.collect_garbage(registry.referenced_digests())
-        services = Services(cfg, control, invoker, logs)
-        app = build_app(services, SigV4Verifier(keys) if cfg.auth else None)
+        snapshots.collect_garbage()
+        services = Services(cfg, control, invoker, logs, identity=identity)
+        verifier = SigV4Verifier(keys, temporary=identity.secret_for) if cfg.auth else None
+        app = build_app(services, verifier)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
@@ -88,6 +101,7 @@ class Server:
         try:
             await site.start()
             worker.start()
+            snapshots.start()
             invoker.start()
             control.resume()
             self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")
@@ -98,6 +112,7 @@ class Server:
             # instead of holding the HTTP shutdown for up to their timeout.
             await site.stop()
             await control.close()
+            await snapshots.close()
             await invoker.close()
             await worker.close()
             await runner.cleanup()
@@ -105,6 +120,14 @@ class Server:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         self.say("stopped")
+
+    def _snapshots(self, registry: Registry, factory: EnvironmentFactory, creds: EndpointCredentials) -> SnapshotManager:
+        cfg = self.config
+        status = engine.probe() if cfg.snapstart else engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
+        self.say(status.describe() if status.available else f"WARNING: {status.describe()} - SnapStart versions will fail to publish; everything else works")
+        vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
+                              image_owner=0, image_group=cfg.host_id_base)
+        return SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke)
 
     def stop(self) -> None:
         self._stop.set()

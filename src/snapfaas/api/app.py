@@ -10,7 +10,7 @@ from aiohttp import web
 from snapfaas.api import aliases, functions
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.code import download_code
-from snapfaas.api.context import SERVICES, Services
+from snapfaas.api.context import SERVICES, Services, services
 from snapfaas.api.errors import error_response
 from snapfaas.api.invoke import function_logs, invoke
 from snapfaas.api.links import PATH_PREFIX
@@ -19,6 +19,7 @@ from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasErr
 logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
 FN = "/2015-03-31/functions/{name}"
+CREDENTIALS_PATH = "/snapfaas/v1/credentials"
 
 
 def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
@@ -71,13 +72,27 @@ def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
     app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
     app.router.add_get(PATH_PREFIX + "{digest}", download_code)
     app.router.add_get("/snapfaas/v1/health", health)
+    app.router.add_get(CREDENTIALS_PATH, container_credentials)
     app.router.add_post("/snapfaas/v1/echo", echo)
     return app
 
 
 def _unsigned_allowed(path: str) -> bool:
     """Health checks, and code links (which carry their own signature)."""
-    return path == "/snapfaas/v1/health" or path.startswith(PATH_PREFIX)
+    return path in ("/snapfaas/v1/health", CREDENTIALS_PATH) or path.startswith(PATH_PREFIX)
+
+
+async def container_credentials(request: web.Request) -> web.Response:
+    """The container-credentials endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI``).
+
+    Authenticated by the environment's token (``AWS_CONTAINER_AUTHORIZATION_TOKEN``, sent by
+    botocore as the Authorization header), not SigV4. Unknown tokens get 404, as on Lambda.
+    """
+    token = request.headers.get("Authorization", "")
+    creds = services(request).identity.credentials(token) if token else None
+    if creds is None:
+        return web.json_response({"message": "unknown or revoked credentials token"}, status=404)
+    return web.json_response(creds.to_json())
 
 
 async def health(request: web.Request) -> web.Response:

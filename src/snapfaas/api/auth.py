@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -49,10 +49,21 @@ class _ExactSigner(SigV4Auth):
         return out
 
 
+TemporaryLookup = Callable[[str, "str | None"], "str | None"]
+
+
 class SigV4Verifier:
-    def __init__(self, keys: Mapping[str, str], clock: type[dt.datetime] = dt.datetime) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        clock: type[dt.datetime] = dt.datetime,
+        temporary: TemporaryLookup | None = None,
+    ) -> None:
+        """`keys`: long-term key pairs; `temporary(akid, session_token)` returns the secret of
+        unexpired temporary credentials (issued to execution environments), if any."""
         self.keys = dict(keys)
         self.clock = clock
+        self.temporary = temporary
 
     def verify(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> str:
         """Return the caller's access key id, or raise an `AuthError` leaf."""
@@ -64,6 +75,8 @@ class SigV4Verifier:
             raise InvalidSignature("Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' parameters (AWS4-HMAC-SHA256)")
         akid = match["akid"]
         secret = self.keys.get(akid)
+        if secret is None and self.temporary is not None:
+            secret = self.temporary(akid, headers.get("X-Amz-Security-Token"))
         if secret is None:
             raise UnrecognizedClient("The security token included in the request is invalid.")
         amz_date = headers.get("X-Amz-Date", "")

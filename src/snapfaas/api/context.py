@@ -10,6 +10,7 @@ from aiohttp import web
 
 from snapfaas.api.links import CodeLinks
 from snapfaas.config import ServerConfig
+from snapfaas.identity import IdentityBroker
 from snapfaas.errors import InvalidRequestContent
 from snapfaas.registry import validation as check
 from snapfaas.registry.service import ControlPlane
@@ -26,6 +27,7 @@ class Services:
     invoker: Invoker
     logs: LogStore
     links: CodeLinks = dataclasses.field(default_factory=CodeLinks)
+    identity: IdentityBroker = dataclasses.field(default_factory=IdentityBroker)
 
     @property
     def registry(self):  # type: ignore[no-untyped-def]

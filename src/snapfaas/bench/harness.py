@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.client import Connection
+from snapfaas.sandbox.mounts import remove_tree
 
 ROLE = "arn:aws:iam::000000000000:role/snapfaas"
 
@@ -71,7 +72,7 @@ class PrivateServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.sandbox, ignore_errors=True)
+        remove_tree(self.sandbox)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def client(self) -> Any:

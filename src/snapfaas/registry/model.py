@@ -68,6 +68,8 @@ class FunctionVersion:
     last_update_status: str | None = None
     last_update_status_reason: str | None = None
     last_update_status_reason_code: str | None = None
+    snapshot_id: str | None = None
+    last_invoked: float | None = None  # epoch seconds, persisted coarsely (SnapStart retention)
     # A published version's Description may come from PublishVersion; this keeps the $LATEST
     # description it was published from, which is what "unchanged since" compares.
     source_description: str | None = None
@@ -81,7 +83,12 @@ class FunctionVersion:
         """SnapStart is applied only to published versions of functions that ask for it."""
         if self.is_latest or self.snap_start != "PublishedVersions":
             return "Off"
-        return "On" if self.state == State.ACTIVE else "Off"
+        return "On" if self.state in (State.ACTIVE, State.INACTIVE) else "Off"
+
+    @property
+    def uses_snapshot(self) -> bool:
+        """Invocations of this version resume from its snapshot instead of running init."""
+        return not self.is_latest and self.snap_start == "PublishedVersions"
 
     def move_to(self, state: State, reason: str | None = None, code: str | None = None) -> None:
         if state not in ALLOWED_MOVES[self.state]:

@@ -47,6 +47,7 @@ class ControlPlane:
         self.interpreters = interpreters
         self.retire = retire
         self.publishers: dict[str, Settle] = {}
+        self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- background settling ---------------------------------------------------------------
@@ -306,6 +307,7 @@ class ControlPlane:
         if qualifier is None:
             deleted = self.registry.delete_function(name)
             await self.retire(name, None)
+            self.dropped(deleted)
             self.artifacts.collect_garbage(self.registry.referenced_digests())
             return deleted
         if qualifier == LATEST:
@@ -318,6 +320,7 @@ class ControlPlane:
         except NotFound:
             return []
         await self.retire(name, qualifier)
+        self.dropped([deleted_version])
         self.artifacts.collect_garbage(self.registry.referenced_digests())
         return [deleted_version]
 

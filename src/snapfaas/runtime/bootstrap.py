@@ -157,8 +157,18 @@ def snap_start_barrier(channel: Channel) -> None:
         channel.mark_logs("init")
         channel.send("init_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
         sys.exit(EXIT_BEFORE_SNAPSHOT)
+    from . import sockets  # only SnapStart pays for importing socket/fcntl
+
+    closed, unsupported = sockets.sweep()
+    if unsupported:
+        fault = Fault(Fault.SNAPSHOT_SOCKET, "Init left sockets the snapshot cannot hold: " + "; ".join(unsupported)
+                      + ". Close them in a before-snapshot hook and re-create them after restore.")
+        print(f"[ERROR] {fault.error_type}: {fault.message}", file=channel.log)
+        channel.mark_logs("init")
+        channel.send("init_error", json.dumps(fault.to_error("")).encode(), error_type=fault.error_type)
+        sys.exit(EXIT_BEFORE_SNAPSHOT)
     channel.mark_logs("init")
-    channel.send("restore_ready")
+    channel.send("restore_ready", closed=closed)
     frame = channel.receive()
     if frame is None:
         sys.exit(0)

@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.errors import ServiceError
+from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.cgroup import daemon_cgroup
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 
 logger = logging.getLogger(__name__)
 STREAM_LIMIT = 16 * 1024 * 1024
+# runc and CRIU create mount points and images that the sandbox's mapped uids must read; the
+# daemon's own umask (0077, for its state) would make them unreadable, so children get 0022.
+RUNC_UMASK = 0o022
 CONTAINER_PREFIX = "sf-"  # container id = prefix + environment id
 
 
@@ -89,24 +93,34 @@ class Container:
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.bundle.mkdir(parents=True, exist_ok=True)
+        self.bundle.chmod(0o711)  # a private rootfs inside must be reachable by the mapped root
         (self.bundle / "config.json").write_text(json.dumps(config))
 
-    async def start(self) -> None:
-        """Launch `runc run` with piped stdio; returns once runc is spawned.
+    async def start(self, restore_from: Path | None = None) -> None:
+        """Launch `runc run` (or `runc restore` from the images in `restore_from`) in the
+        foreground with piped stdio; returns once runc is spawned.
 
-        Raises `ServiceError` if `kill` ran before or while runc was being spawned (the
-        container is then torn down here, so a killed container never keeps running).
+        A restored container gets our pipes as its stdio: runc re-attaches the pipes recorded
+        at checkpoint to the restorer's own stdio. Raises `ServiceError` if `kill` ran before
+        or while runc was being spawned (the container is then torn down here, so a killed
+        container never keeps running).
         """
         if self._killed:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: the container was already killed")
+        if restore_from is None:
+            argv = self.runc.argv("run", "--bundle", str(self.bundle), self.id)
+        else:
+            argv = self.runc.argv("restore", "--image-path", str(restore_from), "--work-path", str(self.bundle),
+                                  "--bundle", str(self.bundle), self.id)
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *self.runc.argv("run", "--bundle", str(self.bundle), self.id),
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 limit=STREAM_LIMIT,
                 start_new_session=True,
+                umask=RUNC_UMASK,
             )
         except OSError as exc:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc
@@ -148,4 +162,4 @@ class Container:
             stderr=asyncio.subprocess.DEVNULL,
         )
         await proc.wait()
-        shutil.rmtree(self.bundle, ignore_errors=True)
+        remove_tree(self.bundle)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
+import shutil
 import json
 import os
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 from snapfaas.errors import InvalidParameterValue
 
@@ -89,3 +92,47 @@ class InterpreterRegistry:
             except InvalidParameterValue as exc:
                 out[name] = exc.message
         return out
+
+
+def traversable_by_others(path: str) -> bool:
+    """Whether every ancestor of `path` lets a non-owner search it (mode o+x)."""
+    current = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if not os.stat(current).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if current == "/":
+            return True
+        current = os.path.dirname(current)
+
+
+def mirror_source(prefix: str, mirrors: Path) -> str:
+    """A bind source for `prefix` that the sandbox's mapped root can reach.
+
+    CRIU restores bind mounts by opening their sources as the container's mapped root, which
+    cannot search e.g. a mode-0700 home directory holding a pyenv install. Such a prefix is
+    mirrored once per daemon start with hard links (same files, no copy) under `mirrors`;
+    a prefix that is already reachable is used as it is.
+    """
+    if traversable_by_others(prefix):
+        return prefix
+    target = mirrors / hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    mirrors.mkdir(parents=True, exist_ok=True)
+    os.chmod(mirrors, 0o711)
+    done = subprocess.run(["cp", "-al", prefix, str(staging)], capture_output=True, text=True)
+    if done.returncode != 0:  # another filesystem: hard links impossible, copy instead
+        shutil.rmtree(staging, ignore_errors=True)
+        done = subprocess.run(["cp", "-a", prefix, str(staging)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise InvalidParameterValue(f"cannot mirror interpreter tree {prefix}: {done.stderr.strip()}")
+    os.chmod(staging, os.stat(prefix).st_mode & 0o777 | 0o005)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return str(target)

@@ -42,6 +42,8 @@ class SandboxSpec:
     host_id_base: int
     cgroup: str
     pids_limit: int = 1024
+    mount_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)  # prefix -> reachable bind source
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
@@ -82,7 +84,8 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         },
     ]
     for prefix in spec.interpreter.mount_sources():
-        mounts.append({"destination": prefix, "type": "bind", "source": prefix, "options": RO})
+        source = spec.mount_sources.get(prefix, prefix)
+        mounts.append({"destination": prefix, "type": "bind", "source": source, "options": RO})
     memory = spec.memory_mb * 1024 * 1024
     return {
         "ociVersion": "1.0.2",
@@ -98,6 +101,7 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         },
         "root": {"path": str(rootfs), "readonly": True},
         "hostname": "sandbox",
+        "annotations": dict(spec.annotations),
         "mounts": mounts,
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")],

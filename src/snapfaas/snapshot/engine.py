@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from snapfaas.errors import ServiceError
+from snapfaas.sandbox.container import RUNC_UMASK
 
 MIN_MAJOR = 4
 CONFIG_ANNOTATION = "org.criu.config"
@@ -92,7 +93,7 @@ async def checkpoint(runc_argv: list[str], container_id: str, image_dir: Path) -
     started = loop.time()
     proc = await asyncio.create_subprocess_exec(
         *runc_argv, "checkpoint", "--image-path", str(image_dir), "--work-path", str(image_dir), container_id,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, umask=RUNC_UMASK,
     )
     _, stderr = await proc.communicate()
     if proc.returncode != 0:

@@ -53,15 +53,20 @@ def _durable_write(path: Path, data: bytes) -> None:
 
 
 class SnapshotVault:
-    def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int) -> None:
-        """`image_owner`: the host uid CRIU restores as (the sandbox's mapped root)."""
+    def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int, image_group: int) -> None:
+        """CRIU reads images both as host root (a freshly cloned task, before its user
+        namespace has a uid map, has no DAC override there) and as the sandbox's mapped root:
+        images belong to `image_owner` (root) and `image_group` (the mapped root's host gid),
+        mode 0640 in 0750 directories; no other host user can read them."""
         self.root = root
         self.cache = cache
         self.image_owner = image_owner
+        self.image_group = image_group
         root.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
-        os.chmod(cache, 0o711)
+        for directory in (cache.parent, cache):  # searchable (not listable) by the sandbox's uids
+            os.chmod(directory, 0o711)
         self._master = self._load_key(key_file)
 
     @staticmethod
@@ -163,11 +168,11 @@ class SnapshotVault:
             raise SnapshotCorrupt(f"snapshot image {entry['name']}: checksum mismatch")
 
     def _own(self, plain: Path) -> None:
-        """Tightest permissions that still restore: owned by the mapped root, 0700/0600."""
+        """Tightest permissions that still restore (see `__init__`)."""
         (plain / ".complete").touch()
         for path in [plain, *plain.iterdir()]:
-            os.chown(path, self.image_owner, self.image_owner)
-            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+            os.chown(path, self.image_owner, self.image_group)
+            os.chmod(path, 0o750 if path.is_dir() else 0o640)
 
     def evict(self, snapshot_id: str) -> None:
         shutil.rmtree(self.cache / snapshot_id, ignore_errors=True)
@@ -175,3 +180,12 @@ class SnapshotVault:
     def delete(self, snapshot_id: str) -> None:
         self.evict(snapshot_id)
         shutil.rmtree(self.root / snapshot_id, ignore_errors=True)
+
+    def collect_garbage(self, referenced: set[str]) -> int:
+        """Remove snapshots (stored or cached) not in `referenced`, and interrupted temporaries."""
+        removed = 0
+        for path in [*self.root.iterdir(), *self.cache.iterdir()]:
+            if path.name.startswith(".") or path.name not in referenced:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed

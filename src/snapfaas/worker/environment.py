@@ -20,6 +20,7 @@ import json
 import logging
 import signal
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -119,6 +120,8 @@ class Environment:
         self._readers: list[asyncio.Task[None]] = []
         self._log_reader: asyncio.Task[None] | None = None
         self._stream_ended = False
+        self.restore_from: Path | None = None  # images, for an environment restored from a snapshot
+        self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
 
     def __repr__(self) -> str:
         return f"<Environment {self.id} {self.version.name}:{self.version.version} {self.state.value} invocations={self.invocations}>"
@@ -260,6 +263,8 @@ class Environment:
         """Kill the container, stop the readers and remove the environment's cgroup; idempotent."""
         if self.state is not EnvState.DEAD:
             self.move(EnvState.DEAD)
+        while self.on_destroy:
+            self.on_destroy.pop()()
         await self.container.kill()
         for failure in remove_cgroup(self.cgroup):
             logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from snapfaas.config import ServerConfig
@@ -12,7 +13,9 @@ from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
 from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
-from snapfaas.sandbox.interpreter import InterpreterRegistry
+from snapfaas.sandbox.mounts import remove_tree, unmount_below
+from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
+from snapfaas.snapshot import engine
 from snapfaas.sandbox.spec import RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
@@ -65,15 +68,16 @@ class EnvironmentFactory:
         self.rootfs = config.sandbox_dir / "rootfs"
         self.bundles = config.sandbox_dir / "bundles"
         self.runtime_mount = config.sandbox_dir / "runtime"
-        self._prepared: set[str] = set()
+        self._sources: dict[str, dict[str, str]] = {}
         self._clear_bundles()
         self._install_runtime()
+        self.criu_dump_config, self.criu_restore_config = engine.write_configs(config.sandbox_dir / "criu")
 
     def _clear_bundles(self) -> None:
         """Drop bundles a crashed daemon left behind. Contract: created after
         `Runc.reap_leftovers`, so no container uses any of them."""
-        if self.bundles.exists():
-            shutil.rmtree(self.bundles)
+        unmount_below(self.config.sandbox_dir)  # binds leaked by a restore that died half-way
+        remove_tree(self.bundles)
         self.bundles.mkdir(parents=True)
 
     def _install_runtime(self) -> None:
@@ -94,16 +98,42 @@ class EnvironmentFactory:
                 break
             path = path.parent
 
-    def _prepare(self, runtime: str) -> None:
-        if runtime in self._prepared:
-            return
-        interp = self.interpreters.resolve(runtime)
-        prepare_rootfs(self.rootfs, [interp])
-        self._prepared.add(runtime)
+    def _prepare(self, runtime: str) -> dict[str, str]:
+        """Rootfs mount points and reachable bind sources for `runtime` (once per daemon)."""
+        if runtime not in self._sources:
+            interp = self.interpreters.resolve(runtime)
+            prepare_rootfs(self.rootfs, [interp])
+            mirrors = self.config.sandbox_dir / "interpreters"
+            self._sources[runtime] = {p: mirror_source(p, mirrors) for p in interp.mount_sources()}
+        return self._sources[runtime]
 
-    def create(self, version: FunctionVersion, init_type: str = "on-demand") -> Environment:
-        """A new, not yet started environment for `version`."""
-        self._prepare(version.runtime)
+    def create(self, version: FunctionVersion, init_type: str = "on-demand",
+               extra_environ: Mapping[str, str] | None = None) -> Environment:
+        """A new, not yet started environment for `version`.
+
+        ``init_type="snap-start"`` prepares it for a checkpoint (CRIU dump options); the
+        `extra_environ` variables (e.g. the credentials endpoint) are added to Lambda's.
+        """
+        env = self._build(version, init_type, extra_environ or {}, self.criu_dump_config)
+        return env
+
+    def restored(self, version: FunctionVersion, images: Path) -> Environment:
+        """A new, not yet started environment that `start` will restore from `images`.
+
+        The bundle repeats the checkpointed container's mounts and namespaces (CRIU requires
+        the same layout) under a new container id and cgroup; the process, its environment
+        and /tmp come from the images.
+        """
+        env = self._build(version, "snap-start", {}, self.criu_restore_config, private_rootfs=True)
+        env.restore_from = images
+        return env
+
+    def _build(self, version: FunctionVersion, init_type: str, extra_environ: Mapping[str, str],
+               criu_config: Path, private_rootfs: bool = False) -> Environment:
+        """`private_rootfs`: `runc restore` bind-mounts the container's mounts onto its rootfs
+        in the host's mount namespace while CRIU works, so concurrent restores must not share
+        one rootfs directory (the skeleton is a few empty directories and links)."""
+        sources = self._prepare(version.runtime)
         env_id = secrets.token_hex(8)
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
         container = Container(self.runc, CONTAINER_PREFIX + env_id, self.bundles / env_id)
@@ -114,12 +144,18 @@ class EnvironmentFactory:
             code_dir=self.artifacts.tree(version.code_digest),
             runtime_dir=self.runtime_mount,
             interpreter=interp,
-            environ=lambda_environ(self.config, version, init_type, env.stream),
+            environ={**lambda_environ(self.config, version, init_type, env.stream), **extra_environ},
             memory_mb=version.memory_size,
             tmp_mb=version.ephemeral_storage,
             uid=self.config.sandbox_uid,
             host_id_base=self.config.host_id_base,
             cgroup=container_cgroup(cgroup),
+            mount_sources=sources,
+            annotations={engine.CONFIG_ANNOTATION: str(criu_config)},
         )
-        container.write_config(render(spec, self.rootfs, ["-m", RUNTIME_PACKAGE]))
+        rootfs = self.rootfs
+        if private_rootfs:
+            rootfs = container.bundle / "rootfs"
+            prepare_rootfs(rootfs, [interp])
+        container.write_config(render(spec, rootfs, ["-m", RUNTIME_PACKAGE]))
         return env

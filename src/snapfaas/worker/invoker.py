@@ -15,7 +15,7 @@ import random
 import uuid
 
 from snapfaas.config import Limits
-from snapfaas.errors import Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
+from snapfaas.errors import SnapStartNotReady, Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import LATEST, FunctionVersion, State
 from snapfaas.worker.environment import InvokeRequest
@@ -61,8 +61,10 @@ class Invoker:
                 version = self.registry.get_version(name, extra)
         return version, self.registry.function_arn(name, qualifier)
 
-    @staticmethod
-    def check_ready(version: FunctionVersion) -> None:
+    def check_ready(self, version: FunctionVersion) -> None:
+        snapshots = self.worker.snapshots
+        if snapshots is not None and version.uses_snapshot:
+            snapshots.check_invocable(version)
         if version.state != State.ACTIVE:
             raise Conflict(
                 "The operation cannot be performed at this time. The function is currently in the following state: "
@@ -99,6 +101,7 @@ class Invoker:
             return InvokeResult(202, b"", request_id)
         self.check_ready(version)
         info = self.registry.function_info(name)
+        self._touch(version)
         outcome = await self.worker.invoke(
             version,
             InvokeRequest(request_id, payload, invoked_arn, float(version.timeout), context),
@@ -110,11 +113,17 @@ class Invoker:
             tail_text = base64.b64encode(raw[-self.limits.log_tail_bytes :]).decode()
         return InvokeResult(200, outcome.payload, request_id, version.version, outcome.function_error, tail_text)
 
+    def _touch(self, version: FunctionVersion) -> None:
+        if self.worker.snapshots is not None and version.uses_snapshot:
+            self.worker.snapshots.touch(version)
+
     async def _run_event(self, event: QueuedEvent, attempt: int) -> bool:
         try:
             version, invoked_arn = self.resolve(event.function, event.qualifier)
             self.check_ready(version)
             info = self.registry.function_info(event.function)
+        except SnapStartNotReady:
+            return False  # the snapshot is being re-created: retry later
         except (NotFound, Conflict) as exc:
             logger.warning("dropping event %s: %s", event.request_id, exc.message)
             return True

@@ -14,17 +14,50 @@ import dataclasses
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
-from snapfaas.errors import ServiceError, Throttled
+from snapfaas.errors import ServiceError, SnapStartError, SnapStartNotReady, SnapStartTimeout, Throttled
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import protocol
 from snapfaas.worker.environment import EnvironmentDied, EnvState, Environment, InvokeRequest, decode_error
+from snapfaas.snapshot.engine import criu_errors
 from snapfaas.worker.factory import EnvironmentFactory
 
 logger = logging.getLogger(__name__)
 PoolKey = tuple[str, str, str]  # function, version, revision id
+RESTORE_TIMEOUT_S = 10.0  # Lambda's bound on restore + after-restore hooks
+
+
+class Credentials(Protocol):
+    """Issues an environment's credentials variables and withdraws them."""
+
+    def environ(self, identity: str) -> dict[str, str]: ...
+
+    def revoke(self, identity: str) -> None: ...
+
+
+class NoCredentials:
+    def environ(self, identity: str) -> dict[str, str]:
+        return {}
+
+    def revoke(self, identity: str) -> None:
+        return None
+
+
+class SnapshotSource(Protocol):
+    """What the worker needs from the snapshot manager."""
+
+    def images(self, version: FunctionVersion) -> Path: ...
+
+    def broken(self, version: FunctionVersion, detail: str) -> None: ...
+
+    def check_invocable(self, version: FunctionVersion) -> None: ...
+
+    def touch(self, version: FunctionVersion) -> None: ...
 
 
 def pool_key(version: FunctionVersion) -> PoolKey:
@@ -42,6 +75,7 @@ class InvokeOutcome:
     init_ms: float | None
     max_memory_mb: int
     env_id: str
+    restore_ms: float | None = None
 
 
 class Pool:
@@ -72,8 +106,11 @@ class Worker:
         max_environments: int,
         keep_alive_s: float,
         clock: Callable[[], float] = time.monotonic,
+        credentials: Credentials | None = None,
     ) -> None:
         self.factory = factory
+        self.credentials = credentials or NoCredentials()
+        self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
         self.clock = clock
@@ -215,21 +252,24 @@ class Worker:
             env, evict = self._take(pool_key(version))
             if evict:
                 await asyncio.gather(*(e.destroy() for e in evict), return_exceptions=True)
-            init_ms: float | None = None
+            phase: tuple[str, float] | None = None
             if env is None:
                 try:
-                    env = self.factory.create(version)
+                    env = await self._new_environment(version)
                 finally:
                     self.starting -= 1
                 self.pools.setdefault(pool_key(version), Pool(pool_key(version))).busy.add(env)
                 env.move(EnvState.BUSY)
                 if self._closing:  # close() ran while idle ones were being evicted
                     raise ServiceError("invoke failed at step 'create environment': the worker is shutting down")
-                init = await self._boot(env, request)
-                if isinstance(init, InvokeOutcome):
-                    return init
-                init_ms = init
-            outcome, healthy = await self._run(env, request, init_ms)
+                if env.restore_from is not None:
+                    phase = ("Restore", await self._restore(env))
+                else:
+                    init = await self._boot(env, request)
+                    if isinstance(init, InvokeOutcome):
+                        return init
+                    phase = ("Init", init)
+            outcome, healthy = await self._run(env, request, phase)
             return outcome
         finally:
             if env is not None:
@@ -239,6 +279,59 @@ class Worker:
                 self.inflight[version.name] -= 1
                 if self.inflight[version.name] <= 0:
                     del self.inflight[version.name]
+
+    async def _new_environment(self, version: FunctionVersion) -> Environment:
+        """An on-demand environment, or one restored from the version's snapshot."""
+        if version.uses_snapshot and self.snapshots is not None:
+            images = await asyncio.to_thread(self.snapshots.images, version)
+            env = self.factory.restored(version, images)
+            env.on_destroy.append(lambda: self.credentials.revoke(env.id))
+            return env
+        identity = "env-" + secrets.token_hex(8)
+        env = self.factory.create(version, extra_environ=self.credentials.environ(identity))
+        env.on_destroy.append(lambda: self.credentials.revoke(identity))
+        return env
+
+    async def _restore(self, env: Environment) -> float:
+        """Resume a snapshot: runc restore, fresh credentials, reseed + after-restore hooks.
+
+        Returns the restore duration in ms. Raises SnapStartTimeout (over 10 s),
+        SnapStartError (an after-restore hook failed) or SnapStartNotReady (the restore itself
+        failed: the snapshot is re-created in the background). The caller destroys `env`.
+        """
+        assert env.restore_from is not None and self.snapshots is not None
+        started = time.monotonic()
+        env.log(f"RESTORE_START Runtime Version: {env.version.runtime}.snapfaas\n")
+        env.begin_capture()
+        updates = self.credentials.environ(env.id)
+        try:
+            async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                await env.container.start(restore_from=env.restore_from)
+                env.start_readers()
+                await env.send("restore", json.dumps(updates).encode())
+                frame = await env.next_frame(None)
+                await env.wait_mark("restore")
+        except TimeoutError as exc:
+            env.log(f"RESTORE_REPORT Restore Duration: {RESTORE_TIMEOUT_S * 1000:.2f} ms\tStatus: timeout\n")
+            raise SnapStartTimeout("Lambda couldn't restore the snapshot within the timeout limit (10 seconds).") from exc
+        except EnvironmentDied as died:
+            detail = criu_errors(env.container.bundle / "restore.log")
+            env.log(f"RESTORE_REPORT Status: error\t{died.describe()}: {detail}\n")
+            self.snapshots.broken(env.version, detail)
+            raise SnapStartNotReady(
+                "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
+            ) from died
+        restore_ms = (time.monotonic() - started) * 1000
+        if frame.kind == "restore_error":
+            error = decode_error(frame.payload)
+            env.log(f"RESTORE_REPORT Restore Duration: {restore_ms:.2f} ms\tStatus: error\tError Type: {error.get('errorType')}\n")
+            raise SnapStartError(
+                f"The afterRestore() runtime hook encountered an error: {error.get('errorMessage', '')}".rstrip(": ")
+            )
+        if frame.kind != "ready":
+            raise SnapStartError(f"The runtime answered {frame.kind!r} after restore instead of becoming ready.")
+        env.log(f"RESTORE_REPORT Restore Duration: {restore_ms:.2f} ms\n")
+        return restore_ms
 
     async def _boot(self, env: Environment, request: InvokeRequest) -> float | InvokeOutcome:
         """Start the container and run init; the init time, or the failed invocation's outcome."""
@@ -278,7 +371,8 @@ class Worker:
         return InvokeOutcome(json.dumps(error).encode(), "Unhandled", env.end_capture(), duration, None,
                              env.max_memory_mb(), env.id)
 
-    def _report(self, env: Environment, request_id: str, duration_ms: float, init_ms: float | None, status: str | None = None) -> str:
+    def _report(self, env: Environment, request_id: str, duration_ms: float, phase: tuple[str, float] | None,
+                status: str | None = None) -> str:
         parts = [
             f"REPORT RequestId: {request_id}",
             f"Duration: {duration_ms:.2f} ms",
@@ -286,14 +380,17 @@ class Worker:
             f"Memory Size: {env.version.memory_size} MB",
             f"Max Memory Used: {env.max_memory_mb()} MB",
         ]
-        if init_ms is not None:
-            parts.append(f"Init Duration: {init_ms:.2f} ms")
+        if phase is not None and phase[0] == "Init":
+            parts.append(f"Init Duration: {phase[1]:.2f} ms")
+        elif phase is not None:
+            parts.append(f"Restore Duration: {phase[1]:.2f} ms")
+            parts.append(f"Billed Restore Duration: {max(1, math.ceil(phase[1]))} ms")
         if status is not None:
             parts.append(f"Status: error\tError Type: {status}")
         return "\t".join(parts) + "\t\n"
 
-    async def _run(self, env: Environment, request: InvokeRequest, init_ms: float | None) -> tuple[InvokeOutcome, bool]:
-        if init_ms is None:
+    async def _run(self, env: Environment, request: InvokeRequest, phase: tuple[str, float] | None) -> tuple[InvokeOutcome, bool]:
+        if phase is None:
             env.begin_capture()
         env.log(f"START RequestId: {request.request_id} Version: {env.version.version}\n")
         started = time.monotonic()
@@ -331,8 +428,11 @@ class Worker:
                 "errorType": "Function.ResponseSizeTooLarge",
             }).encode()
             function_error = "Unhandled"
-        env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, init_ms, error_type))
-        return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id), healthy
+        env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, phase, error_type))
+        init_ms = phase[1] if phase is not None and phase[0] == "Init" else None
+        restore_ms = phase[1] if phase is not None and phase[0] == "Restore" else None
+        return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id,
+                             restore_ms), healthy
 
 
 __all__ = ["InvokeOutcome", "Worker", "protocol"]

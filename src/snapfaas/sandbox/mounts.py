@@ -1,0 +1,49 @@
+"""Host mount-table hygiene for sandbox directories.
+
+`runc restore` bind-mounts a container's mounts onto its rootfs in the host's mount namespace
+while CRIU works; a restore that dies half-way can leave them there, and some are writable
+binds of host directories (e.g. /etc). A directory that may carry such mounts must never be
+deleted recursively before they are gone: `remove_tree` unmounts first and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def mounts_below(path: Path) -> list[str]:
+    """Mount points strictly below `path` in this mount namespace, deepest first."""
+    root = str(path.resolve()).rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            point = _unescape(line.split()[4])
+            if point.startswith(root):
+                points.append(point)
+    return sorted(set(points), key=len, reverse=True)
+
+
+def unmount_below(path: Path) -> list[str]:
+    """Lazily unmount everything below `path`; returns what was unmounted."""
+    done = []
+    for point in mounts_below(path):
+        if subprocess.run(["umount", "-l", point], capture_output=True).returncode == 0:
+            done.append(point)
+    return done
+
+
+def remove_tree(path: Path) -> None:
+    """`rm -rf path`, but only once nothing is mounted below it (never deletes through a bind)."""
+    if not path.exists():
+        return
+    unmount_below(path)
+    left = mounts_below(path)
+    if left:
+        raise OSError(f"refusing to delete {path}: still mounted below it: {', '.join(left)}")
+    shutil.rmtree(path, ignore_errors=True)

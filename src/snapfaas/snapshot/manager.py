@@ -1,0 +1,266 @@
+"""SnapStart lifecycle: snapshot at publish, restore on scale-out, retention, deletion.
+
+State machine of a published SnapStart version (Lambda's)::
+
+    Pending --init + before-snapshot hooks + checkpoint ok--> Active (OptimizationStatus On)
+       |                                                        |  not invoked for the retention
+       +--import error / hook error / init timeout /            |  period, or its images broke
+          unsupported socket / checkpoint failure --> Failed    v
+    Pending <--invoke answers SnapStartNotReadyException--- Inactive
+
+Init runs once per snapshot, in an environment started with
+``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``; the runtime blocks at the restore barrier and
+the checkpoint is taken while it waits. Images are encrypted at rest by `SnapshotVault`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from snapfaas.errors import NotFound, SnapStartNotReady
+from snapfaas.registry.db import Registry
+from snapfaas.registry.model import FunctionVersion, State
+from snapfaas.snapshot import engine
+from snapfaas.snapshot.vault import SnapshotCorrupt, SnapshotVault
+from snapfaas.worker.environment import EnvironmentDied, decode_error
+from snapfaas.worker.factory import EnvironmentFactory
+
+logger = logging.getLogger(__name__)
+MIN_INIT_TIMEOUT_S = 130.0
+TOUCH_PERSIST_S = 3600.0  # last-invoked times are persisted at most this often per version
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishFailure:
+    code: str  # Lambda StateReasonCode
+    reason: str  # StateReason: what failed, in words
+
+
+class SnapshotManager:
+    def __init__(
+        self,
+        registry: Registry,
+        factory: EnvironmentFactory,
+        vault: SnapshotVault,
+        status: engine.CriuStatus,
+        retention_s: float,
+        environ_for: Callable[[str], dict[str, str]],
+        revoke: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`environ_for(env_id)` gives an environment its credentials variables; `revoke`
+        withdraws them when the environment is gone."""
+        self.registry = registry
+        self.factory = factory
+        self.vault = vault
+        self.status = status
+        self.retention_s = retention_s
+        self.environ_for = environ_for
+        self.revoke = revoke
+        self.clock = clock
+        self.scanner: Callable[[FunctionVersion], Awaitable[list[str]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._creating: set[tuple[str, str]] = set()
+        self._broken: set[str] = set()  # snapshot ids already sent for re-creation
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *([self._reaper] if self._reaper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- publish ---------------------------------------------------------------------------
+    async def publish(self, version: FunctionVersion) -> None:
+        """Create the snapshot of a Pending version and move it to Active or Failed."""
+        key = (version.name, version.version)
+        if key in self._creating:
+            return
+        self._creating.add(key)
+        try:
+            failure = await self._create(version)
+        except Exception as exc:  # any platform fault must end in Failed, never a stuck Pending
+            logger.exception("snapshot of %s:%s failed", version.name, version.version)
+            failure = PublishFailure("InternalError", f"Snapshot creation failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._creating.discard(key)
+        if failure is not None:
+            self._log(version, f"SnapStart publish failed: {failure.reason}")
+            self._set(version, lambda v: v.move_to(State.FAILED, failure.reason, failure.code))
+
+    async def _create(self, version: FunctionVersion) -> PublishFailure | None:
+        if not self.status.available:
+            return PublishFailure("InternalError", f"SnapStart is unavailable on this server: {self.status.reason}")
+        if self.scanner is not None:
+            blocking = await self.scanner(version)
+            if blocking:
+                return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
+        identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
+        env = self.factory.create(version, "snap-start", self.environ_for(identity))
+        init_timeout = max(MIN_INIT_TIMEOUT_S, float(version.timeout))
+        started = time.monotonic()
+        env.log(f"INIT_START Runtime Version: {version.runtime}.snapfaas\tPhase: snapshot\n")
+        try:
+            await env.container.start()
+            env.start_readers()
+            try:
+                frame = await env.next_frame(init_timeout)
+                await env.wait_mark("init")
+            except TimeoutError:
+                env.log(f"INIT_REPORT Init Duration: {init_timeout * 1000:.2f} ms\tPhase: init\tStatus: timeout\n")
+                return PublishFailure("FunctionError.InitTimeout", f"Init did not finish within {init_timeout:.0f} seconds.")
+            except EnvironmentDied as died:
+                return PublishFailure("FunctionError", f"Runtime exited during init: {died.describe()}")
+            init_ms = (time.monotonic() - started) * 1000
+            if frame.kind == "init_error":
+                error = decode_error(frame.payload)
+                error_type = frame.header.get("error_type") or error.get("errorType", "Runtime.Unknown")
+                env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\tError Type: {error_type}\n")
+                code = "FunctionError.InvalidEntryPoint" if error_type in ("Runtime.HandlerNotFound", "Runtime.MalformedHandlerName") else "FunctionError.RuntimeInitError"
+                return PublishFailure(code, f"{error_type}: {error.get('errorMessage', '')}".strip())
+            if frame.kind != "restore_ready":
+                return PublishFailure("FunctionError", f"runtime answered {frame.kind!r} instead of reaching the restore barrier")
+            for peer in frame.header.get("closed") or []:
+                env.log(f"WARNING SnapStart: the TCP connection to {peer} opened during init is closed in restored environments; clients must reconnect\n")
+            env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: success\n")
+            snapshot_id = f"{version.name}-{version.version}-{secrets.token_hex(6)}"
+            work = self.vault.work_dir(snapshot_id)
+            try:
+                dump_s = await engine.checkpoint(self.factory.runc.argv(), env.container.id, work)
+            except engine.CheckpointFailed as exc:
+                self.vault.delete(snapshot_id)
+                return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")
+            manifest = await asyncio.to_thread(
+                self.vault.seal, snapshot_id, work,
+                {"function": version.name, "version": version.version, "runtime": version.runtime,
+                 "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2)},
+            )
+            size = sum(f["size"] for f in manifest["files"])
+            env.log(f"SNAPSHOT_REPORT Snapshot: {snapshot_id}\tSize: {size / 1e6:.1f} MB\tCheckpoint Duration: {dump_s * 1000:.2f} ms\n")
+        finally:
+            self.revoke(identity)
+            await env.destroy()
+
+        def activate(v: FunctionVersion) -> None:
+            v.snapshot_id = snapshot_id
+            v.last_invoked = self.clock()
+            v.move_to(State.ACTIVE)
+
+        if not self._set(version, activate):
+            self.vault.delete(snapshot_id)  # the version was deleted while we worked
+        return None
+
+    def _set(self, version: FunctionVersion, change: Callable[[FunctionVersion], None]) -> bool:
+        try:
+            self.registry.update_version(version.name, version.version, change)
+            return True
+        except NotFound:
+            return False
+
+    def _log(self, version: FunctionVersion, line: str) -> None:
+        self.factory.logs.append(version.name, f"snapshot/[{version.version}]", [line])
+
+    # -- restore-side bookkeeping -----------------------------------------------------------
+    def check_invocable(self, version: FunctionVersion) -> None:
+        """An Inactive version answers SnapStartNotReady and starts re-creating its snapshot."""
+        if version.state == State.INACTIVE:
+            self.recreate(version, "Inactive")
+            raise SnapStartNotReady(
+                "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
+            )
+
+    def images(self, version: FunctionVersion) -> Path:
+        """Plaintext images of the version's snapshot (cache or decrypt); a broken snapshot
+        sends the version back to Pending for re-creation and raises SnapStartNotReady."""
+        try:
+            if version.snapshot_id is None:
+                raise SnapshotCorrupt("the version has no snapshot")
+            return self.vault.images(version.snapshot_id)
+        except SnapshotCorrupt as exc:
+            self.broken(version, str(exc))
+            raise SnapStartNotReady(
+                "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
+            ) from exc
+
+    def broken(self, version: FunctionVersion, detail: str) -> None:
+        """A restore failed in a way that points at the snapshot: drop it and re-create it."""
+        if version.snapshot_id in self._broken:
+            return  # concurrent restores of one snapshot all fail; handle it once
+        if version.snapshot_id:
+            self._broken.add(version.snapshot_id)
+        logger.warning("snapshot of %s:%s is unusable (%s); re-creating it", version.name, version.version, detail)
+        self._log(version, f"SnapStart restore failed ({detail}); the snapshot is being re-created")
+        if version.snapshot_id:
+            self.vault.delete(version.snapshot_id)
+        self.recreate(version, "Restoring")
+
+    def recreate(self, version: FunctionVersion, why: str) -> None:
+        key = (version.name, version.version)
+        if key in self._creating:
+            return
+
+        def pending(v: FunctionVersion) -> None:
+            v.snapshot_id = None
+            v.move_to(State.PENDING, "The function's snapshot is being re-created.", "Restoring" if why == "Restoring" else "Creating")
+
+        if self._set(version, pending):
+            self._spawn(self.publish(self.registry.get_version(version.name, version.version)),
+                        f"snapshot-{version.name}:{version.version}")
+
+    def touch(self, version: FunctionVersion) -> None:
+        """Record an invoke (for retention); persisted coarsely to stay off the hot path."""
+        now = self.clock()
+        if version.last_invoked is not None and now - version.last_invoked < min(TOUCH_PERSIST_S, self.retention_s / 10):
+            return
+        self._set(version, lambda v: setattr(v, "last_invoked", now))
+
+    # -- retention and deletion ------------------------------------------------------------
+    def expire(self) -> list[FunctionVersion]:
+        """Versions whose snapshot outlived the retention period: snapshot dropped, Inactive."""
+        now = self.clock()
+        expired = []
+        for v in self.registry.list_all_versions():
+            if v.state == State.ACTIVE and v.snapshot_id and (now - (v.last_invoked or 0)) > self.retention_s:
+                snapshot_id = v.snapshot_id
+
+                def deactivate(rec: FunctionVersion) -> None:
+                    rec.snapshot_id = None
+                    rec.move_to(State.INACTIVE, "The function's snapshot was removed because the version was not invoked for the retention period.", "Idle")
+
+                if self._set(v, deactivate):
+                    self.vault.delete(snapshot_id)
+                    expired.append(v)
+        return expired
+
+    async def _retention_loop(self) -> None:
+        period = max(1.0, min(self.retention_s / 4, 60.0))
+        while True:
+            await asyncio.sleep(period)  # a periodic timer, not synchronization
+            for v in self.expire():
+                logger.info("snapshot of %s:%s expired (retention %.0f s)", v.name, v.version, self.retention_s)
+
+    def drop(self, versions: list[FunctionVersion]) -> None:
+        """Delete the snapshots of deleted versions."""
+        for v in versions:
+            if v.snapshot_id:
+                self.vault.delete(v.snapshot_id)
+
+    def collect_garbage(self) -> int:
+        """Delete stored snapshots no version references (left by a crash mid-publish)."""
+        return self.vault.collect_garbage({v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id})

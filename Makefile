@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: deps sysdeps pydeps test demo serve bench clean
+.PHONY: deps sysdeps pydeps bench-runtime test demo serve bench clean
 
 deps: sysdeps pydeps
 
@@ -22,14 +22,17 @@ $(STAMP): pyproject.toml
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: deps
+bench-runtime:
+	@bash scripts/make-bench-runtime.sh .bench-runtime/py311
+
+demo: deps bench-runtime
 	$(VENV)/bin/snapfaas demo
 
 serve: deps
 	$(VENV)/bin/snapfaas serve
 
-bench: deps
+bench: deps bench-runtime
 	$(VENV)/bin/snapfaas bench
 
 clean:
-	rm -rf $(VENV) .snapfaas .pytest_cache
+	rm -rf $(VENV) .bench-runtime .snapfaas .pytest_cache

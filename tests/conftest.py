@@ -162,6 +162,7 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterat
             assert handle.runc_containers() == [], "containers survived server shutdown"
     finally:
         remove_tree(sandbox)
+        shutil.rmtree(Path("/dev/shm/snapfaas") / sandbox.name, ignore_errors=True)  # snapshot RAM cache
 
 
 @pytest.fixture(scope="module")

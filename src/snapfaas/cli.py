@@ -59,10 +59,12 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-retention", default="14d", show_default=True,
               help="Drop a SnapStart version's snapshot after this long without invokes (e.g. 14d, 6h, 90s).")
 @click.option("--no-snapstart", is_flag=True, help="Run without CRIU: SnapStart versions fail to publish.")
+@click.option("--scan-block-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
+              help="Snapshot-safety scan at SnapStart publish: findings at or above this severity fail the publish.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          log_level: str) -> None:
+          scan_block_on: str, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -76,6 +78,7 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         credentials=credentials_from_env(os.environ) or {}, runtimes=overrides, keep_alive_s=keep_alive,
         max_environments=max_environments, sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
+        scan_block_on=None if scan_block_on == "never" else scan_block_on,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
@@ -120,12 +123,16 @@ def fail_client_error(exc: ClientError) -> None:
 @click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE")
 @click.option("--snapstart", is_flag=True, help="SnapStart.ApplyOn=PublishedVersions")
 @click.option("--publish", is_flag=True, help="Publish a version after deploying.")
+@click.option("--scan-fail-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
+              help="With --snapstart: do not deploy when the snapshot safety scan finds issues at or above this severity.")
 @connection_options
 def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, timeout: int, env_vars: tuple[str, ...],
-           snapstart: bool, publish: bool, endpoint_url: str, data_dir: Path, region: str) -> None:
+           snapstart: bool, publish: bool, scan_fail_on: str, endpoint_url: str, data_dir: Path, region: str) -> None:
     """Zip SOURCE (a directory or .zip) and create or update function NAME."""
     client = connect(endpoint_url, data_dir, region).lambda_client()
     package = zip_directory(source)
+    if snapstart:
+        _scan_before_deploy(package, scan_fail_on)
     config: dict[str, Any] = {
         "Handler": handler, "Runtime": runtime, "MemorySize": memory, "Timeout": timeout,
         "Environment": {"Variables": dict(v.split("=", 1) for v in env_vars)},
@@ -222,24 +229,87 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.option("--cold-runs", default=5, show_default=True, type=int)
-@click.option("--requests", default=400, show_default=True, type=int, help="Warm requests per path and concurrency level.")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart"]), default="all")
+@click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
+@click.option("--requests", default=400, show_default=True, type=int, help="platform: warm requests per path and concurrency.")
+@click.option("--runs", default=3, show_default=True, type=int, help="snapstart: samples per figure.")
+@click.option("--only", multiple=True, help="snapstart: reference functions to run (stdlib, numpy-scipy, torch).")
+@click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
+              show_default=True, help="snapstart: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
+@click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
-def bench(cold_runs: int, requests: int, out: Path) -> None:
-    """Measure cold start and warm overhead against a bare HTTP baseline (same run, same server)."""
-    from snapfaas.bench import platform
+def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str, ...], runtime_python: Path,
+          cold_cache: bool, out: Path) -> None:
+    """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
+    from snapfaas.bench import platform, snapstart
 
-    result = platform.run(lambda s: err_console.print(s), cold_runs=cold_runs, requests=requests)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "platform.json").write_text(_json(result) + "\n")
-    (out / "platform.md").write_text(platform.markdown(result))
-    console.print(platform.markdown(result))
-    err_console.print(f"results written to {out / 'platform.json'} and {out / 'platform.md'}")
+    say = lambda s: err_console.print(s)  # noqa: E731
+    if suite in ("all", "platform"):
+        result = platform.run(say, cold_runs=cold_runs, requests=requests)
+        _write_results(out, "platform", result, platform.markdown(result))
+    if suite in ("all", "snapstart"):
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = snapstart.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None,
+                               cold_cache=cold_cache)
+        _write_results(out, "snapstart-cold-cache" if cold_cache else "snapstart", result, snapstart.markdown(result))
+
+
+def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:
+    (out / f"{name}.json").write_text(_json(result) + "\n")
+    (out / f"{name}.md").write_text(text)
+    console.print(text)
+    err_console.print(f"results written to {out / (name + '.json')} and {out / (name + '.md')}")
 
 
 @main.command()
-def demo() -> None:
-    """Start a private platform, deploy the example, and show cold vs warm invokes."""
+@click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
+              show_default=True, help="Python 3.11 with torch (scripts/make-bench-runtime.sh builds it).")
+def demo(runtime_python: Path) -> None:
+    """Start a private platform; compare a torch function's cold start with a SnapStart restore."""
     from snapfaas import demo as demo_module
 
-    demo_module.run(console, lambda s: console.print(s))
+    if not runtime_python.exists():
+        raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (make demo does)")
+    demo_module.run(console, lambda s: console.print(s), runtime_python)
+
+
+# -- snapshot safety scan (snapfaas.scan) ------------------------------------------------------
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif"]), default="table", show_default=True)
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info", "never"]), default="error", show_default=True,
+              help="Exit with status 1 when a finding at or above this severity is reported.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report to FILE instead of stdout.")
+@click.option("--include-deps", is_flag=True, help="Also scan third-party distributions vendored next to the code (*.dist-info).")
+@click.option("--show-suppressed", is_flag=True, help="table: also list findings silenced by ignore comments or after-restore hooks.")
+def scan(paths: tuple[Path, ...], fmt: str, fail_on: str, output: Path | None, include_deps: bool, show_suppressed: bool) -> None:
+    """Find snapshot-unsafe init code in PATHS (files, directories of *.py, .zip packages).
+
+    Reports state created at import that every SnapStart restore would share: random values,
+    UUIDs, timestamps, credentials, connections, threads. Rules: docs/scan-rules.md.
+    """
+    from snapfaas.scan import scan_paths
+    from snapfaas.scan.report import print_table, render, render_table
+
+    result = scan_paths(paths, include_deps=include_deps)
+    if output is not None:
+        output.write_text(render_table(result, show_suppressed=show_suppressed) if fmt == "table" else render(result, fmt))
+        err_console.print(f"{result.summary()}; report written to {output}", highlight=False)
+    elif fmt == "table":
+        print_table(result, console, show_suppressed)
+    else:
+        click.echo(render(result, fmt), nl=False)
+    sys.exit(result.exit_code(fail_on))
+
+
+def _scan_before_deploy(package: bytes, fail_on: str) -> None:
+    """`deploy --snapstart`: print the package's scan findings; refuse at or above `fail_on`."""
+    from snapfaas.scan import check_package
+
+    blocking = check_package(package, fail_on, err_console)
+    if blocking:
+        raise click.ClickException(f"snapshot safety scan: {len(blocking)} finding(s) at or above {fail_on!r}; "
+                                   "not deploying (see --scan-fail-on)")

@@ -26,6 +26,7 @@ from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.identity import EndpointCredentials, IdentityBroker
+from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.vault import SnapshotVault
@@ -83,6 +84,7 @@ class Server:
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
         snapshots = self._snapshots(registry, factory, credentials_env)
+        snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
@@ -98,6 +100,8 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
+        # Mirror/prepare runtimes in a thread: serving starts at once, first invokes wait for it.
+        prepared = asyncio.create_task(asyncio.to_thread(factory.prepare, list(SUPPORTED_RUNTIMES)))
         try:
             await site.start()
             worker.start()
@@ -111,6 +115,7 @@ class Server:
             # Environments first: in-flight invokes then end at once (Runtime.ExitError)
             # instead of holding the HTTP shutdown for up to their timeout.
             await site.stop()
+            await prepared
             await control.close()
             await snapshots.close()
             await invoker.close()

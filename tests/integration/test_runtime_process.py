@@ -452,6 +452,7 @@ def test_snapstart_hooks_and_restore(start) -> None:  # type: ignore[no-untyped-
         rt.frames.get(timeout=0.3)
 
     rt.send("restore", json.dumps({"FOO": "bar", "DROP_ME": None}).encode())
+    rt.expect("resumed")
     restore_log = rt.wait_mark("restore")
     assert [line for line in restore_log.splitlines() if line] == [
         "after-restore first bar",
@@ -486,6 +487,7 @@ def test_snapstart_two_restores_diverge(start) -> None:  # type: ignore[no-untyp
         rt = start({"app.py": SNAP_APP}, init_type="snap-start")
         rt.expect("restore_ready")
         rt.send("restore", b"{}")
+        rt.expect("resumed")
         rt.expect("ready")
         rt.invoke({}, "r")
         values.append(json.loads(rt.expect("response")[1])["random"])
@@ -497,6 +499,7 @@ def test_snapstart_without_hooks_module(start) -> None:  # type: ignore[no-untyp
     rt = start({"app.py": "def handler(e, c):\n    return 'plain'\n"}, init_type="snap-start")
     rt.expect("restore_ready")
     rt.send("restore", b"")
+    rt.expect("resumed")
     rt.expect("ready")
     rt.invoke({}, "p")
     assert json.loads(rt.expect("response")[1]) == "plain"
@@ -561,6 +564,7 @@ def test_after_restore_hook_failure(start) -> None:  # type: ignore[no-untyped-d
     rt = start({"app.py": app}, init_type="snap-start")
     rt.expect("restore_ready")
     rt.send("restore", b"{}")
+    rt.expect("resumed")
     header, payload = rt.expect("restore_error")
     error = json.loads(payload)
     assert header["error_type"] == error["errorType"] == "Runtime.AfterRestoreError"

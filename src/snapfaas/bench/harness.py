@@ -45,6 +45,10 @@ class PrivateServer:
                                      "SFIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def data_dir(self) -> Path:
+        return self.tmp / "data"
+
     def __enter__(self) -> PrivateServer:
         env = dict(os.environ, SNAPFAAS_ACCESS_KEY_ID=self.connection.access_key_id,
                    SNAPFAAS_SECRET_ACCESS_KEY=self.connection.secret_access_key)
@@ -73,6 +77,7 @@ class PrivateServer:
                 self.proc.kill()
                 self.proc.wait()
         remove_tree(self.sandbox)
+        shutil.rmtree(Path("/dev/shm/snapfaas") / self.sandbox.name, ignore_errors=True)  # snapshot RAM cache
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def client(self) -> Any:

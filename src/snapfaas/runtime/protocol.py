@@ -14,7 +14,8 @@ it is output some user code wrote to fd 1 directly (a subprocess, say) and the w
 
 Kinds, runtime -> worker: ``ready`` (init done, waiting for work: Runtime API ``/next``),
 ``init_error``, ``response``, ``error`` (invocation error), ``restore_ready`` (SnapStart: init
-and before-snapshot hooks done, blocked in ``/restore/next``), ``restore_error``.
+and before-snapshot hooks done, blocked in ``/restore/next``), ``resumed`` (restored and running
+again, about to run the after-restore work), ``restore_error``.
 Kinds, worker -> runtime: ``invoke`` (the event as payload), ``restore`` (resume after restore).
 
 After every init and every invocation the runtime also writes `LOG_MARK` + ``<tag>\\n`` to

@@ -34,6 +34,8 @@ from snapfaas.worker.factory import EnvironmentFactory
 logger = logging.getLogger(__name__)
 MIN_INIT_TIMEOUT_S = 130.0
 TOUCH_PERSIST_S = 3600.0  # last-invoked times are persisted at most this often per version
+RECREATING = "The function's snapshot is being re-created."  # StateReason of a Pending re-creation
+NOT_READY = "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +150,7 @@ class SnapshotManager:
                 return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")
             manifest = await asyncio.to_thread(
                 self.vault.seal, snapshot_id, work,
-                {"function": version.name, "version": version.version, "runtime": version.runtime,
+                {"function": version.name, "function_version": version.version, "runtime": version.runtime,
                  "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2)},
             )
             size = sum(f["size"] for f in manifest["files"])
@@ -178,25 +180,27 @@ class SnapshotManager:
 
     # -- restore-side bookkeeping -----------------------------------------------------------
     def check_invocable(self, version: FunctionVersion) -> None:
-        """An Inactive version answers SnapStartNotReady and starts re-creating its snapshot."""
+        """An Inactive version answers SnapStartNotReady and starts re-creating its snapshot;
+        so does a version whose snapshot is being re-created (Pending again after Inactive or a
+        broken snapshot), until it is Active. A first publish still Pending is left to the
+        caller (ResourceConflictException, as for any Pending version)."""
         if version.state == State.INACTIVE:
             self.recreate(version, "Inactive")
-            raise SnapStartNotReady(
-                "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
-            )
+            raise SnapStartNotReady(NOT_READY)
+        if version.state == State.PENDING and version.state_reason == RECREATING:
+            raise SnapStartNotReady(NOT_READY)
 
-    def images(self, version: FunctionVersion) -> Path:
-        """Plaintext images of the version's snapshot (cache or decrypt); a broken snapshot
-        sends the version back to Pending for re-creation and raises SnapStartNotReady."""
+    async def images(self, version: FunctionVersion) -> Path:
+        """Plaintext images of the version's snapshot (cache, or decrypted in a thread); a
+        broken snapshot sends the version back to Pending for re-creation and raises
+        SnapStartNotReady. Runs on the event loop: `broken` schedules the re-creation there."""
         try:
             if version.snapshot_id is None:
                 raise SnapshotCorrupt("the version has no snapshot")
-            return self.vault.images(version.snapshot_id)
+            return await asyncio.to_thread(self.vault.images, version.snapshot_id)
         except SnapshotCorrupt as exc:
             self.broken(version, str(exc))
-            raise SnapStartNotReady(
-                "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
-            ) from exc
+            raise SnapStartNotReady(NOT_READY) from exc
 
     def broken(self, version: FunctionVersion, detail: str) -> None:
         """A restore failed in a way that points at the snapshot: drop it and re-create it."""
@@ -217,7 +221,7 @@ class SnapshotManager:
 
         def pending(v: FunctionVersion) -> None:
             v.snapshot_id = None
-            v.move_to(State.PENDING, "The function's snapshot is being re-created.", "Restoring" if why == "Restoring" else "Creating")
+            v.move_to(State.PENDING, RECREATING, "Restoring" if why == "Restoring" else "Creating")
 
         if self._set(version, pending):
             self._spawn(self.publish(self.registry.get_version(version.name, version.version)),

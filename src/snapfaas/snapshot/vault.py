@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ class SnapshotVault:
         for directory in (cache.parent, cache):  # searchable (not listable) by the sandbox's uids
             os.chmod(directory, 0o711)
         self._master = self._load_key(key_file)
+        self._locks: dict[str, threading.Lock] = {}  # per snapshot id: one decryption at a time
+        self._locks_guard = threading.Lock()
 
     @staticmethod
     def _load_key(path: Path) -> bytes:
@@ -115,7 +118,8 @@ class SnapshotVault:
                 out.flush()
                 os.fsync(out.fileno())
             files.append({"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest(), "chunks": chunks})
-        manifest = {"magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files, **extra}
+        # the format keys come last: `extra` (the caller's metadata) must not overwrite them
+        manifest = {**extra, "magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files}
         _durable_write(target / "manifest.json", json.dumps(manifest, indent=1).encode())
         self._own(plain)
         return manifest
@@ -132,11 +136,28 @@ class SnapshotVault:
     def exists(self, snapshot_id: str) -> bool:
         return (self.root / snapshot_id / "manifest.json").is_file()
 
+    def _lock(self, snapshot_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(snapshot_id, threading.Lock())
+
     def images(self, snapshot_id: str) -> Path:
-        """Plaintext images for restore: the RAM cache, filled from disk on a miss."""
+        """Plaintext images for restore: the RAM cache, filled from disk on a miss.
+
+        Thread-safe (it runs in worker threads): concurrent misses of one snapshot decrypt it
+        once, and a complete cache directory is never replaced while restores may read it.
+        Raises `SnapshotCorrupt` if the stored snapshot is missing, malformed or tampered with.
+        """
         plain = self.cache / snapshot_id
         if (plain / ".complete").exists():
             return plain
+        with self._lock(snapshot_id):
+            if (plain / ".complete").exists():
+                return plain  # another thread decrypted it while we waited
+            self._decrypt(snapshot_id, plain)
+        return plain
+
+    def _decrypt(self, snapshot_id: str, plain: Path) -> None:
+        """Decrypt the stored snapshot into `plain` (staged, then renamed into place)."""
         manifest = self.manifest(snapshot_id)
         aead = self._key(snapshot_id, bytes.fromhex(manifest["salt"]))
         staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
@@ -146,11 +167,10 @@ class SnapshotVault:
                 self._decrypt_file(aead, self.root / snapshot_id / f"{index}.enc", staging / entry["name"], index, entry)
             (staging / ".complete").touch()
             self._own(staging)
-            shutil.rmtree(plain, ignore_errors=True)
+            shutil.rmtree(plain, ignore_errors=True)  # an incomplete leftover: nobody restores from it
             os.rename(staging, plain)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return plain
 
     @staticmethod
     def _decrypt_file(aead: AESGCM, source: Path, dest: Path, index: int, entry: dict[str, Any]) -> None:
@@ -180,6 +200,8 @@ class SnapshotVault:
     def delete(self, snapshot_id: str) -> None:
         self.evict(snapshot_id)
         shutil.rmtree(self.root / snapshot_id, ignore_errors=True)
+        with self._locks_guard:
+            self._locks.pop(snapshot_id, None)
 
     def collect_garbage(self, referenced: set[str]) -> int:
         """Remove snapshots (stored or cached) not in `referenced`, and interrupted temporaries."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from snapfaas.config import ServerConfig
+from snapfaas.errors import SnapfaasError
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
@@ -20,6 +23,7 @@ from snapfaas.sandbox.spec import RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, Sandb
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
 
+logger = logging.getLogger(__name__)
 RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
 
 
@@ -69,6 +73,7 @@ class EnvironmentFactory:
         self.bundles = config.sandbox_dir / "bundles"
         self.runtime_mount = config.sandbox_dir / "runtime"
         self._sources: dict[str, dict[str, str]] = {}
+        self._prepare_lock = threading.Lock()
         self._clear_bundles()
         self._install_runtime()
         self.criu_dump_config, self.criu_restore_config = engine.write_configs(config.sandbox_dir / "criu")
@@ -98,8 +103,22 @@ class EnvironmentFactory:
                 break
             path = path.parent
 
+    def prepare(self, runtimes: list[str]) -> None:
+        """Prepare runtimes ahead of the first invoke (mirroring a pyenv tree takes ~1 s);
+        meant to run in a thread at startup. Unavailable runtimes are skipped."""
+        for runtime in runtimes:
+            try:
+                self._prepare(runtime)
+            except SnapfaasError as exc:
+                logger.info("runtime %s not prepared: %s", runtime, exc.message)
+
     def _prepare(self, runtime: str) -> dict[str, str]:
-        """Rootfs mount points and reachable bind sources for `runtime` (once per daemon)."""
+        """Rootfs mount points and reachable bind sources for `runtime` (once per daemon).
+        Thread-safe: a caller arriving while another prepares the runtime waits for it."""
+        with self._prepare_lock:
+            return self._prepare_locked(runtime)
+
+    def _prepare_locked(self, runtime: str) -> dict[str, str]:
         if runtime not in self._sources:
             interp = self.interpreters.resolve(runtime)
             prepare_rootfs(self.rootfs, [interp])

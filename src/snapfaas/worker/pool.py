@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ class NoCredentials:
 class SnapshotSource(Protocol):
     """What the worker needs from the snapshot manager."""
 
-    def images(self, version: FunctionVersion) -> Path: ...
+    async def images(self, version: FunctionVersion) -> Path: ...
 
     def broken(self, version: FunctionVersion, detail: str) -> None: ...
 
@@ -118,6 +119,9 @@ class Worker:
         self.inflight: collections.Counter[str] = collections.Counter()
         self.starting = 0
         self.draining: set[Environment] = set()  # busy environments of retired pools
+        # Concurrent restores beyond the core count only slow each other down (measured: 8 at
+        # once on 2 cores took 10x a single restore); the queue wait counts as restore time.
+        self._restore_slots = asyncio.Semaphore(max(1, os.cpu_count() or 1))
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -283,7 +287,7 @@ class Worker:
     async def _new_environment(self, version: FunctionVersion) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot."""
         if version.uses_snapshot and self.snapshots is not None:
-            images = await asyncio.to_thread(self.snapshots.images, version)
+            images = await self.snapshots.images(version)
             env = self.factory.restored(version, images)
             env.on_destroy.append(lambda: self.credentials.revoke(env.id))
             return env
@@ -291,6 +295,12 @@ class Worker:
         env = self.factory.create(version, extra_environ=self.credentials.environ(identity))
         env.on_destroy.append(lambda: self.credentials.revoke(identity))
         return env
+
+    def _restored_environ(self, env: Environment) -> dict[str, str]:
+        """What differs between copies of one snapshot, sent to the runtime with ``restore``:
+        fresh credentials and the environment's own log stream (the process environment in
+        the images is the snapshotted environment's)."""
+        return {**self.credentials.environ(env.id), "AWS_LAMBDA_LOG_STREAM_NAME": env.stream}
 
     async def _restore(self, env: Environment) -> float:
         """Resume a snapshot: runc restore, fresh credentials, reseed + after-restore hooks.
@@ -303,13 +313,16 @@ class Worker:
         started = time.monotonic()
         env.log(f"RESTORE_START Runtime Version: {env.version.runtime}.snapfaas\n")
         env.begin_capture()
-        updates = self.credentials.environ(env.id)
+        updates = self._restored_environ(env)
         try:
             async with asyncio.timeout(RESTORE_TIMEOUT_S):
-                await env.container.start(restore_from=env.restore_from)
-                env.start_readers()
-                await env.send("restore", json.dumps(updates).encode())
-                frame = await env.next_frame(None)
+                async with self._restore_slots:  # CRIU's page copy is CPU/memory-bound: queue, don't thrash
+                    await env.container.start(restore_from=env.restore_from)
+                    env.start_readers()
+                    await env.send("restore", json.dumps(updates).encode())
+                    frame = await env.next_frame(None)  # "resumed": the process runs again
+                if frame.kind == "resumed":  # hooks run outside the slot
+                    frame = await env.next_frame(None)
                 await env.wait_mark("restore")
         except TimeoutError as exc:
             env.log(f"RESTORE_REPORT Restore Duration: {RESTORE_TIMEOUT_S * 1000:.2f} ms\tStatus: timeout\n")

@@ -1,0 +1,1 @@
+"""Reference functions for `snapfaas bench` (each directory is one deployment package)."""

@@ -1,0 +1,209 @@
+"""SnapStart benchmark: on-demand cold start vs. SnapStart restore vs. warm, per reference
+function, next to the engine floor (`runc restore` of the same image), all in one run.
+
+Every figure is end to end from a boto3 client unless named otherwise ("Restore Duration" is
+the platform's own REPORT field). Between restore samples the bench waits for the keep-alive
+to reclaim the environment, so each sample is the first invoke of a new environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from snapfaas.bench.floor import restore_floor
+from snapfaas.bench.harness import PrivateServer
+
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+REFERENCE = {
+    # name: (package dir, MemorySize)
+    "stdlib": ("stdlib", 256),
+    "numpy-scipy": ("numpy_scipy", 1024),
+    "torch": ("torch_mlp", 1024),
+}
+FIELD = re.compile(r"(Init Duration|Restore Duration|Duration): ([0-9.]+) ms")
+
+
+def _files(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in directory.glob("*.py")}
+
+
+def drop_page_cache() -> None:
+    """A cold host: write back and drop the page cache (code and libraries come from disk)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+class Bench:
+    def __init__(self, server: PrivateServer, say: Callable[[str], None], cold_cache: bool = False) -> None:
+        """`cold_cache`: drop the page cache before every cold-start and restore sample."""
+        self.server = server
+        self.client = server.client()
+        self.say = say
+        self.cold_cache = cold_cache
+
+    def _prepare_sample(self) -> None:
+        if self.cold_cache:
+            drop_page_cache()
+
+    def invoke(self, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
+        kwargs: dict[str, Any] = {"FunctionName": name, "Payload": b"{}", "LogType": "Tail"}
+        if qualifier:
+            kwargs["Qualifier"] = qualifier
+        started = time.perf_counter()
+        response = self.client.invoke(**kwargs)
+        response["Payload"].read()
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.get("FunctionError"):
+            raise RuntimeError(f"{name}:{qualifier} failed: {base64.b64decode(response['LogResult']).decode()[-800:]}")
+        report = next(l for l in base64.b64decode(response["LogResult"]).decode().splitlines() if l.startswith("REPORT"))
+        return elapsed, {k: float(v) for k, v in FIELD.findall(report)}
+
+    def containers(self) -> int:
+        """Live containers: runc keeps one state directory per container (no `runc list`, which
+        fails when a container disappears while it reads the states)."""
+        state = self.server.data_dir / "runc"
+        return sum(1 for entry in state.iterdir() if entry.is_dir()) if state.exists() else 0
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Wait until keep-alive reclaimed every environment (so the next invoke is a new one)."""
+        deadline = time.monotonic() + timeout
+        while self.containers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("environments were not reclaimed")
+            time.sleep(0.2)  # polling the container list of a separate process
+
+    def cold(self, name: str, runs: int) -> list[float]:
+        """On-demand first invokes of $LATEST: each run forces a new environment (config change)."""
+        out = []
+        for i in range(runs):
+            self.client.update_function_configuration(FunctionName=name, Description=f"cold run {i}")
+            self.client.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
+            self._prepare_sample()
+            out.append(self.invoke(name)[0])
+        return out
+
+    def restores(self, name: str, runs: int) -> tuple[list[float], list[float], list[float]]:
+        """(e2e ms, Restore Duration ms, warm e2e ms) over `runs` new environments."""
+        e2e, restore, warm = [], [], []
+        for _ in range(runs):
+            self.wait_idle()
+            self._prepare_sample()
+            elapsed, fields = self.invoke(name, "1")
+            if "Restore Duration" not in fields:
+                raise RuntimeError(f"{name}:1 did not restore: {fields}")
+            e2e.append(elapsed)
+            restore.append(fields["Restore Duration"])
+            warm.extend(self.invoke(name, "1")[0] for _ in range(3))
+        return e2e, restore, warm
+
+    def burst(self, name: str, size: int) -> tuple[list[float], list[float]]:
+        """`size` concurrent first invokes of new environments: (e2e ms, Restore Duration ms)."""
+        self.wait_idle()
+        with concurrent.futures.ThreadPoolExecutor(size) as pool:
+            results = list(pool.map(lambda _: self.invoke(name, "1"), range(size)))
+        if any("Restore Duration" not in r[1] for r in results):
+            raise RuntimeError(f"{name}:1 burst reused an environment: {[r[1] for r in results]}")
+        return [r[0] for r in results], [r[1]["Restore Duration"] for r in results]
+
+    def floor(self, name: str, runs: int) -> list[float]:
+        """Engine floor on the same image, borrowing a live restored environment's bundle."""
+        self.invoke(name, "1")
+        bundle = next(
+            b for b in (self.server.sandbox / "bundles").iterdir()
+            if (b / "config.json").exists() and (b / "rootfs").exists()
+            and f"AWS_LAMBDA_FUNCTION_NAME={name}" in (b / "config.json").read_text()
+        )
+        manifest = next(
+            m for m in (self.server.data_dir / "snapshots").glob("*/manifest.json")
+            if json.loads(m.read_text()).get("function") == name
+        )
+        images = Path("/dev/shm/snapfaas") / self.server.sandbox.name / manifest.parent.name
+        return restore_floor(bundle / "config.json", images, self.server.sandbox / "floor", runs)
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"median": round(statistics.median(ordered), 1), "min": round(ordered[0], 1), "max": round(ordered[-1], 1),
+            "n": len(ordered)}
+
+
+def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: int = 8,
+        only: list[str] | None = None, cold_cache: bool = False) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    args = ["--keep-alive", "2", "--runtime", f"python3.11={runtime_python}"]
+    with PrivateServer(args) as server:
+        bench = Bench(server, say, cold_cache)
+        for name, (package, memory) in REFERENCE.items():
+            if only and name not in only:
+                continue
+            say(f"[{name}] deploying (MemorySize {memory} MB, SnapStart on published versions)")
+            server.deploy(name, _files(FUNCTIONS / package), Runtime="python3.11", MemorySize=memory, Timeout=120,
+                          SnapStart={"ApplyOn": "PublishedVersions"})
+            say(f"[{name}] on-demand cold starts ($LATEST)")
+            cold = bench.cold(name, runs)
+            started = time.perf_counter()
+            bench.client.publish_version(FunctionName=name)
+            bench.client.get_waiter("published_version_active").wait(FunctionName=name, Qualifier="1",
+                                                                       WaiterConfig={"Delay": 1, "MaxAttempts": 600})
+            publish_s = time.perf_counter() - started
+            say(f"[{name}] snapshot ready in {publish_s:.1f} s; restores")
+            e2e, restore, warm = bench.restores(name, runs)
+            say(f"[{name}] engine floor (runc restore of the same image)")
+            floor = bench.floor(name, runs)
+            say(f"[{name}] bursts of {burst} concurrent restores (first one reported apart: fresh guest memory)")
+            first_e2e, _ = bench.burst(name, burst)
+            burst_e2e, burst_restore = [], []
+            for _ in range(2):
+                e2e_ms, restore_ms = bench.burst(name, burst)
+                burst_e2e += e2e_ms
+                burst_restore += restore_ms
+            row = {
+                "cold_e2e_ms": _stats(cold), "restore_e2e_ms": _stats(e2e), "restore_duration_ms": _stats(restore),
+                "warm_e2e_ms": _stats(warm), "engine_floor_ms": _stats(floor), "publish_s": round(publish_s, 2),
+                "burst_e2e_ms": _stats(burst_e2e), "burst_restore_duration_ms": _stats(burst_restore),
+                "first_burst_e2e_ms": _stats(first_e2e),
+            }
+            row["speedup_cold_over_restore"] = round(row["cold_e2e_ms"]["median"] / row["restore_e2e_ms"]["median"], 1)
+            row["restore_over_floor"] = round(row["restore_e2e_ms"]["median"] / row["engine_floor_ms"]["median"], 2)
+            row["burst_p99_e2e_ms"] = round(_p99(burst_e2e), 1)
+            row["burst_p99_over_single"] = round(row["burst_p99_e2e_ms"] / row["restore_e2e_ms"]["median"], 2)
+            row["first_burst_p99_over_single"] = round(_p99(first_e2e) / row["restore_e2e_ms"]["median"], 2)
+            results[name] = row
+            bench.client.delete_function(FunctionName=name)
+    return {"benchmark": "snapstart", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "runs": runs, "burst": burst, "page_cache": "dropped before each sample" if cold_cache else "warm",
+            "functions": results}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"SnapStart benchmark ({result['timestamp']}, one run; medians of {result['runs']} samples, e2e through boto3; "
+        f"page cache: {result['page_cache']})",
+        "",
+        "Bursts: p99 over two bursts after a first one, which runs on guest memory the VM has not backed yet and is shown apart.",
+        "",
+        "| function | on-demand cold | SnapStart restore (e2e) | Restore Duration | warm | engine floor | speed-up cold/restore | restore/floor | burst of "
+        f"{result['burst']}: p99 e2e | p99 / single | first burst p99 / single |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["functions"].items():
+        lines.append(
+            f"| {name} | {r['cold_e2e_ms']['median']} ms | {r['restore_e2e_ms']['median']} ms | {r['restore_duration_ms']['median']} ms | "
+            f"{r['warm_e2e_ms']['median']} ms | {r['engine_floor_ms']['median']} ms | **{r['speedup_cold_over_restore']}x** | "
+            f"{r['restore_over_floor']}x | {r['burst_p99_e2e_ms']} ms | {r['burst_p99_over_single']}x | {r['first_burst_p99_over_single']}x |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,164 @@
+"""Helpers shared by the SnapStart end-to-end tests (test_snapstart*.py).
+
+`Counter` is an HTTP server in the test process that counts requests per path: functions share
+the host's network namespace, so code inside a sandbox can reach it on 127.0.0.1, and what it
+counts lives outside every snapshot (a count kept inside the function would be restored, too).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ServerHandle
+
+SNAPSTART = {"ApplyOn": "PublishedVersions"}
+REPORT_FIELDS = re.compile(r"(?P<key>[A-Z][A-Za-z ]+): (?P<value>[^\t]+)")
+
+
+class Counter:
+    """Counts GET requests per path and answers with the count so far (as text).
+
+    Connections that never send a request are accepted and held by a handler thread until the
+    client closes them (a function can keep one open through init)."""
+
+    def __init__(self) -> None:
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        counter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                with counter.lock:
+                    counter.hits[self.path] += 1
+                    body = str(counter.hits[self.path]).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
+                return None
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="counter", daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.hits[path]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_state(lam, name: str, qualifier: str, states: tuple[str, ...], timeout: float = 60) -> dict:  # type: ignore[no-untyped-def]
+    """Poll GetFunctionConfiguration until State is one of `states`; returns the configuration."""
+    last: dict[str, Any] = {}
+
+    def check() -> dict | None:
+        nonlocal last
+        last = lam.get_function_configuration(FunctionName=name, Qualifier=qualifier)
+        return last if last["State"] in states else None
+
+    try:
+        return wait_for(check, timeout, f"{name}:{qualifier} to reach {states}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last state {last.get('State')} ({last.get('StateReason')})") from None
+
+
+def publish(lam, name: str, expect: str = "Active", timeout: float = 60) -> tuple[dict, dict]:  # type: ignore[no-untyped-def]
+    """PublishVersion, then wait until the version settles; (publish response, final config).
+
+    The publish response of a SnapStart function must be Pending: the snapshot is taken after
+    the call returns."""
+    response = lam.publish_version(FunctionName=name)
+    final = wait_state(lam, name, response["Version"], ("Active", "Failed"), timeout)
+    assert final["State"] == expect, f"{name}:{response['Version']} is {final['State']}: {final.get('StateReason')}"
+    return response, final
+
+
+def report(log_result: str) -> dict[str, str]:
+    """The fields of the REPORT line in a base64 LogResult tail ("Restore Duration" -> "61.34 ms")."""
+    text = base64.b64decode(log_result).decode()
+    lines = [line for line in text.splitlines() if line.startswith("REPORT RequestId:")]
+    assert len(lines) == 1, f"expected one REPORT line in the log tail:\n{text}"
+    return {m["key"]: m["value"].strip() for m in REPORT_FIELDS.finditer(lines[0])}
+
+
+def assert_restored(log_result: str) -> dict[str, str]:
+    """The REPORT of an invoke served by a just-restored environment (and its fields)."""
+    fields = report(log_result)
+    assert re.fullmatch(r"\d+\.\d{2} ms", fields.get("Restore Duration", "")), fields
+    assert re.fullmatch(r"\d+ ms", fields.get("Billed Restore Duration", "")), fields
+    assert "Init Duration" not in fields, fields
+    return fields
+
+
+def assert_warm(log_result: str) -> dict[str, str]:
+    fields = report(log_result)
+    assert not {"Init Duration", "Restore Duration", "Billed Restore Duration"} & fields.keys(), fields
+    return fields
+
+
+def function_log(server: ServerHandle, name: str) -> list[tuple[str, str, str]]:
+    """The function's log file as (version, environment id, message) entries; platform lines
+    about a version's snapshot (stream ``snapshot/[<version>]``) have an empty environment id."""
+    path = server.data_dir / "logs" / f"{name}.log"
+    entries = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        _, stream, message = line.split("\t", 2)
+        match = re.fullmatch(r"(?:.*/)?\[(?P<version>[^\]]+)\](?P<env>.*)", stream)
+        if match:
+            entries.append((match["version"], match["env"], message))
+    return entries
+
+
+def cache_root(server: ServerHandle) -> Path:
+    """The server's plaintext snapshot cache (/dev/shm/snapfaas/<sandbox dir name>)."""
+    sandbox = Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1])
+    return Path("/dev/shm/snapfaas") / sandbox.name
+
+
+def snapshot_dirs(server: ServerHandle, name: str, version: str) -> tuple[list[Path], list[Path]]:
+    """(encrypted dirs under <data-dir>/snapshots, plaintext cache dirs) of one version."""
+    pattern = re.compile(re.escape(f"{name}-{version}-") + r"[0-9a-f]{12}")
+
+    def matching(root: Path) -> list[Path]:
+        return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.exists() else []
+
+    return matching(server.data_dir / "snapshots"), matching(cache_root(server))
+
+
+def containers_of(server: ServerHandle, env_ids: set[str]) -> list[str]:
+    """runc containers still present for the given environment ids."""
+    return [c for c in server.runc_containers() if c.removeprefix("sf-") in env_ids]

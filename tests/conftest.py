@@ -129,7 +129,7 @@ class ServerHandle:
         return boto3.client(
             "lambda", endpoint_url=self.endpoint, region_name="us-east-1",
             aws_access_key_id=key, aws_secret_access_key=secret,
-            config=Config(retries={"max_attempts": 1}, read_timeout=120, **config),  # type: ignore[arg-type]
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=120, **config),  # type: ignore[arg-type]
         )
 
     def runc_containers(self) -> list[str]:

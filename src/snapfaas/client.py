@@ -48,7 +48,7 @@ class Connection:
             region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
-            config=Config(retries={"max_attempts": 1}, read_timeout=read_timeout, connect_timeout=5),
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=read_timeout, connect_timeout=5),
         )
 
     def signed_get(self, path: str) -> bytes:

@@ -52,6 +52,7 @@ class ServerConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     sandbox_root: Path | None = None
     snapshot_retention_s: float = 14 * 24 * 3600
+    snapshot_init_floor_s: float = 130.0  # snapshot init bound is max(this, Timeout), as on Lambda
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
 

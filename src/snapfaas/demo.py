@@ -45,7 +45,7 @@ def run(console: Console, say: Callable[[str], None], runtime_python: Path) -> N
             server.deploy("torch-mlp", files, Runtime="python3.11", MemorySize=1024, Timeout=60,
                           SnapStart={"ApplyOn": "PublishedVersions"})
         rows = []
-        for label in ("$LATEST cold start (on-demand init)", "$LATEST warm"):
+        for label in ("$LATEST cold start", "$LATEST warm"):
             elapsed, report = _invoke(client, "torch-mlp")
             rows.append((label, report, elapsed))
         with console.status("publishing version 1: init once, checkpoint with CRIU, encrypt"):
@@ -54,7 +54,7 @@ def run(console: Console, say: Callable[[str], None], runtime_python: Path) -> N
             client.get_waiter("published_version_active").wait(FunctionName="torch-mlp", Qualifier="1",
                                                                  WaiterConfig={"Delay": 1, "MaxAttempts": 300})
         say(f"version 1 is Active with SnapStart On (snapshot taken in {time.perf_counter() - started:.1f} s)")
-        for label in ("version 1 SnapStart restore (new environment)", "version 1 warm"):
+        for label in ("v1 SnapStart restore", "v1 warm"):
             elapsed, report = _invoke(client, "torch-mlp", "1")
             rows.append((label, report, elapsed))
         table = Table(title="torch function: cold start vs SnapStart restore")

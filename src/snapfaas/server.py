@@ -132,7 +132,9 @@ class Server:
         self.say(status.describe() if status.available else f"WARNING: {status.describe()} - SnapStart versions will fail to publish; everything else works")
         vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
                               image_owner=0, image_group=cfg.host_id_base)
-        return SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke)
+        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke)
+        manager.min_init_timeout_s = cfg.snapshot_init_floor_s
+        return manager
 
     def stop(self) -> None:
         self._stop.set()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import json
 import urllib.error
 import urllib.request
 

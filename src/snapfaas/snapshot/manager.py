@@ -63,6 +63,7 @@ class SnapshotManager:
         self.vault = vault
         self.status = status
         self.retention_s = retention_s
+        self.min_init_timeout_s = MIN_INIT_TIMEOUT_S  # Lambda's floor; lowered only by tests
         self.environ_for = environ_for
         self.revoke = revoke
         self.clock = clock
@@ -115,7 +116,7 @@ class SnapshotManager:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
         identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
         env = self.factory.create(version, "snap-start", self.environ_for(identity))
-        init_timeout = max(MIN_INIT_TIMEOUT_S, float(version.timeout))
+        init_timeout = max(self.min_init_timeout_s, float(version.timeout))
         started = time.monotonic()
         env.log(f"INIT_START Runtime Version: {version.runtime}.snapfaas\tPhase: snapshot\n")
         try:

@@ -5,7 +5,6 @@ daemon (real runc sandboxes) on a free port with its own data dir, shared by a t
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from snapfaas.bench.harness import zip_files
 from snapfaas.sandbox.mounts import remove_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +71,7 @@ def processes() -> Iterator[ProcessFactory]:
     factory.close()
 
 
-def make_zip(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return buf.getvalue()
+make_zip = zip_files  # one package builder for tests, bench and demo
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from snapfaas.api.context import function_ref, json_body, json_response, services
-from snapfaas.api.shapes import alias_configuration, paginate
+from snapfaas.api.shapes import alias_configuration, page_of
 from snapfaas.errors import NotFound
 from snapfaas.registry import validation as check
 from snapfaas.registry.model import Alias
@@ -48,11 +48,8 @@ async def list_aliases(request: web.Request) -> web.Response:
     raw_max = request.query.get("MaxItems", "50")
     if not raw_max.isdigit():
         raise check.constraint_error(raw_max, "maxItems", "Member must have value between 1 and 10000")
-    page, marker = paginate([_render(request, a) for a in aliases], request.query.get("Marker"), int(raw_max))
-    out: dict[str, object] = {"Aliases": page}
-    if marker:
-        out["NextMarker"] = marker
-    return json_response(out)
+    items = [_render(request, a) for a in aliases]
+    return json_response(page_of("Aliases", items, request.query.get("Marker"), int(raw_max)))
 
 
 async def delete_alias(request: web.Request) -> web.Response:

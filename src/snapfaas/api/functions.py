@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from snapfaas.api.context import function_ref, json_body, json_response, services
-from snapfaas.api.shapes import function_configuration, paginate
+from snapfaas.api.shapes import function_configuration, page_of
 from snapfaas.errors import NotFound
 from snapfaas.registry import validation as check
 from snapfaas.registry.model import LATEST, FunctionVersion
@@ -87,11 +87,7 @@ async def list_functions(request: web.Request) -> web.Response:
         function_configuration(v, svc.registry.function_arn(v.name, v.version if every else None), listing=True)
         for v in records
     ]
-    page, marker = paginate(items, request.query.get("Marker"), _max_items(request))
-    out: dict[str, object] = {"Functions": page}
-    if marker:
-        out["NextMarker"] = marker
-    return json_response(out)
+    return json_response(page_of("Functions", items, request.query.get("Marker"), _max_items(request)))
 
 
 async def publish_version(request: web.Request) -> web.Response:
@@ -105,11 +101,7 @@ async def list_versions(request: web.Request) -> web.Response:
     name, _ = function_ref(request)
     items = [function_configuration(v, svc.registry.function_arn(name, v.version), listing=True)
              for v in svc.registry.list_versions(name)]
-    page, marker = paginate(items, request.query.get("Marker"), _max_items(request))
-    out: dict[str, object] = {"Versions": page}
-    if marker:
-        out["NextMarker"] = marker
-    return json_response(out)
+    return json_response(page_of("Versions", items, request.query.get("Marker"), _max_items(request)))
 
 
 def _unqualified_ref(request: web.Request) -> str:

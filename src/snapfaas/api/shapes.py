@@ -68,3 +68,12 @@ def paginate(items: list[Any], marker: str | None, max_items: int, default_max: 
     page = items[start : start + size]
     next_marker = str(start + size) if start + size < len(items) else None
     return page, next_marker
+
+
+def page_of(key: str, items: list[Any], marker: str | None, max_items: int) -> dict[str, Any]:
+    """A List* response body: ``{key: page}`` plus ``NextMarker`` while more pages remain."""
+    page, next_marker = paginate(items, marker, max_items)
+    out: dict[str, Any] = {key: page}
+    if next_marker:
+        out["NextMarker"] = next_marker
+    return out

@@ -18,9 +18,8 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from . import protocol
 from .context import LambdaContext
@@ -163,24 +162,30 @@ def shrink_heap() -> None:
         pass
 
 
+def fail(channel: Channel, kind: str, phase: str, error: dict[str, Any], exit_code: int) -> NoReturn:
+    """Report a phase-level failure (``init_error`` / ``restore_error``) and exit."""
+    print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=channel.log)
+    channel.mark_logs(phase)
+    channel.send(kind, json.dumps(error).encode(), error_type=error["errorType"])
+    sys.exit(exit_code)
+
+
+def hook_fault(error_type: str, exc: BaseException) -> dict[str, Any]:
+    return Fault(error_type, f"{type(exc).__name__}: {exc}", error_of(exc, None)["stackTrace"]).to_error("")
+
+
 def snap_start_barrier(channel: Channel) -> None:
     try:
         run_hooks("before")
     except Exception as exc:  # a hook can raise anything
-        fault = Fault(Fault.BEFORE_SNAPSHOT, f"{type(exc).__name__}: {exc}", error_of(exc, None)["stackTrace"])
-        channel.mark_logs("init")
-        channel.send("init_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
-        sys.exit(EXIT_BEFORE_SNAPSHOT)
+        fail(channel, "init_error", "init", hook_fault(Fault.BEFORE_SNAPSHOT, exc), EXIT_BEFORE_SNAPSHOT)
     from . import sockets  # only SnapStart pays for importing socket/fcntl
 
     closed, unsupported = sockets.sweep()
     if unsupported:
         fault = Fault(Fault.SNAPSHOT_SOCKET, "Init left sockets the snapshot cannot hold: " + "; ".join(unsupported)
                       + ". Close them in a before-snapshot hook and re-create them after restore.")
-        print(f"[ERROR] {fault.error_type}: {fault.message}", file=channel.log)
-        channel.mark_logs("init")
-        channel.send("init_error", json.dumps(fault.to_error("")).encode(), error_type=fault.error_type)
-        sys.exit(EXIT_BEFORE_SNAPSHOT)
+        fail(channel, "init_error", "init", fault.to_error(""), EXIT_BEFORE_SNAPSHOT)
     shrink_heap()
     channel.mark_logs("init")
     channel.send("restore_ready", closed=closed)
@@ -198,10 +203,7 @@ def snap_start_barrier(channel: Channel) -> None:
         reseed()
         run_hooks("after")
     except Exception as exc:  # a hook can raise anything
-        fault = Fault(Fault.AFTER_RESTORE, f"{type(exc).__name__}: {exc}", error_of(exc, None)["stackTrace"])
-        channel.mark_logs("restore")
-        channel.send("restore_error", json.dumps(fault.to_error()).encode(), error_type=fault.error_type)
-        sys.exit(EXIT_AFTER_RESTORE)
+        fail(channel, "restore_error", "restore", hook_fault(Fault.AFTER_RESTORE, exc), EXIT_AFTER_RESTORE)
     channel.mark_logs("restore")
 
 
@@ -228,23 +230,14 @@ def main() -> None:
     sys.stdin = open(os.devnull)
     channel = Channel(inbound, outbound, log)
     environ = os.environ
-    started = time.monotonic()
     try:
         handler = load_handler(environ["_HANDLER"])
     except Fault as fault:
-        print(f"[ERROR] {fault.error_type}: {fault.message}", file=log)
-        channel.mark_logs("init")
-        channel.send("init_error", json.dumps(fault.to_error("")).encode(), error_type=fault.error_type)
-        sys.exit(EXIT_INIT_ERROR)
+        fail(channel, "init_error", "init", fault.to_error(""), EXIT_INIT_ERROR)
     except Exception as exc:  # module-level user code raised
-        error = error_of(exc, "")
-        print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=log)
-        channel.mark_logs("init")
-        channel.send("init_error", json.dumps(error).encode(), error_type=error["errorType"])
-        sys.exit(EXIT_INIT_ERROR)
+        fail(channel, "init_error", "init", error_of(exc, ""), EXIT_INIT_ERROR)
     if environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
         snap_start_barrier(channel)
     else:
         channel.mark_logs("init")
-    del started
     serve(channel, handler, environ)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.errors import ServiceError
-from snapfaas.sandbox.mounts import remove_tree, unmount_below
+from snapfaas.sandbox.mounts import remove_tree
 from snapfaas.sandbox.cgroup import daemon_cgroup
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 

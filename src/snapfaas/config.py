@@ -13,6 +13,7 @@ from pathlib import Path
 
 SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
+SNAPSHOT_CACHE_ROOT = Path("/dev/shm/snapfaas")
 SECRET_KEY_ENV = "SNAPFAAS_SECRET_ACCESS_KEY"
 
 
@@ -78,7 +79,7 @@ class ServerConfig:
     @property
     def snapshot_cache(self) -> Path:
         """Plaintext snapshot images: on a tmpfs (RAM), never on persistent disk."""
-        return Path("/dev/shm/snapfaas") / self.sandbox_dir.name
+        return snapshot_cache_for(self.sandbox_dir)
 
     @property
     def db_path(self) -> Path:
@@ -87,6 +88,11 @@ class ServerConfig:
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def snapshot_cache_for(sandbox_dir: Path) -> Path:
+    """The RAM cache of the server whose sandbox dir is `sandbox_dir` (tools and tests use it)."""
+    return SNAPSHOT_CACHE_ROOT / sandbox_dir.name
 
 
 def parse_runtime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from snapfaas.config import snapshot_cache_for
 from tests.conftest import ServerHandle
 
 SNAPSTART = {"ApplyOn": "PublishedVersions"}
@@ -146,7 +147,7 @@ def function_log(server: ServerHandle, name: str) -> list[tuple[str, str, str]]:
 def cache_root(server: ServerHandle) -> Path:
     """The server's plaintext snapshot cache (/dev/shm/snapfaas/<sandbox dir name>)."""
     sandbox = Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1])
-    return Path("/dev/shm/snapfaas") / sandbox.name
+    return snapshot_cache_for(sandbox)
 
 
 def snapshot_dirs(server: ServerHandle, name: str, version: str) -> tuple[list[Path], list[Path]]:

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from snapfaas.config import snapshot_cache_for
 from snapfaas.client import Connection
 from snapfaas.sandbox.mounts import remove_tree
 
@@ -77,7 +78,7 @@ class PrivateServer:
                 self.proc.kill()
                 self.proc.wait()
         remove_tree(self.sandbox)
-        shutil.rmtree(Path("/dev/shm/snapfaas") / self.sandbox.name, ignore_errors=True)  # snapshot RAM cache
+        shutil.rmtree(snapshot_cache_for(self.sandbox), ignore_errors=True)  # snapshot RAM cache
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def client(self) -> Any:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from snapfaas.config import snapshot_cache_for
 from snapfaas.bench.floor import restore_floor
 from snapfaas.bench.harness import PrivateServer
 
@@ -126,7 +127,7 @@ class Bench:
             m for m in (self.server.data_dir / "snapshots").glob("*/manifest.json")
             if json.loads(m.read_text()).get("function") == name
         )
-        images = Path("/dev/shm/snapfaas") / self.server.sandbox.name / manifest.parent.name
+        images = snapshot_cache_for(self.server.sandbox) / manifest.parent.name
         return restore_floor(bundle / "config.json", images, self.server.sandbox / "floor", runs)
 
 

@@ -8,10 +8,11 @@ Generated keys live in ``<data-dir>/credentials.json`` (mode 0600)::
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 from pathlib import Path
+
+from snapfaas.durable import write_atomic
 
 FILE_NAME = "credentials.json"
 ALPHABET = string.ascii_uppercase + string.digits
@@ -38,13 +39,7 @@ def load_or_create(data_dir: Path) -> tuple[tuple[str, str], bool]:
     if existing is not None:
         return existing, False
     akid, secret = generate()
-    tmp = data_dir / (FILE_NAME + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"access_key_id": akid, "secret_access_key": secret}, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, data_dir / FILE_NAME)
+    write_atomic(data_dir / FILE_NAME, json.dumps({"access_key_id": akid, "secret_access_key": secret}).encode())
     return (akid, secret), True
 
 

@@ -88,7 +88,7 @@ class Server:
         worker.snapshots = snapshots
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
-        invoker = Invoker(registry, worker, cfg.limits, str(cfg.data_dir / "events.db"))
+        invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db")
         artifacts.collect_garbage(registry.referenced_digests())
         snapshots.collect_garbage()
         services = Services(cfg, control, invoker, logs, identity=identity)

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from snapfaas.durable import write_atomic
 from snapfaas.errors import ServiceError
 
 MAGIC = "SNAPFAAS-SNAPSHOT"
@@ -42,15 +43,6 @@ CHUNK = 4 << 20
 
 class SnapshotCorrupt(ServiceError):
     """A stored snapshot failed authentication or its manifest is missing or malformed."""
-
-
-def _durable_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 class SnapshotVault:
@@ -75,12 +67,7 @@ class SnapshotVault:
     @staticmethod
     def _load_key(path: Path) -> bytes:
         if not path.exists():
-            fd = os.open(path.with_name(path.name + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_bytes(32))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(path.with_name(path.name + ".tmp"), path)
+            write_atomic(path, secrets.token_bytes(32))
         key = path.read_bytes()
         if len(key) != 32:
             raise SnapshotCorrupt(f"snapshot key {path} is not 32 bytes")
@@ -120,7 +107,7 @@ class SnapshotVault:
             files.append({"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest(), "chunks": chunks})
         # the format keys come last: `extra` (the caller's metadata) must not overwrite them
         manifest = {**extra, "magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files}
-        _durable_write(target / "manifest.json", json.dumps(manifest, indent=1).encode())
+        write_atomic(target / "manifest.json", json.dumps(manifest, indent=1).encode())
         self._own(plain)
         return manifest
 

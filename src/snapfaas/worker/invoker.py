@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
 import random
 import uuid
+from pathlib import Path
 
 from snapfaas.config import Limits
-from snapfaas.errors import SnapStartNotReady, Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
+from snapfaas.errors import (
+    Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge, SnapStartNotReady, Throttled,
+)
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import LATEST, FunctionVersion, State
 from snapfaas.worker.environment import InvokeRequest
@@ -37,11 +41,11 @@ class InvokeResult:
 
 
 class Invoker:
-    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_path: str) -> None:
+    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_path: Path) -> None:
         self.registry = registry
         self.worker = worker
         self.limits = limits
-        self.events = EventQueue(__import__("pathlib").Path(events_path), self._run_event)
+        self.events = EventQueue(events_path, self._run_event)
 
     def start(self) -> None:
         self.events.start()
@@ -127,8 +131,6 @@ class Invoker:
         except (NotFound, Conflict) as exc:
             logger.warning("dropping event %s: %s", event.request_id, exc.message)
             return True
-        from snapfaas.errors import Throttled
-
         try:
             outcome = await self.worker.invoke(
                 version,
@@ -144,8 +146,6 @@ def check_json(payload: bytes) -> None:
     """Lambda requires the event to be JSON; reject anything else before running code."""
     if not payload:
         return
-    import json
-
     try:
         json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -63,10 +63,13 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Snapshot init is bounded by max(this, Timeout), as on Lambda (lower it only for testing).")
 @click.option("--scan-block-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
               help="Snapshot-safety scan at SnapStart publish: findings at or above this severity fail the publish.")
+@click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
+              help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
+                   "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, log_level: str) -> None:
+          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -81,7 +84,7 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         max_environments=max_environments, sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
         scan_block_on=None if scan_block_on == "never" else scan_block_on,
-        snapshot_init_floor_s=parse_duration(snapshot_init_floor),
+        snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")

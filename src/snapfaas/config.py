@@ -56,6 +56,7 @@ class ServerConfig:
     snapshot_init_floor_s: float = 130.0  # snapshot init bound is max(this, Timeout), as on Lambda
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
+    restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
 
     @property
     def sandbox_dir(self) -> Path:

@@ -130,9 +130,15 @@ class Server:
         cfg = self.config
         status = engine.probe() if cfg.snapstart else engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
         self.say(status.describe() if status.available else f"WARNING: {status.describe()} - SnapStart versions will fail to publish; everything else works")
+        if status.available and status.binary:
+            self.say(engine.prime_kernel_cache(status.binary))
+            if cfg.restore_memory == "map" and not status.maps_pages:
+                self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
+                         "restores copy every page of memory")
         vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
                               image_owner=0, image_group=cfg.host_id_base)
-        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke)
+        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
+                                  restore_environ=engine.restore_environ(status, cfg.restore_memory))
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s
         return manager
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +98,10 @@ class Container:
         self.bundle.chmod(0o711)  # a private rootfs inside must be reachable by the mapped root
         (self.bundle / "config.json").write_text(json.dumps(config))
 
-    async def start(self, restore_from: Path | None = None) -> None:
+    async def start(self, restore_from: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
         """Launch `runc run` (or `runc restore` from the images in `restore_from`) in the
-        foreground with piped stdio; returns once runc is spawned.
+        foreground with piped stdio; returns once runc is spawned. `environ` is added to
+        runc's environment (which runc passes on to CRIU).
 
         A restored container gets our pipes as its stdio: runc re-attaches the pipes recorded
         at checkpoint to the restorer's own stdio. Raises `ServiceError` if `kill` ran before
@@ -121,6 +124,7 @@ class Container:
                 limit=STREAM_LIMIT,
                 start_new_session=True,
                 umask=RUNC_UMASK,
+                env={**os.environ, **environ} if environ else None,
             )
         except OSError as exc:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc

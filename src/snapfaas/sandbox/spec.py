@@ -7,6 +7,7 @@ its own pid, mount, ipc, uts and user namespaces (container 0-65535 -> host base
 the process runs as `uid` inside, which is unprivileged on the host too); no capabilities,
 no-new-privileges; a memory limit (no swap) from MemorySize and a pids limit. The network
 namespace is shared with the host so functions reach the network as Lambda functions do.
+There is no /dev/shm, as on Lambda (multiprocessing's semaphores and queues fail there too).
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/usr", "type": "bind", "source": "/usr", "options": RO},
         {"destination": "/etc", "type": "bind", "source": "/etc", "options": RO},
         {"destination": "/sys/devices/system/cpu", "type": "bind", "source": "/sys/devices/system/cpu", "options": RO},

@@ -3,24 +3,35 @@
 Only this module knows CRIU. runc drives CRIU over its RPC; extra CRIU options come from a
 CRIU configuration file named by the container's ``org.criu.config`` annotation (runc passes
 it to CRIU), one for dump and one for restore.
+
+CRIU is built with snapfaas's patches (scripts/criu-patches/); `criu --version` names them.
+With the map-pages patch and ``CRIU_MAP_PAGES=1`` in its environment (`restore_environ`), a
+restore maps private memory copy-on-write from the page images instead of copying it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
+from snapfaas.durable import write_atomic
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox.container import RUNC_UMASK
+
+logger = logging.getLogger(__name__)
 
 MIN_MAJOR = 4
 CONFIG_ANNOTATION = "org.criu.config"
 DUMP_CONFIG = "file-locks\n"
 RESTORE_CONFIG = "file-locks\n"
+MAP_PAGES_PATCH = "map-pages-copy-on-write"
+KERNDAT_CACHE = Path("/run/criu.kdat")  # CRIU's compiled-in cache path (RUNDIR=/run)
 
 
 class CheckpointFailed(ServiceError):
@@ -38,11 +49,32 @@ class CriuStatus:
     binary: str | None
     version: str | None
     reason: str | None = None
+    patches: tuple[str, ...] = ()  # snapfaas patch names the binary reports
+
+    @property
+    def maps_pages(self) -> bool:
+        """True if restores can map memory copy-on-write (see `restore_environ`)."""
+        return MAP_PAGES_PATCH in self.patches
 
     def describe(self) -> str:
         if self.available:
-            return f"CRIU {self.version} at {self.binary}: criu check passed"
+            patched = f" (patches: {', '.join(self.patches)})" if self.patches else " (no snapfaas patches)"
+            return f"CRIU {self.version} at {self.binary}{patched}: criu check passed"
         return f"SnapStart unavailable: {self.reason}"
+
+
+def parse_version(output: str) -> tuple[str | None, tuple[str, ...]]:
+    """(version, snapfaas patch names) from `criu --version` output."""
+    match = re.search(r"^Version:\s*([0-9.]+)", output, re.MULTILINE)
+    patches = re.search(r"^Patches: snapfaas (.*)$", output, re.MULTILINE)
+    names = tuple(n for n in patches.group(1).split() if not n.startswith("sha:")) if patches else ()
+    return (match.group(1) if match else None), names
+
+
+def restore_environ(status: CriuStatus, memory: str) -> Mapping[str, str]:
+    """Extra environment for `runc restore` (runc passes it on to CRIU): memory="map" asks a
+    patched CRIU to map page images copy-on-write; "copy" (or an unpatched CRIU) copies them."""
+    return {"CRIU_MAP_PAGES": "1"} if memory == "map" and status.maps_pages else {}
 
 
 def probe(binary: str = "criu") -> CriuStatus:
@@ -52,8 +84,7 @@ def probe(binary: str = "criu") -> CriuStatus:
         return CriuStatus(False, None, None, "criu is not installed (run scripts/install-system-deps.sh)")
     try:
         version_out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20)
-        match = re.search(r"Version:\s*([0-9.]+)", version_out.stdout)
-        version = match.group(1) if match else None
+        version, patches = parse_version(version_out.stdout)
         if version is None or int(version.split(".")[0]) < MIN_MAJOR:
             return CriuStatus(False, path, version, f"criu {version} is too old (need {MIN_MAJOR}.x; Debian 12's 3.17 fails here)")
         check = subprocess.run([path, "check"], capture_output=True, text=True, timeout=60)
@@ -62,8 +93,61 @@ def probe(binary: str = "criu") -> CriuStatus:
     output = check.stdout + check.stderr
     if "Looks good" not in output:
         errors = [line for line in output.splitlines() if "Error" in line and "RLIMIT_NOFILE" not in line]
-        return CriuStatus(False, path, version, f"criu check failed: {'; '.join(errors[-3:]) or output.strip()[-300:]}")
-    return CriuStatus(True, path, version)
+        return CriuStatus(False, path, version, f"criu check failed: {'; '.join(errors[-3:]) or output.strip()[-300:]}", patches)
+    return CriuStatus(True, path, version, None, patches)
+
+
+def _fstype(path: Path) -> str | None:
+    """The filesystem type of the mount holding `path` (longest mount-point prefix)."""
+    best, fstype = "", None
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path)
+    for line in mounts:
+        fields = line.split()
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fstype = point, fields[2]
+    return fstype
+
+
+def prime_kernel_cache(binary: str, cache: Path = KERNDAT_CACHE) -> str:
+    """Make CRIU's kernel-feature cache (`cache`, /run/criu.kdat) exist for this boot; returns
+    what was done. Never raises.
+
+    Without it every CRIU run (two per restore) re-probes the kernel, spawning iptables and
+    friends: about 7 ms per restore. CRIU writes the cache itself only when /run is a tmpfs
+    (so that it dies with the boot), and a `criu.kdat.tmp` left by a killed run blocks that
+    forever. On hosts whose /run is not a tmpfs, the cache is made by `criu check` in a
+    private mount namespace with a tmpfs on /run, then installed here; the daemon does this
+    at every start (so after a reboot, or a CRIU upgrade, it is re-made), and `forget_kernel_cache`
+    removes it at shutdown.
+    """
+    stale = cache.with_name(cache.name + ".tmp")
+    try:
+        stale.unlink(missing_ok=True)
+        if _fstype(cache.parent) == "tmpfs":
+            cache.unlink(missing_ok=True)
+            subprocess.run([binary, "check"], capture_output=True, timeout=60)
+            return f"CRIU kernel-feature cache {'written' if cache.exists() else 'NOT written'} by criu check at {cache}"
+        script = 'mount -t tmpfs -o size=1m,mode=0755 snapfaas-kdat "$1" && "$0" check >/dev/null 2>&1; cat "$1/criu.kdat"'
+        out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, binary, str(cache.parent)],
+                             capture_output=True, timeout=60)
+        if out.returncode != 0 or not out.stdout:
+            return f"CRIU kernel-feature cache not made (unshare exit {out.returncode}: {out.stderr.decode(errors='replace').strip()[-200:]})"
+        write_atomic(cache, out.stdout, mode=0o600)
+        return f"CRIU kernel-feature cache installed at {cache} ({cache.parent} is not a tmpfs)"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"CRIU kernel-feature cache not made: {exc}"
+
+
+def forget_kernel_cache(cache: Path = KERNDAT_CACHE) -> None:
+    """Remove a cache `prime_kernel_cache` installed on a non-tmpfs /run (it must not outlive
+    the boot it describes)."""
+    if _fstype(cache.parent) != "tmpfs":
+        cache.unlink(missing_ok=True)
 
 
 def write_configs(directory: Path) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from snapfaas.errors import NotFound, SnapStartNotReady
@@ -55,9 +55,11 @@ class SnapshotManager:
         environ_for: Callable[[str], dict[str, str]],
         revoke: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        restore_environ: Mapping[str, str] | None = None,
     ) -> None:
         """`environ_for(env_id)` gives an environment its credentials variables; `revoke`
-        withdraws them when the environment is gone."""
+        withdraws them when the environment is gone. `restore_environ` is added to the
+        environment of every `runc restore` (see `engine.restore_environ`)."""
         self.registry = registry
         self.factory = factory
         self.vault = vault
@@ -67,6 +69,7 @@ class SnapshotManager:
         self.environ_for = environ_for
         self.revoke = revoke
         self.clock = clock
+        self.restore_environ: Mapping[str, str] = dict(restore_environ or {})
         self.scanner: Callable[[FunctionVersion], Awaitable[list[str]]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating: set[tuple[str, str]] = set()

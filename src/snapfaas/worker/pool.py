@@ -317,13 +317,19 @@ class Worker:
         try:
             async with asyncio.timeout(RESTORE_TIMEOUT_S):
                 async with self._restore_slots:  # CRIU's page copy is CPU/memory-bound: queue, don't thrash
-                    await env.container.start(restore_from=env.restore_from)
+                    slot = time.monotonic()
+                    await env.container.start(restore_from=env.restore_from, environ=self.snapshots.restore_environ)
                     env.start_readers()
                     await env.send("restore", json.dumps(updates).encode())
                     frame = await env.next_frame(None)  # "resumed": the process runs again
+                resumed = time.monotonic()
                 if frame.kind == "resumed":  # hooks run outside the slot
                     frame = await env.next_frame(None)
+                ready = time.monotonic()
                 await env.wait_mark("restore")
+                logger.debug("environment %s restore phases: queued %.1f ms, runc+criu to resumed %.1f ms, "
+                             "hooks %.1f ms, logs %.1f ms", env.id, (slot - started) * 1000, (resumed - slot) * 1000,
+                             (ready - resumed) * 1000, (time.monotonic() - ready) * 1000)
         except TimeoutError as exc:
             env.log(f"RESTORE_REPORT Restore Duration: {RESTORE_TIMEOUT_S * 1000:.2f} ms\tStatus: timeout\n")
             raise SnapStartTimeout("Lambda couldn't restore the snapshot within the timeout limit (10 seconds).") from exc

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
@@ -38,8 +39,10 @@ def _skeleton(rootfs: Path, template: Path) -> None:
             (rootfs / name).symlink_to(link)
 
 
-def restore_floor(bundle_config: Path, images: Path, scratch: Path, runs: int) -> list[float]:
-    """Time `runc restore --detach` of `images` `runs` times; milliseconds per run."""
+def restore_floor(bundle_config: Path, images: Path, scratch: Path, runs: int,
+                  environ: Mapping[str, str] | None = None) -> list[float]:
+    """Time `runc restore --detach` of `images` `runs` times; milliseconds per run. `environ`
+    is added to runc's (and so CRIU's) environment, as the platform does for its restores."""
     config = json.loads(bundle_config.read_text())
     template = Path(config["root"]["path"])
     state = scratch / "runc-state"
@@ -65,7 +68,7 @@ def restore_floor(bundle_config: Path, images: Path, scratch: Path, runs: int) -
             runc = subprocess.Popen(
                 ["runc", "--root", str(state), "restore", "--detach", "--image-path", str(images),
                  "--work-path", str(bundle), "--bundle", str(bundle), cid],
-                stdin=r_in, stdout=w_out, stderr=w_err, umask=0o022,
+                stdin=r_in, stdout=w_out, stderr=w_err, umask=0o022, env={**os.environ, **(environ or {})},
             )
             # A watchdog, not `wait(timeout=...)`: Popen polls with sleeps of up to 50 ms when
             # given a timeout, which would add up to 50 ms to what is measured here.

@@ -1,0 +1,130 @@
+"""How a restore brings memory back, against real CRIU: by default (``--restore-memory map``,
+snapfaas's CRIU patch) the restored process maps the snapshot's page images copy-on-write;
+with ``--restore-memory copy`` CRIU copies every page. Either way the restored memory holds
+what init left, and writes stay private to the environment that made them: neither another
+restored environment nor the image files ever see them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapfaas.snapshot import engine
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
+from tests.e2e.snapstart_support import SNAPSTART, Counter, assert_restored, publish, snapshot_dirs, wait_for
+
+APP = """
+import hashlib, os, urllib.request
+
+# 24 MiB built at init: lands in the snapshot's page images
+BLOCK = bytearray(hashlib.sha256(str(i).encode()).digest()[i % 32] for i in range(4096)) * (6 * 1024)
+
+
+def image_mappings():
+    total = 0
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and os.path.basename(fields[5]).startswith("pages-") and fields[5].endswith(".img"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            total += end - start
+    return total
+
+
+def handler(event, context):
+    before = hashlib.sha256(BLOCK).hexdigest()
+    if event.get("write"):
+        BLOCK[::4096] = b"\\xff" * len(BLOCK[::4096])  # one byte in every page: each page is copied
+        urllib.request.urlopen(event["written_url"], timeout=5).read()  # tell the test: written
+        urllib.request.urlopen(event["release_url"], timeout=30).read()  # wait until it looked elsewhere
+    return {"stream": context.log_stream_name, "before": before, "after": hashlib.sha256(BLOCK).hexdigest(),
+            "mapped_from_images": image_mappings()}
+"""
+BLOCK_DIGEST = hashlib.sha256(
+    bytearray(hashlib.sha256(str(i).encode()).digest()[i % 32] for i in range(4096)) * (6 * 1024)
+).hexdigest()
+
+
+class Gate(Counter):
+    """A `Counter` whose /release path answers only once `open()` was called."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        super().__init__()
+        handler_class = self.httpd.RequestHandlerClass
+        gate = self
+
+        class Handler(handler_class):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                if self.path == "/release":
+                    gate.opened.wait(60)
+                super().do_GET()
+
+        self.httpd.RequestHandlerClass = Handler
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+def images_digest(cache_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(cache_dir.glob("pages-*.img")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def copy_server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    require_root()
+    yield from run_server(processes, tmp_path_factory.mktemp("copy"), ["--keep-alive", "60", "--restore-memory", "copy"])
+
+
+def writer_and_reader(lam, server: ServerHandle, name: str) -> tuple[dict, dict, str, str]:  # type: ignore[no-untyped-def]
+    """Environment A writes to init's memory and holds; meanwhile B is restored and reads.
+    Returns (A's body, B's body, image digest before, image digest after)."""
+    create(lam, name, {"app.py": APP}, MemorySize=512, Timeout=60, SnapStart=SNAPSTART)
+    publish(lam, name)
+    (cache,) = snapshot_dirs(server, name, "1")[1]
+    images_before = images_digest(cache)
+    gate = Gate()
+    try:
+        event = {"write": True, "written_url": f"{gate.url}/written", "release_url": f"{gate.url}/release"}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            writing = pool.submit(invoke_json, lam, name, event, Qualifier="1", LogType="Tail")
+            wait_for(lambda: gate.count("/written"), 60, "environment A to write to its memory")
+            result, reader = invoke_json(lam, name, {}, Qualifier="1", LogType="Tail")  # A is busy: B restores
+            assert_restored(result["LogResult"])
+            gate.open()
+            result, writer = writing.result(timeout=60)
+        assert_restored(result["LogResult"])
+    finally:
+        gate.open()  # never leave environment A waiting
+        gate.close()
+    return writer, reader, images_before, images_digest(cache)
+
+
+def test_restores_map_the_page_images_and_writes_stay_private(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    status = engine.probe()
+    if not status.maps_pages:
+        pytest.fail(f"CRIU lacks snapfaas's map-pages patch ({status.describe()}): run scripts/install-system-deps.sh")
+    writer, reader, images_before, images_after = writer_and_reader(lam, server, "mem-map")
+    assert writer["stream"] != reader["stream"]
+    assert writer["before"] == reader["before"] == BLOCK_DIGEST  # init's memory came back intact
+    assert writer["after"] != BLOCK_DIGEST  # A's writes are A's ...
+    assert reader["after"] == BLOCK_DIGEST  # ... B, restored after them, does not see them
+    assert images_after == images_before  # and they never reached the image files
+    assert reader["mapped_from_images"] >= 24 << 20, reader  # the 24 MiB block is mapped, not copied
+
+
+def test_copy_mode_restores_the_same_memory_by_copying(copy_server: ServerHandle) -> None:
+    lam = copy_server.client()
+    writer, reader, images_before, images_after = writer_and_reader(lam, copy_server, "mem-copy")
+    assert writer["before"] == reader["before"] == BLOCK_DIGEST
+    assert writer["after"] != BLOCK_DIGEST and reader["after"] == BLOCK_DIGEST
+    assert images_after == images_before
+    assert reader["mapped_from_images"] == 0 and writer["mapped_from_images"] == 0

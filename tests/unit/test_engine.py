@@ -1,0 +1,27 @@
+"""The CRIU engine's pure decisions: what `criu --version` says, and the restore environment."""
+
+from __future__ import annotations
+
+from snapfaas.snapshot import engine
+
+PATCHED = "Version: 4.1.1\nPatches: snapfaas map-pages-copy-on-write tmpfs-without-gzip sha:a94ec56763ee\n"
+
+
+def test_parse_version_reads_the_version_and_the_patch_names() -> None:
+    assert engine.parse_version(PATCHED) == ("4.1.1", ("map-pages-copy-on-write", "tmpfs-without-gzip"))
+
+
+def test_parse_version_of_a_stock_criu_has_no_patches() -> None:
+    assert engine.parse_version("Version: 4.1.1\nGitID: v4.1.1\n") == ("4.1.1", ())
+    assert engine.parse_version("criu: command not found") == (None, ())
+
+
+def test_restore_environ_asks_for_mapping_only_when_wanted_and_supported() -> None:
+    patched = engine.CriuStatus(True, "/usr/local/sbin/criu", "4.1.1", None, engine.parse_version(PATCHED)[1])
+    stock = engine.CriuStatus(True, "/usr/sbin/criu", "4.1.1")
+    assert patched.maps_pages and not stock.maps_pages
+    assert engine.restore_environ(patched, "map") == {"CRIU_MAP_PAGES": "1"}
+    assert engine.restore_environ(patched, "copy") == {}
+    assert engine.restore_environ(stock, "map") == {}
+    assert "patches: map-pages-copy-on-write" in patched.describe()
+    assert "no snapfaas patches" in stock.describe()

@@ -22,7 +22,7 @@ import pytest
 from botocore.config import Config
 
 from snapfaas.bench.harness import zip_files
-from snapfaas.config import snapshot_cache_for
+from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +157,7 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterat
             assert handle.runc_containers() == [], "containers survived server shutdown"
     finally:
         remove_tree(sandbox)
+        remove_tree(bundles_for(sandbox))
         shutil.rmtree(snapshot_cache_for(sandbox), ignore_errors=True)  # snapshot RAM cache
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from snapfaas.config import bundles_for
 from tests.conftest import ServerHandle, create, invoke_json
 from tests.e2e.snapstart_support import (
     SNAPSTART, assert_restored, assert_warm, cache_root, containers_of, function_log, publish, snapshot_dirs, wait_for, wait_state,
@@ -91,7 +92,7 @@ def corrupt_and_invoke(lam, server: ServerHandle, name: str, damage) -> str:  # 
     # whatever environment the restore started is gone: container, bundle and mounts
     restored = {env for v, env, m in function_log(server, name) if v == "1" and m.startswith("RESTORE_START")}
     assert containers_of(server, restored) == []
-    bundles = Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1]) / "bundles"
+    bundles = bundles_for(Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1]))
     mounts = Path("/proc/self/mountinfo").read_text()
     for env in restored:
         assert not (bundles / env).exists() and str(bundles / env) not in mounts

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from snapfaas.config import bundles_for
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 
 SLEEPER = """
@@ -115,7 +116,7 @@ def assert_nothing_left(server: ServerHandle, containers: list[str]) -> None:
     assert server.runc_containers() == []
     assert cgroups_of(containers) == [], "environment cgroups survived"
     sandbox = Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1])
-    assert list((sandbox / "bundles").iterdir()) == [], "bundles survived shutdown"
+    assert list(bundles_for(sandbox).iterdir()) == [], "bundles survived shutdown"
 
 
 def cgroups_of(containers: list[str]) -> list[Path]:

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from snapfaas.config import snapshot_cache_for
+from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.client import Connection
 from snapfaas.sandbox.mounts import remove_tree
 
@@ -78,6 +78,7 @@ class PrivateServer:
                 self.proc.kill()
                 self.proc.wait()
         remove_tree(self.sandbox)
+        remove_tree(bundles_for(self.sandbox))
         shutil.rmtree(snapshot_cache_for(self.sandbox), ignore_errors=True)  # snapshot RAM cache
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapfaas.config import snapshot_cache_for
+from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.bench.floor import restore_floor
 from snapfaas.bench.harness import PrivateServer
 from snapfaas.snapshot import engine
@@ -120,7 +120,7 @@ class Bench:
         """Engine floor on the same image, borrowing a live restored environment's bundle."""
         self.invoke(name, "1")
         bundle = next(
-            b for b in (self.server.sandbox / "bundles").iterdir()
+            b for b in bundles_for(self.server.sandbox).iterdir()
             if (b / "config.json").exists() and (b / "rootfs").exists()
             and f"AWS_LAMBDA_FUNCTION_NAME={name}" in (b / "config.json").read_text()
         )

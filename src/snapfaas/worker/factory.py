@@ -70,7 +70,7 @@ class EnvironmentFactory:
         self.interpreters = interpreters
         self.logs = logs
         self.rootfs = config.sandbox_dir / "rootfs"
-        self.bundles = config.sandbox_dir / "bundles"
+        self.bundles = config.bundles_dir
         self.runtime_mount = config.sandbox_dir / "runtime"
         self._sources: dict[str, dict[str, str]] = {}
         self._prepare_lock = threading.Lock()
@@ -82,8 +82,11 @@ class EnvironmentFactory:
         """Drop bundles a crashed daemon left behind. Contract: created after
         `Runc.reap_leftovers`, so no container uses any of them."""
         unmount_below(self.config.sandbox_dir)  # binds leaked by a restore that died half-way
+        unmount_below(self.bundles)
         remove_tree(self.bundles)
         self.bundles.mkdir(parents=True)
+        for directory in (self.bundles.parent, self.bundles):  # the mapped root walks to each rootfs
+            os.chmod(directory, 0o711)
 
     def _install_runtime(self) -> None:
         """Copy the runtime package to ``<sandbox-dir>/runtime/snapfaas_runtime`` (world-readable)."""

@@ -128,3 +128,31 @@ def test_copy_mode_restores_the_same_memory_by_copying(copy_server: ServerHandle
     assert writer["after"] != BLOCK_DIGEST and reader["after"] == BLOCK_DIGEST
     assert images_after == images_before
     assert reader["mapped_from_images"] == 0 and writer["mapped_from_images"] == 0
+
+
+MOUNTS_APP = """
+import os, stat
+
+
+def handler(event, context):
+    st = os.stat("/tmp")
+    with open("/tmp/probe", "w") as f:
+        f.write("ok")
+    return {"mode": oct(stat.S_IMODE(st.st_mode)), "uid": st.st_uid, "gid": st.st_gid, "me": os.getuid(),
+            "tmp": sorted(os.listdir("/tmp")), "acpi": sorted(os.listdir("/proc/acpi")) if os.path.isdir("/proc/acpi") else None,
+            "dev": sorted(n for n in os.listdir("/dev") if n in ("null", "zero", "urandom", "fd", "stdout"))}
+"""
+
+
+def test_restored_tmpfs_mounts_keep_their_attributes(lam) -> None:  # type: ignore[no-untyped-def]
+    """Init leaves /tmp empty and /proc/acpi is masked by an empty tmpfs: the patched CRIU
+    restores those without tar, applying the root's attributes itself; /dev (not empty)
+    goes through tar. Every one must come back as on-demand environments see it."""
+    create(lam, "mounts", {"app.py": MOUNTS_APP}, SnapStart=SNAPSTART)
+    _, on_demand = invoke_json(lam, "mounts", {})
+    publish(lam, "mounts")
+    result, restored = invoke_json(lam, "mounts", {}, Qualifier="1", LogType="Tail")
+    assert_restored(result["LogResult"])
+    assert restored == on_demand, (restored, on_demand)
+    assert restored["uid"] == restored["me"] == 1000, restored  # the function owns its /tmp
+    assert restored["tmp"] == ["probe"] and restored["dev"] == ["fd", "null", "stdout", "urandom", "zero"], restored

@@ -134,25 +134,38 @@ MOUNTS_APP = """
 import os, stat
 
 
+def describe(top):
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out.append([path, oct(st.st_mode), st.st_uid, st.st_gid, os.readlink(path) if stat.S_ISLNK(st.st_mode) else None])
+    return out
+
+
 def handler(event, context):
     st = os.stat("/tmp")
     with open("/tmp/probe", "w") as f:
         f.write("ok")
-    return {"mode": oct(stat.S_IMODE(st.st_mode)), "uid": st.st_uid, "gid": st.st_gid, "me": os.getuid(),
-            "tmp": sorted(os.listdir("/tmp")), "acpi": sorted(os.listdir("/proc/acpi")) if os.path.isdir("/proc/acpi") else None,
-            "dev": sorted(n for n in os.listdir("/dev") if n in ("null", "zero", "urandom", "fd", "stdout"))}
+    return {"tmp_root": [oct(st.st_mode), st.st_uid, st.st_gid], "me": os.getuid(), "tmp": sorted(os.listdir("/tmp")),
+            "acpi": sorted(os.listdir("/proc/acpi")) if os.path.isdir("/proc/acpi") else None,
+            "dev": describe("/dev"), "dev_root": oct(os.stat("/dev").st_mode)}
 """
 
 
 def test_restored_tmpfs_mounts_keep_their_attributes(lam) -> None:  # type: ignore[no-untyped-def]
-    """Init leaves /tmp empty and /proc/acpi is masked by an empty tmpfs: the patched CRIU
-    restores those without tar, applying the root's attributes itself; /dev (not empty)
-    goes through tar. Every one must come back as on-demand environments see it."""
+    """Init leaves /tmp empty, /proc/acpi is masked by an empty tmpfs and runc's /dev holds
+    directories, symlinks and empty files: the patched CRIU re-creates all three in-process
+    instead of running tar. Each must come back exactly as an on-demand environment sees it."""
     create(lam, "mounts", {"app.py": MOUNTS_APP}, SnapStart=SNAPSTART)
     _, on_demand = invoke_json(lam, "mounts", {})
     publish(lam, "mounts")
     result, restored = invoke_json(lam, "mounts", {}, Qualifier="1", LogType="Tail")
     assert_restored(result["LogResult"])
     assert restored == on_demand, (restored, on_demand)
-    assert restored["uid"] == restored["me"] == 1000, restored  # the function owns its /tmp
-    assert restored["tmp"] == ["probe"] and restored["dev"] == ["fd", "null", "stdout", "urandom", "zero"], restored
+    assert restored["tmp_root"][1] == restored["me"] == 1000, restored  # the function owns its /tmp
+    assert restored["tmp"] == ["probe"], restored
+    names = {entry[0]: entry for entry in restored["dev"]}
+    assert {"/dev/null", "/dev/zero", "/dev/urandom", "/dev/fd", "/dev/stdout"} <= names.keys(), names
+    assert names["/dev/fd"][4] == "/proc/self/fd", names["/dev/fd"]

@@ -443,7 +443,7 @@ verify() {
             echo "${PROG}: ${c}: version ${v}; '${c} check' says:" >&2
             "${c}" check 2>&1 | sed 's/^/    /' >&2 || true
         done
-        die "no criu >= ${CRIU_MIN_MAJOR}.${CRIU_MIN_MINOR} whose 'criu check' says 'Looks good'"
+        die "no criu >= ${CRIU_MIN_MAJOR}.${CRIU_MIN_MINOR} built with the patch set '$(patch_set)' whose 'criu check' says 'Looks good'"
     fi
     log "runc ${RUNC_VERSION}; criu ${CRIU_FOUND_VERSION} at ${CRIU_FOUND_BIN}; criu check: Looks good"
     warn_if_path_criu_differs
@@ -473,7 +473,7 @@ main() {
             v="$(criu_version_of "${c}" || echo '?')"
             log "criu at ${c}: version ${v}, check $(criu_check_ok "${c}" && echo ok || echo FAILED)"
         done
-        log "missing or not working: need runc and criu >= ${CRIU_MIN_MAJOR}.${CRIU_MIN_MINOR} passing 'criu check'"
+        log "missing or not working: need runc and criu >= ${CRIU_MIN_MAJOR}.${CRIU_MIN_MINOR} built with the patch set '$(patch_set)' passing 'criu check'"
         exit 1
     fi
 

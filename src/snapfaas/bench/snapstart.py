@@ -9,8 +9,8 @@ to reclaim the environment, so each sample is the first invoke of a new environm
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import statistics
@@ -22,6 +22,7 @@ from typing import Any
 from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.bench.floor import restore_floor
 from snapfaas.bench.harness import PrivateServer
+from snapfaas.client import Connection
 from snapfaas.snapshot import engine
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
@@ -44,6 +45,33 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def timed_invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
+    """One synchronous invoke: (e2e ms, the REPORT line's duration fields)."""
+    kwargs: dict[str, Any] = {"FunctionName": name, "Payload": b"{}", "LogType": "Tail"}
+    if qualifier:
+        kwargs["Qualifier"] = qualifier
+    started = time.perf_counter()
+    response = client.invoke(**kwargs)
+    response["Payload"].read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.get("FunctionError"):
+        raise RuntimeError(f"{name}:{qualifier} failed: {base64.b64decode(response['LogResult']).decode()[-800:]}")
+    report = next(l for l in base64.b64decode(response["LogResult"]).decode().splitlines() if l.startswith("REPORT"))
+    return elapsed, {k: float(v) for k, v in FIELD.findall(report)}
+
+
+_CALLER_CLIENT: Any = None  # in each burst caller process: its own boto3 client
+
+
+def _caller_start(connection: Connection) -> None:
+    global _CALLER_CLIENT
+    _CALLER_CLIENT = connection.lambda_client()
+
+
+def _caller_invoke(target: tuple[str, str]) -> tuple[float, dict[str, float]]:
+    return timed_invoke(_CALLER_CLIENT, *target)
+
+
 class Bench:
     def __init__(self, server: PrivateServer, say: Callable[[str], None], cold_cache: bool = False) -> None:
         """`cold_cache`: drop the page cache before every cold-start and restore sample."""
@@ -51,23 +79,19 @@ class Bench:
         self.client = server.client()
         self.say = say
         self.cold_cache = cold_cache
+        self._callers: Any = None  # a process pool, made on the first burst
+
+    def close(self) -> None:
+        if self._callers is not None:
+            self._callers.terminate()
+            self._callers.join()
 
     def _prepare_sample(self) -> None:
         if self.cold_cache:
             drop_page_cache()
 
     def invoke(self, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
-        kwargs: dict[str, Any] = {"FunctionName": name, "Payload": b"{}", "LogType": "Tail"}
-        if qualifier:
-            kwargs["Qualifier"] = qualifier
-        started = time.perf_counter()
-        response = self.client.invoke(**kwargs)
-        response["Payload"].read()
-        elapsed = (time.perf_counter() - started) * 1000
-        if response.get("FunctionError"):
-            raise RuntimeError(f"{name}:{qualifier} failed: {base64.b64decode(response['LogResult']).decode()[-800:]}")
-        report = next(l for l in base64.b64decode(response["LogResult"]).decode().splitlines() if l.startswith("REPORT"))
-        return elapsed, {k: float(v) for k, v in FIELD.findall(report)}
+        return timed_invoke(self.client, name, qualifier)
 
     def containers(self) -> int:
         """Live containers: runc keeps one state directory per container (no `runc list`, which
@@ -108,10 +132,15 @@ class Bench:
         return e2e, restore, warm
 
     def burst(self, name: str, size: int) -> tuple[list[float], list[float]]:
-        """`size` concurrent first invokes of new environments: (e2e ms, Restore Duration ms)."""
+        """`size` concurrent first invokes of new environments: (e2e ms, Restore Duration ms).
+
+        The invokes come from `size` caller processes, each with its own boto3 client (started
+        once, before the first burst), as `size` independent callers would send them: threads
+        of one process would queue on its GIL to sign requests and parse responses."""
+        if self._callers is None:
+            self._callers = multiprocessing.get_context("fork").Pool(size, _caller_start, (self.server.connection,))
         self.wait_idle()
-        with concurrent.futures.ThreadPoolExecutor(size) as pool:
-            results = list(pool.map(lambda _: self.invoke(name, "1"), range(size)))
+        results = self._callers.map(_caller_invoke, [(name, "1")] * size, chunksize=1)
         if any("Restore Duration" not in r[1] for r in results):
             raise RuntimeError(f"{name}:1 burst reused an environment: {[r[1] for r in results]}")
         return [r[0] for r in results], [r[1]["Restore Duration"] for r in results]
@@ -207,6 +236,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: i
             row["first_burst_p99_over_single"] = round(_p99(first_e2e) / row["restore_e2e_ms"]["median"], 2)
             results[name] = row
             bench.client.delete_function(FunctionName=name)
+        bench.close()
+        copy_bench.close()
     return {"benchmark": "snapstart", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "runs": runs, "burst": burst, "page_cache": "dropped before each sample" if cold_cache else "warm",
             "functions": results}

@@ -67,5 +67,7 @@ def run(console: Console, say: Callable[[str], None], runtime_python: Path) -> N
         cold, restore = rows[0][2], rows[2][2]
         say(f"SnapStart restore answered {cold / restore:.1f}x faster than the on-demand cold start "
             "(one sample each; `snapfaas bench` measures medians against the engine floor).")
+        say("A restored environment maps the snapshot's memory copy-on-write: its Max Memory counts "
+            "only the pages it has written; the rest stay shared with the snapshot and every other copy.")
     finally:
         server.__exit__(None, None, None)

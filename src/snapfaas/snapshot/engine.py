@@ -125,8 +125,8 @@ def prime_kernel_cache(binary: str, cache: Path = KERNDAT_CACHE) -> str:
     (so that it dies with the boot), and a `criu.kdat.tmp` left by a killed run blocks that
     forever. On hosts whose /run is not a tmpfs, the cache is made by `criu check` in a
     private mount namespace with a tmpfs on /run, then installed here; the daemon does this
-    at every start (so after a reboot, or a CRIU upgrade, it is re-made), and `forget_kernel_cache`
-    removes it at shutdown.
+    at every start, so after a reboot or a CRIU upgrade it is re-made. (Until then, other
+    CRIU users on such a host would read the previous boot's cache.)
     """
     stale = cache.with_name(cache.name + ".tmp")
     try:
@@ -144,13 +144,6 @@ def prime_kernel_cache(binary: str, cache: Path = KERNDAT_CACHE) -> str:
         return f"CRIU kernel-feature cache installed at {cache} ({cache.parent} is not a tmpfs)"
     except (OSError, subprocess.SubprocessError) as exc:
         return f"CRIU kernel-feature cache not made: {exc}"
-
-
-def forget_kernel_cache(cache: Path = KERNDAT_CACHE) -> None:
-    """Remove a cache `prime_kernel_cache` installed on a non-tmpfs /run (it must not outlive
-    the boot it describes)."""
-    if _fstype(cache.parent) != "tmpfs":
-        cache.unlink(missing_ok=True)
 
 
 def write_configs(directory: Path) -> tuple[Path, Path]:
@@ -187,9 +180,3 @@ async def checkpoint(runc_argv: list[str], container_id: str, image_dir: Path) -
         detail = criu_errors(image_dir / "dump.log")
         raise CheckpointFailed("runc checkpoint", f"{detail} ({stderr.decode(errors='replace').strip()[-200:]})")
     return loop.time() - started
-
-
-def restore_argv(runc_argv: list[str], container_id: str, image_dir: Path, bundle: Path) -> list[str]:
-    """Foreground `runc restore`: runc stays the parent, stdio pipes are re-attached to ours."""
-    return [*runc_argv, "restore", "--image-path", str(image_dir), "--work-path", str(bundle), "--bundle", str(bundle),
-            container_id]

@@ -98,6 +98,9 @@ def corrupt_and_invoke(lam, server: ServerHandle, name: str, damage) -> str:  # 
         assert not (bundles / env).exists() and str(bundles / env) not in mounts
     # a decryption failure stops before any container; a damaged cache fails in CRIU's restore
     assert len(restored) == (damage is truncate_cached)
+    # runc's own error messages (which name host paths) stay out of the function's log
+    for host_path in ("/var/lib/snapfaas", "/dev/shm/snapfaas", str(server.data_dir)):
+        assert not [m for v, env, m in function_log(server, name) if host_path in m], host_path
     return stored.name
 
 

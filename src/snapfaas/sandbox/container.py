@@ -83,6 +83,11 @@ class Container:
         return f"<Container {self.id} {state}>"
 
     @property
+    def runc_log(self) -> Path:
+        """runc's own log for this container (see `start`)."""
+        return self.bundle / "runc.log"
+
+    @property
     def stdin(self) -> asyncio.StreamWriter:
         assert self.process is not None and self.process.stdin is not None
         return self.process.stdin
@@ -114,10 +119,14 @@ class Container:
         """
         if self._killed:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: the container was already killed")
+        # runc's log messages go to a file in the bundle, not to the stderr it shares with the
+        # container: they name host paths, which do not belong in the function's log. (runc
+        # still prints a fatal error to stderr too; the worker holds a restore's stderr back.)
+        log = ("--log", str(self.runc_log))
         if restore_from is None:
-            argv = self.runc.argv("run", "--bundle", str(self.bundle), self.id)
+            argv = self.runc.argv(*log, "run", "--bundle", str(self.bundle), self.id)
         else:
-            argv = self.runc.argv("restore", "--image-path", str(restore_from), "--work-path", str(self.bundle),
+            argv = self.runc.argv(*log, "restore", "--image-path", str(restore_from), "--work-path", str(self.bundle),
                                   "--bundle", str(self.bundle), self.id)
         try:
             self.process = await asyncio.create_subprocess_exec(

@@ -117,6 +117,7 @@ class Environment:
         self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._marks: asyncio.Queue[str] = asyncio.Queue()
         self._capture: list[str] | None = None
+        self._held: list[str] | None = None  # stderr lines held back while a restore runs
         self._readers: list[asyncio.Task[None]] = []
         self._log_reader: asyncio.Task[None] | None = None
         self._stream_ended = False
@@ -144,6 +145,20 @@ class Environment:
 
     def begin_capture(self) -> None:
         self._capture = []
+
+    def hold_output(self) -> None:
+        """Hold back stderr lines instead of logging them, until `release_output`. A restoring
+        container's stderr is runc's too: until the runtime says it runs again, what arrives
+        there is runc's and CRIU's (host paths included), not the function's."""
+        self._held = []
+
+    def release_output(self, to_function_log: bool) -> list[str]:
+        """Stop holding; the held lines go to the function's log if `to_function_log`.
+        Returns them."""
+        lines, self._held = self._held or [], None
+        if to_function_log and lines:
+            self.log(*lines)
+        return lines
 
     def end_capture(self) -> list[str]:
         lines, self._capture = self._capture or [], None
@@ -187,6 +202,8 @@ class Environment:
             text = line.decode(errors="replace")
             if text.startswith(protocol.LOG_MARK):
                 await self._marks.put(text[len(protocol.LOG_MARK) :].strip())
+            elif self._held is not None:
+                self._held.append(text)
             else:
                 self.log(text)
 

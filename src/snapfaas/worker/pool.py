@@ -306,6 +306,12 @@ class Worker:
         the images is the snapshotted environment's)."""
         return {**self.credentials.environ(env.id), "AWS_LAMBDA_LOG_STREAM_NAME": env.stream}
 
+    @staticmethod
+    def _platform_output(env: Environment, lines: list[str]) -> None:
+        """What runc and CRIU printed for a restore that failed: for the operator, not the function."""
+        if lines:
+            logger.warning("environment %s: restore output: %s", env.id, " | ".join(l.strip() for l in lines)[-1000:])
+
     async def _restore(self, env: Environment) -> float:
         """Resume a snapshot: runc restore, fresh credentials, reseed + after-restore hooks.
 
@@ -322,10 +328,12 @@ class Worker:
             async with asyncio.timeout(RESTORE_TIMEOUT_S):
                 async with self._restore_slots:  # bound a huge burst: queued restores count against the timeout
                     slot = time.monotonic()
+                    env.hold_output()
                     await env.container.start(restore_from=env.restore_from, environ=self.snapshots.restore_environ)
                     env.start_readers()
                     await env.send("restore", json.dumps(updates).encode())
                     frame = await env.next_frame(None)  # "resumed": the process runs again
+                env.release_output(to_function_log=True)
                 resumed = time.monotonic()
                 if frame.kind == "resumed":  # hooks run outside the slot
                     frame = await env.next_frame(None)
@@ -335,10 +343,12 @@ class Worker:
                              "hooks %.1f ms, logs %.1f ms", env.id, (slot - started) * 1000, (resumed - slot) * 1000,
                              (ready - resumed) * 1000, (time.monotonic() - ready) * 1000)
         except TimeoutError as exc:
+            self._platform_output(env, env.release_output(to_function_log=False))
             env.log(f"RESTORE_REPORT Restore Duration: {RESTORE_TIMEOUT_S * 1000:.2f} ms\tStatus: timeout\n")
             raise SnapStartTimeout("Lambda couldn't restore the snapshot within the timeout limit (10 seconds).") from exc
         except EnvironmentDied as died:
             detail = criu_errors(env.container.bundle / "restore.log")
+            self._platform_output(env, env.release_output(to_function_log=False))
             env.log(f"RESTORE_REPORT Status: error\t{died.describe()}: {detail}\n")
             self.snapshots.broken(env.version, detail)
             raise SnapStartNotReady(

@@ -4,7 +4,6 @@ version, plus warm invokes of both."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -15,23 +14,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from snapfaas.bench.harness import PrivateServer
+from snapfaas.bench.harness import PrivateServer, timed_invoke
 
 FUNCTION = Path(__file__).resolve().parent / "bench" / "functions" / "torch_mlp"
 FIELD_RE = re.compile(r"(Init Duration|Restore Duration|Duration|Max Memory Used): ([0-9.]+ (?:ms|MB))")
 
 
 def _invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float, dict[str, str]]:
-    kwargs: dict[str, Any] = {"FunctionName": name, "Payload": json.dumps({"x": [0.1] * 64}).encode(), "LogType": "Tail"}
-    if qualifier:
-        kwargs["Qualifier"] = qualifier
-    started = time.perf_counter()
-    response = client.invoke(**kwargs)
-    response["Payload"].read()
-    elapsed = (time.perf_counter() - started) * 1000
-    log = base64.b64decode(response.get("LogResult", "")).decode(errors="replace")
-    report = next((line for line in log.splitlines() if line.startswith("REPORT")), "")
-    return elapsed, dict(FIELD_RE.findall(report))
+    result = timed_invoke(client, name, qualifier, json.dumps({"x": [0.1] * 64}).encode())
+    return result.elapsed_ms, dict(FIELD_RE.findall(result.report))
 
 
 def run(console: Console, say: Callable[[str], None], runtime_python: Path) -> None:

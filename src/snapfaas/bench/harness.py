@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import io
 import os
 import secrets
@@ -22,6 +24,28 @@ from snapfaas.client import Connection
 from snapfaas.sandbox.mounts import remove_tree
 
 ROLE = "arn:aws:iam::000000000000:role/snapfaas"
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedInvoke:
+    elapsed_ms: float  # end to end, as the client saw it
+    report: str  # the REPORT line of the log tail ("" if none)
+    log: str  # the whole log tail
+    function_error: str | None  # X-Amz-Function-Error, if the function failed
+
+
+def timed_invoke(client: Any, name: str, qualifier: str | None = None, payload: bytes = b"{}") -> TimedInvoke:
+    """One synchronous invoke with `LogType: Tail`, timed around the whole boto3 call."""
+    kwargs: dict[str, Any] = {"FunctionName": name, "Payload": payload, "LogType": "Tail"}
+    if qualifier:
+        kwargs["Qualifier"] = qualifier
+    started = time.perf_counter()
+    response = client.invoke(**kwargs)
+    response["Payload"].read()
+    elapsed = (time.perf_counter() - started) * 1000
+    log = base64.b64decode(response.get("LogResult", "")).decode(errors="replace")
+    report = next((line for line in log.splitlines() if line.startswith("REPORT")), "")
+    return TimedInvoke(elapsed, report, log, response.get("FunctionError"))
 
 
 def zip_files(files: dict[str, str]) -> bytes:

@@ -8,7 +8,6 @@ to reclaim the environment, so each sample is the first invoke of a new environm
 
 from __future__ import annotations
 
-import base64
 import json
 import multiprocessing
 import os
@@ -21,7 +20,7 @@ from typing import Any
 
 from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.bench.floor import restore_floor
-from snapfaas.bench.harness import PrivateServer
+from snapfaas.bench.harness import PrivateServer, timed_invoke
 from snapfaas.client import Connection
 from snapfaas.snapshot import engine
 
@@ -45,19 +44,12 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def timed_invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
-    """One synchronous invoke: (e2e ms, the REPORT line's duration fields)."""
-    kwargs: dict[str, Any] = {"FunctionName": name, "Payload": b"{}", "LogType": "Tail"}
-    if qualifier:
-        kwargs["Qualifier"] = qualifier
-    started = time.perf_counter()
-    response = client.invoke(**kwargs)
-    response["Payload"].read()
-    elapsed = (time.perf_counter() - started) * 1000
-    if response.get("FunctionError"):
-        raise RuntimeError(f"{name}:{qualifier} failed: {base64.b64decode(response['LogResult']).decode()[-800:]}")
-    report = next(l for l in base64.b64decode(response["LogResult"]).decode().splitlines() if l.startswith("REPORT"))
-    return elapsed, {k: float(v) for k, v in FIELD.findall(report)}
+def measured_invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
+    """One synchronous invoke: (e2e ms, the REPORT line's duration fields); a failed invoke raises."""
+    result = timed_invoke(client, name, qualifier)
+    if result.function_error:
+        raise RuntimeError(f"{name}:{qualifier} failed: {result.log[-800:]}")
+    return result.elapsed_ms, {k: float(v) for k, v in FIELD.findall(result.report)}
 
 
 _CALLER_CLIENT: Any = None  # in each burst caller process: its own boto3 client
@@ -69,7 +61,7 @@ def _caller_start(connection: Connection) -> None:
 
 
 def _caller_invoke(target: tuple[str, str]) -> tuple[float, dict[str, float]]:
-    return timed_invoke(_CALLER_CLIENT, *target)
+    return measured_invoke(_CALLER_CLIENT, *target)
 
 
 class Bench:
@@ -91,7 +83,7 @@ class Bench:
             drop_page_cache()
 
     def invoke(self, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
-        return timed_invoke(self.client, name, qualifier)
+        return measured_invoke(self.client, name, qualifier)
 
     def containers(self) -> int:
         """Live containers: runc keeps one state directory per container (no `runc list`, which

@@ -138,7 +138,7 @@ class Server:
         vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
                               image_owner=0, image_group=cfg.host_id_base)
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
-                                  restore_environ=engine.restore_environ(status, cfg.restore_memory))
+                                  restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s
         return manager
 

@@ -17,7 +17,9 @@ import pytest
 
 from snapfaas.snapshot import engine
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
-from tests.e2e.snapstart_support import SNAPSTART, Counter, assert_restored, publish, snapshot_dirs, wait_for
+from tests.e2e.snapstart_support import (
+    SNAPSTART, Counter, assert_restored, function_log, publish, snapshot_dirs, wait_for,
+)
 
 APP = """
 import hashlib, os, urllib.request
@@ -169,3 +171,26 @@ def test_restored_tmpfs_mounts_keep_their_attributes(lam) -> None:  # type: igno
     names = {entry[0]: entry for entry in restored["dev"]}
     assert {"/dev/null", "/dev/zero", "/dev/urandom", "/dev/fd", "/dev/stdout"} <= names.keys(), names
     assert names["/dev/fd"][4] == "/proc/self/fd", names["/dev/fd"]
+
+
+JEMALLOC_APP = APP.replace("def image_mappings():", """import mmap
+# stands for a wheel with jemalloc inside (pyarrow's libarrow): a mapped file carrying its marker
+_LIB = open(os.path.join(os.path.dirname(__file__), "libfake_jemalloc.so"), "rb")
+LIBRARY = mmap.mmap(_LIB.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def image_mappings():""")
+
+
+def test_a_snapshot_mapping_jemalloc_restores_by_copying(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    """jemalloc trusts MADV_DONTNEED to zero memory, which pages mapped from a snapshot do not
+    do: a snapshot whose processes map a jemalloc build restores by copying, and says why."""
+    library = b"\0" * 4096 + b"<jemalloc>: Invalid conf pair" + b"\0" * 4096
+    create(lam, "mem-jemalloc", {"app.py": JEMALLOC_APP, "libfake_jemalloc.so": library.decode("latin-1")},
+           MemorySize=512, SnapStart=SNAPSTART)
+    publish(lam, "mem-jemalloc")
+    warnings = [m for v, env, m in function_log(server, "mem-jemalloc") if "restores of this version copy memory" in m]
+    assert len(warnings) == 1 and "jemalloc in /var/task/libfake_jemalloc.so" in warnings[0], warnings
+    result, body = invoke_json(lam, "mem-jemalloc", {}, Qualifier="1", LogType="Tail")
+    assert_restored(result["LogResult"])
+    assert body["before"] == BLOCK_DIGEST and body["mapped_from_images"] == 0, body

@@ -145,6 +145,14 @@ class Container:
             await self._terminate()
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: killed while starting")
 
+    def init_pid(self) -> int | None:
+        """The host pid of the container's first process (from `runc state`), or None."""
+        out = subprocess.run(self.runc.argv("state", self.id), capture_output=True, text=True)
+        try:
+            return int(json.loads(out.stdout)["pid"]) if out.returncode == 0 else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
     async def wait(self) -> int:
         assert self.process is not None
         return await self.process.wait()

@@ -26,9 +26,9 @@ from pathlib import Path
 from snapfaas.errors import NotFound, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
-from snapfaas.snapshot import engine
+from snapfaas.snapshot import engine, memory
 from snapfaas.snapshot.vault import SnapshotCorrupt, SnapshotVault
-from snapfaas.worker.environment import EnvironmentDied, decode_error
+from snapfaas.worker.environment import Environment, EnvironmentDied, decode_error
 from snapfaas.worker.factory import EnvironmentFactory
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,11 @@ class SnapshotManager:
         environ_for: Callable[[str], dict[str, str]],
         revoke: Callable[[str], None],
         clock: Callable[[], float] = time.time,
-        restore_environ: Mapping[str, str] | None = None,
+        restore_memory: str = "copy",
     ) -> None:
         """`environ_for(env_id)` gives an environment its credentials variables; `revoke`
-        withdraws them when the environment is gone. `restore_environ` is added to the
-        environment of every `runc restore` (see `engine.restore_environ`)."""
+        withdraws them when the environment is gone. `restore_memory` ("map" / "copy") is the
+        server's setting; each snapshot records the mode its restores use (`memory.choose`)."""
         self.registry = registry
         self.factory = factory
         self.vault = vault
@@ -69,7 +69,9 @@ class SnapshotManager:
         self.environ_for = environ_for
         self.revoke = revoke
         self.clock = clock
-        self.restore_environ: Mapping[str, str] = dict(restore_environ or {})
+        self.restore_memory = restore_memory
+        self._memory_modes: dict[str, str] = {}  # snapshot id -> "map" / "copy"
+        self._scanned: dict[memory.FileKey, str | None] = {}  # mapped files already searched for jemalloc
         self.scanner: Callable[[FunctionVersion], Awaitable[list[str]]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating: set[tuple[str, str]] = set()
@@ -145,6 +147,9 @@ class SnapshotManager:
             for peer in frame.header.get("closed") or []:
                 env.log(f"WARNING SnapStart: the TCP connection to {peer} opened during init is closed in restored environments; clients must reconnect\n")
             env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: success\n")
+            decision = await self._memory_decision(env)
+            if decision.reason:
+                env.log(f"WARNING SnapStart: restores of this version copy memory: {decision.reason}\n")
             snapshot_id = f"{version.name}-{version.version}-{secrets.token_hex(6)}"
             work = self.vault.work_dir(snapshot_id)
             try:
@@ -155,8 +160,10 @@ class SnapshotManager:
             manifest = await asyncio.to_thread(
                 self.vault.seal, snapshot_id, work,
                 {"function": version.name, "function_version": version.version, "runtime": version.runtime,
-                 "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2)},
+                 "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2),
+                 "restore_memory": decision.mode},
             )
+            self._memory_modes[snapshot_id] = decision.mode
             size = sum(f["size"] for f in manifest["files"])
             env.log(f"SNAPSHOT_REPORT Snapshot: {snapshot_id}\tSize: {size / 1e6:.1f} MB\tCheckpoint Duration: {dump_s * 1000:.2f} ms\n")
         finally:
@@ -171,6 +178,27 @@ class SnapshotManager:
         if not self._set(version, activate):
             self.vault.delete(snapshot_id)  # the version was deleted while we worked
         return None
+
+    async def _memory_decision(self, env: Environment) -> memory.MemoryDecision:
+        """How restores of the snapshot about to be taken of `env` bring memory back."""
+        finding = None
+        if self.restore_memory == "map" and self.status.maps_pages:
+            pid = await asyncio.to_thread(env.container.init_pid)
+            if pid is not None:
+                pids = memory.container_pids(pid)
+                finding = await asyncio.to_thread(memory.find_zero_assuming_allocator, pids, self._scanned)
+        return memory.choose(self.restore_memory, self.status.maps_pages, finding)
+
+    def restore_environ(self, version: FunctionVersion) -> Mapping[str, str]:
+        """What `runc restore` of the version's snapshot adds to its environment (CRIU's
+        memory mode, as recorded when the snapshot was taken; "copy" if it was not)."""
+        snapshot_id = version.snapshot_id or ""
+        if snapshot_id not in self._memory_modes:
+            try:
+                self._memory_modes[snapshot_id] = str(self.vault.manifest(snapshot_id).get("restore_memory", "copy"))
+            except SnapshotCorrupt:
+                self._memory_modes[snapshot_id] = "copy"
+        return engine.restore_environ(self.status, self._memory_modes[snapshot_id])
 
     def _set(self, version: FunctionVersion, change: Callable[[FunctionVersion], None]) -> bool:
         try:

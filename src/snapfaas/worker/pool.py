@@ -329,7 +329,8 @@ class Worker:
                 async with self._restore_slots:  # bound a huge burst: queued restores count against the timeout
                     slot = time.monotonic()
                     env.hold_output()
-                    await env.container.start(restore_from=env.restore_from, environ=self.snapshots.restore_environ(env.version))
+                    criu_environ = self.snapshots.restore_environ(env.version)
+                    await env.container.start(restore_from=env.restore_from, environ=criu_environ)
                     env.start_readers()
                     await env.send("restore", json.dumps(updates).encode())
                     frame = await env.next_frame(None)  # "resumed": the process runs again

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from snapfaas.sandbox.container import RUNC_ENVIRON
+from snapfaas.sandbox.container import runc_environ
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.spec import BASE_DIRS, MERGED_USR_LINKS
 
@@ -43,7 +43,7 @@ def _skeleton(rootfs: Path, template: Path) -> None:
 def restore_floor(bundle_config: Path, images: Path, scratch: Path, runs: int,
                   environ: Mapping[str, str] | None = None) -> list[float]:
     """Time `runc restore --detach` of `images` `runs` times; milliseconds per run. runc runs
-    with the platform's `RUNC_ENVIRON` plus `environ` (CRIU's options), as the platform's do."""
+    with `runc_environ(environ)` (`environ`: CRIU's options), as the platform's restores do."""
     config = json.loads(bundle_config.read_text())
     template = Path(config["root"]["path"])
     state = scratch / "runc-state"
@@ -69,7 +69,7 @@ def restore_floor(bundle_config: Path, images: Path, scratch: Path, runs: int,
             runc = subprocess.Popen(
                 ["runc", "--root", str(state), "restore", "--detach", "--image-path", str(images),
                  "--work-path", str(bundle), "--bundle", str(bundle), cid],
-                stdin=r_in, stdout=w_out, stderr=w_err, umask=0o022, env={**os.environ, **RUNC_ENVIRON, **(environ or {})},
+                stdin=r_in, stdout=w_out, stderr=w_err, umask=0o022, env=runc_environ(environ),
             )
             # A watchdog, not `wait(timeout=...)`: Popen polls with sleeps of up to 50 ms when
             # given a timeout, which would add up to 50 ms to what is measured here.

@@ -150,7 +150,8 @@ class Bench:
             if json.loads(m.read_text()).get("function") == name
         )
         images = snapshot_cache_for(self.server.sandbox) / manifest.parent.name
-        environ = engine.restore_environ(engine.probe(), "map")  # the platform's own restore mode
+        mode = json.loads(manifest.read_text()).get("restore_memory", "copy")  # as the platform restores it
+        environ = engine.restore_environ(engine.probe(), mode)
         return restore_floor(bundle / "config.json", images, self.server.sandbox / "floor", runs, environ)
 
 

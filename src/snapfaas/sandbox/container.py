@@ -35,6 +35,12 @@ CONTAINER_PREFIX = "sf-"  # container id = prefix + environment id
 RUNC_ENVIRON = {"GOMAXPROCS": "1"}
 
 
+def runc_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every runc run or restore gets: ours, `RUNC_ENVIRON`, then `extra`
+    (runc passes it on to CRIU)."""
+    return {**os.environ, **RUNC_ENVIRON, **(extra or {})}
+
+
 class Runc:
     """The runc binary with its own state directory (`--root`), shared by all containers, and
     the daemon's cgroup subtree (`cgroup`) every environment cgroup lives in."""
@@ -109,8 +115,8 @@ class Container:
 
     async def start(self, restore_from: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
         """Launch `runc run` (or `runc restore` from the images in `restore_from`) in the
-        foreground with piped stdio; returns once runc is spawned. `RUNC_ENVIRON` and
-        `environ` are added to runc's environment (which runc passes on to CRIU).
+        foreground with piped stdio; returns once runc is spawned. runc's environment is
+        `runc_environ(environ)`.
 
         A restored container gets our pipes as its stdio: runc re-attaches the pipes recorded
         at checkpoint to the restorer's own stdio. Raises `ServiceError` if `kill` ran before
@@ -137,7 +143,7 @@ class Container:
                 limit=STREAM_LIMIT,
                 start_new_session=True,
                 umask=RUNC_UMASK,
-                env={**os.environ, **RUNC_ENVIRON, **(environ or {})},
+                env=runc_environ(environ),
             )
         except OSError as exc:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc

@@ -17,16 +17,37 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
+def _mount_table() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount in this mount namespace, in order."""
+    table = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            # optional fields end with "-"; the filesystem type follows it
+            table.append((_unescape(fields[4]), fields[fields.index("-", 6) + 1]))
+    return table
+
+
 def mounts_below(path: Path) -> list[str]:
     """Mount points strictly below `path` in this mount namespace, deepest first."""
     root = str(path.resolve()).rstrip("/") + "/"
-    points = []
-    with open("/proc/self/mountinfo") as table:
-        for line in table:
-            point = _unescape(line.split()[4])
-            if point.startswith(root):
-                points.append(point)
-    return sorted(set(points), key=len, reverse=True)
+    points = {point for point, _ in _mount_table() if point.startswith(root)}
+    return sorted(points, key=len, reverse=True)
+
+
+def fstype_of(path: Path) -> str | None:
+    """The filesystem type of the mount that holds `path` (the last one mounted on the
+    longest mount point above it), or None if the table cannot be read."""
+    target = str(path)
+    best, fstype = "", None
+    try:
+        table = _mount_table()
+    except OSError:
+        return None
+    for point, kind in table:
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype
 
 
 def unmount_below(path: Path) -> list[str]:

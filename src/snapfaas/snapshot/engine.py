@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import re
 import shutil
 import subprocess
@@ -23,8 +22,7 @@ from pathlib import Path
 from snapfaas.durable import write_atomic
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox.container import RUNC_UMASK
-
-logger = logging.getLogger(__name__)
+from snapfaas.sandbox.mounts import fstype_of
 
 MIN_MAJOR = 4
 CONFIG_ANNOTATION = "org.criu.config"
@@ -100,22 +98,6 @@ def probe(binary: str = "criu") -> CriuStatus:
     return CriuStatus(True, path, version, None, patches)
 
 
-def _fstype(path: Path) -> str | None:
-    """The filesystem type of the mount holding `path` (longest mount-point prefix)."""
-    best, fstype = "", None
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    target = str(path)
-    for line in mounts:
-        fields = line.split()
-        point = fields[1].replace("\\040", " ")
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, fstype = point, fields[2]
-    return fstype
-
-
 def prime_kernel_cache(binary: str, cache: Path = KERNDAT_CACHE) -> str:
     """Make CRIU's kernel-feature cache (`cache`, /run/criu.kdat) exist for this boot; returns
     what was done. Never raises.
@@ -131,7 +113,7 @@ def prime_kernel_cache(binary: str, cache: Path = KERNDAT_CACHE) -> str:
     stale = cache.with_name(cache.name + ".tmp")
     try:
         stale.unlink(missing_ok=True)
-        if _fstype(cache.parent) == "tmpfs":
+        if fstype_of(cache.parent) == "tmpfs":
             cache.unlink(missing_ok=True)
             subprocess.run([binary, "check"], capture_output=True, timeout=60)
             return f"CRIU kernel-feature cache {'written' if cache.exists() else 'NOT written'} by criu check at {cache}"

@@ -181,12 +181,12 @@ class SnapshotManager:
 
     async def _memory_decision(self, env: Environment) -> memory.MemoryDecision:
         """How restores of the snapshot about to be taken of `env` bring memory back."""
-        finding = None
-        if self.restore_memory == "map" and self.status.maps_pages:
-            pid = await asyncio.to_thread(env.container.init_pid)
-            if pid is not None:
-                pids = memory.container_pids(pid)
-                finding = await asyncio.to_thread(memory.find_zero_assuming_allocator, pids, self._scanned)
+        def scan() -> str | None:
+            pid = env.container.init_pid()
+            return None if pid is None else memory.find_zero_assuming_allocator(memory.container_pids(pid), self._scanned)
+
+        wanted = self.restore_memory == "map" and self.status.maps_pages
+        finding = await asyncio.to_thread(scan) if wanted else None
         return memory.choose(self.restore_memory, self.status.maps_pages, finding)
 
     def restore_environ(self, version: FunctionVersion) -> Mapping[str, str]:

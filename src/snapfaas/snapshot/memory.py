@@ -100,7 +100,7 @@ def container_pids(init_pid: int) -> list[int]:
     while queue:
         pid = queue.pop()
         pids.append(pid)
-        for task in Path(f"/proc/{pid}/task").glob("*/children") if os.path.isdir(f"/proc/{pid}/task") else []:
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):  # nothing if the process is gone
             try:
                 queue.extend(int(child) for child in task.read_text().split())
             except OSError:

@@ -123,8 +123,7 @@ class Worker:
         self.inflight: collections.Counter[str] = collections.Counter()
         self.starting = 0
         self.draining: set[Environment] = set()  # busy environments of retired pools
-        # Concurrent restores beyond the core count only slow each other down (measured: 8 at
-        # once on 2 cores took 10x a single restore); the queue wait counts as restore time.
+        # see RESTORE_SLOTS_PER_CPU; the queue wait counts as restore time
         self._restore_slots = asyncio.Semaphore(RESTORE_SLOTS_PER_CPU * max(1, os.cpu_count() or 1))
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False

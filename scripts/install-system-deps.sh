@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install snapfaas's system dependencies: runc and CRIU >= 4.1 (4.1.1).
+# Install snapfaas's system dependencies: runc, CRIU >= 4.1 (4.1.1), and the network tools
+# every environment's own network namespace needs (iproute2's `ip`, nftables' `nft`).
 #
 # Supported: Debian 12 (bookworm) and Debian 13 (trixie). Must run as root.
 #
@@ -176,9 +177,30 @@ warn_if_path_criu_differs() {
     fi
 }
 
+# Commands the daemon runs, and the Debian packages that provide them.
+readonly TOOL_PACKAGES=(ip:iproute2 nft:nftables setpriv:util-linux)
+
+tools_present() {
+    local entry
+    for entry in "${TOOL_PACKAGES[@]}"; do
+        command -v "${entry%%:*}" >/dev/null 2>&1 || return 1
+    done
+}
+
+install_tools() {
+    step "install-tools"
+    local entry missing=()
+    for entry in "${TOOL_PACKAGES[@]}"; do
+        command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry##*:}")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    apt_install "${missing[@]}"
+}
+
 deps_present() {
     RUNC_VERSION="$(runc_version)" || return 1
     find_working_criu || return 1
+    tools_present || return 1
 }
 
 # ---------------------------------------------------------------------------
@@ -482,6 +504,7 @@ main() {
     detect_debian_version
     log "Debian ${DEBIAN_MAJOR} ($(head -n1 /etc/debian_version))"
     install_runc
+    install_tools
     install_criu
     verify
 }

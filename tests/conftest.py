@@ -24,6 +24,7 @@ from botocore.config import Config
 from snapfaas.bench.harness import zip_files
 from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
+from tests.netpeer import NetPeer
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "SFIATESTKEY000000001"
@@ -159,6 +160,16 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterat
         remove_tree(sandbox)
         remove_tree(bundles_for(sandbox))
         shutil.rmtree(snapshot_cache_for(sandbox), ignore_errors=True)  # snapshot RAM cache
+
+
+@pytest.fixture(scope="session")
+def netpeer() -> Iterator[NetPeer]:
+    """The suite's own network peer (a namespace routed from the host): where tests run the
+    servers functions talk to, since functions cannot reach the host's loopback."""
+    require_root()
+    peer = NetPeer("p")
+    yield peer
+    peer.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
-RAM_ROOT = Path("/dev/shm/snapfaas")  # per-server state that belongs in RAM (a tmpfs)
-SNAPSHOT_CACHE_ROOT = RAM_ROOT
+RAM_ROOT = Path("/run/snapfaas")  # root-owned, on a tmpfs: per-server state that belongs in RAM (see hostpaths)
+ENV_SERVICES = "127.0.0.1:9001"  # inside every environment's own network namespace (see sandbox/network.py)
+CREDENTIALS_PATH = "/2021-04-23/credentials"  # Lambda's container-credentials path
 SECRET_KEY_ENV = "SNAPFAAS_SECRET_ACCESS_KEY"
 
 
@@ -73,10 +74,26 @@ class ServerConfig:
 
     @property
     def credentials_uri(self) -> str:
-        """Where environments fetch credentials; they share the host network namespace, and
-        botocore accepts plain HTTP only for loopback addresses."""
-        host = self.host if self.host.startswith("127.") or self.host == "::1" else "127.0.0.1"
-        return f"http://{host}:{self.port}/snapfaas/v1/credentials"
+        """Where environments fetch credentials: the daemon's listener inside each environment's
+        own network namespace (botocore accepts plain HTTP only for loopback addresses). The
+        same in every environment, so a snapshot may carry it."""
+        return f"http://{ENV_SERVICES}{CREDENTIALS_PATH}"
+
+    @property
+    def function_api_url(self) -> str:
+        """The Lambda API as functions reach it (``AWS_ENDPOINT_URL_LAMBDA``): the same
+        in-namespace listener, where environment credentials may invoke what they are granted."""
+        return f"http://{ENV_SERVICES}"
+
+    @property
+    def run_dir(self) -> Path:
+        """This server's RAM state under /run/snapfaas (root-owned, verified at start)."""
+        return run_dir_for(self.sandbox_dir)
+
+    @property
+    def network_lock_dir(self) -> Path:
+        """Address-block locks, shared by every server on the host (see sandbox/network.py)."""
+        return RAM_ROOT / "net"
 
     @property
     def snapshot_cache(self) -> Path:
@@ -96,16 +113,21 @@ class ServerConfig:
         return f"http://{self.host}:{self.port}"
 
 
+def run_dir_for(sandbox_dir: Path) -> Path:
+    """RAM state of the server whose sandbox dir is `sandbox_dir`."""
+    return RAM_ROOT / sandbox_dir.name
+
+
 def snapshot_cache_for(sandbox_dir: Path) -> Path:
     """The RAM cache of the server whose sandbox dir is `sandbox_dir` (tools and tests use it)."""
-    return SNAPSHOT_CACHE_ROOT / sandbox_dir.name
+    return run_dir_for(sandbox_dir) / "cache"
 
 
 def bundles_for(sandbox_dir: Path) -> Path:
     """The container bundles of the server whose sandbox dir is `sandbox_dir`: on a tmpfs, since
     every environment start writes one (config.json; a private rootfs skeleton for a restore)
     and runc and CRIU log into it; on this kind of disk each of those mkdirs costs ~0.2 ms."""
-    return RAM_ROOT / f"{sandbox_dir.name}.bundles"
+    return run_dir_for(sandbox_dir) / "bundles"
 
 
 def parse_runtime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, str]:

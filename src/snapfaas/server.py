@@ -17,14 +17,17 @@ from aiohttp import web
 
 from snapfaas import credentials
 from snapfaas.api.app import build_app
+from snapfaas.api.sites import EnvironmentSites
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.context import Services
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
+from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.interpreter import InterpreterRegistry
+from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
@@ -58,8 +61,11 @@ class Server:
 
     async def run(self) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(cfg.data_dir, 0o700)
+        private_dir(trusted_dir(cfg.data_dir, 0o700), 0o700)  # refuses a data dir another user owns or can write
+        run_root()
+        for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
+            private_dir(directory, 0o711)  # the sandboxes' mapped roots walk through to rootfs and images
+        private_dir(cfg.network_lock_dir, 0o700)
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
             self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
@@ -74,7 +80,7 @@ class Server:
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
         registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:")
-        cfg.sandbox_dir.mkdir(parents=True, exist_ok=True)
+        trusted_dir(cfg.sandbox_dir, 0o711)
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
                                   owner=cfg.host_id_base + cfg.sandbox_uid)
         logs = LogStore(cfg.data_dir / "logs")
@@ -96,6 +102,14 @@ class Server:
         app = build_app(services, verifier)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        # what functions reach inside their own network namespace: always authenticated
+        env_runner = web.AppRunner(build_app(services, SigV4Verifier(keys, temporary=identity.secret_for)),
+                                   access_log=None, handle_signals=False)
+        await env_runner.setup()
+        network = NetworkPool(cfg.network_lock_dir, ready_target=min(cfg.max_environments, 8))
+        self.say(await asyncio.to_thread(network.setup))
+        factory.network_pool = network
+        factory.services = EnvironmentSites(env_runner)
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,6 +118,7 @@ class Server:
         prepared = asyncio.create_task(asyncio.to_thread(factory.prepare, list(SUPPORTED_RUNTIMES)))
         try:
             await site.start()
+            network.start()
             worker.start()
             snapshots.start()
             invoker.start()
@@ -120,6 +135,8 @@ class Server:
             await snapshots.close()
             await invoker.close()
             await worker.close()
+            await network.close()
+            await env_runner.cleanup()
             await runner.cleanup()
             registry.close()
             for sig in (signal.SIGINT, signal.SIGTERM):

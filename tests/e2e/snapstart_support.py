@@ -1,8 +1,9 @@
 """Helpers shared by the SnapStart end-to-end tests (test_snapstart*.py).
 
-`Counter` is an HTTP server in the test process that counts requests per path: functions share
-the host's network namespace, so code inside a sandbox can reach it on 127.0.0.1, and what it
-counts lives outside every snapshot (a count kept inside the function would be restored, too).
+`Counter` is an HTTP server in the test process that counts requests per path, listening in a
+test peer namespace (`tests.netpeer`) that functions reach through their own network namespace's
+NAT; what it counts lives outside every snapshot (a count kept inside the function would be
+restored, too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from snapfaas.config import snapshot_cache_for
 from tests.conftest import ServerHandle
+from tests.netpeer import NetPeer
 
 SNAPSTART = {"ApplyOn": "PublishedVersions"}
 REPORT_FIELDS = re.compile(r"(?P<key>[A-Z][A-Za-z ]+): (?P<value>[^\t]+)")
@@ -30,7 +32,8 @@ class Counter:
     Connections that never send a request are accepted and held by a handler thread until the
     client closes them (a function can keep one open through init)."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: NetPeer) -> None:
+        self.peer = peer
         self.hits: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
         counter = self
@@ -48,7 +51,10 @@ class Counter:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
                 return None
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.httpd.socket.close()
+        self.httpd.socket = peer.listen()
+        self.httpd.server_address = self.httpd.socket.getsockname()
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="counter", daemon=True)
         self.thread.start()
@@ -59,7 +65,7 @@ class Counter:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.peer.ip}:{self.port}"
 
     def count(self, path: str) -> int:
         with self.lock:

@@ -95,8 +95,8 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-def counter() -> Iterator[Counter]:
-    c = Counter()
+def counter(netpeer) -> Iterator[Counter]:  # type: ignore[no-untyped-def]
+    c = Counter(netpeer)
     yield c
     c.close()
 
@@ -309,7 +309,7 @@ def test_established_connection_is_closed_in_restored_environments(lam, counter:
     create_snap(lam, "held-connection", CONNECTION_APP, counter)
     publish(lam, "held-connection")
     warnings = [m for v, _, m in function_log(server, "held-connection") if v == "1" and m.startswith("WARNING")]
-    assert any(f"127.0.0.1:{counter.port}" in m for m in warnings), warnings
+    assert any(f"{counter.peer.ip}:{counter.port}" in m for m in warnings), warnings
     started = time.monotonic()
     response, body = invoke_json(lam, "held-connection", {}, Qualifier="1", LogType="Tail")
     assert time.monotonic() - started < 10, "using the dead connection hung"

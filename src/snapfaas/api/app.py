@@ -14,12 +14,12 @@ from snapfaas.api.context import SERVICES, Services, services
 from snapfaas.api.errors import error_response
 from snapfaas.api.invoke import function_logs, invoke
 from snapfaas.api.links import PATH_PREFIX
+from snapfaas.config import CREDENTIALS_PATH
 from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
 
 logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
 FN = "/2015-03-31/functions/{name}"
-CREDENTIALS_PATH = "/snapfaas/v1/credentials"
 
 
 def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:

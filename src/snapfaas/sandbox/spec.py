@@ -6,7 +6,8 @@ tree) plus the function's code at /var/task (read-only) and the runtime at /var/
 its own pid, mount, ipc, uts and user namespaces (container 0-65535 -> host base..base+65535,
 the process runs as `uid` inside, which is unprivileged on the host too); no capabilities,
 no-new-privileges; a memory limit (no swap) from MemorySize and a pids limit. The network
-namespace is shared with the host so functions reach the network as Lambda functions do.
+namespace is the environment's own, prepared ahead by `sandbox.network` and joined by path
+(so CRIU treats it as external: a restore joins a fresh one).
 There is no /dev/shm, as on Lambda (multiprocessing's semaphores and queues fail there too).
 """
 
@@ -42,6 +43,7 @@ class SandboxSpec:
     uid: int
     host_id_base: int
     cgroup: str
+    netns: Path | None = None  # the environment's own network namespace (None: runc makes an empty one)
     pids_limit: int = 1024
     mount_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)  # prefix -> reachable bind source
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -65,6 +67,10 @@ def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
             (rootfs / prefix.lstrip("/")).mkdir(parents=True, exist_ok=True)
     for dirpath, dirnames, _ in os.walk(rootfs):
         os.chmod(dirpath, 0o755)
+
+
+def _network(netns: Path | None) -> dict[str, str]:
+    return {"type": "network", "path": str(netns)} if netns is not None else {"type": "network"}
 
 
 def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict[str, Any]:
@@ -104,7 +110,7 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         "annotations": dict(spec.annotations),
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")],
+            "namespaces": [*({"type": t} for t in ("pid", "ipc", "uts", "mount", "user")), _network(spec.netns)],
             "uidMappings": [{"containerID": 0, "hostID": spec.host_id_base, "size": 65536}],
             "gidMappings": [{"containerID": 0, "hostID": spec.host_id_base, "size": 65536}],
             "cgroupsPath": spec.cgroup,

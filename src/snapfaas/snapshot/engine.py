@@ -26,11 +26,15 @@ from snapfaas.sandbox.mounts import fstype_of
 
 MIN_MAJOR = 4
 CONFIG_ANNOTATION = "org.criu.config"
-DUMP_CONFIG = "file-locks\n"
+# Each environment's network namespace is external to CRIU (runc passes it as extRootNetNS):
+# nothing in it is dumped, and since the runtime closes TCP connections before a checkpoint
+# there is nothing to lock either; the default lock would run iptables-restore per dump/restore.
+NETWORK_LOCK = "network-lock=skip\n"
+DUMP_CONFIG = "file-locks\n" + NETWORK_LOCK
 # runc asks CRIU for debug logs (level 4): thousands of lines per restore, a few ms of CPU
 # on the hot path. Restores log errors and warnings only (criu_errors reads "Error (" lines);
 # dumps keep the full log for publish diagnostics.
-RESTORE_CONFIG = "file-locks\nverbosity=2\n"
+RESTORE_CONFIG = "file-locks\nverbosity=2\n" + NETWORK_LOCK
 MAP_PAGES_PATCH = "map-pages-copy-on-write"
 KERNDAT_CACHE = Path("/run/criu.kdat")  # CRIU's compiled-in cache path (RUNDIR=/run)
 

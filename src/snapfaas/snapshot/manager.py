@@ -120,7 +120,13 @@ class SnapshotManager:
             if blocking:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
         identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
-        env = self.factory.create(version, "snap-start", self.environ_for(identity))
+        network = await self.factory.network()
+        try:
+            env = self.factory.create(version, "snap-start", self.environ_for(identity), network)
+        except BaseException:
+            if network is not None:
+                await network.close()
+            raise
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))
         started = time.monotonic()
         env.log(f"INIT_START Runtime Version: {version.runtime}.snapfaas\tPhase: snapshot\n")

@@ -123,6 +123,7 @@ class Environment:
         self._stream_ended = False
         self.restore_from: Path | None = None  # images, for an environment restored from a snapshot
         self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
+        self.network: Any = None  # its `NetworkLease`, closed once the container is gone
 
     def __repr__(self) -> str:
         return f"<Environment {self.id} {self.version.name}:{self.version.version} {self.state.value} invocations={self.invocations}>"
@@ -283,6 +284,8 @@ class Environment:
         while self.on_destroy:
             self.on_destroy.pop()()
         await self.container.kill()
+        if self.network is not None:
+            await self.network.close()
         for failure in remove_cgroup(self.cgroup):
             logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)
         for task in self._readers:

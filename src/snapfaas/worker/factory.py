@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Protocol
 
 from snapfaas.config import ServerConfig
 from snapfaas.errors import SnapfaasError
@@ -17,6 +20,7 @@ from snapfaas.registry.model import FunctionVersion
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
 from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
+from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
 from snapfaas.snapshot import engine
 from snapfaas.sandbox.spec import RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
@@ -48,9 +52,46 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+        "AWS_ENDPOINT_URL_LAMBDA": config.function_api_url,
     }
     environ.update(version.environment)
     return environ
+
+
+class EnvironmentServices(Protocol):
+    """Serves the daemon's per-environment endpoints (credentials, Lambda API) on a listening
+    socket that lives in one environment's network namespace (implemented by `api/`)."""
+
+    async def open(self, listener: socket.socket) -> Any: ...
+
+    async def close(self, handle: Any) -> None: ...
+
+
+@dataclasses.dataclass
+class NetworkLease:
+    """An environment's network namespace and the services listening inside it; `close`
+    (idempotent) stops the services and gives the namespace back for removal. Call it only
+    once the environment's container is gone."""
+
+    net: PreparedNet
+    pool: NetworkPool
+    services: EnvironmentServices | None
+    handle: Any = None
+    closed: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.net.slot.path
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.services is not None and self.handle is not None:
+                await self.services.close(self.handle)
+        finally:
+            self.pool.release(self.net)
 
 
 class EnvironmentFactory:
@@ -72,6 +113,8 @@ class EnvironmentFactory:
         self.rootfs = config.sandbox_dir / "rootfs"
         self.bundles = config.bundles_dir
         self.runtime_mount = config.sandbox_dir / "runtime"
+        self.network_pool: NetworkPool | None = None  # set by the server: every environment gets its own netns
+        self.services: EnvironmentServices | None = None
         self._sources: dict[str, dict[str, str]] = {}
         self._prepare_lock = threading.Lock()
         self._clear_bundles()
@@ -129,29 +172,44 @@ class EnvironmentFactory:
             self._sources[runtime] = {p: mirror_source(p, mirrors) for p in interp.mount_sources()}
         return self._sources[runtime]
 
+    async def network(self) -> NetworkLease | None:
+        """A fresh network namespace for one environment, with the daemon's services listening
+        inside it; None when the server runs without a network pool (unit tests)."""
+        if self.network_pool is None:
+            return None
+        net = await self.network_pool.acquire()
+        lease = NetworkLease(net, self.network_pool, self.services)
+        if self.services is not None:
+            try:
+                lease.handle = await self.services.open(net.listener)
+            except BaseException:
+                await lease.close()
+                raise
+        return lease
+
     def create(self, version: FunctionVersion, init_type: str = "on-demand",
-               extra_environ: Mapping[str, str] | None = None) -> Environment:
-        """A new, not yet started environment for `version`.
+               extra_environ: Mapping[str, str] | None = None, network: NetworkLease | None = None) -> Environment:
+        """A new, not yet started environment for `version`, in `network` (the environment
+        owns it from here: `Environment.destroy` closes it).
 
         ``init_type="snap-start"`` prepares it for a checkpoint (CRIU dump options); the
         `extra_environ` variables (e.g. the credentials endpoint) are added to Lambda's.
         """
-        env = self._build(version, init_type, extra_environ or {}, self.criu_dump_config)
-        return env
+        return self._build(version, init_type, extra_environ or {}, self.criu_dump_config, network=network)
 
-    def restored(self, version: FunctionVersion, images: Path) -> Environment:
+    def restored(self, version: FunctionVersion, images: Path, network: NetworkLease | None = None) -> Environment:
         """A new, not yet started environment that `start` will restore from `images`.
 
         The bundle repeats the checkpointed container's mounts and namespaces (CRIU requires
         the same layout) under a new container id and cgroup; the process, its environment
         and /tmp come from the images.
         """
-        env = self._build(version, "snap-start", {}, self.criu_restore_config, private_rootfs=True)
+        env = self._build(version, "snap-start", {}, self.criu_restore_config, private_rootfs=True, network=network)
         env.restore_from = images
         return env
 
     def _build(self, version: FunctionVersion, init_type: str, extra_environ: Mapping[str, str],
-               criu_config: Path, private_rootfs: bool = False) -> Environment:
+               criu_config: Path, private_rootfs: bool = False, network: NetworkLease | None = None) -> Environment:
         """`private_rootfs`: `runc restore` bind-mounts the container's mounts onto its rootfs
         in the host's mount namespace while CRIU works, so concurrent restores must not share
         one rootfs directory (the skeleton is a few empty directories and links)."""
@@ -160,6 +218,7 @@ class EnvironmentFactory:
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
         container = Container(self.runc, CONTAINER_PREFIX + env_id, self.bundles / env_id)
         env = Environment(env_id, version, container, self.logs, cgroup)
+        env.network = network
         interp = self.interpreters.resolve(version.runtime)
         spec = SandboxSpec(
             env_id=env_id,
@@ -172,6 +231,7 @@ class EnvironmentFactory:
             uid=self.config.sandbox_uid,
             host_id_base=self.config.host_id_base,
             cgroup=container_cgroup(cgroup),
+            netns=network.path if network is not None else None,
             mount_sources=sources,
             annotations={engine.CONFIG_ANNOTATION: str(criu_config)},
         )

@@ -289,15 +289,21 @@ class Worker:
 
     async def _new_environment(self, version: FunctionVersion) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot."""
-        if version.uses_snapshot and self.snapshots is not None:
-            images = await self.snapshots.images(version)
-            env = self.factory.restored(version, images)
-            env.on_destroy.append(lambda: self.credentials.revoke(env.id))
+        network = await self.factory.network()
+        try:
+            if version.uses_snapshot and self.snapshots is not None:
+                images = await self.snapshots.images(version)
+                env = self.factory.restored(version, images, network)
+                env.on_destroy.append(lambda: self.credentials.revoke(env.id))
+                return env
+            identity = "env-" + secrets.token_hex(8)
+            env = self.factory.create(version, extra_environ=self.credentials.environ(identity), network=network)
+            env.on_destroy.append(lambda: self.credentials.revoke(identity))
             return env
-        identity = "env-" + secrets.token_hex(8)
-        env = self.factory.create(version, extra_environ=self.credentials.environ(identity))
-        env.on_destroy.append(lambda: self.credentials.revoke(identity))
-        return env
+        except BaseException:
+            if network is not None:
+                await network.close()
+            raise
 
     def _restored_environ(self, env: Environment) -> dict[str, str]:
         """What differs between copies of one snapshot, sent to the runtime with ``restore``:

@@ -1,0 +1,355 @@
+"""Network namespaces for execution environments: one per environment, prepared ahead of demand.
+
+Every environment runs in a network namespace of its own (runc joins it by path; a snapshot's
+namespace is *external* to CRIU, so a restore simply joins a fresh one and CRIU neither dumps
+nor locks any network state). Each namespace is a `NetSlot`::
+
+    host netns                                   environment netns  /run/netns/<slot.name>
+    ----------                                   ---------------------------------------
+    <slot.host_if> 10.200.B.x+1/30  <== veth ==>  eth0 10.200.B.x+2/30, default via x+1
+                                                  lo 127.0.0.1 -- daemon's listener :9001
+                                                     (credentials endpoint, Lambda API for granted
+                                                      invokes, later the Runtime API)
+
+The daemon opens the :9001 listener *inside* the namespace (a thread `setns`es into it), so the
+address exists for that one environment only and is the same in every environment: it can be
+baked into a snapshot (``AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9001/...``).
+
+Firewall (one nftables table per server, `ruleset`): packets from the environments' veths may
+leave through NAT (masquerade) to anything except the host itself (input chain: dropped; the
+host's loopback is not even routable from there), link-local/metadata (169.254.0.0/16),
+loopback, multicast and the environments' own subnet (no environment reaches another); nothing
+new may enter an environment from outside. IPv6 is not forwarded.
+
+Blocks: a server claims one address block (a /20 of `SUBNET`, 1024 slots) and interface-name
+prefix by holding an flock on ``<lock_dir>/block-<n>.lock`` for its lifetime, so several servers
+on one host never collide, and whatever a dead server left in its block (namespaces, veths,
+its nftables table) is removed by the next server that claims it.
+
+`plan` and `ruleset` are pure; `NetworkPool` does the I/O (ip, nft, setns) in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import dataclasses
+import fcntl
+import ipaddress
+import logging
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from snapfaas.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+SUBNET = ipaddress.ip_network("10.200.0.0/16")
+BLOCK_PREFIX = 20  # one server: a /20 = 1024 /30 slots
+SLOT_PREFIX = 30
+BLOCKS = 2 ** (BLOCK_PREFIX - SUBNET.prefixlen)
+SLOTS_PER_BLOCK = 2 ** (SLOT_PREFIX - BLOCK_PREFIX)
+NETNS_DIR = Path("/run/netns")
+SERVICE_PORT = 9001  # inside every environment: 127.0.0.1:9001, as Lambda's runtime API address
+FORBIDDEN_V4 = ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "0.0.0.0/8", "100.64.0.0/10")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetworkError(ServiceError):
+    """A network namespace could not be prepared or removed; the message names the step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSlot:
+    """One environment's network: its namespace, the veth pair and the /30 between them."""
+
+    block: int
+    index: int
+    name: str
+    host_if: str
+    host_ip: str
+    env_ip: str
+
+    @property
+    def path(self) -> Path:
+        return NETNS_DIR / self.name
+
+
+def block_prefix(block: int) -> str:
+    """Interface and namespace name prefix of `block` (names must fit IFNAMSIZ, 15 chars)."""
+    return f"sf{block:02x}"
+
+
+def block_network(block: int) -> ipaddress.IPv4Network:
+    return list(SUBNET.subnets(new_prefix=BLOCK_PREFIX))[block]  # type: ignore[return-value]
+
+
+def plan(block: int, index: int) -> NetSlot:
+    """Names and addresses of slot `index` of `block` (pure)."""
+    if not 0 <= block < BLOCKS or not 0 <= index < SLOTS_PER_BLOCK:
+        raise ValueError(f"no slot {index} in block {block}")
+    base = block_network(block).network_address + index * 4
+    prefix = block_prefix(block)
+    return NetSlot(block, index, f"{prefix}n{index:04x}", f"{prefix}h{index:04x}", str(base + 1), str(base + 2))
+
+
+def ruleset(block: int) -> str:
+    """The nftables table of `block` (pure): see the module docstring."""
+    prefix = block_prefix(block)
+    table = f"snapfaas_{prefix}"
+    envs = f'"{prefix}h*"'
+    forbidden = ", ".join((str(block_network(block)), str(SUBNET), *FORBIDDEN_V4))
+    return f"""table inet {table} {{
+    chain input {{
+        type filter hook input priority -10; policy accept;
+        iifname {envs} drop
+    }}
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        iifname {envs} meta nfproto ipv6 drop
+        iifname {envs} ip daddr {{ {forbidden} }} drop
+        iifname {envs} fib daddr type {{ local, broadcast, multicast }} drop
+        iifname {envs} accept
+        oifname {envs} ct state established,related accept
+        oifname {envs} drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority 100; policy accept;
+        ip saddr {block_network(block)} oifname != {envs} masquerade
+    }}
+}}
+"""
+
+
+def _run(step: str, argv: list[str], stdin: str | None = None) -> None:
+    out = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise NetworkError(f"network setup failed at step '{step}': {' '.join(argv[:4])}: {out.stderr.strip()[-300:]}")
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def in_namespace(path: Path, action: Callable[[], object]) -> object:
+    """Run `action` in the calling thread while it is inside the network namespace at `path`
+    (setns is per thread); the thread goes back to its own namespace afterwards. Meant for a
+    worker thread: never call it on the event loop's thread."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+        try:
+            return action()
+        finally:
+            _setns(own)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def _listen_loopback(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class BlockClaim:
+    """This server's address block, held by an flock for the life of the process."""
+
+    def __init__(self, lock_dir: Path) -> None:
+        self.lock_dir = lock_dir
+        self.block = -1
+        self._fd = -1
+
+    def acquire(self) -> int:
+        for block in range(BLOCKS):
+            fd = os.open(self.lock_dir / f"block-{block}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.block, self._fd = block, fd
+            return block
+        raise NetworkError(f"network setup failed at step 'claim block': all {BLOCKS} address blocks are in use by other servers")
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclasses.dataclass
+class PreparedNet:
+    """A namespace ready for an environment, with the daemon's listener inside it."""
+
+    slot: NetSlot
+    listener: socket.socket
+
+
+class NetworkPool:
+    """Prepared network namespaces of one server.
+
+    Contract: `start` claims a block, clears what a previous owner left in it, installs the
+    firewall and begins filling `ready_target` namespaces in a background thread; `acquire`
+    returns a ready one at once (or prepares one in a thread when the pool ran dry); `release`
+    removes a used namespace in the background (an environment's namespace is never reused);
+    `close` removes every namespace and the firewall table.
+    """
+
+    def __init__(self, lock_dir: Path, ready_target: int = 8) -> None:
+        self.claim = BlockClaim(lock_dir)
+        self.ready_target = ready_target
+        self._ready: collections.deque[PreparedNet] = collections.deque()
+        self._free: list[int] = []
+        self._in_use: dict[str, PreparedNet] = {}
+        self._lock = threading.Lock()
+        self._filler: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._removals: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def block(self) -> int:
+        return self.claim.block
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> str:
+        """Claim a block, clear leftovers, install the firewall; blocking (call at startup)."""
+        block = self.claim.acquire()
+        self._free = list(range(SLOTS_PER_BLOCK - 1, -1, -1))
+        removed = self._clear_block(block)
+        _run("enable forwarding", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        table = f"snapfaas_{block_prefix(block)}"
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+        _run("install firewall", ["nft", "-f", "-"], ruleset(block))
+        note = f", removed {removed} left by a previous server" if removed else ""
+        return f"network: block {block} ({block_network(block)}), nftables table inet {table}{note}"
+
+    @staticmethod
+    def _clear_block(block: int) -> int:
+        prefix = block_prefix(block)
+        names = [p.name for p in NETNS_DIR.glob(f"{prefix}n*")] if NETNS_DIR.is_dir() else []
+        for name in names:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        for line in links.splitlines():
+            ifname = line.split(":", 2)[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+            if ifname.startswith(f"{prefix}h"):
+                subprocess.run(["ip", "link", "delete", ifname], capture_output=True)
+        return len(names)
+
+    def start(self) -> None:
+        self._filler = asyncio.create_task(self._fill_loop(), name="netns-filler")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._filler is not None:
+            self._filler.cancel()
+            await asyncio.gather(self._filler, return_exceptions=True)
+        await asyncio.gather(*self._removals, return_exceptions=True)
+        leftover = [*self._ready, *self._in_use.values()]
+        self._ready.clear()
+        self._in_use.clear()
+        await asyncio.to_thread(self._teardown_all, leftover)
+
+    def _teardown_all(self, nets: list[PreparedNet]) -> None:
+        for net in nets:
+            self._remove(net)
+        if self.block >= 0:
+            subprocess.run(["nft", "delete", "table", "inet", f"snapfaas_{block_prefix(self.block)}"], capture_output=True)
+            self._clear_block(self.block)
+        self.claim.release()
+
+    # -- the pool --------------------------------------------------------------------------
+    async def acquire(self) -> PreparedNet:
+        if self._ready:
+            net = self._ready.popleft()
+        else:
+            net = await asyncio.to_thread(self._prepare_next)
+        self._in_use[net.slot.name] = net
+        self._wake.set()
+        return net
+
+    def release(self, net: PreparedNet) -> None:
+        """Remove `net` in the background; its container must be gone. Idempotent."""
+        if self._in_use.pop(net.slot.name, None) is None:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self._remove, net))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _fill_loop(self) -> None:
+        while True:
+            while len(self._ready) < self.ready_target and not self._closing:
+                try:
+                    self._ready.append(await asyncio.to_thread(self._prepare_next))
+                except NetworkError as exc:
+                    logger.error("%s", exc.message)
+                    break
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _take_index(self) -> int:
+        with self._lock:
+            if not self._free:
+                raise NetworkError(f"network setup failed at step 'allocate slot': all {SLOTS_PER_BLOCK} slots of block {self.block} are in use")
+            return self._free.pop()
+
+    def _prepare_next(self) -> PreparedNet:
+        index = self._take_index()
+        slot = plan(self.block, index)
+        try:
+            return PreparedNet(slot, self._prepare(slot))
+        except (NetworkError, OSError) as exc:
+            self._destroy(slot)
+            with self._lock:
+                self._free.append(index)
+            if isinstance(exc, NetworkError):
+                raise
+            raise NetworkError(f"network setup failed at step 'configure namespace' for {slot.name}: {exc}") from exc
+
+    @staticmethod
+    def _prepare(slot: NetSlot) -> socket.socket:
+        """Create the namespace and veth pair, address both ends, and open the listener."""
+        _run("create namespace", ["ip", "netns", "add", slot.name])
+        _run("create veth", ["ip", "-batch", "-"],
+             f"link add {slot.host_if} type veth peer name eth0 netns {slot.name}\n"
+             f"addr add {slot.host_ip}/{SLOT_PREFIX} dev {slot.host_if}\n"
+             f"link set {slot.host_if} up\n")
+
+        def inside() -> socket.socket:
+            for knob in ("default", "eth0"):
+                with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as f:
+                    f.write("1")
+            _run("configure namespace", ["ip", "-batch", "-"],
+                 "link set lo up\n"
+                 f"addr add {slot.env_ip}/{SLOT_PREFIX} dev eth0\n"
+                 "link set eth0 up\n"
+                 f"route add default via {slot.host_ip}\n")
+            return _listen_loopback(SERVICE_PORT)
+
+        return in_namespace(slot.path, inside)  # type: ignore[return-value]
+
+    def _remove(self, net: PreparedNet) -> None:
+        net.listener.close()
+        self._destroy(net.slot)
+        with self._lock:
+            self._free.append(net.slot.index)
+
+    @staticmethod
+    def _destroy(slot: NetSlot) -> None:
+        """Delete the veth pair (synchronously, so the names are free again) and the namespace."""
+        subprocess.run(["ip", "link", "delete", slot.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", slot.name], capture_output=True)

@@ -66,10 +66,13 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
+@click.option("--sandbox-network", type=click.Choice(["isolated", "host"]), default="isolated", show_default=True,
+              help="isolated: each environment gets its own network namespace (NAT out; no host, link-local or other "
+                   "environments). host: share the host's network (unsafe; for benchmarks and debugging).")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_level: str) -> None:
+          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, sandbox_network: str, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -85,6 +88,7 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
         scan_block_on=None if scan_block_on == "never" else scan_block_on,
         snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
+        sandbox_network=sandbox_network,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
@@ -235,10 +239,10 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart"]), default="all")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network"]), default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=400, show_default=True, type=int, help="platform: warm requests per path and concurrency.")
-@click.option("--runs", default=3, show_default=True, type=int, help="snapstart: samples per figure.")
+@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, network: samples per figure.")
 @click.option("--only", multiple=True, help="snapstart: reference functions to run (stdlib, numpy-scipy, torch).")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
@@ -247,7 +251,7 @@ def _json(data: Any) -> str:
 def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str, ...], runtime_python: Path,
           cold_cache: bool, out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
-    from snapfaas.bench import platform, snapstart
+    from snapfaas.bench import network, platform, snapstart
 
     out.mkdir(parents=True, exist_ok=True)
     say = lambda s: err_console.print(s)  # noqa: E731
@@ -260,6 +264,9 @@ def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str,
         result = snapstart.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None,
                                cold_cache=cold_cache)
         _write_results(out, "snapstart-cold-cache" if cold_cache else "snapstart", result, snapstart.markdown(result))
+    if suite in ("all", "network"):
+        result = network.run(say, runs=max(runs, 5))
+        _write_results(out, "network", result, network.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:

@@ -59,6 +59,7 @@ class ServerConfig:
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
+    sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)
 
     @property
     def sandbox_dir(self) -> Path:
@@ -77,12 +78,17 @@ class ServerConfig:
         """Where environments fetch credentials: the daemon's listener inside each environment's
         own network namespace (botocore accepts plain HTTP only for loopback addresses). The
         same in every environment, so a snapshot may carry it."""
-        return f"http://{ENV_SERVICES}{CREDENTIALS_PATH}"
+        return f"{self.function_api_url}{CREDENTIALS_PATH}"
 
     @property
     def function_api_url(self) -> str:
         """The Lambda API as functions reach it (``AWS_ENDPOINT_URL_LAMBDA``): the same
-        in-namespace listener, where environment credentials may invoke what they are granted."""
+        in-namespace listener, where environment credentials may invoke what they are granted.
+        With ``--sandbox-network host`` functions share the host's network and use the
+        operator's port (on loopback: botocore accepts plain HTTP only there)."""
+        if self.sandbox_network == "host":
+            host = self.host if self.host.startswith("127.") else "127.0.0.1"
+            return f"http://{host}:{self.port}"
         return f"http://{ENV_SERVICES}"
 
     @property

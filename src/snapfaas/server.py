@@ -106,10 +106,15 @@ class Server:
         env_runner = web.AppRunner(build_app(services, SigV4Verifier(keys, temporary=identity.secret_for)),
                                    access_log=None, handle_signals=False)
         await env_runner.setup()
-        network = NetworkPool(cfg.network_lock_dir, ready_target=min(cfg.max_environments, 8))
-        self.say(await asyncio.to_thread(network.setup))
-        factory.network_pool = network
-        factory.services = EnvironmentSites(env_runner)
+        network: NetworkPool | None = None
+        if cfg.sandbox_network == "isolated":
+            network = NetworkPool(cfg.network_lock_dir, ready_target=min(cfg.max_environments, 8))
+            self.say(await asyncio.to_thread(network.setup))
+            factory.network_pool = network
+            factory.services = EnvironmentSites(env_runner)
+        else:
+            self.say("WARNING: --sandbox-network host: functions share the host's network namespace and reach every "
+                     "loopback service, the API port and link-local addresses (benchmarks and debugging only)")
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +123,8 @@ class Server:
         prepared = asyncio.create_task(asyncio.to_thread(factory.prepare, list(SUPPORTED_RUNTIMES)))
         try:
             await site.start()
-            network.start()
+            if network is not None:
+                network.start()
             worker.start()
             snapshots.start()
             invoker.start()
@@ -135,7 +141,8 @@ class Server:
             await snapshots.close()
             await invoker.close()
             await worker.close()
-            await network.close()
+            if network is not None:
+                await network.close()
             await env_runner.cleanup()
             await runner.cleanup()
             registry.close()

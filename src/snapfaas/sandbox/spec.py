@@ -44,6 +44,7 @@ class SandboxSpec:
     host_id_base: int
     cgroup: str
     netns: Path | None = None  # the environment's own network namespace (None: runc makes an empty one)
+    host_network: bool = False  # share the host's network namespace (--sandbox-network host: unsafe)
     pids_limit: int = 1024
     mount_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)  # prefix -> reachable bind source
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -69,8 +70,11 @@ def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
         os.chmod(dirpath, 0o755)
 
 
-def _network(netns: Path | None) -> dict[str, str]:
-    return {"type": "network", "path": str(netns)} if netns is not None else {"type": "network"}
+def _namespaces(spec: SandboxSpec) -> list[dict[str, str]]:
+    out = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")]
+    if not spec.host_network:
+        out.append({"type": "network", "path": str(spec.netns)} if spec.netns is not None else {"type": "network"})
+    return out
 
 
 def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict[str, Any]:
@@ -110,7 +114,7 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         "annotations": dict(spec.annotations),
         "mounts": mounts,
         "linux": {
-            "namespaces": [*({"type": t} for t in ("pid", "ipc", "uts", "mount", "user")), _network(spec.netns)],
+            "namespaces": _namespaces(spec),
             "uidMappings": [{"containerID": 0, "hostID": spec.host_id_base, "size": 65536}],
             "gidMappings": [{"containerID": 0, "hostID": spec.host_id_base, "size": 65536}],
             "cgroupsPath": spec.cgroup,

@@ -232,6 +232,7 @@ class EnvironmentFactory:
             host_id_base=self.config.host_id_base,
             cgroup=container_cgroup(cgroup),
             netns=network.path if network is not None else None,
+            host_network=self.config.sandbox_network == "host",
             mount_sources=sources,
             annotations={engine.CONFIG_ANNOTATION: str(criu_config)},
         )

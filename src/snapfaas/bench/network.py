@@ -1,0 +1,115 @@
+"""Network isolation cost: what an environment's own network namespace adds to a cold start
+and to a SnapStart restore, measured in one run against a same-run baseline.
+
+Two private servers run the same stdlib function: the default (``--sandbox-network
+isolated``: a namespace per environment, prepared ahead of demand) and the baseline
+(``--sandbox-network host``: environments share the host's network, as before isolation).
+For each: on-demand cold starts and SnapStart restores (each the first invoke of a new
+environment), end to end through boto3, plus the platform's Init / Restore Duration. The
+namespace's own set-up (namespace, veth pair, addresses, the daemon's listener) happens in
+the background, ahead of demand; its cost per environment is timed here too, in-process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from snapfaas.bench.harness import PrivateServer
+from snapfaas.bench.snapstart import Bench, _publish, _stats
+from snapfaas.sandbox.network import NetworkPool
+
+STDLIB_APP = """
+import json, os
+def handler(event, context):
+    return {"ok": True}
+"""
+
+
+def _measure(server: PrivateServer, say: Callable[[str], None], runs: int, label: str) -> dict[str, Any]:
+    bench = Bench(server, say)
+    name = "bench-net"
+    server.deploy(name, {"app.py": STDLIB_APP}, SnapStart={"ApplyOn": "PublishedVersions"})
+    say(f"[{label}] on-demand cold starts")
+    cold, init = [], []
+    for i in range(runs):
+        bench.client.update_function_configuration(FunctionName=name, Description=f"cold run {i}")
+        bench.client.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
+        elapsed, fields = bench.invoke(name)
+        cold.append(elapsed)
+        if "Init Duration" in fields:
+            init.append(fields["Init Duration"])
+    _publish(bench, name)
+    say(f"[{label}] SnapStart restores")
+    e2e, restore, _ = bench.restores(name, runs)
+    bench.close()
+    return {"cold_e2e_ms": _stats(cold), "init_duration_ms": _stats(init) if init else None,
+            "restore_e2e_ms": _stats(e2e), "restore_duration_ms": _stats(restore)}
+
+
+def prepare_cost(samples: int) -> dict[str, Any]:
+    """Background cost of one namespace (create + configure + listener, then removal), timed
+    in this process on a block of its own."""
+    lock_dir = Path(tempfile.mkdtemp(prefix="snapfaas-netbench-"))
+    pool = NetworkPool(lock_dir, ready_target=0)
+    pool.setup()
+    made, removed = [], []
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            net = pool._prepare_next()
+            made.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            pool._remove(net)
+            removed.append((time.perf_counter() - started) * 1000)
+    finally:
+        pool._teardown_all([])
+    return {"prepare_ms": _stats(made), "remove_ms": _stats(removed)}
+
+
+def run(say: Callable[[str], None], runs: int = 7) -> dict[str, Any]:
+    args = ["--keep-alive", "2"]
+    results: dict[str, Any] = {}
+    for label, extra in (("isolated", []), ("host", ["--sandbox-network", "host"])):
+        with PrivateServer([*args, *extra]) as server:
+            results[label] = _measure(server, say, runs, label)
+    iso, host = results["isolated"], results["host"]
+    added = {
+        "cold_e2e_ms": round(iso["cold_e2e_ms"]["median"] - host["cold_e2e_ms"]["median"], 1),
+        "restore_e2e_ms": round(iso["restore_e2e_ms"]["median"] - host["restore_e2e_ms"]["median"], 1),
+        "restore_duration_ms": round(iso["restore_duration_ms"]["median"] - host["restore_duration_ms"]["median"], 1),
+    }
+    ratio = {
+        "cold_e2e": round(iso["cold_e2e_ms"]["median"] / host["cold_e2e_ms"]["median"], 2),
+        "restore_e2e": round(iso["restore_e2e_ms"]["median"] / host["restore_e2e_ms"]["median"], 2),
+    }
+    say("namespace preparation cost (background, in-process)")
+    return {"benchmark": "network", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs,
+            "isolated": iso, "host": host, "added_by_namespace": added, "ratio_isolated_over_host": ratio,
+            "background": prepare_cost(max(5, runs))}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    iso, host, added, ratio = result["isolated"], result["host"], result["added_by_namespace"], result["ratio_isolated_over_host"]
+    bg = result["background"]
+    rows = [
+        ("on-demand cold start (e2e)", "cold_e2e_ms", "cold_e2e"),
+        ("SnapStart restore (e2e)", "restore_e2e_ms", "restore_e2e"),
+        ("Restore Duration", "restore_duration_ms", None),
+    ]
+    lines = [
+        f"Network isolation benchmark ({result['timestamp']}, one run; medians of {result['runs']} samples; stdlib function)",
+        "",
+        "| figure | own network namespace | host network (baseline) | added | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for title, key, rkey in rows:
+        lines.append(f"| {title} | {iso[key]['median']} ms | {host[key]['median']} ms | {added[key]:+} ms | "
+                     f"{ratio[rkey] if rkey else round(iso[key]['median'] / host[key]['median'], 2)}x |")
+    lines += ["", f"Background, ahead of demand, per environment: prepare {bg['prepare_ms']['median']} ms, "
+                  f"remove {bg['remove_ms']['median']} ms (median of {bg['prepare_ms']['n']})."]
+    return "\n".join(lines) + "\n"
+

@@ -92,7 +92,12 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
-    asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
+    from snapfaas.errors import SnapfaasError
+
+    try:
+        asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
+    except SnapfaasError as exc:  # a refused start (untrusted directory, network set-up, ...): say why, no traceback
+        raise click.ClickException(f"snapfaas serve stopped: {exc.message}") from exc
 
 
 def parse_duration(text: str) -> float:

@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from snapfaas.config import CREDENTIALS_PATH
 from tests.conftest import ServerHandle, create, invoke_json
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish
 
@@ -78,7 +79,7 @@ def restored(lam) -> list[dict]:  # type: ignore[no-untyped-def]
 
 def credentials_status(server: ServerHandle, token: str) -> int:
     """HTTP status of the credentials endpoint for an authorization token."""
-    request = urllib.request.Request(server.endpoint + "/snapfaas/v1/credentials", headers={"Authorization": token})
+    request = urllib.request.Request(server.endpoint + CREDENTIALS_PATH, headers={"Authorization": token})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return int(response.status)
@@ -124,5 +125,5 @@ def test_init_credentials_are_revoked_and_unknown_tokens_get_404(restored: list[
     response, body = invoke_json(lam, "creds", {}, Qualifier="1")  # a warm environment: its token still works
     assert body["key"] in {b["key"] for b in restored}
     with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(server.endpoint + "/snapfaas/v1/credentials", timeout=5)
+        urllib.request.urlopen(server.endpoint + CREDENTIALS_PATH, timeout=5)
     assert missing.value.code == 404  # no token at all

@@ -29,7 +29,10 @@ def _mount_table() -> list[tuple[str, str]]:
 
 
 def mounts_below(path: Path) -> list[str]:
-    """Mount points strictly below `path` in this mount namespace, deepest first."""
+    """Mount points strictly below `path` in this mount namespace, deepest first. Refuses a
+    symlink: resolving one would aim the caller's unmounts and deletions at its target."""
+    if path.is_symlink():
+        raise OSError(f"refusing {path}: it is a symlink")
     root = str(path.resolve()).rstrip("/") + "/"
     points = {point for point, _ in _mount_table() if point.startswith(root)}
     return sorted(points, key=len, reverse=True)
@@ -61,7 +64,7 @@ def unmount_below(path: Path) -> list[str]:
 
 def remove_tree(path: Path) -> None:
     """`rm -rf path`, but only once nothing is mounted below it (never deletes through a bind)."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     unmount_below(path)
     left = mounts_below(path)

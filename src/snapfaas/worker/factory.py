@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from snapfaas.config import ServerConfig
-from snapfaas.errors import SnapfaasError
+from snapfaas.errors import ServiceError, SnapfaasError
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
@@ -124,9 +124,12 @@ class EnvironmentFactory:
     def _clear_bundles(self) -> None:
         """Drop bundles a crashed daemon left behind. Contract: created after
         `Runc.reap_leftovers`, so no container uses any of them."""
-        unmount_below(self.config.sandbox_dir)  # binds leaked by a restore that died half-way
-        unmount_below(self.bundles)
-        remove_tree(self.bundles)
+        try:
+            unmount_below(self.config.sandbox_dir)  # binds leaked by a restore that died half-way
+            unmount_below(self.bundles)
+            remove_tree(self.bundles)
+        except OSError as exc:  # e.g. a symlink planted where the bundles go
+            raise ServiceError(f"sandbox setup failed at step 'clear bundles': {exc}") from exc
         self.bundles.mkdir(parents=True)
         for directory in (self.bundles.parent, self.bundles):  # the mapped root walks to each rootfs
             os.chmod(directory, 0o711)

@@ -17,6 +17,7 @@ import pytest
 
 from snapfaas.snapshot import engine
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
+from tests.netpeer import NetPeer
 from tests.e2e.snapstart_support import (
     SNAPSTART, Counter, assert_restored, function_log, publish, snapshot_dirs, wait_for,
 )
@@ -55,9 +56,9 @@ BLOCK_DIGEST = hashlib.sha256(
 class Gate(Counter):
     """A `Counter` whose /release path answers only once `open()` was called."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: NetPeer) -> None:
         self.opened = threading.Event()
-        super().__init__()
+        super().__init__(peer)
         handler_class = self.httpd.RequestHandlerClass
         gate = self
 
@@ -86,14 +87,14 @@ def copy_server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFact
     yield from run_server(processes, tmp_path_factory.mktemp("copy"), ["--keep-alive", "60", "--restore-memory", "copy"])
 
 
-def writer_and_reader(lam, server: ServerHandle, name: str) -> tuple[dict, dict, str, str]:  # type: ignore[no-untyped-def]
+def writer_and_reader(lam, server: ServerHandle, name: str, peer: NetPeer) -> tuple[dict, dict, str, str]:  # type: ignore[no-untyped-def]
     """Environment A writes to init's memory and holds; meanwhile B is restored and reads.
     Returns (A's body, B's body, image digest before, image digest after)."""
     create(lam, name, {"app.py": APP}, MemorySize=512, Timeout=60, SnapStart=SNAPSTART)
     publish(lam, name)
     (cache,) = snapshot_dirs(server, name, "1")[1]
     images_before = images_digest(cache)
-    gate = Gate()
+    gate = Gate(peer)
     try:
         event = {"write": True, "written_url": f"{gate.url}/written", "release_url": f"{gate.url}/release"}
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -110,11 +111,11 @@ def writer_and_reader(lam, server: ServerHandle, name: str) -> tuple[dict, dict,
     return writer, reader, images_before, images_digest(cache)
 
 
-def test_restores_map_the_page_images_and_writes_stay_private(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+def test_restores_map_the_page_images_and_writes_stay_private(lam, server: ServerHandle, netpeer: NetPeer) -> None:  # type: ignore[no-untyped-def]
     status = engine.probe()
     if not status.maps_pages:
         pytest.fail(f"CRIU lacks snapfaas's map-pages patch ({status.describe()}): run scripts/install-system-deps.sh")
-    writer, reader, images_before, images_after = writer_and_reader(lam, server, "mem-map")
+    writer, reader, images_before, images_after = writer_and_reader(lam, server, "mem-map", netpeer)
     assert writer["stream"] != reader["stream"]
     assert writer["before"] == reader["before"] == BLOCK_DIGEST  # init's memory came back intact
     assert writer["after"] != BLOCK_DIGEST  # A's writes are A's ...
@@ -123,9 +124,9 @@ def test_restores_map_the_page_images_and_writes_stay_private(lam, server: Serve
     assert reader["mapped_from_images"] >= 24 << 20, reader  # the 24 MiB block is mapped, not copied
 
 
-def test_copy_mode_restores_the_same_memory_by_copying(copy_server: ServerHandle) -> None:
+def test_copy_mode_restores_the_same_memory_by_copying(copy_server: ServerHandle, netpeer: NetPeer) -> None:
     lam = copy_server.client()
-    writer, reader, images_before, images_after = writer_and_reader(lam, copy_server, "mem-copy")
+    writer, reader, images_before, images_after = writer_and_reader(lam, copy_server, "mem-copy", netpeer)
     assert writer["before"] == reader["before"] == BLOCK_DIGEST
     assert writer["after"] != BLOCK_DIGEST and reader["after"] == BLOCK_DIGEST
     assert images_after == images_before

@@ -66,10 +66,16 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
+@click.option("--event-queue-max", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Most asynchronous (Event) invocations held at once; beyond it Invoke answers 429.")
+@click.option("--event-retry-base", default=1.0, type=click.FloatRange(min=0.001), hidden=True,
+              help="Seconds per unit of the async retry delays (Lambda: 1 s backoff start, 60 s before a retry "
+                   "after a function error); for tests.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_level: str) -> None:
+          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, event_queue_max: int,
+          event_retry_base: float, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -85,6 +91,7 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
         scan_block_on=None if scan_block_on == "never" else scan_block_on,
         snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
+        event_queue_max=event_queue_max, event_retry_base_s=event_retry_base,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")

@@ -58,6 +58,8 @@ class ServerConfig:
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
+    event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
+    event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
 
     @property
     def sandbox_dir(self) -> Path:

@@ -100,6 +100,23 @@ def test_throttle_closes_the_function_gate_without_blocking_others() -> None:
     assert b.next_wakeup(opens) == pytest.approx(opens + 1.0)  # the gate's backoff doubled
 
 
+def test_a_lone_throttled_event_backs_off_exponentially() -> None:
+    b = backlog(jitter=0.999999)
+    b.add(event(1))
+    now, waits = T0, []
+    for _ in range(6):
+        e = b.take(now)
+        assert e is not None and b.take(now) is None
+        b.settle(e, Outcome.THROTTLED, now)
+        wake = b.next_wakeup(now)
+        waits.append(round(wake - now, 3))
+        assert b.take(wake - 0.001) is None  # held until the gate opens
+        now = wake
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    b.expired(now + BACKOFF_CAP_UNITS + 64)  # a gate open for longer than the cap is forgotten
+    assert b.gates == {}
+
+
 def test_success_opens_the_gate_for_the_rest() -> None:
     b = backlog()
     for seq in (1, 2, 3):

@@ -196,14 +196,12 @@ class Backlog:
         lane = self.lanes.get(key)
         if lane is None or len(lane):
             return
-        del self.lanes[key]
-        self.gates.pop(key, None)
+        del self.lanes[key]  # its gates stay: a running event may come back (see `_prune_gates`)
         keys = self.by_function[key[0]]
         keys.discard(key)
         if not keys:
             del self.by_function[key[0]]
             self.ring.remove(key[0])
-            self.gates.pop((key[0],), None)
 
     def policy(self, event: QueuedEvent) -> RetryPolicy:
         lane = self.lanes.get(event.lane)
@@ -271,8 +269,15 @@ class Backlog:
             return event
         return None
 
+    def _prune_gates(self, now: float) -> None:
+        """Forget gates open for longer than the longest backoff (their level no longer matters)."""
+        stale = now - BACKOFF_CAP_UNITS * self.timing.unit_s
+        for key in [k for k, g in self.gates.items() if g.until < stale]:
+            del self.gates[key]
+
     def expired(self, now: float) -> list[QueuedEvent]:
         """Remove and return queued events older than their lane's MaximumEventAgeInSeconds."""
+        self._prune_gates(now)
         out: list[QueuedEvent] = []
         for key, lane in list(self.lanes.items()):
             lane.promote(now)

@@ -26,6 +26,7 @@ from snapfaas.worker.backlog import Backlog, Decision, DropReason, Outcome, Queu
 
 logger = logging.getLogger(__name__)
 MIN_WAIT_S = 0.005  # floor of the dispatcher's sleep, so an inconsistency can never spin the loop
+FULL_RECHECK_S = 1.0  # while every slot is taken, how often event ages are still checked
 
 BASE_SCHEMA = ("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT, "
                "function TEXT, qualifier TEXT, payload BLOB)")
@@ -213,8 +214,9 @@ class EventQueue:
                 if event is None:
                     break
                 self._spawn(self._attempt(event))
-            timeout: float | None = None
-            if len(self.backlog.inflight) < self._capacity():
+            if len(self.backlog.inflight) >= self._capacity():
+                timeout: float | None = FULL_RECHECK_S  # a finished attempt wakes us; ages still run out
+            else:
                 wake_at = self.backlog.next_wakeup(now)
                 timeout = None if wake_at is None else max(MIN_WAIT_S, wake_at - now)
             try:

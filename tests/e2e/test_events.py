@@ -191,9 +191,6 @@ def test_a_big_throttled_backlog_does_not_hold_up_another_function(server: Serve
     assert all(runs(server, "flood", rid) == 0 for rid in flood)
     lam.delete_function_concurrency(FunctionName="flood")
     wait_all_ran_once(server, "flood", flood, timeout=180)
-    text = log_text(server, "flood")
-    starts = [text.index(f"START RequestId: {rid} ") for rid in flood]
-    assert starts == sorted(starts) or len(set(starts)) == 30  # every one ran (FIFO within one environment)
 
 
 def test_events_for_a_pending_snapstart_version_run_once_it_is_active(server: ServerHandle, lam) -> None:

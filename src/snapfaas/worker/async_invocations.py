@@ -65,12 +65,14 @@ class AsyncInvocations:
         backlog = Backlog(settings.timing, self._policy_for)
         self.queue = EventQueue(EventStore(store_path), backlog, self._attempt, self._conclude,
                                 capacity=lambda: invoker.worker.max_environments)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.registry.observers.append(self._changed)
 
     def __len__(self) -> int:
         return len(self.queue)
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.queue.start()
 
     async def close(self) -> None:
@@ -108,6 +110,21 @@ class AsyncInvocations:
         return True
 
     def _changed(self, function: str) -> None:
+        """Registry observer. Runs the change on the event loop even if the registry was
+        written from another thread (the queue's state belongs to the loop)."""
+        loop = self._loop
+        if loop is None:
+            return  # not started: nothing is queued in memory yet
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._apply_change(function)
+        else:
+            loop.call_soon_threadsafe(self._apply_change, function)
+
+    def _apply_change(self, function: str) -> None:
         self.queue.changed(function, lambda qualifier: self._resolves(function, qualifier))
 
     # -- one attempt ------------------------------------------------------------------------------

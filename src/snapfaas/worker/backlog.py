@@ -91,7 +91,7 @@ class EventTiming:
         return FUNCTION_ERROR_DELAY_UNITS * self.unit_s * attempts
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class QueuedEvent:
     """What the scheduler knows of one queued event (the payload stays on disk)."""
 

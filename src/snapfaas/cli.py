@@ -69,26 +69,41 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--sandbox-network", type=click.Choice(["isolated", "host"]), default="isolated", show_default=True,
               help="isolated: each environment gets its own network namespace (NAT out; no host, link-local or other "
                    "environments). host: share the host's network (unsafe; for benchmarks and debugging).")
+@click.option("--event-queue-max", default=100_000, show_default=True, type=click.IntRange(min=1),
+              help="Most asynchronous (Event) invocations held at once; beyond it Invoke answers 429.")
+@click.option("--event-retry-base", default=1.0, type=click.FloatRange(min=0.001), hidden=True,
+              help="Seconds per unit of the async retry delays (Lambda: 1 s backoff start, 60 s before a retry "
+                   "after a function error); for tests.")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
-          max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, sandbox_network: str, log_level: str) -> None:
+def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        overrides = parse_runtime_overrides(runtimes)
+        overrides = parse_runtime_overrides(opts["runtimes"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    sandbox_dir = opts["sandbox_dir"]
     config = ServerConfig(
-        data_dir=data_dir.resolve(), host=host, port=port, region=region, auth=not no_auth,
-        credentials=credentials_from_env(os.environ) or {}, runtimes=overrides, keep_alive_s=keep_alive,
-        max_environments=max_environments, sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
-        snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
-        scan_block_on=None if scan_block_on == "never" else scan_block_on,
-        snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
-        sandbox_network=sandbox_network,
+        data_dir=opts["data_dir"].resolve(),
+        host=opts["host"],
+        port=opts["port"],
+        region=opts["region"],
+        auth=not opts["no_auth"],
+        credentials=credentials_from_env(os.environ) or {},
+        runtimes=overrides,
+        keep_alive_s=opts["keep_alive"],
+        max_environments=opts["max_environments"],
+        sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
+        snapshot_retention_s=parse_duration(opts["snapshot_retention"]),
+        snapstart=not opts["no_snapstart"],
+        scan_block_on=None if opts["scan_block_on"] == "never" else opts["scan_block_on"],
+        snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
+        restore_memory=opts["restore_memory"],
+        sandbox_network=opts["sandbox_network"],
+        event_queue_max=opts["event_queue_max"],
+        event_retry_base_s=opts["event_retry_base"],
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")

@@ -60,6 +60,8 @@ class ServerConfig:
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
     sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)
+    event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
+    event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
 
     @property
     def sandbox_dir(self) -> Path:

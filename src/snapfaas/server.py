@@ -33,6 +33,8 @@ from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.vault import SnapshotVault
+from snapfaas.worker.async_invocations import EventSettings
+from snapfaas.worker.backlog import EventTiming
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
@@ -94,7 +96,9 @@ class Server:
         worker.snapshots = snapshots
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
-        invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db")
+        invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db", logs,
+                          EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
+                                        cfg.data_dir / "destinations"))
         artifacts.collect_garbage(registry.referenced_digests())
         snapshots.collect_garbage()
         services = Services(cfg, control, invoker, logs, identity=identity)

@@ -176,21 +176,6 @@ def test_event_runs_the_qualified_version(server: ServerHandle, lam) -> None:
     wait_for_log(server, "versioned", [f"START RequestId: {request_id} Version: 1\n", f"END RequestId: {request_id}"])
 
 
-def test_failed_event_is_retried_twice_with_the_same_request_id(server: ServerHandle, lam) -> None:
-    create(lam, "eventfail", {"app.py": RAISES})
-    response = lam.invoke(FunctionName="eventfail", InvocationType="Event", Payload=b"{}")
-    assert response["StatusCode"] == 202
-    request_id = response["ResponseMetadata"]["RequestId"]
-    text = wait_for_log(server, "eventfail", [f"END RequestId: {request_id}"] * 1, deadline_s=5)
-    deadline = time.monotonic() + 20
-    while text.count(f"END RequestId: {request_id}") < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        text = read_log(server, "eventfail")
-    assert text.count(f"START RequestId: {request_id}") == 3, text[-3000:]
-    assert text.count(f"END RequestId: {request_id}") == 3
-    assert text.count("[ERROR] CustomError: something broke") == 3
-
-
 def test_event_with_zero_reserved_concurrency_is_still_accepted(lam) -> None:
     create(lam, "zeroevent", {"app.py": "def handler(e, c):\n    return 1\n"})
     lam.put_function_concurrency(FunctionName="zeroevent", ReservedConcurrentExecutions=0)

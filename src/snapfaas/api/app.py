@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from snapfaas.api import aliases, functions
+from snapfaas.api import aliases, event_configs, functions
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.code import download_code
 from snapfaas.api.context import SERVICES, Services, services
@@ -20,6 +20,7 @@ from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasErr
 logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
 FN = "/2015-03-31/functions/{name}"
+EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 
 
 def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
@@ -69,6 +70,11 @@ def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
     app.router.add_put("/2017-10-31/functions/{name}/concurrency", functions.put_concurrency)
     app.router.add_delete("/2017-10-31/functions/{name}/concurrency", functions.delete_concurrency)
     app.router.add_get("/2019-09-30/functions/{name}/concurrency", functions.get_concurrency)
+    app.router.add_put(EVENT_CONFIG, event_configs.put_config)
+    app.router.add_post(EVENT_CONFIG, event_configs.update_config)
+    app.router.add_get(EVENT_CONFIG, event_configs.get_config)
+    app.router.add_delete(EVENT_CONFIG, event_configs.delete_config)
+    app.router.add_get(EVENT_CONFIG + "/list", event_configs.list_configs)
     app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
     app.router.add_get(PATH_PREFIX + "{digest}", download_code)
     app.router.add_get("/snapfaas/v1/health", health)

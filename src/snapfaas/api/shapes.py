@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snapfaas.registry.model import Alias, FunctionVersion
+from snapfaas.registry.model import Alias, EventInvokeConfig, FunctionVersion
 
 
 def function_configuration(v: FunctionVersion, arn: str, listing: bool = False) -> dict[str, Any]:
@@ -58,6 +58,20 @@ def alias_configuration(alias: Alias, arn: str) -> dict[str, Any]:
     }
     if alias.routing:
         out["RoutingConfig"] = {"AdditionalVersionWeights": dict(alias.routing)}
+    return out
+
+
+def event_invoke_config(config: EventInvokeConfig, arn: str) -> dict[str, Any]:
+    """FunctionEventInvokeConfig: unset limits are omitted, both destinations always present."""
+    out: dict[str, Any] = {"LastModified": config.last_modified, "FunctionArn": arn}
+    if config.max_retry_attempts is not None:
+        out["MaximumRetryAttempts"] = config.max_retry_attempts
+    if config.max_event_age_s is not None:
+        out["MaximumEventAgeInSeconds"] = config.max_event_age_s
+    out["DestinationConfig"] = {
+        "OnSuccess": {"Destination": config.on_success} if config.on_success else {},
+        "OnFailure": {"Destination": config.on_failure} if config.on_failure else {},
+    }
     return out
 
 

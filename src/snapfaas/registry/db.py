@@ -9,19 +9,28 @@ Schema (all records are JSON in `data`, keyed columns are for lookups)::
     functions(name PK, seq, reserved_concurrency, last_version)
     versions(function, version, ordinal, data)   PK(function, version)
     aliases(function, name, data)                PK(function, name)
+    event_invoke_configs(function, qualifier, data) PK(function, qualifier)
+
+`observers` are called with a function's name after every committed change to it (state,
+concurrency, deletion, event invoke config), so in-memory schedulers can re-read it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed
-from snapfaas.registry.model import LATEST, Alias, FunctionInfo, FunctionVersion, State, new_revision, now_iso
+from snapfaas.registry.model import (
+    LATEST, Alias, EventInvokeConfig, FunctionInfo, FunctionVersion, State, new_revision, now_iso,
+)
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
@@ -43,6 +52,12 @@ CREATE TABLE IF NOT EXISTS aliases (
     data TEXT NOT NULL,
     PRIMARY KEY (function, name)
 );
+CREATE TABLE IF NOT EXISTS event_invoke_configs (
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    qualifier TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
 """
 
 
@@ -54,6 +69,14 @@ class Registry:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self.observers: list[Callable[[str], None]] = []
+
+    def _changed(self, name: str) -> None:
+        for observer in self.observers:
+            try:
+                observer(name)
+            except Exception:  # an observer's bug must not fail a committed change
+                logger.exception("registry observer failed at step 'notify' for function %s", name)
 
     def close(self) -> None:
         self._db.close()
@@ -127,7 +150,8 @@ class Registry:
                 )
             change(current)
             self._put(db, current)
-            return current
+        self._changed(name)
+        return current
 
     def set_state(self, name: str, version: str, state: State, reason: str | None, code: str | None) -> None:
         """Best-effort state move for background work; a deleted function is silently ignored."""
@@ -213,7 +237,8 @@ class Registry:
         with self._tx() as db:
             versions = self.list_versions(name)
             db.execute("DELETE FROM functions WHERE name=?", (name,))
-            return versions
+        self._changed(name)
+        return versions
 
     def delete_version(self, name: str, version: str) -> FunctionVersion:
         with self._tx() as db:
@@ -224,7 +249,9 @@ class Registry:
                     f"Unable to delete version because the following aliases reference it: [{', '.join(used_by)}]"
                 )
             db.execute("DELETE FROM versions WHERE function=? AND version=?", (name, version))
-            return record
+            db.execute("DELETE FROM event_invoke_configs WHERE function=? AND qualifier=?", (name, version))
+        self._changed(name)
+        return record
 
     # -- aliases ---------------------------------------------------------------------------
     def _put_alias(self, db: sqlite3.Connection, alias: Alias) -> None:
@@ -270,18 +297,54 @@ class Registry:
             alias.revision_id = new_revision()
             self._check_alias_target(alias)
             self._put_alias(db, alias)
-            return alias
+        self._changed(function)
+        return alias
 
     def delete_alias(self, function: str, name: str) -> None:
         with self._tx() as db:
             self.function_info(function)
             db.execute("DELETE FROM aliases WHERE function=? AND name=?", (function, name))
+            db.execute("DELETE FROM event_invoke_configs WHERE function=? AND qualifier=?", (function, name))
+        self._changed(function)
 
     # -- concurrency -----------------------------------------------------------------------
     def set_reserved_concurrency(self, name: str, value: int | None) -> None:
         with self._tx() as db:
             self.function_info(name)
             db.execute("UPDATE functions SET reserved_concurrency=? WHERE name=?", (value, name))
+        self._changed(name)
+
+    # -- event invoke configs ----------------------------------------------------------------
+    def get_event_config(self, function: str, qualifier: str) -> EventInvokeConfig | None:
+        row = self._db.execute(
+            "SELECT data FROM event_invoke_configs WHERE function=? AND qualifier=?", (function, qualifier)
+        ).fetchone()
+        return None if row is None else EventInvokeConfig(**json.loads(row[0]))
+
+    def list_event_configs(self, function: str) -> list[EventInvokeConfig]:
+        self.function_info(function)
+        rows = self._db.execute("SELECT data FROM event_invoke_configs WHERE function=?", (function,)).fetchall()
+        configs = [EventInvokeConfig(**json.loads(r[0])) for r in rows]
+        # $LATEST, then versions by number, then aliases by name
+        return sorted(configs, key=lambda c: (c.qualifier != LATEST, not c.qualifier.isdigit(),
+                                              int(c.qualifier) if c.qualifier.isdigit() else 0, c.qualifier))
+
+    def put_event_config(self, config: EventInvokeConfig) -> EventInvokeConfig:
+        """Store `config` if its function and qualifier (still) exist, in one transaction."""
+        with self._tx() as db:
+            self.resolve(config.function, config.qualifier)
+            db.execute(
+                "INSERT OR REPLACE INTO event_invoke_configs(function, qualifier, data) VALUES (?, ?, ?)",
+                (config.function, config.qualifier, json.dumps(dataclasses.asdict(config))),
+            )
+        self._changed(config.function)
+        return config
+
+    def delete_event_config(self, function: str, qualifier: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM event_invoke_configs WHERE function=? AND qualifier=?", (function, qualifier))
+        self._changed(function)
+        return cur.rowcount > 0
 
     def referenced_digests(self) -> set[str]:
         return {v.code_digest for v in self.list_all_versions()}

@@ -132,3 +132,18 @@ class FunctionInfo:
     name: str
     reserved_concurrency: int | None
     last_version: int
+
+
+@dataclasses.dataclass
+class EventInvokeConfig:
+    """A ``FunctionEventInvokeConfig``: asynchronous-invocation settings of one function
+    qualifier ($LATEST for the unqualified function, a version number or an alias name).
+    None means "not set" (the default applies and the field is not echoed)."""
+
+    function: str
+    qualifier: str
+    max_retry_attempts: int | None = None
+    max_event_age_s: int | None = None
+    on_success: str | None = None
+    on_failure: str | None = None
+    last_modified: float = 0.0  # epoch seconds (the API's LastModified is a timestamp)

@@ -22,6 +22,7 @@ from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, SnapfaasE
 from snapfaas.registry import validation as check
 from snapfaas.registry.artifacts import ArtifactStore, CodeArtifact
 from snapfaas.registry.db import Registry
+from snapfaas.registry.event_configs import EventConfigs
 from snapfaas.registry.model import LATEST, Alias, FunctionVersion, State, new_revision, now_iso
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 
@@ -46,6 +47,7 @@ class ControlPlane:
         self.artifacts = artifacts
         self.interpreters = interpreters
         self.retire = retire
+        self.event_configs = EventConfigs(registry)  # PutFunctionEventInvokeConfig and friends
         self.publishers: dict[str, Settle] = {}
         self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
         self._tasks: set[asyncio.Task[None]] = set()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from snapfaas.config import SUPPORTED_RUNTIMES
+from snapfaas.destinations import DESTINATION_ARN_PATTERN, DESTINATION_ARN_RE
 from snapfaas.errors import InvalidParameterValue, ValidationError
 
 ALIAS_NAME_RE = re.compile(r"^(?!^[0-9]+$)([a-zA-Z0-9-_]+)$")
@@ -215,3 +216,41 @@ def require(body: Mapping[str, Any], key: str, member: str) -> Any:
     if key not in body or body[key] is None:
         raise constraint_error("null", member, "Member must not be null")
     return body[key]
+
+
+# -- FunctionEventInvokeConfig -------------------------------------------------------------------
+EVENT_CONFIG_MEMBERS = ("MaximumRetryAttempts", "MaximumEventAgeInSeconds", "DestinationConfig")
+
+
+def maximum_retry_attempts(value: object) -> int:
+    return int_range(value, "maximumRetryAttempts", 0, 2)
+
+
+def maximum_event_age(value: object) -> int:
+    return int_range(value, "maximumEventAgeInSeconds", 60, 21600)
+
+
+def destination_config(value: object) -> dict[str, str | None]:
+    """``DestinationConfig`` -> ``{"OnSuccess": arn or None, "OnFailure": ...}`` for the members
+    given (an empty ``{}`` or ``""`` destination clears it). Only the ARN pattern is checked here;
+    what it names is checked by `snapfaas.destinations.parse`."""
+    if not isinstance(value, Mapping):
+        raise InvalidParameterValue("DestinationConfig must be an object with OnSuccess and/or OnFailure members")
+    out: dict[str, str | None] = {}
+    for key in ("OnSuccess", "OnFailure"):
+        if key not in value or value[key] is None:
+            continue
+        member = value[key]
+        if not isinstance(member, Mapping):
+            raise InvalidParameterValue(f"DestinationConfig.{key} must be an object with a Destination member")
+        arn = member.get("Destination")
+        if arn is None or arn == "":
+            out[key] = None
+            continue
+        path = f"destinationConfig.{key[0].lower() + key[1:]}.destination"
+        if not isinstance(arn, str) or len(arn) > 350:
+            raise constraint_error(arn, path, "Member must have length less than or equal to 350")
+        if not DESTINATION_ARN_RE.fullmatch(arn):
+            raise constraint_error(arn, path, f"Member must satisfy regular expression pattern: {DESTINATION_ARN_PATTERN}")
+        out[key] = arn
+    return out

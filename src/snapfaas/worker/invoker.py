@@ -2,8 +2,9 @@
 
 `Invoker.invoke` takes a function reference as the caller gave it and returns an
 `InvokeResult`; every failure that Lambda reports as an API error (not found, throttled, not
-ready, payload too large) is raised as a `snapfaas.errors` leaf. Function errors are data in
-the result (``function_error``), never exceptions.
+ready, payload too large, event queue full) is raised as a `snapfaas.errors` leaf. Function
+errors are data in the result (``function_error``), never exceptions. ``Event`` invocations
+are handed to `AsyncInvocations` (`self.events`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import uuid
 from pathlib import Path
 
 from snapfaas.config import Limits
-from snapfaas.errors import (
-    Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge, SnapStartNotReady, Throttled,
-)
+from snapfaas.errors import Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import LATEST, FunctionVersion, State
+from snapfaas.worker.async_invocations import AsyncInvocations, EventSettings
 from snapfaas.worker.environment import InvokeRequest
-from snapfaas.worker.events import EventQueue, QueuedEvent
+from snapfaas.worker.logs import LogStore
 from snapfaas.worker.pool import Worker
 
 logger = logging.getLogger(__name__)
@@ -41,11 +41,12 @@ class InvokeResult:
 
 
 class Invoker:
-    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_path: Path) -> None:
+    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_path: Path,
+                 logs: LogStore | None = None, event_settings: EventSettings | None = None) -> None:
         self.registry = registry
         self.worker = worker
         self.limits = limits
-        self.events = EventQueue(events_path, self._run_event)
+        self.events = AsyncInvocations(self, events_path, logs, event_settings or EventSettings())
 
     def start(self) -> None:
         self.events.start()
@@ -101,11 +102,11 @@ class Invoker:
         if invocation_type == "DryRun":
             return InvokeResult(204, b"", request_id)  # Lambda sends no X-Amz-Executed-Version for DryRun
         if invocation_type == "Event":
-            self.events.put(request_id, name, qualifier, payload)
+            self.events.accept(request_id, name, qualifier, payload)
             return InvokeResult(202, b"", request_id)
         self.check_ready(version)
         info = self.registry.function_info(name)
-        self._touch(version)
+        self.touch(version)
         outcome = await self.worker.invoke(
             version,
             InvokeRequest(request_id, payload, invoked_arn, float(version.timeout), context),
@@ -117,29 +118,9 @@ class Invoker:
             tail_text = base64.b64encode(raw[-self.limits.log_tail_bytes :]).decode()
         return InvokeResult(200, outcome.payload, request_id, version.version, outcome.function_error, tail_text)
 
-    def _touch(self, version: FunctionVersion) -> None:
+    def touch(self, version: FunctionVersion) -> None:
         if self.worker.snapshots is not None and version.uses_snapshot:
             self.worker.snapshots.touch(version)
-
-    async def _run_event(self, event: QueuedEvent, attempt: int) -> bool:
-        try:
-            version, invoked_arn = self.resolve(event.function, event.qualifier)
-            self.check_ready(version)
-            info = self.registry.function_info(event.function)
-        except SnapStartNotReady:
-            return False  # the snapshot is being re-created: retry later
-        except (NotFound, Conflict) as exc:
-            logger.warning("dropping event %s: %s", event.request_id, exc.message)
-            return True
-        try:
-            outcome = await self.worker.invoke(
-                version,
-                InvokeRequest(event.request_id, event.payload, invoked_arn, float(version.timeout)),
-                info.reserved_concurrency,
-            )
-        except Throttled:
-            return False
-        return outcome.function_error is None
 
 
 def check_json(payload: bytes) -> None:

@@ -66,10 +66,16 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+              help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls-cert.")
+@click.option("--replay-cache", is_flag=True,
+              help="Refuse a second use of a request signature within its 15-minute validity window.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_level: str) -> None:
+          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, tls_cert: Path | None,
+          tls_key: Path | None, replay_cache: bool, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
@@ -85,7 +91,18 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
         scan_block_on=None if scan_block_on == "never" else scan_block_on,
         snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
+        tls_cert=tls_cert.resolve() if tls_cert else None, tls_key=tls_key.resolve() if tls_key else None,
+        replay_cache=replay_cache,
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if config.tls_cert is not None and config.tls_key is not None:
+        from snapfaas.transport import TlsConfigError, server_ssl_context
+
+        try:
+            server_ssl_context(config.tls_cert, config.tls_key)  # fail before anything starts
+        except TlsConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
     asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())

@@ -58,6 +58,9 @@ class ServerConfig:
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
+    tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS
+    tls_key: Path | None = None
+    replay_cache: bool = False  # refuse a second use of a SigV4 signature within its validity window
 
     @property
     def sandbox_dir(self) -> Path:
@@ -72,11 +75,30 @@ class ServerConfig:
         return Path("/var/lib/snapfaas/sandbox") / digest
 
     @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def _local_host(self) -> str:
+        """The API's address as seen from this host (a wildcard bind is reached on loopback)."""
+        return self.host if self.host.startswith("127.") or self.host == "::1" else "127.0.0.1"
+
+    @property
     def credentials_uri(self) -> str:
         """Where environments fetch credentials; they share the host network namespace, and
         botocore accepts plain HTTP only for loopback addresses."""
-        host = self.host if self.host.startswith("127.") or self.host == "::1" else "127.0.0.1"
-        return f"http://{host}:{self.port}/snapfaas/v1/credentials"
+        return f"{self.scheme}://{self._local_host}:{self.port}/snapfaas/v1/credentials"
+
+    @property
+    def function_api_url(self) -> str:
+        """The Lambda API as functions reach it (``AWS_ENDPOINT_URL_LAMBDA``, which botocore
+        honours, so ``boto3.client("lambda")`` inside a function needs no endpoint argument).
+        For now the server's own endpoint; calls are authorized by `snapfaas.policy`."""
+        return f"{self.scheme}://{self._local_host}:{self.port}"
 
     @property
     def snapshot_cache(self) -> Path:
@@ -93,7 +115,7 @@ class ServerConfig:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 def snapshot_cache_for(sandbox_dir: Path) -> Path:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from snapfaas import credentials
 from snapfaas.api.app import build_app
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.context import Services
+from snapfaas.api.replay import ReplayCache
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.db import Registry
@@ -28,6 +30,7 @@ from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
+from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.vault import SnapshotVault
 from snapfaas.worker.factory import EnvironmentFactory
@@ -46,20 +49,37 @@ class Server:
         self._stop = asyncio.Event()
 
     def _keys(self) -> dict[str, str]:
+        """The operator's keys. A generated secret is shown once, when it is created; later
+        starts name the key id and the file only (the log must not carry the secret)."""
         if self.config.credentials:
             return dict(self.config.credentials)
         (akid, secret), created = credentials.load_or_create(self.config.data_dir)
         if created:
-            self.say(f"Generated access keys (stored in {self.config.data_dir / credentials.FILE_NAME}):")
+            self.say(f"Generated access keys (stored in {self.config.data_dir / credentials.FILE_NAME}; "
+                     "the secret is shown this once):")
             self.say(credentials.snippet(self.config.endpoint_url, akid, secret, self.config.region))
         else:
             self.say(f"Access key id {akid} (secret in {self.config.data_dir / credentials.FILE_NAME})")
         return {akid: secret}
 
+    def _transport(self) -> ssl.SSLContext | None:
+        """The TLS context, if configured; a loud warning for a non-loopback bind without it."""
+        cfg = self.config
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            return server_ssl_context(cfg.tls_cert, cfg.tls_key)
+        if not is_loopback(cfg.host):
+            self.say(
+                f"WARNING: serving plain HTTP on non-loopback address {cfg.host}: requests, responses (code links, "
+                "environment variables) and signatures travel in clear text and can be read and replayed. "
+                "Use --tls-cert/--tls-key."
+            )
+        return None
+
     async def run(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.data_dir, 0o700)
+        ssl_context = self._transport()
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
             self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
@@ -79,7 +99,7 @@ class Server:
                                   owner=cfg.host_id_base + cfg.sandbox_uid)
         logs = LogStore(cfg.data_dir / "logs")
         identity = IdentityBroker()
-        credentials_env = EndpointCredentials(identity, cfg.credentials_uri)
+        credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs)
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
@@ -92,11 +112,11 @@ class Server:
         artifacts.collect_garbage(registry.referenced_digests())
         snapshots.collect_garbage()
         services = Services(cfg, control, invoker, logs, identity=identity)
-        verifier = SigV4Verifier(keys, temporary=identity.secret_for) if cfg.auth else None
-        app = build_app(services, verifier)
+        verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
+        app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)

@@ -52,12 +52,12 @@ class SnapshotManager:
         vault: SnapshotVault,
         status: engine.CriuStatus,
         retention_s: float,
-        environ_for: Callable[[str], dict[str, str]],
+        environ_for: Callable[[str, str, str], dict[str, str]],
         revoke: Callable[[str], None],
         clock: Callable[[], float] = time.time,
         restore_memory: str = "copy",
     ) -> None:
-        """`environ_for(env_id)` gives an environment its credentials variables; `revoke`
+        """`environ_for(env_id, function, role)` gives an environment its credentials variables; `revoke`
         withdraws them when the environment is gone. `restore_memory` ("map" / "copy") is the
         server's setting; each snapshot records the mode its restores use (`memory.choose`)."""
         self.registry = registry
@@ -120,7 +120,7 @@ class SnapshotManager:
             if blocking:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
         identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
-        env = self.factory.create(version, "snap-start", self.environ_for(identity))
+        env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role))
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))
         started = time.monotonic()
         env.log(f"INIT_START Runtime Version: {version.runtime}.snapfaas\tPhase: snapshot\n")

@@ -303,3 +303,50 @@ def test_accepts_client_that_signs_user_agent(verifier: SigV4Verifier) -> None:
         headers = sign("POST", INVOKE_PATH, BODY, {"User-Agent": "some-sdk/1.0"})
     assert "user-agent" in headers["Authorization"]
     assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == Operator(AKID)
+
+
+# -- two phases: headers before the body ----------------------------------------------------
+def test_header_checks_need_no_body(verifier: SigV4Verifier) -> None:
+    """Unknown key, stale date, bad shape: refused from the headers alone."""
+    headers = sign("POST", INVOKE_PATH, BODY, akid="SFIAUNKNOWN000000000")
+    with pytest.raises(UnrecognizedClient):
+        verifier.check_headers("POST", INVOKE_PATH, headers)
+    stale = sign("POST", INVOKE_PATH, BODY, when=NOW - dt.timedelta(hours=1))
+    with pytest.raises(InvalidSignature, match="Signature expired"):
+        verifier.check_headers("POST", INVOKE_PATH, stale)
+    good = sign("POST", INVOKE_PATH, BODY)
+    pending = verifier.check_headers("POST", INVOKE_PATH, good)
+    assert pending.verify(BODY) == Operator(AKID)
+    with pytest.raises(InvalidSignature):
+        pending.verify(BODY + b" ")
+
+
+def test_unsigned_payload_is_refused_with_a_body(verifier: SigV4Verifier) -> None:
+    headers = sign("POST", INVOKE_PATH, BODY, {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    err = reject(verifier, "POST", INVOKE_PATH, headers, BODY, InvalidSignature)
+    assert "UNSIGNED-PAYLOAD is not accepted" in err.message
+    put = sign("PUT", "/2015-03-31/functions/f/code", b"", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    reject(verifier, "PUT", "/2015-03-31/functions/f/code", put, b"", InvalidSignature)
+    with_length = sign("GET", "/2015-03-31/functions/", b"", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD", "Content-Length": "5"})
+    reject(verifier, "GET", "/2015-03-31/functions/", with_length, b"", InvalidSignature)
+
+
+def test_unsigned_payload_without_body_is_accepted(verifier: SigV4Verifier) -> None:
+    headers = sign("GET", "/2015-03-31/functions/", b"", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == Operator(AKID)
+
+
+def test_temporary_credentials_resolve_to_their_function() -> None:
+    from snapfaas.identity import IdentityBroker
+    from snapfaas.principals import FunctionPrincipal
+
+    broker = IdentityBroker(clock=lambda: NOW)
+    principal = FunctionPrincipal("fn", "arn:aws:iam::000000000000:role/r")
+    creds = broker.credentials(broker.issue_token("env", principal))
+    assert creds is not None
+    verifier = SigV4Verifier({AKID: SECRET}, clock=fixed_clock(NOW), temporary=broker.session)
+    headers = sign("GET", "/2015-03-31/functions/", akid=creds.access_key_id, secret=creds.secret_access_key)
+    headers["X-Amz-Security-Token"] = creds.session_token
+    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == principal
+    headers["X-Amz-Security-Token"] = "forged"
+    reject(verifier, "GET", "/2015-03-31/functions/", headers, b"", UnrecognizedClient)

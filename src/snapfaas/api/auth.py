@@ -60,6 +60,10 @@ class _ExactSigner(SigV4Auth):
 
 TemporaryLookup = Callable[[str, "str | None"], "TemporarySession | None"]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+UNSIGNED_REFUSED = (
+    "x-amz-content-sha256 UNSIGNED-PAYLOAD is not accepted for requests with a body: "
+    "sign the payload (send its SHA-256, or omit the header)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +89,10 @@ class PendingSignature:
 
     def verify(self, body: bytes) -> Principal:
         """Check the payload hash and the signature; return the caller or raise `InvalidSignature`."""
-        if self.content_sha and self.content_sha != hashlib.sha256(body).hexdigest():
+        if self.content_sha == UNSIGNED_PAYLOAD:
+            if body:
+                raise InvalidSignature(UNSIGNED_REFUSED)
+        elif self.content_sha and self.content_sha != hashlib.sha256(body).hexdigest():
             raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
         request = AWSRequest(
             method=self.method,
@@ -152,10 +159,7 @@ class SigV4Verifier:
         lowered = {k.lower(): v for k, v in headers.items()}
         content_sha = lowered.get("x-amz-content-sha256")
         if content_sha == UNSIGNED_PAYLOAD and _has_body(method, lowered):
-            raise InvalidSignature(
-                "x-amz-content-sha256 UNSIGNED-PAYLOAD is not accepted for requests with a body: "
-                "sign the payload (send its SHA-256, or omit the header)."
-            )
+            raise InvalidSignature(UNSIGNED_REFUSED)
         signed = match["signed"].split(";")
         missing = [h for h in signed if h not in lowered]
         if missing:

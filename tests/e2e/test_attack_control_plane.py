@@ -26,9 +26,29 @@ VICTIM = "victim"
 VICTIM_CODE = {"app.py": "import os\n\ndef handler(event, context):\n    return {'victim': True, 'secret': os.environ['SECRET'], 'event': event}\n"}
 
 ATTACKER_APP = """
-import io, json, os, zipfile
+import io, json, os, urllib.error, urllib.request, zipfile
 import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+
+def signed(method, path, body=b""):
+    \"\"\"A snapfaas-only route, signed with the environment's credentials.\"\"\"
+    url = os.environ["AWS_ENDPOINT_URL_LAMBDA"] + path
+    request = AWSRequest(method=method, url=url, data=body)
+    SigV4Auth(boto3.Session().get_credentials().get_frozen_credentials(), "lambda", os.environ["AWS_REGION"]).add_auth(request)
+    sent = urllib.request.Request(url, data=body or None, method=method, headers=dict(request.headers.items()))
+    try:
+        with urllib.request.urlopen(sent, timeout=30) as response:
+            return {"ok": True, "status": response.status, "result": response.read().decode()}
+    except urllib.error.HTTPError as exc:
+        return {"ok": False, "status": exc.code, "code": exc.headers.get("x-amzn-ErrorType"),
+                "message": json.loads(exc.read()).get("Message")}
+
+RAW = {
+    "logs": lambda t: signed("GET", "/snapfaas/v1/logs/" + t),
+    "echo": lambda t: signed("POST", "/snapfaas/v1/echo", b'{"echo": 1}'),
+}
 
 def evil_zip():
     buf = io.BytesIO()
@@ -53,6 +73,9 @@ def handler(event, context):
     client = boto3.client("lambda", config=Config(retries={"total_max_attempts": 1}, read_timeout=60))
     out = {"endpoint": client.meta.endpoint_url, "env_endpoint": os.environ.get("AWS_ENDPOINT_URL_LAMBDA")}
     for name in event["attempts"]:
+        if name in RAW:
+            out[name] = RAW[name](event["target"])
+            continue
         try:
             out[name] = {"ok": True, "result": ATTEMPTS[name](client, event["target"])}
         except client.exceptions.ClientError as exc:
@@ -61,7 +84,7 @@ def handler(event, context):
     return json.loads(json.dumps(out, default=str))
 """
 CONTROL_PLANE = ["list_functions", "get_function", "get_function_configuration", "update_function_code",
-                 "update_function_configuration", "delete_function", "add_permission_self", "get_policy"]
+                 "update_function_configuration", "delete_function", "add_permission_self", "get_policy", "logs", "echo"]
 ACTIONS = {
     "list_functions": ("lambda:ListFunctions", PREFIX + "*"),
     "get_function": ("lambda:GetFunction", PREFIX + VICTIM),
@@ -71,6 +94,8 @@ ACTIONS = {
     "delete_function": ("lambda:DeleteFunction", PREFIX + VICTIM),
     "add_permission_self": ("lambda:AddPermission", None),  # resource: the attacker itself
     "get_policy": ("lambda:GetPolicy", PREFIX + VICTIM),
+    "logs": ("snapfaas:GetFunctionLogs", PREFIX + VICTIM),
+    "echo": ("snapfaas:Echo", PREFIX + "*"),
 }
 
 

@@ -3,8 +3,9 @@
 Each environment gets an authorization token (`AWS_CONTAINER_AUTHORIZATION_TOKEN`); presenting
 it to the credentials endpoint returns short-lived credentials (key id, secret, session token,
 expiry) that this server's SigV4 verifier accepts until they expire, as the function's
-principal (`FunctionPrincipal`: denied everything but granted invokes, see `snapfaas.policy`). A SnapStart environment
-gets a new token after every restore, so credentials are never shared through a snapshot.
+principal (`FunctionPrincipal`: denied everything but granted invokes, see `snapfaas.policy`).
+A SnapStart environment gets a new token after every restore, so credentials are never shared
+through a snapshot.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -85,8 +86,17 @@ class ServerHandle:
     proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls_cert(self) -> str | None:
+        """The certificate a ``--tls-cert`` server serves (clients trust it), else None."""
+        args = self.extra_args
+        return args[args.index("--tls-cert") + 1] if "--tls-cert" in args else None
+
+    @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
 
     @property
     def log_path(self) -> Path:
@@ -106,7 +116,7 @@ class ServerHandle:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
             try:
-                with urllib.request.urlopen(self.endpoint + "/snapfaas/v1/health", timeout=1) as r:
+                with urllib.request.urlopen(self.endpoint + "/snapfaas/v1/health", timeout=1, context=self.ssl_context()) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -124,7 +134,7 @@ class ServerHandle:
     def client(self, secret: str = SECRET_KEY, key: str = ACCESS_KEY, **config: object):  # type: ignore[no-untyped-def]
         return boto3.client(
             "lambda", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id=key, aws_secret_access_key=secret,
+            aws_access_key_id=key, aws_secret_access_key=secret, verify=self.tls_cert,
             config=Config(retries={"total_max_attempts": 1}, read_timeout=120, **config),  # type: ignore[arg-type]
         )
 

@@ -74,6 +74,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--event-retry-base", default=1.0, type=click.FloatRange(min=0.001), hidden=True,
               help="Seconds per unit of the async retry delays (Lambda: 1 s backoff start, 60 s before a retry "
                    "after a function error); for tests.")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+              help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls-cert.")
+@click.option("--replay-cache", is_flag=True,
+              help="Refuse a second use of a request signature within its 15-minute validity window.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -104,7 +109,19 @@ def serve(**opts: Any) -> None:
         sandbox_network=opts["sandbox_network"],
         event_queue_max=opts["event_queue_max"],
         event_retry_base_s=opts["event_retry_base"],
+        tls_cert=opts["tls_cert"].resolve() if opts["tls_cert"] else None,
+        tls_key=opts["tls_key"].resolve() if opts["tls_key"] else None,
+        replay_cache=opts["replay_cache"],
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if config.tls_cert is not None and config.tls_key is not None:
+        from snapfaas.transport import TlsConfigError, server_ssl_context
+
+        try:
+            server_ssl_context(config.tls_cert, config.tls_key)  # fail before anything starts
+        except TlsConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
     from snapfaas.errors import SnapfaasError

@@ -62,6 +62,9 @@ class ServerConfig:
     sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)
     event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
     event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
+    tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS
+    tls_key: Path | None = None
+    replay_cache: bool = False  # refuse a second use of a SigV4 signature within its validity window
 
     @property
     def sandbox_dir(self) -> Path:
@@ -74,6 +77,19 @@ class ServerConfig:
             return self.sandbox_root
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return Path("/var/lib/snapfaas/sandbox") / digest
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def _local_host(self) -> str:
+        """The API's address as seen from this host (a wildcard bind is reached on loopback)."""
+        return self.host if self.host.startswith("127.") or self.host == "::1" else "127.0.0.1"
 
     @property
     def credentials_uri(self) -> str:
@@ -89,9 +105,8 @@ class ServerConfig:
         With ``--sandbox-network host`` functions share the host's network and use the
         operator's port (on loopback: botocore accepts plain HTTP only there)."""
         if self.sandbox_network == "host":
-            host = self.host if self.host.startswith("127.") else "127.0.0.1"
-            return f"http://{host}:{self.port}"
-        return f"http://{ENV_SERVICES}"
+            return f"{self.scheme}://{self._local_host}:{self.port}"
+        return f"http://{ENV_SERVICES}"  # plain HTTP on the environment's own loopback, even with --tls-cert
 
     @property
     def run_dir(self) -> Path:
@@ -118,7 +133,7 @@ class ServerConfig:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 def run_dir_for(sandbox_dir: Path) -> Path:

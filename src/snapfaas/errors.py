@@ -105,6 +105,17 @@ class MissingAuthentication(AuthError):
     message_key = "message"
 
 
+class AccessDenied(AuthError):
+    """An authenticated caller without permission for the operation (see `snapfaas.policy`)."""
+
+    code = "AccessDeniedException"
+
+
+class PolicyLengthExceeded(InvalidRequest):
+    code = "PolicyLengthExceededException"
+    message_key = "message"
+
+
 class ServiceError(SnapfaasError):
     """Something broke on our side; the message names the failed step."""
 

@@ -2,17 +2,23 @@
 
 Each environment gets an authorization token (`AWS_CONTAINER_AUTHORIZATION_TOKEN`); presenting
 it to the credentials endpoint returns short-lived credentials (key id, secret, session token,
-expiry) that this server's SigV4 verifier accepts until they expire. A SnapStart environment
-gets a new token after every restore, so credentials are never shared through a snapshot.
+expiry) that this server's SigV4 verifier accepts until they expire, as the function's
+principal (`FunctionPrincipal`: denied everything but granted invokes, see `snapfaas.policy`).
+A SnapStart environment gets a new token after every restore, so credentials are never shared
+through a snapshot.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import hmac
 import secrets
 import string
 from collections.abc import Callable
+
+from snapfaas.principals import FunctionPrincipal
 
 ALPHABET = string.ascii_uppercase + string.digits
 REFRESH_MARGIN = dt.timedelta(minutes=5)
@@ -39,32 +45,61 @@ class TemporaryCredentials:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class TemporarySession:
+    """What the SigV4 verifier needs for temporary credentials: the secret and who holds it."""
+
+    secret_access_key: str
+    principal: FunctionPrincipal
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grant:
+    env_id: str
+    principal: FunctionPrincipal
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 class IdentityBroker:
+    """Tokens and temporary credentials of execution environments.
+
+    Secrets are never compared with ``==``: authorization tokens are stored and looked up by
+    their SHA-256 (a lookup reveals nothing usable about a token), session tokens are compared
+    with `hmac.compare_digest`. Each token has at most one set of live credentials: rotating
+    them withdraws the previous key at once.
+    """
+
     def __init__(self, ttl: dt.timedelta = dt.timedelta(hours=1), clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._tokens: dict[str, str] = {}  # token -> environment id
-        self._by_token: dict[str, TemporaryCredentials] = {}
-        self._by_key: dict[str, TemporaryCredentials] = {}
+        self._tokens: dict[bytes, _Grant] = {}  # sha256(token) -> environment and principal
+        self._by_token: dict[bytes, TemporaryCredentials] = {}
+        self._by_key: dict[str, tuple[TemporaryCredentials, FunctionPrincipal]] = {}
 
-    def issue_token(self, env_id: str) -> str:
+    def issue_token(self, env_id: str, principal: FunctionPrincipal) -> str:
         token = secrets.token_urlsafe(32)
-        self._tokens[token] = env_id
+        self._tokens[_digest(token)] = _Grant(env_id, principal)
         return token
 
     def revoke_environment(self, env_id: str) -> None:
-        for token in [t for t, e in self._tokens.items() if e == env_id]:
-            del self._tokens[token]
-            creds = self._by_token.pop(token, None)
+        for digest in [d for d, grant in self._tokens.items() if grant.env_id == env_id]:
+            del self._tokens[digest]
+            creds = self._by_token.pop(digest, None)
             if creds is not None:
                 self._by_key.pop(creds.access_key_id, None)
 
     def credentials(self, token: str) -> TemporaryCredentials | None:
-        """Current credentials for a valid token (rotated shortly before they expire)."""
-        if token not in self._tokens:
+        """Current credentials for a valid token (rotated shortly before they expire; the
+        rotated-out key stops working at once)."""
+        digest = _digest(token)
+        grant = self._tokens.get(digest)
+        if grant is None:
             return None
         now = self.clock()
-        current = self._by_token.get(token)
+        current = self._by_token.get(digest)
         if current is not None and current.expiration - now > REFRESH_MARGIN:
             return current
         fresh = TemporaryCredentials(
@@ -73,29 +108,36 @@ class IdentityBroker:
             secrets.token_urlsafe(48),
             (now + self.ttl).replace(microsecond=0),
         )
-        self._by_token[token] = fresh
-        self._by_key[fresh.access_key_id] = fresh
+        if current is not None:
+            self._by_key.pop(current.access_key_id, None)
+        self._by_token[digest] = fresh
+        self._by_key[fresh.access_key_id] = (fresh, grant.principal)
         return fresh
 
-    def secret_for(self, access_key_id: str, session_token: str | None) -> str | None:
-        """The secret of unexpired temporary credentials, if the session token matches."""
-        creds = self._by_key.get(access_key_id)
-        if creds is None or creds.session_token != session_token or creds.expiration <= self.clock():
+    def session(self, access_key_id: str, session_token: str | None) -> TemporarySession | None:
+        """The secret and principal of unexpired temporary credentials, if the session token matches."""
+        entry = self._by_key.get(access_key_id)
+        if entry is None or session_token is None:
             return None
-        return creds.secret_access_key
+        creds, principal = entry
+        if not hmac.compare_digest(creds.session_token.encode(), session_token.encode()) or creds.expiration <= self.clock():
+            return None
+        return TemporarySession(creds.secret_access_key, principal)
 
 
 class EndpointCredentials:
     """The credentials variables of one environment: the endpoint URI and a fresh token."""
 
-    def __init__(self, broker: IdentityBroker, uri: str) -> None:
+    def __init__(self, broker: IdentityBroker, uri: str, account: str = "000000000000") -> None:
         self.broker = broker
         self.uri = uri
+        self.account = account
 
-    def environ(self, identity: str) -> dict[str, str]:
+    def environ(self, identity: str, function: str, role: str) -> dict[str, str]:
+        """Variables for environment `identity` of `function`, whose credentials act as `role`."""
         return {
             "AWS_CONTAINER_CREDENTIALS_FULL_URI": self.uri,
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.broker.issue_token(identity),
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.broker.issue_token(identity, FunctionPrincipal(function, role, self.account)),
         }
 
     def revoke(self, identity: str) -> None:

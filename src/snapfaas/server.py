@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from snapfaas.api.app import build_app
 from snapfaas.api.sites import EnvironmentSites
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.context import Services
+from snapfaas.api.replay import ReplayCache
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.registry.artifacts import ArtifactStore
@@ -31,6 +33,7 @@ from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
+from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.vault import SnapshotVault
 from snapfaas.worker.async_invocations import EventSettings
@@ -51,15 +54,31 @@ class Server:
         self._stop = asyncio.Event()
 
     def _keys(self) -> dict[str, str]:
+        """The operator's keys. A generated secret is shown once, when it is created; later
+        starts name the key id and the file only (the log must not carry the secret)."""
         if self.config.credentials:
             return dict(self.config.credentials)
         (akid, secret), created = credentials.load_or_create(self.config.data_dir)
         if created:
-            self.say(f"Generated access keys (stored in {self.config.data_dir / credentials.FILE_NAME}):")
+            self.say(f"Generated access keys (stored in {self.config.data_dir / credentials.FILE_NAME}; "
+                     "the secret is shown this once):")
             self.say(credentials.snippet(self.config.endpoint_url, akid, secret, self.config.region))
         else:
             self.say(f"Access key id {akid} (secret in {self.config.data_dir / credentials.FILE_NAME})")
         return {akid: secret}
+
+    def _transport(self) -> ssl.SSLContext | None:
+        """The TLS context, if configured; a loud warning for a non-loopback bind without it."""
+        cfg = self.config
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            return server_ssl_context(cfg.tls_cert, cfg.tls_key)
+        if not is_loopback(cfg.host):
+            self.say(
+                f"WARNING: serving plain HTTP on non-loopback address {cfg.host}: requests, responses (code links, "
+                "environment variables) and signatures travel in clear text and can be read and replayed. "
+                "Use --tls-cert/--tls-key."
+            )
+        return None
 
     async def run(self) -> None:
         cfg = self.config
@@ -68,6 +87,7 @@ class Server:
         for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
             private_dir(directory, 0o711)  # the sandboxes' mapped roots walk through to rootfs and images
         private_dir(cfg.network_lock_dir, 0o700)
+        ssl_context = self._transport()
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
             self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
@@ -87,7 +107,7 @@ class Server:
                                   owner=cfg.host_id_base + cfg.sandbox_uid)
         logs = LogStore(cfg.data_dir / "logs")
         identity = IdentityBroker()
-        credentials_env = EndpointCredentials(identity, cfg.credentials_uri)
+        credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs)
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
@@ -102,12 +122,12 @@ class Server:
         artifacts.collect_garbage(registry.referenced_digests())
         snapshots.collect_garbage()
         services = Services(cfg, control, invoker, logs, identity=identity)
-        verifier = SigV4Verifier(keys, temporary=identity.secret_for) if cfg.auth else None
-        app = build_app(services, verifier)
+        verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
+        app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         # what functions reach inside their own network namespace: always authenticated
-        env_runner = web.AppRunner(build_app(services, SigV4Verifier(keys, temporary=identity.secret_for)),
+        env_runner = web.AppRunner(build_app(services, SigV4Verifier(keys, temporary=identity.session)),
                                    access_log=None, handle_signals=False)
         await env_runner.setup()
         network: NetworkPool | None = None
@@ -119,7 +139,7 @@ class Server:
         else:
             self.say("WARNING: --sandbox-network host: functions share the host's network namespace and reach every "
                      "loopback service, the API port and link-local addresses (benchmarks and debugging only)")
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True, ssl_context=ssl_context)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)

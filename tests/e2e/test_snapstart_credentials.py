@@ -1,7 +1,9 @@
 """Credentials of SnapStart environments through real boto3: the container-credentials endpoint
 (AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN) gives every restored
 environment its own temporary credentials, never the ones of init, and the SigV4 verifier of
-the API accepts them. Runtime python3.11: its interpreter has boto3 installed.
+the API authenticates them (as the function's principal, which may not call ListFunctions:
+test_attack_control_plane.py covers authorization). Runtime python3.11: its interpreter has
+boto3 installed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tests.conftest import ServerHandle, create, invoke_json
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish
 
 APP = """
-import json, os, time, urllib.parse, urllib.request, uuid
+import json, os, time, urllib.request, uuid
 import boto3
 from snapshot_restore_py import register_after_restore
 
@@ -44,8 +46,12 @@ def handler(event, context):
     credentials = boto3.Session().get_credentials()
     frozen = credentials.get_frozen_credentials()
     direct = endpoint_credentials()
-    server = urllib.parse.urlparse(os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"]).netloc
-    client = boto3.client("lambda", endpoint_url=f"http://{server}", region_name=os.environ["AWS_REGION"])
+    client = boto3.client("lambda")  # the endpoint comes from AWS_ENDPOINT_URL_LAMBDA
+    try:
+        client.list_functions()
+        listing = "allowed"
+    except client.exceptions.ClientError as exc:
+        listing = exc.response["Error"]["Code"]
     return {
         "env_id": ENV.get("id"),
         "init_key": INIT_KEY,
@@ -56,7 +62,7 @@ def handler(event, context):
         "session_token": frozen.token,
         "expiry": credentials._expiry_time.isoformat(),
         "endpoint": direct,
-        "functions": sorted(f["FunctionName"] for f in client.list_functions()["Functions"]),
+        "list_functions": listing,
     }
 """
 
@@ -107,16 +113,21 @@ def test_each_restored_environment_gets_its_own_credentials(restored: list[dict]
         assert dt.timedelta(minutes=10) < expiry - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(hours=1, minutes=1)
 
 
-def test_temporary_credentials_are_accepted_by_the_api(restored: list[dict], server: ServerHandle) -> None:
+def test_temporary_credentials_authenticate_as_the_function(restored: list[dict], server: ServerHandle) -> None:
+    """Accepted by the SigV4 verifier (the error is authorization's, not authentication's)."""
     for body in restored:
-        assert "creds" in body["functions"]  # the function called ListFunctions with them
+        assert body["list_functions"] == "AccessDeniedException"  # the function's own attempt
         client = temporary_client(server, body["key"], body["secret"], body["session_token"])
-        assert "creds" in [f["FunctionName"] for f in client.list_functions()["Functions"]]
+        with pytest.raises(client.exceptions.ClientError) as denied:
+            client.list_functions()
+        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert "assumed-role/test/creds is not authorized to perform: lambda:ListFunctions" in denied.value.response["Error"]["Message"]
     first = restored[0]
     wrong_token = temporary_client(server, first["key"], first["secret"], restored[1]["session_token"])
-    with pytest.raises(wrong_token.exceptions.ClientError) as denied:
+    with pytest.raises(wrong_token.exceptions.ClientError) as unknown:
         wrong_token.list_functions()
-    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert unknown.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert unknown.value.response["Error"]["Code"] == "UnrecognizedClientException"
 
 
 def test_init_credentials_are_revoked_and_unknown_tokens_get_404(restored: list[dict], server: ServerHandle, lam) -> None:  # type: ignore[no-untyped-def]

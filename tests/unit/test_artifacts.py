@@ -304,3 +304,30 @@ def test_tree_rejects_corrupted_stored_zip(store: ArtifactStore) -> None:
     with pytest.raises(InvalidParameterValue):
         store.tree(artifact.digest)
     assert contents(store.trees) == []
+
+
+def with_encryption_flag(data: bytes, name: str) -> bytes:
+    """`data` with the "encrypted" bit (bit 0 of the general purpose flags) set on entry `name`,
+    in its local header and its central directory record (zipfile never writes it itself)."""
+    out = bytearray(data)
+    offset = zipfile.ZipFile(io.BytesIO(data)).getinfo(name).header_offset
+    out[offset + 6] |= 0x1
+    pos = out.find(b"PK\x01\x02")
+    while pos != -1:
+        length = struct.unpack_from("<H", out, pos + 28)[0]
+        if bytes(out[pos + 46:pos + 46 + length]) == name.encode():
+            out[pos + 8] |= 0x1
+        pos = out.find(b"PK\x01\x02", pos + 4)
+    return bytes(out)
+
+
+def test_rejects_encrypted_entry(store: ArtifactStore) -> None:
+    """An encrypted entry is refused up front, with a message naming it, and nothing is stored."""
+    data = with_encryption_flag(make_zip({"app.py": "def handler(e, c):\n    return 1\n", "secret.py": "X = 1\n"},
+                                         method=zipfile.ZIP_STORED), "secret.py")
+    assert zipfile.ZipFile(io.BytesIO(data)).getinfo("secret.py").flag_bits & 0x1
+    with pytest.raises(InvalidParameterValue) as info:
+        store.ingest(data)
+    assert info.value.message == f"{UNZIP_ERROR} (entry 'secret.py' is encrypted; encrypted zip entries are not supported)"
+    assert info.value.status == 400
+    assert_empty(store)

@@ -14,6 +14,7 @@ from botocore.credentials import Credentials
 
 from snapfaas.api.auth import MAX_SKEW_S, SigV4Verifier
 from snapfaas.errors import AuthError, InvalidSignature, MissingAuthentication, UnrecognizedClient
+from snapfaas.principals import Operator
 
 AKID = "SFIATESTKEY000000001"
 SECRET = "test-secret-key-for-the-suite-0123456789"
@@ -79,7 +80,7 @@ CASES = [
 def test_accepts_botocore_signature(verifier: SigV4Verifier, method: str, path: str, body: bytes,
                                     extra: dict[str, str]) -> None:
     headers = sign(method, path, body, extra)
-    assert verifier.verify(method, path, headers, body) == AKID
+    assert verifier.verify(method, path, headers, body) == Operator(AKID)
 
 
 def test_accepts_lowercase_header_names_in_case_insensitive_mapping(verifier: SigV4Verifier) -> None:
@@ -87,17 +88,17 @@ def test_accepts_lowercase_header_names_in_case_insensitive_mapping(verifier: Si
 
     headers = sign("POST", INVOKE_PATH, BODY)
     lowered = CIMultiDict((k.lower(), v) for k, v in headers.items())
-    assert verifier.verify("POST", INVOKE_PATH, lowered, BODY) == AKID
+    assert verifier.verify("POST", INVOKE_PATH, lowered, BODY) == Operator(AKID)
 
 
 def test_accepts_second_key(verifier: SigV4Verifier) -> None:
     headers = sign("GET", "/2015-03-31/functions/", akid="OTHERKEY", secret="other-secret")
-    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == "OTHERKEY"
+    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == Operator("OTHERKEY")
 
 
 def test_accepts_signed_content_sha256(verifier: SigV4Verifier) -> None:
     headers = sign("POST", INVOKE_PATH, BODY, {"X-Amz-Content-SHA256": hashlib.sha256(BODY).hexdigest()})
-    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == AKID
+    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == Operator(AKID)
     with pytest.raises(InvalidSignature, match="x-amz-content-sha256"):
         verifier.verify("POST", INVOKE_PATH, headers, BODY + b" ")
 
@@ -135,7 +136,7 @@ def test_rejects_tampered_body(verifier: SigV4Verifier) -> None:
 )
 def test_rejects_tampered_path_or_query(verifier: SigV4Verifier, signed: str, sent: str) -> None:
     headers = sign("POST", signed, BODY)
-    assert verifier.verify("POST", signed, headers, BODY) == AKID
+    assert verifier.verify("POST", signed, headers, BODY) == Operator(AKID)
     reject(verifier, "POST", sent, headers, BODY, InvalidSignature)
 
 
@@ -179,7 +180,7 @@ def test_accepts_real_boto3_client_requests(call) -> None:  # type: ignore[no-un
     body = sent.body or b""
     body = body.encode() if isinstance(body, str) else body
     verifier = SigV4Verifier({AKID: SECRET})
-    assert verifier.verify(sent.method, raw_path, headers, body) == AKID
+    assert verifier.verify(sent.method, raw_path, headers, body) == Operator(AKID)
     with pytest.raises(InvalidSignature):
         verifier.verify(sent.method, raw_path + ("&" if parts.query else "?") + "Extra=1", headers, body)
 
@@ -196,7 +197,7 @@ def test_rejects_tampered_method(verifier: SigV4Verifier) -> None:
 def test_rejects_tampered_signed_header(verifier: SigV4Verifier, name: str, value: str) -> None:
     headers = sign("POST", INVOKE_PATH, BODY, {"Content-Type": "application/json",
                                                 "X-Amz-Invocation-Type": "RequestResponse"})
-    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == AKID
+    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == Operator(AKID)
     headers[name] = value
     reject(verifier, "POST", INVOKE_PATH, headers, BODY, InvalidSignature)
 
@@ -212,7 +213,7 @@ def test_unsigned_header_may_change(verifier: SigV4Verifier) -> None:
     headers = sign("POST", INVOKE_PATH, BODY)
     headers["X-Not-Signed"] = "anything"
     headers["User-Agent"] = "changed"  # never signed by botocore
-    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == AKID
+    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == Operator(AKID)
 
 
 def test_rejects_wrong_secret(verifier: SigV4Verifier) -> None:
@@ -279,7 +280,7 @@ def test_rejects_expired_or_future_date(offset_s: int) -> None:
 def test_accepts_clock_skew_within_limit(offset_s: int) -> None:
     headers = sign("POST", INVOKE_PATH, BODY)
     verifier = SigV4Verifier({AKID: SECRET}, clock=fixed_clock(NOW + dt.timedelta(seconds=offset_s)))
-    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == AKID
+    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == Operator(AKID)
 
 
 def test_replayed_date_header_cannot_be_refreshed(verifier: SigV4Verifier) -> None:
@@ -292,7 +293,7 @@ def test_replayed_date_header_cannot_be_refreshed(verifier: SigV4Verifier) -> No
 def test_signature_for_other_region_still_matches_its_own_scope(verifier: SigV4Verifier) -> None:
     # the scope is taken from the client's Credential, so any region the client signs for verifies
     headers = sign("GET", "/2015-03-31/functions/", region="eu-west-1")
-    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == AKID
+    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == Operator(AKID)
     headers["Authorization"] = headers["Authorization"].replace("/eu-west-1/", "/us-east-1/")
     reject(verifier, "GET", "/2015-03-31/functions/", headers, b"", InvalidSignature)
 
@@ -301,4 +302,51 @@ def test_accepts_client_that_signs_user_agent(verifier: SigV4Verifier) -> None:
     with mock.patch("botocore.auth.SIGNED_HEADERS_BLACKLIST", []):
         headers = sign("POST", INVOKE_PATH, BODY, {"User-Agent": "some-sdk/1.0"})
     assert "user-agent" in headers["Authorization"]
-    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == AKID
+    assert verifier.verify("POST", INVOKE_PATH, headers, BODY) == Operator(AKID)
+
+
+# -- two phases: headers before the body ----------------------------------------------------
+def test_header_checks_need_no_body(verifier: SigV4Verifier) -> None:
+    """Unknown key, stale date, bad shape: refused from the headers alone."""
+    headers = sign("POST", INVOKE_PATH, BODY, akid="SFIAUNKNOWN000000000")
+    with pytest.raises(UnrecognizedClient):
+        verifier.check_headers("POST", INVOKE_PATH, headers)
+    stale = sign("POST", INVOKE_PATH, BODY, when=NOW - dt.timedelta(hours=1))
+    with pytest.raises(InvalidSignature, match="Signature expired"):
+        verifier.check_headers("POST", INVOKE_PATH, stale)
+    good = sign("POST", INVOKE_PATH, BODY)
+    pending = verifier.check_headers("POST", INVOKE_PATH, good)
+    assert pending.verify(BODY) == Operator(AKID)
+    with pytest.raises(InvalidSignature):
+        pending.verify(BODY + b" ")
+
+
+def test_unsigned_payload_is_refused_with_a_body(verifier: SigV4Verifier) -> None:
+    headers = sign("POST", INVOKE_PATH, BODY, {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    err = reject(verifier, "POST", INVOKE_PATH, headers, BODY, InvalidSignature)
+    assert "UNSIGNED-PAYLOAD is not accepted" in err.message
+    put = sign("PUT", "/2015-03-31/functions/f/code", b"", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    reject(verifier, "PUT", "/2015-03-31/functions/f/code", put, b"", InvalidSignature)
+    with_length = sign("GET", "/2015-03-31/functions/", b"", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD", "Content-Length": "5"})
+    reject(verifier, "GET", "/2015-03-31/functions/", with_length, b"", InvalidSignature)
+
+
+def test_unsigned_payload_without_body_is_accepted(verifier: SigV4Verifier) -> None:
+    headers = sign("GET", "/2015-03-31/functions/", b"", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == Operator(AKID)
+
+
+def test_temporary_credentials_resolve_to_their_function() -> None:
+    from snapfaas.identity import IdentityBroker
+    from snapfaas.principals import FunctionPrincipal
+
+    broker = IdentityBroker(clock=lambda: NOW)
+    principal = FunctionPrincipal("fn", "arn:aws:iam::000000000000:role/r")
+    creds = broker.credentials(broker.issue_token("env", principal))
+    assert creds is not None
+    verifier = SigV4Verifier({AKID: SECRET}, clock=fixed_clock(NOW), temporary=broker.session)
+    headers = sign("GET", "/2015-03-31/functions/", akid=creds.access_key_id, secret=creds.secret_access_key)
+    headers["X-Amz-Security-Token"] = creds.session_token
+    assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == principal
+    headers["X-Amz-Security-Token"] = "forged"
+    reject(verifier, "GET", "/2015-03-31/functions/", headers, b"", UnrecognizedClient)

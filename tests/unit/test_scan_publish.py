@@ -104,7 +104,7 @@ def test_wired_into_the_snapshot_manager_a_blocking_scan_fails_the_publish(store
             raise AssertionError("a blocked publish must not start an environment")
 
     manager = SnapshotManager(Registry(), Factory(), SimpleNamespace(), engine.CriuStatus(True, "criu", "4"),  # type: ignore[arg-type]
-                              retention_s=60, environ_for=lambda _: {}, revoke=lambda _: None)
+                              retention_s=60, environ_for=lambda *_: {}, revoke=lambda _: None)
     manager.scanner = publish_scanner(artifacts, logs, "error")
     asyncio.run(manager.publish(version))
     assert version.state == State.FAILED

@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from snapfaas.api import aliases, event_configs, functions
+from snapfaas.api import access, aliases, event_configs, functions, permissions
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.code import download_code
 from snapfaas.api.context import SERVICES, Services, services
@@ -15,24 +15,34 @@ from snapfaas.api.errors import error_response
 from snapfaas.api.invoke import function_logs, invoke
 from snapfaas.api.links import PATH_PREFIX
 from snapfaas.config import CREDENTIALS_PATH
+from snapfaas.api.replay import ReplayCache
 from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
 
 logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
-FN = "/2015-03-31/functions/{name}"
+FN = access.FN
 EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 
 
-def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
-    """`verifier` None disables authentication (``--no-auth``)."""
+def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None) -> web.Application:
+    """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
+    of a signature (``--replay-cache``).
+
+    Order for a signed route: headers checked (no body read yet), body read, payload hash and
+    signature verified, replay checked, the caller authorized (`access.authorize_request`),
+    then the handler runs.
+    """
 
     @web.middleware
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
             if verifier is not None and not _unsigned_allowed(request.path):
-                body = await request.read()
-                verifier.verify(request.method, request.raw_path, request.headers, body)
+                pending = verifier.check_headers(request.method, request.raw_path, request.headers)
+                principal = pending.verify(await request.read())
+                if replay is not None:
+                    replay.admit(pending.signature, pending.signed_at)
+                access.authorize_request(request, principal)
             response = await handler(request)
         except SnapfaasError as err:
             return error_response(err, request_id)
@@ -67,6 +77,9 @@ def build_app(svc: Services, verifier: SigV4Verifier | None) -> web.Application:
     app.router.add_put(FN + "/aliases/{alias}", aliases.update_alias)
     app.router.add_delete(FN + "/aliases/{alias}", aliases.delete_alias)
     app.router.add_post(FN + "/invocations", invoke)
+    app.router.add_post(FN + "/policy", permissions.add_permission)
+    app.router.add_get(FN + "/policy", permissions.get_policy)
+    app.router.add_delete(FN + "/policy/{sid}", permissions.remove_permission)
     app.router.add_put("/2017-10-31/functions/{name}/concurrency", functions.put_concurrency)
     app.router.add_delete("/2017-10-31/functions/{name}/concurrency", functions.delete_concurrency)
     app.router.add_get("/2019-09-30/functions/{name}/concurrency", functions.get_concurrency)

@@ -5,22 +5,31 @@ same code boto3 and the AWS CLI sign with), fed the request exactly as it arrive
 and query as sent on the wire, only the headers the client listed in ``SignedHeaders``, the
 body bytes, and the client's ``X-Amz-Date``. The signature must match in constant time and
 the timestamp must be within `MAX_SKEW_S` of the server clock.
+
+Verification is two-phase: `SigV4Verifier.check_headers` checks everything the headers alone
+decide (shape, key, date, scope, signed headers present, no ``UNSIGNED-PAYLOAD`` with a body)
+before the body is read; `PendingSignature.verify` then checks the payload hash and signature.
+The result is the caller's `Principal`: the operator, or the function whose environment holds
+the temporary credentials.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import re
 from collections.abc import Callable, Mapping
 
-from botocore.auth import SigV4Auth
+from botocore.auth import UNSIGNED_PAYLOAD, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.compat import HTTPHeaders, urlsplit
 
 from snapfaas.errors import InvalidSignature, MissingAuthentication, UnrecognizedClient
+from snapfaas.identity import TemporarySession
+from snapfaas.principals import Operator, Principal
 
 MAX_SKEW_S = 15 * 60
 AUTH_RE = re.compile(
@@ -49,7 +58,55 @@ class _ExactSigner(SigV4Auth):
         return out
 
 
-TemporaryLookup = Callable[[str, "str | None"], "str | None"]
+TemporaryLookup = Callable[[str, "str | None"], "TemporarySession | None"]
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+UNSIGNED_REFUSED = (
+    "x-amz-content-sha256 UNSIGNED-PAYLOAD is not accepted for requests with a body: "
+    "sign the payload (send its SHA-256, or omit the header)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingSignature:
+    """A request whose headers passed every check; the body decides the rest.
+
+    Made by `SigV4Verifier.check_headers` before the body is read, so a request with an
+    unknown key, a stale date or a malformed header is refused without buffering its body.
+    """
+
+    method: str
+    raw_path: str
+    headers: Mapping[str, str]  # lowercased names, only the signed ones
+    access_key_id: str
+    secret: str
+    principal: Principal
+    service: str
+    region: str
+    amz_date: str
+    signed_at: dt.datetime
+    signature: str
+    content_sha: str | None
+
+    def verify(self, body: bytes) -> Principal:
+        """Check the payload hash and the signature; return the caller or raise `InvalidSignature`."""
+        if self.content_sha == UNSIGNED_PAYLOAD:
+            if body:
+                raise InvalidSignature(UNSIGNED_REFUSED)
+        elif self.content_sha and self.content_sha != hashlib.sha256(body).hexdigest():
+            raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
+        request = AWSRequest(
+            method=self.method,
+            url=f"http://{self.headers.get('host', 'localhost')}{self.raw_path}",
+            headers=dict(self.headers),
+            data=body,
+        )
+        request.context["timestamp"] = self.amz_date
+        signer = _ExactSigner(Credentials(self.access_key_id, self.secret), self.service, self.region)
+        canonical = signer.canonical_request(request)
+        expected = signer.signature(signer.string_to_sign(request, canonical), request)
+        if not hmac.compare_digest(expected, self.signature):
+            raise InvalidSignature(SIGNATURE_MISMATCH)
+        return self.principal
 
 
 class SigV4Verifier:
@@ -59,14 +116,19 @@ class SigV4Verifier:
         clock: type[dt.datetime] = dt.datetime,
         temporary: TemporaryLookup | None = None,
     ) -> None:
-        """`keys`: long-term key pairs; `temporary(akid, session_token)` returns the secret of
-        unexpired temporary credentials (issued to execution environments), if any."""
+        """`keys`: the operator's long-term key pairs; `temporary(akid, session_token)` returns
+        the secret and principal of unexpired temporary credentials (issued to execution
+        environments), if any."""
         self.keys = dict(keys)
         self.clock = clock
         self.temporary = temporary
 
-    def verify(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> str:
-        """Return the caller's access key id, or raise an `AuthError` leaf."""
+    def verify(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Principal:
+        """Return the caller, or raise an `AuthError` leaf."""
+        return self.check_headers(method, raw_path, headers).verify(body)
+
+    def check_headers(self, method: str, raw_path: str, headers: Mapping[str, str]) -> PendingSignature:
+        """Everything that does not need the body: header shape, key, date, scope, signed headers."""
         header = headers.get("Authorization")
         if not header:
             raise MissingAuthentication("Missing Authentication Token")
@@ -74,9 +136,12 @@ class SigV4Verifier:
         if match is None:
             raise InvalidSignature("Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' parameters (AWS4-HMAC-SHA256)")
         akid = match["akid"]
-        secret = self.keys.get(akid)
+        secret = self._operator_secret(akid)
+        principal: Principal = Operator(akid)
         if secret is None and self.temporary is not None:
-            secret = self.temporary(akid, headers.get("X-Amz-Security-Token"))
+            session = self.temporary(akid, headers.get("X-Amz-Security-Token"))
+            if session is not None:
+                secret, principal = session.secret_access_key, session.principal
         if secret is None:
             raise UnrecognizedClient("The security token included in the request is invalid.")
         amz_date = headers.get("X-Amz-Date", "")
@@ -91,24 +156,25 @@ class SigV4Verifier:
             )
         if amz_date[:8] != match["date"]:
             raise InvalidSignature("Credential date does not match X-Amz-Date")
-        content_sha = headers.get("X-Amz-Content-SHA256")
-        if content_sha and content_sha != "UNSIGNED-PAYLOAD" and content_sha != hashlib.sha256(body).hexdigest():
-            raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
+        lowered = {k.lower(): v for k, v in headers.items()}
+        content_sha = lowered.get("x-amz-content-sha256")
+        if content_sha == UNSIGNED_PAYLOAD and _has_body(method, lowered):
+            raise InvalidSignature(UNSIGNED_REFUSED)
         signed = match["signed"].split(";")
-        missing = [h for h in signed if h not in {k.lower() for k in headers}]
+        missing = [h for h in signed if h not in lowered]
         if missing:
             raise InvalidSignature(f"Signed header(s) missing from the request: {', '.join(missing)}")
-        lowered = {k.lower(): v for k, v in headers.items()}
-        request = AWSRequest(
-            method=method,
-            url=f"http://{lowered.get('host', 'localhost')}{raw_path}",
-            headers={h: lowered[h] for h in signed},
-            data=body,
+        return PendingSignature(
+            method=method, raw_path=raw_path, headers={h: lowered[h] for h in signed}, access_key_id=akid,
+            secret=secret, principal=principal, service=match["service"], region=match["region"], amz_date=amz_date,
+            signed_at=stamp, signature=match["signature"], content_sha=content_sha,
         )
-        request.context["timestamp"] = amz_date
-        signer = _ExactSigner(Credentials(akid, secret), match["service"], match["region"])
-        canonical = signer.canonical_request(request)
-        expected = signer.signature(signer.string_to_sign(request, canonical), request)
-        if not hmac.compare_digest(expected, match["signature"]):
-            raise InvalidSignature(SIGNATURE_MISMATCH)
-        return akid
+
+    def _operator_secret(self, akid: str) -> str | None:
+        """The operator's secret for `akid` (key ids are not secret: a dict lookup is fine)."""
+        return self.keys.get(akid)
+
+
+def _has_body(method: str, lowered: Mapping[str, str]) -> bool:
+    length = lowered.get("content-length", "0").strip()
+    return method.upper() in BODY_METHODS or "transfer-encoding" in lowered or length not in ("", "0")

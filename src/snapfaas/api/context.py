@@ -13,6 +13,7 @@ from snapfaas.config import ServerConfig
 from snapfaas.identity import IdentityBroker
 from snapfaas.errors import InvalidRequestContent
 from snapfaas.registry import validation as check
+from snapfaas.registry.permissions import Permissions
 from snapfaas.registry.service import ControlPlane
 from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
@@ -32,6 +33,11 @@ class Services:
     @property
     def registry(self):  # type: ignore[no-untyped-def]
         return self.control.registry
+
+    @property
+    def permissions(self) -> Permissions:
+        """Functions' resource-based policies (stateless over the registry)."""
+        return Permissions(self.control.registry)
 
 
 def services(request: web.Request) -> Services:

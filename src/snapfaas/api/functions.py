@@ -27,7 +27,7 @@ def _max_items(request: web.Request) -> int:
 async def create_function(request: web.Request) -> web.Response:
     svc = services(request)
     body = await json_body(request)
-    v = svc.control.create_function(body)
+    v = await svc.control.create_function(body)
     return json_response(function_configuration(v, svc.registry.function_arn(v.name)), 201)
 
 
@@ -61,7 +61,7 @@ async def get_configuration(request: web.Request) -> web.Response:
 
 async def update_code(request: web.Request) -> web.Response:
     name, _ = function_ref(request)
-    v = services(request).control.update_code(name, await json_body(request))
+    v = await services(request).control.update_code(name, await json_body(request))
     return json_response(function_configuration(v, _arn_for(request, v, None if v.is_latest else v.version)))
 
 

@@ -113,6 +113,10 @@ class ArtifactStore:
                 len(name) > 1 and name[1] == ":"
             ):
                 raise InvalidParameterValue(f"{UNZIP_ERROR} (unsafe entry path {name!r})")
+            if info.flag_bits & 0x1:
+                raise InvalidParameterValue(
+                    f"{UNZIP_ERROR} (entry {name!r} is encrypted; encrypted zip entries are not supported)"
+                )
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise InvalidParameterValue(f"{UNZIP_ERROR} (symbolic links are not supported: {name!r})")

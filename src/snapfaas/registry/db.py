@@ -13,6 +13,10 @@ Schema (all records are JSON in `data`, keyed columns are for lookups)::
 
 `observers` are called with a function's name after every committed change to it (state,
 concurrency, deletion, event invoke config), so in-memory schedulers can re-read it.
+    policies(function, qualifier, revision_id, statements)  PK(function, qualifier)
+
+A policy is the resource-based policy (AddPermission statements) of the unqualified function
+(``qualifier`` = '') or of one version or alias; it goes with what it is attached to.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed
 from snapfaas.registry.model import (
@@ -58,7 +63,20 @@ CREATE TABLE IF NOT EXISTS event_invoke_configs (
     data TEXT NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
+CREATE TABLE IF NOT EXISTS policies (
+    function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    qualifier TEXT NOT NULL,
+    revision_id TEXT NOT NULL,
+    statements TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    revision_id: str
+    statements: list[dict[str, Any]]
 
 
 class Registry:
@@ -250,6 +268,7 @@ class Registry:
                 )
             db.execute("DELETE FROM versions WHERE function=? AND version=?", (name, version))
             db.execute("DELETE FROM event_invoke_configs WHERE function=? AND qualifier=?", (name, version))
+            db.execute("DELETE FROM policies WHERE function=? AND qualifier=?", (name, version))
         self._changed(name)
         return record
 
@@ -305,7 +324,31 @@ class Registry:
             self.function_info(function)
             db.execute("DELETE FROM aliases WHERE function=? AND name=?", (function, name))
             db.execute("DELETE FROM event_invoke_configs WHERE function=? AND qualifier=?", (function, name))
+            db.execute("DELETE FROM policies WHERE function=? AND qualifier=?", (function, name))
         self._changed(function)
+
+    # -- resource-based policies ---------------------------------------------------------------
+    def policy(self, function: str, qualifier: str) -> Policy | None:
+        """The policy of `function` at `qualifier` ('' = unqualified), or None if it has none."""
+        row = self._db.execute(
+            "SELECT revision_id, statements FROM policies WHERE function=? AND qualifier=?", (function, qualifier)
+        ).fetchone()
+        return None if row is None else Policy(row[0], json.loads(row[1]))
+
+    def save_policy(self, function: str, qualifier: str, statements: list[dict[str, Any]]) -> str | None:
+        """Replace the policy's statements (deleting it when none are left); returns the new
+        revision id (None once deleted). The function must exist."""
+        with self._tx() as db:
+            self.function_info(function)
+            if not statements:
+                db.execute("DELETE FROM policies WHERE function=? AND qualifier=?", (function, qualifier))
+                return None
+            revision = new_revision()
+            db.execute(
+                "INSERT OR REPLACE INTO policies(function, qualifier, revision_id, statements) VALUES (?, ?, ?, ?)",
+                (function, qualifier, revision, json.dumps(statements)),
+            )
+            return revision
 
     # -- concurrency -----------------------------------------------------------------------
     def set_reserved_concurrency(self, name: str, value: int | None) -> None:

@@ -51,6 +51,8 @@ class ControlPlane:
         self.publishers: dict[str, Settle] = {}
         self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ingests = 0  # mutations between code ingest and commit (see `_ingesting`)
+        self._gc_pending = False
 
     # -- background settling ---------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -138,21 +140,47 @@ class ControlPlane:
                 self._spawn(self._finish_update(record.name), f"update-{record.name}")
 
     # -- input parsing ---------------------------------------------------------------------
-    def _code(self, body: Mapping[str, Any], handler: str | None) -> CodeArtifact:
+    async def _code(self, body: Mapping[str, Any], handler: str | None) -> CodeArtifact:
+        """Decode, validate and store the package in a worker thread (up to 250 MB unzipped:
+        never on the event loop). Call inside `_ingesting`."""
         if "S3Bucket" in body or "S3Key" in body or "ImageUri" in body:
             raise InvalidParameterValue("Only ZipFile code is supported by this server (S3 and image packages are not).")
         raw = body.get("ZipFile")
         if not isinstance(raw, str) or not raw:
             raise InvalidParameterValue("Please provide a source for function code.")
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidParameterValue("Could not unzip uploaded file. Please check your file, then try to upload again.") from exc
-        artifact = self.artifacts.ingest(data)
+        artifact = await asyncio.to_thread(self._decode_and_ingest, raw)
         if handler is not None:
             with self._dropping_on_failure(artifact):
                 self._check_handler(artifact.digest, handler)
         return artifact
+
+    def _decode_and_ingest(self, raw: str) -> CodeArtifact:
+        """Runs in a worker thread: touches the artifact store only, never the registry."""
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidParameterValue("Could not unzip uploaded file. Please check your file, then try to upload again.") from exc
+        return self.artifacts.ingest(data)
+
+    @contextmanager
+    def _ingesting(self) -> Iterator[None]:
+        """Marks a mutation that ingests code: until it has committed (or failed), artifact
+        garbage collection is deferred, so a package extracted in a thread and not yet
+        referenced by any version is not collected under it."""
+        self._ingests += 1
+        try:
+            yield
+        finally:
+            self._ingests -= 1
+            if self._ingests == 0 and self._gc_pending:
+                self._gc_pending = False
+                self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        if self._ingests:
+            self._gc_pending = True
+            return
+        self.artifacts.collect_garbage(self.registry.referenced_digests())
 
     @contextmanager
     def _dropping_on_failure(self, artifact: CodeArtifact) -> Iterator[None]:
@@ -165,7 +193,9 @@ class ControlPlane:
             raise
 
     def _drop_unreferenced(self, artifact: CodeArtifact) -> None:
-        if artifact.digest not in self.registry.referenced_digests():
+        if self._ingests > 1:  # another upload may be about to reference the same package
+            self._gc_pending = True
+        elif artifact.digest not in self.registry.referenced_digests():
             self.artifacts.discard(artifact.digest)
 
     def _check_handler(self, digest: str, handler: str) -> None:
@@ -203,7 +233,11 @@ class ControlPlane:
                 raise check.constraint_error(arch, "architectures", "Member must have length less than or equal to 1")
 
     # -- functions -------------------------------------------------------------------------
-    def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
+    async def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
+        with self._ingesting():
+            return await self._create_function(body)
+
+    async def _create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
         name = check.create_function_name(check.require(body, "FunctionName", "functionName"))
         role = check.role(check.require(body, "Role", "role"))
         if body.get("PackageType", "Zip") != "Zip":
@@ -217,7 +251,7 @@ class ControlPlane:
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
-        artifact = self._code(code, handler)
+        artifact = await self._code(code, handler)
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
         with self._dropping_on_failure(artifact):
             self.registry.create_function(draft)
@@ -233,10 +267,16 @@ class ControlPlane:
         self._spawn(self._activate(name, version.version), f"activate-{name}:{version.version}")
         return version.version
 
-    def update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
-        current = self.registry.get_version(name, LATEST)
-        self._guard_update(current)
-        artifact = self._code(body, current.handler)
+    async def update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+        with self._ingesting():
+            return await self._update_code(name, body)
+
+    async def _update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+        self._guard_update(self.registry.get_version(name, LATEST))
+        artifact = await self._code(body, self.registry.get_version(name, LATEST).handler)
+        with self._dropping_on_failure(artifact):  # re-checked: deleted or updated while we ingested?
+            current = self.registry.get_version(name, LATEST)
+            self._guard_update(current)
 
         def change(v: FunctionVersion) -> None:
             v.code_digest, v.code_sha256, v.code_size = artifact.digest, artifact.sha256, artifact.size
@@ -310,7 +350,7 @@ class ControlPlane:
             deleted = self.registry.delete_function(name)
             await self.retire(name, None)
             self.dropped(deleted)
-            self.artifacts.collect_garbage(self.registry.referenced_digests())
+            self._collect_garbage()
             return deleted
         if qualifier == LATEST:
             raise InvalidParameterValue("$LATEST version cannot be deleted without deleting the function.")
@@ -323,7 +363,7 @@ class ControlPlane:
             return []
         await self.retire(name, qualifier)
         self.dropped([deleted_version])
-        self.artifacts.collect_garbage(self.registry.referenced_digests())
+        self._collect_garbage()
         return [deleted_version]
 
     # -- aliases ---------------------------------------------------------------------------

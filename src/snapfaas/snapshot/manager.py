@@ -52,12 +52,12 @@ class SnapshotManager:
         vault: SnapshotVault,
         status: engine.CriuStatus,
         retention_s: float,
-        environ_for: Callable[[str], dict[str, str]],
+        environ_for: Callable[[str, str, str], dict[str, str]],
         revoke: Callable[[str], None],
         clock: Callable[[], float] = time.time,
         restore_memory: str = "copy",
     ) -> None:
-        """`environ_for(env_id)` gives an environment its credentials variables; `revoke`
+        """`environ_for(env_id, function, role)` gives an environment its credentials variables; `revoke`
         withdraws them when the environment is gone. `restore_memory` ("map" / "copy") is the
         server's setting; each snapshot records the mode its restores use (`memory.choose`)."""
         self.registry = registry
@@ -122,7 +122,7 @@ class SnapshotManager:
         identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
         network = await self.factory.network()
         try:
-            env = self.factory.create(version, "snap-start", self.environ_for(identity), network)
+            env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role), network)
         except BaseException:
             if network is not None:
                 await network.close()

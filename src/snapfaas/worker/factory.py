@@ -52,7 +52,7 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": stream,
-        "AWS_ENDPOINT_URL_LAMBDA": config.function_api_url,
+        "AWS_ENDPOINT_URL_LAMBDA": config.function_api_url,  # boto3.client("lambda") in the function
     }
     environ.update(version.environment)
     return environ

@@ -40,13 +40,13 @@ RESTORE_SLOTS_PER_CPU = 4
 class Credentials(Protocol):
     """Issues an environment's credentials variables and withdraws them."""
 
-    def environ(self, identity: str) -> dict[str, str]: ...
+    def environ(self, identity: str, function: str, role: str) -> dict[str, str]: ...
 
     def revoke(self, identity: str) -> None: ...
 
 
 class NoCredentials:
-    def environ(self, identity: str) -> dict[str, str]:
+    def environ(self, identity: str, function: str, role: str) -> dict[str, str]:
         return {}
 
     def revoke(self, identity: str) -> None:
@@ -297,7 +297,7 @@ class Worker:
                 env.on_destroy.append(lambda: self.credentials.revoke(env.id))
                 return env
             identity = "env-" + secrets.token_hex(8)
-            env = self.factory.create(version, extra_environ=self.credentials.environ(identity), network=network)
+            env = self.factory.create(version, extra_environ=self.credentials.environ(identity, version.name, version.role), network=network)
             env.on_destroy.append(lambda: self.credentials.revoke(identity))
             return env
         except BaseException:
@@ -309,7 +309,7 @@ class Worker:
         """What differs between copies of one snapshot, sent to the runtime with ``restore``:
         fresh credentials and the environment's own log stream (the process environment in
         the images is the snapshotted environment's)."""
-        return {**self.credentials.environ(env.id), "AWS_LAMBDA_LOG_STREAM_NAME": env.stream}
+        return {**self.credentials.environ(env.id, env.version.name, env.version.role), "AWS_LAMBDA_LOG_STREAM_NAME": env.stream}
 
     @staticmethod
     def _platform_output(env: Environment, lines: list[str]) -> None:

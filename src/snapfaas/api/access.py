@@ -1,0 +1,98 @@
+"""Authorization of API requests: route -> Lambda action and resource, then `policy.authorize`.
+
+Every signed route has an action name (`ACTIONS`, checked complete by a unit test); routes
+outside it are unsigned by design (`UNSIGNED`: health, the credentials endpoint, code links
+that carry their own signature). The decision itself is `snapfaas.policy.authorize`; this
+module only gathers its inputs (the resource ARN, and for an invoke by a function the target's
+policy statements) around it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from snapfaas import policy
+from snapfaas.api.context import services
+from snapfaas.errors import AccessDenied, SnapfaasError
+from snapfaas.principals import Operator, Principal
+from snapfaas.registry import validation as check
+
+FN = "/2015-03-31/functions/{name}"
+ACTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/2015-03-31/functions"): "lambda:CreateFunction",
+    ("POST", "/2015-03-31/functions/"): "lambda:CreateFunction",
+    ("GET", "/2015-03-31/functions"): "lambda:ListFunctions",
+    ("GET", "/2015-03-31/functions/"): "lambda:ListFunctions",
+    ("GET", FN): "lambda:GetFunction",
+    ("DELETE", FN): "lambda:DeleteFunction",
+    ("GET", FN + "/configuration"): "lambda:GetFunctionConfiguration",
+    ("PUT", FN + "/configuration"): "lambda:UpdateFunctionConfiguration",
+    ("PUT", FN + "/code"): "lambda:UpdateFunctionCode",
+    ("POST", FN + "/versions"): "lambda:PublishVersion",
+    ("GET", FN + "/versions"): "lambda:ListVersionsByFunction",
+    ("POST", FN + "/aliases"): "lambda:CreateAlias",
+    ("GET", FN + "/aliases"): "lambda:ListAliases",
+    ("GET", FN + "/aliases/{alias}"): "lambda:GetAlias",
+    ("PUT", FN + "/aliases/{alias}"): "lambda:UpdateAlias",
+    ("DELETE", FN + "/aliases/{alias}"): "lambda:DeleteAlias",
+    ("POST", FN + "/invocations"): policy.INVOKE,
+    ("POST", FN + "/policy"): "lambda:AddPermission",
+    ("GET", FN + "/policy"): "lambda:GetPolicy",
+    ("DELETE", FN + "/policy/{sid}"): "lambda:RemovePermission",
+    ("PUT", "/2017-10-31/functions/{name}/concurrency"): "lambda:PutFunctionConcurrency",
+    ("DELETE", "/2017-10-31/functions/{name}/concurrency"): "lambda:DeleteFunctionConcurrency",
+    ("GET", "/2019-09-30/functions/{name}/concurrency"): "lambda:GetFunctionConcurrency",
+    ("PUT", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:PutFunctionEventInvokeConfig",
+    ("POST", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:UpdateFunctionEventInvokeConfig",
+    ("GET", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:GetFunctionEventInvokeConfig",
+    ("DELETE", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:DeleteFunctionEventInvokeConfig",
+    ("GET", "/2019-09-25/functions/{name}/event-invoke-config/list"): "lambda:ListFunctionEventInvokeConfigs",
+    ("GET", "/snapfaas/v1/logs/{name}"): "snapfaas:GetFunctionLogs",
+    ("POST", "/snapfaas/v1/echo"): "snapfaas:Echo",
+}
+
+
+def action_for(method: str, canonical: str) -> str:
+    """The action of a route; a route missing from `ACTIONS` is named after its path, and
+    denied to functions like every other action without a grant."""
+    return ACTIONS.get((method, canonical), f"snapfaas:{method} {canonical}")
+
+
+def resource_for(request: web.Request) -> str:
+    """The ARN the request acts on: the (qualified) function, or every function."""
+    registry = services(request).registry
+    raw = request.match_info.get("name")
+    if raw is None:
+        return registry.function_arn("*")
+    try:
+        name, derived = check.parse_function_ref(raw)
+    except SnapfaasError:
+        return registry.function_arn(raw)
+    qualifier = request.match_info.get("alias") or derived or request.query.get("Qualifier")
+    return registry.function_arn(name, qualifier)
+
+
+def authorize_request(request: web.Request, principal: Principal) -> None:
+    """Raise `AccessDenied` unless `principal` may make this request. Unmatched paths pass
+    (they end in 404 without touching anything)."""
+    if isinstance(principal, Operator):
+        return
+    route = request.match_info.route
+    if route.resource is None:
+        return
+    action = action_for(request.method, route.resource.canonical)
+    resource = resource_for(request)
+    statements = _invoke_statements(request) if action == policy.INVOKE else []
+    decision = policy.authorize(principal, action, resource, statements)
+    if not decision.allowed:
+        raise AccessDenied(decision.reason or "Access denied")
+
+
+def _invoke_statements(request: web.Request) -> list[dict]:  # type: ignore[type-arg]
+    """The statements of the invoked qualifier's policy; none for a name that does not parse
+    (the request is then denied, not validated: a function learns nothing it may not call)."""
+    try:
+        name, derived = check.parse_function_ref(request.match_info["name"])
+    except SnapfaasError:
+        return []
+    return services(request).permissions.statements(name, derived or request.query.get("Qualifier"))

@@ -1,0 +1,30 @@
+"""Every API route is either named by a Lambda action (and so authorized) or unsigned by design."""
+
+from __future__ import annotations
+
+from snapfaas.api import access
+from snapfaas.config import CREDENTIALS_PATH
+from snapfaas.api.app import _unsigned_allowed, build_app
+
+
+def routes() -> set[tuple[str, str]]:
+    app = build_app(object(), None)  # type: ignore[arg-type]
+    return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None}
+
+
+def test_every_signed_route_has_an_action() -> None:
+    signed = {route for route in routes() if not _unsigned_allowed(route[1])}
+    assert signed - access.ACTIONS.keys() == set()
+    assert access.ACTIONS.keys() - signed == set()  # no stale entries either
+
+
+def test_unsigned_routes_are_only_health_credentials_and_code_links() -> None:
+    assert {path for _, path in routes() if _unsigned_allowed(path)} == {
+        "/snapfaas/v1/health", CREDENTIALS_PATH, "/snapfaas/v1/code/{digest}"}
+
+
+def test_action_names() -> None:
+    assert access.action_for("POST", access.FN + "/invocations") == "lambda:InvokeFunction"
+    assert access.action_for("GET", "/2015-03-31/functions/") == "lambda:ListFunctions"
+    assert access.action_for("DELETE", access.FN + "/policy/{sid}") == "lambda:RemovePermission"
+    assert access.action_for("PUT", "/2099-01-01/new/{name}") == "snapfaas:PUT /2099-01-01/new/{name}"

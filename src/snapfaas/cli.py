@@ -113,7 +113,7 @@ def serve(**opts: Any) -> None:
         tls_key=opts["tls_key"].resolve() if opts["tls_key"] else None,
         replay_cache=opts["replay_cache"],
     )
-    if (tls_cert is None) != (tls_key is None):
+    if (config.tls_cert is None) != (config.tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if config.tls_cert is not None and config.tls_key is not None:
         from snapfaas.transport import TlsConfigError, server_ssl_context

@@ -1,11 +1,12 @@
 """Network isolation cost: what an environment's own network namespace adds to a cold start
 and to a SnapStart restore, measured in one run against a same-run baseline.
 
-Two private servers run the same stdlib function: the default (``--sandbox-network
+Two private servers, running side by side, serve the same stdlib function: the default (``--sandbox-network
 isolated``: a namespace per environment, prepared ahead of demand) and the baseline
 (``--sandbox-network host``: environments share the host's network, as before isolation).
 For each: on-demand cold starts and SnapStart restores (each the first invoke of a new
-environment), end to end through boto3, plus the platform's Init / Restore Duration. The
+environment), end to end through boto3, plus the platform's Init / Restore Duration; samples
+alternate between the two servers so that load on the machine affects both alike. The
 namespace's own set-up (namespace, veth pair, addresses, the daemon's listener) happens in
 the background, ahead of demand; its cost per environment is timed here too, in-process.
 """
@@ -29,25 +30,39 @@ def handler(event, context):
 """
 
 
-def _measure(server: PrivateServer, say: Callable[[str], None], runs: int, label: str) -> dict[str, Any]:
-    bench = Bench(server, say)
+def _cold(bench: Bench, name: str, i: int) -> tuple[float, float | None]:
+    """One on-demand cold start (a config change retires the warm environment)."""
+    bench.client.update_function_configuration(FunctionName=name, Description=f"cold run {i}")
+    bench.client.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
+    elapsed, fields = bench.invoke(name)
+    return elapsed, fields.get("Init Duration")
+
+
+def _measure_pair(benches: dict[str, Bench], say: Callable[[str], None], runs: int) -> dict[str, Any]:
+    """Samples alternate between the two servers, so load drift on the machine hits both alike."""
     name = "bench-net"
-    server.deploy(name, {"app.py": STDLIB_APP}, SnapStart={"ApplyOn": "PublishedVersions"})
-    say(f"[{label}] on-demand cold starts")
-    cold, init = [], []
+    samples: dict[str, dict[str, list[float]]] = {label: {"cold": [], "init": [], "restore_e2e": [], "restore": []}
+                                                  for label in benches}
+    for bench in benches.values():
+        bench.server.deploy(name, {"app.py": STDLIB_APP}, SnapStart={"ApplyOn": "PublishedVersions"})
+    say("on-demand cold starts, alternating between the servers")
     for i in range(runs):
-        bench.client.update_function_configuration(FunctionName=name, Description=f"cold run {i}")
-        bench.client.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
-        elapsed, fields = bench.invoke(name)
-        cold.append(elapsed)
-        if "Init Duration" in fields:
-            init.append(fields["Init Duration"])
-    _publish(bench, name)
-    say(f"[{label}] SnapStart restores")
-    e2e, restore, _ = bench.restores(name, runs)
-    bench.close()
-    return {"cold_e2e_ms": _stats(cold), "init_duration_ms": _stats(init) if init else None,
-            "restore_e2e_ms": _stats(e2e), "restore_duration_ms": _stats(restore)}
+        for label, bench in (benches.items() if i % 2 == 0 else reversed(benches.items())):
+            elapsed, init = _cold(bench, name, i)
+            samples[label]["cold"].append(elapsed)
+            if init is not None:
+                samples[label]["init"].append(init)
+    for bench in benches.values():
+        _publish(bench, name)
+    say("SnapStart restores, alternating between the servers")
+    for i in range(runs):
+        for label, bench in (benches.items() if i % 2 == 0 else reversed(benches.items())):
+            e2e, restore, _ = bench.restores(name, 1)
+            samples[label]["restore_e2e"] += e2e
+            samples[label]["restore"] += restore
+    return {label: {"cold_e2e_ms": _stats(s["cold"]), "init_duration_ms": _stats(s["init"]) if s["init"] else None,
+                    "restore_e2e_ms": _stats(s["restore_e2e"]), "restore_duration_ms": _stats(s["restore"])}
+            for label, s in samples.items()}
 
 
 def prepare_cost(samples: int) -> dict[str, Any]:
@@ -72,13 +87,17 @@ def prepare_cost(samples: int) -> dict[str, Any]:
 
 def run(say: Callable[[str], None], runs: int = 7) -> dict[str, Any]:
     args = ["--keep-alive", "2"]
-    results: dict[str, Any] = {}
-    for label, extra in (("isolated", []), ("host", ["--sandbox-network", "host"])):
-        with PrivateServer([*args, *extra]) as server:
-            results[label] = _measure(server, say, runs, label)
+    with PrivateServer(args) as isolated, PrivateServer([*args, "--sandbox-network", "host"]) as host_net:
+        benches = {"isolated": Bench(isolated, say), "host": Bench(host_net, say)}
+        try:
+            results = _measure_pair(benches, say, runs)
+        finally:
+            for bench in benches.values():
+                bench.close()
     iso, host = results["isolated"], results["host"]
     added = {
         "cold_e2e_ms": round(iso["cold_e2e_ms"]["median"] - host["cold_e2e_ms"]["median"], 1),
+        "init_duration_ms": round(iso["init_duration_ms"]["median"] - host["init_duration_ms"]["median"], 1),
         "restore_e2e_ms": round(iso["restore_e2e_ms"]["median"] - host["restore_e2e_ms"]["median"], 1),
         "restore_duration_ms": round(iso["restore_duration_ms"]["median"] - host["restore_duration_ms"]["median"], 1),
     }
@@ -97,6 +116,7 @@ def markdown(result: dict[str, Any]) -> str:
     bg = result["background"]
     rows = [
         ("on-demand cold start (e2e)", "cold_e2e_ms", "cold_e2e"),
+        ("Init Duration", "init_duration_ms", None),
         ("SnapStart restore (e2e)", "restore_e2e_ms", "restore_e2e"),
         ("Restore Duration", "restore_duration_ms", None),
     ]

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides
+from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID
 
 console = Console()
 err_console = Console(stderr=True)
@@ -66,11 +67,21 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
+@click.option("--id-range-base", default=DEFAULT_BASE, show_default=True, type=int,
+              help="First host uid/gid of the range sandboxes map to (must not overlap /etc/subuid or /etc/subgid).")
+@click.option("--id-range-slices", default=DEFAULT_SLICES, show_default=True, type=int,
+              help="Slices of 65536 ids in that range: one per function (base + slices*65536 must stay below 2**31).")
+@click.option("--subuid-file", type=click.Path(path_type=Path), default=SUBUID, show_default=True,
+              help="Subordinate uid file checked at start: the daemon refuses to start if its range overlaps an entry.")
+@click.option("--subgid-file", type=click.Path(path_type=Path), default=SUBGID, show_default=True,
+              help="Subordinate gid file checked likewise.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_level: str) -> None:
+          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, id_range_base: int, id_range_slices: int,
+          subuid_file: Path, subgid_file: Path, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
+    from snapfaas.sandbox.ids import IdRangeConflict, IdRange
     from snapfaas.server import Server
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,10 +96,18 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
         scan_block_on=None if scan_block_on == "never" else scan_block_on,
         snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
+        id_range_base=id_range_base, id_range_slices=id_range_slices, subuid_file=subuid_file, subgid_file=subgid_file,
     )
+    try:
+        IdRange(id_range_base, id_range_slices)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")
-    asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
+    try:
+        asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
+    except IdRangeConflict as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 def parse_duration(text: str) -> float:

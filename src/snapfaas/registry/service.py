@@ -48,6 +48,9 @@ class ControlPlane:
         self.retire = retire
         self.publishers: dict[str, Settle] = {}
         self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
+        # whether files or processes of a released host id slice remain (default: assume so,
+        # never reclaim); the server wires the stores' and the process table's checks
+        self.slice_in_use: Callable[[int], bool] = lambda index: True
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- background settling ---------------------------------------------------------------
@@ -123,7 +126,7 @@ class ControlPlane:
             self.interpreters.resolve(record.runtime)
         except SnapfaasError as exc:
             return "InvalidRuntime", exc.message
-        if not self.artifacts.tree(record.code_digest).is_dir():
+        if not self.artifacts.tree(record.code_digest, self.registry.id_slice(record.name)).is_dir():
             return "InternalError", f"code package {record.code_sha256} is missing from the artifact store"
         return None
 
@@ -308,7 +311,7 @@ class ControlPlane:
             deleted = self.registry.delete_function(name)
             await self.retire(name, None)
             self.dropped(deleted)
-            self.artifacts.collect_garbage(self.registry.referenced_digests())
+            self.collect_garbage()
             return deleted
         if qualifier == LATEST:
             raise InvalidParameterValue("$LATEST version cannot be deleted without deleting the function.")
@@ -321,8 +324,14 @@ class ControlPlane:
             return []
         await self.retire(name, qualifier)
         self.dropped([deleted_version])
-        self.artifacts.collect_garbage(self.registry.referenced_digests())
+        self.collect_garbage()
         return [deleted_version]
+
+    def collect_garbage(self) -> list[int]:
+        """Delete code no version references, then reclaim the host id slices of deleted
+        functions that have nothing left (returns those)."""
+        self.artifacts.collect_garbage(self.registry.referenced_digests(), self.registry.referenced_trees())
+        return self.registry.reclaim_slices(self.slice_in_use)
 
     # -- aliases ---------------------------------------------------------------------------
     @staticmethod

@@ -152,6 +152,11 @@ class ArtifactStore:
         """Decompress every member (nothing written) under the byte budget, so a broken or
         lying package is refused at upload, not at its first invoke."""
         budget = self.limits.unzipped_bytes
+        infos = list(infos)
+        files = {info.filename.rstrip("/") for info in infos if not info.is_dir()}
+        parents = {str(parent) for info in infos for parent in PurePosixPath(info.filename).parents}
+        if files & parents:  # "a" and "a/b": not extractable
+            raise InvalidParameterValue(f"{UNZIP_ERROR} (an entry is both a file and a directory: {sorted(files & parents)[0]!r})")
         try:
             archive = zipfile.ZipFile(io.BytesIO(data))
             for info in infos:

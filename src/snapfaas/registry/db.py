@@ -67,7 +67,11 @@ class Registry:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
-        self._check_slices()
+        try:
+            self._check_slices()
+        except ServiceError:
+            self._db.close()
+            raise
 
     def _check_slices(self) -> None:
         """Give every function without a slice one (a state.db from before slices), and refuse

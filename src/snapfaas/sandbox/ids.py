@@ -5,9 +5,9 @@ host ids of its function's *slice*: slice ``i`` is ``base + i*65536 ... base + i
 (uids and gids alike), so the function's code (container uid 1000) runs as host uid
 ``base + i*65536 + 1000`` and two functions never share a host uid or gid. The range
 ``[base, base + slices*65536)`` is dedicated to snapfaas: the default base, 0x70000000
-(1879048192), is far above where ``useradd`` hands out subordinate ids (Debian's
-``SUB_UID_MIN`` is 100000, 65536 per user: a million users would stop below 0x10000000), and
-the range ends below 2**31 (tools that keep ids in a signed 32-bit int break above that).
+(1879048192), is far above where ``useradd`` hands out subordinate ids (Debian's login.defs:
+``SUB_UID_MIN``/``SUB_GID_MIN`` 100000, ``SUB_UID_MAX``/``SUB_GID_MAX`` 600100000, 65536 per
+user), and the range ends below 2**31 (tools that keep ids in a signed 32-bit int break above that).
 
 The daemon refuses to start when its range overlaps an entry of /etc/subuid or /etc/subgid
 (`check_host`): a host user owning those ids could otherwise read every sandbox's memory and
@@ -30,7 +30,7 @@ from snapfaas.errors import ServiceError
 SLICE_SIZE = 65536
 DEFAULT_BASE = 0x70000000
 DEFAULT_SLICES = 4095
-ID_LIMIT = 2**31  # exclusive upper bound for every id the range hands out
+ID_LIMIT = 2**31  # base + slices*SLICE_SIZE stays below this
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
 
@@ -51,9 +51,10 @@ class IdRange:
             raise ValueError(f"--id-range-base must be at least {SLICE_SIZE} (host system ids live below), got {self.base}")
         if self.slices < 1:
             raise ValueError(f"--id-range-slices must be at least 1, got {self.slices}")
-        if self.end > ID_LIMIT:
+        if self.end >= ID_LIMIT:
             raise ValueError(
-                f"id range {self.base}-{self.end - 1} ({self.slices} slices of {SLICE_SIZE}) must end below 2**31 = {ID_LIMIT}"
+                f"id range {self.base}-{self.end - 1} ({self.slices} slices of {SLICE_SIZE}): base + slices*{SLICE_SIZE} "
+                f"= {self.end} must stay below 2**31 = {ID_LIMIT}"
             )
 
     @property

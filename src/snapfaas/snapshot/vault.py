@@ -141,8 +141,8 @@ class SnapshotVault:
         Thread-safe (it runs in worker threads): concurrent misses of one snapshot decrypt it
         once, and a complete cache directory is never replaced while restores may read it.
         Raises `SnapshotCorrupt` if the stored snapshot is missing, malformed or tampered with,
-        or was taken in another slice (or with another id range): CRIU restores the user
-        namespace's id map as it was at checkpoint, so the snapshot must be re-created.
+        or was taken in another slice (or with another id range): its images hold the
+        checkpointed user namespace (``userns-*.img``), so it must be re-created.
         """
         plain = self.cache / snapshot_id
         group = self.group_of(slice_index)

@@ -288,7 +288,10 @@ def test_functions_run_under_distinct_host_ids(server: ServerHandle, lam, attack
     assert host_uid_of(server, attacker, "1") == mine
     for container in containers(server):
         (mapping,) = container["config"]["linux"]["uidMappings"]
+        assert container["config"]["linux"]["gidMappings"] == [mapping]
         assert container["uids"] == {mapping["hostID"] + 1000}
+        tmp = Path(f"/proc/{container['pid']}/root/tmp").stat()  # the tmpfs's uid=/gid= follow the slice
+        assert (tmp.st_uid, tmp.st_gid) == (mapping["hostID"] + 1000, mapping["hostID"] + 1000)
 
 
 def test_one_functions_uid_cannot_reach_anothers_processes_code_or_images(server: ServerHandle, lam, attacker: str) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides
+from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID
 
 console = Console()
 err_console = Console(stderr=True)
@@ -79,9 +80,18 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls-cert.")
 @click.option("--replay-cache", is_flag=True,
               help="Refuse a second use of a request signature within its 15-minute validity window.")
+@click.option("--id-range-base", default=DEFAULT_BASE, show_default=True, type=int,
+              help="First host uid/gid of the range sandboxes map to (must not overlap /etc/subuid or /etc/subgid).")
+@click.option("--id-range-slices", default=DEFAULT_SLICES, show_default=True, type=int,
+              help="Slices of 65536 ids in that range: one per function (base + slices*65536 must stay below 2**31).")
+@click.option("--subuid-file", type=click.Path(path_type=Path), default=SUBUID, show_default=True,
+              help="Subordinate uid file checked at start: the daemon refuses to start if its range overlaps an entry.")
+@click.option("--subgid-file", type=click.Path(path_type=Path), default=SUBGID, show_default=True,
+              help="Subordinate gid file checked likewise.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
+    from snapfaas.sandbox.ids import IdRangeConflict, IdRange
     from snapfaas.server import Server
 
     logging.basicConfig(level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,7 +122,15 @@ def serve(**opts: Any) -> None:
         tls_cert=opts["tls_cert"].resolve() if opts["tls_cert"] else None,
         tls_key=opts["tls_key"].resolve() if opts["tls_key"] else None,
         replay_cache=opts["replay_cache"],
+        id_range_base=opts["id_range_base"],
+        id_range_slices=opts["id_range_slices"],
+        subuid_file=opts["subuid_file"],
+        subgid_file=opts["subgid_file"],
     )
+    try:
+        IdRange(opts["id_range_base"], opts["id_range_slices"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     if (config.tls_cert is None) != (config.tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if config.tls_cert is not None and config.tls_key is not None:

@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
+from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID, IdRange
+
 SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
 RAM_ROOT = Path("/run/snapfaas")  # root-owned, on a tmpfs: per-server state that belongs in RAM (see hostpaths)
@@ -50,8 +52,11 @@ class ServerConfig:
     runtimes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     keep_alive_s: float = 300.0
     max_environments: int = 32
-    sandbox_uid: int = 1000
-    host_id_base: int = 100_000
+    sandbox_uid: int = 1000  # the function's uid (and gid) inside its user namespace
+    id_range_base: int = DEFAULT_BASE  # first host id of the sandboxes' dedicated range (sandbox/ids.py)
+    id_range_slices: int = DEFAULT_SLICES  # 65536-id slices in that range: one per function
+    subuid_file: Path = SUBUID  # checked at start: the range must not overlap any entry
+    subgid_file: Path = SUBGID
     limits: Limits = dataclasses.field(default_factory=Limits)
     sandbox_root: Path | None = None
     snapshot_retention_s: float = 14 * 24 * 3600
@@ -90,6 +95,11 @@ class ServerConfig:
     def _local_host(self) -> str:
         """The API's address as seen from this host (a wildcard bind is reached on loopback)."""
         return self.host if self.host.startswith("127.") or self.host == "::1" else "127.0.0.1"
+
+    @property
+    def id_range(self) -> IdRange:
+        """The host ids sandboxes map to; raises ValueError for a range that does not fit."""
+        return IdRange(self.id_range_base, self.id_range_slices)
 
     @property
     def credentials_uri(self) -> str:

@@ -27,6 +27,7 @@ from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
+from snapfaas.sandbox import ids
 from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.sandbox.network import NetworkPool
@@ -81,7 +82,13 @@ class Server:
         return None
 
     async def run(self) -> None:
+        """Serve until stopped. Raises `ids.IdRangeConflict` before touching anything if the
+        sandbox id range overlaps a host user's subordinate ids."""
         cfg = self.config
+        id_range = cfg.id_range
+        ids.check_host(id_range, cfg.subuid_file, cfg.subgid_file)
+        self.say(f"sandbox id range: {id_range.describe()} (one slice per function; checked against "
+                 f"{cfg.subuid_file} and {cfg.subgid_file})")
         private_dir(trusted_dir(cfg.data_dir, 0o700), 0o700)  # refuses a data dir another user owns or can write
         run_root()
         for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
@@ -101,14 +108,14 @@ class Server:
         for name, found in interpreters.available(SUPPORTED_RUNTIMES).items():
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
-        registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:")
+        registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
         trusted_dir(cfg.sandbox_dir, 0o711)
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
-                                  owner=cfg.host_id_base + cfg.sandbox_uid)
+                                  owner_of=lambda index: id_range.host_id(index, cfg.sandbox_uid))
         logs = LogStore(cfg.data_dir / "logs")
         identity = IdentityBroker()
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
-        factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs)
+        factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
         snapshots = self._snapshots(registry, factory, credentials_env)
@@ -116,11 +123,13 @@ class Server:
         worker.snapshots = snapshots
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
+        control.slice_in_use = lambda index: (artifacts.holds(index) or snapshots.vault.holds(index)
+                                              or ids.slice_has_processes(id_range, index))
         invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db", logs,
                           EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
                                         cfg.data_dir / "destinations"))
-        artifacts.collect_garbage(registry.referenced_digests())
         snapshots.collect_garbage()
+        control.collect_garbage()  # code, then the id slices of deleted functions
         services = Services(cfg, control, invoker, logs, identity=identity)
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None)
@@ -184,7 +193,7 @@ class Server:
                 self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
                          "restores copy every page of memory")
         vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
-                              image_owner=0, image_group=cfg.host_id_base)
+                              image_owner=0, group_of=cfg.id_range.slice_base)
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s

@@ -184,7 +184,9 @@ def test_cannot_see_another_functions_code_or_tmp(server: ServerHandle, lam) -> 
     assert invoke_json(lam, "holder")[1] == "stored"  # its environment stays warm with the /tmp secret
 
     digest = hashlib.sha256(holder_zip).hexdigest()
-    host_code = sandbox_dir(server) / "code" / digest
+    trees = list((sandbox_dir(server) / "code").glob(f"*/{digest}"))  # code/<id slice>/<digest>
+    assert len(trees) == 1, trees
+    host_code = trees[0]
     assert code_secret in (host_code / "app.py").read_text(), "test premise: this is the holder's code tree"
     create(lam, "snooper", {"app.py": SNOOPER})
     event = {"secrets": [code_secret, tmp_secret], "host_code": str(host_code),

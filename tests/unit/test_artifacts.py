@@ -62,10 +62,11 @@ def test_ingest_valid_zip(store: ArtifactStore) -> None:
     assert artifact.digest == digest.hex()
     assert artifact.sha256 == base64.b64encode(digest).decode()
     assert artifact.size == len(data)
-    assert artifact.tree == store.trees / digest.hex()
     assert (store.root / f"{artifact.digest}.zip").read_bytes() == data
     assert store.read_zip(artifact.digest) == data
-    tree = artifact.tree
+    assert contents(store.trees) == []  # trees are extracted per id slice, on first use
+    tree = store.tree(artifact.digest, 3)
+    assert tree == store.trees / "3" / digest.hex()
     assert (tree / "app.py").read_text() == "def handler(e, c):\n    return 1\n"
     assert (tree / "lib" / "util.py").read_text() == "X = 1\n"
     assert stat.S_IMODE((tree / "app.py").stat().st_mode) == 0o400
@@ -73,15 +74,17 @@ def test_ingest_valid_zip(store: ArtifactStore) -> None:
     assert stat.S_IMODE(tree.stat().st_mode) == 0o500
     assert stat.S_IMODE((tree / "lib").stat().st_mode) == 0o500
     assert stat.S_IMODE(store.trees.stat().st_mode) == 0o711
+    assert stat.S_IMODE((store.trees / "3").stat().st_mode) == 0o711
     # nothing but the zip and the tree
     assert contents(store.root) == [f"{artifact.digest}.zip"]
-    assert contents(store.trees) == [artifact.digest]
+    assert contents(store.trees) == ["3"]
+    assert contents(store.trees / "3") == [artifact.digest]
 
 
 def test_ingest_with_directory_entries(store: ArtifactStore) -> None:
     data = make_zip({"pkg/": "", "pkg/__init__.py": "", "pkg/sub/": ""},
                     modes={"pkg/": stat.S_IFDIR | 0o755, "pkg/sub/": stat.S_IFDIR | 0o755})
-    tree = store.ingest(data).tree
+    tree = store.tree(store.ingest(data).digest, 0)
     assert (tree / "pkg" / "__init__.py").is_file()
     assert (tree / "pkg" / "sub").is_dir()
 
@@ -94,37 +97,52 @@ def test_ingest_is_idempotent(store: ArtifactStore) -> None:
     assert second == first
     assert (store.root / f"{first.digest}.zip").stat().st_mtime_ns == mtime
     assert contents(store.root) == [f"{first.digest}.zip"]
-    assert contents(store.trees) == [first.digest]
+    assert contents(store.trees) == []
 
 
-def test_ingest_restores_missing_zip_and_tolerates_existing_tree(store: ArtifactStore) -> None:
+def test_ingest_restores_missing_zip_and_keeps_existing_tree(store: ArtifactStore) -> None:
     data = make_zip({"app.py": "x = 1\n"})
     artifact = store.ingest(data)
+    tree = store.tree(artifact.digest, 0)
     (store.root / f"{artifact.digest}.zip").unlink()
     assert store.ingest(data) == artifact
     assert store.read_zip(artifact.digest) == data
-    # the extraction lost the rename race against the existing tree; its temporary is gone
-    assert contents(store.trees) == [artifact.digest]
-    assert (artifact.tree / "app.py").read_text() == "x = 1\n"
+    assert contents(store.trees / "0") == [artifact.digest]
+    assert (tree / "app.py").read_text() == "x = 1\n"
 
 
 def test_different_packages_coexist(store: ArtifactStore) -> None:
     a = store.ingest(make_zip({"app.py": "a = 1\n"}))
     b = store.ingest(make_zip({"app.py": "b = 2\n"}))
     assert a.digest != b.digest
-    assert (a.tree / "app.py").read_text() == "a = 1\n"
-    assert (b.tree / "app.py").read_text() == "b = 2\n"
+    assert (store.tree(a.digest, 0) / "app.py").read_text() == "a = 1\n"
+    assert (store.tree(b.digest, 0) / "app.py").read_text() == "b = 2\n"
 
 
-def test_owner_gets_the_tree(dirs: tuple[Path, Path]) -> None:
+def test_each_slice_gets_its_own_tree(store: ArtifactStore) -> None:
+    a = store.ingest(make_zip({"app.py": "a = 1\n"}))
+    first, second = store.tree(a.digest, 0), store.tree(a.digest, 7)
+    assert first != second
+    assert (first / "app.py").read_text() == (second / "app.py").read_text() == "a = 1\n"
+    assert store.holds(0) and store.holds(7) and not store.holds(1)
+
+
+def test_slice_owner_gets_the_tree(dirs: tuple[Path, Path]) -> None:
     if os.geteuid() != 0:
-        pytest.skip("chown needs root")
-    store = ArtifactStore(dirs[0], dirs[1], SMALL, owner=54321)
-    tree = store.ingest(make_zip({"app.py": "", "d/m.py": ""})).tree
+        pytest.fail("chown needs root (the suite runs as root)")
+    owners = {0: 54321}
+    store = ArtifactStore(dirs[0], dirs[1], SMALL, owner_of=lambda index: owners[index])
+    digest = store.ingest(make_zip({"app.py": "", "d/m.py": ""})).digest
+    tree = store.tree(digest, 0)
     for path in (tree, tree / "app.py", tree / "d", tree / "d" / "m.py"):
         st = path.stat()
         assert (st.st_uid, st.st_gid) == (54321, 54321), path
     assert store.trees.stat().st_uid == os.geteuid()
+    assert (store.trees / "0").stat().st_uid == os.geteuid()
+    # the slice's owner changed (another --id-range-base): the tree is re-extracted for it
+    owners[0] = 54400
+    assert store.tree(digest, 0) == tree
+    assert tree.stat().st_uid == 54400 and (tree / "d" / "m.py").stat().st_uid == 54400
 
 
 # -- rejected packages -----------------------------------------------------------------------
@@ -193,7 +211,7 @@ def test_bomb_message(store: ArtifactStore) -> None:
     with pytest.raises(InvalidParameterValue, match="Unzipped size must be smaller than 65536 bytes"):
         store.ingest(BAD_PACKAGES["bomb"])
     # exactly at the limit is fine
-    assert store.ingest(make_zip({"app.py": b"\0" * (64 * 1024)})).tree.is_dir()
+    assert store.tree(store.ingest(make_zip({"app.py": b"\0" * (64 * 1024)})).digest, 0).is_dir()
 
 
 def test_extraction_budget_backs_up_the_declared_size_check(store: ArtifactStore) -> None:
@@ -201,8 +219,8 @@ def test_extraction_budget_backs_up_the_declared_size_check(store: ArtifactStore
     data = make_zip({"a.bin": b"\0" * (40 * 1024), "b.bin": b"\0" * (40 * 1024)})
     infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
     with pytest.raises(InvalidParameterValue, match="Unzipped size must be smaller than 65536 bytes"):
-        store._materialize("f" * 64, data, infos)
-    assert_empty(store)
+        store._materialize(store.trees / "0" / ("f" * 64), data, infos, None)
+    assert contents(store.trees / "0") == []
 
 
 def test_zip_too_large(store: ArtifactStore) -> None:
@@ -217,7 +235,7 @@ def test_rejected_package_leaves_existing_artifacts_alone(store: ArtifactStore) 
         with pytest.raises(InvalidParameterValue):
             store.ingest(data)
     assert contents(store.root) == [f"{good.digest}.zip"]
-    assert contents(store.trees) == [good.digest]
+    assert contents(store.trees) == []
 
 
 # -- handler lookup --------------------------------------------------------------------------
@@ -262,48 +280,54 @@ def test_handler_file_exists_degenerate_module(store: ArtifactStore, handler_pkg
 def test_collect_garbage(store: ArtifactStore) -> None:
     keep = store.ingest(make_zip({"app.py": "keep = 1\n"}))
     drop = store.ingest(make_zip({"app.py": "drop = 1\n"}))
-    # leftovers of an interrupted ingest
+    kept_tree = store.tree(keep.digest, 0)
+    store.tree(drop.digest, 0)
+    store.tree(keep.digest, 1)  # the kept digest, but no version of slice 1 uses it
+    # leftovers of an interrupted ingest or extraction, and a tree of the layout before slices
     (store.root / f".{drop.digest}.zip.tmp").write_bytes(b"partial")
-    (store.trees / f".{drop.digest}.abc123").mkdir()
-    (store.trees / f".{keep.digest}.def456").mkdir()  # a temporary even of a kept digest
-    removed = store.collect_garbage({keep.digest})
-    assert removed == 5
+    (store.trees / "0" / f".{drop.digest}.abc123").mkdir()
+    (store.trees / "0" / f".{keep.digest}.def456").mkdir()  # a temporary even of a kept digest
+    (store.trees / keep.digest).mkdir()
+    removed = store.collect_garbage({keep.digest}, {(0, keep.digest)})
+    assert removed == 7
     assert contents(store.root) == [f"{keep.digest}.zip"]
-    assert contents(store.trees) == [keep.digest]
-    assert (keep.tree / "app.py").read_text() == "keep = 1\n"
-    assert store.collect_garbage({keep.digest}) == 0
-    assert store.collect_garbage(set()) == 2
+    assert contents(store.trees) == ["0"]  # slice 1's directory went with its last tree
+    assert contents(store.trees / "0") == [keep.digest]
+    assert (kept_tree / "app.py").read_text() == "keep = 1\n"
+    assert store.collect_garbage({keep.digest}, {(0, keep.digest)}) == 0
+    assert store.collect_garbage(set(), set()) == 2
     assert_empty(store)
 
 
 def test_tree_reextracts_deleted_tree(store: ArtifactStore) -> None:
     artifact = store.ingest(make_zip({"app.py": "x = 1\n", "d/e.py": "y = 2\n"}))
-    shutil.rmtree(artifact.tree)
-    assert not artifact.tree.exists()
-    assert store.tree(artifact.digest) == artifact.tree
-    assert (artifact.tree / "app.py").read_text() == "x = 1\n"
-    assert (artifact.tree / "d" / "e.py").read_text() == "y = 2\n"
-    assert stat.S_IMODE(artifact.tree.stat().st_mode) == 0o500
-    assert contents(store.trees) == [artifact.digest]
-    # handler lookup goes through tree() as well
-    shutil.rmtree(artifact.tree)
+    tree = store.tree(artifact.digest, 0)
+    shutil.rmtree(tree)
+    assert not tree.exists()
+    assert store.tree(artifact.digest, 0) == tree
+    assert (tree / "app.py").read_text() == "x = 1\n"
+    assert (tree / "d" / "e.py").read_text() == "y = 2\n"
+    assert stat.S_IMODE(tree.stat().st_mode) == 0o500
+    assert contents(store.trees / "0") == [artifact.digest]
+    # handler lookup reads the zip: no tree needed
+    shutil.rmtree(tree)
     assert store.handler_file_exists(artifact.digest, "app.handler")
+    assert not tree.exists()
 
 
 def test_tree_of_unknown_digest_is_not_created(store: ArtifactStore) -> None:
-    path = store.tree("0" * 64)
-    assert path == store.trees / ("0" * 64)
+    path = store.tree("0" * 64, 0)
+    assert path == store.trees / "0" / ("0" * 64)
     assert not path.exists()
-    assert_empty(store)
+    assert contents(store.root) == []
 
 
 def test_tree_rejects_corrupted_stored_zip(store: ArtifactStore) -> None:
     artifact = store.ingest(make_zip({"app.py": ""}))
-    shutil.rmtree(artifact.tree)
     (store.root / f"{artifact.digest}.zip").write_bytes(b"garbage")
     with pytest.raises(InvalidParameterValue):
-        store.tree(artifact.digest)
-    assert contents(store.trees) == []
+        store.tree(artifact.digest, 0)
+    assert not store.holds(0)
 
 
 def with_encryption_flag(data: bytes, name: str) -> bytes:

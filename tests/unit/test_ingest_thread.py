@@ -76,7 +76,7 @@ def test_encrypted_entry_is_a_400_and_leaves_nothing(control: ControlPlane) -> N
 
 
 def test_garbage_collection_waits_for_ingests_in_flight(control: ControlPlane) -> None:
-    """A package extracted in a thread but not yet referenced by a version survives a delete
+    """A package ingested in a thread but not yet referenced by a version survives a delete
     (which collects garbage) that happens meanwhile; the collection runs once the ingest is done."""
     store = control.artifacts
     started, release = threading.Event(), threading.Event()
@@ -84,7 +84,7 @@ def test_garbage_collection_waits_for_ingests_in_flight(control: ControlPlane) -
 
     def paused_ingest(data: bytes):  # type: ignore[no-untyped-def]
         artifact = original(data)
-        if artifact.tree.name != other_digest:
+        if artifact.digest != other_digest:
             started.set()
             release.wait(timeout=60)
         return artifact
@@ -97,11 +97,11 @@ def test_garbage_collection_waits_for_ingests_in_flight(control: ControlPlane) -
         creating = asyncio.create_task(control.create_function(body()))
         await asyncio.to_thread(started.wait, 60)
         await control.delete("other", None)  # collects garbage: must not take the unreferenced new package
-        assert (store.trees / other_digest).is_dir()  # deferred, not run
+        assert (store.root / f"{other_digest}.zip").is_file()  # deferred, not run
         release.set()
         created = await creating
-        assert (store.trees / created.code_digest).is_dir() and (store.root / f"{created.code_digest}.zip").is_file()
-        assert not (store.trees / other_digest).exists()  # collected once the ingest committed
+        assert (store.root / f"{created.code_digest}.zip").is_file()
+        assert not (store.root / f"{other_digest}.zip").exists()  # collected once the ingest committed
         await control.close()
 
     other_digest = ""

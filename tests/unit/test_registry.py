@@ -381,3 +381,67 @@ def test_json_round_trip_of_records() -> None:
     assert FunctionVersion.from_json(v.to_json()) == v
     assert dataclasses.asdict(v)["state"] == State.ACTIVE
     assert v.to_json()["state"] == "Active"
+
+
+# -- host id slices --------------------------------------------------------------------------
+def test_each_function_gets_its_own_id_slice(reg: Registry) -> None:
+    for name in ("a", "b", "c"):
+        created(reg, name, digest=f"d-{name}")
+    assert [reg.id_slice(n) for n in ("a", "b", "c")] == [0, 1, 2]
+    with pytest.raises(NotFound):
+        reg.id_slice("nope")
+    reg.publish("a", None, None, None)
+    assert reg.referenced_trees() == {(0, "d-a"), (1, "d-b"), (2, "d-c")}
+
+
+def test_slice_of_a_deleted_function_is_reused_only_after_reclaim(reg: Registry) -> None:
+    created(reg, "a")
+    created(reg, "b")
+    reg.delete_function("a")
+    assert reg.released_slices() == [0]
+    created(reg, "c")
+    assert reg.id_slice("c") == 2  # slice 0 is still draining
+    created(reg, "a")  # the same name does not get its old slice back either
+    assert reg.id_slice("a") == 3
+    asked: list[int] = []
+    assert reg.reclaim_slices(lambda index: asked.append(index) or True) == []
+    assert asked == [0] and reg.released_slices() == [0]
+    assert reg.reclaim_slices(lambda index: False) == [0]
+    assert reg.released_slices() == []
+    created(reg, "d")
+    assert reg.id_slice("d") == 0
+
+
+def test_slices_exhausted(db_path: Path) -> None:
+    reg = Registry(db_path, PREFIX, id_slices=2)
+    try:
+        created(reg, "a")
+        created(reg, "b")
+        with pytest.raises(ServiceError, match="all 2 host id slices are in use"):
+            reg.create_function(draft("c"))
+        with pytest.raises(NotFound):
+            reg.get_version("c", LATEST)  # nothing of the refused function was written
+    finally:
+        reg.close()
+
+
+def test_state_db_from_before_slices_gets_one_per_function(db_path: Path) -> None:
+    first = Registry(db_path, PREFIX)
+    for name in ("a", "b"):
+        created(first, name)
+    first._db.execute("DROP TABLE id_slices")  # the schema before id slices
+    first.close()
+    second = Registry(db_path, PREFIX)
+    try:
+        assert sorted(second.id_slice(n) for n in ("a", "b")) == [0, 1]
+    finally:
+        second.close()
+
+
+def test_slices_beyond_a_shrunk_range_refuse_to_open(db_path: Path) -> None:
+    first = Registry(db_path, PREFIX)
+    for name in ("a", "b", "c"):
+        created(first, name)
+    first.close()
+    with pytest.raises(ServiceError, match="slices beyond --id-range-slices 2 are held \\(c: 2\\)"):
+        Registry(db_path, PREFIX, id_slices=2)

@@ -2,14 +2,24 @@
 
 Layout::
 
-    <data-dir>/code/<sha256-hex>.zip       the package as uploaded (the source of truth)
-    <sandbox-dir>/code/<sha256-hex>/       its extracted tree (mounted read-only at /var/task)
+    <data-dir>/code/<sha256-hex>.zip              the package as uploaded (the source of truth)
+    <sandbox-dir>/code/<slice>/<sha256-hex>/      its extracted tree for host id slice <slice>
+                                                  (mounted read-only at /var/task)
+
+A package is validated completely at ingest (names, sizes, and every member decompressed
+against the byte budget) but extracted only per *id slice* (sandbox/ids.py), on first use:
+a tree is owned by the host uid its slice's function runs as (`owner_of(slice)`), mode 0500/0400,
+so it is readable by that one function and by no other host user or function. Why not one
+shared tree per digest: the bind mount is not id-mapped, so a shared tree would have to be
+readable by several slices' uids, which means world- or ACL-readable, i.e. readable by every
+host user and every other function's uid; the only cost of per-slice trees is disk for
+identical packages deployed by *different* functions (versions of one function share theirs).
 
 Trees live in the sandbox dir because every ancestor of a bind source must be traversable by
-the sandbox's mapped root uid; they are derived state, re-extracted from the zip when missing.
-A tree appears atomically (extracted into a temporary sibling, then renamed), so a crash never
-leaves a half-extracted tree under a final name. Artifacts are shared by every version whose
-code has the same hash; `collect_garbage` removes the ones no version references.
+the sandbox's mapped root uid; they are derived state, re-extracted from the zip when missing
+or owned by another uid (after a change of ``--id-range-base``). A tree appears atomically
+(extracted into a temporary sibling, then renamed), so a crash never leaves a half-extracted
+tree under a final name. `collect_garbage` removes zips and trees no version references.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from snapfaas.config import Limits
@@ -42,27 +52,41 @@ class CodeArtifact:
     digest: str
     sha256: str
     size: int
-    tree: Path
 
 
 class ArtifactStore:
-    def __init__(self, root: Path, trees: Path, limits: Limits, owner: int | None = None) -> None:
-        """`owner` is the host uid (and gid) sandboxes read code as; trees are private to it."""
+    def __init__(self, root: Path, trees: Path, limits: Limits, owner_of: Callable[[int], int] | None = None) -> None:
+        """`owner_of(slice)` is the host uid (and gid) the sandboxes of id slice `slice` read
+        code as; that slice's trees are private to it (None: trees keep the daemon's owner)."""
         self.root = root
         self.trees = trees
         self.limits = limits
-        self.owner = owner
+        self.owner_of = owner_of
         root.mkdir(parents=True, exist_ok=True)
         trees.mkdir(parents=True, exist_ok=True)
         os.chmod(trees, 0o711)
 
-    def tree(self, digest: str) -> Path:
-        """The extracted tree of `digest`, re-extracting it from the stored zip if needed."""
-        path = self.trees / digest
-        if not path.is_dir() and (self.root / f"{digest}.zip").is_file():
+    def tree(self, digest: str, slice_index: int) -> Path:
+        """The extracted tree of `digest` for id slice `slice_index`, extracted from the stored
+        zip if missing or owned by another uid. The path is returned even if the zip is gone."""
+        path = self.trees / str(slice_index) / digest
+        owner = self.owner_of(slice_index) if self.owner_of is not None else None
+        try:
+            current = path.lstat()
+        except FileNotFoundError:
+            current = None
+        if current is not None and owner is not None and (current.st_uid != owner or not stat.S_ISDIR(current.st_mode)):
+            shutil.rmtree(path, ignore_errors=True)  # made for another id range: re-extract
+            current = None
+        if current is None and (self.root / f"{digest}.zip").is_file():
             data = self.read_zip(digest)
-            self._materialize(digest, data, self._check_zip(data))
+            self._materialize(path, data, self._check_zip(data), owner)
         return path
+
+    def holds(self, slice_index: int) -> bool:
+        """Whether any tree (or a temporary) of id slice `slice_index` exists."""
+        directory = self.trees / str(slice_index)
+        return directory.is_dir() and any(directory.iterdir())
 
     def ingest(self, data: bytes) -> CodeArtifact:
         """Validate and store a zip; idempotent for identical bytes.
@@ -74,20 +98,21 @@ class ArtifactStore:
             raise RequestTooLarge(f"Zipped code must be smaller than {self.limits.zip_bytes} bytes")
         digest_bytes = hashlib.sha256(data).digest()
         digest = digest_bytes.hex()
-        artifact = CodeArtifact(digest, base64.b64encode(digest_bytes).decode(), len(data), self.trees / digest)
-        if artifact.tree.is_dir() and (self.root / f"{digest}.zip").is_file():
+        artifact = CodeArtifact(digest, base64.b64encode(digest_bytes).decode(), len(data))
+        if (self.root / f"{digest}.zip").is_file():
             return artifact
-        self._materialize(digest, data, self._check_zip(data))
+        self._verify(data, self._check_zip(data))
         tmp_zip = self.root / f".{digest}.zip.tmp"
         tmp_zip.write_bytes(data)
         os.replace(tmp_zip, self.root / f"{digest}.zip")
         return artifact
 
-    def _materialize(self, digest: str, data: bytes, entries: list[zipfile.ZipInfo]) -> None:
-        final = self.trees / digest
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.", dir=self.trees))
+    def _materialize(self, final: Path, data: bytes, entries: list[zipfile.ZipInfo], owner: int | None) -> None:
+        final.parent.mkdir(exist_ok=True)
+        os.chmod(final.parent, 0o711)  # the mapped root walks through; nobody lists it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
-            self._extract(data, entries, tmp)
+            self._extract(data, entries, tmp, owner)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -127,7 +152,31 @@ class ArtifactStore:
             )
         return infos
 
-    def _extract(self, data: bytes, infos: Iterable[zipfile.ZipInfo], dest: Path) -> None:
+    def _verify(self, data: bytes, infos: Iterable[zipfile.ZipInfo]) -> None:
+        """Decompress every member (nothing written) under the byte budget, so a broken or
+        lying package is refused at upload, not at its first invoke."""
+        budget = self.limits.unzipped_bytes
+        infos = list(infos)
+        files = {info.filename.rstrip("/") for info in infos if not info.is_dir()}
+        parents = {str(parent) for info in infos for parent in PurePosixPath(info.filename).parents}
+        if files & parents:  # "a" and "a/b": not extractable
+            raise InvalidParameterValue(f"{UNZIP_ERROR} (an entry is both a file and a directory: {sorted(files & parents)[0]!r})")
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+            for info in infos:
+                if info.is_dir():
+                    continue
+                with archive.open(info) as src:
+                    while chunk := src.read(1 << 16):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise InvalidParameterValue(
+                                f"Unzipped size must be smaller than {self.limits.unzipped_bytes} bytes"
+                            )
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+            raise InvalidParameterValue(UNZIP_ERROR) from exc
+
+    def _extract(self, data: bytes, infos: Iterable[zipfile.ZipInfo], dest: Path, owner: int | None) -> None:
         """Extract with a hard byte budget, so a zip that lies about its sizes still stops."""
         budget = self.limits.unzipped_bytes
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -148,48 +197,78 @@ class ArtifactStore:
                         out.write(chunk)
                 executable = (info.external_attr >> 16) & 0o111
                 os.chmod(target, 0o500 if executable else 0o400)
-            self._seal(dest)
+            self._seal(dest, owner)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
             raise InvalidParameterValue(UNZIP_ERROR) from exc
 
-    def _seal(self, tree: Path) -> None:
-        """Read-only for the sandbox uid, invisible to other host users."""
+    @staticmethod
+    def _seal(tree: Path, owner: int | None) -> None:
+        """Read-only for the slice's uid (`owner`), invisible to other host users."""
         for dirpath, dirnames, filenames in os.walk(tree):
             os.chmod(dirpath, 0o500)
-            if self.owner is not None:
-                os.chown(dirpath, self.owner, self.owner)
+            if owner is not None:
+                os.chown(dirpath, owner, owner)
                 for name in filenames:
-                    os.chown(os.path.join(dirpath, name), self.owner, self.owner)
+                    os.chown(os.path.join(dirpath, name), owner, owner)
 
     def handler_file_exists(self, digest: str, handler: str) -> bool:
-        """Whether the module named by `handler` (``pkg.mod.func``) exists in the package."""
+        """Whether the module named by `handler` (``pkg.mod.func``) exists in the package (read
+        from the zip's directory)."""
         parts = handler.rpartition(".")[0].replace("/", ".").split(".")
         if not all(parts):
             return False
-        rel = Path(*parts)
-        tree = self.tree(digest)
-        return (tree / rel.with_suffix(".py")).is_file() or (tree / rel / "__init__.py").is_file() or any(
-            (tree / rel.parent).glob(rel.name + ".*.so")
+        try:
+            with zipfile.ZipFile(self.root / f"{digest}.zip") as archive:
+                names = {info.filename for info in archive.infolist() if not info.is_dir()}
+        except (OSError, zipfile.BadZipFile):
+            return False
+        module = "/".join(parts)
+        package, _, leaf = module.rpartition("/")
+        prefix = f"{package}/" if package else ""
+        return f"{module}.py" in names or f"{module}/__init__.py" in names or any(
+            n.startswith(prefix + leaf + ".") and n.endswith(".so") and "/" not in n[len(prefix):] for n in names
         )
 
     def discard(self, digest: str) -> None:
-        """Delete one artifact (zip and tree); the caller guarantees no version references it."""
+        """Delete one artifact (zip and every slice's tree); the caller guarantees no version
+        references it."""
         (self.root / f"{digest}.zip").unlink(missing_ok=True)
-        shutil.rmtree(self.trees / digest, ignore_errors=True)
+        for directory in self._slice_dirs():
+            shutil.rmtree(directory / digest, ignore_errors=True)
+
+    def _slice_dirs(self) -> list[Path]:
+        return [p for p in self.trees.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()]
 
     def read_zip(self, digest: str) -> bytes:
         return (self.root / f"{digest}.zip").read_bytes()
 
-    def collect_garbage(self, referenced: set[str]) -> int:
-        """Delete artifacts (and leftover temporaries) not in `referenced`; return how many."""
+    def collect_garbage(self, referenced: set[str], trees: set[tuple[int, str]] | None = None) -> int:
+        """Delete zips not in `referenced`, trees not in `trees` ((slice, digest) pairs; None:
+        every slice's tree of a referenced digest is kept) and leftover temporaries; return how
+        many entries went. A slice directory left empty is removed too."""
         removed = 0
-        for entry in [*self.root.iterdir(), *self.trees.iterdir()]:
-            name = entry.name
-            if not name.startswith(".") and name.removesuffix(".zip") in referenced:
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or entry.name.removesuffix(".zip") not in referenced:
+                _remove(entry)
+                removed += 1
+        for entry in self.trees.iterdir():
+            if entry.is_symlink() or not entry.is_dir() or not entry.name.isdigit():
+                _remove(entry)  # trees of the layout before id slices, temporaries, strays
+                removed += 1
                 continue
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed += 1
+            for tree in entry.iterdir():
+                key = (int(entry.name), tree.name)
+                kept = tree.name in referenced if trees is None else key in trees
+                if tree.name.startswith(".") or not kept:
+                    _remove(tree)
+                    removed += 1
+            if not any(entry.iterdir()):
+                entry.rmdir()
         return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -10,13 +10,18 @@ Schema (all records are JSON in `data`, keyed columns are for lookups)::
     versions(function, version, ordinal, data)   PK(function, version)
     aliases(function, name, data)                PK(function, name)
     event_invoke_configs(function, qualifier, data) PK(function, qualifier)
+    policies(function, qualifier, revision_id, statements)  PK(function, qualifier)
+    id_slices(slice PK, function UNIQUE)         a function's host id slice (sandbox/ids.py);
+                                                 function NULL: released by a deleted function,
+                                                 reusable once `reclaim_slices` frees it
 
 `observers` are called with a function's name after every committed change to it (state,
 concurrency, deletion, event invoke config), so in-memory schedulers can re-read it.
-    policies(function, qualifier, revision_id, statements)  PK(function, qualifier)
 
 A policy is the resource-based policy (AddPermission statements) of the unqualified function
 (``qualifier`` = '') or of one version or alias; it goes with what it is attached to.
+
+A state.db from before id slices gets its table on open and a slice for every function.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed
+from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed, ServiceError
 from snapfaas.registry.model import (
     LATEST, Alias, EventInvokeConfig, FunctionInfo, FunctionVersion, State, new_revision, now_iso,
 )
+from snapfaas.sandbox.ids import DEFAULT_SLICES
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,10 @@ CREATE TABLE IF NOT EXISTS policies (
     statements TEXT NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
+CREATE TABLE IF NOT EXISTS id_slices (
+    slice INTEGER PRIMARY KEY,
+    function TEXT UNIQUE
+);
 """
 
 
@@ -80,14 +90,22 @@ class Policy:
 
 
 class Registry:
-    def __init__(self, path: Path, arn_prefix: str) -> None:
+    def __init__(self, path: Path, arn_prefix: str, id_slices: int = DEFAULT_SLICES) -> None:
+        """`id_slices`: how many host id slices exist (``--id-range-slices``). Raises
+        `ServiceError` if a function holds a slice beyond it (the range was shrunk)."""
         self.arn_prefix = arn_prefix  # arn:aws:lambda:<region>:<account>:function:
+        self.id_slices = id_slices
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self.observers: list[Callable[[str], None]] = []
+        try:
+            self._check_slices()
+        except ServiceError:
+            self._db.close()
+            raise
 
     def _changed(self, name: str) -> None:
         for observer in self.observers:
@@ -95,6 +113,21 @@ class Registry:
                 observer(name)
             except Exception:  # an observer's bug must not fail a committed change
                 logger.exception("registry observer failed at step 'notify' for function %s", name)
+
+    def _check_slices(self) -> None:
+        """Give every function without a slice one (a state.db from before slices), and refuse
+        slices beyond `id_slices`."""
+        with self._tx() as db:
+            beyond = db.execute("SELECT function, slice FROM id_slices WHERE slice >= ? ORDER BY slice", (self.id_slices,)).fetchall()
+            if beyond:
+                held = ", ".join(f"{f or '(released)'}: {s}" for f, s in beyond)
+                raise ServiceError(f"registry open failed at step 'check id slices': slices beyond --id-range-slices "
+                                   f"{self.id_slices} are held ({held}); raise --id-range-slices")
+            missing = db.execute(
+                "SELECT name FROM functions WHERE name NOT IN (SELECT function FROM id_slices WHERE function IS NOT NULL) ORDER BY seq"
+            ).fetchall()
+            for (name,) in missing:
+                self._allocate_slice(db, name)
 
     def close(self) -> None:
         self._db.close()
@@ -131,7 +164,50 @@ class Registry:
                 raise Conflict(f"Function already exist: {latest.name}")
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM functions").fetchone()[0]
             db.execute("INSERT INTO functions(name, seq) VALUES (?, ?)", (latest.name, seq))
+            self._allocate_slice(db, latest.name)
             self._put(db, latest)
+
+    # -- host id slices --------------------------------------------------------------------
+    def _allocate_slice(self, db: sqlite3.Connection, name: str) -> int:
+        """The lowest slice no function holds and none is draining from; raises ServiceError
+        when all `id_slices` are taken."""
+        index = 0
+        for (taken,) in db.execute("SELECT slice FROM id_slices ORDER BY slice"):
+            if taken != index:
+                break
+            index += 1
+        if index >= self.id_slices:
+            raise ServiceError(f"CreateFunction failed at step 'allocate id slice': all {self.id_slices} host id slices "
+                               "are in use (raise --id-range-slices)")
+        db.execute("INSERT INTO id_slices(slice, function) VALUES (?, ?)", (index, name))
+        return index
+
+    def id_slice(self, name: str) -> int:
+        """The host id slice of function `name`; NotFound if there is no such function."""
+        row = self._db.execute("SELECT slice FROM id_slices WHERE function=?", (name,)).fetchone()
+        if row is None:
+            raise self._not_found(name)
+        return int(row[0])
+
+    def released_slices(self) -> list[int]:
+        """Slices of deleted functions not reclaimed yet."""
+        return [int(r[0]) for r in self._db.execute("SELECT slice FROM id_slices WHERE function IS NULL ORDER BY slice")]
+
+    def reclaim_slices(self, in_use: Callable[[int], bool]) -> list[int]:
+        """Make released slices reusable, except those for which `in_use(slice)` (files or
+        processes of the deleted function still exist); returns the reclaimed ones."""
+        free = [s for s in self.released_slices() if not in_use(s)]
+        with self._tx() as db:
+            for index in free:
+                db.execute("DELETE FROM id_slices WHERE slice=? AND function IS NULL", (index,))
+        return free
+
+    def referenced_trees(self) -> set[tuple[int, str]]:
+        """(slice, code digest) of every version: the code trees in use."""
+        rows = self._db.execute(
+            "SELECT s.slice, v.data FROM versions v JOIN id_slices s ON s.function=v.function"
+        ).fetchall()
+        return {(int(index), json.loads(data)["code_digest"]) for index, data in rows}
 
     def _put(self, db: sqlite3.Connection, version: FunctionVersion) -> None:
         ordinal = 0 if version.is_latest else int(version.version)
@@ -255,6 +331,7 @@ class Registry:
         with self._tx() as db:
             versions = self.list_versions(name)
             db.execute("DELETE FROM functions WHERE name=?", (name,))
+            db.execute("UPDATE id_slices SET function=NULL WHERE function=?", (name,))
         self._changed(name)
         return versions
 

@@ -50,6 +50,9 @@ class ControlPlane:
         self.event_configs = EventConfigs(registry)  # PutFunctionEventInvokeConfig and friends
         self.publishers: dict[str, Settle] = {}
         self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
+        # whether files or processes of a released host id slice remain (default: assume so,
+        # never reclaim); the server wires the stores' and the process table's checks
+        self.slice_in_use: Callable[[int], bool] = lambda index: True
         self._tasks: set[asyncio.Task[None]] = set()
         self._ingests = 0  # mutations between code ingest and commit (see `_ingesting`)
         self._gc_pending = False
@@ -127,7 +130,7 @@ class ControlPlane:
             self.interpreters.resolve(record.runtime)
         except SnapfaasError as exc:
             return "InvalidRuntime", exc.message
-        if not self.artifacts.tree(record.code_digest).is_dir():
+        if not self.artifacts.tree(record.code_digest, self.registry.id_slice(record.name)).is_dir():
             return "InternalError", f"code package {record.code_sha256} is missing from the artifact store"
         return None
 
@@ -177,10 +180,11 @@ class ControlPlane:
                 self._collect_garbage()
 
     def _collect_garbage(self) -> None:
+        """`collect_garbage`, or deferred until no ingest is in flight."""
         if self._ingests:
             self._gc_pending = True
             return
-        self.artifacts.collect_garbage(self.registry.referenced_digests())
+        self.collect_garbage()
 
     @contextmanager
     def _dropping_on_failure(self, artifact: CodeArtifact) -> Iterator[None]:
@@ -365,6 +369,12 @@ class ControlPlane:
         self.dropped([deleted_version])
         self._collect_garbage()
         return [deleted_version]
+
+    def collect_garbage(self) -> list[int]:
+        """Delete code no version references, then reclaim the host id slices of deleted
+        functions that have nothing left (returns those)."""
+        self.artifacts.collect_garbage(self.registry.referenced_digests(), self.registry.referenced_trees())
+        return self.registry.reclaim_slices(self.slice_in_use)
 
     # -- aliases ---------------------------------------------------------------------------
     @staticmethod

@@ -1,11 +1,13 @@
 """The OCI runtime spec (config.json) of one execution environment.
 
-Isolation contract: read-only rootfs made of host binds (/usr, /etc, the interpreter's install
-tree) plus the function's code at /var/task (read-only) and the runtime at /var/runtime
-(read-only); a private tmpfs /tmp sized by EphemeralStorage and owned by the function's uid;
-its own pid, mount, ipc, uts and user namespaces (container 0-65535 -> host base..base+65535,
-the process runs as `uid` inside, which is unprivileged on the host too); no capabilities,
-no-new-privileges; a memory limit (no swap) from MemorySize and a pids limit. The network
+Isolation contract: read-only rootfs made of host binds (/usr, the interpreter's install
+tree), the server's synthesized /etc (sandbox/etc.py; not the host's), the function's code at
+/var/task (read-only) and the runtime at /var/runtime (read-only); a private tmpfs /tmp sized
+by EphemeralStorage and owned by the function's uid; its own pid, mount, ipc, uts and user
+namespaces (container 0-65535 -> the function's host id slice base..base+65535, see
+sandbox/ids.py; the process runs as `uid` inside, which is unprivileged on the host too and
+shared with no other function); no capabilities, no-new-privileges, a seccomp filter
+(sandbox/seccomp.py); a memory limit (no swap) from MemorySize and a pids limit. The network
 namespace is the environment's own, prepared ahead by `sandbox.network` and joined by path
 (so CRIU treats it as external: a restore joins a fresh one).
 There is no /dev/shm, as on Lambda (multiprocessing's semaphores and queues fail there too).
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from snapfaas.sandbox import seccomp
 from snapfaas.sandbox.interpreter import Interpreter
 
 TASK_ROOT = "/var/task"
@@ -27,6 +30,7 @@ RUNTIME_PACKAGE = "snapfaas_runtime"
 MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 BASE_DIRS = ("usr", "etc", "proc", "dev", "tmp", "var/task", "var/runtime", "sys/devices/system/cpu")
 RO = ["rbind", "ro", "nosuid", "nodev"]
+HOSTNAME = "sandbox"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +45,9 @@ class SandboxSpec:
     memory_mb: int
     tmp_mb: int
     uid: int
-    host_id_base: int
+    host_id_base: int  # host id of container id 0: the base of the function's id slice
     cgroup: str
+    etc_dir: Path  # the synthesized /etc (sandbox/etc.py), bound read-only
     netns: Path | None = None  # the environment's own network namespace (None: runc makes an empty one)
     host_network: bool = False  # share the host's network namespace (--sandbox-network host: unsafe)
     pids_limit: int = 1024
@@ -82,7 +87,7 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/usr", "type": "bind", "source": "/usr", "options": RO},
-        {"destination": "/etc", "type": "bind", "source": "/etc", "options": RO},
+        {"destination": "/etc", "type": "bind", "source": str(spec.etc_dir), "options": RO},
         {"destination": "/sys/devices/system/cpu", "type": "bind", "source": "/sys/devices/system/cpu", "options": RO},
         {"destination": TASK_ROOT, "type": "bind", "source": str(spec.code_dir), "options": RO},
         {"destination": RUNTIME_DIR, "type": "bind", "source": str(spec.runtime_dir), "options": RO},
@@ -110,7 +115,7 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         },
         "root": {"path": str(rootfs), "readonly": True},
-        "hostname": "sandbox",
+        "hostname": HOSTNAME,
         "annotations": dict(spec.annotations),
         "mounts": mounts,
         "linux": {
@@ -124,5 +129,6 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
                 "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
             ],
             "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "seccomp": seccomp.profile(),
         },
     }

@@ -168,6 +168,7 @@ class SnapshotManager:
                 {"function": version.name, "function_version": version.version, "runtime": version.runtime,
                  "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2),
                  "restore_memory": decision.mode},
+                env.id_slice,
             )
             self._memory_modes[snapshot_id] = decision.mode
             size = sum(f["size"] for f in manifest["files"])
@@ -235,7 +236,8 @@ class SnapshotManager:
         try:
             if version.snapshot_id is None:
                 raise SnapshotCorrupt("the version has no snapshot")
-            return await asyncio.to_thread(self.vault.images, version.snapshot_id)
+            # restores run in the function's id slice; a snapshot from another one is re-created
+            return await asyncio.to_thread(self.vault.images, version.snapshot_id, self.registry.id_slice(version.name))
         except SnapshotCorrupt as exc:
             self.broken(version, str(exc))
             raise SnapStartNotReady(NOT_READY) from exc

@@ -13,7 +13,9 @@ Persistent layout (``<data-dir>/snapshots/<snapshot-id>/``)::
 The key is HKDF-SHA256(master key, salt, info="snapfaas snapshot " + id), a fresh random salt
 per snapshot; the master key is ``<data-dir>/snapshot.key`` (0600). Plaintext images exist only
 in the cache directory, which lives on a tmpfs (RAM), never on persistent disk; restores read
-from it and a cache miss decrypts from disk. The manifest is written last and durably (write,
+from it and a cache miss decrypts from disk. Plaintext images belong to the host id slice of
+the function they were taken from (`seal`/`images` take the slice; the manifest records it,
+and a snapshot is only ever handed out for the slice it was taken with). The manifest is written last and durably (write,
 fsync, rename), so a snapshot without a manifest is incomplete and ignored.
 """
 
@@ -27,6 +29,7 @@ import shutil
 import struct
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -46,15 +49,17 @@ class SnapshotCorrupt(ServiceError):
 
 
 class SnapshotVault:
-    def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int, image_group: int) -> None:
+    def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int,
+                 group_of: Callable[[int], int]) -> None:
         """CRIU reads images both as host root (a freshly cloned task, before its user
         namespace has a uid map, has no DAC override there) and as the sandbox's mapped root:
-        images belong to `image_owner` (root) and `image_group` (the mapped root's host gid),
-        mode 0640 in 0750 directories; no other host user can read them."""
+        images belong to `image_owner` (root) and `group_of(slice)` (the host gid of the mapped
+        root of the function's id slice), mode 0640 in 0750 directories; no other host user,
+        and no other function's uids, can read them."""
         self.root = root
         self.cache = cache
         self.image_owner = image_owner
-        self.image_group = image_group
+        self.group_of = group_of
         root.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
@@ -85,8 +90,9 @@ class SnapshotVault:
         os.chmod(path, 0o700)
         return path
 
-    def seal(self, snapshot_id: str, plain: Path, extra: dict[str, Any]) -> dict[str, Any]:
-        """Encrypt the images in `plain` to disk and write the manifest; returns it."""
+    def seal(self, snapshot_id: str, plain: Path, extra: dict[str, Any], slice_index: int) -> dict[str, Any]:
+        """Encrypt the images in `plain` (taken from an environment of id slice `slice_index`)
+        to disk and write the manifest; returns it."""
         target = self.root / snapshot_id
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
@@ -106,9 +112,10 @@ class SnapshotVault:
                 os.fsync(out.fileno())
             files.append({"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest(), "chunks": chunks})
         # the format keys come last: `extra` (the caller's metadata) must not overwrite them
-        manifest = {**extra, "magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files}
+        manifest = {**extra, "magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files,
+                    "id_slice": slice_index, "image_group": self.group_of(slice_index)}
         write_atomic(target / "manifest.json", json.dumps(manifest, indent=1).encode())
-        self._own(plain)
+        self._own(plain, self.group_of(slice_index))
         return manifest
 
     def manifest(self, snapshot_id: str) -> dict[str, Any]:
@@ -127,25 +134,51 @@ class SnapshotVault:
         with self._locks_guard:
             return self._locks.setdefault(snapshot_id, threading.Lock())
 
-    def images(self, snapshot_id: str) -> Path:
-        """Plaintext images for restore: the RAM cache, filled from disk on a miss.
+    def images(self, snapshot_id: str, slice_index: int) -> Path:
+        """Plaintext images for a restore into id slice `slice_index`: the RAM cache, filled
+        from disk on a miss.
 
         Thread-safe (it runs in worker threads): concurrent misses of one snapshot decrypt it
         once, and a complete cache directory is never replaced while restores may read it.
-        Raises `SnapshotCorrupt` if the stored snapshot is missing, malformed or tampered with.
+        Raises `SnapshotCorrupt` if the stored snapshot is missing, malformed or tampered with,
+        or was taken in another slice (or with another id range): its images hold the
+        checkpointed user namespace (``userns-*.img``), so it must be re-created.
         """
         plain = self.cache / snapshot_id
-        if (plain / ".complete").exists():
+        group = self.group_of(slice_index)
+        if self._cached(plain, group):
             return plain
         with self._lock(snapshot_id):
-            if (plain / ".complete").exists():
+            if self._cached(plain, group):
                 return plain  # another thread decrypted it while we waited
-            self._decrypt(snapshot_id, plain)
+            self._decrypt(snapshot_id, plain, slice_index)
         return plain
 
-    def _decrypt(self, snapshot_id: str, plain: Path) -> None:
+    @staticmethod
+    def _cached(plain: Path, group: int) -> bool:
+        try:
+            return (plain / ".complete").exists() and plain.lstat().st_gid == group
+        except FileNotFoundError:
+            return False
+
+    def holds(self, slice_index: int) -> bool:
+        """Whether the RAM cache holds plaintext images readable by id slice `slice_index`."""
+        group = self.group_of(slice_index)
+        for path in self.cache.iterdir():
+            try:
+                if path.lstat().st_gid == group:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    def _decrypt(self, snapshot_id: str, plain: Path, slice_index: int) -> None:
         """Decrypt the stored snapshot into `plain` (staged, then renamed into place)."""
         manifest = self.manifest(snapshot_id)
+        group = self.group_of(slice_index)
+        if manifest.get("id_slice") != slice_index or manifest.get("image_group") != group:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} was taken in id slice {manifest.get('id_slice')} "
+                                  f"(group {manifest.get('image_group')}), not slice {slice_index} (group {group})")
         aead = self._key(snapshot_id, bytes.fromhex(manifest["salt"]))
         staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
         staging.mkdir(parents=True)
@@ -153,7 +186,7 @@ class SnapshotVault:
             for index, entry in enumerate(manifest["files"]):
                 self._decrypt_file(aead, self.root / snapshot_id / f"{index}.enc", staging / entry["name"], index, entry)
             (staging / ".complete").touch()
-            self._own(staging)
+            self._own(staging, group)
             shutil.rmtree(plain, ignore_errors=True)  # an incomplete leftover: nobody restores from it
             os.rename(staging, plain)
         finally:
@@ -174,11 +207,12 @@ class SnapshotVault:
         if digest.hexdigest() != entry["sha256"]:
             raise SnapshotCorrupt(f"snapshot image {entry['name']}: checksum mismatch")
 
-    def _own(self, plain: Path) -> None:
-        """Tightest permissions that still restore (see `__init__`)."""
+    def _own(self, plain: Path, group: int) -> None:
+        """Tightest permissions that still restore (see `__init__`); the directory's group is
+        set last, so a cache entry whose directory has the slice's group is complete."""
         (plain / ".complete").touch()
-        for path in [plain, *plain.iterdir()]:
-            os.chown(path, self.image_owner, self.image_group)
+        for path in [*plain.iterdir(), plain]:
+            os.chown(path, self.image_owner, group)
             os.chmod(path, 0o750 if path.is_dir() else 0o640)
 
     def evict(self, snapshot_id: str) -> None:

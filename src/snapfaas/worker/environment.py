@@ -122,6 +122,7 @@ class Environment:
         self._log_reader: asyncio.Task[None] | None = None
         self._stream_ended = False
         self.restore_from: Path | None = None  # images, for an environment restored from a snapshot
+        self.id_slice: int | None = None  # the host id slice it runs in (set by the factory)
         self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
         self.network: Any = None  # its `NetworkLease`, closed once the container is gone
 

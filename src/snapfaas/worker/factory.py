@@ -9,7 +9,7 @@ import secrets
 import shutil
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,13 +17,14 @@ from snapfaas.config import ServerConfig
 from snapfaas.errors import ServiceError, SnapfaasError
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
+from snapfaas.sandbox import etc
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
 from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
 from snapfaas.snapshot import engine
-from snapfaas.sandbox.spec import RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
+from snapfaas.sandbox.spec import HOSTNAME, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
 
@@ -95,7 +96,9 @@ class NetworkLease:
 
 
 class EnvironmentFactory:
-    """Creates containers for versions. Owns the shared rootfs and the runtime mount."""
+    """Creates containers for versions. Owns the shared rootfs, the synthesized /etc and the
+    runtime mount. Every environment of a function runs in that function's host id slice
+    (`slice_of(function name)`, see sandbox/ids.py)."""
 
     def __init__(
         self,
@@ -104,12 +107,15 @@ class EnvironmentFactory:
         artifacts: ArtifactStore,
         interpreters: InterpreterRegistry,
         logs: LogStore,
+        slice_of: Callable[[str], int],
     ) -> None:
         self.config = config
         self.runc = runc
         self.artifacts = artifacts
         self.interpreters = interpreters
         self.logs = logs
+        self.slice_of = slice_of
+        self.id_range = config.id_range
         self.rootfs = config.sandbox_dir / "rootfs"
         self.bundles = config.bundles_dir
         self.runtime_mount = config.sandbox_dir / "runtime"
@@ -119,6 +125,7 @@ class EnvironmentFactory:
         self._prepare_lock = threading.Lock()
         self._clear_bundles()
         self._install_runtime()
+        self.etc_dir = etc.build(config.sandbox_dir, config.sandbox_uid, HOSTNAME)
         self.criu_dump_config, self.criu_restore_config = engine.write_configs(config.sandbox_dir / "criu")
 
     def _clear_bundles(self) -> None:
@@ -217,25 +224,28 @@ class EnvironmentFactory:
         in the host's mount namespace while CRIU works, so concurrent restores must not share
         one rootfs directory (the skeleton is a few empty directories and links)."""
         sources = self._prepare(version.runtime)
+        slice_index = self.slice_of(version.name)
         env_id = secrets.token_hex(8)
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
         container = Container(self.runc, CONTAINER_PREFIX + env_id, self.bundles / env_id)
         env = Environment(env_id, version, container, self.logs, cgroup)
         env.network = network
+        env.id_slice = slice_index
         interp = self.interpreters.resolve(version.runtime)
         spec = SandboxSpec(
             env_id=env_id,
-            code_dir=self.artifacts.tree(version.code_digest),
+            code_dir=self.artifacts.tree(version.code_digest, slice_index),
             runtime_dir=self.runtime_mount,
             interpreter=interp,
             environ={**lambda_environ(self.config, version, init_type, env.stream), **extra_environ},
             memory_mb=version.memory_size,
             tmp_mb=version.ephemeral_storage,
             uid=self.config.sandbox_uid,
-            host_id_base=self.config.host_id_base,
+            host_id_base=self.id_range.slice_base(slice_index),
             cgroup=container_cgroup(cgroup),
             netns=network.path if network is not None else None,
             host_network=self.config.sandbox_network == "host",
+            etc_dir=self.etc_dir,
             mount_sources=sources,
             annotations={engine.CONFIG_ANNOTATION: str(criu_config)},
         )

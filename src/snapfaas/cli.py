@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from rich.console import Console
 from rich.table import Table
 
-from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides
+from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides, parse_size
 
 console = Console()
 err_console = Console(stderr=True)
@@ -66,16 +66,24 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
+@click.option("--log-max-bytes", default="16M", show_default=True,
+              help="Rotate a function's log file before it passes this size (one rotated generation is kept).")
+@click.option("--snapshot-cache-bytes", default=None,
+              help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
+                   "are evicted beyond it. Default: a quarter of MemTotal.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_auth: bool, keep_alive: float,
           max_environments: int, region: str, sandbox_dir: Path | None, snapshot_retention: str, no_snapstart: bool,
-          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_level: str) -> None:
+          snapshot_init_floor: str, scan_block_on: str, restore_memory: str, log_max_bytes: str,
+          snapshot_cache_bytes: str | None, log_level: str) -> None:
     """Run the platform (API + worker) in the foreground."""
     from snapfaas.server import Server
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         overrides = parse_runtime_overrides(runtimes)
+        log_cap = parse_size(log_max_bytes)
+        cache_budget = parse_size(snapshot_cache_bytes) if snapshot_cache_bytes is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ServerConfig(
@@ -85,6 +93,7 @@ def serve(host: str, port: int, data_dir: Path, runtimes: tuple[str, ...], no_au
         snapshot_retention_s=parse_duration(snapshot_retention), snapstart=not no_snapstart,
         scan_block_on=None if scan_block_on == "never" else scan_block_on,
         snapshot_init_floor_s=parse_duration(snapshot_init_floor), restore_memory=restore_memory,
+        log_max_bytes=log_cap, snapshot_cache_bytes=cache_budget,
     )
     if os.geteuid() != 0:
         raise click.ClickException("snapfaas serve needs root (it runs functions in runc containers with user namespaces)")

@@ -58,6 +58,14 @@ class ServerConfig:
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
+    log_max_bytes: int = 16 * 1024 * 1024  # per-function log file size before rotation (one rotated generation is kept)
+    snapshot_cache_bytes: int | None = None  # plaintext snapshot RAM cache budget; None: a quarter of MemTotal
+
+    def snapshot_cache_budget(self, meminfo: Path = Path("/proc/meminfo")) -> int:
+        """`snapshot_cache_bytes`, or a quarter of the host's MemTotal when it is not set."""
+        if self.snapshot_cache_bytes is not None:
+            return self.snapshot_cache_bytes
+        return mem_total(meminfo) // 4
 
     @property
     def sandbox_dir(self) -> Path:
@@ -94,6 +102,26 @@ class ServerConfig:
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def mem_total(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The host's MemTotal in bytes."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no MemTotal in {meminfo}")
+
+
+def parse_size(text: str) -> int:
+    """``16777216``, ``512K``, ``16M``, ``2G`` (binary units) -> bytes; ValueError otherwise."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = units.get(raw[-1:], 1)
+    number = raw[:-1] if raw[-1:] in units else raw
+    value = int(float(number) * scale) if number else -1
+    if value <= 0:
+        raise ValueError(f"not a positive size: {text!r} (use e.g. 16M, 2G or a number of bytes)")
+    return value
 
 
 def snapshot_cache_for(sandbox_dir: Path) -> Path:

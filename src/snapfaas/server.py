@@ -77,7 +77,7 @@ class Server:
         cfg.sandbox_dir.mkdir(parents=True, exist_ok=True)
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
                                   owner=cfg.host_id_base + cfg.sandbox_uid)
-        logs = LogStore(cfg.data_dir / "logs")
+        logs = LogStore(cfg.data_dir / "logs", max_bytes=cfg.log_max_bytes)
         identity = IdentityBroker()
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs)
@@ -86,6 +86,7 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
+        snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
         invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db")
@@ -121,6 +122,7 @@ class Server:
             await invoker.close()
             await worker.close()
             await runner.cleanup()
+            await asyncio.to_thread(logs.close)
             registry.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -136,7 +138,7 @@ class Server:
                 self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
                          "restores copy every page of memory")
         vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
-                              image_owner=0, image_group=cfg.host_id_base)
+                              image_owner=0, image_group=cfg.host_id_base, cache_bytes=cfg.snapshot_cache_budget())
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s

@@ -76,6 +76,13 @@ class FrameDecoder:
         self._header: dict[str, Any] | None = None  # set while its payload is being read
 
     def feed(self, data: bytes) -> list[bytes | Frame]:
+        try:
+            return self._feed(data)
+        except FrameRejected:
+            self._buffer = bytearray()  # nothing more is read from this stream
+            raise
+
+    def _feed(self, data: bytes) -> list[bytes | Frame]:
         self._buffer += data
         out: list[bytes | Frame] = []
         while True:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -146,6 +147,7 @@ class Environment:
         self._marks: collections.deque[str] = collections.deque(maxlen=MARK_QUEUE)
         self._mark_arrived = asyncio.Event()
         self._rejected: FrameRejected | None = None
+        self._discarding = False  # set by `destroy`: frames read from now on are dropped
         self._capture: TailBuffer | None = None
         self._held: TailBuffer | None = None  # stderr lines held back while a restore runs
         self._readers: list[asyncio.Task[None]] = []
@@ -204,7 +206,11 @@ class Environment:
 
     async def _read_frames(self) -> None:
         """Decode stdout into frames (at most `FRAME_QUEUE` read ahead: beyond that the
-        runtime's writes block) and stray output (logged by lines)."""
+        runtime's writes block) and stray output (logged by lines).
+
+        After a rejected frame (or once `destroy` began) the rest of stdout is read and
+        discarded until EOF: asyncio reports a subprocess's exit only once its pipes are
+        closed, so a pipe left unread would keep `Container.kill` waiting forever."""
         stream = self.container.stdout
         decoder = FrameDecoder(self.max_frame_bytes)
         stray = LineSplitter()
@@ -213,16 +219,25 @@ class Environment:
                 for item in decoder.feed(chunk):
                     if isinstance(item, Frame):
                         self._log_raw(stray.flush())  # output right before a frame is a line of its own
-                        await self._frames.put(item)
+                        if not self._discarding:
+                            await self._frames.put(item)
                     else:
                         self._log_raw(stray.feed(item))
             self._log_raw(stray.flush())
         except FrameRejected as exc:
             self._rejected = exc
             logger.warning("environment %s: frame stream ended: the runtime sent %s", self.id, exc.reason)
+            self._finish_frames()
+            with contextlib.suppress(ConnectionError):
+                while await stream.read(READ_CHUNK):
+                    pass
         except ConnectionError as exc:
             logger.info("environment %s: frame stream ended: %s", self.id, exc)
         finally:
+            self._finish_frames()
+
+    def _finish_frames(self) -> None:
+        if not self._stream_ended:
             self._stream_ended = True
             self._end_frames()
 
@@ -349,6 +364,9 @@ class Environment:
             self.move(EnvState.DEAD)
         while self.on_destroy:
             self.on_destroy.pop()()
+        self._discarding = True  # unblock a frame reader waiting on a full queue: stdout must be read to EOF
+        while not self._frames.empty():
+            self._frames.get_nowait()
         await self.container.kill()
         for failure in remove_cgroup(self.cgroup):
             logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)

@@ -493,12 +493,14 @@ def test_capacity_invariants_with_publishes_under_random_load(clock: Clock) -> N
                 continue
             for e in evict:
                 e.move(EnvState.DEAD)
+            worker._ended(len(evict))  # their destroy finished
             busy.append((env, env.version.name))
         elif action < 0.6:
             granted, evict = worker._claim_publish_slot()
             for e in evict:
                 assert e.state is EnvState.IDLE
                 e.move(EnvState.DEAD)
+            worker._ended(len(evict))
             publishing += granted
             granted_total += granted
         elif action < 0.75 and publishing:
@@ -506,8 +508,19 @@ def test_capacity_invariants_with_publishes_under_random_load(clock: Clock) -> N
             publishing -= 1
         elif busy:
             env, name = busy.pop(rng.randrange(len(busy)))
-            if worker._release(env, name, healthy=True):  # type: ignore[arg-type]
+            if worker._release(env, name, healthy=rng.random() > 0.2):  # type: ignore[arg-type]
                 env.move(EnvState.DEAD)
-        assert worker.publishing == publishing
+                worker._ended(1)
+        assert worker.publishing == publishing and worker.ending == 0
         assert len(worker.environments()) + worker.starting + worker.publishing <= limit
     assert granted_total > 0
+
+
+def test_a_publish_waits_for_environments_still_being_destroyed(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=1)
+    env, _, _ = acquire(worker, F)
+    assert worker._release(env, "f", healthy=False) is True  # type: ignore[arg-type]  # destroy under way
+    assert worker.ending == 1
+    assert worker._claim_publish_slot() == (False, [])  # its container still exists
+    worker._ended(1)
+    assert worker._claim_publish_slot() == (True, [])

@@ -128,6 +128,7 @@ class Worker:
         self.inflight: collections.Counter[str] = collections.Counter()
         self.starting = 0
         self.publishing = 0  # slots held by snapshot (publish) init environments
+        self.ending = 0  # environments dropped from the pools whose destroy has not finished
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # queued publishes
         self.draining: set[Environment] = set()  # busy environments of retired pools
         # see RESTORE_SLOTS_PER_CPU; the queue wait counts as restore time
@@ -177,10 +178,10 @@ class Worker:
         the init environments of publishes."""
         return sum(len(p) for p in self.pools.values()) + self.starting + len(self.draining) + self.publishing
 
-    def _evict_for(self, needed: int) -> list[Environment]:
+    def _evict_for(self, needed: int, pending: int = 0) -> list[Environment]:
         """Forget the least recently used idle environments, enough (if there are) to bring
-        `_live()` down to `max_environments - needed`; the caller destroys them."""
-        excess = self._live() - (self.max_environments - needed)
+        `_live() + pending` down to `max_environments - needed`; the caller destroys them."""
+        excess = self._live() + pending - (self.max_environments - needed)
         if excess <= 0:
             return []
         candidates = sorted((e for p in self.pools.values() for e in p.idle), key=lambda e: e.last_used)
@@ -189,16 +190,25 @@ class Worker:
             self._forget(env)
         return evict
 
+    def _ended(self, count: int) -> None:
+        """`count` environments the decisions handed out for destruction are destroyed."""
+        self.ending -= count
+        self._wake()
+
     def _claim_publish_slot(self) -> tuple[bool, list[Environment]]:
         """A slot for a publish's init environment if one is free or can be freed by evicting
-        idle environments (returned for the caller to destroy); (False, []) if the caller must
-        wait (every slot is busy or starting)."""
+        idle environments (returned for the caller to destroy before it starts anything);
+        (False, []) if the caller must wait (every slot is busy, starting or still ending).
+
+        Stricter than `_take` (an invoke cannot wait): environments still being destroyed
+        count too, so a publish never starts a container while the limit's worth exist."""
         if self._closing:
             raise ServiceError("snapshot failed at step 'environment slot': the worker is shutting down")
         idle = sum(len(p.idle) for p in self.pools.values())
-        if self._live() - idle >= self.max_environments:
+        if self._live() - idle + self.ending >= self.max_environments:
             return False, []
-        evict = self._evict_for(1)
+        evict = self._evict_for(1, pending=self.ending)
+        self.ending += len(evict)
         self.publishing += 1
         return True, evict
 
@@ -224,9 +234,11 @@ class Worker:
             if env.state is EnvState.IDLE and env.alive:
                 env.move(EnvState.BUSY)
                 pool.busy.add(env)
+                self.ending += len(discard)
                 return env, discard
             discard.append(env)
         discard.extend(self._evict_for(1))
+        self.ending += len(discard)
         self.starting += 1
         return None, discard
 
@@ -258,6 +270,7 @@ class Worker:
             return False
         if pool is not None and not pool:
             self.pools.pop(pool.key, None)
+        self.ending += 1
         return True
 
     def _expired(self) -> list[Environment]:
@@ -268,8 +281,7 @@ class Worker:
             for env in [e for e in pool.idle if e.last_used <= deadline or not e.alive]:
                 out.append(env)
                 self._forget(env)
-        if out:
-            self._wake()
+        self.ending += len(out)
         return out
 
     def _retire(self, function: str, version: str | None) -> list[Environment]:
@@ -280,8 +292,7 @@ class Worker:
             out.extend(pool.idle)
             # busy environments finish their request, then `_release` finds no pool and destroys them
             self.draining.update(pool.busy)
-        if out:
-            self._wake()
+        self.ending += len(out)
         return out
 
     # -- I/O around the decisions ----------------------------------------------------------
@@ -294,7 +305,7 @@ class Worker:
         while True:
             granted, evict = self._claim_publish_slot()
             if evict:
-                await asyncio.gather(*(e.destroy() for e in evict), return_exceptions=True)
+                await self._destroy(evict)
             if granted:
                 break
             waiter = asyncio.get_running_loop().create_future()
@@ -309,8 +320,15 @@ class Worker:
         finally:
             self._release_publish_slot()
 
+    async def _destroy(self, envs: list[Environment]) -> None:
+        """Destroy environments a decision handed out (counted in `ending` until done)."""
+        try:
+            await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
+        finally:
+            self._ended(len(envs))
+
     async def retire(self, function: str, version: str | None = None) -> None:
-        await asyncio.gather(*(e.destroy() for e in self._retire(function, version)), return_exceptions=True)
+        await self._destroy(self._retire(function, version))
 
     async def _reap_loop(self) -> None:
         period = max(0.5, min(self.keep_alive_s / 4, 5.0))
@@ -319,7 +337,7 @@ class Worker:
             expired = self._expired()
             if expired:
                 logger.info("reclaiming %d idle environment(s)", len(expired))
-                await asyncio.gather(*(e.destroy() for e in expired), return_exceptions=True)
+                await self._destroy(expired)
 
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
         """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
@@ -331,7 +349,7 @@ class Worker:
         try:
             env, evict = self._take(pool_key(version))
             if evict:
-                await asyncio.gather(*(e.destroy() for e in evict), return_exceptions=True)
+                await self._destroy(evict)
             phase: tuple[str, float] | None = None
             if env is None:
                 try:
@@ -355,7 +373,7 @@ class Worker:
         finally:
             if env is not None:
                 if self._release(env, version.name, healthy):
-                    await env.destroy()
+                    await self._destroy([env])
             else:
                 self.inflight[version.name] -= 1
                 if self.inflight[version.name] <= 0:

@@ -173,17 +173,18 @@ def test_100_mb_of_stderr_completes_with_bounded_daemon_memory_and_capped_log_fi
 CHURN = """
 import mmap, os, threading
 
-PATH = "/tmp/churn"
 SIZE = 64 << 20
-with open(PATH, "wb") as f:
+FILES = []
+for i in range(4):
+    f = open(f"/tmp/churn{i}", "w+b")
     f.truncate(SIZE)  # sparse: costs no memory
-FILE = open(PATH, "r+b")
-MAPPED = mmap.mmap(FILE.fileno(), SIZE, access=mmap.ACCESS_READ)  # the platform's scan reads what we map
+    FILES.append((f, mmap.mmap(f.fileno(), SIZE, access=mmap.ACCESS_READ)))  # the platform's scan reads what we map
 
 def churn():
-    while True:  # shrink and regrow the mapped file while the daemon scans it
-        os.ftruncate(FILE.fileno(), 0)
-        os.ftruncate(FILE.fileno(), SIZE)
+    while True:  # shrink and regrow the mapped files while the daemon scans them
+        for f, _ in FILES:
+            os.ftruncate(f.fileno(), SIZE // 2)  # never empty: a scan always maps (and reads) past the cut
+            os.ftruncate(f.fileno(), SIZE)
 
 threading.Thread(target=churn, daemon=True).start()
 

@@ -2,8 +2,9 @@
 makes the daemon allocate without bound or crash. Each test runs a real function trying one
 attack through real boto3, asserts it fails, and that the daemon keeps serving afterwards.
 
-One daemon for the module, with a small environment limit (the publish storm) and a small
-log cap (rotation); the daemon's memory is read from /proc/<pid>/status.
+One daemon for the module, with a small environment limit (the publish storm), a small log cap
+(rotation) and a snapshot RAM cache budget smaller than any snapshot (every restore evicts the
+other snapshots' cached images); the daemon's memory is read from /proc/<pid>/status.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import ACCESS_KEY, SECRET_KEY, ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
-from tests.e2e.snapstart_support import SNAPSTART, function_log, publish, snapshot_dirs, wait_for, wait_state
+from tests.e2e.snapstart_support import SNAPSTART, cache_root, function_log, publish, snapshot_dirs, wait_for, wait_state
 
 LIMIT = 2
 LOG_CAP = 2 * 1024 * 1024
@@ -32,7 +33,8 @@ ECHO = "def handler(event, context):\n    return {'echo': event}\n"
 def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     require_root()
     yield from run_server(processes, tmp_path_factory.mktemp("attackres"),
-                          ["--max-environments", str(LIMIT), "--keep-alive", "60", "--log-max-bytes", str(LOG_CAP)])
+                          ["--max-environments", str(LIMIT), "--keep-alive", "60", "--log-max-bytes", str(LOG_CAP),
+                           "--snapshot-cache-bytes", "1"])
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +252,12 @@ def test_a_publish_storm_beyond_the_environment_limit_queues_and_never_exceeds_i
     print(f"\n[storm] {len(names)} publishes, max-environments {LIMIT}: at most {max(counts)} containers "
           f"over {len(counts)} samples")
     assert max(counts) <= LIMIT and max(counts) > 0
-    for name, version in zip(names, versions):
-        response, body = invoke_json(lam, name, {"n": name}, Qualifier=version)
-        assert "FunctionError" not in response and body == {"echo": {"n": name}}
+    # a 1-byte cache budget: every restore decrypts its snapshot and evicts the others' images
+    # (unlinked: the environments restored from them, which map their pages, keep working)
+    for _ in range(2):
+        for name, version in zip(names, versions):
+            response, body = invoke_json(lam, name, {"n": name}, Qualifier=version)
+            assert "FunctionError" not in response and body == {"echo": {"n": name}}
+            cached = [p.name for p in cache_root(server).iterdir() if not p.name.startswith(".")]
+            assert len(cached) <= 1, cached
     assert_still_serving(lam, server)

@@ -245,7 +245,9 @@ class SnapshotVault:
         """Record `snapshot_id` as the most recently used cached snapshot, then evict the least
         recently used unpinned others until the cache fits its budget (or only it and pinned
         snapshots are left)."""
-        size = self._bytes_of(plain)
+        with self._cache_guard:
+            known = self._cached.get(snapshot_id)
+        size = self._bytes_of(plain) if known is None else known
         with self._cache_guard:
             self._cached[snapshot_id] = size
             self._cached.move_to_end(snapshot_id)

@@ -11,7 +11,7 @@ environment never serves again. `destroy` is idempotent.
 
 Memory the daemon spends on one environment is bounded whatever the function writes (see
 `channel`): stdout is read in chunks by a `FrameDecoder` (a frame over the response limit or
-with a malformed header ends the frame stream: `next_frame` raises `FrameRejected`), stderr by a
+with a malformed header ends the frame stream: `next_frame` raises `FrameStreamRejected`), stderr by a
 `LineSplitter`; the LogType=Tail capture and the output held during a restore are
 `TailBuffer`s; the frame and log-mark queues are bounded.
 """

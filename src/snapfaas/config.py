@@ -118,7 +118,10 @@ def parse_size(text: str) -> int:
     raw = text.strip().lower().removesuffix("ib").removesuffix("b")
     scale = units.get(raw[-1:], 1)
     number = raw[:-1] if raw[-1:] in units else raw
-    value = int(float(number) * scale) if number else -1
+    try:
+        value = int(float(number) * scale) if number else -1
+    except ValueError:
+        value = -1
     if value <= 0:
         raise ValueError(f"not a positive size: {text!r} (use e.g. 16M, 2G or a number of bytes)")
     return value

@@ -120,7 +120,7 @@ def parse_size(text: str) -> int:
     number = raw[:-1] if raw[-1:] in units else raw
     try:
         value = int(float(number) * scale) if number else -1
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, nan, inf
         value = -1
     if value <= 0:
         raise ValueError(f"not a positive size: {text!r} (use e.g. 16M, 2G or a number of bytes)")

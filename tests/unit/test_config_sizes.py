@@ -17,7 +17,7 @@ def test_parse_size_accepts_bytes_and_binary_units(text: str, value: int) -> Non
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "0", "-5M", "lots", "M", "1X"])
+@pytest.mark.parametrize("text", ["", "0", "-5M", "lots", "M", "1X", "inf", "nan"])
 def test_parse_size_rejects_the_rest(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from rich.console import Console
 from rich.table import Table
 
-from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides
+from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides, parse_size
 from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID
 
 console = Console()
@@ -88,6 +88,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Subordinate uid file checked at start: the daemon refuses to start if its range overlaps an entry.")
 @click.option("--subgid-file", type=click.Path(path_type=Path), default=SUBGID, show_default=True,
               help="Subordinate gid file checked likewise.")
+@click.option("--log-max-bytes", default="16M", show_default=True,
+              help="Rotate a function's log file before it passes this size (one rotated generation is kept).")
+@click.option("--snapshot-cache-bytes", default=None,
+              help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
+                   "are evicted beyond it. Default: a quarter of MemTotal.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -97,6 +102,8 @@ def serve(**opts: Any) -> None:
     logging.basicConfig(level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         overrides = parse_runtime_overrides(opts["runtimes"])
+        log_cap = parse_size(opts["log_max_bytes"])
+        cache_budget = parse_size(opts["snapshot_cache_bytes"]) if opts["snapshot_cache_bytes"] is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sandbox_dir = opts["sandbox_dir"]
@@ -126,6 +133,8 @@ def serve(**opts: Any) -> None:
         id_range_slices=opts["id_range_slices"],
         subuid_file=opts["subuid_file"],
         subgid_file=opts["subgid_file"],
+        log_max_bytes=log_cap,
+        snapshot_cache_bytes=cache_budget,
     )
     try:
         IdRange(opts["id_range_base"], opts["id_range_slices"])

@@ -70,6 +70,15 @@ class ServerConfig:
     tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS
     tls_key: Path | None = None
     replay_cache: bool = False  # refuse a second use of a SigV4 signature within its validity window
+    log_max_bytes: int = 16 * 1024 * 1024  # per-function log file size before rotation (one rotated generation is kept)
+    snapshot_cache_bytes: int | None = None  # plaintext snapshot RAM cache budget; None: a quarter of MemTotal
+
+
+    def snapshot_cache_budget(self, meminfo: Path = Path("/proc/meminfo")) -> int:
+        """`snapshot_cache_bytes`, or a quarter of the host's MemTotal when it is not set."""
+        if self.snapshot_cache_bytes is not None:
+            return self.snapshot_cache_bytes
+        return mem_total(meminfo) // 4
 
     @property
     def sandbox_dir(self) -> Path:
@@ -149,6 +158,29 @@ class ServerConfig:
 def run_dir_for(sandbox_dir: Path) -> Path:
     """RAM state of the server whose sandbox dir is `sandbox_dir`."""
     return RAM_ROOT / sandbox_dir.name
+
+
+def mem_total(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The host's MemTotal in bytes."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no MemTotal in {meminfo}")
+
+
+def parse_size(text: str) -> int:
+    """``16777216``, ``512K``, ``16M``, ``2G`` (binary units) -> bytes; ValueError otherwise."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = units.get(raw[-1:], 1)
+    number = raw[:-1] if raw[-1:] in units else raw
+    try:
+        value = int(float(number) * scale) if number else -1
+    except (ValueError, OverflowError):  # not a number, nan, inf
+        value = -1
+    if value <= 0:
+        raise ValueError(f"not a positive size: {text!r} (use e.g. 16M, 2G or a number of bytes)")
+    return value
 
 
 def snapshot_cache_for(sandbox_dir: Path) -> Path:

@@ -112,7 +112,7 @@ class Server:
         trusted_dir(cfg.sandbox_dir, 0o711)
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
                                   owner_of=lambda index: id_range.host_id(index, cfg.sandbox_uid))
-        logs = LogStore(cfg.data_dir / "logs")
+        logs = LogStore(cfg.data_dir / "logs", max_bytes=cfg.log_max_bytes)
         identity = IdentityBroker()
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
@@ -121,6 +121,7 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
+        snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
         control.slice_in_use = lambda index: (artifacts.holds(index) or snapshots.vault.holds(index)
@@ -178,6 +179,7 @@ class Server:
                 await network.close()
             await env_runner.cleanup()
             await runner.cleanup()
+            await asyncio.to_thread(logs.close)
             registry.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -193,7 +195,7 @@ class Server:
                 self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
                          "restores copy every page of memory")
         vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
-                              image_owner=0, group_of=cfg.id_range.slice_base)
+                              image_owner=0, group_of=cfg.id_range.slice_base, cache_bytes=cfg.snapshot_cache_budget())
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s

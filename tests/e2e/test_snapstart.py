@@ -21,7 +21,7 @@ from tests.e2e.snapstart_support import (
 )
 
 HOOKS_APP = """
-import os, random, time, urllib.request, uuid
+import os, random, ssl, time, urllib.request, uuid
 from snapshot_restore_py import register_after_restore, register_before_snapshot
 
 VERSION = os.environ["AWS_LAMBDA_FUNCTION_VERSION"]
@@ -31,6 +31,7 @@ INIT_TOKEN = uuid.uuid4().hex
 with open("/tmp/init-marker", "w") as f:
     f.write(INIT_TOKEN)
 random.seed(1234)  # without the runtime's reseed every restored copy would draw the same numbers
+ssl.RAND_bytes(16)  # OpenSSL's DRBG is instantiated in the snapshot: restored copies share its state
 ENV = {"id": None, "order": []}
 
 
@@ -76,6 +77,7 @@ def handler(event, context):
         "env_id": ENV["id"],
         "tmp_files": sorted(n for n in os.listdir("/tmp") if n.startswith("env-")),
         "random": random.random(),
+        "openssl": ssl.RAND_bytes(16).hex(),
         "marker": read("/tmp/init-marker"),
         "init_token": INIT_TOKEN,
         "before_order": (read("/tmp/before-order") or "").split(),
@@ -185,6 +187,7 @@ def test_concurrent_invokes_restore_distinct_environments(lam, hooks_fn, counter
     assert all(b["tmp_files"] == [f"env-{b['env_id']}"] for b in bodies), [b["tmp_files"] for b in bodies]
     # the runtime reseeded the RNG after each restore
     assert len({b["random"] for b in bodies}) == 8
+    assert len({b["openssl"] for b in bodies}) == 8  # and OpenSSL's DRBG (ssl.RAND_add after restore)
     # before-snapshot hooks ran once, newest first; after-restore hooks in registration order
     assert all(b["before_order"] == ["second", "first"] for b in bodies), bodies[0]
     assert all(b["after_order"] == ["first", "second"] for b in bodies), bodies[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import random
@@ -416,3 +417,110 @@ def test_retired_busy_environments_count_against_capacity(clock: Clock) -> None:
     running -= set(evict)
     running.add(env)
     assert len(running) <= 2, f"{len(running)} environments alive with max_environments=2"
+
+
+# -- publish slots (snapshot init environments count against the limit) ----------------------
+def test_publish_slot_takes_a_free_slot_and_throttles_invokes_at_the_limit(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=2)
+    serve(worker, F)  # idle
+    assert worker._claim_publish_slot() == (True, [])
+    assert worker.publishing == 1
+    acquire(worker, F)  # reuses the idle environment: now 1 busy + 1 publishing
+    with pytest.raises(Throttled) as info:
+        worker._admit("g", None)
+    assert info.value.reason == "ConcurrentInvocationLimitExceeded"
+    worker._release_publish_slot()
+    worker._admit("g", None)
+
+
+def test_publish_slot_evicts_the_least_recently_used_idle_environment(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=2)
+    old = serve(worker, F)
+    clock.now += 1
+    new = serve(worker, G)
+    granted, evict = worker._claim_publish_slot()
+    assert granted and evict == [old]
+    assert worker.environments() == [new] and worker.publishing == 1
+
+
+def test_publish_slot_must_wait_while_every_slot_is_busy(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=2)
+    acquire(worker, F)
+    acquire(worker, G)
+    assert worker._claim_publish_slot() == (False, [])
+    assert worker.publishing == 0
+
+
+def test_queued_publish_gets_the_slot_an_invoke_frees(clock: Clock) -> None:
+    async def scenario() -> list[str]:
+        worker = make_worker(clock, max_environments=1)
+        events: list[str] = []
+        env, _, _ = acquire(worker, F)
+
+        async def publish() -> None:
+            async with worker.environment_slot():
+                events.append(f"publishing with {len(worker.environments())} pooled")
+                assert worker.publishing == 1
+            events.append("released")
+
+        task = asyncio.create_task(publish())
+        for _ in range(5):
+            await asyncio.sleep(0)  # let the publish queue up
+        assert events == [] and len(worker._slot_waiters) == 1
+        worker._release(env, "f", healthy=True)  # type: ignore[arg-type]  # idle: evictable for the publish
+        await asyncio.wait_for(task, 5)
+        assert env.destroyed and worker.publishing == 0
+        return events
+
+    assert asyncio.run(scenario()) == ["publishing with 0 pooled", "released"]
+
+
+def test_capacity_invariants_with_publishes_under_random_load(clock: Clock) -> None:
+    rng = random.Random(99)
+    limit = 3
+    worker = make_worker(clock, max_environments=limit, keep_alive_s=30)
+    versions = [FakeVersion(n) for n in ("a", "b")]
+    busy: list[tuple[FakeEnv, str]] = []
+    publishing = 0
+    granted_total = 0
+    for _ in range(3000):
+        clock.now += rng.random()
+        action = rng.random()
+        if action < 0.4:
+            try:
+                env, evict, _ = acquire(worker, rng.choice(versions))
+            except Throttled:
+                continue
+            for e in evict:
+                e.move(EnvState.DEAD)
+            worker._ended(len(evict))  # their destroy finished
+            busy.append((env, env.version.name))
+        elif action < 0.6:
+            granted, evict = worker._claim_publish_slot()
+            for e in evict:
+                assert e.state is EnvState.IDLE
+                e.move(EnvState.DEAD)
+            worker._ended(len(evict))
+            publishing += granted
+            granted_total += granted
+        elif action < 0.75 and publishing:
+            worker._release_publish_slot()
+            publishing -= 1
+        elif busy:
+            env, name = busy.pop(rng.randrange(len(busy)))
+            if worker._release(env, name, healthy=rng.random() > 0.2):  # type: ignore[arg-type]
+                env.move(EnvState.DEAD)
+                worker._ended(1)
+        assert worker.publishing == publishing and worker.ending == 0
+        assert len(worker.environments()) + worker.starting + worker.publishing <= limit
+    assert granted_total > 0
+
+
+def test_a_publish_waits_for_environments_still_being_destroyed(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=1)
+    env, _, _ = acquire(worker, F)
+    assert worker._release(env, "f", healthy=False) is True  # type: ignore[arg-type]  # destroy under way
+    assert worker.ending == 1
+    assert worker._claim_publish_slot() == (False, [])  # its container still exists
+    worker._ended(1)
+    assert worker._claim_publish_slot() == (True, [])

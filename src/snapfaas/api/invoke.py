@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from snapfaas.api.context import function_ref, services
@@ -36,4 +38,5 @@ async def function_logs(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     svc.registry.function_info(name)
     limit = int(request.query.get("limit", "0") or 0)
-    return web.Response(text="".join(line + "\n" for line in svc.logs.read(name, limit or None)))
+    lines = await asyncio.to_thread(svc.logs.read, name, limit or None)  # waits for the log writer
+    return web.Response(text="".join(line + "\n" for line in lines))

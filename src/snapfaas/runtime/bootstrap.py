@@ -10,6 +10,33 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
    ``error``.
+
+Randomness after a restore: every restored copy of a snapshot starts from the same memory,
+RNG states included. `reseed` gives Python's `random`, numpy's global RNG and the OpenSSL the
+interpreter links (the one ``ssl``/``hashlib`` use; C extensions linking that same shared
+libcrypto share it) fresh OS entropy before the after-restore hooks.
+
+It cannot reach a *separate* OpenSSL. ``cryptography``'s wheels link their own copy
+statically into their Rust extension (``cryptography.hazmat.bindings._rust``), and
+``ssl.RAND_add`` does not touch it. After a restore that copy's DRBG state is the snapshot's
+(same pid, so its fork detection does not fire either); it reseeds only on its own schedule
+(OpenSSL 3 reseeds a thread's DRBG after 2**16 requests or 7 minutes), so until then restored
+copies drawing from it produce the *same* bytes: RSA/EC/Ed25519 key generation, and
+anything else ``cryptography`` takes from OpenSSL's RNG. ``os.urandom``/``secrets`` are
+unaffected (the kernel's RNG), and so are ``AESGCM.generate_key``/``Fernet.generate_key``,
+which use ``os.urandom``. A SnapStart function that imports ``cryptography`` and generates keys
+after a restore should feed that OpenSSL fresh entropy in an after-restore hook::
+
+    import os
+    from cryptography.hazmat.bindings._rust import _openssl
+    from snapshot_restore_py import register_after_restore
+
+    @register_after_restore
+    def reseed_cryptography():
+        seed = os.urandom(48)
+        _openssl.lib.RAND_add(seed, len(seed), 48.0)
+
+(or generate its secret material with ``os.urandom``/``secrets`` only).
 """
 
 from __future__ import annotations
@@ -93,12 +120,19 @@ def run_hooks(kind: str) -> None:
             func(*args, **kwargs)
 
 
+OPENSSL_MODULES = ("_ssl", "_hashlib")  # Python's bindings of the interpreter's (shared) OpenSSL
+
+
 def reseed() -> None:
     """Make restored copies of one snapshot diverge: fresh OS entropy for the global RNGs.
 
     numpy's global RNG exists only once `numpy.random` is imported (numpy 2 imports it lazily,
     on first attribute access); if init did not import it, its first use after the restore
     seeds it from OS entropy anyway, and importing it here would cost ~10 ms per restore.
+    OpenSSL's DRBG follows the same switch: once init loaded the interpreter's OpenSSL
+    (`OPENSSL_MODULES`), 48 fresh bytes go into it with ``RAND_add`` (a restored copy keeps the
+    pid of the snapshotted process, so OpenSSL's own fork detection never reseeds it); if
+    init did not load it, its DRBG is first seeded after the restore, from OS entropy.
     """
     import random
 
@@ -106,6 +140,10 @@ def reseed() -> None:
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         numpy_random.seed(int.from_bytes(os.urandom(4), "little"))
+    if any(name in sys.modules for name in OPENSSL_MODULES):
+        import ssl
+
+        ssl.RAND_add(os.urandom(48), 48.0)
 
 
 def _json_default(value: Any) -> Any:

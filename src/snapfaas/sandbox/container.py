@@ -24,7 +24,9 @@ from snapfaas.sandbox.cgroup import daemon_cgroup
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 
 logger = logging.getLogger(__name__)
-STREAM_LIMIT = 16 * 1024 * 1024
+# The environment's readers read stdout/stderr in chunks (worker.channel bounds what they keep);
+# this bounds what asyncio buffers ahead of them: it stops reading a pipe at twice this much.
+STREAM_LIMIT = 256 * 1024
 # runc and CRIU create mount points and images that the sandbox's mapped uids must read; the
 # daemon's own umask (0077, for its state) would make them unreadable, so children get 0022.
 RUNC_UMASK = 0o022

@@ -16,19 +16,20 @@ the checkpoint is taken while it waits. Images are encrypted at rest by `Snapsho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 
 from snapfaas.errors import NotFound, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.snapshot import engine, memory
-from snapfaas.snapshot.vault import SnapshotCorrupt, SnapshotVault
-from snapfaas.worker.environment import Environment, EnvironmentDied, decode_error
+from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault
+from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
 from snapfaas.worker.factory import EnvironmentFactory
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class SnapshotManager:
         self._memory_modes: dict[str, str] = {}  # snapshot id -> "map" / "copy"
         self._scanned: dict[memory.FileKey, str | None] = {}  # mapped files already searched for jemalloc
         self.scanner: Callable[[FunctionVersion], Awaitable[list[str]]] | None = None
+        # a slot among --max-environments for the init environment (`Worker.environment_slot`); None: unbounded
+        self.environment_slot: Callable[[], AbstractAsyncContextManager[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating: set[tuple[str, str]] = set()
         self._broken: set[str] = set()  # snapshot ids already sent for re-creation
@@ -119,6 +122,25 @@ class SnapshotManager:
             blocking = await self.scanner(version)
             if blocking:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
+        # the init environment counts against --max-environments: wait (queued) for a slot
+        async with (self.environment_slot() if self.environment_slot else contextlib.nullcontext()):
+            taken = await self._snapshot(version)
+        if isinstance(taken, PublishFailure):
+            return taken
+        snapshot_id = taken
+
+        def activate(v: FunctionVersion) -> None:
+            v.snapshot_id = snapshot_id
+            v.last_invoked = self.clock()
+            v.move_to(State.ACTIVE)
+
+        if not self._set(version, activate):
+            self.vault.delete(snapshot_id)  # the version was deleted while we worked
+        return None
+
+    async def _snapshot(self, version: FunctionVersion) -> PublishFailure | str:
+        """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
+        why it failed. The environment is destroyed before this returns."""
         identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
         network = await self.factory.network()
         try:
@@ -139,6 +161,8 @@ class SnapshotManager:
             except TimeoutError:
                 env.log(f"INIT_REPORT Init Duration: {init_timeout * 1000:.2f} ms\tPhase: init\tStatus: timeout\n")
                 return PublishFailure("FunctionError.InitTimeout", f"Init did not finish within {init_timeout:.0f} seconds.")
+            except FrameStreamRejected as rejected:
+                return PublishFailure("FunctionError", f"{rejected.describe()} during init")
             except EnvironmentDied as died:
                 return PublishFailure("FunctionError", f"Runtime exited during init: {died.describe()}")
             init_ms = (time.monotonic() - started) * 1000
@@ -176,15 +200,7 @@ class SnapshotManager:
         finally:
             self.revoke(identity)
             await env.destroy()
-
-        def activate(v: FunctionVersion) -> None:
-            v.snapshot_id = snapshot_id
-            v.last_invoked = self.clock()
-            v.move_to(State.ACTIVE)
-
-        if not self._set(version, activate):
-            self.vault.delete(snapshot_id)  # the version was deleted while we worked
-        return None
+        return snapshot_id
 
     async def _memory_decision(self, env: Environment) -> memory.MemoryDecision:
         """How restores of the snapshot about to be taken of `env` bring memory back."""
@@ -229,18 +245,21 @@ class SnapshotManager:
         if version.state == State.PENDING and version.state_reason == RECREATING:
             raise SnapStartNotReady(NOT_READY)
 
-    async def images(self, version: FunctionVersion) -> Path:
-        """Plaintext images of the version's snapshot (cache, or decrypted in a thread); a
-        broken snapshot sends the version back to Pending for re-creation and raises
-        SnapStartNotReady. Runs on the event loop: `broken` schedules the re-creation there."""
+    async def images(self, version: FunctionVersion) -> CacheLease:
+        """The version's snapshot images, pinned in the RAM cache until the caller releases
+        the lease (cache, or decrypted in a thread; the manifest is authenticated every time);
+        a broken or tampered snapshot sends the version back to Pending for re-creation and
+        raises SnapStartNotReady. Runs on the event loop: `broken` schedules the re-creation there."""
         try:
             if version.snapshot_id is None:
                 raise SnapshotCorrupt("the version has no snapshot")
             # restores run in the function's id slice; a snapshot from another one is re-created
-            return await asyncio.to_thread(self.vault.images, version.snapshot_id, self.registry.id_slice(version.name))
+            lease = await asyncio.to_thread(self.vault.lease, version.snapshot_id, self.registry.id_slice(version.name))
         except SnapshotCorrupt as exc:
             self.broken(version, str(exc))
             raise SnapStartNotReady(NOT_READY) from exc
+        self._memory_modes[lease.snapshot_id] = str(lease.manifest.get("restore_memory", "copy"))
+        return lease
 
     def broken(self, version: FunctionVersion, detail: str) -> None:
         """A restore failed in a way that points at the snapshot: drop it and re-create it."""

@@ -9,19 +9,32 @@ So before the checkpoint the platform looks for jemalloc in every file the snaps
 processes map, and a snapshot that maps one restores by copying.
 
 `choose` is the decision; `find_zero_assuming_allocator` is the I/O around it.
+
+The files scanned belong to the function (it may map anything it can open, /tmp included, and
+change it while it is read), so the scan never maps them: a mapped file truncated under the
+reader is a SIGBUS that kills the daemon. It reads regular files only (checked on the open
+descriptor) with bounded ``pread``s (`SCAN_CHUNK`, overlapping by the marker's length), at most
+`MAX_SCAN_BYTES` per file; a file that shrinks just ends the read early. Verdicts are cached
+by file identity in a dict capped at `MAX_KNOWN` entries.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 # A byte string every jemalloc build carries (the prefix of its diagnostics), whatever its
 # symbol prefix (je_, je_arrow_, _rjem_ ...).
 MARKERS = {b"<jemalloc>": "jemalloc"}
+SCAN_CHUNK = 1 << 20
+# Past this a file is not read further (its first bytes only are scanned): the largest
+# wheels' libraries (libtorch_cuda) stay under it, and a function's own huge files cost a
+# bounded read.
+MAX_SCAN_BYTES = 2 << 30
+MAX_KNOWN = 4096  # cached verdicts kept; the oldest are dropped first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +69,33 @@ def mapped_files(pid: int) -> dict[str, Path]:
     return out
 
 
-def _contains_marker(path: Path) -> str | None:
+def _contains_marker(path: Path, limit: int = MAX_SCAN_BYTES, chunk: int = SCAN_CHUNK) -> str | None:
+    """The name of the first marker in the first `limit` bytes of `path`, if it is a regular
+    file; None if none is found or it cannot be read. Reads with `os.pread`, never `mmap`."""
+    overlap = max(len(marker) for marker in MARKERS) - 1
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for marker, name in MARKERS.items():
-                if data.find(marker) >= 0:
-                    return name
-    except (OSError, ValueError):  # unreadable, or empty (mmap of length 0)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
         return None
-    return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device or anything else: never read
+            return None
+        offset, tail = 0, b""
+        while offset < limit:
+            block = os.pread(fd, min(chunk, limit - offset), offset)
+            if not block:
+                return None
+            data = tail + block
+            for marker, name in MARKERS.items():
+                if marker in data:
+                    return name
+            tail = data[-overlap:] if overlap else b""
+            offset += len(block)
+        return None
+    except OSError:  # e.g. the file went away under us
+        return None
+    finally:
+        os.close(fd)
 
 
 FileKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
@@ -86,8 +117,12 @@ def find_zero_assuming_allocator(pids: Iterable[int], known: dict[FileKey, str |
                 st = os.stat(openable)
             except OSError:
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key not in known:
+                while len(known) >= MAX_KNOWN:
+                    known.pop(next(iter(known)))
                 known[key] = _contains_marker(openable)
             if known[key]:
                 return f"{known[key]} in {shown}"

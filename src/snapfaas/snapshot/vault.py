@@ -14,15 +14,32 @@ The key is HKDF-SHA256(master key, salt, info="snapfaas snapshot " + id), a fres
 per snapshot; the master key is ``<data-dir>/snapshot.key`` (0600). Plaintext images exist only
 in the cache directory, which lives on a tmpfs (RAM), never on persistent disk; restores read
 from it and a cache miss decrypts from disk. Plaintext images belong to the host id slice of
-the function they were taken from (`seal`/`images` take the slice; the manifest records it,
+the function they were taken from (`seal`/`lease` take the slice; the manifest records it,
 and a snapshot is only ever handed out for the slice it was taken with). The manifest is written last and durably (write,
 fsync, rename), so a snapshot without a manifest is incomplete and ignored.
+
+The manifest is authenticated: ``"mac"`` is HMAC-SHA256, under a key derived from the master
+key (HKDF, info="snapfaas snapshot manifest mac"), of the manifest's canonical encoding (JSON,
+sorted keys, no whitespace, ASCII; the ``"mac"`` key itself left out), and the manifest names
+its own snapshot id. `manifest` verifies it on every read: a manifest without a MAC, with a
+wrong one or moved to another snapshot's directory is `SnapshotCorrupt`, so a snapshot's mode
+(``restore_memory``), file list and checksums cannot be altered or swapped.
+
+RAM cache budget: the cache holds whole snapshots up to `cache_bytes` in total; past it, the
+least recently used snapshots that no restore has pinned (`lease`) are evicted. Eviction only
+renames the directory away and unlinks its files, never rewrites one in place: a restored
+process may still map an image file copy-on-write, and its pages stay valid (the tmpfs frees
+them when the last mapping goes). A snapshot bigger than the whole budget is still cached and
+restored (everything else unpinned is evicted for it).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import hmac
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -39,35 +56,73 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from snapfaas.durable import write_atomic
 from snapfaas.errors import ServiceError
 
+logger = logging.getLogger(__name__)
 MAGIC = "SNAPFAAS-SNAPSHOT"
 VERSION = 1
 CHUNK = 4 << 20
+MAC_INFO = b"snapfaas snapshot manifest mac"
 
 
 class SnapshotCorrupt(ServiceError):
     """A stored snapshot failed authentication or its manifest is missing or malformed."""
 
 
+def canonical(manifest: dict[str, Any]) -> bytes:
+    """The bytes the manifest MAC covers: every key but ``"mac"``, canonically encoded."""
+    body = {key: value for key, value in manifest.items() if key != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class CacheLease:
+    """A snapshot's plaintext images, pinned in the RAM cache (eviction skips them) until
+    `release` (idempotent); `manifest` is the verified manifest."""
+
+    def __init__(self, vault: SnapshotVault, snapshot_id: str, path: Path, manifest: dict[str, Any]) -> None:
+        self.vault = vault
+        self.snapshot_id = snapshot_id
+        self.path = path
+        self.manifest = manifest
+        self._released = False
+
+    def __repr__(self) -> str:
+        return f"<CacheLease {self.snapshot_id}{' released' if self._released else ''}>"
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.vault._unpin(self.snapshot_id)
+
+
 class SnapshotVault:
     def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int,
-                 group_of: Callable[[int], int]) -> None:
+                 group_of: Callable[[int], int], cache_bytes: int | None = None) -> None:
         """CRIU reads images both as host root (a freshly cloned task, before its user
         namespace has a uid map, has no DAC override there) and as the sandbox's mapped root:
         images belong to `image_owner` (root) and `group_of(slice)` (the host gid of the mapped
         root of the function's id slice), mode 0640 in 0750 directories; no other host user,
-        and no other function's uids, can read them."""
+        and no other function's uids, can read them.
+
+        `cache_bytes` is the RAM cache's budget (None: unbounded). Complete snapshots already
+        in the cache directory (left by a previous run) are counted against it."""
         self.root = root
         self.cache = cache
         self.image_owner = image_owner
         self.group_of = group_of
+        self.cache_bytes = cache_bytes
         root.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         for directory in (cache.parent, cache):  # searchable (not listable) by the sandbox's uids
             os.chmod(directory, 0o711)
         self._master = self._load_key(key_file)
+        self._mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MAC_INFO).derive(self._master)
         self._locks: dict[str, threading.Lock] = {}  # per snapshot id: one decryption at a time
         self._locks_guard = threading.Lock()
+        # the RAM cache's bookkeeping, under `_cache_guard`: snapshot id -> bytes, least recently used first
+        self._cached: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._pins: collections.Counter[str] = collections.Counter()
+        self._cache_guard = threading.Lock()
+        self._adopt_cached()
 
     @staticmethod
     def _load_key(path: Path) -> bytes:
@@ -114,17 +169,33 @@ class SnapshotVault:
         # the format keys come last: `extra` (the caller's metadata) must not overwrite them
         manifest = {**extra, "magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files,
                     "id_slice": slice_index, "image_group": self.group_of(slice_index)}
+        manifest["mac"] = self._mac(manifest)
         write_atomic(target / "manifest.json", json.dumps(manifest, indent=1).encode())
         self._own(plain, self.group_of(slice_index))
+        self._admit(snapshot_id, plain)  # the dump directory is now the snapshot's cached copy
         return manifest
 
+    def _mac(self, manifest: dict[str, Any]) -> str:
+        return hmac.new(self._mac_key, canonical(manifest), hashlib.sha256).hexdigest()
+
     def manifest(self, snapshot_id: str) -> dict[str, Any]:
+        """The snapshot's manifest, authenticated (see the module docstring); raises
+        `SnapshotCorrupt` if it is missing, malformed, unauthenticated or another snapshot's."""
         try:
             manifest = json.loads((self.root / snapshot_id / "manifest.json").read_text())
         except (OSError, ValueError) as exc:
             raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unreadable ({exc})") from exc
+        if not isinstance(manifest, dict):
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest is not an object")
+        mac = manifest.get("mac")
+        if not isinstance(mac, str):
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest is not authenticated (no MAC)")
+        if not hmac.compare_digest(mac, self._mac(manifest)):
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest failed authentication (MAC mismatch)")
         if manifest.get("magic") != MAGIC or manifest.get("version") != VERSION:
             raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a version-{VERSION} snapfaas snapshot")
+        if manifest.get("id") != snapshot_id:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest belongs to snapshot {manifest.get('id')!r}")
         return manifest
 
     def exists(self, snapshot_id: str) -> bool:
@@ -134,28 +205,40 @@ class SnapshotVault:
         with self._locks_guard:
             return self._locks.setdefault(snapshot_id, threading.Lock())
 
-    def images(self, snapshot_id: str, slice_index: int) -> Path:
-        """Plaintext images for a restore into id slice `slice_index`: the RAM cache, filled
-        from disk on a miss.
+    def lease(self, snapshot_id: str, slice_index: int) -> CacheLease:
+        """Plaintext images for a restore into id slice `slice_index`, pinned until the lease is
+        released: the RAM cache, filled from disk on a miss (which may evict other, unpinned
+        snapshots).
 
         Thread-safe (it runs in worker threads): concurrent misses of one snapshot decrypt it
         once, and a complete cache directory is never replaced while restores may read it.
-        Raises `SnapshotCorrupt` if the stored snapshot is missing, malformed or tampered with,
-        or was taken in another slice (or with another id range): its images hold the
-        checkpointed user namespace (``userns-*.img``), so it must be re-created.
+        The manifest is verified on every call, cache hit or not. Raises `SnapshotCorrupt` if
+        the stored snapshot is missing, malformed or tampered with, or was taken in another
+        slice (or with another id range): its images hold the checkpointed user namespace
+        (``userns-*.img``), so it must be re-created.
         """
-        plain = self.cache / snapshot_id
+        manifest = self.manifest(snapshot_id)
         group = self.group_of(slice_index)
-        if self._cached(plain, group):
-            return plain
-        with self._lock(snapshot_id):
-            if self._cached(plain, group):
-                return plain  # another thread decrypted it while we waited
-            self._decrypt(snapshot_id, plain, slice_index)
-        return plain
+        if manifest.get("id_slice") != slice_index or manifest.get("image_group") != group:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} was taken in id slice {manifest.get('id_slice')} "
+                                  f"(group {manifest.get('image_group')}), not slice {slice_index} (group {group})")
+        plain = self.cache / snapshot_id
+        with self._cache_guard:
+            self._pins[snapshot_id] += 1  # from here on no eviction takes it
+        try:
+            if not self._ready(plain, group):
+                with self._lock(snapshot_id):
+                    if not self._ready(plain, group):  # else another thread decrypted it while we waited
+                        self._decrypt(snapshot_id, plain, manifest, group)
+            self._admit(snapshot_id, plain)
+        except BaseException:
+            self._unpin(snapshot_id)
+            raise
+        return CacheLease(self, snapshot_id, plain, manifest)
 
     @staticmethod
-    def _cached(plain: Path, group: int) -> bool:
+    def _ready(plain: Path, group: int) -> bool:
+        """A complete cached copy readable by the slice whose mapped root's gid is `group`."""
         try:
             return (plain / ".complete").exists() and plain.lstat().st_gid == group
         except FileNotFoundError:
@@ -172,13 +255,74 @@ class SnapshotVault:
                 continue
         return False
 
-    def _decrypt(self, snapshot_id: str, plain: Path, slice_index: int) -> None:
+    def _unpin(self, snapshot_id: str) -> None:
+        with self._cache_guard:
+            self._pins[snapshot_id] -= 1
+            if self._pins[snapshot_id] <= 0:
+                del self._pins[snapshot_id]
+
+    def cached(self) -> dict[str, int]:
+        """Snapshot id -> cached bytes, least recently used first (a copy)."""
+        with self._cache_guard:
+            return dict(self._cached)
+
+    def _adopt_cached(self) -> None:
+        """Count complete snapshots left in the cache by a previous run (oldest first)."""
+        found = sorted((p for p in self.cache.iterdir() if not p.name.startswith(".") and (p / ".complete").exists()),
+                       key=lambda p: p.stat().st_mtime)
+        for path in found:
+            self._admit(path.name, path)
+
+    def _admit(self, snapshot_id: str, plain: Path) -> None:
+        """Record `snapshot_id` as the most recently used cached snapshot, then evict the least
+        recently used unpinned others until the cache fits its budget (or only it and pinned
+        snapshots are left)."""
+        with self._cache_guard:
+            known = self._cached.get(snapshot_id)
+        size = self._bytes_of(plain) if known is None else known
+        with self._cache_guard:
+            self._cached[snapshot_id] = size
+            self._cached.move_to_end(snapshot_id)
+            victims = self._over_budget(keep=snapshot_id)
+            moved = [self._detach(victim) for victim in victims]
+        for victim, path in zip(victims, moved):
+            logger.info("snapshot cache: evicted %s (budget %s bytes)", victim, self.cache_bytes)
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _over_budget(self, keep: str) -> list[str]:
+        """Which cached snapshots to evict, least recently used first; under `_cache_guard`."""
+        if self.cache_bytes is None:
+            return []
+        total = sum(self._cached.values())
+        victims = []
+        for candidate, size in self._cached.items():
+            if total <= self.cache_bytes:
+                break
+            if candidate == keep or self._pins.get(candidate):
+                continue
+            victims.append(candidate)
+            total -= size
+        return victims
+
+    def _detach(self, snapshot_id: str) -> Path | None:
+        """Forget a cached snapshot and rename its directory out of the way (to a hidden name
+        `collect_garbage` also removes); the caller unlinks it. Under `_cache_guard`."""
+        self._cached.pop(snapshot_id, None)
+        path = self.cache / snapshot_id
+        trash = self.cache / f".evicted.{snapshot_id}.{secrets.token_hex(4)}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return None
+        return trash
+
+    @staticmethod
+    def _bytes_of(plain: Path) -> int:
+        return sum(entry.stat().st_size for entry in os.scandir(plain) if entry.is_file(follow_symlinks=False))
+
+    def _decrypt(self, snapshot_id: str, plain: Path, manifest: dict[str, Any], group: int) -> None:
         """Decrypt the stored snapshot into `plain` (staged, then renamed into place)."""
-        manifest = self.manifest(snapshot_id)
-        group = self.group_of(slice_index)
-        if manifest.get("id_slice") != slice_index or manifest.get("image_group") != group:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id} was taken in id slice {manifest.get('id_slice')} "
-                                  f"(group {manifest.get('image_group')}), not slice {slice_index} (group {group})")
         aead = self._key(snapshot_id, bytes.fromhex(manifest["salt"]))
         staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
         staging.mkdir(parents=True)
@@ -216,7 +360,11 @@ class SnapshotVault:
             os.chmod(path, 0o750 if path.is_dir() else 0o640)
 
     def evict(self, snapshot_id: str) -> None:
-        shutil.rmtree(self.cache / snapshot_id, ignore_errors=True)
+        """Drop a snapshot's cached copy, pinned or not (its files are unlinked, not rewritten)."""
+        with self._cache_guard:
+            path = self._detach(snapshot_id)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
     def delete(self, snapshot_id: str) -> None:
         self.evict(snapshot_id)
@@ -229,6 +377,9 @@ class SnapshotVault:
         removed = 0
         for path in [*self.root.iterdir(), *self.cache.iterdir()]:
             if path.name.startswith(".") or path.name not in referenced:
-                shutil.rmtree(path, ignore_errors=True)
+                if path.parent == self.cache and not path.name.startswith("."):
+                    self.evict(path.name)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed

@@ -8,11 +8,19 @@ State machine (checked on every move; anything else is a bug)::
 
 An environment that raised anything is destroyed (OpenLambda's destroy-on-error): a DEAD
 environment never serves again. `destroy` is idempotent.
+
+Memory the daemon spends on one environment is bounded whatever the function writes (see
+`channel`): stdout is read in chunks by a `FrameDecoder` (a frame over the response limit or
+with a malformed header ends the frame stream: `next_frame` raises `FrameStreamRejected`), stderr by a
+`LineSplitter`; the LogType=Tail capture and the output held during a restore are
+`TailBuffer`s; the frame and log-mark queues are bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -29,10 +37,16 @@ from snapfaas.runtime import protocol
 from snapfaas.sandbox.cgroup import MemoryStats, memory_stats
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import Container
+from snapfaas.worker.channel import Frame, FrameDecoder, FrameRejected, LineSplitter, TailBuffer
 from snapfaas.worker.logs import LogStore
 
 logger = logging.getLogger(__name__)
 MARK_WAIT_S = 2.0
+READ_CHUNK = 64 * 1024  # bytes per read of the environment's stdout / stderr
+FRAME_QUEUE = 8  # frames read ahead of the worker; beyond that the reader stops reading stdout
+MARK_QUEUE = 64  # log marks kept unconsumed (a function can forge marks; the oldest go first)
+HELD_OUTPUT_CHARS = 64 * 1024  # stderr kept while a restore runs (runc's and CRIU's errors)
+DEFAULT_TAIL_CHARS = 4096
 
 
 class EnvState(enum.Enum):
@@ -71,11 +85,20 @@ class EnvironmentDied(Exception):
 SIGNAL_WORDS = {9: "killed", 6: "aborted", 11: "segmentation fault", 15: "terminated", 7: "bus error", 8: "floating point exception"}
 
 
-@dataclasses.dataclass
-class Frame:
-    kind: str
-    header: dict[str, Any]
-    payload: bytes
+class FrameStreamRejected(EnvironmentDied):
+    """The runtime sent a frame the worker refused to read (`channel.FrameRejected`): the
+    frame stream is over and the environment must be destroyed, though its process may run."""
+
+    def __init__(self, rejected: FrameRejected) -> None:
+        super().__init__(None, False)
+        self.rejected = rejected
+
+    @property
+    def oversized(self) -> bool:
+        return self.rejected.oversized
+
+    def describe(self) -> str:
+        return f"Runtime sent {self.rejected.reason}"
 
 
 @dataclasses.dataclass
@@ -103,7 +126,11 @@ class Environment:
         logs: LogStore,
         cgroup: str,
         clock: Callable[[], float] = time.monotonic,
+        max_frame_bytes: int = 6 * 1024 * 1024 + 100,
+        tail_chars: int = DEFAULT_TAIL_CHARS,
     ) -> None:
+        """`max_frame_bytes`: the largest frame payload read from the runtime (the response
+        limit); `tail_chars`: how much of an invocation's log the LogType=Tail capture keeps."""
         self.id = env_id
         self.version = version
         self.container = container
@@ -114,15 +141,21 @@ class Environment:
         self.stream = log_stream_name(version.version, env_id)
         self.last_used = clock()
         self.invocations = 0
-        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
-        self._marks: asyncio.Queue[str] = asyncio.Queue()
-        self._capture: list[str] | None = None
-        self._held: list[str] | None = None  # stderr lines held back while a restore runs
+        self.max_frame_bytes = max_frame_bytes
+        self.tail_chars = tail_chars
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue(FRAME_QUEUE)
+        self._marks: collections.deque[str] = collections.deque(maxlen=MARK_QUEUE)
+        self._mark_arrived = asyncio.Event()
+        self._rejected: FrameRejected | None = None
+        self._discarding = False  # set by `destroy`: frames read from now on are dropped
+        self._capture: TailBuffer | None = None
+        self._held: TailBuffer | None = None  # stderr lines held back while a restore runs
         self._readers: list[asyncio.Task[None]] = []
         self._log_reader: asyncio.Task[None] | None = None
         self._stream_ended = False
         self.restore_from: Path | None = None  # images, for an environment restored from a snapshot
         self.id_slice: int | None = None  # the host id slice it runs in (set by the factory)
+        self.release_images: Callable[[], None] = lambda: None  # unpins `restore_from` in the cache (idempotent)
         self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
         self.network: Any = None  # its `NetworkLease`, closed once the container is gone
 
@@ -146,24 +179,26 @@ class Environment:
         self.logs.append(self.version.name, self.stream, list(lines))
 
     def begin_capture(self) -> None:
-        self._capture = []
+        """Start keeping the tail of the log (the last `tail_chars` characters) for LogType=Tail."""
+        self._capture = TailBuffer(self.tail_chars)
 
     def hold_output(self) -> None:
         """Hold back stderr lines instead of logging them, until `release_output`. A restoring
         container's stderr is runc's too: until the runtime says it runs again, what arrives
         there is runc's and CRIU's (host paths included), not the function's."""
-        self._held = []
+        self._held = TailBuffer(HELD_OUTPUT_CHARS)
 
     def release_output(self, to_function_log: bool) -> list[str]:
-        """Stop holding; the held lines go to the function's log if `to_function_log`.
-        Returns them."""
-        lines, self._held = self._held or [], None
+        """Stop holding; the held lines (the last `HELD_OUTPUT_CHARS` characters of them) go
+        to the function's log if `to_function_log`. Returns them."""
+        lines, self._held = (self._held.lines() if self._held else []), None
         if to_function_log and lines:
             self.log(*lines)
         return lines
 
     def end_capture(self) -> list[str]:
-        lines, self._capture = self._capture or [], None
+        """The captured tail, as lines whose total length is at most `tail_chars`."""
+        lines, self._capture = (self._capture.lines() if self._capture else []), None
         return lines
 
     # -- readers ---------------------------------------------------------------------------
@@ -172,48 +207,91 @@ class Environment:
         self._readers = [asyncio.create_task(self._read_frames(), name=f"{self.id}-frames"), self._log_reader]
 
     async def _read_frames(self) -> None:
+        """Decode stdout into frames (at most `FRAME_QUEUE` read ahead: beyond that the
+        runtime's writes block) and stray output (logged by lines).
+
+        After a rejected frame (or once `destroy` began) the rest of stdout is read and
+        discarded until EOF: asyncio reports a subprocess's exit only once its pipes are
+        closed, so a pipe left unread would keep `Container.kill` waiting forever."""
         stream = self.container.stdout
+        decoder = FrameDecoder(self.max_frame_bytes)
+        stray = LineSplitter()
         try:
-            while True:
-                line = await stream.readline()
-                if not line:
-                    break
-                stray, line = protocol.split_stray_output(line)
-                if stray:
-                    self.log(stray.decode(errors="replace"))
-                header = protocol.parse_header(line) if line else None
-                if header is None:
-                    continue
-                payload = await stream.readexactly(header["n"]) if header["n"] else b""
-                await self._frames.put(Frame(header["t"], header, payload))
-        except (asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
+            while chunk := await stream.read(READ_CHUNK):
+                for item in decoder.feed(chunk):
+                    if isinstance(item, Frame):
+                        self._log_raw(stray.flush())  # output right before a frame is a line of its own
+                        if not self._discarding:
+                            await self._frames.put(item)
+                    else:
+                        self._log_raw(stray.feed(item))
+            self._log_raw(stray.flush())
+        except FrameRejected as exc:
+            self._rejected = exc
+            logger.warning("environment %s: frame stream ended: the runtime sent %s", self.id, exc.reason)
+            self._finish_frames()
+            with contextlib.suppress(ConnectionError):
+                while await stream.read(READ_CHUNK):
+                    pass
+        except ConnectionError as exc:
             logger.info("environment %s: frame stream ended: %s", self.id, exc)
         finally:
-            self._stream_ended = True
-            await self._frames.put(None)
+            self._finish_frames()
 
-    async def _read_logs(self) -> None:
-        stream = self.container.stderr
+    def _finish_frames(self) -> None:
+        if not self._stream_ended:
+            self._stream_ended = True
+            self._end_frames()
+
+    def _end_frames(self) -> None:
+        """Queue the end-of-stream marker, dropping the oldest unread frame if the queue is full."""
         while True:
             try:
-                line = await stream.readline()
-            except (ValueError, ConnectionError):
-                continue
-            if not line:
+                self._frames.put_nowait(None)
                 return
-            text = line.decode(errors="replace")
-            if text.startswith(protocol.LOG_MARK):
-                await self._marks.put(text[len(protocol.LOG_MARK) :].strip())
-            elif self._held is not None:
-                self._held.append(text)
-            else:
-                self.log(text)
+            except asyncio.QueueFull:
+                self._frames.get_nowait()
+
+    def _log_raw(self, lines: list[bytes]) -> None:
+        if lines:
+            self.log(*(line.decode(errors="replace") for line in lines))
+
+    async def _read_logs(self) -> None:
+        """Read stderr in chunks, split it into bounded lines, and log them (or hold them
+        back during a restore); marks (`protocol.LOG_MARK`) go to `wait_mark`."""
+        stream = self.container.stderr
+        splitter = LineSplitter()
+        mark = protocol.LOG_MARK.encode()
+        while True:
+            try:
+                chunk = await stream.read(READ_CHUNK)
+            except ConnectionError as exc:
+                logger.info("environment %s: log stream ended: %s", self.id, exc)
+                chunk = b""
+            lines = splitter.feed(chunk) if chunk else splitter.flush()
+            text: list[str] = []
+            for line in lines:
+                if line.startswith(mark):
+                    self._marks.append(line[len(mark) :].decode(errors="replace").strip())
+                    self._mark_arrived.set()
+                else:
+                    text.append(line.decode(errors="replace"))
+            if text:
+                if self._held is not None:
+                    self._held.extend(text)
+                else:
+                    self.log(*text)
+            if not chunk:
+                return
 
     async def next_frame(self, timeout: float | None) -> Frame:
-        """The next frame from the runtime; raises EnvironmentDied or TimeoutError."""
+        """The next frame from the runtime; raises EnvironmentDied (`FrameStreamRejected` if
+        the runtime sent a frame the worker refused to read) or TimeoutError."""
         frame = await asyncio.wait_for(self._frames.get(), timeout)
         if frame is None:
-            await self._frames.put(None)  # keep EOF sticky
+            self._end_frames()  # keep EOF sticky
+            if self._rejected is not None:
+                raise FrameStreamRejected(self._rejected)
             raise await self._death()
         return frame
 
@@ -221,8 +299,12 @@ class Environment:
         """Wait (bounded) until all log output of phase `tag` has been read."""
         try:
             async with asyncio.timeout(MARK_WAIT_S):
-                while await self._marks.get() != tag:
-                    pass
+                while True:
+                    while self._marks:
+                        if self._marks.popleft() == tag:
+                            return
+                    self._mark_arrived.clear()
+                    await self._mark_arrived.wait()
         except TimeoutError:
             logger.warning("environment %s: log mark %s did not arrive", self.id, tag)
 
@@ -284,6 +366,9 @@ class Environment:
             self.move(EnvState.DEAD)
         while self.on_destroy:
             self.on_destroy.pop()()
+        self._discarding = True  # unblock a frame reader waiting on a full queue: stdout must be read to EOF
+        while not self._frames.empty():
+            self._frames.get_nowait()
         await self.container.kill()
         if self.network is not None:
             await self.network.close()

@@ -228,7 +228,9 @@ class EnvironmentFactory:
         env_id = secrets.token_hex(8)
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
         container = Container(self.runc, CONTAINER_PREFIX + env_id, self.bundles / env_id)
-        env = Environment(env_id, version, container, self.logs, cgroup)
+        limits = self.config.limits
+        env = Environment(env_id, version, container, self.logs, cgroup,
+                          max_frame_bytes=limits.response_bytes, tail_chars=limits.log_tail_bytes)
         env.network = network
         env.id_slice = slice_index
         interp = self.interpreters.resolve(version.runtime)

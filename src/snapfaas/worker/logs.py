@@ -5,13 +5,31 @@ One append-only file per function under ``<data-dir>/logs/<function>.log``; each
     <ISO-8601 UTC timestamp> <TAB> <log stream> <TAB> <message>
 
 The log stream is ``YYYY/MM/DD/[<version>]<environment id>`` as on Lambda.
+
+Bounds: a file is rotated to ``<function>.log.1`` (replacing the previous generation) before
+it would grow past `max_bytes`, so a function's log takes at most twice that on disk.
+Writes leave the caller's thread (the event loop): `append` queues the lines for one writer
+thread; the queue holds at most `queue_bytes` (a function flooding stderr cannot make the
+daemon buffer more), lines that do not fit are dropped and counted, and once the queue has
+drained the writer adds one ``N log lines dropped`` line per function that lost some.
+`read` and `delete` first wait for everything appended before them to be written.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
+import logging
 import os
+import threading
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
+FLUSH_WAIT_S = 30.0  # a reader waits at most this long for the writer (a stuck disk must not hang it forever)
+LINE_OVERHEAD = 64  # bytes counted per queued line beyond its message (timestamp, stream, tabs)
 
 
 def utc_stamp() -> str:
@@ -19,31 +37,159 @@ def utc_stamp() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
+@dataclasses.dataclass
+class _Batch:
+    function: str
+    stream: str
+    stamp: str
+    lines: list[str]
+
+
 class LogStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         self.root = root
+        self.max_bytes = max_bytes
+        self.queue_bytes = queue_bytes
         root.mkdir(parents=True, exist_ok=True)
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Batch] = collections.deque()
+        self._pending_bytes = 0
+        self._dropped: dict[str, tuple[int, str]] = {}  # function -> (lines dropped, last stream)
+        self._queued = 0  # batches accepted so far
+        self._written = 0  # batches written (or failed) so far
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        self._files = threading.Lock()  # held while files change: writes, rotation, reads, deletes
 
     def path(self, function: str) -> Path:
         return self.root / f"{function}.log"
 
+    def rotated(self, function: str) -> Path:
+        return self.root / f"{function}.log.1"
+
+    # -- the caller's side -----------------------------------------------------------------
     def append(self, function: str, stream: str, lines: list[str]) -> None:
+        """Queue `lines` (stamped now); never blocks on disk. Dropped if the queue is full."""
         if not lines:
             return
-        stamp = utc_stamp()
-        text = "".join(f"{stamp}\t{stream}\t{line.rstrip(chr(10))}\n" for line in lines)
-        fd = os.open(self.path(function), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, text.encode(errors="replace"))
-        finally:
-            os.close(fd)
+        batch = _Batch(function, stream, utc_stamp(), lines)
+        size = sum(len(line) for line in lines) + LINE_OVERHEAD * len(lines)
+        with self._cond:
+            if self._closed:  # after close (shutdown): write in the caller's thread
+                self._write([batch])
+                return
+            if self._pending and self._pending_bytes + size > self.queue_bytes:
+                count, _ = self._dropped.get(function, (0, stream))
+                self._dropped[function] = (count + len(lines), stream)
+                return
+            self._pending.append(batch)
+            self._pending_bytes += size
+            self._queued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
+                self._writer.start()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until everything appended before this call is written (bounded by `FLUSH_WAIT_S`)."""
+        with self._cond:
+            target = self._queued
+            if not self._cond.wait_for(lambda: self._written >= target or self._writer is None, FLUSH_WAIT_S):
+                logger.warning("log flush gave up after %.0f s: the log writer is behind", FLUSH_WAIT_S)
 
     def read(self, function: str, limit: int | None = None) -> list[str]:
-        try:
-            lines = self.path(function).read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
+        """The function's log lines, oldest first (the rotated generation, then the current
+        file); the last `limit` if given. Sees every line appended before the call."""
+        self.flush()
+        with self._files:
+            current = self._read_lines(self.path(function))
+            if limit and len(current) >= limit:
+                return current[-limit:]
+            lines = self._read_lines(self.rotated(function)) + current
         return lines[-limit:] if limit else lines
 
+    @staticmethod
+    def _read_lines(path: Path) -> list[str]:
+        try:
+            return path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
     def delete(self, function: str) -> None:
-        self.path(function).unlink(missing_ok=True)
+        self.flush()
+        with self._files:
+            self.path(function).unlink(missing_ok=True)
+            self.rotated(function).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer; later appends are written synchronously."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join(FLUSH_WAIT_S)
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._dropped or self._closed)
+                if not self._pending and not self._dropped:  # closed and drained
+                    self._writer = None
+                    self._cond.notify_all()
+                    return
+                batches = list(self._pending)
+                self._pending.clear()
+                self._pending_bytes = 0
+                dropped, self._dropped = self._dropped, {}
+                upto = self._queued
+            notices = [_Batch(f, stream, utc_stamp(), [f"[snapfaas] {count} log lines dropped: the function logged faster than its log is written\n"])
+                       for f, (count, stream) in dropped.items()]
+            try:
+                self._write(batches + notices)
+            except Exception:  # noqa: BLE001 - the writer must survive anything: every flush waits for it
+                logger.exception("log writer failed at step 'write': %d batch(es) lost", len(batches))
+            with self._cond:
+                self._written = upto
+                self._cond.notify_all()
+
+    def _write(self, batches: list[_Batch]) -> None:
+        by_function: dict[str, list[bytes]] = {}
+        for batch in batches:
+            encoded = by_function.setdefault(batch.function, [])
+            prefix = f"{batch.stamp}\t{batch.stream}\t"
+            encoded.extend(f"{prefix}{line.rstrip(chr(10))}\n".encode(errors="replace") for line in batch.lines)
+        with self._files:
+            for function, lines in by_function.items():
+                try:
+                    self._append_file(function, lines)
+                except OSError as exc:  # a full or broken disk loses these lines, not the daemon
+                    logger.warning("log write failed at step 'append' for %s: %s", function, exc)
+
+    def _append_file(self, function: str, lines: list[bytes]) -> None:
+        """Append `lines`, rotating before the file would pass `max_bytes` (a single line
+        longer than that still goes, alone, into a fresh file)."""
+        path = self.path(function)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            chunk: list[bytes] = []
+            chunk_bytes = 0
+            for line in lines:
+                if size + chunk_bytes + len(line) > self.max_bytes and size + chunk_bytes > 0:
+                    if chunk:
+                        os.write(fd, b"".join(chunk))
+                        chunk, chunk_bytes = [], 0
+                    os.close(fd)
+                    fd = -1
+                    os.replace(path, self.rotated(function))
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    size = 0
+                chunk.append(line)
+                chunk_bytes += len(line)
+            if chunk:
+                os.write(fd, b"".join(chunk))
+        finally:
+            if fd >= 0:
+                os.close(fd)

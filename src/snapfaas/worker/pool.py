@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,15 +18,17 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 from snapfaas.errors import ServiceError, SnapStartError, SnapStartNotReady, SnapStartTimeout, Throttled
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import protocol
-from snapfaas.worker.environment import EnvironmentDied, EnvState, Environment, InvokeRequest, decode_error
+from snapfaas.worker.environment import (
+    EnvironmentDied, EnvState, Environment, FrameStreamRejected, InvokeRequest, decode_error,
+)
 from snapfaas.snapshot.engine import criu_errors
+from snapfaas.snapshot.vault import CacheLease
 from snapfaas.worker.factory import EnvironmentFactory
 
 logger = logging.getLogger(__name__)
@@ -56,7 +59,9 @@ class NoCredentials:
 class SnapshotSource(Protocol):
     """What the worker needs from the snapshot manager."""
 
-    async def images(self, version: FunctionVersion) -> Path: ...
+    async def images(self, version: FunctionVersion) -> CacheLease: ...
+
+    def restore_environ(self, version: FunctionVersion) -> Mapping[str, str]: ...
 
     def broken(self, version: FunctionVersion, detail: str) -> None: ...
 
@@ -122,6 +127,9 @@ class Worker:
         self.pools: dict[PoolKey, Pool] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
         self.starting = 0
+        self.publishing = 0  # slots held by snapshot (publish) init environments
+        self.ending = 0  # environments dropped from the pools whose destroy has not finished
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # queued publishes
         self.draining: set[Environment] = set()  # busy environments of retired pools
         # see RESTORE_SLOTS_PER_CPU; the queue wait counts as restore time
         self._restore_slots = asyncio.Semaphore(RESTORE_SLOTS_PER_CPU * max(1, os.cpu_count() or 1))
@@ -131,7 +139,8 @@ class Worker:
     def __repr__(self) -> str:
         idle = sum(len(p.idle) for p in self.pools.values())
         busy = sum(len(p.busy) for p in self.pools.values())
-        return f"<Worker [{busy} busy, {idle} idle, {self.starting} starting | {len(self.pools)} pools]>"
+        return (f"<Worker [{busy} busy, {idle} idle, {self.starting} starting, {self.publishing} publishing"
+                f" | {len(self.pools)} pools]>")
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +156,7 @@ class Worker:
         self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
+        self._wake()  # queued publishes see `_closing` and give up
         envs = [e for p in self.pools.values() for e in (*p.idle, *p.busy)] + list(self.draining)
         self.pools.clear()
         await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
@@ -159,9 +169,59 @@ class Worker:
     def _admit(self, function: str, reserved: int | None) -> None:
         if reserved is not None and self.inflight[function] >= reserved:
             raise Throttled("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
-        if sum(self.inflight.values()) >= self.max_environments:
+        if sum(self.inflight.values()) + self.publishing >= self.max_environments:
             raise Throttled("Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
         self.inflight[function] += 1
+
+    def _live(self) -> int:
+        """Environments that count against `max_environments`: pooled, starting, draining and
+        the init environments of publishes."""
+        return sum(len(p) for p in self.pools.values()) + self.starting + len(self.draining) + self.publishing
+
+    def _evict_for(self, needed: int, pending: int = 0) -> list[Environment]:
+        """Forget the least recently used idle environments, enough (if there are) to bring
+        `_live() + pending` down to `max_environments - needed`; the caller destroys them."""
+        excess = self._live() + pending - (self.max_environments - needed)
+        if excess <= 0:
+            return []
+        candidates = sorted((e for p in self.pools.values() for e in p.idle), key=lambda e: e.last_used)
+        evict = candidates[:excess]
+        for env in evict:
+            self._forget(env)
+        return evict
+
+    def _ended(self, count: int) -> None:
+        """`count` environments the decisions handed out for destruction are destroyed."""
+        self.ending -= count
+        self._wake()
+
+    def _claim_publish_slot(self) -> tuple[bool, list[Environment]]:
+        """A slot for a publish's init environment if one is free or can be freed by evicting
+        idle environments (returned for the caller to destroy before it starts anything);
+        (False, []) if the caller must wait (every slot is busy, starting or still ending).
+
+        Stricter than `_take` (an invoke cannot wait): environments still being destroyed
+        count too, so a publish never starts a container while the limit's worth exist."""
+        if self._closing:
+            raise ServiceError("snapshot failed at step 'environment slot': the worker is shutting down")
+        idle = sum(len(p.idle) for p in self.pools.values())
+        if self._live() - idle + self.ending >= self.max_environments:
+            return False, []
+        evict = self._evict_for(1, pending=self.ending)
+        self.ending += len(evict)
+        self.publishing += 1
+        return True, evict
+
+    def _release_publish_slot(self) -> None:
+        self.publishing -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let queued publishes re-check for a slot (an environment ended or went idle)."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _take(self, key: PoolKey) -> tuple[Environment | None, list[Environment]]:
         """An idle, live environment of `key` (now BUSY), or None (a slot is reserved in
@@ -174,15 +234,11 @@ class Worker:
             if env.state is EnvState.IDLE and env.alive:
                 env.move(EnvState.BUSY)
                 pool.busy.add(env)
+                self.ending += len(discard)
                 return env, discard
             discard.append(env)
-        live = sum(len(p) for p in self.pools.values()) + self.starting + len(self.draining)
-        if live >= self.max_environments:
-            candidates = sorted((e for p in self.pools.values() for e in p.idle), key=lambda e: e.last_used)
-            evict = candidates[: live - self.max_environments + 1]
-            for env in evict:
-                self._forget(env)
-            discard.extend(evict)
+        discard.extend(self._evict_for(1))
+        self.ending += len(discard)
         self.starting += 1
         return None, discard
 
@@ -206,6 +262,7 @@ class Worker:
         keep = healthy and not self._closing and pool is not None and env in pool.busy
         if pool is not None:
             pool.busy.discard(env)
+        self._wake()  # an idle environment can be evicted for a publish, a destroyed one frees a slot
         if keep and pool is not None:
             env.move(EnvState.IDLE)
             env.last_used = self.clock()
@@ -213,6 +270,7 @@ class Worker:
             return False
         if pool is not None and not pool:
             self.pools.pop(pool.key, None)
+        self.ending += 1
         return True
 
     def _expired(self) -> list[Environment]:
@@ -223,6 +281,7 @@ class Worker:
             for env in [e for e in pool.idle if e.last_used <= deadline or not e.alive]:
                 out.append(env)
                 self._forget(env)
+        self.ending += len(out)
         return out
 
     def _retire(self, function: str, version: str | None) -> list[Environment]:
@@ -233,11 +292,43 @@ class Worker:
             out.extend(pool.idle)
             # busy environments finish their request, then `_release` finds no pool and destroys them
             self.draining.update(pool.busy)
+        self.ending += len(out)
         return out
 
     # -- I/O around the decisions ----------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def environment_slot(self) -> AsyncIterator[None]:
+        """Hold one of the `max_environments` slots for an environment the worker does not pool
+        (a publish's snapshot init environment): waits, queued, until a slot is free or an idle
+        environment can be evicted for it (those are destroyed here). While held, invokes that
+        would need the slot are throttled. Raises `ServiceError` if the worker shuts down."""
+        while True:
+            granted, evict = self._claim_publish_slot()
+            if evict:
+                await self._destroy(evict)
+            if granted:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():  # cancelled while queued
+                    waiter.cancel()
+        try:
+            yield
+        finally:
+            self._release_publish_slot()
+
+    async def _destroy(self, envs: list[Environment]) -> None:
+        """Destroy environments a decision handed out (counted in `ending` until done)."""
+        try:
+            await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
+        finally:
+            self._ended(len(envs))
+
     async def retire(self, function: str, version: str | None = None) -> None:
-        await asyncio.gather(*(e.destroy() for e in self._retire(function, version)), return_exceptions=True)
+        await self._destroy(self._retire(function, version))
 
     async def _reap_loop(self) -> None:
         period = max(0.5, min(self.keep_alive_s / 4, 5.0))
@@ -246,7 +337,7 @@ class Worker:
             expired = self._expired()
             if expired:
                 logger.info("reclaiming %d idle environment(s)", len(expired))
-                await asyncio.gather(*(e.destroy() for e in expired), return_exceptions=True)
+                await self._destroy(expired)
 
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
         """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
@@ -258,13 +349,14 @@ class Worker:
         try:
             env, evict = self._take(pool_key(version))
             if evict:
-                await asyncio.gather(*(e.destroy() for e in evict), return_exceptions=True)
+                await self._destroy(evict)
             phase: tuple[str, float] | None = None
             if env is None:
                 try:
                     env = await self._new_environment(version)
                 finally:
                     self.starting -= 1
+                    self._wake()
                 self.pools.setdefault(pool_key(version), Pool(pool_key(version))).busy.add(env)
                 env.move(EnvState.BUSY)
                 if self._closing:  # close() ran while idle ones were being evicted
@@ -281,7 +373,7 @@ class Worker:
         finally:
             if env is not None:
                 if self._release(env, version.name, healthy):
-                    await env.destroy()
+                    await self._destroy([env])
             else:
                 self.inflight[version.name] -= 1
                 if self.inflight[version.name] <= 0:
@@ -292,8 +384,14 @@ class Worker:
         network = await self.factory.network()
         try:
             if version.uses_snapshot and self.snapshots is not None:
-                images = await self.snapshots.images(version)
-                env = self.factory.restored(version, images, network)
+                lease = await self.snapshots.images(version)  # pinned in the RAM cache until the restore is over
+                try:
+                    env = self.factory.restored(version, lease.path, network)
+                except BaseException:
+                    lease.release()
+                    raise
+                env.release_images = lease.release
+                env.on_destroy.append(lease.release)  # if the restore never runs
                 env.on_destroy.append(lambda: self.credentials.revoke(env.id))
                 return env
             identity = "env-" + secrets.token_hex(8)
@@ -323,7 +421,14 @@ class Worker:
         Returns the restore duration in ms. Raises SnapStartTimeout (over 10 s),
         SnapStartError (an after-restore hook failed) or SnapStartNotReady (the restore itself
         failed: the snapshot is re-created in the background). The caller destroys `env`.
+        The snapshot's cached images stay pinned (never evicted) until this returns.
         """
+        try:
+            return await self._restore_pinned(env)
+        finally:
+            env.release_images()
+
+    async def _restore_pinned(self, env: Environment) -> float:
         assert env.restore_from is not None and self.snapshots is not None
         started = time.monotonic()
         env.log(f"RESTORE_START Runtime Version: {env.version.runtime}.snapfaas\n")
@@ -352,6 +457,10 @@ class Worker:
             self._platform_output(env, env.release_output(to_function_log=False))
             env.log(f"RESTORE_REPORT Restore Duration: {RESTORE_TIMEOUT_S * 1000:.2f} ms\tStatus: timeout\n")
             raise SnapStartTimeout("Lambda couldn't restore the snapshot within the timeout limit (10 seconds).") from exc
+        except FrameStreamRejected as rejected:  # the restored function's own doing, not the snapshot's
+            self._platform_output(env, env.release_output(to_function_log=False))
+            env.log(f"RESTORE_REPORT Status: error\t{rejected.describe()}\n")
+            raise SnapStartError(f"The runtime failed after restore: {rejected.describe()}") from rejected
         except EnvironmentDied as died:
             detail = criu_errors(env.container.bundle / "restore.log")
             self._platform_output(env, env.release_output(to_function_log=False))
@@ -428,6 +537,14 @@ class Worker:
             parts.append(f"Status: error\tError Type: {status}")
         return "\t".join(parts) + "\t\n"
 
+    def _too_large(self) -> bytes:
+        """Lambda's answer to a response over the limit (the environment reading it is destroyed:
+        the rest of the payload is never read)."""
+        return json.dumps({
+            "errorMessage": f"Response payload size exceeded maximum allowed payload size ({self.factory.config.limits.response_bytes} bytes).",
+            "errorType": "Function.ResponseSizeTooLarge",
+        }).encode()
+
     async def _run(self, env: Environment, request: InvokeRequest, phase: tuple[str, float] | None) -> tuple[InvokeOutcome, bool]:
         if phase is None:
             env.begin_capture()
@@ -453,6 +570,15 @@ class Worker:
             payload = json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": message}).encode()
             function_error, error_type = "Unhandled", "Sandbox.Timedout"
             env.log(f"{message}\n")
+        except FrameStreamRejected as rejected:  # the environment is destroyed (not healthy)
+            if rejected.oversized:
+                payload, function_error = self._too_large(), "Unhandled"
+            else:
+                payload = json.dumps({
+                    "errorType": "Runtime.ExitError",
+                    "errorMessage": f"RequestId: {request.request_id} Error: {rejected.describe()}",
+                }).encode()
+                function_error, error_type = "Unhandled", "Runtime.ExitError"
         except EnvironmentDied as died:
             kind = "Runtime.OutOfMemory" if died.oom else "Runtime.ExitError"
             payload = json.dumps({
@@ -461,12 +587,8 @@ class Worker:
             }).encode()
             function_error, error_type = "Unhandled", kind
         duration = (time.monotonic() - started) * 1000
-        if healthy and len(payload) > self.factory.config.limits.response_bytes:
-            payload = json.dumps({
-                "errorMessage": f"Response payload size exceeded maximum allowed payload size ({self.factory.config.limits.response_bytes} bytes).",
-                "errorType": "Function.ResponseSizeTooLarge",
-            }).encode()
-            function_error = "Unhandled"
+        if healthy and len(payload) > self.factory.config.limits.response_bytes:  # not read past the limit: defensive
+            payload, function_error, healthy = self._too_large(), "Unhandled", False
         env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, phase, error_type))
         init_ms = phase[1] if phase is not None and phase[0] == "Init" else None
         restore_ms = phase[1] if phase is not None and phase[0] == "Restore" else None

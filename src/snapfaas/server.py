@@ -188,6 +188,8 @@ class Server:
     def _snapshots(self, registry: Registry, factory: EnvironmentFactory, creds: EndpointCredentials) -> SnapshotManager:
         cfg = self.config
         status = engine.probe() if cfg.snapstart else engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
+        if cfg.sandbox_network == "isolated":
+            status = status.requiring_netns_patches()
         self.say(status.describe() if status.available else f"WARNING: {status.describe()} - SnapStart versions will fail to publish; everything else works")
         if status.available and status.binary:
             self.say(engine.prime_kernel_cache(status.binary))

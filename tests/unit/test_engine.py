@@ -25,3 +25,14 @@ def test_restore_environ_asks_for_mapping_only_when_wanted_and_supported() -> No
     assert engine.restore_environ(stock, "map") == {}
     assert "patches: map-pages-copy-on-write" in patched.describe()
     assert "no snapfaas patches" in stock.describe()
+
+
+def test_snapstart_in_own_network_namespaces_needs_the_netns_patches() -> None:
+    stock = engine.CriuStatus(True, "/usr/sbin/criu", "4.1.1", None, ("map-pages-copy-on-write",))
+    status = stock.requiring_netns_patches()
+    assert not status.available
+    assert "external-netns-of-another-userns" in (status.reason or "") and "--sandbox-network host" in (status.reason or "")
+    patched = engine.CriuStatus(True, "/usr/local/sbin/criu", "4.1.1", None, engine.EXTERNAL_NETNS_PATCHES)
+    assert patched.requiring_netns_patches() is patched
+    off = engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
+    assert off.requiring_netns_patches() is off

@@ -36,6 +36,7 @@ DUMP_CONFIG = "file-locks\n" + NETWORK_LOCK
 # dumps keep the full log for publish diagnostics.
 RESTORE_CONFIG = "file-locks\nverbosity=2\n" + NETWORK_LOCK
 MAP_PAGES_PATCH = "map-pages-copy-on-write"
+EXTERNAL_NETNS_PATCHES = ("network-lock-in-rpc-config", "external-netns-of-another-userns")
 KERNDAT_CACHE = Path("/run/criu.kdat")  # CRIU's compiled-in cache path (RUNDIR=/run)
 
 
@@ -60,6 +61,17 @@ class CriuStatus:
     def maps_pages(self) -> bool:
         """True if restores can map memory copy-on-write (see `restore_environ`)."""
         return MAP_PAGES_PATCH in self.patches
+
+    def requiring_netns_patches(self) -> CriuStatus:
+        """This status, made unavailable if the binary lacks the patches that checkpoint and
+        restore an environment in its own (external, host-owned) network namespace."""
+        missing = [p for p in EXTERNAL_NETNS_PATCHES if p not in self.patches]
+        if not self.available or not missing:
+            return self
+        return dataclasses.replace(self, available=False, reason=(
+            f"CRIU {self.version} at {self.binary} lacks snapfaas's patches {', '.join(missing)}, needed to snapshot "
+            "environments in their own network namespace (scripts/install-system-deps.sh builds them; "
+            "--sandbox-network host works without them)"))
 
     def describe(self) -> str:
         if self.available:

@@ -11,6 +11,7 @@ metadata endpoint), another environment, a host abstract Unix socket.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import socket
@@ -114,13 +115,19 @@ class Hello(BaseHTTPRequestHandler):
         return None
 
 
-def serve_on(sock: socket.socket) -> ThreadingHTTPServer:
+@contextlib.contextmanager
+def serving(sock: socket.socket) -> Iterator[int]:
+    """Serve `Hello` on `sock` (bound in a peer namespace) while the block runs; yields its port."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello, bind_and_activate=False)
     httpd.socket.close()
     httpd.socket = sock
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +151,8 @@ def run(lam, name: str, event: dict) -> object:  # type: ignore[no-untyped-def]
 
 
 def test_outbound_traffic_to_a_peer_goes_through_nat(lam, probe: str, netpeer: NetPeer) -> None:  # type: ignore[no-untyped-def]
-    httpd = serve_on(netpeer.listen())
-    try:
-        port = httpd.socket.getsockname()[1]
+    with serving(netpeer.listen()) as port:
         assert run(lam, probe, {"op": "fetch", "url": f"http://{netpeer.ip}:{port}/"}) == ["ok", "hello from the peer"]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_only_loopback_and_its_own_link(lam, probe: str) -> None:  # type: ignore[no-untyped-def]
@@ -181,23 +183,14 @@ def test_host_side_of_the_link_and_host_addresses_are_unreachable(lam, probe: st
 
 
 def test_link_local_metadata_address_is_blocked(lam, probe: str, metadata_peer: NetPeer) -> None:  # type: ignore[no-untyped-def]
-    httpd = serve_on(metadata_peer.listen(port=80, address=METADATA_IP))
-    try:
+    with serving(metadata_peer.listen(port=80, address=METADATA_IP)):
         with urllib.request.urlopen(f"http://{METADATA_IP}/latest/meta-data/", timeout=3) as r:
             assert r.read() == b"hello from the peer"  # reachable from the host: the route is real
         outcome = run(lam, probe, {"op": "fetch", "url": f"http://{METADATA_IP}/latest/meta-data/"})
         assert outcome[0] == "error", outcome  # type: ignore[index]
         # while the same peer's ordinary address is reachable (the block is for link-local only)
-        plain = serve_on(metadata_peer.listen())
-        try:
-            port = plain.socket.getsockname()[1]
+        with serving(metadata_peer.listen()) as port:
             assert run(lam, probe, {"op": "fetch", "url": f"http://{metadata_peer.ip}:{port}/"}) == ["ok", "hello from the peer"]
-        finally:
-            plain.shutdown()
-            plain.server_close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_other_environments_are_unreachable(lam, probe: str) -> None:  # type: ignore[no-untyped-def]

@@ -142,7 +142,7 @@ class Server:
         await env_runner.setup()
         network: NetworkPool | None = None
         if cfg.sandbox_network == "isolated":
-            network = NetworkPool(cfg.network_lock_dir, ready_target=min(cfg.max_environments, 8))
+            network = NetworkPool(cfg.network_lock_dir, ready_target=min(cfg.max_environments, 16))
             self.say(await asyncio.to_thread(network.setup))
             factory.network_pool = network
             factory.services = EnvironmentSites(env_runner)

@@ -259,6 +259,9 @@ class NetworkPool:
         self._lock = threading.Lock()
         self._filler: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._starting = 0  # environments between `acquire` and `started`
+        self._quiet = asyncio.Event()  # set while none is starting: background refills wait for it
+        self._quiet.set()
         self._removals: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -317,14 +320,26 @@ class NetworkPool:
 
     # -- the pool --------------------------------------------------------------------------
     async def acquire(self) -> PreparedNet:
+        """A prepared namespace; the caller reports `started` once its environment runs (or
+        failed to start), so that background refills do not compete with starting environments."""
+        self._starting += 1
+        self._quiet.clear()
         if self._ready:
             net = self._ready.popleft()
         else:
             net = await asyncio.to_thread(self._prepare_next, False)  # someone is waiting: full priority
         self._in_use[net.slot.name] = net
         if len(self._ready) < LOW_WATER:
-            self._wake.set()  # else refilled when an environment ends, not while this one starts
+            self._wake.set()  # else refilled once nothing is starting (`started`), not while this one starts
         return net
+
+    def started(self) -> None:
+        """One environment that acquired a namespace is running (or gave up starting)."""
+        self._starting = max(0, self._starting - 1)
+        if not self._starting:
+            self._quiet.set()
+            if len(self._ready) < self.ready_target:
+                self._wake.set()  # refill now that nothing competes for the CPU
 
     def release(self, net: PreparedNet) -> None:
         """Remove `net` in the background; its container must be gone. Idempotent."""
@@ -336,8 +351,12 @@ class NetworkPool:
         self._wake.set()
 
     async def _fill_loop(self) -> None:
+        """Keep `ready_target` namespaces prepared: one at a time, and only while no environment
+        is starting, unless fewer than `LOW_WATER` are left (a burst would otherwise find none)."""
         while True:
             while len(self._ready) < self.ready_target and not self._closing:
+                if len(self._ready) >= LOW_WATER:
+                    await self._quiet.wait()
                 try:
                     self._ready.append(await asyncio.to_thread(self._prepare_next))
                 except NetworkError as exc:

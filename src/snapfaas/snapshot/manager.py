@@ -155,6 +155,8 @@ class SnapshotManager:
         try:
             await env.container.start()
             env.start_readers()
+            if env.network is not None:
+                env.network.started()  # a publish's init may take minutes: do not hold background namespace work
             try:
                 frame = await env.next_frame(init_timeout)
                 await env.wait_mark("init")

@@ -79,12 +79,20 @@ class NetworkLease:
     services: EnvironmentServices | None
     handle: Any = None
     closed: bool = False
+    starting_done: bool = False
 
     @property
     def path(self) -> Path:
         return self.net.slot.path
 
+    def started(self) -> None:
+        """The environment runs (or gave up starting): background namespace work may resume."""
+        if not self.starting_done:
+            self.starting_done = True
+            self.pool.started()
+
     async def close(self) -> None:
+        self.started()
         if self.closed:
             return
         self.closed = True

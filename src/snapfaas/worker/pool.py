@@ -361,13 +361,17 @@ class Worker:
                 env.move(EnvState.BUSY)
                 if self._closing:  # close() ran while idle ones were being evicted
                     raise ServiceError("invoke failed at step 'create environment': the worker is shutting down")
-                if env.restore_from is not None:
-                    phase = ("Restore", await self._restore(env))
-                else:
-                    init = await self._boot(env, request)
-                    if isinstance(init, InvokeOutcome):
-                        return init
-                    phase = ("Init", init)
+                try:
+                    if env.restore_from is not None:
+                        phase = ("Restore", await self._restore(env))
+                    else:
+                        init = await self._boot(env, request)
+                        if isinstance(init, InvokeOutcome):
+                            return init
+                        phase = ("Init", init)
+                finally:
+                    if env.network is not None:
+                        env.network.started()  # background namespace work may go on
             outcome, healthy = await self._run(env, request, phase)
             return outcome
         finally:

@@ -139,9 +139,16 @@ class ServerHandle:
         )
 
     def runc_containers(self) -> list[str]:
-        out = subprocess.run(["runc", "--root", str(self.data_dir / "runc"), "list", "--format", "json"],
-                             capture_output=True, text=True, check=True)
-        return [c["id"] for c in json.loads(out.stdout or "null") or []]
+        """Container ids in the server's runc state. `runc list` fails when a container's state
+        disappears while it reads it (a deletion in progress): such a run is repeated."""
+        deadline = time.monotonic() + 10
+        while True:
+            out = subprocess.run(["runc", "--root", str(self.data_dir / "runc"), "list", "--format", "json"],
+                                 capture_output=True, text=True)
+            if out.returncode == 0:
+                return [c["id"] for c in json.loads(out.stdout or "null") or []]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"runc list kept failing: {out.stderr.strip()}")
 
 
 def require_root() -> None:

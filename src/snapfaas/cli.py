@@ -79,7 +79,7 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls-cert.")
 @click.option("--replay-cache", is_flag=True,
-              help="Refuse a second use of a request signature within its 15-minute validity window.")
+              help="Refuse a second use of a request signature within its validity window (5 minutes either side).")
 @click.option("--id-range-base", default=DEFAULT_BASE, show_default=True, type=int,
               help="First host uid/gid of the range sandboxes map to (must not overlap /etc/subuid or /etc/subgid).")
 @click.option("--id-range-slices", default=DEFAULT_SLICES, show_default=True, type=int,

@@ -124,9 +124,6 @@ GOOD = make_zip(echo_code("good"))
                      f"{UNZIP} (unsafe entry path 'lib/../../evil.py')", id="nested-dotdot-entry"),
         pytest.param(zip_with([("app.py", b"x"), ("/etc/evil.py", b"x")]), f"{UNZIP} (unsafe entry path '/etc/evil.py')",
                      id="absolute-entry"),
-        pytest.param(zip_with([("README", b"no handler module here")]),
-                     "Handler 'app.handler' refers to module 'app', but the deployment package has no app.py "
-                     "(or package) at its root.", id="handler-missing"),
     ],
 )
 def test_create_rejects_bad_packages(lam, unchanged, package: bytes, message: str) -> None:
@@ -152,9 +149,7 @@ def test_zip_lying_about_its_size_is_rejected(lam, unchanged) -> None:
 
 
 def test_update_code_rejects_bad_packages(lam, unchanged) -> None:
-    for package, message in [(b"junk", UNZIP), (zip_with([("other.py", b"x = 1\n")]),
-                              "Handler 'app.handler' refers to module 'app', but the deployment package has no app.py "
-                              "(or package) at its root.")]:
+    for package, message in [(b"junk", UNZIP)]:
         with pytest.raises(ClientError) as exc:
             lam.update_function_code(FunctionName="base", ZipFile=package)
         assert_error(exc, 400, "InvalidParameterValueException", message)
@@ -186,6 +181,9 @@ def test_rejected_update_with_new_code_leaves_no_package(lam, unchanged) -> None
         pytest.param(dict(MemorySize=32769), "ValidationException",
                      "1 validation error detected: Value '32769' at 'memorySize' failed to satisfy constraint: "
                      "Member must have value less than or equal to 32768", id="memory-high"),
+        pytest.param(dict(MemorySize=10241), "ValidationException",
+                     "'MemorySize' value failed to satisfy constraint: Member must have value less than or equal to 10240",
+                     id="memory-over-lambdas-quota"),
         pytest.param(dict(Timeout=0), "ValidationException",
                      "1 validation error detected: Value '0' at 'timeout' failed to satisfy constraint: "
                      "Member must have value greater than or equal to 1", id="timeout-low"),
@@ -223,9 +221,6 @@ def test_create_rejects_bad_configuration(loose, unchanged, kwargs: dict[str, An
                      "The runtime parameter of python2.7 is no longer supported for creating or updating AWS Lambda "
                      "functions. We recommend you use a supported runtime while creating or updating functions.",
                      id="runtime"),
-        pytest.param(dict(Handler="missing.handler"), "InvalidParameterValueException",
-                     "Handler 'missing.handler' refers to module 'missing', but the deployment package has no "
-                     "missing.py (or package) at its root.", id="handler"),
     ],
 )
 def test_update_configuration_rejects_bad_values(loose, unchanged, kwargs: dict[str, Any], code: str, message: str) -> None:

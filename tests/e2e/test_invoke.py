@@ -304,6 +304,20 @@ def test_import_module_error(lam) -> None:
     assert f"END RequestId: {request_id}" in tail and f"REPORT RequestId: {request_id}" in tail
 
 
+def test_missing_handler_module_is_accepted_and_fails_at_invoke(lam) -> None:
+    """As on Lambda, CreateFunction accepts a handler naming a module the package lacks."""
+    response, body = init_error(lam, "nomodule", {"other.py": "x = 1\n"}, handler="missing.handler")
+    assert body["errorType"] == "Runtime.ImportModuleError"
+    assert body["errorMessage"] == "Unable to import module 'missing': No module named 'missing'"
+    assert lam.get_function_configuration(FunctionName="nomodule")["State"] == "Active"
+
+
+def test_handler_without_a_dot_is_accepted_and_fails_at_invoke(lam) -> None:
+    _, body = init_error(lam, "nodot", {"app.py": "def handler(e, c):\n    return 1\n"}, handler="handler")
+    assert body["errorType"] == "Runtime.MalformedHandlerName"
+    assert body["errorMessage"].startswith("Bad handler 'handler'")
+
+
 def test_handler_not_found(lam) -> None:
     _, body = init_error(lam, "nohandler", {"app.py": "def handler(e, c):\n    return 1\n"}, handler="app.missing")
     assert body["errorType"] == "Runtime.HandlerNotFound"

@@ -238,44 +238,6 @@ def test_rejected_package_leaves_existing_artifacts_alone(store: ArtifactStore) 
     assert contents(store.trees) == []
 
 
-# -- handler lookup --------------------------------------------------------------------------
-@pytest.fixture
-def handler_pkg(store: ArtifactStore) -> str:
-    return store.ingest(make_zip({
-        "app.py": "",
-        "pkg/__init__.py": "",
-        "pkg/mod.py": "",
-        "sub/inner.py": "",
-        "nested/deep/m.py": "",
-        "ext.cpython-312-x86_64-linux-gnu.so": b"\x7fELF",
-        "notes.txt": "",
-    })).digest
-
-
-@pytest.mark.parametrize(
-    ("handler", "exists"),
-    [
-        ("app.handler", True),
-        ("pkg.handler", True),  # package __init__
-        ("pkg.mod.handler", True),
-        ("sub/inner.handler", True),
-        ("nested.deep.m.fn", True),
-        ("ext.handler", True),
-        ("missing.handler", False),
-        ("pkg.missing.handler", False),
-        ("notes.handler", False),
-        ("sub.handler", False),  # a directory without __init__.py is not a module here
-        ("inner.handler", False),
-    ],
-)
-def test_handler_file_exists(store: ArtifactStore, handler_pkg: str, handler: str, exists: bool) -> None:
-    assert store.handler_file_exists(handler_pkg, handler) is exists
-
-
-def test_handler_file_exists_degenerate_module(store: ArtifactStore, handler_pkg: str) -> None:
-    assert store.handler_file_exists(handler_pkg, "..handler") is False
-
-
 # -- garbage collection and re-extraction ----------------------------------------------------
 def test_collect_garbage(store: ArtifactStore) -> None:
     keep = store.ingest(make_zip({"app.py": "keep = 1\n"}))
@@ -309,10 +271,6 @@ def test_tree_reextracts_deleted_tree(store: ArtifactStore) -> None:
     assert (tree / "d" / "e.py").read_text() == "y = 2\n"
     assert stat.S_IMODE(tree.stat().st_mode) == 0o500
     assert contents(store.trees / "0") == [artifact.digest]
-    # handler lookup reads the zip: no tree needed
-    shutil.rmtree(tree)
-    assert store.handler_file_exists(artifact.digest, "app.handler")
-    assert not tree.exists()
 
 
 def test_tree_of_unknown_digest_is_not_created(store: ArtifactStore) -> None:

@@ -31,7 +31,7 @@ from snapfaas.errors import InvalidSignature, MissingAuthentication, Unrecognize
 from snapfaas.identity import TemporarySession
 from snapfaas.principals import Operator, Principal
 
-MAX_SKEW_S = 15 * 60
+MAX_SKEW_S = 5 * 60  # AWS's limit, either side of the server clock
 AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<akid>[^/\s,]+)/(?P<date>\d{8})/(?P<region>[^/\s,]+)/(?P<service>[^/\s,]+)/aws4_request,\s*"
     r"SignedHeaders=(?P<signed>[a-z0-9\-;.]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
@@ -64,6 +64,20 @@ UNSIGNED_REFUSED = (
     "x-amz-content-sha256 UNSIGNED-PAYLOAD is not accepted for requests with a body: "
     "sign the payload (send its SHA-256, or omit the header)."
 )
+
+
+def skew_error(amz_date: str, stamp: dt.datetime, now: dt.datetime) -> str | None:
+    """AWS's message for a request signed more than `MAX_SKEW_S` before or after `now`, else None."""
+    window = dt.timedelta(seconds=MAX_SKEW_S)
+    minutes = MAX_SKEW_S // 60
+    fmt = "%Y%m%dT%H%M%SZ"
+    if stamp < now - window:
+        return (f"Signature expired: {amz_date} is now earlier than {(now - window).strftime(fmt)} "
+                f"({now.strftime(fmt)} - {minutes} min.)")
+    if stamp > now + window:
+        return (f"Signature not yet current: {amz_date} is still later than {(now + window).strftime(fmt)} "
+                f"({now.strftime(fmt)} + {minutes} min.)")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +163,9 @@ class SigV4Verifier:
             stamp = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
         except ValueError as exc:
             raise InvalidSignature("X-Amz-Date header is missing or malformed") from exc
-        now = self.clock.now(dt.timezone.utc)
-        if abs((now - stamp).total_seconds()) > MAX_SKEW_S:
-            raise InvalidSignature(
-                f"Signature expired: {amz_date} is now earlier than {(now - dt.timedelta(seconds=MAX_SKEW_S)).strftime('%Y%m%dT%H%M%SZ')}"
-            )
+        skewed = skew_error(amz_date, stamp, self.clock.now(dt.timezone.utc))
+        if skewed is not None:
+            raise InvalidSignature(skewed)
         if amz_date[:8] != match["date"]:
             raise InvalidSignature("Credential date does not match X-Amz-Date")
         lowered = {k.lower(): v for k, v in headers.items()}

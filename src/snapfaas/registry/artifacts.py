@@ -211,24 +211,6 @@ class ArtifactStore:
                 for name in filenames:
                     os.chown(os.path.join(dirpath, name), owner, owner)
 
-    def handler_file_exists(self, digest: str, handler: str) -> bool:
-        """Whether the module named by `handler` (``pkg.mod.func``) exists in the package (read
-        from the zip's directory)."""
-        parts = handler.rpartition(".")[0].replace("/", ".").split(".")
-        if not all(parts):
-            return False
-        try:
-            with zipfile.ZipFile(self.root / f"{digest}.zip") as archive:
-                names = {info.filename for info in archive.infolist() if not info.is_dir()}
-        except (OSError, zipfile.BadZipFile):
-            return False
-        module = "/".join(parts)
-        package, _, leaf = module.rpartition("/")
-        prefix = f"{package}/" if package else ""
-        return f"{module}.py" in names or f"{module}/__init__.py" in names or any(
-            n.startswith(prefix + leaf + ".") and n.endswith(".so") and "/" not in n[len(prefix):] for n in names
-        )
-
     def discard(self, digest: str) -> None:
         """Delete one artifact (zip and every slice's tree); the caller guarantees no version
         references it."""

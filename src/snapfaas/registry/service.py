@@ -143,19 +143,17 @@ class ControlPlane:
                 self._spawn(self._finish_update(record.name), f"update-{record.name}")
 
     # -- input parsing ---------------------------------------------------------------------
-    async def _code(self, body: Mapping[str, Any], handler: str | None) -> CodeArtifact:
+    async def _code(self, body: Mapping[str, Any]) -> CodeArtifact:
         """Decode, validate and store the package in a worker thread (up to 250 MB unzipped:
-        never on the event loop). Call inside `_ingesting`."""
+        never on the event loop). Call inside `_ingesting`. Whether the package holds the
+        handler's module is not checked here: as on Lambda, a missing module or a malformed
+        handler fails at invoke (Runtime.ImportModuleError / Runtime.MalformedHandlerName)."""
         if "S3Bucket" in body or "S3Key" in body or "ImageUri" in body:
             raise InvalidParameterValue("Only ZipFile code is supported by this server (S3 and image packages are not).")
         raw = body.get("ZipFile")
         if not isinstance(raw, str) or not raw:
             raise InvalidParameterValue("Please provide a source for function code.")
-        artifact = await asyncio.to_thread(self._decode_and_ingest, raw)
-        if handler is not None:
-            with self._dropping_on_failure(artifact):
-                self._check_handler(artifact.digest, handler)
-        return artifact
+        return await asyncio.to_thread(self._decode_and_ingest, raw)
 
     def _decode_and_ingest(self, raw: str) -> CodeArtifact:
         """Runs in a worker thread: touches the artifact store only, never the registry."""
@@ -202,14 +200,6 @@ class ControlPlane:
         elif artifact.digest not in self.registry.referenced_digests():
             self.artifacts.discard(artifact.digest)
 
-    def _check_handler(self, digest: str, handler: str) -> None:
-        if not self.artifacts.handler_file_exists(digest, handler):
-            module = handler.rpartition(".")[0]
-            raise InvalidParameterValue(
-                f"Handler '{handler}' refers to module '{module}', but the deployment package has no "
-                f"{module.replace('.', '/')}.py (or package) at its root."
-            )
-
     @staticmethod
     def _apply_config(v: FunctionVersion, body: Mapping[str, Any], interpreters: InterpreterRegistry) -> None:
         if "Runtime" in body:
@@ -255,7 +245,7 @@ class ControlPlane:
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
-        artifact = await self._code(code, handler)
+        artifact = await self._code(code)
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
         with self._dropping_on_failure(artifact):
             self.registry.create_function(draft)
@@ -277,7 +267,7 @@ class ControlPlane:
 
     async def _update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
         self._guard_update(self.registry.get_version(name, LATEST))
-        artifact = await self._code(body, self.registry.get_version(name, LATEST).handler)
+        artifact = await self._code(body)
         with self._dropping_on_failure(artifact):  # re-checked: deleted or updated while we ingested?
             current = self.registry.get_version(name, LATEST)
             self._guard_update(current)
@@ -301,7 +291,6 @@ class ControlPlane:
         self._guard_update(current)
         draft = dataclasses.replace(current, environment=dict(current.environment))
         self._apply_config(draft, body, self.interpreters)
-        self._check_handler(draft.code_digest, draft.handler)
 
         def change(v: FunctionVersion) -> None:
             for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",

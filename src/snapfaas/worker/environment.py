@@ -77,8 +77,10 @@ class EnvironmentDied(Exception):
         status = self.exit_status
         if status == 0:
             return "Runtime exited without providing a reason"
-        if status is not None and status > 128 and status - 128 in SIGNAL_WORDS:
-            return f"Runtime exited with error: signal: {SIGNAL_WORDS[status - 128]}"
+        # runc reports a container killed by signal N as 128+N; runc itself killed by N is -N
+        signal_number = status - 128 if status is not None and status > 128 else (-status if status is not None and status < 0 else None)
+        if signal_number in SIGNAL_WORDS:
+            return f"Runtime exited with error: signal: {SIGNAL_WORDS[signal_number]}"
         return f"Runtime exited with error: exit status {status}"
 
 

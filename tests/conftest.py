@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 
 from snapfaas.bench.harness import zip_files
-from snapfaas.config import bundles_for, snapshot_cache_for
+from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
 from tests.netpeer import NetPeer
 
@@ -177,6 +177,7 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterat
         remove_tree(sandbox)
         remove_tree(bundles_for(sandbox))
         shutil.rmtree(snapshot_cache_for(sandbox), ignore_errors=True)  # snapshot RAM cache
+        remove_tree(run_dir_for(sandbox))  # the server's directory under /run/snapfaas
 
 
 @pytest.fixture(scope="session")

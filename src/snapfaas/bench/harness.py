@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from snapfaas.config import bundles_for, snapshot_cache_for
+from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.client import Connection
 from snapfaas.sandbox.mounts import remove_tree
 
@@ -104,6 +104,7 @@ class PrivateServer:
         remove_tree(self.sandbox)
         remove_tree(bundles_for(self.sandbox))
         shutil.rmtree(snapshot_cache_for(self.sandbox), ignore_errors=True)  # snapshot RAM cache
+        remove_tree(run_dir_for(self.sandbox))  # the server's directory under /run/snapfaas
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def client(self) -> Any:

@@ -39,7 +39,6 @@ Delivery is at least once: a daemon crash between delivery and removal from the 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import re
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.errors import InvalidParameterValue
+from snapfaas.worker.logs import utc_stamp
 
 # Lambda's DestinationArn pattern, as its ValidationException quotes it.
 DESTINATION_ARN_PATTERN = (r"$|kafka://([^.]([a-zA-Z0-9\-_.]{0,248}))|arn:(aws[a-zA-Z0-9-]*):([a-zA-Z0-9\-])+:"
@@ -100,11 +100,6 @@ def parse(arn: str, region: str, account: str) -> Destination:
     )
 
 
-def utc_timestamp(epoch: float) -> str:
-    stamp = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
 def _json_or_text(raw: bytes | None) -> Any:
     if not raw:
         return None
@@ -130,7 +125,7 @@ def invocation_record(
     """Lambda's invocation record; the response part only if `status` is given (the code ran)."""
     record: dict[str, Any] = {
         "version": "1.0",
-        "timestamp": utc_timestamp(now),
+        "timestamp": utc_stamp(now),
         "requestContext": {
             "requestId": request_id,
             "functionArn": function_arn,

@@ -101,10 +101,15 @@ def plan(block: int, index: int) -> NetSlot:
     return NetSlot(block, index, f"{prefix}n{index:04x}", f"{prefix}h{index:04x}", str(base + 1), str(base + 2))
 
 
+def table_name(block: int) -> str:
+    """The nftables table (family inet) of `block`."""
+    return f"snapfaas_{block_prefix(block)}"
+
+
 def ruleset(block: int) -> str:
     """The nftables table of `block` (pure): see the module docstring."""
     prefix = block_prefix(block)
-    table = f"snapfaas_{prefix}"
+    table = table_name(block)
     envs = f'"{prefix}h*"'
     forbidden = ", ".join((str(block_network(block)), str(SUBNET), *FORBIDDEN_V4))
     return f"""table inet {table} {{
@@ -175,9 +180,7 @@ def delete_namespace(path: Path) -> None:
 
 
 def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    _libc_call("enter network namespace", _libc.setns(fd, CLONE_NEWNET))
 
 
 def in_namespace(path: Path, action: Callable[[], object]) -> object:
@@ -243,11 +246,12 @@ class PreparedNet:
 class NetworkPool:
     """Prepared network namespaces of one server.
 
-    Contract: `start` claims a block, clears what a previous owner left in it, installs the
-    firewall and begins filling `ready_target` namespaces in a background thread; `acquire`
-    returns a ready one at once (or prepares one in a thread when the pool ran dry); `release`
-    removes a used namespace in the background (an environment's namespace is never reused);
-    `close` removes every namespace and the firewall table.
+    Contract: `setup` claims a block, clears what a previous owner left in it and installs the
+    firewall; `start` begins keeping `ready_target` namespaces prepared in the background;
+    `acquire` returns a ready one at once (or prepares one in a thread when the pool ran dry)
+    and `started` reports that its environment runs; `release` removes a used namespace in the
+    background (an environment's namespace is never reused); `close` removes every namespace
+    and the firewall table.
     """
 
     def __init__(self, lock_dir: Path, ready_target: int = 8) -> None:
@@ -277,7 +281,7 @@ class NetworkPool:
         NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
         removed = self._clear_block(block)
         _run("enable forwarding", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        table = f"snapfaas_{block_prefix(block)}"
+        table = table_name(block)
         subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
         _run("install firewall", ["nft", "-f", "-"], ruleset(block))
         note = f", removed {removed} left by a previous server" if removed else ""
@@ -285,13 +289,13 @@ class NetworkPool:
 
     @staticmethod
     def _clear_block(block: int) -> int:
+        """Remove what a previous owner of `block` left: its namespaces, and host veth ends
+        still there (the kernel tears a veth down with its namespace, asynchronously)."""
         prefix = block_prefix(block)
-        names = [p.name for p in NETNS_DIR.glob(f"{prefix}n*")] if NETNS_DIR.is_dir() else []
-        for name in names:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-        for line in links.splitlines():
-            ifname = line.split(":", 2)[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+        names = [p for p in NETNS_DIR.glob(f"{prefix}n*")] if NETNS_DIR.is_dir() else []
+        for path in names:
+            delete_namespace(path)
+        for ifname in os.listdir("/sys/class/net"):
             if ifname.startswith(f"{prefix}h"):
                 subprocess.run(["ip", "link", "delete", ifname], capture_output=True)
         return len(names)
@@ -314,7 +318,7 @@ class NetworkPool:
         for net in nets:
             self._remove(net)
         if self.block >= 0:
-            subprocess.run(["nft", "delete", "table", "inet", f"snapfaas_{block_prefix(self.block)}"], capture_output=True)
+            subprocess.run(["nft", "delete", "table", "inet", table_name(self.block)], capture_output=True)
             self._clear_block(self.block)
         self.claim.release()
 
@@ -377,9 +381,7 @@ class NetworkPool:
         try:
             return PreparedNet(slot, self._prepare(slot, background))
         except (NetworkError, OSError) as exc:
-            self._destroy(slot)
-            with self._lock:
-                self._free.append(index)
+            self._free_slot(slot)
             if isinstance(exc, NetworkError):
                 raise
             raise NetworkError(f"network setup failed at step 'configure namespace' for {slot.name}: {exc}") from exc
@@ -408,12 +410,12 @@ class NetworkPool:
 
     def _remove(self, net: PreparedNet) -> None:
         net.listener.close()
-        self._destroy(net.slot)
-        with self._lock:
-            self._free.append(net.slot.index)  # reused only after every other free slot
+        self._free_slot(net.slot)
 
-    @staticmethod
-    def _destroy(slot: NetSlot) -> None:
-        """Unpin the namespace: the kernel tears it down with its veth pair once its last
-        process and socket are gone (asynchronously; the slot's names are not reused soon)."""
+    def _free_slot(self, slot: NetSlot) -> None:
+        """Unpin the slot's namespace (the kernel tears it down with its veth pair once its last
+        process and socket are gone, asynchronously) and queue the slot for reuse after every
+        other free one, so its names are not reused while that may still run."""
         delete_namespace(slot.path)
+        with self._lock:
+            self._free.append(slot.index)

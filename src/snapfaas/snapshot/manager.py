@@ -142,13 +142,8 @@ class SnapshotManager:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
         why it failed. The environment is destroyed before this returns."""
         identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
-        network = await self.factory.network()
-        try:
+        async with self.factory.network_for_new_environment() as network:
             env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role), network)
-        except BaseException:
-            if network is not None:
-                await network.close()
-            raise
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))
         started = time.monotonic()
         env.log(f"INIT_START Runtime Version: {version.runtime}.snapfaas\tPhase: snapshot\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -204,6 +205,18 @@ class EnvironmentFactory:
                 await lease.close()
                 raise
         return lease
+
+    @contextlib.asynccontextmanager
+    async def network_for_new_environment(self) -> AsyncIterator[NetworkLease | None]:
+        """`network()` for the environment built in the block: closed again if the block
+        raises; otherwise the environment built with it owns it (`Environment.destroy`)."""
+        lease = await self.network()
+        try:
+            yield lease
+        except BaseException:
+            if lease is not None:
+                await lease.close()
+            raise
 
     def create(self, version: FunctionVersion, init_type: str = "on-demand",
                extra_environ: Mapping[str, str] | None = None, network: NetworkLease | None = None) -> Environment:

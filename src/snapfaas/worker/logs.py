@@ -32,8 +32,9 @@ FLUSH_WAIT_S = 30.0  # a reader waits at most this long for the writer (a stuck 
 LINE_OVERHEAD = 64  # bytes counted per queued line beyond its message (timestamp, stream, tabs)
 
 
-def utc_stamp() -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+def utc_stamp(epoch: float | None = None) -> str:
+    """ISO 8601 UTC with milliseconds (``2026-11-30T12:00:00.123Z``) of `epoch`, or of now."""
+    now = dt.datetime.now(dt.timezone.utc) if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 

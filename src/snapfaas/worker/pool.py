@@ -385,8 +385,7 @@ class Worker:
 
     async def _new_environment(self, version: FunctionVersion) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot."""
-        network = await self.factory.network()
-        try:
+        async with self.factory.network_for_new_environment() as network:
             if version.uses_snapshot and self.snapshots is not None:
                 lease = await self.snapshots.images(version)  # pinned in the RAM cache until the restore is over
                 try:
@@ -402,10 +401,6 @@ class Worker:
             env = self.factory.create(version, extra_environ=self.credentials.environ(identity, version.name, version.role), network=network)
             env.on_destroy.append(lambda: self.credentials.revoke(identity))
             return env
-        except BaseException:
-            if network is not None:
-                await network.close()
-            raise
 
     def _restored_environ(self, env: Environment) -> dict[str, str]:
         """What differs between copies of one snapshot, sent to the runtime with ``restore``:

@@ -52,8 +52,10 @@ def test_a_full_queue_drops_lines_and_says_how_many_once_drained(tmp_path: Path)
     lines = store.read("f")
     kept = sum(1 for line in lines if line.endswith("z" * 100))
     notices = [line for line in lines if "log lines dropped" in line]
-    assert len(notices) == 1
-    dropped = int(notices[0].split("\t")[2].split()[1])
+    # The writer may have taken a first batch (and the drops counted so far) before it blocked
+    # at the file lock: then a second notice counts the rest. Never more than that.
+    assert 1 <= len(notices) <= 2
+    dropped = sum(int(notice.split("\t")[2].split()[1]) for notice in notices)
     assert kept + dropped == 1000 and dropped > 0
     assert store.read("g")[0].endswith("first of g")
     store.close()

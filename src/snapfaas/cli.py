@@ -303,24 +303,34 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network"]), default="all")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "load"]), default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
-@click.option("--requests", default=400, show_default=True, type=int, help="platform: warm requests per path and concurrency.")
+@click.option("--requests", default=None, type=click.IntRange(min=1),
+              help="platform: warm requests per path and concurrency (default 400); load: invokes per row (default 10000).")
+@click.option("--concurrency", default="8,16,32", show_default=True, help="load: caller processes per row, comma-separated.")
+@click.option("--max-environments", default=None, type=click.IntRange(min=1),
+              help="load: the servers' --max-environments (default: each row's concurrency).")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, network: samples per figure.")
 @click.option("--only", multiple=True, help="snapstart: reference functions to run (stdlib, numpy-scipy, torch).")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
-def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str, ...], runtime_python: Path,
-          cold_cache: bool, out: Path) -> None:
+def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
+          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
-    from snapfaas.bench import network, platform, snapstart
+    from snapfaas.bench import mixed_traffic, network, platform, snapstart
 
+    try:
+        concurrencies = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}", param_hint="--concurrency") from None
+    if not concurrencies or min(concurrencies) < 1:
+        raise click.BadParameter(f"expected positive integers, got {concurrency!r}", param_hint="--concurrency")
     out.mkdir(parents=True, exist_ok=True)
     say = lambda s: err_console.print(s)  # noqa: E731
     if suite in ("all", "platform"):
-        result = platform.run(say, cold_runs=cold_runs, requests=requests)
+        result = platform.run(say, cold_runs=cold_runs, requests=requests or 400)
         _write_results(out, "platform", result, platform.markdown(result))
     if suite in ("all", "snapstart"):
         if not runtime_python.exists():
@@ -331,6 +341,10 @@ def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str,
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))
         _write_results(out, "network", result, network.markdown(result))
+    if suite in ("all", "load"):
+        result = mixed_traffic.run(say, requests=requests or 10_000, concurrencies=concurrencies,
+                                   max_environments=max_environments)
+        _write_results(out, "load", result, mixed_traffic.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:

@@ -252,6 +252,8 @@ class Worker:
             return
         waiting: collections.deque[AdmissionWaiter] = collections.deque()
         while self._admission_waiters:
+            if not self._closing and sum(self.inflight.values()) + self.publishing >= self.max_environments:
+                break  # nobody else fits: the rest keep their places
             waiter = self._admission_waiters.popleft()
             if waiter.future.done():
                 continue
@@ -262,6 +264,7 @@ class Worker:
                 waiter.future.set_result(None)
             else:
                 waiting.append(waiter)
+        waiting.extend(self._admission_waiters)
         self._admission_waiters = waiting
 
     def _live(self) -> int:
@@ -518,7 +521,9 @@ class Worker:
             raise
         finally:
             if not waiter.future.done():
-                waiter.future.cancel()  # `_grant_admissions` drops it
+                waiter.future.cancel()
+            with contextlib.suppress(ValueError):  # not left queued behind a full host
+                self._admission_waiters.remove(waiter)
 
     async def _place(self, key: PoolKey) -> Placement:
         """`_take` until the request has an environment or a slot to start one: destroys what

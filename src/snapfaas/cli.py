@@ -54,6 +54,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--no-auth", is_flag=True, help="Accept unsigned requests (local experiments only).")
 @click.option("--keep-alive", default=300.0, show_default=True, type=float, help="Seconds an idle environment is kept.")
 @click.option("--max-environments", default=32, show_default=True, type=int, help="Account concurrency limit.")
+@click.option("--admission-wait", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a request that finds a concurrency limit reached waits, queued, for a slot before "
+                   "answering 429 (0: at once, as Lambda).")
 @click.option("--region", default="us-east-1", show_default=True)
 @click.option("--sandbox-dir", type=click.Path(path_type=Path), default=None,
               help="Sandbox-visible derived state (default /var/lib/snapfaas/sandbox/<hash of data dir>).")
@@ -117,6 +120,7 @@ def serve(**opts: Any) -> None:
         runtimes=overrides,
         keep_alive_s=opts["keep_alive"],
         max_environments=opts["max_environments"],
+        admission_wait_s=opts["admission_wait"],
         sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
         snapshot_retention_s=parse_duration(opts["snapshot_retention"]),
         snapstart=not opts["no_snapstart"],

@@ -52,6 +52,7 @@ class ServerConfig:
     runtimes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     keep_alive_s: float = 300.0
     max_environments: int = 32
+    admission_wait_s: float = 1.0  # a request finding a concurrency limit reached waits this long for a slot before its 429
     sandbox_uid: int = 1000  # the function's uid (and gid) inside its user namespace
     id_range_base: int = DEFAULT_BASE  # first host id of the sandboxes' dedicated range (sandbox/ids.py)
     id_range_slices: int = DEFAULT_SLICES  # 65536-id slices in that range: one per function

@@ -116,7 +116,8 @@ class Server:
         identity = IdentityBroker()
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
-        worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env)
+        worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env,
+                        admission_wait_s=cfg.admission_wait_s)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)

@@ -96,6 +96,24 @@ def test_global_limit_throttles_the_third_concurrent_invoke(two_envs: ServerHand
     assert len(two_envs.runc_containers()) <= 2
 
 
+@pytest.fixture(scope="module")
+def queued(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    yield from custom_server(processes, tmp_path_factory, "queued",
+                             ["--max-environments", "2", "--keep-alive", "60", "--admission-wait", "120"])
+
+
+def test_requests_beyond_the_limit_wait_for_a_slot_and_reuse_the_environments(queued: ServerHandle) -> None:
+    """Six concurrent invokes, two slots, a long admission wait: all six are answered by the
+    same two environments (no 429, no third container)."""
+    lam = queued.client()
+    create(lam, "queued", {"app.py": SLEEPER})
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda _: invoke_json(lam, "queued", {"sleep": 0.5}), range(6)))
+    assert all("FunctionError" not in response for response, _ in outcomes), outcomes
+    assert len({body["env_id"] for _, body in outcomes}) <= 2
+    assert len(queued.runc_containers()) <= 2
+
+
 def test_full_pool_evicts_idle_environments_of_other_functions(two_envs: ServerHandle) -> None:
     """Two idle environments of `bounded` occupy the limit; another function still runs."""
     lam = two_envs.client()

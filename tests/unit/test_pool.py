@@ -11,7 +11,7 @@ import pytest
 
 from snapfaas.errors import Throttled
 from snapfaas.worker.environment import MOVES, EnvState
-from snapfaas.worker.pool import Pool, Worker, pool_key
+from snapfaas.worker.pool import Placement, Pool, Worker, pool_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,20 +75,34 @@ def make_worker(clock: Clock, max_environments: int = 4, keep_alive_s: float = 6
     return Worker(FakeFactory(clock), max_environments, keep_alive_s, clock=clock)  # type: ignore[arg-type]
 
 
+class MustWait(Exception):
+    """`_take` told the request to wait (the host is full and nothing may be evicted)."""
+
+    def __init__(self, placement: Placement) -> None:
+        super().__init__(f"wait until {placement.wait_until}")
+        self.placement = placement
+
+
 def acquire(worker: Worker, version: FakeVersion, reserved: int | None = None) -> tuple[FakeEnv, list[FakeEnv], bool]:
-    """The synchronous part of `Worker.invoke` up to a busy environment: (env, evicted, cold)."""
+    """The synchronous part of `Worker.invoke` up to a busy environment: (env, evicted, cold).
+    Raises `MustWait` (the request withdrawn) where `invoke` would wait."""
     worker._admit(version.name, reserved)
     key = pool_key(version)  # type: ignore[arg-type]
-    env, evict = worker._take(key)
-    if env is not None:
-        return env, evict, False  # type: ignore[return-value]
+    placement = worker._take(key)
+    if placement.env is not None:
+        return placement.env, placement.discard, False  # type: ignore[return-value]
+    if not placement.start:
+        worker._finish(version.name)
+        worker._drop_if_vacant(placement.pool)
+        raise MustWait(placement)
     try:
         env = worker.factory.create(version)  # type: ignore[arg-type]
     finally:
         worker.starting -= 1
+        placement.pool.starting -= 1
     worker.pools.setdefault(key, Pool(key)).busy.add(env)  # type: ignore[arg-type]
     env.move(EnvState.BUSY)
-    return env, evict, True  # type: ignore[return-value]
+    return env, placement.discard, True  # type: ignore[return-value]
 
 
 def serve(worker: Worker, version: FakeVersion, reserved: int | None = None) -> FakeEnv:
@@ -169,8 +183,9 @@ def test_cold_then_warm(clock: Clock) -> None:
 def test_take_counts_starting_environments(clock: Clock) -> None:
     worker = make_worker(clock)
     worker._admit("f", None)
-    assert worker._take(pool_key(F)) == (None, [])  # type: ignore[arg-type]
-    assert worker.starting == 1
+    placement = worker._take(pool_key(F))  # type: ignore[arg-type]
+    assert (placement.env, placement.start, placement.discard) == (None, True, [])
+    assert worker.starting == 1 and placement.pool.starting == 1
     assert pool_key(F) in worker.pools  # type: ignore[arg-type]
 
 
@@ -271,7 +286,8 @@ def test_eviction_at_capacity_picks_least_recently_used(clock: Clock) -> None:
     assert evict == [envs[1]]  # f's env released at t=1
     assert envs[1] not in worker.environments()
     assert len(worker.environments()) == 3
-    # the next one evicts g's env (t=2), removing g's now empty pool
+    # later (f and g unused since), the next one evicts g's env (t=2), removing g's now empty pool
+    clock.now += 10
     _, evict, _ = acquire(worker, FakeVersion("i"))
     assert evict == [envs[2]]
     assert pool_key(G) not in worker.pools  # type: ignore[arg-type]
@@ -290,6 +306,7 @@ def test_busy_environments_are_never_evicted(clock: Clock) -> None:
     worker = make_worker(clock, max_environments=2)
     busy, _, _ = acquire(worker, F)
     idle = serve(worker, G)
+    clock.now += 10  # old enough for anyone to evict
     _, evict, _ = acquire(worker, FakeVersion("h"))
     assert evict == [idle]
     assert busy in worker.environments()
@@ -379,7 +396,7 @@ def test_capacity_invariants_under_random_load(clock: Clock) -> None:
             reserved = 2 if version.name == "c" else None
             try:
                 env, evict, _ = acquire(worker, version, reserved)
-            except Throttled:
+            except (Throttled, MustWait):
                 throttled += 1
             else:
                 for e in evict:
@@ -413,6 +430,7 @@ def test_retired_busy_environments_count_against_capacity(clock: Clock) -> None:
     running.add(old)
     running.add(serve(worker, G))  # idle
     worker._retire("f", None)  # e.g. UpdateFunctionCode while `old` is still serving a request
+    clock.now += 10  # g's idle environment is old enough to evict
     env, evict, cold = acquire(worker, FakeVersion("h"))
     running -= set(evict)
     running.add(env)
@@ -489,6 +507,11 @@ def test_capacity_invariants_with_publishes_under_random_load(clock: Clock) -> N
         if action < 0.4:
             try:
                 env, evict, _ = acquire(worker, rng.choice(versions))
+            except MustWait as wait:
+                for e in wait.placement.discard:
+                    e.move(EnvState.DEAD)
+                worker._ended(len(wait.placement.discard))
+                continue
             except Throttled:
                 continue
             for e in evict:

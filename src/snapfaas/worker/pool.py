@@ -30,6 +30,9 @@ from snapfaas.worker.environment import (
 from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.worker.factory import EnvironmentFactory
+from snapfaas.worker.placement import (
+    MIN_IDLE_AGE_S, DemandAverage, IdleEnvironment, PoolLoad, choose_victim, next_eligible_at,
+)
 
 logger = logging.getLogger(__name__)
 PoolKey = tuple[str, str, str]  # function, version, revision id
@@ -89,25 +92,76 @@ class InvokeOutcome:
 
 
 class Pool:
-    """The environments of one version revision."""
+    """The environments of one version revision, and the requests waiting for one of them."""
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
         self.idle: list[Environment] = []  # most recently used last
         self.busy: set[Environment] = set()
+        self.starting = 0  # environments being created for this pool (also in `Worker.starting`)
+        # admitted requests waiting for an environment, first come first served: a released
+        # environment is handed to the first (result: the environment, still BUSY); a change
+        # elsewhere (a slot freed, an environment idle) resolves them all with None: look again
+        self.waiters: collections.deque[asyncio.Future[Environment | None]] = collections.deque()
+        self.demand_average = DemandAverage()  # sampled at every placement (`Worker._take`)
 
     def __repr__(self) -> str:
-        return f"<Pool {self.key[0]}:{self.key[1]} [{len(self.busy)} busy, {len(self.idle)} idle]>"
+        return (f"<Pool {self.key[0]}:{self.key[1]} [{len(self.busy)} busy, {len(self.idle)} idle,"
+                f" {self.starting} starting, {len(self.waiters)} waiting]>")
 
     def __len__(self) -> int:
         return len(self.idle) + len(self.busy)
+
+    @property
+    def vacant(self) -> bool:
+        """Nothing in it, nothing coming, nobody waiting: it may be dropped."""
+        return not self.idle and not self.busy and not self.starting and not self.waiters
+
+    def demand(self) -> int:
+        """Requests being served, starting an environment or waiting for one."""
+        return len(self.busy) + self.starting + len(self.waiters)
+
+    def load(self) -> PoolLoad:
+        """Size and demand (its average as last sampled) for `placement.choose_victim`."""
+        return PoolLoad(size=len(self) + self.starting, demand=self.demand_average.value)
+
+
+@dataclasses.dataclass
+class Placement:
+    """`Worker._take`'s answer for one request: an idle environment of its pool (`env`, now
+    BUSY), a reserved slot to start one in (`start`), or neither: wait for a handover or a
+    change, at the latest until `wait_until` (the worker's clock). `discard` lists environments
+    the caller must destroy first (dead idle ones, and those evicted for the new one)."""
+
+    pool: Pool
+    env: Environment | None = None
+    start: bool = False
+    wait_until: float | None = None
+    discard: list[Environment] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class AdmissionWaiter:
+    """A request queued for the concurrency limit; the future resolves once it is admitted."""
+
+    function: str
+    reserved: int | None
+    future: asyncio.Future[None]
 
 
 class Worker:
     """Routes invocations to environments, scaling out and reclaiming them.
 
     Parameters: `max_environments` bounds live environments and concurrent invocations
-    (the account concurrency limit); `keep_alive_s` is how long an idle environment is kept.
+    (the account concurrency limit); `keep_alive_s` is how long an idle environment is kept;
+    `admission_wait_s` is how long a request that finds a concurrency limit reached waits,
+    queued first come first served, for a slot before it is throttled (0: at once, as Lambda).
+
+    Placement (see `worker.placement`): a request reuses an idle environment of its own
+    version; if there is none and the host is full it waits for one of its own to be handed
+    over, unless another version's idle environment is evictable under the fair-share / idle
+    age rule. That wait is bounded by `placement.MIN_IDLE_AGE_S`: by then some idle environment
+    (there always is one for an admitted request) has become evictable.
     """
 
     def __init__(
@@ -117,12 +171,15 @@ class Worker:
         keep_alive_s: float,
         clock: Callable[[], float] = time.monotonic,
         credentials: Credentials | None = None,
+        admission_wait_s: float = 0.0,
     ) -> None:
         self.factory = factory
         self.credentials = credentials or NoCredentials()
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
+        self.admission_wait_s = admission_wait_s
+        self._admission_waiters: collections.deque[AdmissionWaiter] = collections.deque()
         self.clock = clock
         self.pools: dict[PoolKey, Pool] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
@@ -134,6 +191,7 @@ class Worker:
         # see RESTORE_SLOTS_PER_CPU; the queue wait counts as restore time
         self._restore_slots = asyncio.Semaphore(RESTORE_SLOTS_PER_CPU * max(1, os.cpu_count() or 1))
         self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # destroys started where nothing can await them
         self._closing = False
 
     def __repr__(self) -> str:
@@ -166,12 +224,48 @@ class Worker:
         return [e for p in self.pools.values() for e in (*p.idle, *p.busy)]
 
     # -- synchronous decisions -------------------------------------------------------------
-    def _admit(self, function: str, reserved: int | None) -> None:
+    def _admission_block(self, function: str, reserved: int | None) -> str | None:
+        """The limit that keeps a request of `function` out now (Lambda's reason), or None."""
         if reserved is not None and self.inflight[function] >= reserved:
-            raise Throttled("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+            return "ReservedFunctionConcurrentInvocationLimitExceeded"
         if sum(self.inflight.values()) + self.publishing >= self.max_environments:
-            raise Throttled("Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
+            return "ConcurrentInvocationLimitExceeded"
+        return None
+
+    def _admit(self, function: str, reserved: int | None) -> None:
+        """Count the request in, or raise `Throttled` with the limit's reason."""
+        reason = self._admission_block(function, reserved)
+        if reason is not None:
+            raise Throttled("Rate Exceeded.", reason)
         self.inflight[function] += 1
+
+    def _finish(self, function: str) -> None:
+        """An admitted request is over (its slot is handed on by the next `_wake`)."""
+        self.inflight[function] -= 1
+        if self.inflight[function] <= 0:
+            del self.inflight[function]
+
+    def _grant_admissions(self) -> None:
+        """Admit queued requests, oldest first, while their limits allow (a request blocked by
+        its function's reserved concurrency does not hold up other functions')."""
+        if not self._admission_waiters:
+            return
+        waiting: collections.deque[AdmissionWaiter] = collections.deque()
+        while self._admission_waiters:
+            if not self._closing and sum(self.inflight.values()) + self.publishing >= self.max_environments:
+                break  # nobody else fits: the rest keep their places
+            waiter = self._admission_waiters.popleft()
+            if waiter.future.done():
+                continue
+            if self._closing:
+                waiter.future.set_exception(ServiceError("invoke failed at step 'admit': the worker is shutting down"))
+            elif self._admission_block(waiter.function, waiter.reserved) is None:
+                self.inflight[waiter.function] += 1
+                waiter.future.set_result(None)
+            else:
+                waiting.append(waiter)
+        waiting.extend(self._admission_waiters)
+        self._admission_waiters = waiting
 
     def _live(self) -> int:
         """Environments that count against `max_environments`: pooled, starting, draining and
@@ -217,30 +311,80 @@ class Worker:
         self._wake()
 
     def _wake(self) -> None:
-        """Let queued publishes re-check for a slot (an environment ended or went idle)."""
+        """Something changed (a slot was freed, an environment ended or went idle): admit
+        queued requests, and let queued publishes and requests waiting for an environment
+        look again."""
+        self._grant_admissions()
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+        for pool in self.pools.values():
+            self._wake_waiters(pool)
 
-    def _take(self, key: PoolKey) -> tuple[Environment | None, list[Environment]]:
-        """An idle, live environment of `key` (now BUSY), or None (a slot is reserved in
-        `starting`); plus environments the caller must destroy: idle ones whose runtime died
-        while idle, and idle ones of other pools evicted to make room."""
+    @staticmethod
+    def _wake_waiters(pool: Pool) -> None:
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _take(self, key: PoolKey) -> Placement:
+        """Place one admitted request of `key` (see `Placement`): its pool's most recently used
+        live idle environment; else a new one if a slot is free; else a new one in place of
+        other pools' idle environments that `placement.choose_victim` allows evicting; else wait.
+        The caller must not be among the pool's waiters while it asks."""
+        if self._closing:
+            raise ServiceError("invoke failed at step 'place': the worker is shutting down")
         pool = self.pools.setdefault(key, Pool(key))
-        discard: list[Environment] = []
+        now = self.clock()
+        for other in self.pools.values():
+            other.demand_average.sample(other.demand() + (other is pool), now)
+        placement = Placement(pool)
         while pool.idle:
             env = pool.idle.pop()
             if env.state is EnvState.IDLE and env.alive:
                 env.move(EnvState.BUSY)
                 pool.busy.add(env)
-                self.ending += len(discard)
-                return env, discard
-            discard.append(env)
-        discard.extend(self._evict_for(1))
-        self.ending += len(discard)
-        self.starting += 1
-        return None, discard
+                placement.env = env
+                break
+            placement.discard.append(env)
+        else:
+            excess = self._live() + 1 - self.max_environments
+            victims = self._victims(pool, excess) if excess > 0 else []
+            if victims is None:
+                placement.wait_until = next_eligible_at(key, self._idle_elsewhere(key))
+            else:
+                for env in victims:
+                    self._forget(env)
+                placement.discard.extend(victims)
+                placement.start = True
+                self.starting += 1
+                pool.starting += 1
+        self.ending += len(placement.discard)
+        return placement
+
+    def _idle_elsewhere(self, key: PoolKey) -> list[IdleEnvironment[PoolKey, Environment]]:
+        """Idle environments of pools other than `key` (dead ones as if idle forever)."""
+        return [IdleEnvironment(other, env.last_used if env.alive else -math.inf, env)
+                for other, pool in self.pools.items() if other != key for env in pool.idle]
+
+    def _victims(self, pool: Pool, count: int) -> list[Environment] | None:
+        """`count` idle environments of other pools that may be evicted for a new environment
+        of `pool`, or None if there are not that many (the request waits)."""
+        idle = self._idle_elsewhere(pool.key)
+        loads = {key: other.load() for key, other in self.pools.items()}  # sampled by `_take`, the request deciding counted
+        chosen: list[Environment] = []
+        now = self.clock()
+        for _ in range(count):
+            victim = choose_victim(pool.key, loads, idle, self.max_environments, now)
+            if victim is None:
+                return None
+            idle.remove(victim)
+            old = loads[victim.pool]
+            loads[victim.pool] = PoolLoad(old.size - 1, old.demand)
+            chosen.append(victim.env)
+        return chosen
 
     def _forget(self, env: Environment) -> None:
         pool = self.pools.get(pool_key(env.version))
@@ -249,27 +393,38 @@ class Worker:
         if env in pool.idle:
             pool.idle.remove(env)
         pool.busy.discard(env)
-        if not pool and pool.key in self.pools and not pool.idle and not pool.busy:
+        if pool.vacant and self.pools.get(pool.key) is pool:
             del self.pools[pool.key]
 
     def _release(self, env: Environment, function: str, healthy: bool) -> bool:
-        """Return `env` to its pool; True if it must be destroyed instead."""
-        self.inflight[function] -= 1
-        if self.inflight[function] <= 0:
-            del self.inflight[function]
+        """The request `env` served (healthy: the environment can serve another) is over:
+        hand `env` to the first request waiting for its pool, or park it idle; True if it must
+        be destroyed instead."""
+        self._finish(function)
+        destroy = self._return(env, healthy)
+        self._wake()  # an idle environment can be evicted for a publish, a destroyed one frees a slot
+        return destroy
+
+    def _return(self, env: Environment, healthy: bool) -> bool:
+        """`env` (BUSY) serves no request any more: see `_release`."""
         self.draining.discard(env)
         pool = self.pools.get(pool_key(env.version))
         keep = healthy and not self._closing and pool is not None and env in pool.busy
-        if pool is not None:
-            pool.busy.discard(env)
-        self._wake()  # an idle environment can be evicted for a publish, a destroyed one frees a slot
         if keep and pool is not None:
+            while pool.waiters:
+                waiter = pool.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(env)  # handed over: stays BUSY in `pool.busy`
+                    return False
+            pool.busy.discard(env)
             env.move(EnvState.IDLE)
             env.last_used = self.clock()
             pool.idle.append(env)
             return False
-        if pool is not None and not pool:
-            self.pools.pop(pool.key, None)
+        if pool is not None:
+            pool.busy.discard(env)
+            if pool.vacant:
+                self.pools.pop(pool.key, None)
         self.ending += 1
         return True
 
@@ -290,6 +445,7 @@ class Worker:
         for key in [k for k in self.pools if k[0] == function and (version is None or k[1] == version)]:
             pool = self.pools.pop(key)
             out.extend(pool.idle)
+            self._wake_waiters(pool)  # they look again, and find (or make) the key's new pool
             # busy environments finish their request, then `_release` finds no pool and destroys them
             self.draining.update(pool.busy)
         self.ending += len(out)
@@ -339,23 +495,113 @@ class Worker:
                 logger.info("reclaiming %d idle environment(s)", len(expired))
                 await self._destroy(expired)
 
+    async def _admission(self, function: str, reserved: int | None) -> None:
+        """Count a request in (see `_admit`); if a limit is reached, wait queued up to
+        `admission_wait_s` for a slot, then raise `Throttled` with the limit's reason.
+        A function with reserved concurrency 0 is throttled at once."""
+        reason = self._admission_block(function, reserved)
+        if reason is None:
+            self.inflight[function] += 1
+            return
+        if self.admission_wait_s <= 0 or reserved == 0:
+            raise Throttled("Rate Exceeded.", reason)
+        waiter = AdmissionWaiter(function, reserved, asyncio.get_running_loop().create_future())
+        self._admission_waiters.append(waiter)
+        granted = lambda: waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None  # noqa: E731
+        try:
+            async with asyncio.timeout(self.admission_wait_s):
+                await waiter.future
+        except TimeoutError:
+            if not granted():  # else admitted just as the wait ran out
+                raise Throttled("Rate Exceeded.", self._admission_block(function, reserved) or reason) from None
+        except asyncio.CancelledError:
+            if granted():
+                self._finish(function)
+                self._wake()
+            raise
+        finally:
+            if not waiter.future.done():
+                waiter.future.cancel()
+            with contextlib.suppress(ValueError):  # not left queued behind a full host
+                self._admission_waiters.remove(waiter)
+
+    async def _place(self, key: PoolKey) -> Placement:
+        """`_take` until the request has an environment or a slot to start one: destroys what
+        the decisions hand out, waits (a handover, a change, or `wait_until`) when told to."""
+        while True:
+            placement = self._take(key)
+            try:
+                if placement.discard:
+                    await self._destroy(placement.discard)
+            except BaseException:
+                self._unplace(placement)
+                raise
+            if placement.env is not None or placement.start:
+                return placement
+            env = await self._wait_for_environment(placement)
+            if env is not None:
+                placement.env = env
+                return placement
+
+    async def _wait_for_environment(self, placement: Placement) -> Environment | None:
+        """Queue on the pool until an environment is handed over (returned) or something
+        changes or `wait_until` passes (None: take again)."""
+        pool = placement.pool
+        waiter: asyncio.Future[Environment | None] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        until = placement.wait_until if placement.wait_until is not None else self.clock() + MIN_IDLE_AGE_S
+        handed = lambda: waiter.done() and not waiter.cancelled() and waiter.exception() is None and waiter.result() is not None  # noqa: E731
+        try:
+            async with asyncio.timeout(max(0.0, until - self.clock()) + 0.001):
+                return await waiter
+        except TimeoutError:
+            return waiter.result() if handed() else None
+        except asyncio.CancelledError:
+            if handed():
+                self._unplace(Placement(pool, env=waiter.result()))
+            raise
+        finally:
+            if waiter in pool.waiters:
+                pool.waiters.remove(waiter)
+            if not waiter.done():
+                waiter.cancel()
+            self._drop_if_vacant(pool)
+
+    def _unplace(self, placement: Placement) -> None:
+        """Undo a placement whose request went away before using it."""
+        if placement.env is not None and self._return(placement.env, healthy=True):
+            task = asyncio.get_running_loop().create_task(self._destroy([placement.env]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if placement.start:
+            self.starting -= 1
+            placement.pool.starting -= 1
+            self._drop_if_vacant(placement.pool)
+        self._wake()
+
+    def _drop_if_vacant(self, pool: Pool) -> None:
+        if pool.vacant and self.pools.get(pool.key) is pool:
+            del self.pools[pool.key]
+
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
         """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
         if self._closing:
             raise ServiceError("invoke failed at step 'admit': the worker is shutting down")
-        self._admit(version.name, reserved)
+        await self._admission(version.name, reserved)
         env: Environment | None = None
         healthy = False
         try:
-            env, evict = self._take(pool_key(version))
-            if evict:
-                await self._destroy(evict)
+            placement = await self._place(pool_key(version))
+            env = placement.env
             phase: tuple[str, float] | None = None
             if env is None:
                 try:
                     env = await self._new_environment(version)
                 finally:
                     self.starting -= 1
+                    placement.pool.starting -= 1
+                    if env is None:
+                        self._drop_if_vacant(placement.pool)
                     self._wake()
                 self.pools.setdefault(pool_key(version), Pool(pool_key(version))).busy.add(env)
                 env.move(EnvState.BUSY)
@@ -379,9 +625,8 @@ class Worker:
                 if self._release(env, version.name, healthy):
                     await self._destroy([env])
             else:
-                self.inflight[version.name] -= 1
-                if self.inflight[version.name] <= 0:
-                    del self.inflight[version.name]
+                self._finish(version.name)
+                self._wake()
 
     async def _new_environment(self, version: FunctionVersion) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot."""

@@ -125,7 +125,8 @@ def run_row(concurrency: int, max_environments: int, qualifiers: Sequence[str], 
         say(f"  c={concurrency} max-environments={max_environments} {mix}: {requests} requests")
         traffic = run_traffic(server.connection, FUNCTION, qualifiers, concurrency, requests, aliases)
         log = server.connection.signed_get(f"/snapfaas/v1/logs/{FUNCTION}").decode(errors="replace").splitlines()
-        assert server.proc is not None
+        if server.proc is None:
+            raise RuntimeError("load row failed at step 'daemon RSS': the server has no process")
         row = summarize(traffic, environments_started(log), concurrency, max_environments, mix, peak_rss_kb(server.proc.pid))
     say(f"    answered {row['answered']}, 429 {row['throttled']}, lost {row['lost']}, mismatched {row['mismatched']}, "
         f"errors {row['error']}, environments {row['environments_created']}, {row['rps']} req/s")
@@ -193,7 +194,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['concurrency']} | {r['max_environments']} | {r['mix']} | {r['requests']} | {r['answered']} | "
             f"{r['throttled']} | {r['lost']} | {r['mismatched']} | {r['error']} | {r['environments_created']} "
             f"({r['cold_starts']} + {r['restores']}) | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | "
-            f"{r['rps_vs_baseline']}x | {r['daemon_peak_rss_mb']} MB |"
+            f"{'-' if r['rps_vs_baseline'] is None else str(r['rps_vs_baseline']) + 'x'} | {r['daemon_peak_rss_mb']} MB |"
         )
     mixed = [r for r in result["rows"] if r["mix"] == "mixed"]
     if mixed:

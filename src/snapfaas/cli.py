@@ -93,6 +93,12 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-cache-bytes", default=None,
               help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
                    "are evicted beyond it. Default: a quarter of MemTotal.")
+@click.option("--client-header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds a client has to send a whole request head once it started; then the connection is closed.")
+@click.option("--client-body-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Longest pause (seconds) between two chunks of a request body; then the upload is dropped.")
+@click.option("--client-idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds an idle keep-alive client connection is kept open.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -135,6 +141,9 @@ def serve(**opts: Any) -> None:
         subgid_file=opts["subgid_file"],
         log_max_bytes=log_cap,
         snapshot_cache_bytes=cache_budget,
+        client_header_timeout_s=opts["client_header_timeout"],
+        client_body_timeout_s=opts["client_body_timeout"],
+        client_idle_timeout_s=opts["client_idle_timeout"],
     )
     try:
         IdRange(opts["id_range_base"], opts["id_range_slices"])

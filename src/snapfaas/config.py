@@ -150,6 +150,11 @@ class ServerConfig:
         return bundles_for(self.sandbox_dir)
 
     @property
+    def uploads_dir(self) -> Path:
+        """Request bodies past 1 MiB wait here (unlinked files) until their signature is verified."""
+        return self.data_dir / "uploads"
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "state.db"
 

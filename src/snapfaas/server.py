@@ -95,6 +95,7 @@ class Server:
         for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
             private_dir(directory, 0o711)  # the sandboxes' mapped roots walk through to rootfs and images
         private_dir(cfg.network_lock_dir, 0o700)
+        private_dir(cfg.uploads_dir, 0o700)
         ssl_context = self._transport()
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
@@ -136,12 +137,12 @@ class Server:
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
         timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,
-                        limits=cfg.limits, timeouts=timeouts)
+                        limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir)
         runner = GuardedRunner(app, timeouts, access_log=None, handle_signals=False)
         await runner.setup()
         # what functions reach inside their own network namespace: always authenticated
         env_runner = GuardedRunner(build_app(services, SigV4Verifier(keys, temporary=identity.session),
-                                             limits=cfg.limits, timeouts=timeouts),
+                                             limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir),
                                    timeouts, access_log=None, handle_signals=False)
         await env_runner.setup()
         network: NetworkPool | None = None

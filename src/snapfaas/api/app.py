@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
 from aiohttp import web
 
 from snapfaas.api import access, aliases, event_configs, functions, permissions
 from snapfaas.api.auth import SigV4Verifier
-from snapfaas.api.bodies import BODY, MAX_REQUEST_BYTES, UploadAborted, body_of, read_body, route_limit
+from snapfaas.api.bodies import BODY, MAX_REQUEST_BYTES, UploadAborted, body_of, receive, route_limit
 from snapfaas.api.code import download_code
 from snapfaas.api.connections import ClientTimeouts, peer_of
 from snapfaas.api.context import SERVICES, Services, services
@@ -26,15 +27,18 @@ EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 
 
 def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None,
-              limits: Limits | None = None, timeouts: ClientTimeouts | None = None) -> web.Application:
+              limits: Limits | None = None, timeouts: ClientTimeouts | None = None,
+              spool_dir: Path | None = None) -> web.Application:
     """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
-    of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies
-    (`snapfaas.api.bodies`).
+    of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies, whose
+    bytes past 1 MiB wait in `spool_dir` (default: the system's temporary directory) until
+    their signature is verified (`snapfaas.api.bodies`).
 
     Order for a signed route: headers checked (no body read yet), the declared length checked
-    against the route's limit, the body read (bounded, with an idle timeout), payload hash and
-    signature verified, replay checked, the caller authorized (`access.authorize_request`),
-    then the handler runs. Unsigned routes (health, credentials, code links) read no body.
+    against the route's limit, the body received (bounded, with an idle timeout, hashed as it
+    streams), payload hash and signature verified, replay checked, the caller authorized
+    (`access.authorize_request`), the body loaded into memory, then the handler runs.
+    Unsigned routes (health, credentials, code links) read no body.
     """
     body_limits = limits or Limits()
     body_idle_s = (timeouts or ClientTimeouts()).body_s
@@ -47,12 +51,16 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
                 pending = None
                 if verifier is not None:
                     pending = verifier.check_headers(request.method, request.raw_path, request.headers)
-                request[BODY] = await read_body(request, route_limit(_operation(request), body_limits), body_idle_s)
-                if pending is not None:
-                    principal = pending.verify(body_of(request))
-                    if replay is not None:
-                        replay.admit(pending.signature, pending.signed_at)
-                    access.authorize_request(request, principal)
+                upload = await receive(request, route_limit(_operation(request), body_limits), body_idle_s, spool_dir)
+                try:
+                    if pending is not None:
+                        principal = pending.verify_payload(upload.sha256, upload.size)
+                        if replay is not None:
+                            replay.admit(pending.signature, pending.signed_at)
+                        access.authorize_request(request, principal)
+                    request[BODY] = await upload.contents()  # only now, verified, in memory
+                finally:
+                    upload.close()
             response = await handler(request)
         except SnapfaasError as err:
             return error_response(err, request_id)

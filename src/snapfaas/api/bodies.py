@@ -10,13 +10,21 @@ nothing for `ClientTimeouts.body_s`, or disconnects, ends the read with `UploadA
 (the caller logs one line and closes the connection: there is nobody to answer).
 
 The body is read only after the request's headers passed the signature checks that need no
-body (`snapfaas.api.auth.SigV4Verifier.check_headers`); handlers get it with `body_of`.
+body (`snapfaas.api.auth.SigV4Verifier.check_headers`). Those cannot tell a forged signature
+from a good one (key ids are not secret), so an `Upload` keeps at most `SPOOL_THRESHOLD`
+bytes in memory and streams the rest to an unlinked file in the spool directory, hashing as
+it goes: the signature is verified from the digest, and only a verified body is loaded into
+memory (`Upload.contents`). Handlers get it with `body_of`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -25,6 +33,7 @@ from snapfaas.errors import RequestTooLarge
 
 MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
 CONTROL_REQUEST_BYTES = 1024 * 1024  # every other control-plane operation (their JSON is a few KB)
+SPOOL_THRESHOLD = 1024 * 1024  # a body past this goes to a file until its signature is verified
 LARGE_OPERATIONS = frozenset({"CreateFunction", "UpdateFunctionCode"})
 PAYLOAD_OPERATIONS = frozenset({"InvokeFunction", "Echo"})
 BODY = web.RequestKey("body", bytes)
@@ -65,24 +74,81 @@ def check_declared_length(request: web.BaseRequest, limit: RouteLimit) -> None:
         raise limit.refusal()
 
 
-async def read_body(request: web.BaseRequest, limit: RouteLimit, idle_s: float) -> bytes:
-    """The whole body, at most `limit.max_bytes`; raises `RequestTooLarge` or `UploadAborted`."""
+class Upload:
+    """A request body being received: its size, its SHA-256, and the bytes (in memory up to
+    `SPOOL_THRESHOLD`, then in an unlinked file under `spool_dir`). Close it when done."""
+
+    def __init__(self, spool_dir: Path | None) -> None:
+        self.spool_dir = spool_dir
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._memory = bytearray()
+        self._file: BinaryIO | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    @property
+    def spooled(self) -> bool:
+        return self._file is not None
+
+    def feed(self, chunk: bytes) -> None:
+        """Append `chunk` (a page-cache write once spooled: it does not wait for the disk)."""
+        self.size += len(chunk)
+        self._digest.update(chunk)
+        if self._file is None and len(self._memory) + len(chunk) <= SPOOL_THRESHOLD:
+            self._memory += chunk
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self.spool_dir, prefix="upload-")
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        self._file.write(chunk)
+
+    async def contents(self) -> bytes:
+        """The whole body (read back from the spool file in a thread if spooled)."""
+        if self._file is None:
+            return bytes(self._memory)
+        spool = self._file
+        return await asyncio.to_thread(_read_back, spool)
+
+    def close(self) -> None:
+        self._memory = bytearray()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _read_back(spool: BinaryIO) -> bytes:
+    spool.flush()
+    spool.seek(0)
+    return spool.read()
+
+
+async def receive(request: web.BaseRequest, limit: RouteLimit, idle_s: float, spool_dir: Path | None = None) -> Upload:
+    """The whole body as an `Upload` of at most `limit.max_bytes`; raises `RequestTooLarge`
+    (before reading anything when ``Content-Length`` says so) or `UploadAborted`."""
     check_declared_length(request, limit)
     expected = request.content_length
-    buffer = bytearray()
-    while True:
-        try:
-            async with asyncio.timeout(idle_s):
-                chunk = await request.content.readany()
-        except TimeoutError as exc:
-            raise UploadAborted(f"no body data for {idle_s:g} s", len(buffer), expected) from exc
-        except (ConnectionError, web.RequestPayloadError) as exc:  # aborted, or ended short of Content-Length
-            raise UploadAborted(f"client disconnected ({type(exc).__name__})", len(buffer), expected) from exc
-        if not chunk:
-            return bytes(buffer)
-        if len(buffer) + len(chunk) > limit.max_bytes:
-            raise limit.refusal()
-        buffer += chunk
+    upload = Upload(spool_dir)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    chunk = await request.content.readany()
+            except TimeoutError as exc:
+                raise UploadAborted(f"no body data for {idle_s:g} s", upload.size, expected) from exc
+            except (ConnectionError, web.RequestPayloadError) as exc:  # aborted, or ended short of Content-Length
+                raise UploadAborted(f"client disconnected ({type(exc).__name__})", upload.size, expected) from exc
+            if not chunk:
+                return upload
+            if upload.size + len(chunk) > limit.max_bytes:
+                raise limit.refusal()
+            upload.feed(chunk)
+    except BaseException:
+        upload.close()
+        raise
 
 
 def body_of(request: web.Request) -> bytes:

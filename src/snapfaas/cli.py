@@ -312,7 +312,7 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network"]), default="all")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "clients"]), default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=400, show_default=True, type=int, help="platform: warm requests per path and concurrency.")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, network: samples per figure.")
@@ -340,6 +340,11 @@ def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str,
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))
         _write_results(out, "network", result, network.markdown(result))
+    if suite == "clients":  # slow and aborted uploads: daemon RSS (not part of "all")
+        from snapfaas.bench import clients
+
+        result = clients.run(say)
+        _write_results(out, "clients", result, clients.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:

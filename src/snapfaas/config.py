@@ -151,7 +151,7 @@ class ServerConfig:
 
     @property
     def uploads_dir(self) -> Path:
-        """Request bodies past 1 MiB wait here (unlinked files) until their signature is verified."""
+        """Request bodies past 256 KiB wait here (unlinked files) until their signature is verified."""
         return self.data_dir / "uploads"
 
     @property

@@ -31,7 +31,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
               spool_dir: Path | None = None) -> web.Application:
     """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
     of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies, whose
-    bytes past 1 MiB wait in `spool_dir` (default: the system's temporary directory) until
+    bytes past 256 KiB wait in `spool_dir` (default: the system's temporary directory) until
     their signature is verified (`snapfaas.api.bodies`).
 
     Order for a signed route: headers checked (no body read yet), the declared length checked

@@ -11,6 +11,8 @@ closed with one log line. Invariants only: deadlines are guards, not timing asse
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import time
 import urllib.request
@@ -18,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from snapfaas.bench.clients import SCENARIOS, UNKNOWN_KEY, RssSampler, Scenario, rss_bytes, start_uploads, wait_closed
+from snapfaas.bench.clients import (SCENARIOS, UNKNOWN_KEY, RssSampler, Scenario, rss_bytes, start_uploads, upload_head,
+                                    wait_closed)
 from tests.conftest import ACCESS_KEY, ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 
 MIB = 1024 * 1024
@@ -113,3 +116,44 @@ def test_a_trickled_request_head_is_closed_with_one_log_line(slow_server: Server
     assert len(lines) == 1 and "127.0.0.1:" in lines[0]
     with urllib.request.urlopen(slow_server.endpoint + "/snapfaas/v1/health", timeout=DEADLINE_S) as health:
         assert health.status == 200  # still serving
+
+
+TRICKLER = '''
+import os, socket, time
+from urllib.parse import urlsplit
+
+def handler(event, context):
+    url = urlsplit(os.environ["AWS_ENDPOINT_URL_LAMBDA"])
+    sock = socket.create_connection((url.hostname, url.port), timeout=60)
+    sock.sendall(b"GET /2015-03-31/functions HTTP/1.1\\r\\nHost: x\\r\\n")
+    for _ in range(60):  # one header line a second, never the blank line
+        try:
+            sock.sendall(b"X-Trickle: 1\\r\\n")
+        except OSError:
+            return "closed by the daemon"
+        time.sleep(1)
+    return "still open"
+'''
+
+
+def test_an_environment_listener_closes_a_trickled_head_too(slow_server: ServerHandle) -> None:
+    lam = slow_server.client()
+    create(lam, "trickler", {"app.py": TRICKLER}, Timeout=90)
+    before = len(log_lines(slow_server, "request head incomplete"))
+    response, body = invoke_json(lam, "trickler")
+    assert "FunctionError" not in response, body
+    assert body == "closed by the daemon"
+    lines = wait_for_lines(slow_server, "request head incomplete", before + 1)[before:]
+    assert len(lines) == 1
+
+
+def test_an_invoke_declaring_more_than_6_mb_is_refused_before_its_body(slow_server: ServerHandle, echo: str) -> None:
+    head = upload_head(slow_server.port, ACCESS_KEY).replace(b"POST /2015-03-31/functions ",
+                                                             f"POST /2015-03-31/functions/{echo}/invocations ".encode())
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=DEADLINE_S) as sock:
+        sock.sendall(head)  # declares 60 MB, sends none of it
+        response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+        response.begin()
+        body = json.loads(response.read())
+    assert (response.status, response.getheader("x-amzn-ErrorType")) == (413, "RequestEntityTooLargeException")
+    assert body["message"] == "Request must be smaller than 6291456 bytes for the InvokeFunction operation"

@@ -195,6 +195,20 @@ def test_an_idle_keep_alive_connection_is_closed(listener: Listener, caplog: pyt
     assert records(caplog, "request head incomplete") == []  # idle is not a slow head
 
 
+def test_a_body_sent_after_its_head_is_not_taken_for_a_new_head(listener: Listener,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    body = b'{"late": true}'
+    sock = listener.connect()
+    with sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head("POST", ECHO, body))
+        time.sleep(0.2)  # the client's own pace: the body travels in a segment of its own
+        sock.sendall(body)
+        assert read_response(sock)[:1] == (200,)
+        assert closed_by_server(sock)  # by the idle timeout
+    assert records(caplog, "request head incomplete") == []
+
+
 # -- bodies ----------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,9 @@ head clock to aiohttp's `RequestHandler`. Each connection is in one of three sta
   it is still incomplete `ClientTimeouts.header_s` after its first byte;
 - ``request``: the head is complete; the body is read by `snapfaas.api.bodies` under its own
   idle timeout (`ClientTimeouts.body_s` between chunks), the response is written, and once the
-  request's body has ended the next byte starts a new head.
+  request's body has ended the next byte starts a new head. (Whether bytes belong to a body is
+  decided before they are parsed: a segment that ends one body and starts a pipelined head is
+  not timed as a head; the idle timer still bounds it.)
 
 `GuardedRunner` is an `aiohttp.web.AppRunner` whose connections are such handlers; the public
 API and every environment listener (`snapfaas.api.sites`) are served through one.
@@ -75,11 +77,12 @@ class GuardedRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
+        between_requests = self._body is None or self._body.is_eof()  # decided before these bytes are parsed
         super().data_received(data)
         if self._request_count != heads:  # one or more heads completed
             self._stop_head_clock()
             self._body = self._messages[-1][1] if self._messages else None
-        elif data and (self._body is None or self._body.is_eof()):  # bytes of a new head
+        elif data and between_requests:  # bytes of a new head (a body's last bytes are not)
             self._head_bytes += len(data)
             if self._head_clock is None and self.transport is not None:
                 self._head_clock = self._loop.call_later(self.timeouts.header_s, self._head_timed_out)

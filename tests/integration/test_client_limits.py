@@ -35,6 +35,11 @@ from tests.conftest import ACCESS_KEY, SECRET_KEY, free_port
 DEADLINE_S = 30  # a guard against hanging forever, not a timing assertion
 PAYLOAD_LIMIT = 4 * 1024 * 1024
 ECHO = "/snapfaas/v1/echo"
+READ_JSON = "/test/read-json"
+
+
+async def _read_json(request: web.Request) -> web.Response:
+    return web.json_response({"read": await request.json()})
 
 
 @dataclasses.dataclass
@@ -51,6 +56,7 @@ def listener(tmp_path: Path) -> Iterator[Listener]:
     timeouts = ClientTimeouts(header_s=1.0, body_s=1.0, idle_s=2.0)
     app = build_app(object(), SigV4Verifier({ACCESS_KEY: SECRET_KEY}),  # type: ignore[arg-type]
                     limits=Limits(sync_payload_bytes=PAYLOAD_LIMIT), timeouts=timeouts, spool_dir=tmp_path)
+    app.router.add_post(READ_JSON, _read_json)  # a handler using aiohttp's own request.json()
     loop = asyncio.new_event_loop()
     runner = GuardedRunner(app, timeouts, access_log=None)
     port = free_port()
@@ -268,6 +274,15 @@ def test_a_large_signed_body_is_spooled_then_served(listener: Listener) -> None:
         status, _, echoed = read_response(sock)
     assert (status, echoed) == (200, body)
     assert list(listener.spool.iterdir()) == []
+
+
+def test_handlers_may_still_read_the_body_with_aiohttp(listener: Listener) -> None:
+    body = json.dumps({"blob": "r" * (2 * SPOOL_THRESHOLD)}).encode()  # spooled, then loaded
+    sock = listener.connect()
+    with sock:
+        sock.sendall(head("POST", READ_JSON, body) + body)
+        status, _, answer = read_response(sock)
+    assert (status, json.loads(answer)) == (200, {"read": json.loads(body)})
 
 
 def test_a_forged_signature_over_a_large_body_is_refused_and_nothing_kept(listener: Listener) -> None:

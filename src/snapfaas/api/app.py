@@ -10,7 +10,7 @@ from aiohttp import web
 
 from snapfaas.api import access, aliases, event_configs, functions, permissions
 from snapfaas.api.auth import SigV4Verifier
-from snapfaas.api.bodies import BODY, MAX_REQUEST_BYTES, UploadAborted, body_of, receive, route_limit
+from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
 from snapfaas.api.connections import ClientTimeouts, peer_of
 from snapfaas.api.context import SERVICES, Services, services
@@ -43,24 +43,28 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     body_limits = limits or Limits()
     body_idle_s = (timeouts or ClientTimeouts()).body_s
 
+    async def admit(request: web.Request) -> None:
+        """Authenticate and authorize a signed route's request, receiving its body on the way."""
+        pending = None
+        if verifier is not None:
+            pending = verifier.check_headers(request.method, request.raw_path, request.headers)
+        upload = await receive(request, route_limit(_operation(request), body_limits), body_idle_s, spool_dir)
+        try:
+            if pending is not None:
+                principal = pending.verify_payload(upload.sha256, upload.size)
+                if replay is not None:
+                    replay.admit(pending.signature, pending.signed_at)
+                access.authorize_request(request, principal)
+            keep_body(request, await upload.contents())  # only now, verified, in memory
+        finally:
+            upload.close()
+
     @web.middleware
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
             if not _unsigned_allowed(request.path):
-                pending = None
-                if verifier is not None:
-                    pending = verifier.check_headers(request.method, request.raw_path, request.headers)
-                upload = await receive(request, route_limit(_operation(request), body_limits), body_idle_s, spool_dir)
-                try:
-                    if pending is not None:
-                        principal = pending.verify_payload(upload.sha256, upload.size)
-                        if replay is not None:
-                            replay.admit(pending.signature, pending.signed_at)
-                        access.authorize_request(request, principal)
-                    request[BODY] = await upload.contents()  # only now, verified, in memory
-                finally:
-                    upload.close()
+                await admit(request)
             response = await handler(request)
         except SnapfaasError as err:
             return error_response(err, request_id)

@@ -151,6 +151,13 @@ async def receive(request: web.BaseRequest, limit: RouteLimit, idle_s: float, sp
         raise
 
 
+def keep_body(request: web.Request, body: bytes) -> None:
+    """Hand the received `body` to the handler: `body_of(request)`, and aiohttp's own
+    ``await request.read()`` / ``.json()`` (whose stream the middleware has consumed) answer it."""
+    request[BODY] = body
+    request._read_bytes = body  # aiohttp's cache of the body read (pinned aiohttp; tested)
+
+
 def body_of(request: web.Request) -> bytes:
-    """The body the middleware read (`read_body`) before the handler ran."""
+    """The body the middleware received (`receive`) before the handler ran."""
     return request.get(BODY, b"")

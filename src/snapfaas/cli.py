@@ -96,6 +96,12 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-cache-bytes", default=None,
               help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
                    "are evicted beyond it. Default: a quarter of MemTotal.")
+@click.option("--client-header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds a client has to send a whole request head once it started; then the connection is closed.")
+@click.option("--client-body-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Longest pause (seconds) between two chunks of a request body; then the upload is dropped.")
+@click.option("--client-idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds an idle keep-alive client connection is kept open.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -139,6 +145,9 @@ def serve(**opts: Any) -> None:
         subgid_file=opts["subgid_file"],
         log_max_bytes=log_cap,
         snapshot_cache_bytes=cache_budget,
+        client_header_timeout_s=opts["client_header_timeout"],
+        client_body_timeout_s=opts["client_body_timeout"],
+        client_idle_timeout_s=opts["client_idle_timeout"],
     )
     try:
         IdRange(opts["id_range_base"], opts["id_range_slices"])
@@ -307,7 +316,7 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network"]), default="all")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "clients"]), default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=400, show_default=True, type=int, help="platform: warm requests per path and concurrency.")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, network: samples per figure.")
@@ -335,6 +344,11 @@ def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str,
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))
         _write_results(out, "network", result, network.markdown(result))
+    if suite == "clients":  # slow and aborted uploads: daemon RSS (not part of "all")
+        from snapfaas.bench import clients
+
+        result = clients.run(say)
+        _write_results(out, "clients", result, clients.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:

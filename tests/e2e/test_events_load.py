@@ -4,8 +4,9 @@ Every run of a function is counted outside the sandbox and outside every snapsho
 calls a `Counter` in the suite's network peer with the event's own id (``/run/<id>``), before it
 does anything else. A count of 1 is one run; 0 is a lost event; 2 a repeated one.
 
-* many events from several concurrent callers to a function with reserved concurrency 1 (most
-  attempts are throttled): each runs exactly once, none is dropped;
+* many events from several concurrent callers to a function with reserved concurrency 1, whose
+  only slot synchronous invokes also take (event attempts get throttled): each runs exactly
+  once, none is dropped;
 * events sent while a snapshot is being re-created run once it is Active again;
 * events to a published version whose snapshot cannot be created (its init fails) go to the
   on-failure destination and the logs with their reason, after no run and without waiting for
@@ -18,6 +19,7 @@ with ``--event-retry-base 0.05``: the throttle backoff goes from 50 ms to 15 s.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import shutil
@@ -116,15 +118,29 @@ def test_concurrent_callers_events_under_reserved_concurrency_1_all_run_exactly_
         own = server.client()  # each caller its own client and connection pool
         return [send(own, "single", f"c{c}-{i}") for i in range(PER_CALLER)]
 
-    with concurrent.futures.ThreadPoolExecutor(CALLERS) as pool:
+    def sync_caller() -> collections.Counter[str]:
+        """Synchronous invokes take the only slot now and then: event attempts get throttled."""
+        own, answers = server.client(), collections.Counter[str]()
+        for i in range(10):
+            try:
+                response = own.invoke(FunctionName="single", Payload=json.dumps({"id": f"sync{i}"}).encode())
+                answers["FunctionError" if "FunctionError" in response else "ok"] += 1
+            except own.exceptions.TooManyRequestsException:
+                answers["throttled"] += 1
+        return answers
+
+    with concurrent.futures.ThreadPoolExecutor(CALLERS + 1) as pool:
+        sync = pool.submit(sync_caller)
         ids = [i for batch in pool.map(caller, range(CALLERS)) for i in batch]
+        answers = sync.result()
     assert len(set(ids)) == CALLERS * PER_CALLER
+    assert "FunctionError" not in answers and sum(answers.values()) == 10
     wait_for(lambda: min(runs(counter, ids)) >= 1, 240, "every accepted event to run")
     wait_for(lambda: drained(server, "single"), 30, "the queue to empty")
     assert "EVENT_DROPPED" not in log_text(server, "single")
     assert runs(counter, ids) == [1] * len(ids)
-    # the function ran them one at a time; throttled attempts were retried, not run
-    assert log_text(server, "single").count("START RequestId") == len(ids)
+    # throttled attempts were retried, never run: one run per event and per answered sync invoke
+    assert log_text(server, "single").count("START RequestId") == len(ids) + answers["ok"]
 
 
 def flip_stored_bytes(stored: Path, cached: Path) -> None:

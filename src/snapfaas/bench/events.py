@@ -10,7 +10,7 @@ In one run, against one private server with Lambda's retry timing:
 
 Reports accepted (202) / refused, how many accepted events ran once, more than once or never,
 how many went to the on-failure destination (and the daemon log's drop lines), the wall time
-from the first send to the empty queue, and the drain rate against the synchronous baseline.
+from starting the callers to the empty queue, and the drain rate against the synchronous baseline.
 A run is counted from the function's log (the daemon writes it, outside the sandbox): one
 ``RUN <id>`` line per run; a "log lines dropped" notice in that log is reported, since it
 would make the counts unreliable.

@@ -316,7 +316,7 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "clients"]), default="all")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "events", "clients"]), default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=400, show_default=True, type=int, help="platform: warm requests per path and concurrency.")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, network: samples per figure.")
@@ -324,11 +324,13 @@ def _json(data: Any) -> str:
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
+@click.option("--events", "event_count", default=2000, show_default=True, type=int,
+              help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str, ...], runtime_python: Path,
-          cold_cache: bool, out: Path) -> None:
+          cold_cache: bool, event_count: int, out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
-    from snapfaas.bench import network, platform, snapstart
+    from snapfaas.bench import events, network, platform, snapstart
 
     out.mkdir(parents=True, exist_ok=True)
     say = lambda s: err_console.print(s)  # noqa: E731
@@ -349,6 +351,9 @@ def bench(suite: str, cold_runs: int, requests: int, runs: int, only: tuple[str,
 
         result = clients.run(say)
         _write_results(out, "clients", result, clients.markdown(result))
+    if suite in ("all", "events"):
+        result = events.run(say, events=event_count)
+        _write_results(out, "events", result, events.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:

@@ -298,7 +298,8 @@ class ChunkStore:
             if not owner:
                 return future.result()
             try:
-                plain = self._from_below(ref)
+                # a fetch that finished between our memory miss and taking ownership left it there
+                plain = self._from_memory(ref, count=False) or self._from_below(ref)
             except BaseException as exc:
                 future.set_exception(exc)
                 raise
@@ -314,18 +315,20 @@ class ChunkStore:
                 with self._lock:
                     self._inflight.pop(ref.name, None)
 
-    def _from_memory(self, ref: ChunkRef) -> bytes | None:
+    def _from_memory(self, ref: ChunkRef, count: bool = True) -> bytes | None:
         assert ref.name is not None
         data = self.memory.get(ref.name)
         if data is None:
-            self._count("memory", misses=1)
+            if count:
+                self._count("memory", misses=1)
             return None
         if len(data) != ref.length or (self.verify_memory and hashlib.sha256(data).digest() != ref.digest):
             logger.warning("store: memory copy of chunk %s failed verification; evicted, reading from below", ref.name)
             self.memory.discard(ref.name)
             self._count("memory", misses=1, corrupt=1)
             return None
-        self._count("memory", hits=1, bytes_read=len(data))
+        if count:
+            self._count("memory", hits=1, bytes_read=len(data))
         return data
 
     def _from_below(self, ref: ChunkRef) -> bytes:

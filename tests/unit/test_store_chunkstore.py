@@ -256,3 +256,21 @@ def test_concurrent_readers_get_right_bytes_and_each_chunk_is_fetched_once(tmp_p
     assert not errors and not any(thread.is_alive() for thread in threads)
     stored = {ref.name for ref in manifest.file("pages-1.img").chunks if not ref.is_hole}
     assert reader.counters()["origin"].hits == len(stored)  # concurrent misses shared one fetch
+
+
+def test_open_store_from_server_settings(tmp_path: Path) -> None:
+    from snapfaas.store import S3Origin, open_store
+
+    store = open_store(str(tmp_path / "origin"), tmp_path / "store.key", cache_dir=tmp_path / "cache", memory_bytes=MiB)
+    store.put_tree("fn-1-aaaa", make_tree(tmp_path / "src"))
+    again = open_store(str(tmp_path / "origin"), tmp_path / "store.key")  # same secret file: same deployment
+    assert again.read("fn-1-aaaa", "core-1.img", 0, 8) == b"corecore" and again.disk is None
+    other = open_store(str(tmp_path / "origin"), tmp_path / "other.key")  # another secret cannot read it
+    with pytest.raises(StoreError, match="authentication failed"):
+        other.manifest("fn-1-aaaa")
+    s3 = open_store("s3://bucket/some/prefix", tmp_path / "store.key", s3_endpoint_url="http://127.0.0.1:9")
+    assert isinstance(s3.origin, S3Origin) and (s3.origin.bucket, s3.origin.prefix) == ("bucket", "some/prefix")
+    with pytest.raises(StoreError, match="needs an s3:// origin"):
+        open_store(str(tmp_path / "origin"), tmp_path / "store.key", s3_endpoint_url="http://127.0.0.1:9")
+    for made in (store, again, other, s3):
+        made.close()

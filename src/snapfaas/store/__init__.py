@@ -38,7 +38,7 @@ Modules: `codec` (chunk sealing, keys), `manifest` (envelope, body, validation),
 concurrent writes), `chunkstore` (the API), `stats` (reports), `errors`.
 """
 
-from snapfaas.store.chunkstore import ChunkStore
+from snapfaas.store.chunkstore import ChunkStore, open_store
 from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec, load_or_create_secret
 from snapfaas.store.errors import ChunkUnavailable, ManifestInvalid, SnapshotExists, SnapshotMissing, StoreError
 from snapfaas.store.manifest import ChunkRef, FileEntry, Manifest
@@ -50,5 +50,5 @@ __all__ = [
     "CHUNK_SIZE", "ChunkCodec", "ChunkRef", "ChunkStore", "ChunkUnavailable", "CollectReport", "DirectoryOrigin",
     "FileEntry", "Manifest", "ManifestInvalid", "Origin", "OriginError", "S3Origin", "SnapshotExists",
     "SnapshotMissing", "SnapshotStats", "StoreError", "StoreStats", "TierCounters", "TierUsage",
-    "load_or_create_secret", "origin_from_url",
+    "load_or_create_secret", "open_store", "origin_from_url",
 ]

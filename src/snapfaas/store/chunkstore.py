@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec
+from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec, load_or_create_secret
 from snapfaas.store.errors import (
     ChunkCorrupt,
     ChunkUnavailable,
@@ -54,7 +54,7 @@ from snapfaas.store.errors import (
 )
 from snapfaas.store.fence import ReferenceFence
 from snapfaas.store.manifest import DIR, FILE, SYMLINK, ChunkRef, FileEntry, Manifest, check_snapshot_id, decode, encode
-from snapfaas.store.origin import Origin, OriginError
+from snapfaas.store.origin import Origin, OriginError, origin_from_url
 from snapfaas.store.stats import CollectReport, SnapshotStats, StoreStats
 from snapfaas.store.tiers import DiskTier, MemoryTier, TierCounters, TierUsage
 
@@ -374,7 +374,10 @@ class ChunkStore:
     # ---- garbage collection ---------------------------------------------------------------
 
     def collect(self, referenced_snapshot_ids: Iterable[str], grace_seconds: float = 600.0) -> CollectReport:
-        """Delete what no live snapshot needs (see the module contract). One at a time."""
+        """Delete what no live snapshot needs (see the module contract). One at a time.
+
+        `referenced_snapshot_ids` must name every live snapshot of this origin (prefix): a
+        manifest not named and older than `grace_seconds` is deleted with its unique chunks."""
         with self._gc_lock:
             self._fence.begin_collection()
             try:
@@ -494,6 +497,16 @@ class ChunkStore:
             usage=usage,
             counters=self.counters(),
         )
+
+
+def open_store(origin: str, secret_path: Path, *, s3_endpoint_url: str | None = None, cache_dir: Path | None = None,
+               cache_bytes: int = 4 << 30, memory_bytes: int = 512 << 20, workers: int = 4) -> ChunkStore:
+    """A store from server settings: `origin` is a directory or ``s3://bucket/prefix``
+    (`s3_endpoint_url` for a non-AWS service; credentials from boto3's standard chain); the
+    deployment secret lives at `secret_path` (created if absent; every host sharing the origin
+    needs the same one)."""
+    return ChunkStore(origin_from_url(origin, s3_endpoint_url), load_or_create_secret(secret_path), cache_dir=cache_dir,
+                      cache_bytes=cache_bytes, memory_bytes=memory_bytes, workers=workers)
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:

@@ -132,7 +132,7 @@ def test_a_tampered_copy_in_a_cache_tier_is_evicted_and_read_from_below(tmp_path
 
 
 @pytest.mark.parametrize("position", [0, 6, 20, 1000, -1])
-def test_a_tampered_or_missing_chunk_at_the_origin_fails_naming_snapshot_file_and_chunk(
+def test_a_tampered_chunk_at_the_origin_fails_naming_snapshot_file_and_chunk_and_a_new_put_heals_it(
         tmp_path: Path, stores: StoreFactory, position: int) -> None:
     src = make_tree(tmp_path / "src")
     manifest = stores("writer").put_tree("fn-1-aaaa", src)
@@ -145,13 +145,24 @@ def test_a_tampered_or_missing_chunk_at_the_origin_fails_naming_snapshot_file_an
     assert "failed at step 'fetch chunk'" in str(error) and "corrupt at origin" in str(error)
     assert (error.snapshot_id, error.path, error.index, error.offset, error.name) == ("fn-1-aaaa", "pages-1.img", 3, ref.offset, ref.name)
     assert reader.memory.get(ref.name) is None and reader.disk.get(ref.name) is None  # nothing bad was cached
-    with pytest.raises(ChunkUnavailable, match="pages-1.img, chunk 3"):
+    assert not origin_chunk(reader, ref.name).exists() and "removed it" in str(error)  # unusable: removed
+    with pytest.raises(ChunkUnavailable, match="pages-1.img, chunk 3 .*missing at origin"):
         reader.materialize("fn-1-aaaa", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
-    origin_chunk(reader, ref.name).unlink()
-    with pytest.raises(ChunkUnavailable, match="missing at origin"):
-        reader.read("fn-1-aaaa", "pages-1.img", ref.offset, 1)
     assert reader.read("fn-1-aaaa", "pages-1.img", 0, 10) == (src / "pages-1.img").read_bytes()[:10]  # others still fine
+    stores("writer").put_tree("fn-1-bbbb", src)  # the version re-creates its snapshot: same content, uploaded again
+    reader.materialize("fn-1-aaaa", tmp_path / "healed")
+    assert tree_digest(tmp_path / "healed") == tree_digest(src)
+
+
+def test_a_chunk_missing_at_the_origin_fails_clearly(tmp_path: Path, stores: StoreFactory) -> None:
+    src = make_tree(tmp_path / "src")
+    ref = stores("writer").put_tree("fn-1-aaaa", src).file("pages-2.img").chunks[1]
+    reader = stores("reader")
+    origin_chunk(reader, ref.name).unlink()
+    with pytest.raises(ChunkUnavailable, match=r"snapshot fn-1-aaaa, file pages-2.img, chunk 1 \(offset 524288, name [0-9a-f]{64}\): missing at origin"):
+        reader.read("fn-1-aaaa", "pages-2.img", ref.offset, 1)
+    assert reader.counters()["origin"].misses == 1
 
 
 def test_a_warm_disk_cache_serves_without_the_origin(tmp_path: Path, stores: StoreFactory) -> None:
@@ -274,3 +285,29 @@ def test_open_store_from_server_settings(tmp_path: Path) -> None:
         open_store(str(tmp_path / "origin"), tmp_path / "store.key", s3_endpoint_url="http://127.0.0.1:9")
     for made in (store, again, other, s3):
         made.close()
+
+
+def test_a_blob_damaged_in_transfer_once_is_read_again_and_not_removed(tmp_path: Path) -> None:
+    class FlakyOrigin(DirectoryOrigin):
+        """Hands out one damaged copy of each chunk, then the stored one."""
+
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.damaged: set[str] = set()
+
+        def get_chunk(self, name: str) -> bytes | None:
+            blob = super().get_chunk(name)
+            if blob is not None and name not in self.damaged:
+                self.damaged.add(name)
+                return blob[:-1] + bytes([blob[-1] ^ 1])
+            return blob
+
+    src = make_tree(tmp_path / "src")
+    origin = FlakyOrigin(tmp_path / "origin")
+    store = ChunkStore(origin, SECRET, cache_dir=None)
+    store.put_tree("fn-1-aaaa", src)
+    store.materialize("fn-1-aaaa", tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == tree_digest(src)
+    assert origin.damaged == store.manifest("fn-1-aaaa").names() <= {info.key for info in origin.list_chunks()}
+    assert store.counters()["origin"].corrupt == 0
+    store.close()

@@ -17,8 +17,10 @@ Contracts:
   (``verify_memory``; ~0.3 ms per 512 KiB here); disk and origin blobs are authenticated and
   hashed by `ChunkCodec.open`. A cache tier's bad copy is evicted (counted as ``corrupt``) and
   the chunk read from below; a hit below promotes it into every tier above. At the origin a
-  missing or bad chunk raises `ChunkUnavailable` naming the snapshot, file and chunk. Several
-  threads wanting one absent chunk share one fetch.
+  missing or bad chunk raises `ChunkUnavailable` naming the snapshot, file and chunk; a bad
+  one (twice in a row) is also deleted there, so re-creating the snapshot uploads it afresh
+  instead of deduplicating against it. Several threads wanting one absent chunk share one
+  fetch.
 * `collect(referenced_snapshot_ids)` deletes manifests not referenced, then chunks no kept
   manifest references, from the origin and both caches. Manifests and origin chunks younger
   than ``grace_seconds`` are kept (the gap between a publish's `put_tree` and its caller
@@ -157,7 +159,7 @@ class ChunkStore:
                 elif stat.S_ISREG(st.st_mode):
                     refs: list[ChunkRef | concurrent.futures.Future[ChunkRef]] = []
                     size = 0
-                    with open(path, "rb") as source:
+                    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as source:
                         while data := source.read(CHUNK_SIZE):
                             if data == ZERO[:len(data)]:
                                 refs.append(ChunkRef(size, len(data), None, None, 0))
@@ -348,19 +350,7 @@ class ChunkStore:
                     self._count("disk", hits=1, bytes_read=len(blob))
                     self.memory.put(ref.name, plain)
                     return plain
-        try:
-            blob = self.origin.get_chunk(ref.name)
-        except OriginError as exc:
-            self._count("origin", misses=1)
-            raise _OriginFault(str(exc)) from exc
-        if blob is None:
-            self._count("origin", misses=1)
-            raise _OriginFault(f"missing at origin {self.origin.describe()}")
-        try:
-            plain = self.codec.open(ref.name, ref.digest, ref.length, blob)
-        except ChunkCorrupt as exc:
-            self._count("origin", misses=1, corrupt=1)
-            raise _OriginFault(f"corrupt at origin {self.origin.describe()}: {exc}") from exc
+        blob, plain = self._from_origin(ref)
         self._count("origin", hits=1, bytes_read=len(blob))
         if self.disk is not None:
             try:
@@ -370,6 +360,34 @@ class ChunkStore:
                 logger.warning("store: could not cache chunk %s on disk: %s", ref.name, exc)
         self.memory.put(ref.name, plain)
         return plain
+
+    def _from_origin(self, ref: ChunkRef) -> tuple[bytes, bytes]:
+        """(blob, verified plaintext) from the origin. A blob that fails verification twice in
+        a row is deleted there: no snapshot can use it, and while it stays every `put_tree` of
+        that content would skip the upload (the name exists) and so never heal it."""
+        assert ref.name is not None and ref.digest is not None
+        failure: ChunkCorrupt | None = None
+        for _ in range(2):
+            try:
+                blob = self.origin.get_chunk(ref.name)
+            except OriginError as exc:
+                self._count("origin", misses=1)
+                raise _OriginFault(str(exc)) from exc
+            if blob is None:
+                self._count("origin", misses=1)
+                raise _OriginFault(f"missing at origin {self.origin.describe()}")
+            try:
+                return blob, self.codec.open(ref.name, ref.digest, ref.length, blob)
+            except ChunkCorrupt as exc:
+                failure = exc  # read it once more: a transfer error is not worth a deletion
+        self._count("origin", misses=1, corrupt=1)
+        try:
+            self.origin.delete_chunk(ref.name)
+            removed = "removed it so that the next put of this content uploads it again"
+        except OriginError as exc:
+            removed = f"could not remove it ({exc})"
+        logger.warning("store: chunk %s is corrupt at origin %s (%s); %s", ref.name, self.origin.describe(), failure, removed)
+        raise _OriginFault(f"corrupt at origin {self.origin.describe()}: {failure}; {removed}")
 
     # ---- garbage collection ---------------------------------------------------------------
 

@@ -150,7 +150,7 @@ def test_a_tampered_chunk_at_the_origin_fails_naming_snapshot_file_and_chunk_and
         reader.materialize("fn-1-aaaa", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
     assert reader.read("fn-1-aaaa", "pages-1.img", 0, 10) == (src / "pages-1.img").read_bytes()[:10]  # others still fine
-    stores("writer").put_tree("fn-1-bbbb", src)  # the version re-creates its snapshot: same content, uploaded again
+    stores("republisher").put_tree("fn-1-bbbb", src)  # the version re-creates its snapshot: same content, uploaded again
     reader.materialize("fn-1-aaaa", tmp_path / "healed")
     assert tree_digest(tmp_path / "healed") == tree_digest(src)
 

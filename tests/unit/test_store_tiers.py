@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from snapfaas.store.errors import StoreError
 from snapfaas.store.tiers import DiskTier, MemoryTier
 
 
@@ -39,7 +42,7 @@ def test_disk_tier_keeps_its_budget_and_files_match_its_index(tmp_path: Path) ->
     assert tier.get(names[0]) == b"x" * 1000
     tier.put(names[3], b"y" * 1000)  # evicts names[1], the least recently used
     assert tier.get(names[1]) is None
-    on_disk = sorted(path.name for path in (tmp_path / "cache").rglob("*") if path.is_file())
+    on_disk = sorted(path.name for path in (tmp_path / "cache").rglob("*") if path.is_file() and path.name != ".lock")
     assert on_disk == sorted([names[0], names[2], names[3]])
     assert tier.usage().bytes == 3000 and tier.evictions == 1
     tier.put(names[4], b"z" * 3001)
@@ -57,6 +60,9 @@ def test_disk_tier_restart_keeps_recency_order_and_drops_partial_writes(tmp_path
     tier.get(names[0])  # touched: most recent now, on disk too
     leftover = root / names[1][:2] / (names[1] + ".tmpabc")
     leftover.write_bytes(b"partial")
+    with pytest.raises(StoreError, match="in use by another store"):
+        DiskTier(root, budget=2000)
+    tier.close()
     again = DiskTier(root, budget=2000)  # restart with a smaller budget: the least recent goes
     assert not leftover.exists()
     assert again.names() == [names[2], names[0]]

@@ -9,11 +9,14 @@ cache tiers. Only this package knows chunk and manifest formats.
     chunk plaintext ──h = SHA-256──► name = HMAC(K_name, h)    key = HMAC(K_key, h)
           │ zstd (if smaller) → AES-256-GCM(key, nonce = HMAC(key, payload))      [codec]
           ▼
-    ┌──────────┐   miss   ┌──────────────┐   miss   ┌──────────────────────────────┐
-    │ memory   │ ───────► │ disk cache   │ ───────► │ origin: directory or S3      │
-    │ plaintext│ ◄─────── │ sealed blobs │ ◄─────── │ chunks/<name>                │
-    │ LRU, B   │ promote  │ LRU, B bytes │ promote  │ manifests/<snapshot-id>      │
-    └──────────┘          └──────────────┘          └──────────────────────────────┘
+    ┌─────────────┐  miss  ┌──────────────┐  miss  ┌─────────────────────────────┐
+    │ memory      │ ─────► │ disk cache   │ ─────► │ origin: directory or S3     │
+    │ plaintext   │ ◄───── │ sealed blobs │ ◄───── │   chunks/<name>             │
+    │ LRU, bytes  │ promote│ LRU, bytes   │ promote│   manifests/<snapshot-id>   │
+    │ budget      │        │ budget       │        │ (no budget; `collect` GCs)  │
+    └─────────────┘        └──────────────┘        └─────────────────────────────┘
+    every hit is verified (hash / AEAD tag + hash + name); a bad copy in a cache tier is
+    evicted and read from below; a bad or missing chunk at the origin is `ChunkUnavailable`
 
 Chunk blob (`codec`)::
 
@@ -24,9 +27,9 @@ Chunk blob (`codec`)::
 
 Manifest envelope (`manifest`)::
 
-    +----------+-------+-------------+--------+---------------------------+---------+
+    +----------+-------+-------------+--------+----------------------------+---------+
     | SFMANIFT | ver 1 | nonce (12)  | n u32  | AES-256-GCM(JSON body)+tag | SHA-256 |
-    +----------+-------+-------------+--------+---------------------------+---------+
+    +----------+-------+-------------+--------+----------------------------+---------+
       AAD = header || snapshot id; GCM tag = the MAC; SHA-256 = checksum of all before it
     body: {format, snapshot, chunk_size, created, meta,
            files: [{path, type: file|dir|symlink, mode, size,

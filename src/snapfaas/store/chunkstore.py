@@ -88,7 +88,10 @@ class ChunkStore:
         self._gc_lock = threading.Lock()
 
     def close(self) -> None:
+        """Stop the worker threads and release the disk cache directory."""
         self._pool.shutdown(wait=True)
+        if self.disk is not None:
+            self.disk.close()
 
     # ---- counters -------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ byte budget, plus the per-tier counters.
   ``<root>/<name[0:2]>/<name>``; plaintext never reaches persistent disk. Writes go to a unique
   temporary sibling and are renamed into place, so a reader sees a whole blob or none. The LRU
   order lives in memory, seeded from file mtimes at start-up (a hit bumps the mtime, so the
-  order survives restarts); one cache directory belongs to one process at a time.
+  order survives restarts). One cache directory belongs to one `DiskTier` at a time (an
+  exclusive ``flock`` on ``<root>/.lock`` until `close`); a second user gets a clear error.
 
 Both are thread-safe: one lock guards each tier's index; file reads happen outside it (a blob
 evicted meanwhile is simply a miss). A chunk larger than a tier's whole budget is not cached
@@ -19,12 +20,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fcntl
 import logging
 import os
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from snapfaas.store.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +120,19 @@ class DiskTier:
         self._bytes = 0
         self.evictions = 0
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd: int | None = os.open(root / ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreError(f"snapshot store failed at step 'open disk cache': {root} is in use by another store") from None
         self._load()
+
+    def close(self) -> None:
+        """Release the directory (idempotent); the cached blobs stay for the next user."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / name

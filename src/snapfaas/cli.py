@@ -96,6 +96,12 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-cache-bytes", default=None,
               help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
                    "are evicted beyond it. Default: a quarter of MemTotal.")
+@click.option("--client-header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds a client has to send a whole request head once it started; then the connection is closed.")
+@click.option("--client-body-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Longest pause (seconds) between two chunks of a request body; then the upload is dropped.")
+@click.option("--client-idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds an idle keep-alive client connection is kept open.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -139,6 +145,9 @@ def serve(**opts: Any) -> None:
         subgid_file=opts["subgid_file"],
         log_max_bytes=log_cap,
         snapshot_cache_bytes=cache_budget,
+        client_header_timeout_s=opts["client_header_timeout"],
+        client_body_timeout_s=opts["client_body_timeout"],
+        client_idle_timeout_s=opts["client_idle_timeout"],
     )
     try:
         IdRange(opts["id_range_base"], opts["id_range_slices"])
@@ -307,7 +316,8 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "load"]), default="all")
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "events", "clients", "load"]),
+                default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
               help="platform: warm requests per path and concurrency (default 400); load: invokes per row (default 10000).")
@@ -319,11 +329,13 @@ def _json(data: Any) -> str:
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
+@click.option("--events", "event_count", default=2000, show_default=True, type=int,
+              help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
-          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, out: Path) -> None:
+          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, event_count: int, out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
-    from snapfaas.bench import mixed_traffic, network, platform, snapstart
+    from snapfaas.bench import events, mixed_traffic, network, platform, snapstart
 
     try:
         concurrencies = [int(c) for c in concurrency.split(",") if c.strip()]
@@ -345,6 +357,14 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))
         _write_results(out, "network", result, network.markdown(result))
+    if suite == "clients":  # slow and aborted uploads: daemon RSS (not part of "all")
+        from snapfaas.bench import clients
+
+        result = clients.run(say)
+        _write_results(out, "clients", result, clients.markdown(result))
+    if suite in ("all", "events"):
+        result = events.run(say, events=event_count)
+        _write_results(out, "events", result, events.markdown(result))
     if suite in ("all", "load"):
         result = mixed_traffic.run(say, requests=requests or 10_000, concurrencies=concurrencies,
                                    max_environments=max_environments)

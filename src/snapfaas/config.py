@@ -73,6 +73,9 @@ class ServerConfig:
     replay_cache: bool = False  # refuse a second use of a SigV4 signature within its validity window
     log_max_bytes: int = 16 * 1024 * 1024  # per-function log file size before rotation (one rotated generation is kept)
     snapshot_cache_bytes: int | None = None  # plaintext snapshot RAM cache budget; None: a quarter of MemTotal
+    client_header_timeout_s: float = 10.0  # a request head must be complete this long after its first byte
+    client_body_timeout_s: float = 20.0  # longest pause between two chunks of a request body
+    client_idle_timeout_s: float = 60.0  # an idle keep-alive client connection is closed after this
 
 
     def snapshot_cache_budget(self, meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -146,6 +149,11 @@ class ServerConfig:
     @property
     def bundles_dir(self) -> Path:
         return bundles_for(self.sandbox_dir)
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Request bodies past 256 KiB wait here (unlinked files) until their signature is verified."""
+        return self.data_dir / "uploads"
 
     @property
     def db_path(self) -> Path:

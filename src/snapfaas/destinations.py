@@ -23,7 +23,7 @@ The record (as on Lambda)::
 
     {"version": "1.0", "timestamp": "2026-11-30T10:00:00.000Z",
      "requestContext": {"requestId": "...", "functionArn": "arn:aws:lambda:...:function:f:$LATEST",
-                        "condition": "Success | RetriesExhausted | EventAgeExceeded | FunctionDeleted",
+                        "condition": "Success | RetriesExhausted | EventAgeExceeded | VersionFailed | FunctionDeleted",
                         "approximateInvokeCount": 3},
      "requestPayload": <the event>,
      "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},

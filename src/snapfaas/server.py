@@ -20,6 +20,7 @@ from snapfaas import credentials
 from snapfaas.api.app import build_app
 from snapfaas.api.sites import EnvironmentSites
 from snapfaas.api.auth import SigV4Verifier
+from snapfaas.api.connections import ClientTimeouts, GuardedRunner
 from snapfaas.api.context import Services
 from snapfaas.api.replay import ReplayCache
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
@@ -94,6 +95,7 @@ class Server:
         for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
             private_dir(directory, 0o711)  # the sandboxes' mapped roots walk through to rootfs and images
         private_dir(cfg.network_lock_dir, 0o700)
+        private_dir(cfg.uploads_dir, 0o700)
         ssl_context = self._transport()
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
@@ -134,12 +136,15 @@ class Server:
         control.collect_garbage()  # code, then the id slices of deleted functions
         services = Services(cfg, control, invoker, logs, identity=identity)
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
-        app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
+        app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,
+                        limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir)
+        runner = GuardedRunner(app, timeouts, access_log=None, handle_signals=False)
         await runner.setup()
         # what functions reach inside their own network namespace: always authenticated
-        env_runner = web.AppRunner(build_app(services, SigV4Verifier(keys, temporary=identity.session)),
-                                   access_log=None, handle_signals=False)
+        env_runner = GuardedRunner(build_app(services, SigV4Verifier(keys, temporary=identity.session),
+                                             limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir),
+                                   timeouts, access_log=None, handle_signals=False)
         await env_runner.setup()
         network: NetworkPool | None = None
         if cfg.sandbox_network == "isolated":

@@ -230,3 +230,52 @@ def test_abandon_forgets_a_running_event() -> None:
     e = b.take(T0)
     b.abandon(e)
     assert len(b) == 0
+
+
+def test_a_failed_version_drops_at_once_without_an_attempt() -> None:
+    b = backlog()
+    b.add(event(1, "f", "3"))
+    e = b.take(T0)
+    b.settle(e, Outcome.NOT_READY, T0)  # Pending: delayed, no attempt consumed
+    e = b.take(b.next_wakeup(T0))
+    assert e.attempts == 0 and e.retries == 1
+    assert b.settle(e, Outcome.FAILED_VERSION, T0 + 1) == Decision(Verdict.DROP, DropReason.VERSION_FAILED)
+    assert e.attempts == 0 and len(b) == 0
+
+
+def test_reserved_concurrency_caps_a_functions_running_events() -> None:
+    limits: dict[str, int | None] = {"one": 1, "zero": 0}
+    b = Backlog(EventTiming(1.0), lambda f, q: RetryPolicy(), rng=lambda: 0.0, limit_for=limits.get)
+    for seq in (1, 2, 3):
+        b.add(event(seq, "one"))
+    for seq in (4, 5):
+        b.add(event(seq, "zero"))
+    b.add(event(6, "free"))
+    b.add(event(7, "free"))
+    # one of "one", one probe of "zero" (reserved 0), every event of the unreserved function
+    assert sorted(e.seq for e in drain(b, T0)) == [1, 4, 6, 7]
+    assert b.running == {"one": 1, "zero": 1, "free": 2}
+    # waiting for a running attempt is not a timed wakeup: no spinning dispatcher
+    wake = b.next_wakeup(T0)
+    assert wake is not None and wake > T0 + 3600
+    first = b.inflight[1]
+    assert b.settle(first, Outcome.SUCCESS, T0).verdict is Verdict.DONE
+    assert [e.seq for e in drain(b, T0)] == [2]
+    limits["one"] = 2  # PutFunctionConcurrency: the registry observer refreshes the function
+    b.refresh("one")
+    assert [e.seq for e in drain(b, T0)] == [3]
+    assert b.running["one"] == 2
+    b.abandon(b.inflight[2])
+    assert b.running["one"] == 1
+
+
+def test_a_throttle_does_not_consume_an_attempt_however_often() -> None:
+    b = backlog(jitter=0.0)
+    b.add(event(1))
+    now = T0
+    for _ in range(20):
+        e = b.take(now)
+        assert b.settle(e, Outcome.THROTTLED, now).verdict is Verdict.RETRY
+        now = b.next_wakeup(now)
+    assert e.attempts == 0 and e.retries == 20
+    assert b.settle(b.take(now), Outcome.SUCCESS, now) == Decision(Verdict.DONE)

@@ -4,50 +4,74 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
 from aiohttp import web
 
 from snapfaas.api import access, aliases, event_configs, functions, permissions
 from snapfaas.api.auth import SigV4Verifier
+from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
+from snapfaas.api.connections import ClientTimeouts, peer_of
 from snapfaas.api.context import SERVICES, Services, services
 from snapfaas.api.errors import error_response
 from snapfaas.api.invoke import function_logs, invoke
 from snapfaas.api.links import PATH_PREFIX
-from snapfaas.config import CREDENTIALS_PATH
+from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
 from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
 
 logger = logging.getLogger(__name__)
-MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
 FN = access.FN
 EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 
 
-def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None) -> web.Application:
+def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None,
+              limits: Limits | None = None, timeouts: ClientTimeouts | None = None,
+              spool_dir: Path | None = None) -> web.Application:
     """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
-    of a signature (``--replay-cache``).
+    of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies, whose
+    bytes past 256 KiB wait in `spool_dir` (default: the system's temporary directory) until
+    their signature is verified (`snapfaas.api.bodies`).
 
-    Order for a signed route: headers checked (no body read yet), body read, payload hash and
-    signature verified, replay checked, the caller authorized (`access.authorize_request`),
-    then the handler runs.
+    Order for a signed route: headers checked (no body read yet), the declared length checked
+    against the route's limit, the body received (bounded, with an idle timeout, hashed as it
+    streams), payload hash and signature verified, replay checked, the caller authorized
+    (`access.authorize_request`), the body loaded into memory, then the handler runs.
+    Unsigned routes (health, credentials, code links) read no body.
     """
+    body_limits = limits or Limits()
+    body_idle_s = (timeouts or ClientTimeouts()).body_s
+
+    async def admit(request: web.Request) -> None:
+        """Authenticate and authorize a signed route's request, receiving its body on the way."""
+        pending = None
+        if verifier is not None:
+            pending = verifier.check_headers(request.method, request.raw_path, request.headers)
+        upload = await receive(request, route_limit(_operation(request), body_limits), body_idle_s, spool_dir)
+        try:
+            if pending is not None:
+                principal = pending.verify_payload(upload.sha256, upload.size)
+                if replay is not None:
+                    replay.admit(pending.signature, pending.signed_at)
+                access.authorize_request(request, principal)
+            keep_body(request, await upload.contents())  # only now, verified, in memory
+        finally:
+            upload.close()
 
     @web.middleware
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
-            if verifier is not None and not _unsigned_allowed(request.path):
-                pending = verifier.check_headers(request.method, request.raw_path, request.headers)
-                principal = pending.verify(await request.read())
-                if replay is not None:
-                    replay.admit(pending.signature, pending.signed_at)
-                access.authorize_request(request, principal)
+            if not _unsigned_allowed(request.path):
+                await admit(request)
             response = await handler(request)
         except SnapfaasError as err:
             return error_response(err, request_id)
+        except UploadAborted as aborted:
+            return _abandon(request, aborted)
         except web.HTTPRequestEntityTooLarge:
-            return error_response(RequestTooLarge(f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the {request.path.split('/')[-1] or 'requested'} operation"), request_id)
+            return error_response(RequestTooLarge(f"Request must be smaller than {MAX_REQUEST_BYTES} bytes for the {_operation(request)} operation"), request_id)
         except web.HTTPNotFound:
             return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
         except web.HTTPMethodNotAllowed:
@@ -96,6 +120,23 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     return app
 
 
+def _operation(request: web.Request) -> str:
+    """Lambda's name for the request's operation (``CreateFunction``, ``InvokeFunction``, ...)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return request.path.rstrip("/").split("/")[-1] or "requested"
+    return access.action_for(request.method, resource.canonical).partition(":")[2]
+
+
+def _abandon(request: web.Request, aborted: UploadAborted) -> web.Response:
+    """One log line for an upload the client stopped sending, and the connection closed."""
+    expected = "?" if aborted.expected is None else str(aborted.expected)
+    logger.warning("aborted upload from %s: %s %s, %d of %s bytes received: %s", peer_of(request.protocol),
+                   request.method, request.path, aborted.received, expected, aborted.reason)
+    request.protocol.force_close()  # nobody to answer; the rest of the body is not read
+    return web.Response(status=408)
+
+
 def _unsigned_allowed(path: str) -> bool:
     """Health checks, and code links (which carry their own signature)."""
     return path in ("/snapfaas/v1/health", CREDENTIALS_PATH) or path.startswith(PATH_PREFIX)
@@ -120,4 +161,4 @@ async def health(request: web.Request) -> web.Response:
 
 async def echo(request: web.Request) -> web.Response:
     """Bench baseline: the same server stack (auth + middleware) with no function behind it."""
-    return web.Response(body=await request.read(), content_type="application/json")
+    return web.Response(body=body_of(request), content_type="application/json")

@@ -8,7 +8,9 @@ the timestamp must be within `MAX_SKEW_S` of the server clock.
 
 Verification is two-phase: `SigV4Verifier.check_headers` checks everything the headers alone
 decide (shape, key, date, scope, signed headers present, no ``UNSIGNED-PAYLOAD`` with a body)
-before the body is read; `PendingSignature.verify` then checks the payload hash and signature.
+before the body is read; `PendingSignature.verify` then checks the payload hash and signature
+(`PendingSignature.verify_payload` does so from the body's SHA-256 alone, so a body streamed
+to disk is verified before it is loaded into memory).
 The result is the caller's `Principal`: the operator, or the function whose environment holds
 the temporary credentials.
 """
@@ -47,7 +49,15 @@ class _ExactSigner(SigV4Auth):
 
     botocore never signs a few headers itself (user-agent, x-amzn-trace-id, ...) and drops them
     when computing a signature; another SigV4 client may sign them, so the verifier must not.
+    The payload's SHA-256 is given, not computed from a body.
     """
+
+    def __init__(self, credentials: Credentials, service: str, region: str, payload_sha256: str) -> None:
+        super().__init__(credentials, service, region)
+        self.payload_sha256 = payload_sha256
+
+    def payload(self, request: AWSRequest) -> str:
+        return self.payload_sha256
 
     def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
         out = HTTPHeaders()
@@ -103,19 +113,22 @@ class PendingSignature:
 
     def verify(self, body: bytes) -> Principal:
         """Check the payload hash and the signature; return the caller or raise `InvalidSignature`."""
+        return self.verify_payload(hashlib.sha256(body).hexdigest(), len(body))
+
+    def verify_payload(self, payload_sha256: str, size: int) -> Principal:
+        """`verify`, given the body's SHA-256 (hex) and length instead of the body."""
         if self.content_sha == UNSIGNED_PAYLOAD:
-            if body:
+            if size:
                 raise InvalidSignature(UNSIGNED_REFUSED)
-        elif self.content_sha and self.content_sha != hashlib.sha256(body).hexdigest():
+        elif self.content_sha and self.content_sha != payload_sha256:
             raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
         request = AWSRequest(
             method=self.method,
             url=f"http://{self.headers.get('host', 'localhost')}{self.raw_path}",
             headers=dict(self.headers),
-            data=body,
         )
         request.context["timestamp"] = self.amz_date
-        signer = _ExactSigner(Credentials(self.access_key_id, self.secret), self.service, self.region)
+        signer = _ExactSigner(Credentials(self.access_key_id, self.secret), self.service, self.region, payload_sha256)
         canonical = signer.canonical_request(request)
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
         if not hmac.compare_digest(expected, self.signature):

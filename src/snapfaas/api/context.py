@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from snapfaas.api.bodies import body_of
 from snapfaas.api.links import CodeLinks
 from snapfaas.config import ServerConfig
 from snapfaas.identity import IdentityBroker
@@ -47,7 +48,7 @@ def services(request: web.Request) -> Services:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = body_of(request)  # read (bounded) by the app's middleware
     if not raw:
         return {}
     try:

@@ -6,13 +6,14 @@ import asyncio
 
 from aiohttp import web
 
+from snapfaas.api.bodies import body_of
 from snapfaas.api.context import function_ref, services
 
 
 async def invoke(request: web.Request) -> web.Response:
     svc = services(request)
     name, qualifier = function_ref(request)
-    payload = await request.read()
+    payload = body_of(request)
     result = await svc.invoker.invoke(
         name,
         qualifier,

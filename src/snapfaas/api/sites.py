@@ -4,7 +4,8 @@ Each environment's network namespace holds one listening socket the daemon opene
 (127.0.0.1:9001, see `sandbox.network`). `EnvironmentSites` serves the environment-facing
 application on it: the container-credentials endpoint and the Lambda API, always behind SigV4
 (even with ``--no-auth``, which only concerns the operator's port), so a function's requests are
-authorized as its environment's principal.
+authorized as its environment's principal. The runner is a `snapfaas.api.connections.GuardedRunner`,
+so these listeners have the same header, body and idle timeouts as the operator's port.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class EnvironmentSites:
     """Opens and closes one aiohttp site per environment listener on a shared runner."""
 
     def __init__(self, runner: web.AppRunner) -> None:
+        """`runner`: the environment-facing application's (a `GuardedRunner` in the daemon)."""
         self.runner = runner
 
     async def open(self, listener: socket.socket) -> web.SockSite:

@@ -32,7 +32,7 @@ from snapfaas.errors import (
     Conflict, InvalidParameterValue, NotFound, SnapfaasError, SnapStartError, SnapStartNotReady, SnapStartTimeout,
     Throttled,
 )
-from snapfaas.registry.model import LATEST
+from snapfaas.registry.model import LATEST, State
 from snapfaas.worker.backlog import Backlog, EventTiming, Outcome, QueuedEvent, RetryPolicy, Verdict
 from snapfaas.worker.environment import InvokeRequest
 from snapfaas.worker.events import Attempt, EventQueue, EventStore, Finished
@@ -62,7 +62,7 @@ class AsyncInvocations:
         self.settings = settings
         parts = self.registry.arn_prefix.split(":")  # arn:aws:lambda:<region>:<account>:function:
         self.region, self.account = parts[3], parts[4]
-        backlog = Backlog(settings.timing, self._policy_for)
+        backlog = Backlog(settings.timing, self._policy_for, limit_for=self._reserved)
         self.queue = EventQueue(EventStore(store_path), backlog, self._attempt, self._conclude,
                                 capacity=lambda: invoker.worker.max_environments)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +102,12 @@ class AsyncInvocations:
             default.max_event_age_s if config.max_event_age_s is None else config.max_event_age_s,
         )
 
+    def _reserved(self, function: str) -> int | None:
+        try:
+            return self.registry.function_info(function).reserved_concurrency
+        except NotFound:
+            return None  # deleted: its events find out at their next attempt
+
     def _resolves(self, function: str, qualifier: str) -> bool:
         try:
             self.registry.resolve(function, qualifier)
@@ -133,6 +139,9 @@ class AsyncInvocations:
         inv = self.invoker
         try:
             version, invoked_arn = inv.resolve(event.function, event.qualifier)
+            if version.state == State.FAILED and not version.is_latest and event.qualifier == version.version:
+                return Attempt(Outcome.FAILED_VERSION,
+                               f"version {version.version} is Failed and can never become ready: {version.state_reason}")
             inv.check_ready(version)
             info = self.registry.function_info(event.function)
         except NotFound as exc:
@@ -239,4 +248,5 @@ def _drop_detail(reason: str) -> str:
         "EventAgeExceeded": "the event reached MaximumEventAgeInSeconds before it could run successfully",
         "FunctionDeleted": "the function, version or alias was deleted",
         "RetriesExhausted": "MaximumRetryAttempts reached",
+        "VersionFailed": "the version is Failed and can never become ready",
     }.get(reason, reason)

@@ -17,10 +17,19 @@ Rules (Lambda's, see "Error handling and automatic retries in Lambda"):
   version that is not ready, the global gate for the server's concurrency limit. While a gate
   is closed the events behind it wait in memory; when it opens one event probes. A finished
   invocation of the function (capacity freed) or a registry change opens the gates early.
+* **A version that can never become ready** (a published version in state ``Failed``: its
+  snapshot or its readiness check failed, and a published version never changes) drops the
+  event at once with ``VersionFailed``, without a run and without waiting for its age. A
+  ``Failed`` ``$LATEST`` or an alias to a ``Failed`` version delays it instead: an update of
+  the code or of the alias can still make it ready.
+* **Reserved concurrency**: a function never has more of its events running at once than its
+  reserved concurrency (at least one, which probes the throttle gate). Extra attempts would
+  only be throttled, or wait in the worker's admission, holding dispatch slots other
+  functions could use.
 * **Fairness**: functions take turns (round robin); within a function events run in the
   order they were accepted (FIFO by sequence number), lane by lane where gates allow.
-* **Final drops** carry a reason: ``RetriesExhausted``, ``EventAgeExceeded`` or
-  ``FunctionDeleted`` (the function, version or alias no longer exists).
+* **Final drops** carry a reason: ``RetriesExhausted``, ``EventAgeExceeded``,
+  ``VersionFailed`` or ``FunctionDeleted`` (the function, version or alias no longer exists).
 
 Times are wall-clock seconds (`time.time`): they are stored and survive a restart.
 """
@@ -53,6 +62,7 @@ class Outcome(enum.Enum):
     NOT_READY = "NotReady"  # version Pending, Inactive, Failed, or its snapshot is being made
     PLATFORM_FAULT = "PlatformFault"  # our own failure (ServiceError, a missing runtime)
     GONE = "Gone"  # function, version or alias deleted
+    FAILED_VERSION = "FailedVersion"  # a published version named by the event is Failed: it never gets ready
 
     @property
     def ran(self) -> bool:
@@ -64,6 +74,7 @@ class DropReason(str, enum.Enum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     EVENT_AGE_EXCEEDED = "EventAgeExceeded"
     FUNCTION_DELETED = "FunctionDeleted"
+    VERSION_FAILED = "VersionFailed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,14 +168,20 @@ class Backlog:
     """The in-memory schedule of queued events. Every method is synchronous and does no I/O.
 
     `policy_for(function, qualifier)` gives a lane's retry policy (read when the lane is
-    created and on `refresh`); `rng` returns jitter in [0, 1).
+    created and on `refresh`); `limit_for(function)` the function's reserved concurrency
+    (None: unreserved; read when its first event arrives and on `refresh`); `rng` returns
+    jitter in [0, 1).
     """
 
     def __init__(self, timing: EventTiming, policy_for: Callable[[str, str], RetryPolicy],
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 limit_for: Callable[[str], int | None] = lambda function: None) -> None:
         self.timing = timing
         self.policy_for = policy_for
+        self.limit_for = limit_for
         self.rng = rng
+        self.limits: dict[str, int | None] = {}  # running events allowed per function with queued ones
+        self.running: collections.Counter[str] = collections.Counter()  # running events per function
         self.lanes: dict[LaneKey, Lane] = {}
         self.by_function: dict[str, set[LaneKey]] = {}
         self.ring: collections.deque[str] = collections.deque()  # functions with queued events
@@ -188,6 +205,7 @@ class Backlog:
             if event.function not in self.by_function:
                 self.by_function[event.function] = set()
                 self.ring.append(event.function)
+                self.limits[event.function] = _limit(self.limit_for(event.function))
             self.by_function[event.function].add(key)
         lane.push(event)
         self._queued += 1
@@ -201,6 +219,7 @@ class Backlog:
         keys.discard(key)
         if not keys:
             del self.by_function[key[0]]
+            self.limits.pop(key[0], None)
             self.ring.remove(key[0])
 
     def policy(self, event: QueuedEvent) -> RetryPolicy:
@@ -234,6 +253,8 @@ class Backlog:
         policies and let its gated events probe now (gate levels are kept)."""
         for key in self.by_function.get(function, ()):
             self.lanes[key].policy = self.policy_for(*key)
+        if function in self.limits:
+            self.limits[function] = _limit(self.limit_for(function))
         for gate_key in [k for k in self.gates if k and k[0] == function]:
             self.gates[gate_key].until = 0.0
         if EVERYTHING in self.gates:
@@ -244,15 +265,31 @@ class Backlog:
         gate = self.gates.get(key)
         return gate is not None and gate.until > now
 
+    def _saturated(self, function: str) -> bool:
+        """As many of `function`'s events run as its reserved concurrency allows."""
+        limit = self.limits.get(function)
+        return limit is not None and self.running[function] >= limit
+
+    def _start(self, event: QueuedEvent) -> None:
+        self.inflight[event.seq] = event
+        self.running[event.function] += 1
+
+    def _stop(self, event: QueuedEvent) -> None:
+        if self.inflight.pop(event.seq, None) is None:
+            return
+        self.running[event.function] -= 1
+        if self.running[event.function] <= 0:
+            del self.running[event.function]
+
     def take(self, now: float) -> QueuedEvent | None:
         """The next event to run (now running), or None: functions in turn, each one's
-        oldest due event among its open lanes."""
+        oldest due event among its open lanes, unless its reserved concurrency is in use."""
         if self._closed(EVERYTHING, now):
             return None
         for _ in range(len(self.ring)):
             function = self.ring[0]
             self.ring.rotate(-1)
-            if self._closed((function,), now):
+            if self._closed((function,), now) or self._saturated(function):
                 continue
             best: tuple[int, LaneKey] | None = None
             for key in self.by_function[function]:
@@ -264,7 +301,7 @@ class Backlog:
                 continue
             _, event = heapq.heappop(self.lanes[best[1]].ready)
             self._queued -= 1
-            self.inflight[event.seq] = event
+            self._start(event)
             self._drop_lane_if_empty(best[1])
             return event
         return None
@@ -288,7 +325,9 @@ class Backlog:
         return out
 
     def next_wakeup(self, now: float) -> float | None:
-        """When `take` or `expired` may next have something to do (``now`` if at once)."""
+        """When `take` or `expired` may next have something to do (``now`` if at once). A
+        function whose reserved concurrency is in use waits for one of its attempts to
+        finish (which wakes the dispatcher), not for a time."""
         soonest = math.inf
         global_gate = self.gates.get(EVERYTHING)
         for key, lane in self.lanes.items():
@@ -297,6 +336,8 @@ class Backlog:
                 soonest = min(soonest, lane.waiting[0][0])
             if lane.ready:
                 soonest = min(soonest, lane.deadline(lane.ready[0][1]))
+                if self._saturated(key[0]):
+                    continue
                 opens = max((g.until for g in (global_gate, self.gates.get((key[0],)), self.gates.get(key))
                              if g is not None), default=0.0)
                 soonest = min(soonest, max(now, opens))
@@ -316,7 +357,7 @@ class Backlog:
     def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> Decision:
         """Apply the rules to a finished attempt of a running event. On RETRY the event is
         queued again with updated counters; otherwise it has left the backlog."""
-        self.inflight.pop(event.seq, None)
+        self._stop(event)
         policy = self.policy(event)
         deadline = event.enqueued_at + policy.max_event_age_s
         if outcome.ran:
@@ -326,6 +367,8 @@ class Backlog:
             return Decision(Verdict.DONE)
         if outcome is Outcome.GONE:
             return Decision(Verdict.DROP, DropReason.FUNCTION_DELETED)
+        if outcome is Outcome.FAILED_VERSION:
+            return Decision(Verdict.DROP, DropReason.VERSION_FAILED)
         if outcome is Outcome.FUNCTION_ERROR:
             if event.attempts > policy.max_retry_attempts:
                 return Decision(Verdict.DROP, DropReason.RETRIES_EXHAUSTED)
@@ -349,4 +392,10 @@ class Backlog:
 
     def abandon(self, event: QueuedEvent) -> None:
         """A running attempt was cancelled (shutdown): forget it; it stays stored and reruns."""
-        self.inflight.pop(event.seq, None)
+        self._stop(event)
+
+
+def _limit(reserved: int | None) -> int | None:
+    """Events of a function allowed to run at once: its reserved concurrency, at least 1 (a
+    function reserved to 0 still has one attempt probe its throttle gate, with backoff)."""
+    return None if reserved is None else max(1, reserved)

@@ -76,6 +76,14 @@ class Invoker:
                 + version.state.value
             )
 
+    def refuse_failed(self, name: str, qualifier: str | None) -> None:
+        """An event is accepted for a Pending, Inactive or re-creating version (it waits until
+        the version is ready) but not for a Failed one: refused as a synchronous invoke is."""
+        version, _ = self.registry.resolve(name, qualifier)
+        if version.state == State.FAILED:
+            raise Conflict("The operation cannot be performed at this time. The function is currently in the "
+                           "following state: " + version.state.value)
+
     async def invoke(
         self,
         name: str,
@@ -102,6 +110,7 @@ class Invoker:
         if invocation_type == "DryRun":
             return InvokeResult(204, b"", request_id)  # Lambda sends no X-Amz-Executed-Version for DryRun
         if invocation_type == "Event":
+            self.refuse_failed(name, qualifier)
             self.events.accept(request_id, name, qualifier, payload)
             return InvokeResult(202, b"", request_id)
         self.check_ready(version)

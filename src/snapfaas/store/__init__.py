@@ -1,0 +1,57 @@
+"""Snapshot store: 512 KiB content-addressed chunks, dedup, compression, convergent encryption,
+cache tiers. Only this package knows chunk and manifest formats.
+
+::
+
+    snapshot tree (CRIU images, /tmp contents)          ChunkStore.put_tree / materialize / read
+          │  cut into 512 KiB chunks; all-zero chunk = hole (recorded, never stored)
+          ▼
+    chunk plaintext ──h = SHA-256──► name = HMAC(K_name, h)    key = HMAC(K_key, h)
+          │ zstd (if smaller) → AES-256-GCM(key, nonce = HMAC(key, payload))      [codec]
+          ▼
+    ┌─────────────┐  miss  ┌──────────────┐  miss  ┌─────────────────────────────┐
+    │ memory      │ ─────► │ disk cache   │ ─────► │ origin: directory or S3     │
+    │ plaintext   │ ◄───── │ sealed blobs │ ◄───── │   chunks/<name>             │
+    │ LRU, bytes  │ promote│ LRU, bytes   │ promote│   manifests/<snapshot-id>   │
+    │ budget      │        │ budget       │        │ (no budget; `collect` GCs)  │
+    └─────────────┘        └──────────────┘        └─────────────────────────────┘
+    every hit is verified (hash / AEAD tag + hash + name); a bad copy in a cache tier is
+    evicted and read from below; a bad or missing chunk at the origin is `ChunkUnavailable`
+
+Chunk blob (`codec`)::
+
+    +------+-------+-------+------------------+----------------------------------+
+    | SFCK | ver 1 | codec | nonce (12 bytes) | AES-256-GCM(payload) || tag (16) |
+    +------+-------+-------+------------------+----------------------------------+
+      4 B    1 B     1 B     AAD = these first 18 bytes; codec 0 raw, 1 zstd
+
+Manifest envelope (`manifest`)::
+
+    +----------+-------+-------------+--------+----------------------------+---------+
+    | SFMANIFT | ver 1 | nonce (12)  | n u32  | AES-256-GCM(JSON body)+tag | SHA-256 |
+    +----------+-------+-------------+--------+----------------------------+---------+
+      AAD = header || snapshot id; GCM tag = the MAC; SHA-256 = checksum of all before it
+    body: {format, snapshot, chunk_size, created, meta,
+           files: [{path, type: file|dir|symlink, mode, size,
+                    chunks: [[offset, length, name|null, h|null, stored bytes], ...]}]}
+                                            (name = null: a hole, read back as zeros)
+
+Modules: `codec` (chunk sealing, keys), `manifest` (envelope, body, validation), `tiers`
+(memory and disk caches, counters), `origin` (directory and S3 origins), `fence` (GC vs
+concurrent writes), `chunkstore` (the API), `stats` (reports), `errors`.
+"""
+
+from snapfaas.store.chunkstore import ChunkStore, open_store
+from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec, load_or_create_secret
+from snapfaas.store.errors import ChunkUnavailable, ManifestInvalid, SnapshotExists, SnapshotMissing, StoreError
+from snapfaas.store.manifest import ChunkRef, FileEntry, Manifest
+from snapfaas.store.origin import DirectoryOrigin, Origin, OriginError, S3Origin, origin_from_url
+from snapfaas.store.stats import CollectReport, SnapshotStats, StoreStats
+from snapfaas.store.tiers import TierCounters, TierUsage
+
+__all__ = [
+    "CHUNK_SIZE", "ChunkCodec", "ChunkRef", "ChunkStore", "ChunkUnavailable", "CollectReport", "DirectoryOrigin",
+    "FileEntry", "Manifest", "ManifestInvalid", "Origin", "OriginError", "S3Origin", "SnapshotExists",
+    "SnapshotMissing", "SnapshotStats", "StoreError", "StoreStats", "TierCounters", "TierUsage",
+    "load_or_create_secret", "open_store", "origin_from_url",
+]

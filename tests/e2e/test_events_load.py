@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
-import shutil
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, Counter, publish, snapshot_dirs, wait_for, wait_state
+from tests.e2e.test_snapstart_storage import flip_stored_bytes
 
 FILE_ARN = "arn:aws:snapfaas:us-east-1:000000000000:file/"
 CALLERS = 4
@@ -141,17 +141,6 @@ def test_concurrent_callers_events_under_reserved_concurrency_1_all_run_exactly_
     assert runs(counter, ids) == [1] * len(ids)
     # throttled attempts were retried, never run: one run per event and per answered sync invoke
     assert log_text(server, "single").count("START RequestId") == len(ids) + answers["ok"]
-
-
-def flip_stored_bytes(stored: Path, cached: Path) -> None:
-    """Tamper with an encrypted image and drop the cache: the next restore fails to decrypt."""
-    image = max(stored.glob("*.enc"), key=lambda p: p.stat().st_size)
-    with open(image, "r+b") as f:
-        f.seek(image.stat().st_size // 2)
-        chunk = f.read(16)
-        f.seek(image.stat().st_size // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-    shutil.rmtree(cached)
 
 
 def test_events_sent_while_the_snapshot_is_re_created_all_run(server: ServerHandle, lam, counter: Counter) -> None:  # type: ignore[no-untyped-def]

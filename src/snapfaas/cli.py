@@ -54,6 +54,8 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--no-auth", is_flag=True, help="Accept unsigned requests (local experiments only).")
 @click.option("--keep-alive", default=300.0, show_default=True, type=float, help="Seconds an idle environment is kept.")
 @click.option("--max-environments", default=32, show_default=True, type=int, help="Account concurrency limit.")
+@click.option("--restore-prefetch/--no-restore-prefetch", default=True, show_default=True,
+              help="Read ahead the library pages a snapshot's first restore used, at each restore.")
 @click.option("--admission-wait", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a request that finds a concurrency limit reached waits, queued, for a slot before "
                    "answering 429 (0: at once, as Lambda).")
@@ -127,6 +129,7 @@ def serve(**opts: Any) -> None:
         keep_alive_s=opts["keep_alive"],
         max_environments=opts["max_environments"],
         admission_wait_s=opts["admission_wait"],
+        restore_prefetch=opts["restore_prefetch"],
         sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
         snapshot_retention_s=parse_duration(opts["snapshot_retention"]),
         snapstart=not opts["no_snapstart"],

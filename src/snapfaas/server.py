@@ -35,6 +35,7 @@ from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
+from snapfaas.snapshot.workingset import WorkingSetKeeper, WorkingSets
 from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.vault import SnapshotVault
@@ -124,6 +125,9 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
+        working_sets = WorkingSetKeeper(WorkingSets(cfg.data_dir / "workingsets"))
+        if cfg.restore_prefetch:
+            worker.working_sets = working_sets
         snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments
         control.publishers["PublishedVersions"] = snapshots.publish
         control.dropped = snapshots.drop
@@ -133,6 +137,7 @@ class Server:
                           EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
                                         cfg.data_dir / "destinations"))
         snapshots.collect_garbage()
+        working_sets.sweep({v.snapshot_id for v in registry.list_all_versions() if v.snapshot_id})
         control.collect_garbage()  # code, then the id slices of deleted functions
         services = Services(cfg, control, invoker, logs, identity=identity)
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
@@ -181,6 +186,7 @@ class Server:
             await snapshots.close()
             await invoker.close()
             await worker.close()
+            await working_sets.close()
             if network is not None:
                 await network.close()
             await env_runner.cleanup()

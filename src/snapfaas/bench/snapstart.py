@@ -8,6 +8,7 @@ to reclaim the environment, so each sample is the first invoke of a new environm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -187,9 +188,13 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: i
     (a second server with ``--restore-memory copy``) runs in the same process and run."""
     results: dict[str, Any] = {}
     args = ["--keep-alive", "2", "--runtime", f"python3.11={runtime_python}"]
-    with PrivateServer(args) as server, PrivateServer([*args, "--restore-memory", "copy"]) as copy_server:
+    with contextlib.ExitStack() as servers:
+        server = servers.enter_context(PrivateServer(args))
+        copy_server = servers.enter_context(PrivateServer([*args, "--restore-memory", "copy"]))
         bench = Bench(server, say, cold_cache)
         copy_bench = Bench(copy_server, say, cold_cache)
+        # with the page cache dropped, the baseline for reading the file working set ahead
+        plain_bench = Bench(servers.enter_context(PrivateServer([*args, "--no-restore-prefetch"])), say, cold_cache) if cold_cache else None
         for name, (package, memory) in REFERENCE.items():
             if only and name not in only:
                 continue
@@ -199,7 +204,15 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: i
             cold = bench.cold(name, runs)
             publish_s = _publish(bench, name)
             say(f"[{name}] snapshot ready in {publish_s:.1f} s; restores")
+            bench.invoke(name, "1")  # the first restore records the snapshot's file working set
             e2e, restore, warm = bench.restores(name, runs)
+            if plain_bench is not None:
+                say(f"[{name}] baseline: restores without reading the working set ahead (--no-restore-prefetch)")
+                _deploy(plain_bench, name, package, memory)
+                _publish(plain_bench, name)
+                plain_bench.invoke(name, "1")
+                plain_e2e, _, _ = plain_bench.restores(name, runs)
+                plain_bench.client.delete_function(FunctionName=name)
             say(f"[{name}] baseline: restores that copy memory (--restore-memory copy)")
             _deploy(copy_bench, name, package, memory)
             _publish(copy_bench, name)
@@ -221,6 +234,10 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: i
                 "burst_e2e_ms": _stats(burst_e2e), "burst_restore_duration_ms": _stats(burst_restore),
                 "first_burst_e2e_ms": _stats(first_e2e),
             }
+            if plain_bench is not None:
+                row["restore_no_prefetch_e2e_ms"] = _stats(plain_e2e)
+                row["speedup_no_prefetch_over_prefetch"] = round(
+                    row["restore_no_prefetch_e2e_ms"]["median"] / row["restore_e2e_ms"]["median"], 2)
             row["speedup_cold_over_restore"] = round(row["cold_e2e_ms"]["median"] / row["restore_e2e_ms"]["median"], 1)
             row["speedup_copy_over_map"] = round(row["restore_copy_e2e_ms"]["median"] / row["restore_e2e_ms"]["median"], 2)
             row["restore_over_floor"] = round(row["restore_e2e_ms"]["median"] / row["engine_floor_ms"]["median"], 2)
@@ -231,6 +248,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: i
             bench.client.delete_function(FunctionName=name)
         bench.close()
         copy_bench.close()
+        if plain_bench is not None:
+            plain_bench.close()
     return {"benchmark": "snapstart", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "runs": runs, "burst": burst, "page_cache": "dropped before each sample" if cold_cache else "warm",
             "functions": results}
@@ -254,4 +273,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['restore_over_floor']}x | {r['burst_p99_e2e_ms']} ms | {r['burst_p99_over_single']}x | {r['first_burst_p99_over_single']}x | "
             f"{r['restore_copy_e2e_ms']['median']} ms | {r['speedup_copy_over_map']}x |"
         )
+    prefetch = {name: r for name, r in result["functions"].items() if "restore_no_prefetch_e2e_ms" in r}
+    if prefetch:
+        lines += ["", "Reading the file working set ahead (page cache dropped before each sample; baseline: a server "
+                  "with `--no-restore-prefetch`, same run):", "",
+                  "| function | restore, working set read ahead (e2e) | restore without (e2e) | without / with |", "|---|---|---|---|"]
+        for name, r in prefetch.items():
+            lines.append(f"| {name} | {r['restore_e2e_ms']['median']} ms | {r['restore_no_prefetch_e2e_ms']['median']} ms | "
+                         f"**{r['speedup_no_prefetch_over_prefetch']}x** |")
     return "\n".join(lines) + "\n"

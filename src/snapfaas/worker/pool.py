@@ -29,6 +29,7 @@ from snapfaas.worker.environment import (
 )
 from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.vault import CacheLease
+from snapfaas.snapshot.workingset import WorkingSetKeeper
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.placement import (
     MIN_IDLE_AGE_S, DemandAverage, IdleEnvironment, PoolLoad, choose_victim, next_eligible_at,
@@ -176,6 +177,7 @@ class Worker:
         self.factory = factory
         self.credentials = credentials or NoCredentials()
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
+        self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
         self.admission_wait_s = admission_wait_s
@@ -619,6 +621,8 @@ class Worker:
                     if env.network is not None:
                         env.network.started()  # background namespace work may go on
             outcome, healthy = await self._run(env, request, phase)
+            if healthy and phase is not None and phase[0] == "Restore" and self.working_sets is not None:
+                self.working_sets.observe(env.version.snapshot_id, env.container.init_pid)
             return outcome
         finally:
             if env is not None:
@@ -676,6 +680,8 @@ class Worker:
         assert env.restore_from is not None and self.snapshots is not None
         started = time.monotonic()
         env.log(f"RESTORE_START Runtime Version: {env.version.runtime}.snapfaas\n")
+        if self.working_sets is not None:  # library pages the snapshot's first restore used, read ahead meanwhile
+            self.working_sets.prefetch(env.version.snapshot_id)
         env.begin_capture()
         updates = self._restored_environ(env)
         try:

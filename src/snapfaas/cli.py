@@ -96,6 +96,17 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-cache-bytes", default=None,
               help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
                    "are evicted beyond it. Default: a quarter of MemTotal.")
+@click.option("--store-origin", default=None, metavar="DIR|s3://BUCKET/PREFIX",
+              help="Where snapshot chunks and manifests live for good: a directory or an S3 bucket/prefix "
+                   "(credentials from the standard AWS variables/profiles). Default: <data-dir>/store.")
+@click.option("--store-s3-endpoint-url", default=None, metavar="URL",
+              help="S3 endpoint of an S3-compatible service (with an s3:// --store-origin).")
+@click.option("--store-cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Local disk cache of sealed (encrypted) snapshot chunks. Default: <data-dir>/store-cache.")
+@click.option("--store-cache-bytes", default="4G", show_default=True, help="Byte budget of that disk cache (LRU).")
+@click.option("--store-memory-bytes", default="64M", show_default=True,
+              help="Byte budget of the store's plaintext chunk memory tier (LRU); the restore-ready RAM cache "
+                   "(--snapshot-cache-bytes) is the big memory tier.")
 @click.option("--client-header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds a client has to send a whole request head once it started; then the connection is closed.")
 @click.option("--client-body-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -113,6 +124,8 @@ def serve(**opts: Any) -> None:
         overrides = parse_runtime_overrides(opts["runtimes"])
         log_cap = parse_size(opts["log_max_bytes"])
         cache_budget = parse_size(opts["snapshot_cache_bytes"]) if opts["snapshot_cache_bytes"] is not None else None
+        store_cache_bytes = parse_size(opts["store_cache_bytes"])
+        store_memory_bytes = parse_size(opts["store_memory_bytes"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sandbox_dir = opts["sandbox_dir"]
@@ -148,7 +161,14 @@ def serve(**opts: Any) -> None:
         client_header_timeout_s=opts["client_header_timeout"],
         client_body_timeout_s=opts["client_body_timeout"],
         client_idle_timeout_s=opts["client_idle_timeout"],
+        store_origin=_origin_option(opts["store_origin"]),
+        store_s3_endpoint_url=opts["store_s3_endpoint_url"],
+        store_cache_dir=opts["store_cache_dir"].resolve() if opts["store_cache_dir"] else None,
+        store_cache_bytes=store_cache_bytes,
+        store_memory_bytes=store_memory_bytes,
     )
+    if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
+        raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
     try:
         IdRange(opts["id_range_base"], opts["id_range_slices"])
     except ValueError as exc:
@@ -170,6 +190,13 @@ def serve(**opts: Any) -> None:
         asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
     except SnapfaasError as exc:  # a refused start (untrusted directory, network set-up, ...): say why, no traceback
         raise click.ClickException(f"snapfaas serve stopped: {exc.message}") from exc
+
+
+def _origin_option(value: str | None) -> str | None:
+    """An s3:// origin as given; a directory made absolute (the daemon may change directory)."""
+    if value is None or value.startswith("s3://"):
+        return value
+    return str(Path(value).resolve())
 
 
 def parse_duration(text: str) -> float:

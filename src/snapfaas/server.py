@@ -37,6 +37,7 @@ from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
 from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
+from snapfaas.snapshot.catalog import COUNTERS_FILE
 from snapfaas.snapshot.vault import SnapshotVault, remove_legacy
 from snapfaas.store import StoreError, open_store
 from snapfaas.worker.async_invocations import EventSettings
@@ -215,7 +216,8 @@ class Server:
         self.say(f"snapshot store: origin {store.origin.describe()}, disk cache {cfg.store_cache_path} "
                  f"({cfg.store_cache_bytes} bytes), chunk memory tier {cfg.store_memory_bytes} bytes")
         vault = SnapshotVault(store, cfg.snapshot_cache, image_owner=0, group_of=cfg.id_range.slice_base,
-                              cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s)
+                              cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s,
+                              counters_path=cfg.data_dir / COUNTERS_FILE)
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
-import shutil
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
-from tests.e2e.snapstart_support import SNAPSTART, Counter, publish, snapshot_dirs, wait_for, wait_state
+from tests.e2e.snapstart_support import SNAPSTART, Counter, damage_an_origin_chunk, publish, snapshot_dirs, wait_for, wait_state
 
 FILE_ARN = "arn:aws:snapfaas:us-east-1:000000000000:file/"
 CALLERS = 4
@@ -57,7 +56,7 @@ def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) 
     require_root()
     base = tmp_path_factory.mktemp("eventsload")
     yield from run_server(processes, base, ["--keep-alive", "60", "--max-environments", "4",
-                                            "--event-retry-base", "0.05"])
+                                            "--event-retry-base", "0.05", "--store-memory-bytes", "1K"])
 
 
 @pytest.fixture(scope="module")
@@ -143,22 +142,11 @@ def test_concurrent_callers_events_under_reserved_concurrency_1_all_run_exactly_
     assert log_text(server, "single").count("START RequestId") == len(ids) + answers["ok"]
 
 
-def flip_stored_bytes(stored: Path, cached: Path) -> None:
-    """Tamper with an encrypted image and drop the cache: the next restore fails to decrypt."""
-    image = max(stored.glob("*.enc"), key=lambda p: p.stat().st_size)
-    with open(image, "r+b") as f:
-        f.seek(image.stat().st_size // 2)
-        chunk = f.read(16)
-        f.seek(image.stat().st_size // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-    shutil.rmtree(cached)
-
-
 def test_events_sent_while_the_snapshot_is_re_created_all_run(server: ServerHandle, lam, counter: Counter) -> None:  # type: ignore[no-untyped-def]
     make(lam, "recreated", counter, snap=True, INIT_SLEEP="3")  # each snapshot takes 3 s+
     publish(lam, "recreated")
     [stored], [cached] = snapshot_dirs(server, "recreated", "1")
-    flip_stored_bytes(stored, cached)
+    damage_an_origin_chunk(server, stored.name, cached)
     first = [send(lam, "recreated", "first", qualifier="1")]  # its restore fails: re-creation starts
     wait_state(lam, "recreated", "1", ("Pending",), timeout=60)
     ids = first + [send(lam, "recreated", f"r{i}", qualifier="1") for i in range(9)]

@@ -354,6 +354,7 @@ class SnapshotManager:
         period = max(1.0, min(self.retention_s / 4, 60.0))
         while True:
             await asyncio.sleep(period)  # a periodic timer, not synchronization
+            await asyncio.to_thread(self.vault.save_counters)
             for v in self.expire():
                 logger.info("snapshot of %s:%s expired (retention %.0f s)", v.name, v.version, self.retention_s)
 

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.errors import ServiceError
-from snapfaas.store import ChunkStore, CollectReport, Manifest, StoreError
+from snapfaas.snapshot.catalog import write_counters
+from snapfaas.store import ChunkStore, ChunkUnavailable, CollectReport, Manifest, ManifestInvalid, SnapshotMissing, StoreError
 
 logger = logging.getLogger(__name__)
 FORMAT_KEY = "snapfaas_vault"  # in the store manifest's meta: which vault format wrote it
@@ -98,7 +99,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
 
 class SnapshotVault:
     def __init__(self, store: ChunkStore, cache: Path, image_owner: int, group_of: Callable[[int], int],
-                 cache_bytes: int | None = None, grace_seconds: float = 0.0) -> None:
+                 cache_bytes: int | None = None, grace_seconds: float = 0.0, counters_path: Path | None = None) -> None:
         """CRIU reads images both as host root (a freshly cloned task, before its user
         namespace has a uid map, has no DAC override there) and as the sandbox's mapped root:
         images belong to `image_owner` (root) and `group_of(slice)` (the host gid of the mapped
@@ -109,13 +110,15 @@ class SnapshotVault:
         in the cache directory (left by a previous run) are counted against it.
         `grace_seconds`: manifests and origin chunks younger than this survive `collect_garbage`
         even if unreferenced (0 for an origin only this process writes: the in-process fence is
-        exact; more for an origin other hosts publish to)."""
+        exact; more for an origin other hosts publish to). `counters_path`: where
+        `save_counters` writes the store's tier counters for the operator tools."""
         self.store = store
         self.cache = cache
         self.image_owner = image_owner
         self.group_of = group_of
         self.cache_bytes = cache_bytes
         self.grace_seconds = grace_seconds
+        self.counters_path = counters_path
         cache.mkdir(parents=True, exist_ok=True)
         for directory in (cache.parent, cache):  # searchable (not listable) by the sandbox's uids
             os.chmod(directory, 0o711)
@@ -133,7 +136,16 @@ class SnapshotVault:
         self._adopt_cached()
 
     def close(self) -> None:
+        self.save_counters()
         self.store.close()
+
+    def save_counters(self) -> None:
+        """Write the store's tier counters to `counters_path` (blocking; if set)."""
+        if self.counters_path is not None:
+            try:
+                write_counters(self.counters_path, self.store.counters())
+            except OSError as exc:  # operator statistics only: never fail the caller for them
+                logger.warning("could not write the snapshot store counters to %s: %s", self.counters_path, exc)
 
     # -- publishing ----------------------------------------------------------------------
     def work_dir(self, snapshot_id: str) -> Path:
@@ -171,7 +183,8 @@ class SnapshotVault:
         try:
             stored = self.store.manifest(snapshot_id)
         except StoreError as exc:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({exc.message})") from exc
+            logger.warning("snapshot %s: %s", snapshot_id, exc.message)
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({_without_places(exc)})") from exc
         if stored.meta.get(FORMAT_KEY) != FORMAT:
             raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a format-{FORMAT} snapfaas snapshot")
         return describe(stored)
@@ -245,7 +258,9 @@ class SnapshotVault:
             with self._cache_guard:
                 self._materialized[snapshot_id] += 1
         except StoreError as exc:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'materialize from the store': {exc.message}") from exc
+            logger.warning("snapshot %s: %s", snapshot_id, exc.message)
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'materialize from the store': "
+                                  f"{_without_places(exc)}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -396,7 +411,22 @@ class SnapshotVault:
                 shutil.rmtree(path, ignore_errors=True)  # at start-up no materialization is staging
             elif not path.name.startswith(".") and path.name not in keep:
                 self.evict(path.name)
+        self.save_counters()
         return report
+
+
+def _without_places(exc: StoreError) -> str:
+    """What went wrong, without host paths or origin locations: this text reaches the
+    function's log (the server log has the full message)."""
+    if isinstance(exc, ChunkUnavailable):
+        text = exc.message
+        kind = "corrupt" if "corrupt at origin" in text else "missing" if "missing at origin" in text else "unavailable"
+        return f"chunk {exc.index} of {exc.path} (offset {exc.offset}) is {kind} at origin"
+    if isinstance(exc, SnapshotMissing):
+        return "no manifest in the snapshot store"
+    if isinstance(exc, ManifestInvalid):
+        return exc.message.partition(": ")[2] or exc.message
+    return f"the snapshot store failed ({type(exc).__name__})"
 
 
 def remove_legacy(data_dir: Path) -> int:

@@ -215,3 +215,8 @@ def damage_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path 
         disk[name].unlink()
     if cached is not None:
         shutil.rmtree(cached)
+
+
+def containers_of(server: ServerHandle, env_ids: set[str]) -> list[str]:
+    """runc containers still present for the given environment ids."""
+    return [c for c in server.runc_containers() if c.removeprefix("sf-") in env_ids]

@@ -262,7 +262,7 @@ def test_a_publish_storm_beyond_the_environment_limit_queues_and_never_exceeds_i
     print(f"\n[storm] {len(names)} publishes, max-environments {LIMIT}: at most {max(counts)} containers "
           f"over {len(counts)} samples")
     assert max(counts) <= LIMIT and max(counts) > 0
-    # a 1-byte cache budget: every restore decrypts its snapshot and evicts the others' images
+    # a 1-byte cache budget: every restore materializes its snapshot from the store and evicts the others' images
     # (unlinked: the environments restored from them, which map their pages, keep working)
     for _ in range(2):
         for name, version in zip(names, versions):

@@ -98,6 +98,17 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-cache-bytes", default=None,
               help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
                    "are evicted beyond it. Default: a quarter of MemTotal.")
+@click.option("--store-origin", default=None, metavar="DIR|s3://BUCKET/PREFIX",
+              help="Where snapshot chunks and manifests live for good: a directory or an S3 bucket/prefix "
+                   "(credentials from the standard AWS variables/profiles). Default: <data-dir>/store.")
+@click.option("--store-s3-endpoint-url", default=None, metavar="URL",
+              help="S3 endpoint of an S3-compatible service (with an s3:// --store-origin).")
+@click.option("--store-cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Local disk cache of sealed (encrypted) snapshot chunks. Default: <data-dir>/store-cache.")
+@click.option("--store-cache-bytes", default="4G", show_default=True, help="Byte budget of that disk cache (LRU).")
+@click.option("--store-memory-bytes", default="64M", show_default=True,
+              help="Byte budget of the store's plaintext chunk memory tier (LRU); the restore-ready RAM cache "
+                   "(--snapshot-cache-bytes) is the big memory tier.")
 @click.option("--client-header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds a client has to send a whole request head once it started; then the connection is closed.")
 @click.option("--client-body-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -115,6 +126,8 @@ def serve(**opts: Any) -> None:
         overrides = parse_runtime_overrides(opts["runtimes"])
         log_cap = parse_size(opts["log_max_bytes"])
         cache_budget = parse_size(opts["snapshot_cache_bytes"]) if opts["snapshot_cache_bytes"] is not None else None
+        store_cache_bytes = parse_size(opts["store_cache_bytes"])
+        store_memory_bytes = parse_size(opts["store_memory_bytes"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sandbox_dir = opts["sandbox_dir"]
@@ -151,7 +164,14 @@ def serve(**opts: Any) -> None:
         client_header_timeout_s=opts["client_header_timeout"],
         client_body_timeout_s=opts["client_body_timeout"],
         client_idle_timeout_s=opts["client_idle_timeout"],
+        store_origin=_origin_option(opts["store_origin"]),
+        store_s3_endpoint_url=opts["store_s3_endpoint_url"],
+        store_cache_dir=opts["store_cache_dir"].resolve() if opts["store_cache_dir"] else None,
+        store_cache_bytes=store_cache_bytes,
+        store_memory_bytes=store_memory_bytes,
     )
+    if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
+        raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
     try:
         IdRange(opts["id_range_base"], opts["id_range_slices"])
     except ValueError as exc:
@@ -173,6 +193,13 @@ def serve(**opts: Any) -> None:
         asyncio.run(Server(config, dict(os.environ), say=lambda s: click.echo(s, err=True)).run())
     except SnapfaasError as exc:  # a refused start (untrusted directory, network set-up, ...): say why, no traceback
         raise click.ClickException(f"snapfaas serve stopped: {exc.message}") from exc
+
+
+def _origin_option(value: str | None) -> str | None:
+    """An s3:// origin as given; a directory made absolute (the daemon may change directory)."""
+    if value is None or value.startswith("s3://"):
+        return value
+    return str(Path(value).resolve())
 
 
 def parse_duration(text: str) -> float:
@@ -391,6 +418,149 @@ def demo(runtime_python: Path) -> None:
     if not runtime_python.exists():
         raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (make demo does)")
     demo_module.run(console, lambda s: console.print(s), runtime_python)
+
+
+# -- snapshot store operator tools (snapfaas.snapshot.catalog) ------------------------------------
+
+def store_options(func: Any) -> Any:
+    """Where the store is: the same data dir and --store-* settings as `snapfaas serve`."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+    func = click.option("--store-cache-dir", type=click.Path(path_type=Path), default=None,
+                        help="The server's --store-cache-dir (default <data-dir>/store-cache).")(func)
+    func = click.option("--store-s3-endpoint-url", default=None, help="The server's --store-s3-endpoint-url.")(func)
+    func = click.option("--store-origin", default=None, help="The server's --store-origin (default <data-dir>/store).")(func)
+    func = click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".snapfaas"), show_default=True,
+                        help="The server's data dir (its registry and store secret are read directly).")(func)
+    return func
+
+
+def open_catalog(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
+                 store_cache_dir: Path | None) -> Any:
+    from snapfaas.snapshot.catalog import Catalog
+    from snapfaas.errors import SnapfaasError
+
+    try:
+        return Catalog.open(data_dir.resolve(), _origin_option(store_origin), store_s3_endpoint_url,
+                            store_cache_dir.resolve() if store_cache_dir else None)
+    except SnapfaasError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _catalog_call(catalog: Any, call: Any) -> Any:
+    from snapfaas.errors import SnapfaasError
+
+    try:
+        return call()
+    except SnapfaasError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        catalog.close()
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+@main.group()
+def snapshot() -> None:
+    """SnapStart snapshots in the store (read from the data dir; the server may be running)."""
+
+
+@snapshot.command(name="ls")
+@store_options
+def snapshot_ls(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
+                store_cache_dir: Path | None, as_json: bool) -> None:
+    """List the snapshots in the store."""
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    rows = _catalog_call(catalog, catalog.snapshots)
+    if as_json:
+        click.echo(_json(rows))
+        return
+    table = Table("Function", "Version", "Snapshot", "Raw size", "Memory", "Referenced", "Created")
+    for row in rows:
+        if "error" in row:
+            table.add_row("?", "?", row["snapshot"], "-", "-", "-", row["error"])
+            continue
+        table.add_row(str(row["function"]), str(row["version"]), row["snapshot"], _mb(row["raw_bytes"]),
+                      str(row["restore_memory"]), "yes" if row["referenced"] else "no (awaits gc)",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"])))
+    console.print(table)
+
+
+@snapshot.command(name="inspect")
+@click.argument("target", metavar="NAME:VERSION")
+@store_options
+def snapshot_inspect(target: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
+                     store_cache_dir: Path | None, as_json: bool) -> None:
+    """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier."""
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    info = _catalog_call(catalog, lambda: catalog.inspect(target))
+    if as_json:
+        click.echo(_json(info))
+        return
+    table = Table("Field", "Value")
+    for key in ("snapshot_id", "function", "version", "restore_memory", "referenced", "files"):
+        table.add_row(key, str(info[key]))
+    table.add_row("raw size", f"{_mb(info['raw_bytes'])} ({_mb(info['hole_bytes'])} zero chunks, not stored)")
+    table.add_row("stored size", f"{_mb(info['stored_bytes'])} ({info['stored_bytes'] / max(info['raw_bytes'], 1):.1%} of raw)")
+    table.add_row("chunks", f"{info['chunks']} distinct ({info['chunk_refs']} references)")
+    table.add_row("shared with other snapshots", f"{info['shared_chunks']} chunks, {_mb(info['shared_bytes'])}")
+    for tier, usage in info["tiers"].items():
+        table.add_row(f"in {tier}", f"{usage['chunks']} chunks, {_mb(usage['bytes'])}")
+    console.print(table)
+
+
+@main.group()
+def store() -> None:
+    """The snapshot chunk store (read from the data dir; the server may be running)."""
+
+
+@store.command(name="stats")
+@store_options
+def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
+                store_cache_dir: Path | None, as_json: bool) -> None:
+    """Bytes per tier, dedup ratio and the server's tier counters."""
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    stats = _catalog_call(catalog, catalog.stats)
+    if as_json:
+        click.echo(_json(stats))
+        return
+    console.print(f"origin {stats['origin']}: {stats['snapshots']} snapshots, raw {_mb(stats['raw_bytes'])}, "
+                  f"unique {_mb(stats['unique_bytes'])} in {stats['unique_chunks']} chunks, stored {_mb(stats['stored_bytes'])}; "
+                  f"dedup {stats['dedup_ratio']:.2f}x, stored/unique {stats['compression_ratio']:.2f}")
+    usage = Table("Tier", "Chunks", "Bytes", "Budget")
+    for tier, row in stats["usage"].items():
+        usage.add_row(tier, str(row["chunks"]), _mb(row["bytes"]), _mb(row["budget"]))
+    console.print(usage)
+    saved = stats["server_counters"]
+    if saved is None:
+        console.print("no tier counters yet (the server writes them periodically and at shutdown)")
+        return
+    counters = Table("Tier", "Hits", "Misses", "Bytes read", "Bytes written", "Corrupt", "Evictions",
+                     title=f"server counters as of {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(saved['written']))} UTC")
+    for tier, c in saved["counters"].items():
+        counters.add_row(tier, str(c["hits"]), str(c["misses"]), _mb(c["bytes_read"]), _mb(c["bytes_written"]),
+                         str(c["corrupt"]), str(c["evictions"]))
+    console.print(counters)
+
+
+@store.command(name="gc")
+@click.option("--grace", default="10m", show_default=True,
+              help="Spare unreferenced manifests and chunks younger than this (a server may be publishing them).")
+@store_options
+def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
+             store_cache_dir: Path | None, as_json: bool) -> None:
+    """Delete manifests no version references and chunks no remaining manifest needs."""
+    grace_s = parse_duration(grace)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    report = _catalog_call(catalog, lambda: catalog.collect(grace_s))
+    if as_json:
+        click.echo(_json(report))
+        return
+    console.print(f"deleted {report['manifests_deleted']} manifests and {report['chunks_deleted']} chunks "
+                  f"({_mb(report['bytes_freed'])}); kept {report['chunks_kept']} chunks; "
+                  f"{report['cache_entries_dropped']} cache entries dropped"
+                  + ("" if report["disk_cache_collected"] else " (disk cache in use by the server: left to it)"))
 
 
 # -- snapshot safety scan (snapfaas.scan) ------------------------------------------------------

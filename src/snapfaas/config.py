@@ -19,6 +19,7 @@ RAM_ROOT = Path("/run/snapfaas")  # root-owned, on a tmpfs: per-server state tha
 ENV_SERVICES = "127.0.0.1:9001"  # inside every environment's own network namespace (see sandbox/network.py)
 CREDENTIALS_PATH = "/2021-04-23/credentials"  # Lambda's container-credentials path
 SECRET_KEY_ENV = "SNAPFAAS_SECRET_ACCESS_KEY"
+STORE_SHARED_GRACE_S = 600.0  # GC spares younger unreferenced objects of an origin other hosts may write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,32 @@ class ServerConfig:
     client_header_timeout_s: float = 10.0  # a request head must be complete this long after its first byte
     client_body_timeout_s: float = 20.0  # longest pause between two chunks of a request body
     client_idle_timeout_s: float = 60.0  # an idle keep-alive client connection is closed after this
+    store_origin: str | None = None  # snapshot store origin: a directory or s3://bucket/prefix; None: <data-dir>/store
+    store_s3_endpoint_url: str | None = None  # a non-AWS S3 service (credentials: boto3's standard chain)
+    store_cache_dir: Path | None = None  # the store's local disk cache (sealed chunks); None: <data-dir>/store-cache
+    store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
+    store_memory_bytes: int = 64 << 20  # the store's chunk memory tier; small: the plaintext RAM cache is the big one
 
+    @property
+    def store_origin_url(self) -> str:
+        return self.store_origin if self.store_origin is not None else str(self.data_dir / "store")
+
+    @property
+    def store_cache_path(self) -> Path:
+        return self.store_cache_dir if self.store_cache_dir is not None else self.data_dir / "store-cache"
+
+    @property
+    def store_secret_path(self) -> Path:
+        """The deployment secret chunk names and keys derive from (0600; every server sharing
+        an origin needs the same file)."""
+        return store_secret_for(self.data_dir)
+
+    @property
+    def store_grace_s(self) -> float:
+        """How long garbage collection spares unreferenced manifests and chunks: 0 for a
+        directory origin (one server writes it and fences its own publishes exactly); 10
+        minutes for S3, which other hosts may be publishing to."""
+        return STORE_SHARED_GRACE_S if self.store_origin_url.startswith("s3://") else 0.0
 
     def snapshot_cache_budget(self, meminfo: Path = Path("/proc/meminfo")) -> int:
         """`snapshot_cache_bytes`, or a quarter of the host's MemTotal when it is not set."""
@@ -163,6 +189,11 @@ class ServerConfig:
     @property
     def endpoint_url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def store_secret_for(data_dir: Path) -> Path:
+    """The snapshot store's deployment secret of the server whose data dir is `data_dir`."""
+    return data_dir / "store.secret"
 
 
 def run_dir_for(sandbox_dir: Path) -> Path:

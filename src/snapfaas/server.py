@@ -38,7 +38,9 @@ from snapfaas.snapshot import engine
 from snapfaas.snapshot.workingset import WorkingSetKeeper, WorkingSets
 from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
-from snapfaas.snapshot.vault import SnapshotVault
+from snapfaas.snapshot.catalog import COUNTERS_FILE
+from snapfaas.snapshot.vault import SnapshotVault, remove_legacy
+from snapfaas.store import StoreError, open_store
 from snapfaas.worker.async_invocations import EventSettings
 from snapfaas.worker.backlog import EventTiming
 from snapfaas.worker.factory import EnvironmentFactory
@@ -136,7 +138,13 @@ class Server:
         invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db", logs,
                           EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
                                         cfg.data_dir / "destinations"))
-        snapshots.collect_garbage()
+        removed = await asyncio.to_thread(remove_legacy, cfg.data_dir)
+        if removed:
+            self.say(f"Removed {removed} snapshot(s) of the previous storage format; their versions re-create them when invoked.")
+        try:
+            await snapshots.collect_garbage(startup=True)
+        except StoreError as exc:  # e.g. the origin is unreachable: serving goes on, the next collection retries
+            self.say(f"WARNING: snapshot garbage collection at start-up failed: {exc.message}")
         working_sets.sweep({v.snapshot_id for v in registry.list_all_versions() if v.snapshot_id})
         control.collect_garbage()  # code, then the id slices of deleted functions
         services = Services(cfg, control, invoker, logs, identity=identity)
@@ -208,8 +216,14 @@ class Server:
             if cfg.restore_memory == "map" and not status.maps_pages:
                 self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
                          "restores copy every page of memory")
-        vault = SnapshotVault(cfg.data_dir / "snapshots", cfg.snapshot_cache, cfg.data_dir / "snapshot.key",
-                              image_owner=0, group_of=cfg.id_range.slice_base, cache_bytes=cfg.snapshot_cache_budget())
+        store = open_store(cfg.store_origin_url, cfg.store_secret_path, s3_endpoint_url=cfg.store_s3_endpoint_url,
+                           cache_dir=cfg.store_cache_path, cache_bytes=cfg.store_cache_bytes,
+                           memory_bytes=cfg.store_memory_bytes)
+        self.say(f"snapshot store: origin {store.origin.describe()}, disk cache {cfg.store_cache_path} "
+                 f"({cfg.store_cache_bytes} bytes), chunk memory tier {cfg.store_memory_bytes} bytes")
+        vault = SnapshotVault(store, cfg.snapshot_cache, image_owner=0, group_of=cfg.id_range.slice_base,
+                              cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s,
+                              counters_path=cfg.data_dir / COUNTERS_FILE)
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import collections
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -156,14 +157,64 @@ def cache_root(server: ServerHandle) -> Path:
     return snapshot_cache_for(sandbox)
 
 
+def store_root(server: ServerHandle) -> Path:
+    """The server's store origin directory (``--store-origin``, default <data-dir>/store)."""
+    args = server.extra_args
+    return Path(args[args.index("--store-origin") + 1]) if "--store-origin" in args else server.data_dir / "store"
+
+
+def store_cache(server: ServerHandle) -> Path:
+    """The server's store disk cache (``--store-cache-dir``, default <data-dir>/store-cache)."""
+    args = server.extra_args
+    return Path(args[args.index("--store-cache-dir") + 1]) if "--store-cache-dir" in args else server.data_dir / "store-cache"
+
+
 def snapshot_dirs(server: ServerHandle, name: str, version: str) -> tuple[list[Path], list[Path]]:
-    """(encrypted dirs under <data-dir>/snapshots, plaintext cache dirs) of one version."""
+    """(manifests of the version's snapshots at the store origin, plaintext cache dirs). A
+    manifest's file name is its snapshot id."""
     pattern = re.compile(re.escape(f"{name}-{version}-") + r"[0-9a-f]{12}")
 
     def matching(root: Path) -> list[Path]:
         return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.exists() else []
 
-    return matching(server.data_dir / "snapshots"), matching(cache_root(server))
+    return matching(store_root(server) / "manifests"), matching(cache_root(server))
+
+
+def chunk_files(root: Path) -> dict[str, Path]:
+    """Chunk name -> blob file in a directory origin or disk cache (both fan out by name[:2])."""
+    base = root / "chunks" if (root / "chunks").is_dir() else root
+    return {p.name: p for p in base.glob("??/*") if p.is_file() and not p.name.startswith(".")}
+
+
+def manifest_chunks(server: ServerHandle, snapshot_id: str) -> set[str]:
+    """The chunk names `snapshot_id`'s manifest references (read with the data dir's secret)."""
+    from snapfaas.config import store_secret_for
+    from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
+
+    store = ChunkStore(DirectoryOrigin(store_root(server)), load_or_create_secret(store_secret_for(server.data_dir)),
+                       cache_dir=None, memory_bytes=0)
+    try:
+        return store.manifest(snapshot_id).names()
+    finally:
+        store.close()
+
+
+def damage_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path | None) -> None:
+    """Flip a byte in one chunk blob of `snapshot_id` at the origin (bit rot), remove its
+    disk-cache copy and drop the plaintext RAM copy: the next restore must read that chunk from
+    the origin, and fail. (The server under test must run with a negligible chunk memory tier,
+    ``--store-memory-bytes 1K``, or an earlier restore may still hold the chunk in memory.)"""
+    names = manifest_chunks(server, snapshot_id)
+    origin, disk = chunk_files(store_root(server)), chunk_files(store_cache(server))
+    name = max(names, key=lambda n: origin[n].stat().st_size)
+    blob = origin[name]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    if name in disk:
+        disk[name].unlink()
+    if cached is not None:
+        shutil.rmtree(cached)
 
 
 def containers_of(server: ServerHandle, env_ids: set[str]) -> list[str]:

@@ -30,8 +30,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
-from tests.e2e.snapstart_support import SNAPSTART, Counter, publish, snapshot_dirs, wait_for, wait_state
-from tests.e2e.test_snapstart_storage import flip_stored_bytes
+from tests.e2e.snapstart_support import SNAPSTART, Counter, damage_an_origin_chunk, publish, snapshot_dirs, wait_for, wait_state
 
 FILE_ARN = "arn:aws:snapfaas:us-east-1:000000000000:file/"
 CALLERS = 4
@@ -56,7 +55,7 @@ def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) 
     require_root()
     base = tmp_path_factory.mktemp("eventsload")
     yield from run_server(processes, base, ["--keep-alive", "60", "--max-environments", "4",
-                                            "--event-retry-base", "0.05"])
+                                            "--event-retry-base", "0.05", "--store-memory-bytes", "1K"])
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +145,7 @@ def test_events_sent_while_the_snapshot_is_re_created_all_run(server: ServerHand
     make(lam, "recreated", counter, snap=True, INIT_SLEEP="3")  # each snapshot takes 3 s+
     publish(lam, "recreated")
     [stored], [cached] = snapshot_dirs(server, "recreated", "1")
-    flip_stored_bytes(stored, cached)
+    damage_an_origin_chunk(server, stored.name, cached)
     first = [send(lam, "recreated", "first", qualifier="1")]  # its restore fails: re-creation starts
     wait_state(lam, "recreated", "1", ("Pending",), timeout=60)
     ids = first + [send(lam, "recreated", f"r{i}", qualifier="1") for i in range(9)]

@@ -1,6 +1,10 @@
-"""SnapStart snapshot storage through real boto3: deleting versions and functions deletes their
-snapshots (encrypted images and the plaintext RAM cache), corrupt images are detected at
-restore and the snapshot is re-created, and Active snapshots survive a daemon restart.
+"""SnapStart snapshot storage through real boto3 and the real chunk store (directory origin):
+deleting versions and functions deletes their snapshots (manifests, their unique chunks from
+the origin and the disk cache, and the plaintext RAM cache) while chunks other snapshots share
+stay; snapshots are encrypted at rest; corruption at each tier is handled (a bad RAM copy is
+dropped and read again from the store, a bad disk-cache chunk is read from the origin, a bad or
+missing chunk at the origin fails that restore and the snapshot is re-created); and Active
+snapshots survive a daemon restart.
 """
 
 from __future__ import annotations
@@ -8,14 +12,16 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from snapfaas.config import bundles_for
-from tests.conftest import ServerHandle, create, invoke_json
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import (
-    SNAPSTART, assert_restored, assert_warm, cache_root, containers_of, function_log, publish, snapshot_dirs, wait_for, wait_state,
+    SNAPSTART, assert_restored, assert_warm, cache_root, chunk_files, containers_of, damage_an_origin_chunk, function_log,
+    manifest_chunks, publish, report, snapshot_dirs, store_cache, store_root, wait_for, wait_state,
 )
 
 APP = """
@@ -32,6 +38,14 @@ def handler(event, context):
     time.sleep((event or {}).get("sleep", 0))
     return {"env_id": ENV.get("id"), "greeting": os.environ.get("GREETING"), "version": context.function_version}
 """
+
+
+@pytest.fixture(scope="module")
+def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A negligible chunk memory tier: every restore reads the disk cache or the origin, so what
+    each test damages there is what the restore meets."""
+    require_root()
+    yield from run_server(processes, tmp_path_factory.mktemp("storage"), ["--keep-alive", "60", "--store-memory-bytes", "1K"])
 
 
 def create_snap(lam, name: str, greeting: str = "hello") -> None:  # type: ignore[no-untyped-def]
@@ -55,10 +69,20 @@ def test_deleting_a_version_then_the_function_deletes_their_snapshots(lam, serve
         assert body["version"] == version
     v1_stored, v1_cached = (only(d) for d in snapshot_dirs(server, "doomed", "1"))
     v2_stored, v2_cached = (only(d) for d in snapshot_dirs(server, "doomed", "2"))
+    v1_chunks, v2_chunks = manifest_chunks(server, v1_stored.name), manifest_chunks(server, v2_stored.name)
+    shared = v1_chunks & v2_chunks
+    assert shared and v1_chunks - v2_chunks, "test premise: the versions share some chunks and not others"
+    assert v1_chunks | v2_chunks <= set(chunk_files(store_root(server))) and v1_chunks <= set(chunk_files(store_cache(server)))
 
     lam.delete_function(FunctionName="doomed", Qualifier="1")
-    assert not v1_stored.exists() and not v1_cached.exists()
-    assert v2_stored.is_dir() and v2_cached.is_dir()  # the other version keeps its snapshot
+    assert not v1_cached.exists()
+    wait_for(lambda: not v1_stored.exists(), 30, "the manifest of doomed:1 to be deleted")
+    assert v2_stored.is_file() and v2_cached.is_dir()  # the other version keeps its snapshot
+    # garbage collection: doomed:1's own chunks leave the origin and the disk cache, shared ones stay
+    wait_for(lambda: not (v1_chunks - v2_chunks) & set(chunk_files(store_root(server))), 30,
+             "doomed:1's unique chunks to leave the origin")
+    assert not (v1_chunks - v2_chunks) & set(chunk_files(store_cache(server)))
+    assert v2_chunks <= set(chunk_files(store_root(server)))
     response, body = invoke_json(lam, "doomed", {}, Qualifier="2", LogType="Tail")
     assert body["greeting"] == "v2"
 
@@ -74,16 +98,18 @@ def test_deleting_a_version_then_the_function_deletes_their_snapshots(lam, serve
         lam.get_function_configuration(FunctionName="doomed", Qualifier="3")
 
     lam.delete_function(FunctionName="doomed")
-    assert not v2_stored.exists() and not v2_cached.exists()
+    wait_for(lambda: not v2_stored.exists(), 30, "the manifest of doomed:2 to be deleted")
+    assert not v2_cached.exists()
     assert all(snapshot_dirs(server, "doomed", v) == ([], []) for v in ("1", "2", "3"))
+    wait_for(lambda: not v2_chunks & set(chunk_files(store_root(server))), 30, "doomed:2's chunks to leave the origin")
 
 
 def corrupt_and_invoke(lam, server: ServerHandle, name: str, damage) -> str:  # type: ignore[no-untyped-def]
-    """Apply `damage(stored dir, cache dir)` to the snapshot of `name`:1, then invoke it: the
-    invoke must answer SnapStartNotReadyException promptly and leave no container and no mount
-    behind. Returns the broken snapshot id."""
+    """Apply `damage(server, snapshot id, cache dir)` to the snapshot of `name`:1, then invoke it:
+    the invoke must answer SnapStartNotReadyException promptly and leave no container and no
+    mount behind. Returns the broken snapshot id."""
     stored, cached = (only(d) for d in snapshot_dirs(server, name, "1"))
-    damage(stored, cached)
+    damage(server, stored.name, cached)
     started = time.monotonic()
     with pytest.raises(lam.exceptions.SnapStartNotReadyException) as not_ready:
         invoke_json(lam, name, {}, Qualifier="1")
@@ -96,7 +122,7 @@ def corrupt_and_invoke(lam, server: ServerHandle, name: str, damage) -> str:  # 
     mounts = Path("/proc/self/mountinfo").read_text()
     for env in restored:
         assert not (bundles / env).exists() and str(bundles / env) not in mounts
-    # a decryption failure stops before any container; a damaged cache fails in CRIU's restore
+    # a store failure stops before any container; a damaged RAM copy fails in CRIU's restore
     assert len(restored) == (damage is truncate_cached)
     # runc's own error messages (which name host paths) stay out of the function's log
     for host_path in ("/var/lib/snapfaas", "/dev/shm/snapfaas", str(server.data_dir)):
@@ -104,57 +130,107 @@ def corrupt_and_invoke(lam, server: ServerHandle, name: str, damage) -> str:  # 
     return stored.name
 
 
-def largest(directory: Path, pattern: str) -> Path:
-    return max(directory.glob(pattern), key=lambda p: p.stat().st_size)
-
-
-def flip_stored_bytes(stored: Path, cached: Path) -> None:
-    """Tamper with an encrypted image and drop the cache: the restore must decrypt, and fail."""
-    image = largest(stored, "*.enc")
-    with open(image, "r+b") as f:
-        f.seek(image.stat().st_size // 2)
-        chunk = f.read(16)
-        f.seek(image.stat().st_size // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
+def remove_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path) -> None:
+    """Lose one chunk at the origin (and its disk-cache copy) and drop the RAM copy."""
+    name = sorted(manifest_chunks(server, snapshot_id))[0]
+    chunk_files(store_root(server))[name].unlink()
+    chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
     shutil.rmtree(cached)
 
 
-def truncate_stored(stored: Path, cached: Path) -> None:
-    image = largest(stored, "*.enc")
-    with open(image, "r+b") as f:
-        f.truncate(image.stat().st_size // 3)
-    shutil.rmtree(cached)
-
-
-def truncate_cached(stored: Path, cached: Path) -> None:
-    """Damage the plaintext cache itself: decryption is skipped, CRIU's restore fails."""
-    image = largest(cached, "pages-*.img")
+def truncate_cached(server: ServerHandle, snapshot_id: str, cached: Path) -> None:
+    """Damage the plaintext RAM copy itself: the store is not consulted, CRIU's restore fails."""
+    image = max(cached.glob("pages-*.img"), key=lambda p: p.stat().st_size)
     with open(image, "r+b") as f:
         f.truncate(image.stat().st_size // 3)
 
 
 @pytest.mark.parametrize(("name", "damage", "detail"), [
-    ("corrupt-flipped", flip_stored_bytes, "failed to decrypt"),
-    ("corrupt-truncated", truncate_stored, "failed to decrypt"),
-    ("corrupt-cache", truncate_cached, "Restoring FAILED"),  # CRIU's own words
+    ("corrupt-origin", damage_an_origin_chunk, "corrupt at origin"),
+    ("missing-origin", remove_an_origin_chunk, "missing at origin"),
 ])
-def test_corrupt_images_are_detected_and_the_snapshot_recreated(lam, server: ServerHandle, name: str, damage,  # type: ignore[no-untyped-def]
-                                                                detail: str) -> None:
+def test_a_bad_chunk_at_the_origin_fails_the_restore_and_the_snapshot_is_recreated(  # type: ignore[no-untyped-def]
+        lam, server: ServerHandle, name: str, damage, detail: str) -> None:
     create_snap(lam, name)
     publish(lam, name)
     broken = corrupt_and_invoke(lam, server, name, damage)
-    final = wait_state(lam, name, "1", ("Active", "Failed"), timeout=30)
+    final = wait_state(lam, name, "1", ("Active", "Failed"), timeout=60)
     assert final["State"] == "Active", final.get("StateReason")
     assert final["SnapStart"]["OptimizationStatus"] == "On"
     stored, cached = (only(d) for d in snapshot_dirs(server, name, "1"))
     assert stored.name != broken and cached.name == stored.name  # a new snapshot replaced the broken one
-    assert not (server.data_dir / "snapshots" / broken).exists()
+    wait_for(lambda: not (store_root(server) / "manifests" / broken).exists(), 30, "the broken manifest to go")
     assert not (cache_root(server) / broken).exists()
     response, body = invoke_json(lam, name, {}, Qualifier="1", LogType="Tail")
     assert "FunctionError" not in response, body
     assert_restored(response["LogResult"])
     notes = [m for v, env, m in function_log(server, name) if v == "1" and not env and "restore failed" in m]
-    assert len(notes) == 1 and detail in notes[0], notes
+    assert len(notes) == 1 and detail in notes[0] and "materialize from the store" in notes[0], notes
+    # the new snapshot restores from the origin alone too: its chunks were stored afresh
+    shutil.rmtree(cached)
+    for chunk in manifest_chunks(server, stored.name):
+        chunk_files(store_cache(server)).get(chunk, Path("/nonexistent")).unlink(missing_ok=True)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two at once: the warm environment is busy
+        results = list(pool.map(lambda _: invoke_json(lam, name, {"sleep": 1}, Qualifier="1", LogType="Tail"), range(2)))
+    assert all("FunctionError" not in response for response, _ in results)
+    assert any("Restore Duration" in report(response["LogResult"]) for response, _ in results)
+
+
+def test_a_damaged_ram_copy_is_dropped_and_read_again_from_the_store(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    name = "corrupt-cache"
+    create_snap(lam, name)
+    publish(lam, name)
+    snapshot_id = corrupt_and_invoke(lam, server, name, truncate_cached)
+    notes = [m for v, env, m in function_log(server, name) if v == "1" and not env and "restore failed" in m]
+    assert len(notes) == 1 and "Restoring FAILED" in notes[0] and "read again from the snapshot store" in notes[0], notes
+    config = lam.get_function_configuration(FunctionName=name, Qualifier="1")
+    assert config["State"] == "Active"  # the snapshot itself is fine: not re-created
+    response, body = invoke_json(lam, name, {}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    stored, cached = (only(d) for d in snapshot_dirs(server, name, "1"))
+    assert stored.name == cached.name == snapshot_id
+
+
+def test_a_corrupt_disk_cache_chunk_is_read_from_the_origin(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    name = "corrupt-disk"
+    create_snap(lam, name)
+    publish(lam, name)
+    stored, cached = (only(d) for d in snapshot_dirs(server, name, "1"))
+    chunks = manifest_chunks(server, stored.name)
+    disk = chunk_files(store_cache(server))
+    assert chunks <= set(disk), "test premise: the publish warmed the disk cache"
+    for chunk in chunks:
+        data = bytearray(disk[chunk].read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        disk[chunk].write_bytes(bytes(data))
+    shutil.rmtree(cached)  # the next restore reads the store: memory tier (cold: nothing restored yet), disk, origin
+    response, body = invoke_json(lam, name, {}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    origin = chunk_files(store_root(server))
+    disk = chunk_files(store_cache(server))
+    for chunk in chunks:  # the bad copies were replaced by the origin's
+        assert disk[chunk].read_bytes() == origin[chunk].read_bytes()
+    assert [d.name for d in snapshot_dirs(server, name, "1")[0]] == [stored.name]  # not re-created
+
+
+def test_snapshots_are_encrypted_at_rest(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    """Neither the origin nor the disk cache holds a plaintext page of the images; a distinctive
+    string in the function's init memory appears in the RAM copy only."""
+    marker = "snapfaas-at-rest-" + "7" * 24
+    create(lam, "at-rest", {"app.py": APP + f"\nMARKER = {marker!r} * 64\n"}, SnapStart=SNAPSTART)
+    publish(lam, "at-rest")
+    stored, cached = (only(d) for d in snapshot_dirs(server, "at-rest", "1"))
+    needle = marker.encode()
+    assert any(needle in p.read_bytes() for p in cached.glob("pages-*.img")), "test premise: the marker is in memory"
+    names = manifest_chunks(server, stored.name)
+    for root in (store_root(server), store_cache(server)):
+        blobs = chunk_files(root)
+        assert names <= set(blobs)
+        for chunk in names:
+            assert needle not in blobs[chunk].read_bytes()
+    assert needle not in stored.read_bytes() and b"at-rest" not in stored.read_bytes()  # the manifest is encrypted too
 
 
 def test_active_snapshot_survives_a_daemon_restart(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
@@ -162,13 +238,13 @@ def test_active_snapshot_survives_a_daemon_restart(lam, server: ServerHandle) ->
     create_snap(lam, "survivor")
     publish(lam, "survivor")
     stored, cached = (only(d) for d in snapshot_dirs(server, "survivor", "1"))
-    shutil.rmtree(cached)  # after the restart the restore must decrypt from disk with the stored key
+    shutil.rmtree(cached)  # after the restart the restore must materialize from the store with the stored secret
     create_snap(lam, "interrupted")
     assert lam.publish_version(FunctionName="interrupted")["State"] == "Pending"
     server.restart()  # most likely while "interrupted" is being snapshotted
     final = lam.get_function_configuration(FunctionName="survivor", Qualifier="1")
     assert final["State"] == "Active" and final["SnapStart"]["OptimizationStatus"] == "On"
-    # three restores at once all miss the cache: one decryption, and none sees a half-written cache
+    # three restores at once all miss the cache: one materialization, and none sees a half-written cache
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: invoke_json(lam, "survivor", {"sleep": 1}, Qualifier="1", LogType="Tail"), range(3)))
     for response, body in results:
@@ -177,7 +253,7 @@ def test_active_snapshot_survives_a_daemon_restart(lam, server: ServerHandle) ->
         assert body["greeting"] == "hello"
     assert len({body["env_id"] for _, body in results} - {None}) == 3
     assert only(snapshot_dirs(server, "survivor", "1")[1]) == cached and (cached / ".complete").exists()
-    assert stored.is_dir()
+    assert stored.is_file()
     response, _ = invoke_json(lam, "survivor", {}, Qualifier="1", LogType="Tail")
     assert_warm(response["LogResult"])
     # the publish the restart interrupted is finished by the new daemon

@@ -37,3 +37,23 @@ def test_serve_rejects_a_bad_size_before_doing_anything() -> None:
     assert result.exit_code == 2 and "not a positive size" in result.output
     result = CliRunner().invoke(main, ["serve", "--snapshot-cache-bytes", "0"])
     assert result.exit_code == 2 and "not a positive size" in result.output
+    for flag in ("--store-cache-bytes", "--store-memory-bytes"):
+        result = CliRunner().invoke(main, ["serve", flag, "0"])
+        assert result.exit_code == 2 and "not a positive size" in result.output, flag
+
+
+def test_store_settings_default_under_the_data_dir(tmp_path: Path) -> None:
+    config = ServerConfig(tmp_path)
+    assert config.store_origin_url == str(tmp_path / "store")
+    assert config.store_cache_path == tmp_path / "store-cache"
+    assert config.store_secret_path == tmp_path / "store.secret"
+    assert config.store_grace_s == 0  # a directory origin: this server's own publishes are fenced exactly
+    assert config.store_memory_bytes < config.store_cache_bytes
+    shared = ServerConfig(tmp_path, store_origin="s3://bucket/prefix", store_cache_dir=tmp_path / "c")
+    assert shared.store_origin_url == "s3://bucket/prefix" and shared.store_cache_path == tmp_path / "c"
+    assert shared.store_grace_s > 0  # other hosts may be publishing to it
+
+
+def test_an_s3_endpoint_needs_an_s3_origin(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--data-dir", str(tmp_path), "--store-s3-endpoint-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "needs an s3:// --store-origin" in result.output

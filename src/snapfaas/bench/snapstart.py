@@ -9,7 +9,6 @@ to reclaim the environment, so each sample is the first invoke of a new environm
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import re
@@ -24,6 +23,7 @@ from snapfaas.bench.floor import restore_floor
 from snapfaas.bench.harness import PrivateServer, timed_invoke
 from snapfaas.client import Connection
 from snapfaas.snapshot import engine
+from snapfaas.snapshot.catalog import Catalog
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 REFERENCE = {
@@ -146,12 +146,13 @@ class Bench:
             if (b / "config.json").exists() and (b / "rootfs").exists()
             and f"AWS_LAMBDA_FUNCTION_NAME={name}" in (b / "config.json").read_text()
         )
-        manifest = next(
-            m for m in (self.server.data_dir / "snapshots").glob("*/manifest.json")
-            if json.loads(m.read_text()).get("function") == name
-        )
-        images = snapshot_cache_for(self.server.sandbox) / manifest.parent.name
-        mode = json.loads(manifest.read_text()).get("restore_memory", "copy")  # as the platform restores it
+        catalog = Catalog.open(self.server.data_dir)  # the server holds the disk cache: origin reads only
+        try:
+            snapshot = next(s for s in catalog.snapshots() if s.get("function") == name and s.get("referenced"))
+        finally:
+            catalog.close()
+        images = snapshot_cache_for(self.server.sandbox) / snapshot["snapshot"]
+        mode = snapshot.get("restore_memory") or "copy"  # as the platform restores it
         environ = engine.restore_environ(engine.probe(), mode)
         return restore_floor(bundle / "config.json", images, self.server.sandbox / "floor", runs, environ)
 

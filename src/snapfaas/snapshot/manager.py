@@ -10,7 +10,10 @@ State machine of a published SnapStart version (Lambda's)::
 
 Init runs once per snapshot, in an environment started with
 ``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``; the runtime blocks at the restore barrier and
-the checkpoint is taken while it waits. Images are encrypted at rest by `SnapshotVault`.
+the checkpoint is taken while it waits. Images live in the chunk store (`snapfaas.store`:
+deduplicated, encrypted, tiered); `SnapshotVault` keeps their plaintext restore-ready copy in RAM.
+Deleting or expiring a snapshot schedules a garbage collection (in a thread) that removes its
+chunks no other snapshot references, from every tier and the origin.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.snapshot import engine, memory
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault
+from snapfaas.store import CollectReport
 from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
 from snapfaas.worker.factory import EnvironmentFactory
 
@@ -79,6 +83,9 @@ class SnapshotManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating: set[tuple[str, str]] = set()
         self._broken: set[str] = set()  # snapshot ids already sent for re-creation
+        self._dropped_copies: dict[str, int] = {}  # snapshot id -> materializations when its cached copy was dropped
+        self._gc_task: asyncio.Task[None] | None = None
+        self._gc_again = False
         self._reaper: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -90,6 +97,7 @@ class SnapshotManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.vault.close)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -136,6 +144,7 @@ class SnapshotManager:
 
         if not self._set(version, activate):
             self.vault.delete(snapshot_id)  # the version was deleted while we worked
+            self.collect_soon()
         return None
 
     async def _snapshot(self, version: FunctionVersion) -> PublishFailure | str:
@@ -184,13 +193,18 @@ class SnapshotManager:
             except engine.CheckpointFailed as exc:
                 self.vault.delete(snapshot_id)
                 return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")
-            manifest = await asyncio.to_thread(
-                self.vault.seal, snapshot_id, work,
-                {"function": version.name, "function_version": version.version, "runtime": version.runtime,
-                 "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2),
-                 "restore_memory": decision.mode},
-                env.id_slice,
-            )
+            try:
+                manifest = await asyncio.to_thread(
+                    self.vault.seal, snapshot_id, work,
+                    {"function": version.name, "function_version": version.version, "runtime": version.runtime,
+                     "code_sha256": version.code_sha256, "init_ms": round(init_ms, 2), "checkpoint_ms": round(dump_s * 1000, 2),
+                     "restore_memory": decision.mode},
+                    env.id_slice,
+                )
+            except BaseException:
+                self.vault.delete(snapshot_id)  # whatever reached the store goes at the next collection
+                self.collect_soon()
+                raise
             self._memory_modes[snapshot_id] = decision.mode
             size = sum(f["size"] for f in manifest["files"])
             env.log(f"SNAPSHOT_REPORT Snapshot: {snapshot_id}\tSize: {size / 1e6:.1f} MB\tCheckpoint Duration: {dump_s * 1000:.2f} ms\n")
@@ -244,7 +258,8 @@ class SnapshotManager:
 
     async def images(self, version: FunctionVersion) -> CacheLease:
         """The version's snapshot images, pinned in the RAM cache until the caller releases
-        the lease (cache, or decrypted in a thread; the manifest is authenticated every time);
+        the lease (cache, or materialized from the store in a thread; the manifest is
+        authenticated every time);
         a broken or tampered snapshot sends the version back to Pending for re-creation and
         raises SnapStartNotReady. Runs on the event loop: `broken` schedules the re-creation there."""
         try:
@@ -253,21 +268,46 @@ class SnapshotManager:
             # restores run in the function's id slice; a snapshot from another one is re-created
             lease = await asyncio.to_thread(self.vault.lease, version.snapshot_id, self.registry.id_slice(version.name))
         except SnapshotCorrupt as exc:
-            self.broken(version, str(exc))
+            self._unusable(version, str(exc))
             raise SnapStartNotReady(NOT_READY) from exc
         self._memory_modes[lease.snapshot_id] = str(lease.manifest.get("restore_memory", "copy"))
         return lease
 
     def broken(self, version: FunctionVersion, detail: str) -> None:
-        """A restore failed in a way that points at the snapshot: drop it and re-create it."""
+        """A restore failed in a way that points at the snapshot's images. The RAM cache's
+        copy is not re-verified on a hit, so it may be what is damaged: the first time, only that
+        copy is dropped (the next restore reads the snapshot again from the store, where every
+        chunk is verified). If a copy read afresh fails as well, the snapshot is re-created."""
+        snapshot_id = version.snapshot_id
+        if snapshot_id in self._broken:
+            return  # concurrent restores of one snapshot all fail; handle it once
+        if snapshot_id:
+            fills = self.vault.materializations(snapshot_id)
+            dropped_at = self._dropped_copies.get(snapshot_id)
+            if dropped_at is None:
+                self._dropped_copies[snapshot_id] = fills
+                self.vault.evict(snapshot_id)
+                logger.warning("restore of %s:%s from the cached images of %s failed (%s); dropped that copy",
+                               version.name, version.version, snapshot_id, detail)
+                self._log(version, f"SnapStart restore failed ({detail}); the cached images were dropped and "
+                                   "will be read again from the snapshot store")
+                return
+            if fills == dropped_at:
+                return  # another restore from the copy already dropped
+        self._unusable(version, detail)
+
+    def _unusable(self, version: FunctionVersion, detail: str) -> None:
+        """The snapshot itself is unusable: drop it and re-create it."""
         if version.snapshot_id in self._broken:
             return  # concurrent restores of one snapshot all fail; handle it once
         if version.snapshot_id:
             self._broken.add(version.snapshot_id)
+            self._dropped_copies.pop(version.snapshot_id, None)
         logger.warning("snapshot of %s:%s is unusable (%s); re-creating it", version.name, version.version, detail)
         self._log(version, f"SnapStart restore failed ({detail}); the snapshot is being re-created")
         if version.snapshot_id:
             self.vault.delete(version.snapshot_id)
+            self.collect_soon()
         self.recreate(version, "Restoring")
 
     def recreate(self, version: FunctionVersion, why: str) -> None:
@@ -306,21 +346,60 @@ class SnapshotManager:
                 if self._set(v, deactivate):
                     self.vault.delete(snapshot_id)
                     expired.append(v)
+        if expired:
+            self.collect_soon()
         return expired
 
     async def _retention_loop(self) -> None:
         period = max(1.0, min(self.retention_s / 4, 60.0))
         while True:
             await asyncio.sleep(period)  # a periodic timer, not synchronization
+            await asyncio.to_thread(self.vault.save_counters)
             for v in self.expire():
                 logger.info("snapshot of %s:%s expired (retention %.0f s)", v.name, v.version, self.retention_s)
 
     def drop(self, versions: list[FunctionVersion]) -> None:
-        """Delete the snapshots of deleted versions."""
+        """Delete the snapshots of deleted versions (their chunks go at the collection this
+        schedules)."""
+        dropped = False
         for v in versions:
             if v.snapshot_id:
                 self.vault.delete(v.snapshot_id)
+                dropped = True
+        if dropped:
+            self.collect_soon()
 
-    def collect_garbage(self) -> int:
-        """Delete stored snapshots no version references (left by a crash mid-publish)."""
-        return self.vault.collect_garbage({v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id})
+    async def collect_garbage(self, startup: bool = False) -> CollectReport:
+        """Delete snapshots no version references (deleted, expired, broken, or left by a crash
+        mid-publish) and every chunk no remaining snapshot needs, in a thread. The registry is
+        read here, on the event loop; publishes in flight are protected by the vault."""
+        referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
+        report = await asyncio.to_thread(self.vault.collect_garbage, referenced, startup)
+        for snapshot_id in set(self._dropped_copies) - referenced:
+            del self._dropped_copies[snapshot_id]
+        return report
+
+    def collect_soon(self) -> None:
+        """Run `collect_garbage` in the background (once more if one is already running)."""
+        if self._gc_task is not None and not self._gc_task.done():
+            self._gc_again = True
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (offline use): the next start-up collects
+        self._gc_task = asyncio.ensure_future(self._collect_pending())
+        self._gc_task.set_name("snapshot-gc")
+        self._tasks.add(self._gc_task)
+        self._gc_task.add_done_callback(self._tasks.discard)
+
+    async def _collect_pending(self) -> None:
+        while True:
+            self._gc_again = False
+            try:
+                report = await self.collect_garbage()
+                logger.info("snapshot garbage collection: %s", report)
+            except Exception:  # a failed collection deletes nothing more; the next one retries
+                logger.exception("snapshot garbage collection failed")
+            if not self._gc_again:
+                return

@@ -1,29 +1,27 @@
-"""Snapshot images encrypted at rest, with a plaintext cache in memory.
+"""Snapshot images kept in the chunk store, with a plaintext restore-ready cache in RAM.
 
-Persistent layout (``<data-dir>/snapshots/<snapshot-id>/``)::
+Where a snapshot lives::
 
-    manifest.json        {"magic": "SNAPFAAS-SNAPSHOT", "version": 1, "salt": hex,
-                          "files": [{"name", "size", "sha256", "chunks"}], ...}
-    <index>.enc          per image file: a sequence of chunks, each
-                         +------------+------------------------------------+
-                         | u32 BE len | AES-256-GCM(ciphertext || 16 B tag) |
-                         +------------+------------------------------------+
-                         nonce = u32 BE file index || u64 BE chunk index (unique per key)
+    CRIU dump (work_dir, on tmpfs) ──seal──► ChunkStore.put_tree ──► origin (directory or S3):
+                                                                     manifest + 512 KiB chunks
+          │ (the dump directory becomes the cached copy)                  │
+          ▼                                                               │ lease (cache miss):
+    plaintext RAM cache  <cache>/<snapshot-id>/  ◄──ChunkStore.materialize┘ memory → disk → origin
+    (the memory tier of eager restores: CRIU reads these files)
 
-The key is HKDF-SHA256(master key, salt, info="snapfaas snapshot " + id), a fresh random salt
-per snapshot; the master key is ``<data-dir>/snapshot.key`` (0600). Plaintext images exist only
-in the cache directory, which lives on a tmpfs (RAM), never on persistent disk; restores read
-from it and a cache miss decrypts from disk. Plaintext images belong to the host id slice of
-the function they were taken from (`seal`/`lease` take the slice; the manifest records it,
-and a snapshot is only ever handed out for the slice it was taken with). The manifest is written last and durably (write,
-fsync, rename), so a snapshot without a manifest is incomplete and ignored.
+The store (`snapfaas.store`) owns chunking, dedup, convergent encryption, the disk cache and the
+origin; nothing else of a snapshot is kept on persistent disk. This vault owns the *plaintext*
+side: the restore-ready copy CRIU reads, on a tmpfs (RAM), never on persistent disk. That cache
+is the memory tier of eager restores (the store's own chunk memory tier is sized small by
+default, so RAM is not held twice). The vault's metadata (the function, its restore memory
+mode, the id slice the snapshot was taken in and the image group, and the caller's `extra`)
+rides in the store manifest's ``meta``: the store authenticates the manifest (AES-GCM with the
+snapshot id as associated data), so it can be neither altered nor moved to another snapshot id;
+`manifest` verifies it on every call (`SnapshotCorrupt` otherwise).
 
-The manifest is authenticated: ``"mac"`` is HMAC-SHA256, under a key derived from the master
-key (HKDF, info="snapfaas snapshot manifest mac"), of the manifest's canonical encoding (JSON,
-sorted keys, no whitespace, ASCII; the ``"mac"`` key itself left out), and the manifest names
-its own snapshot id. `manifest` verifies it on every read: a manifest without a MAC, with a
-wrong one or moved to another snapshot's directory is `SnapshotCorrupt`, so a snapshot's mode
-(``restore_memory``), file list and checksums cannot be altered or swapped.
+Plaintext images belong to the host id slice of the function they were taken from
+(`seal`/`lease` take the slice; the manifest records it, and a snapshot is only ever handed
+out for the slice it was taken with).
 
 RAM cache budget: the cache holds whole snapshots up to `cache_bytes` in total; past it, the
 least recently used snapshots that no restore has pinned (`lease`) are evicted. Eviction only
@@ -31,57 +29,57 @@ renames the directory away and unlinks its files, never rewrites one in place: a
 process may still map an image file copy-on-write, and its pages stay valid (the tmpfs frees
 them when the last mapping goes). A snapshot bigger than the whole budget is still cached and
 restored (everything else unpinned is evicted for it).
+
+Deletion and garbage collection go through the store: `delete` drops the cached copy at once
+and queues the manifest's removal; `collect_garbage` (in a thread) removes queued manifests and
+then collects every chunk no live manifest references, from every tier and the origin. A
+snapshot being published counts as live from `work_dir` until the registry has recorded it
+(see `collect_garbage`), so a concurrent publish never loses its manifest or chunks.
+
+Snapshots of the previous format (``<data-dir>/snapshots/<id>/manifest.json`` + ``*.enc``
+and ``snapshot.key``) are not read: `remove_legacy` deletes them, and a version that referenced
+one finds no manifest and re-creates its snapshot, as for any broken snapshot.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
-import json
 import logging
 import os
 import secrets
 import shutil
-import struct
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from snapfaas.durable import write_atomic
 from snapfaas.errors import ServiceError
+from snapfaas.snapshot.catalog import write_counters
+from snapfaas.store import ChunkStore, ChunkUnavailable, CollectReport, Manifest, ManifestInvalid, SnapshotMissing, StoreError
 
 logger = logging.getLogger(__name__)
-MAGIC = "SNAPFAAS-SNAPSHOT"
-VERSION = 1
-CHUNK = 4 << 20
-MAC_INFO = b"snapfaas snapshot manifest mac"
+FORMAT_KEY = "snapfaas_vault"  # in the store manifest's meta: which vault format wrote it
+FORMAT = 2
+NOT_IMAGES = ("dump.log", ".complete")  # in a dump directory, never stored
 
 
 class SnapshotCorrupt(ServiceError):
-    """A stored snapshot failed authentication or its manifest is missing or malformed."""
-
-
-def canonical(manifest: dict[str, Any]) -> bytes:
-    """The bytes the manifest MAC covers: every key but ``"mac"``, canonically encoded."""
-    body = {key: value for key, value in manifest.items() if key != "mac"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """A stored snapshot is missing, failed authentication, cannot be read back from the
+    store, or belongs to another id slice: it must be re-created."""
 
 
 class CacheLease:
     """A snapshot's plaintext images, pinned in the RAM cache (eviction skips them) until
-    `release` (idempotent); `manifest` is the verified manifest."""
+    `release` (idempotent); `manifest` is the verified manifest; `materialized` says whether
+    this lease filled the cache from the store (False: a cache hit)."""
 
-    def __init__(self, vault: SnapshotVault, snapshot_id: str, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, vault: SnapshotVault, snapshot_id: str, path: Path, manifest: dict[str, Any],
+                 materialized: bool = False) -> None:
         self.vault = vault
         self.snapshot_id = snapshot_id
         self.path = path
         self.manifest = manifest
+        self.materialized = materialized
         self._released = False
 
     def __repr__(self) -> str:
@@ -93,9 +91,15 @@ class CacheLease:
             self.vault._unpin(self.snapshot_id)
 
 
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """The vault's view of a store manifest: its meta plus the snapshot id and file list."""
+    files = [{"name": entry.path, "size": entry.size} for entry in manifest.files if entry.type == "file"]
+    return {**manifest.meta, "id": manifest.snapshot_id, "files": files, "created": manifest.created}
+
+
 class SnapshotVault:
-    def __init__(self, root: Path, cache: Path, key_file: Path, image_owner: int,
-                 group_of: Callable[[int], int], cache_bytes: int | None = None) -> None:
+    def __init__(self, store: ChunkStore, cache: Path, image_owner: int, group_of: Callable[[int], int],
+                 cache_bytes: int | None = None, grace_seconds: float = 0.0, counters_path: Path | None = None) -> None:
         """CRIU reads images both as host root (a freshly cloned task, before its user
         namespace has a uid map, has no DAC override there) and as the sandbox's mapped root:
         images belong to `image_owner` (root) and `group_of(slice)` (the host gid of the mapped
@@ -103,42 +107,53 @@ class SnapshotVault:
         and no other function's uids, can read them.
 
         `cache_bytes` is the RAM cache's budget (None: unbounded). Complete snapshots already
-        in the cache directory (left by a previous run) are counted against it."""
-        self.root = root
+        in the cache directory (left by a previous run) are counted against it.
+        `grace_seconds`: manifests and origin chunks younger than this survive `collect_garbage`
+        even if unreferenced (0 for an origin only this process writes: the in-process fence is
+        exact; more for an origin other hosts publish to). `counters_path`: where
+        `save_counters` writes the store's tier counters for the operator tools."""
+        self.store = store
         self.cache = cache
         self.image_owner = image_owner
         self.group_of = group_of
         self.cache_bytes = cache_bytes
-        root.mkdir(parents=True, exist_ok=True)
+        self.grace_seconds = grace_seconds
+        self.counters_path = counters_path
         cache.mkdir(parents=True, exist_ok=True)
-        os.chmod(root, 0o700)
         for directory in (cache.parent, cache):  # searchable (not listable) by the sandbox's uids
             os.chmod(directory, 0o711)
-        self._master = self._load_key(key_file)
-        self._mac_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=MAC_INFO).derive(self._master)
-        self._locks: dict[str, threading.Lock] = {}  # per snapshot id: one decryption at a time
+        self._locks: dict[str, threading.Lock] = {}  # per snapshot id: one materialization at a time
         self._locks_guard = threading.Lock()
         # the RAM cache's bookkeeping, under `_cache_guard`: snapshot id -> bytes, least recently used first
         self._cached: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._pins: collections.Counter[str] = collections.Counter()
+        self._materialized: collections.Counter[str] = collections.Counter()  # per id: fills from the store
         self._cache_guard = threading.Lock()
+        # publishes not yet known to be recorded (see `collect_garbage`) and deletions not yet done
+        self._unrecorded: set[str] = set()
+        self._doomed: set[str] = set()
+        self._gc_guard = threading.Lock()
         self._adopt_cached()
 
-    @staticmethod
-    def _load_key(path: Path) -> bytes:
-        if not path.exists():
-            write_atomic(path, secrets.token_bytes(32))
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise SnapshotCorrupt(f"snapshot key {path} is not 32 bytes")
-        return key
+    def close(self) -> None:
+        self.save_counters()
+        self.store.close()
 
-    def _key(self, snapshot_id: str, salt: bytes) -> AESGCM:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"snapfaas snapshot " + snapshot_id.encode())
-        return AESGCM(hkdf.derive(self._master))
+    def save_counters(self) -> None:
+        """Write the store's tier counters to `counters_path` (blocking; if set)."""
+        if self.counters_path is not None:
+            try:
+                write_counters(self.counters_path, self.store.counters())
+            except OSError as exc:  # operator statistics only: never fail the caller for them
+                logger.warning("could not write the snapshot store counters to %s: %s", self.counters_path, exc)
 
+    # -- publishing ----------------------------------------------------------------------
     def work_dir(self, snapshot_id: str) -> Path:
-        """A fresh plaintext directory (in the RAM cache) for CRIU to dump into."""
+        """A fresh plaintext directory (in the RAM cache) for CRIU to dump into. From now on
+        the snapshot id counts as live for garbage collection until the registry records it
+        (or `delete`)."""
+        with self._gc_guard:
+            self._unrecorded.add(snapshot_id)
         path = self.cache / snapshot_id
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
@@ -146,60 +161,40 @@ class SnapshotVault:
         return path
 
     def seal(self, snapshot_id: str, plain: Path, extra: dict[str, Any], slice_index: int) -> dict[str, Any]:
-        """Encrypt the images in `plain` (taken from an environment of id slice `slice_index`)
-        to disk and write the manifest; returns it."""
-        target = self.root / snapshot_id
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        salt = secrets.token_bytes(16)
-        aead = self._key(snapshot_id, salt)
-        files = []
-        for index, path in enumerate(sorted(p for p in plain.iterdir() if p.is_file() and p.name not in ("dump.log", ".complete"))):
-            digest = hashlib.sha256()
-            chunks = 0
-            with open(path, "rb") as src, open(target / f"{index}.enc", "wb") as out:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    sealed = aead.encrypt(struct.pack(">IQ", index, chunks), block, path.name.encode())
-                    out.write(struct.pack(">I", len(sealed)) + sealed)
-                    chunks += 1
-                out.flush()
-                os.fsync(out.fileno())
-            files.append({"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest(), "chunks": chunks})
+        """Put the images in `plain` (taken from an environment of id slice `slice_index`) into
+        the store and keep `plain` as the snapshot's cached copy; returns the manifest. Blocks
+        (chunking, encryption, uploads): call it in a thread."""
+        for name in NOT_IMAGES:
+            (plain / name).unlink(missing_ok=True)
         # the format keys come last: `extra` (the caller's metadata) must not overwrite them
-        manifest = {**extra, "magic": MAGIC, "version": VERSION, "id": snapshot_id, "salt": salt.hex(), "files": files,
-                    "id_slice": slice_index, "image_group": self.group_of(slice_index)}
-        manifest["mac"] = self._mac(manifest)
-        write_atomic(target / "manifest.json", json.dumps(manifest, indent=1).encode())
+        meta = {**extra, FORMAT_KEY: FORMAT, "id_slice": slice_index, "image_group": self.group_of(slice_index)}
+        try:
+            stored = self.store.put_tree(snapshot_id, plain, meta=meta, warm_cache=True)
+        except StoreError as exc:
+            raise StoreError(f"snapshot {snapshot_id} failed at step 'store images': {exc}") from exc
         self._own(plain, self.group_of(slice_index))
         self._admit(snapshot_id, plain)  # the dump directory is now the snapshot's cached copy
-        return manifest
+        return describe(stored)
 
-    def _mac(self, manifest: dict[str, Any]) -> str:
-        return hmac.new(self._mac_key, canonical(manifest), hashlib.sha256).hexdigest()
-
+    # -- reading -------------------------------------------------------------------------
     def manifest(self, snapshot_id: str) -> dict[str, Any]:
-        """The snapshot's manifest, authenticated (see the module docstring); raises
-        `SnapshotCorrupt` if it is missing, malformed, unauthenticated or another snapshot's."""
+        """The snapshot's manifest, authenticated by the store; raises `SnapshotCorrupt` if it
+        is missing, malformed, unauthenticated, another snapshot's or not a vault snapshot."""
         try:
-            manifest = json.loads((self.root / snapshot_id / "manifest.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unreadable ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest is not an object")
-        mac = manifest.get("mac")
-        if not isinstance(mac, str):
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest is not authenticated (no MAC)")
-        if not hmac.compare_digest(mac, self._mac(manifest)):
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest failed authentication (MAC mismatch)")
-        if manifest.get("magic") != MAGIC or manifest.get("version") != VERSION:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a version-{VERSION} snapfaas snapshot")
-        if manifest.get("id") != snapshot_id:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest belongs to snapshot {manifest.get('id')!r}")
-        return manifest
+            stored = self.store.manifest(snapshot_id)
+        except StoreError as exc:
+            logger.warning("snapshot %s: %s", snapshot_id, exc.message)
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({_without_places(exc)})") from exc
+        if stored.meta.get(FORMAT_KEY) != FORMAT:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a format-{FORMAT} snapfaas snapshot")
+        return describe(stored)
 
     def exists(self, snapshot_id: str) -> bool:
-        return (self.root / snapshot_id / "manifest.json").is_file()
+        try:
+            self.store.manifest(snapshot_id)
+        except StoreError:
+            return False
+        return True
 
     def _lock(self, snapshot_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -207,15 +202,14 @@ class SnapshotVault:
 
     def lease(self, snapshot_id: str, slice_index: int) -> CacheLease:
         """Plaintext images for a restore into id slice `slice_index`, pinned until the lease is
-        released: the RAM cache, filled from disk on a miss (which may evict other, unpinned
-        snapshots).
+        released: the RAM cache, materialized from the store on a miss (memory → disk cache →
+        origin; every chunk verified), which may evict other, unpinned snapshots.
 
-        Thread-safe (it runs in worker threads): concurrent misses of one snapshot decrypt it
-        once, and a complete cache directory is never replaced while restores may read it.
+        Thread-safe (it runs in worker threads): concurrent misses of one snapshot materialize
+        it once, and a complete cache directory is never replaced while restores may read it.
         The manifest is verified on every call, cache hit or not. Raises `SnapshotCorrupt` if
-        the stored snapshot is missing, malformed or tampered with, or was taken in another
-        slice (or with another id range): its images hold the checkpointed user namespace
-        (``userns-*.img``), so it must be re-created.
+        the snapshot is missing, tampered with, cannot be read back (a chunk missing or
+        corrupt at the origin), or was taken in another slice: it must be re-created.
         """
         manifest = self.manifest(snapshot_id)
         group = self.group_of(slice_index)
@@ -225,16 +219,23 @@ class SnapshotVault:
         plain = self.cache / snapshot_id
         with self._cache_guard:
             self._pins[snapshot_id] += 1  # from here on no eviction takes it
+        materialized = False
         try:
             if not self._ready(plain, group):
                 with self._lock(snapshot_id):
-                    if not self._ready(plain, group):  # else another thread decrypted it while we waited
-                        self._decrypt(snapshot_id, plain, manifest, group)
+                    if not self._ready(plain, group):  # else another thread materialized it while we waited
+                        self._materialize(snapshot_id, plain, group)
+                        materialized = True
             self._admit(snapshot_id, plain)
         except BaseException:
             self._unpin(snapshot_id)
             raise
-        return CacheLease(self, snapshot_id, plain, manifest)
+        return CacheLease(self, snapshot_id, plain, manifest, materialized)
+
+    def materializations(self, snapshot_id: str) -> int:
+        """How often this process filled the cache with `snapshot_id` from the store."""
+        with self._cache_guard:
+            return self._materialized[snapshot_id]
 
     @staticmethod
     def _ready(plain: Path, group: int) -> bool:
@@ -243,6 +244,25 @@ class SnapshotVault:
             return (plain / ".complete").exists() and plain.lstat().st_gid == group
         except FileNotFoundError:
             return False
+
+    def _materialize(self, snapshot_id: str, plain: Path, group: int) -> None:
+        """Rebuild the snapshot from the store into `plain` (staged, then renamed into place)."""
+        staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
+        try:
+            self.store.materialize(snapshot_id, staging)
+            self._own(staging, group)
+            with self._cache_guard:
+                self._cached.pop(snapshot_id, None)  # a leftover's size is stale
+            shutil.rmtree(plain, ignore_errors=True)  # an incomplete leftover: nobody restores from it
+            os.rename(staging, plain)
+            with self._cache_guard:
+                self._materialized[snapshot_id] += 1
+        except StoreError as exc:
+            logger.warning("snapshot %s: %s", snapshot_id, exc.message)
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'materialize from the store': "
+                                  f"{_without_places(exc)}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def holds(self, slice_index: int) -> bool:
         """Whether the RAM cache holds plaintext images readable by id slice `slice_index`."""
@@ -255,6 +275,7 @@ class SnapshotVault:
                 continue
         return False
 
+    # -- the RAM cache ---------------------------------------------------------------------
     def _unpin(self, snapshot_id: str) -> None:
         with self._cache_guard:
             self._pins[snapshot_id] -= 1
@@ -319,45 +340,26 @@ class SnapshotVault:
 
     @staticmethod
     def _bytes_of(plain: Path) -> int:
-        return sum(entry.stat().st_size for entry in os.scandir(plain) if entry.is_file(follow_symlinks=False))
-
-    def _decrypt(self, snapshot_id: str, plain: Path, manifest: dict[str, Any], group: int) -> None:
-        """Decrypt the stored snapshot into `plain` (staged, then renamed into place)."""
-        aead = self._key(snapshot_id, bytes.fromhex(manifest["salt"]))
-        staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
-        staging.mkdir(parents=True)
-        try:
-            for index, entry in enumerate(manifest["files"]):
-                self._decrypt_file(aead, self.root / snapshot_id / f"{index}.enc", staging / entry["name"], index, entry)
-            (staging / ".complete").touch()
-            self._own(staging, group)
-            shutil.rmtree(plain, ignore_errors=True)  # an incomplete leftover: nobody restores from it
-            os.rename(staging, plain)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    @staticmethod
-    def _decrypt_file(aead: AESGCM, source: Path, dest: Path, index: int, entry: dict[str, Any]) -> None:
-        digest = hashlib.sha256()
-        try:
-            with open(source, "rb") as src, open(dest, "wb") as out:
-                for chunk in range(entry["chunks"]):
-                    (length,) = struct.unpack(">I", src.read(4))
-                    block = aead.decrypt(struct.pack(">IQ", index, chunk), src.read(length), entry["name"].encode())
-                    digest.update(block)
-                    out.write(block)
-        except Exception as exc:  # cryptography raises InvalidTag; struct/OSError for truncation
-            raise SnapshotCorrupt(f"snapshot image {entry['name']} failed to decrypt: {type(exc).__name__} {exc}") from exc
-        if digest.hexdigest() != entry["sha256"]:
-            raise SnapshotCorrupt(f"snapshot image {entry['name']}: checksum mismatch")
+        total = 0
+        for directory, _, files in os.walk(plain):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(directory, name)).st_size
+                except FileNotFoundError:
+                    continue
+        return total
 
     def _own(self, plain: Path, group: int) -> None:
         """Tightest permissions that still restore (see `__init__`); the directory's group is
         set last, so a cache entry whose directory has the slice's group is complete."""
         (plain / ".complete").touch()
-        for path in [*plain.iterdir(), plain]:
-            os.chown(path, self.image_owner, group)
-            os.chmod(path, 0o750 if path.is_dir() else 0o640)
+        inner: list[Path] = []
+        for directory, dirs, files in os.walk(plain):
+            inner += [Path(directory) / name for name in (*dirs, *files)]
+        for path in [*inner, plain]:
+            os.chown(path, self.image_owner, group, follow_symlinks=False)
+            if not path.is_symlink():
+                os.chmod(path, 0o750 if path.is_dir() else 0o640)
 
     def evict(self, snapshot_id: str) -> None:
         """Drop a snapshot's cached copy, pinned or not (its files are unlinked, not rewritten)."""
@@ -366,20 +368,75 @@ class SnapshotVault:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
 
+    # -- deletion and garbage collection -------------------------------------------------------
     def delete(self, snapshot_id: str) -> None:
+        """Drop the cached copy now; the manifest goes at the next `collect_garbage` (which the
+        caller runs in a thread). Cheap: safe on the event loop."""
         self.evict(snapshot_id)
-        shutil.rmtree(self.root / snapshot_id, ignore_errors=True)
+        with self._gc_guard:
+            self._unrecorded.discard(snapshot_id)
+            self._doomed.add(snapshot_id)
         with self._locks_guard:
             self._locks.pop(snapshot_id, None)
 
-    def collect_garbage(self, referenced: set[str]) -> int:
-        """Remove snapshots (stored or cached) not in `referenced`, and interrupted temporaries."""
-        removed = 0
-        for path in [*self.root.iterdir(), *self.cache.iterdir()]:
-            if path.name.startswith(".") or path.name not in referenced:
-                if path.parent == self.cache and not path.name.startswith("."):
-                    self.evict(path.name)
-                else:
-                    shutil.rmtree(path, ignore_errors=True)
-                removed += 1
-        return removed
+    def collect_garbage(self, referenced: set[str], startup: bool = False) -> CollectReport:
+        """Remove snapshots not in `referenced` (the ids the registry holds, read before this
+        call) from the store (manifests, then unreferenced chunks from every tier and the
+        origin) and the RAM cache; at `startup` also interrupted temporaries. Blocking: run it
+        in a thread.
+
+        Safe against a concurrent publish: the live set is `referenced` plus every id between
+        `work_dir` and the first collection whose `referenced` holds it (or its `delete`), and
+        it is taken after the store's collection fence is up (the store evaluates the iterable
+        then), so a publish either is in it or opens its write under the fence."""
+        with self._gc_guard:
+            doomed, self._doomed = self._doomed, set()
+        for snapshot_id in sorted(doomed - referenced):
+            try:
+                self.store.delete(snapshot_id)
+            except StoreError as exc:  # the collection below retries (it deletes unreferenced manifests)
+                logger.warning("snapshot %s: manifest deletion failed, left to garbage collection: %s", snapshot_id, exc)
+
+        def live() -> Iterator[str]:
+            with self._gc_guard:
+                unrecorded = set(self._unrecorded)
+            yield from referenced | unrecorded
+
+        report = self.store.collect(live(), grace_seconds=self.grace_seconds)
+        with self._gc_guard:
+            self._unrecorded -= referenced
+            keep = referenced | self._unrecorded
+        for path in list(self.cache.iterdir()):
+            if path.name.startswith(".evicted.") or (startup and path.name.startswith(".")):
+                shutil.rmtree(path, ignore_errors=True)  # at start-up no materialization is staging
+            elif not path.name.startswith(".") and path.name not in keep:
+                self.evict(path.name)
+        self.save_counters()
+        return report
+
+
+def _without_places(exc: StoreError) -> str:
+    """What went wrong, without host paths or origin locations: this text reaches the
+    function's log (the server log has the full message)."""
+    if isinstance(exc, ChunkUnavailable):
+        text = exc.message
+        kind = "corrupt" if "corrupt at origin" in text else "missing" if "missing at origin" in text else "unavailable"
+        return f"chunk {exc.index} of {exc.path} (offset {exc.offset}) is {kind} at origin"
+    if isinstance(exc, SnapshotMissing):
+        return "no manifest in the snapshot store"
+    if isinstance(exc, ManifestInvalid):
+        return exc.message.partition(": ")[2] or exc.message
+    return f"the snapshot store failed ({type(exc).__name__})"
+
+
+def remove_legacy(data_dir: Path) -> int:
+    """Delete snapshots of the previous on-disk format (``<data-dir>/snapshots/`` with its
+    whole-file encrypted images, and ``snapshot.key``); returns how many snapshot directories
+    went. Versions that referenced them re-create their snapshots (their ids have no manifest)."""
+    legacy = data_dir / "snapshots"
+    removed = 0
+    if legacy.is_dir():
+        removed = sum(1 for _ in legacy.iterdir())
+        shutil.rmtree(legacy)
+    (data_dir / "snapshot.key").unlink(missing_ok=True)
+    return removed

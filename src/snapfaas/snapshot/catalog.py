@@ -1,0 +1,161 @@
+"""The operator's view of the snapshot store, read from a data dir without the server:
+`snapfaas snapshot ls|inspect` and `snapfaas store stats|gc` (cli.py).
+
+* The store is opened with the data dir's deployment secret (``<data-dir>/store.secret``) and
+  the same origin and disk cache settings the server takes. A running server holds the disk
+  cache's lock: then the cache is only looked at (which chunks it holds), never written.
+* Which snapshots are live comes from the registry (``state.db``, opened read-only).
+* Tier counters (hits, misses, bytes fetched, corrupt copies, evictions) live in the server
+  process; it writes them to ``<data-dir>/store-counters.json`` after each garbage collection,
+  periodically and at shutdown, and `stats` reports that file with its time.
+* `collect` is the store's garbage collection: unreferenced manifests and chunks go from the
+  origin (and the disk cache when no server holds it). Another process may be publishing, so
+  objects younger than `grace_seconds` (default 10 minutes) are spared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from snapfaas.config import STORE_SHARED_GRACE_S, store_secret_for
+from snapfaas.durable import write_atomic
+from snapfaas.errors import ServiceError
+from snapfaas.store import ChunkStore, StoreError, TierCounters, origin_from_url
+from snapfaas.store.codec import load_or_create_secret
+
+COUNTERS_FILE = "store-counters.json"
+
+
+class CatalogError(ServiceError):
+    """An operator query failed (no store secret, an unknown NAME:VERSION, ...)."""
+
+
+def write_counters(path: Path, counters: dict[str, TierCounters]) -> None:
+    """The server's tier counters, for `snapfaas store stats` (atomic replace)."""
+    body = {"written": time.time(), "counters": {tier: dataclasses.asdict(c) for tier, c in counters.items()}}
+    write_atomic(path, json.dumps(body, sort_keys=True).encode())
+
+
+class Catalog:
+    def __init__(self, store: ChunkStore, data_dir: Path, cache_dir: Path, cache_locked: bool) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.cache_dir = cache_dir
+        self.cache_locked = cache_locked  # a running server holds the disk cache
+
+    @classmethod
+    def open(cls, data_dir: Path, origin: str | None = None, s3_endpoint_url: str | None = None,
+             cache_dir: Path | None = None) -> Catalog:
+        secret_path = store_secret_for(data_dir)
+        if not secret_path.exists():
+            raise CatalogError(f"snapshot catalog failed at step 'open store': {secret_path} does not exist "
+                               f"(no server has used data dir {data_dir})")
+        secret = load_or_create_secret(secret_path)
+        cache = cache_dir if cache_dir is not None else data_dir / "store-cache"
+        url = origin if origin is not None else str(data_dir / "store")
+        try:
+            return cls(ChunkStore(origin_from_url(url, s3_endpoint_url), secret, cache_dir=cache, memory_bytes=0),
+                       data_dir, cache, False)
+        except StoreError as exc:
+            if "in use" not in exc.message:
+                raise
+        return cls(ChunkStore(origin_from_url(url, s3_endpoint_url), secret, cache_dir=None, memory_bytes=0),
+                   data_dir, cache, True)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- registry --------------------------------------------------------------------------
+    def versions(self) -> dict[str, tuple[str, str, str]]:
+        """snapshot id -> (function, version, state) of every version the registry gives one."""
+        db_path = self.data_dir / "state.db"
+        if not db_path.exists():
+            return {}
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT data FROM versions").fetchall()
+        finally:
+            db.close()
+        out = {}
+        for (data,) in rows:
+            record = json.loads(data)
+            if record.get("snapshot_id"):
+                out[record["snapshot_id"]] = (record.get("name", ""), record.get("version", ""), record.get("state", ""))
+        return out
+
+    # -- queries -----------------------------------------------------------------------------
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Every snapshot at the origin: id, function, version, created, raw bytes, whether the
+        registry references it (an unreferenced one awaits garbage collection)."""
+        live = self.versions()
+        out = []
+        for snapshot_id in self.store.snapshots():
+            try:
+                manifest = self.store.manifest(snapshot_id)
+            except StoreError as exc:
+                out.append({"snapshot": snapshot_id, "error": exc.message})
+                continue
+            meta = manifest.meta
+            out.append({
+                "snapshot": snapshot_id, "function": meta.get("function"), "version": meta.get("function_version"),
+                "created": manifest.created, "raw_bytes": manifest.raw_bytes,
+                "restore_memory": meta.get("restore_memory"), "referenced": snapshot_id in live,
+            })
+        return out
+
+    def find(self, target: str) -> str:
+        """The snapshot id of ``NAME:VERSION`` (the one the registry references, else the newest)."""
+        name, sep, version = target.partition(":")
+        if not sep or not name or not version:
+            raise CatalogError(f"snapshot catalog failed at step 'parse target': {target!r} is not NAME:VERSION")
+        for snapshot_id, (function, number, _) in self.versions().items():
+            if (function, number) == (name, version):
+                return snapshot_id
+        candidates = [s for s in self.snapshots() if (s.get("function"), s.get("version")) == (name, version)]
+        if not candidates:
+            raise CatalogError(f"snapshot catalog failed at step 'find snapshot': {target} has no snapshot in the store")
+        return max(candidates, key=lambda s: s["created"])["snapshot"]
+
+    def inspect(self, target: str) -> dict[str, Any]:
+        """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier."""
+        snapshot_id = self.find(target)
+        stats = self.store.snapshot_stats(snapshot_id)
+        manifest = self.store.manifest(snapshot_id)
+        distinct = {ref.name: ref for ref in manifest.chunk_refs() if ref.name is not None}
+        on_disk = [ref for name, ref in distinct.items() if (self.cache_dir / name[:2] / name).is_file()]
+        return {
+            **dataclasses.asdict(stats),
+            "function": manifest.meta.get("function"), "version": manifest.meta.get("function_version"),
+            "created": manifest.created, "restore_memory": manifest.meta.get("restore_memory"),
+            "referenced": snapshot_id in self.versions(),
+            "tiers": {
+                "disk": {"chunks": len(on_disk), "bytes": sum(ref.stored for ref in on_disk)},
+                "origin": {"chunks": len(distinct), "bytes": stats.stored_bytes},
+            },
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Bytes per tier, dedup and compression ratios, and the server's last tier counters."""
+        stats = dataclasses.asdict(self.store.stats())
+        if self.cache_locked:  # the server holds the cache: count its files instead
+            blobs = [p for p in self.cache_dir.glob("??/*") if p.is_file()]
+            stats["usage"]["disk"] = {"chunks": len(blobs), "bytes": sum(p.stat().st_size for p in blobs), "budget": None}
+        stats["usage"].pop("memory", None)  # the server's memory: not visible from here
+        stats.pop("counters", None)
+        counters_path = self.data_dir / COUNTERS_FILE
+        try:
+            saved = json.loads(counters_path.read_text())
+        except FileNotFoundError:
+            saved = None
+        stats["server_counters"] = saved
+        stats["origin"] = self.store.origin.describe()
+        return stats
+
+    def collect(self, grace_seconds: float = STORE_SHARED_GRACE_S) -> dict[str, Any]:
+        report = self.store.collect(set(self.versions()), grace_seconds=grace_seconds)
+        return {**dataclasses.asdict(report), "disk_cache_collected": not self.cache_locked}

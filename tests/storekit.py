@@ -8,6 +8,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from snapfaas.store import CHUNK_SIZE
 
 PAGE = 4096
@@ -65,3 +67,15 @@ def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset % len(data)] ^= 0x40
     path.write_bytes(bytes(data))
+
+
+def offline_aws_credentials(patch: pytest.MonkeyPatch, scratch: Path) -> None:
+    """Credentials for an S3 origin through the standard AWS variables (inherited by server
+    processes), nothing from the host's config files, no instance-metadata lookups."""
+    patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    patch.setenv("AWS_CONFIG_FILE", str(scratch / "no-config"))
+    patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(scratch / "no-credentials"))
+    patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    patch.delenv("AWS_PROFILE", raising=False)

@@ -25,6 +25,7 @@ import pytest
 
 from snapfaas.config import store_secret_for
 from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
+from tests.storekit import offline_aws_credentials
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import (
     SNAPSTART, assert_restored, cache_root, chunk_files, manifest_chunks, publish, snapshot_dirs, store_cache, store_root,
@@ -177,13 +178,7 @@ def aws_environ(tmp_path: Path) -> Iterator[None]:
     """Credentials for the S3 origin through the standard AWS variables (inherited by the
     server process); nothing from the host's config files, no instance-metadata lookups."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        patch.delenv("AWS_PROFILE", raising=False)
+        offline_aws_credentials(patch, tmp_path)
         yield
 
 

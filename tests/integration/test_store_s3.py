@@ -23,7 +23,7 @@ from botocore.config import Config
 
 from snapfaas.store import ChunkStore, ChunkUnavailable, OriginError, S3Origin, origin_from_url
 from tests.conftest import ProcessFactory, free_port
-from tests.storekit import make_tree, tree_digest
+from tests.storekit import make_tree, offline_aws_credentials, tree_digest
 
 SECRET = bytes(range(32))
 BUCKET = "snapfaas-store"
@@ -58,13 +58,7 @@ def s3(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> I
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Credentials through the standard AWS variables, nothing from the host's config files,
     and no instance-metadata lookups."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    offline_aws_credentials(monkeypatch, tmp_path)
 
 
 @pytest.fixture

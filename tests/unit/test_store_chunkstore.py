@@ -322,3 +322,41 @@ def test_a_warm_cache_put_leaves_the_sealed_chunks_on_the_publishing_hosts_disk(
     counters = store.counters()
     assert counters["disk"].hits == len(manifest.names()) and counters["origin"].hits == 0
     assert tree_digest(tmp_path / "out") == tree_digest(src)
+
+
+
+def test_a_restarted_store_restores_from_its_warm_cache_with_the_origin_gone(tmp_path: Path, stores: StoreFactory) -> None:
+    source = make_tree(tmp_path / "src", seed=3)
+    first = stores("a")
+    first.put_tree("snap-1", source, warm_cache=True)
+    first.close()  # the cache directory is free for the "restarted" store
+    restarted = ChunkStore(DirectoryOrigin(tmp_path / "origin"), SECRET, cache_dir=tmp_path / "cache-a",
+                           cache_bytes=64 * MiB, memory_bytes=64 * MiB)
+    try:
+        shutil.move(tmp_path / "origin", tmp_path / "origin-away")  # unreachable: its directory is gone
+        restarted.materialize("snap-1", tmp_path / "out")  # manifest and chunks from the disk cache
+        assert tree_digest(tmp_path / "out") == tree_digest(source)
+        # the origin is back, without the manifest (deleted meanwhile): the cached copy is not used
+        shutil.move(tmp_path / "origin-away", tmp_path / "origin")
+        (tmp_path / "origin" / "manifests" / "snap-1").unlink()
+        with restarted._lock:
+            restarted._manifests.clear()  # as after another restart
+        with pytest.raises(SnapshotMissing):
+            restarted.manifest("snap-1")
+        assert not (tmp_path / "cache-a" / "manifests" / "snap-1").exists()
+    finally:
+        restarted.close()
+
+
+def test_a_tampered_cached_manifest_is_refused_when_the_origin_is_gone(tmp_path: Path, stores: StoreFactory) -> None:
+    first = stores("a")
+    first.put_tree("snap-1", make_tree(tmp_path / "src", seed=4), warm_cache=True)
+    first.close()
+    flip_byte(tmp_path / "cache-a" / "manifests" / "snap-1", 40)
+    restarted = ChunkStore(DirectoryOrigin(tmp_path / "origin"), SECRET, cache_dir=tmp_path / "cache-a")
+    try:
+        shutil.rmtree(tmp_path / "origin")
+        with pytest.raises(StoreError):
+            restarted.manifest("snap-1")
+    finally:
+        restarted.close()

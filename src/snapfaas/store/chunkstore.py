@@ -21,6 +21,10 @@ Contracts:
   one (twice in a row) is also deleted there, so re-creating the snapshot uploads it afresh
   instead of deduplicating against it. Several threads wanting one absent chunk share one
   fetch.
+* Manifests are read from the origin; a copy of each (sealed, as at the origin) is kept in the
+  disk cache's ``manifests/`` directory and used only when the origin cannot be reached
+  (`OriginError`), so a restarted host restores from a warm cache with its origin down. An
+  origin that answers "no such manifest" wins: the copy is dropped.
 * `collect(referenced_snapshot_ids)` deletes manifests not referenced, then chunks no kept
   manifest references, from the origin and both caches. Manifests and origin chunks younger
   than ``grace_seconds`` are kept (the gap between a publish's `put_tree` and its caller
@@ -56,7 +60,7 @@ from snapfaas.store.errors import (
 )
 from snapfaas.store.fence import ReferenceFence
 from snapfaas.store.manifest import DIR, FILE, SYMLINK, ChunkRef, FileEntry, Manifest, check_snapshot_id, decode, encode
-from snapfaas.store.origin import Origin, OriginError, origin_from_url
+from snapfaas.store.origin import Origin, OriginError, origin_from_url, write_atomic
 from snapfaas.store.stats import CollectReport, SnapshotStats, StoreStats
 from snapfaas.store.tiers import DiskTier, MemoryTier, TierCounters, TierUsage
 
@@ -77,6 +81,9 @@ class ChunkStore:
         self.codec = ChunkCodec(secret)
         self.memory = MemoryTier(memory_bytes)
         self.disk = DiskTier(cache_dir, cache_bytes) if cache_dir is not None else None
+        self._manifest_copies = cache_dir / "manifests" if cache_dir is not None else None
+        if self._manifest_copies is not None:
+            self._manifest_copies.mkdir(mode=0o700, exist_ok=True)
         self.verify_memory = verify_memory
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="store")
         self._workers = max(1, workers)
@@ -120,11 +127,20 @@ class ChunkStore:
             if cached is not None:
                 self._manifests.move_to_end(snapshot_id)
                 return cached
-        data = self.origin.get_manifest(snapshot_id)
-        if data is None:
-            raise SnapshotMissing(f"snapshot store failed at step 'read manifest': snapshot {snapshot_id} "
-                                  f"has no manifest at origin {self.origin.describe()}")
-        manifest = decode(snapshot_id, data, self.codec.manifest_key)
+        try:
+            data = self.origin.get_manifest(snapshot_id)
+        except OriginError as exc:
+            data = self._manifest_copy(snapshot_id)
+            if data is None:
+                raise
+            logger.warning("store: origin unreachable (%s); using the cached manifest of snapshot %s", exc, snapshot_id)
+        else:
+            if data is None:
+                self._drop_manifest_copy(snapshot_id)
+                raise SnapshotMissing(f"snapshot store failed at step 'read manifest': snapshot {snapshot_id} "
+                                      f"has no manifest at origin {self.origin.describe()}")
+            self._keep_manifest_copy(snapshot_id, data)
+        manifest = decode(snapshot_id, data, self.codec.manifest_key)  # authenticates a cached copy too
         with self._lock:
             self._manifests[snapshot_id] = manifest
             while len(self._manifests) > MANIFEST_CACHE:
@@ -138,6 +154,23 @@ class ChunkStore:
     def _forget_manifest(self, snapshot_id: str) -> None:
         with self._lock:
             self._manifests.pop(snapshot_id, None)
+        self._drop_manifest_copy(snapshot_id)
+
+    def _manifest_copy(self, snapshot_id: str) -> bytes | None:
+        if self._manifest_copies is None:
+            return None
+        try:
+            return (self._manifest_copies / snapshot_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _keep_manifest_copy(self, snapshot_id: str, data: bytes) -> None:
+        if self._manifest_copies is not None and not (self._manifest_copies / snapshot_id).exists():
+            write_atomic(self._manifest_copies / snapshot_id, data)
+
+    def _drop_manifest_copy(self, snapshot_id: str) -> None:
+        if self._manifest_copies is not None:
+            (self._manifest_copies / snapshot_id).unlink(missing_ok=True)
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -184,7 +217,9 @@ class ChunkStore:
                                       chunks=[ref.result() if isinstance(ref, concurrent.futures.Future) else ref for ref in refs])
                 entries.append(entry)
             manifest = Manifest(snapshot_id, entries, meta=dict(meta or {}), created=time.time())
-            self.origin.put_manifest(snapshot_id, encode(manifest, self.codec.manifest_key))
+            sealed_manifest = encode(manifest, self.codec.manifest_key)
+            self.origin.put_manifest(snapshot_id, sealed_manifest)
+            self._keep_manifest_copy(snapshot_id, sealed_manifest)
             with self._lock:
                 self._manifests[snapshot_id] = manifest
             return manifest

@@ -59,7 +59,7 @@ class Origin(Protocol):
     def list_manifests(self) -> Iterator[ObjectInfo]: ...
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Unique temporary sibling (concurrent writers of one path never share it), fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
@@ -93,10 +93,17 @@ class DirectoryOrigin:
     def _io(self, step: str, exc: OSError) -> OriginError:
         return OriginError(f"snapshot store failed at step '{step}' at origin {self.root}: {exc}")
 
+    def _reachable(self, step: str) -> None:
+        """A missing origin directory (removed, or its filesystem not mounted) is an unreachable
+        origin, not an empty one."""
+        if not self.manifests.is_dir() or not self.chunks.is_dir():
+            raise OriginError(f"snapshot store failed at step '{step}' at origin {self.root}: the origin directory is gone")
+
     def get_chunk(self, name: str) -> bytes | None:
         try:
             return self._chunk(name).read_bytes()
         except FileNotFoundError:
+            self._reachable("read chunk")
             return None
         except OSError as exc:
             raise self._io("read chunk", exc) from exc
@@ -106,7 +113,7 @@ class DirectoryOrigin:
 
     def put_chunk(self, name: str, blob: bytes) -> None:
         try:
-            _write_atomic(self._chunk(name), blob)
+            write_atomic(self._chunk(name), blob)
         except OSError as exc:
             raise self._io("write chunk", exc) from exc
 
@@ -130,13 +137,14 @@ class DirectoryOrigin:
         try:
             return (self.manifests / snapshot_id).read_bytes()
         except FileNotFoundError:
+            self._reachable("read manifest")
             return None
         except OSError as exc:
             raise self._io("read manifest", exc) from exc
 
     def put_manifest(self, snapshot_id: str, data: bytes) -> None:
         try:
-            _write_atomic(self.manifests / snapshot_id, data)
+            write_atomic(self.manifests / snapshot_id, data)
         except OSError as exc:
             raise self._io("write manifest", exc) from exc
 

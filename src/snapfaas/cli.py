@@ -374,7 +374,7 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
     if not concurrencies or min(concurrencies) < 1:
         raise click.BadParameter(f"expected positive integers, got {concurrency!r}", param_hint="--concurrency")
     out.mkdir(parents=True, exist_ok=True)
-    say = lambda s: err_console.print(s)  # noqa: E731
+    say = lambda s: err_console.print(s, markup=False)  # noqa: E731  (progress lines start with "[name]")
     if suite in ("all", "platform"):
         result = platform.run(say, cold_runs=cold_runs, requests=requests or 400)
         _write_results(out, "platform", result, platform.markdown(result))

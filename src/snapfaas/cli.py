@@ -346,7 +346,7 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "network", "events", "clients", "load"]),
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "network", "events", "clients", "load"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -354,10 +354,10 @@ def _json(data: Any) -> str:
 @click.option("--concurrency", default="8,16,32", show_default=True, help="load: caller processes per row, comma-separated.")
 @click.option("--max-environments", default=None, type=click.IntRange(min=1),
               help="load: the servers' --max-environments (default: each row's concurrency).")
-@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, network: samples per figure.")
-@click.option("--only", multiple=True, help="snapstart: reference functions to run (stdlib, numpy-scipy, torch).")
+@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, network: samples per figure.")
+@click.option("--only", multiple=True, help="snapstart, store: reference functions to run (stdlib, numpy-scipy, torch).")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
-              show_default=True, help="snapstart: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
+              show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--events", "event_count", default=2000, show_default=True, type=int,
               help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
@@ -374,7 +374,7 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
     if not concurrencies or min(concurrencies) < 1:
         raise click.BadParameter(f"expected positive integers, got {concurrency!r}", param_hint="--concurrency")
     out.mkdir(parents=True, exist_ok=True)
-    say = lambda s: err_console.print(s)  # noqa: E731
+    say = lambda s: err_console.print(s, markup=False)  # noqa: E731  (progress lines start with "[name]")
     if suite in ("all", "platform"):
         result = platform.run(say, cold_runs=cold_runs, requests=requests or 400)
         _write_results(out, "platform", result, platform.markdown(result))
@@ -384,6 +384,13 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         result = snapstart.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None,
                                cold_cache=cold_cache)
         _write_results(out, "snapstart-cold-cache" if cold_cache else "snapstart", result, snapstart.markdown(result))
+    if suite == "store":  # snapshot store: sizes, dedup across versions, restores by tier (not part of "all": slow)
+        from snapfaas.bench import store
+
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = store.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None)
+        _write_results(out, "store", result, store.markdown(result))
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))
         _write_results(out, "network", result, network.markdown(result))

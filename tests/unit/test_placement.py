@@ -119,13 +119,18 @@ async def closed_loop(worker: SimulatedWorker, callers: int, requests_each: int,
 MIXED = [FakeVersion("f", "$LATEST"), FakeVersion("f", "1")]
 
 
-def test_mixed_traffic_at_the_limit_creates_about_as_many_environments_as_callers() -> None:
+def simulate(max_environments: int, callers: int, requests_each: int, seed: int) -> tuple[collections.Counter[str], SimulatedWorker]:
+    """Closed-loop mixed traffic against a fresh simulated worker with a long admission wait."""
     async def scenario() -> tuple[collections.Counter[str], SimulatedWorker]:
-        worker = SimulatedWorker(max_environments=16, admission_wait_s=10)
-        outcomes = await closed_loop(worker, callers=16, requests_each=60, versions=MIXED, seed=7)
+        worker = SimulatedWorker(max_environments=max_environments, admission_wait_s=10)
+        outcomes = await closed_loop(worker, callers=callers, requests_each=requests_each, versions=MIXED, seed=seed)
         return outcomes, worker
 
-    outcomes, worker = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_mixed_traffic_at_the_limit_creates_about_as_many_environments_as_callers() -> None:
+    outcomes, worker = simulate(max_environments=16, callers=16, requests_each=60, seed=7)
     assert outcomes == {"answered": 16 * 60}
     # before the placement rule, each miss in one pool evicted the other's idle environment:
     # hundreds of environments for these 960 requests
@@ -134,12 +139,7 @@ def test_mixed_traffic_at_the_limit_creates_about_as_many_environments_as_caller
 
 
 def test_more_callers_than_slots_wait_for_a_slot_instead_of_a_429() -> None:
-    async def scenario() -> tuple[collections.Counter[str], SimulatedWorker]:
-        worker = SimulatedWorker(max_environments=8, admission_wait_s=10)
-        outcomes = await closed_loop(worker, callers=16, requests_each=30, versions=MIXED, seed=11)
-        return outcomes, worker
-
-    outcomes, worker = asyncio.run(scenario())
+    outcomes, worker = simulate(max_environments=8, callers=16, requests_each=30, seed=11)
     assert outcomes == {"answered": 16 * 30}
     assert len(worker.created) <= 2 * 8, f"{len(worker.created)} environments created"
 

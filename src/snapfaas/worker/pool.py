@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from snapfaas.errors import ServiceError, SnapStartError, SnapStartNotReady, SnapStartTimeout, Throttled
 from snapfaas.registry.model import FunctionVersion
@@ -230,9 +230,13 @@ class Worker:
         """The limit that keeps a request of `function` out now (Lambda's reason), or None."""
         if reserved is not None and self.inflight[function] >= reserved:
             return "ReservedFunctionConcurrentInvocationLimitExceeded"
-        if sum(self.inflight.values()) + self.publishing >= self.max_environments:
+        if self._host_full():
             return "ConcurrentInvocationLimitExceeded"
         return None
+
+    def _host_full(self) -> bool:
+        """Every slot is taken by an admitted request or a publish's init environment."""
+        return sum(self.inflight.values()) + self.publishing >= self.max_environments
 
     def _admit(self, function: str, reserved: int | None) -> None:
         """Count the request in, or raise `Throttled` with the limit's reason."""
@@ -254,7 +258,7 @@ class Worker:
             return
         waiting: collections.deque[AdmissionWaiter] = collections.deque()
         while self._admission_waiters:
-            if not self._closing and sum(self.inflight.values()) + self.publishing >= self.max_environments:
+            if not self._closing and self._host_full():
                 break  # nobody else fits: the rest keep their places
             waiter = self._admission_waiters.popleft()
             if waiter.future.done():
@@ -317,19 +321,9 @@ class Worker:
         queued requests, and let queued publishes and requests waiting for an environment
         look again."""
         self._grant_admissions()
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        _look_again(self._slot_waiters)
         for pool in self.pools.values():
-            self._wake_waiters(pool)
-
-    @staticmethod
-    def _wake_waiters(pool: Pool) -> None:
-        while pool.waiters:
-            waiter = pool.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            _look_again(pool.waiters)
 
     def _take(self, key: PoolKey) -> Placement:
         """Place one admitted request of `key` (see `Placement`): its pool's most recently used
@@ -353,7 +347,7 @@ class Worker:
             placement.discard.append(env)
         else:
             excess = self._live() + 1 - self.max_environments
-            victims = self._victims(pool, excess) if excess > 0 else []
+            victims = self._victims(pool, excess, now) if excess > 0 else []
             if victims is None:
                 placement.wait_until = next_eligible_at(key, self._idle_elsewhere(key))
             else:
@@ -371,13 +365,12 @@ class Worker:
         return [IdleEnvironment(other, env.last_used if env.alive else -math.inf, env)
                 for other, pool in self.pools.items() if other != key for env in pool.idle]
 
-    def _victims(self, pool: Pool, count: int) -> list[Environment] | None:
+    def _victims(self, pool: Pool, count: int, now: float) -> list[Environment] | None:
         """`count` idle environments of other pools that may be evicted for a new environment
         of `pool`, or None if there are not that many (the request waits)."""
         idle = self._idle_elsewhere(pool.key)
         loads = {key: other.load() for key, other in self.pools.items()}  # sampled by `_take`, the request deciding counted
         chosen: list[Environment] = []
-        now = self.clock()
         for _ in range(count):
             victim = choose_victim(pool.key, loads, idle, self.max_environments, now)
             if victim is None:
@@ -395,8 +388,7 @@ class Worker:
         if env in pool.idle:
             pool.idle.remove(env)
         pool.busy.discard(env)
-        if pool.vacant and self.pools.get(pool.key) is pool:
-            del self.pools[pool.key]
+        self._drop_if_vacant(pool)
 
     def _release(self, env: Environment, function: str, healthy: bool) -> bool:
         """The request `env` served (healthy: the environment can serve another) is over:
@@ -425,8 +417,7 @@ class Worker:
             return False
         if pool is not None:
             pool.busy.discard(env)
-            if pool.vacant:
-                self.pools.pop(pool.key, None)
+            self._drop_if_vacant(pool)
         self.ending += 1
         return True
 
@@ -447,7 +438,7 @@ class Worker:
         for key in [k for k in self.pools if k[0] == function and (version is None or k[1] == version)]:
             pool = self.pools.pop(key)
             out.extend(pool.idle)
-            self._wake_waiters(pool)  # they look again, and find (or make) the key's new pool
+            _look_again(pool.waiters)  # they look again, and find (or make) the key's new pool
             # busy environments finish their request, then `_release` finds no pool and destroys them
             self.draining.update(pool.busy)
         self.ending += len(out)
@@ -501,12 +492,13 @@ class Worker:
         """Count a request in (see `_admit`); if a limit is reached, wait queued up to
         `admission_wait_s` for a slot, then raise `Throttled` with the limit's reason.
         A function with reserved concurrency 0 is throttled at once."""
-        reason = self._admission_block(function, reserved)
-        if reason is None:
-            self.inflight[function] += 1
+        try:
+            self._admit(function, reserved)
             return
-        if self.admission_wait_s <= 0 or reserved == 0:
-            raise Throttled("Rate Exceeded.", reason)
+        except Throttled as throttled:
+            if self.admission_wait_s <= 0 or reserved == 0:
+                raise
+            reason = throttled.reason
         waiter = AdmissionWaiter(function, reserved, asyncio.get_running_loop().create_future())
         self._admission_waiters.append(waiter)
         granted = lambda: waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None  # noqa: E731
@@ -844,6 +836,14 @@ class Worker:
         restore_ms = phase[1] if phase is not None and phase[0] == "Restore" else None
         return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id,
                              restore_ms), healthy
+
+
+def _look_again(waiters: collections.deque[asyncio.Future[Any]]) -> None:
+    """Resolve every queued waiter with None: each looks at the state again."""
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 __all__ = ["InvokeOutcome", "Worker", "protocol"]

@@ -178,12 +178,18 @@ warn_if_path_criu_differs() {
 }
 
 # Commands the daemon runs, and the Debian packages that provide them.
-readonly TOOL_PACKAGES=(ip:iproute2 nft:nftables setpriv:util-linux)
+# fusermount3 comes with libfuse3 (the snapshot view, snapshot/view.py, is a FUSE file system);
+# libfuse3-dev + pkg-config let pip build the pyfuse3 binding against it.
+readonly TOOL_PACKAGES=(ip:iproute2 nft:nftables setpriv:util-linux fusermount3:fuse3 pkg-config:pkg-config)
+readonly LIBRARY_PACKAGES=(fuse3:libfuse3-dev)  # pkg-config module : Debian package
 
 tools_present() {
     local entry
     for entry in "${TOOL_PACKAGES[@]}"; do
         command -v "${entry%%:*}" >/dev/null 2>&1 || return 1
+    done
+    for entry in "${LIBRARY_PACKAGES[@]}"; do
+        pkg-config --exists "${entry%%:*}" 2>/dev/null || return 1
     done
 }
 
@@ -192,6 +198,9 @@ install_tools() {
     local entry missing=()
     for entry in "${TOOL_PACKAGES[@]}"; do
         command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry##*:}")
+    done
+    for entry in "${LIBRARY_PACKAGES[@]}"; do
+        pkg-config --exists "${entry%%:*}" 2>/dev/null || missing+=("${entry##*:}")
     done
     [[ ${#missing[@]} -eq 0 ]] && return 0
     apt_install "${missing[@]}"

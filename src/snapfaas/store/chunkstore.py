@@ -262,7 +262,7 @@ class ChunkStore:
             if ref.is_hole:
                 parts.append(bytes(hi - lo))
             else:
-                parts.append(memoryview(self._chunk(snapshot_id, path, index, ref))[lo:hi])
+                parts.append(memoryview(self.chunk(snapshot_id, path, index, ref))[lo:hi])
         return b"".join(parts)
 
     def _file(self, snapshot_id: str, path: str) -> FileEntry:
@@ -318,13 +318,14 @@ class ChunkStore:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def _write_chunk(self, fd: int, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> None:
-        data = self._chunk(snapshot_id, path, index, ref)
+        data = self.chunk(snapshot_id, path, index, ref)
         written = os.pwrite(fd, data, ref.offset)
         if written != len(data):
             raise StoreError(f"snapshot store failed at step 'write file' of snapshot {snapshot_id}: short write to {path}")
 
-    def _chunk(self, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> bytes:
-        """The verified plaintext of one stored chunk, from the highest tier that has it."""
+    def chunk(self, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> bytes:
+        """The verified plaintext of one stored chunk (`ref`, chunk `index` of `path` in the
+        manifest of `snapshot_id`), from the highest tier that has it; raises `ChunkUnavailable`."""
         assert ref.name is not None and ref.digest is not None
         plain = self._from_memory(ref)
         if plain is not None:

@@ -1,0 +1,451 @@
+"""`SnapshotView`: every stored snapshot as a read-only FUSE file system, so restores load lazily.
+
+::
+
+    <mount>/                                    0711 root:root   (searchable, not listable)
+    └── <snapshot-id>/                          0750 root:<slice group>   (only once `expose`d)
+        ├── core-1.img, mm-1.img, ...           0640 root:<slice group>
+        └── pages-1.img ──read(off, len)──► ChunkStore.chunk: memory → disk cache → origin
+                                            (every chunk verified; holes read as zeros)
+
+CRIU restores straight from ``<mount>/<snapshot-id>``: the small image files are read whole;
+the memory images (``pages-*.img``) are mapped copy-on-write by snapfaas's patched CRIU, so a
+page is fetched from the store only when the restored process first touches it (or when CRIU
+copies it, for snapshots restored in copy mode). The kernel's page cache of these files
+(``keep_cache``: it survives re-opens) is the warm tier: a second restore of a snapshot on
+this host reads nothing through this process at all.
+
+Contracts:
+
+* Only exposed snapshots exist in the view (`expose`, with the verified manifest and the host
+  gid of the slice the snapshot belongs to; `withdraw` hides one again and drops its page
+  cache). Files are owned by root and that group, mode 0640, directories 0750, checked by the
+  kernel (``default_permissions``); the mount is ``allow_other`` so the sandbox's mapped root
+  can open them, and read-only.
+* A read that cannot be served (a chunk missing or corrupt at the origin, the origin
+  unreachable) answers EIO, never other bytes: CRIU fails the restore, or the restored process
+  dies of SIGBUS on the page it touched. `on_failure(snapshot_id, error)` is called (once per
+  snapshot and failure) so the owner can re-create the snapshot.
+* Reads are recorded per snapshot while `recording` is on for it: `touched(snapshot_id)` gives
+  the chunk ranges read through this view since (the working set of a first restore).
+* The file system runs on its own thread and trio loop; chunk fetches run on a bounded thread
+  pool, so the kernel's concurrent read requests (readahead, several restores) fetch in
+  parallel. Nothing in this process may touch a mapping of a view file while holding the GIL
+  (a page fault would wait for this very process): read view files with syscalls only.
+* `close` unmounts (lazily: a restored process may still map a file; its pages already in
+  memory stay valid, later faults fail). A mount left by a killed server is detached by
+  `clear_stale_mount` before the next start.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import subprocess
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from snapfaas.store import ChunkStore, Manifest, StoreError
+from snapfaas.store.manifest import DIR, FILE, SYMLINK, ChunkRef, FileEntry
+
+logger = logging.getLogger(__name__)
+FSNAME = "snapfaas-view"
+ATTR_TIMEOUT_S = 86400.0  # names and attributes never change while a snapshot is exposed
+DECODED_CHUNKS = 24  # plaintext chunks kept for the next read of the same chunk (12 MiB)
+FETCH_THREADS = 8
+
+
+@dataclass
+class Node:
+    """One inode: the root, a snapshot directory, or an entry of a snapshot's tree."""
+
+    inode: int
+    snapshot_id: str | None
+    entry: FileEntry | None  # None for the root and snapshot directories
+    group: int
+    children: dict[bytes, int] = field(default_factory=dict)
+    lookups: int = 0
+    withdrawn: bool = False
+
+    @property
+    def mode(self) -> int:
+        if self.entry is None or self.entry.type == DIR:
+            return stat.S_IFDIR | (0o711 if self.snapshot_id is None else 0o750)
+        if self.entry.type == SYMLINK:
+            return stat.S_IFLNK | 0o777
+        return stat.S_IFREG | 0o640
+
+    @property
+    def size(self) -> int:
+        if self.entry is None:
+            return 0
+        return len(self.entry.target.encode()) if self.entry.type == SYMLINK else self.entry.size
+
+
+@dataclass(frozen=True)
+class TouchedRange:
+    """A byte range of one image file that reads went through (whole chunks)."""
+
+    path: str
+    offset: int
+    length: int
+
+
+class SnapshotView(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, store: ChunkStore, mountpoint: Path,
+                 on_failure: Callable[[str, StoreError], None] | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.mountpoint = mountpoint
+        self.on_failure = on_failure
+        self._guard = threading.Lock()
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, None, None, 0)}
+        self._snapshots: dict[str, int] = {}  # exposed snapshot id -> its directory's inode
+        self._next_inode = pyfuse3.ROOT_INODE + 1
+        self._decoded: OrderedDict[str, bytes] = OrderedDict()  # chunk name -> plaintext
+        self._touched: dict[str, set[tuple[str, int]]] = {}  # snapshot id -> (path, chunk index) read
+        self._recording: set[str] = set()
+        self._failed: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._started = threading.Event()
+        self._crash: BaseException | None = None
+        self.reads = 0  # read requests served (statistics, tests)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Mount at `mountpoint` (created 0711 if missing) and serve on a thread."""
+        clear_stale_mount(self.mountpoint)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.mountpoint, 0o711)
+        options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", "allow_other", "ro", "nosuid", "nodev"}
+        try:
+            pyfuse3.init(self, str(self.mountpoint), options)
+        except RuntimeError as exc:
+            raise RuntimeError(f"snapshot view failed at step 'mount {self.mountpoint}': {exc} "
+                               "(is /dev/fuse present and the fuse module loaded?)") from exc
+        self._thread = threading.Thread(target=self._serve, name="snapshot-view", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def _serve(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._limiter = trio.CapacityLimiter(FETCH_THREADS)
+            self._started.set()
+            await pyfuse3.main(min_tasks=2)
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # the mount is unusable from here on: say so loudly
+            self._crash = exc
+            logger.exception("snapshot view stopped serving")
+        finally:
+            self._started.set()
+
+    def close(self) -> None:
+        """Stop serving and unmount (lazily, see the module docstring). Idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        if thread.is_alive() and self._token is not None:
+            try:
+                trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+            thread.join(timeout=10)
+        try:
+            pyfuse3.close(unmount=False)
+        finally:
+            clear_stale_mount(self.mountpoint)
+
+    @property
+    def serving(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- what is exposed -----------------------------------------------------------------------
+    def path(self, snapshot_id: str) -> Path:
+        return self.mountpoint / snapshot_id
+
+    def expose(self, manifest: Manifest, group: int) -> Path:
+        """Make `manifest`'s tree visible as ``<mount>/<snapshot id>`` for gid `group`; returns
+        that path. Idempotent for the same group; a different group replaces the exposure."""
+        snapshot_id = manifest.snapshot_id
+        with self._guard:
+            inode = self._snapshots.get(snapshot_id)
+            if inode is not None and self._nodes[inode].group == group:
+                return self.path(snapshot_id)
+        if inode is not None:
+            self.withdraw(snapshot_id)
+        with self._guard:
+            directory = self._new_node(snapshot_id, None, group)
+            by_path: dict[str, Node] = {"": directory}
+            for entry in sorted(manifest.files, key=lambda e: e.path.count("/")):
+                parent_path, _, name = entry.path.rpartition("/")
+                parent = by_path.get(parent_path)
+                if parent is None:
+                    continue  # the manifest's parser guarantees parents; be defensive anyway
+                node = self._new_node(snapshot_id, entry, group)
+                parent.children[name.encode()] = node.inode
+                if entry.type == DIR:
+                    by_path[entry.path] = node
+            self._snapshots[snapshot_id] = directory.inode
+            self._nodes[pyfuse3.ROOT_INODE].children[snapshot_id.encode()] = directory.inode
+            self._failed.discard(snapshot_id)
+        return self.path(snapshot_id)
+
+    def _new_node(self, snapshot_id: str, entry: FileEntry | None, group: int) -> Node:
+        node = Node(self._next_inode, snapshot_id, entry, group)
+        self._next_inode += 1
+        self._nodes[node.inode] = node
+        return node
+
+    def exposed(self) -> dict[str, int]:
+        """Exposed snapshot id -> the group it is readable by."""
+        with self._guard:
+            return {sid: self._nodes[inode].group for sid, inode in self._snapshots.items()}
+
+    def holds(self, group: int) -> bool:
+        return group in self.exposed().values()
+
+    def withdraw(self, snapshot_id: str) -> None:
+        """Hide a snapshot and drop its page cache (pages a live process maps are re-read on
+        its next fault while the snapshot's chunks exist). Idempotent."""
+        with self._guard:
+            inode = self._snapshots.pop(snapshot_id, None)
+            if inode is None:
+                return
+            self._nodes[pyfuse3.ROOT_INODE].children.pop(snapshot_id.encode(), None)
+            nodes = [n for n in self._nodes.values() if n.snapshot_id == snapshot_id]
+            for node in nodes:
+                node.withdrawn = True
+            self._touched.pop(snapshot_id, None)
+            self._recording.discard(snapshot_id)
+        if not self.serving:
+            return
+        for node in nodes:
+            if node.entry is not None and node.entry.type == FILE:
+                _ignore_missing(pyfuse3.invalidate_inode, node.inode, False)
+        _ignore_missing(pyfuse3.invalidate_entry_async, pyfuse3.ROOT_INODE, snapshot_id.encode(), True)
+
+    # -- working-set recording -------------------------------------------------------------------
+    def record(self, snapshot_id: str, on: bool = True) -> None:
+        """Start (or stop) recording which chunks reads of `snapshot_id` go through."""
+        with self._guard:
+            if on:
+                self._recording.add(snapshot_id)
+            else:
+                self._recording.discard(snapshot_id)
+
+    def touched(self, snapshot_id: str) -> list[TouchedRange]:
+        """The chunk ranges read through the view while recording `snapshot_id`, in file order."""
+        with self._guard:
+            keys = sorted(self._touched.get(snapshot_id, ()))
+            inode = self._snapshots.get(snapshot_id)
+            entries = {n.entry.path: n.entry for n in self._nodes.values()
+                       if inode is not None and n.snapshot_id == snapshot_id and n.entry is not None}
+        out = []
+        for path, index in keys:
+            entry = entries.get(path)
+            if entry is not None and index < len(entry.chunks):
+                ref = entry.chunks[index]
+                out.append(TouchedRange(path, ref.offset, ref.length))
+        return out
+
+    # -- FUSE operations (trio thread) -----------------------------------------------------------
+    def _node(self, inode: int) -> Node:
+        with self._guard:
+            node = self._nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.inode
+        attrs.generation = 0
+        attrs.entry_timeout = ATTR_TIMEOUT_S
+        attrs.attr_timeout = ATTR_TIMEOUT_S
+        attrs.st_mode = node.mode
+        attrs.st_nlink = 2 if stat.S_ISDIR(node.mode) else 1
+        attrs.st_uid = 0
+        attrs.st_gid = node.group
+        attrs.st_size = node.size
+        attrs.st_blksize = 1 << 19
+        attrs.st_blocks = (node.size + 511) // 512
+        return attrs
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return self._attributes(self._node(inode))
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        with self._guard:
+            inode = parent.children.get(name)
+            node = self._nodes.get(inode) if inode is not None else None
+            if node is None or node.withdrawn:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node.lookups += 1
+        return self._attributes(node)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        with self._guard:
+            for inode, count in inode_list:
+                node = self._nodes.get(inode)
+                if node is None or inode == pyfuse3.ROOT_INODE:
+                    continue
+                node.lookups -= count
+                if node.lookups <= 0 and node.withdrawn:
+                    del self._nodes[inode]
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if node.entry is None or node.entry.type != SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.entry.target.encode()
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        if not stat.S_ISDIR(node.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        node = self._node(fh)
+        if node.inode == pyfuse3.ROOT_INODE:
+            return  # the root is searchable, not listable (mode 0711); say nothing even to root
+        with self._guard:
+            children = sorted(node.children.items())
+        for position, (name, inode) in enumerate(children[start_id:], start=start_id + 1):
+            with self._guard:
+                child = self._nodes.get(inode)
+            if child is None or child.withdrawn:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._attributes(child), position):
+                return
+            with self._guard:
+                child.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.entry is None or node.entry.type != FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def release(self, fh: int) -> None:
+        return None
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        return data
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._node(fh)
+        if node.entry is None or node.entry.type != FILE or node.snapshot_id is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        self.reads += 1
+        try:
+            return await trio.to_thread.run_sync(self._read, node, off, size, limiter=self._limiter)
+        except StoreError as exc:
+            self._failed_read(node, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # never let a handler end the file system's loop: fail this read only
+            logger.exception("snapshot view: read of %s/%s at %d failed", node.snapshot_id, node.entry.path, off)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    # -- reading (fetch threads) -----------------------------------------------------------------
+    def _read(self, node: Node, offset: int, size: int) -> bytes:
+        assert node.entry is not None and node.snapshot_id is not None
+        entry = node.entry
+        parts = []
+        end = min(offset + size, entry.size)
+        touched = []
+        for index, ref in entry.covering(offset, size):
+            lo, hi = max(offset, ref.offset), min(end, ref.offset + ref.length)
+            if ref.is_hole:
+                parts.append(bytes(hi - lo))
+            else:
+                data = self._plaintext(node.snapshot_id, entry.path, index, ref)
+                parts.append(data[lo - ref.offset:hi - ref.offset])
+            touched.append((entry.path, index))
+        with self._guard:
+            if node.snapshot_id in self._recording:
+                self._touched.setdefault(node.snapshot_id, set()).update(touched)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def _plaintext(self, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> bytes:
+        """One chunk's plaintext: from the small decoded LRU (a chunk is usually read in
+        several requests), else through the store's tiers (verified there)."""
+        name = ref.name
+        assert name is not None
+        with self._guard:
+            data = self._decoded.get(name)
+            if data is not None:
+                self._decoded.move_to_end(name)
+                return data
+        data = self.store.chunk(snapshot_id, path, index, ref)
+        with self._guard:
+            self._decoded[name] = data
+            while len(self._decoded) > DECODED_CHUNKS:
+                self._decoded.popitem(last=False)
+        return data
+
+    def _failed_read(self, node: Node, exc: StoreError) -> None:
+        snapshot_id = node.snapshot_id or "?"
+        logger.warning("snapshot view: %s/%s unreadable: %s", snapshot_id, node.entry.path if node.entry else "", exc)
+        with self._guard:
+            first = snapshot_id not in self._failed
+            self._failed.add(snapshot_id)
+        if first and self.on_failure is not None:
+            try:
+                self.on_failure(snapshot_id, exc)
+            except Exception:  # the owner's bookkeeping must not break the file system
+                logger.exception("snapshot view: failure callback for %s failed", snapshot_id)
+
+
+def _ignore_missing(call: Callable[..., object], *args: object) -> None:
+    """Kernel cache invalidations: an inode or name the kernel no longer knows is fine."""
+    try:
+        call(*args)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTCONN, errno.ENOSYS, errno.EBADF):
+            logger.warning("snapshot view: cache invalidation failed: %s", exc)
+
+
+def clear_stale_mount(mountpoint: Path) -> None:
+    """Detach whatever is mounted at `mountpoint` (a view left by a killed server answers
+    ENOTCONN to everything); nothing if nothing is mounted there."""
+    if not _is_mountpoint(mountpoint):
+        return
+    result = subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, text=True, check=False)
+    if result.returncode != 0 and _is_mountpoint(mountpoint):
+        raise RuntimeError(f"snapshot view failed at step 'unmount stale {mountpoint}': {result.stderr.strip()}")
+
+
+def _is_mountpoint(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
+                return True
+    return False

@@ -96,7 +96,7 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--log-max-bytes", default="16M", show_default=True,
               help="Rotate a function's log file before it passes this size (one rotated generation is kept).")
 @click.option("--snapshot-cache-bytes", default=None,
-              help="Byte budget of the plaintext snapshot RAM cache (e.g. 2G); least recently used snapshots "
+              help="Byte budget of the plaintext snapshot RAM cache of --restore-loading eager (e.g. 2G); least recently used snapshots "
                    "are evicted beyond it. Default: a quarter of MemTotal.")
 @click.option("--store-origin", default=None, metavar="DIR|s3://BUCKET/PREFIX",
               help="Where snapshot chunks and manifests live for good: a directory or an S3 bucket/prefix "
@@ -106,9 +106,13 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--store-cache-dir", type=click.Path(path_type=Path), default=None,
               help="Local disk cache of sealed (encrypted) snapshot chunks. Default: <data-dir>/store-cache.")
 @click.option("--store-cache-bytes", default="4G", show_default=True, help="Byte budget of that disk cache (LRU).")
-@click.option("--store-memory-bytes", default="64M", show_default=True,
-              help="Byte budget of the store's plaintext chunk memory tier (LRU); the restore-ready RAM cache "
-                   "(--snapshot-cache-bytes) is the big memory tier.")
+@click.option("--store-memory-bytes", default="256M", show_default=True,
+              help="Byte budget of the store's plaintext chunk memory tier (LRU), below the kernel's page cache "
+                   "of the snapshot view.")
+@click.option("--restore-loading", type=click.Choice(["lazy", "eager"]), default="lazy", show_default=True,
+              help="lazy: restores start at once from the snapshot view (a FUSE file system over the store) and "
+                   "fetch memory pages when the process touches them; eager: the whole snapshot is copied into a "
+                   "RAM cache (--snapshot-cache-bytes) before the restore starts.")
 @click.option("--client-header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds a client has to send a whole request head once it started; then the connection is closed.")
 @click.option("--client-body-timeout", default=20.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -149,6 +153,7 @@ def serve(**opts: Any) -> None:
         scan_block_on=None if opts["scan_block_on"] == "never" else opts["scan_block_on"],
         snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
         restore_memory=opts["restore_memory"],
+        restore_loading=opts["restore_loading"],
         sandbox_network=opts["sandbox_network"],
         event_queue_max=opts["event_queue_max"],
         event_retry_base_s=opts["event_retry_base"],

@@ -67,6 +67,7 @@ class ServerConfig:
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_prefetch: bool = True  # read a snapshot's recorded file working set ahead at each restore (snapshot/workingset.py)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
+    restore_loading: str = "lazy"  # "lazy": restore through the snapshot view (FUSE, pages on demand); "eager": materialize first
     sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)
     event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
     event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
@@ -82,7 +83,7 @@ class ServerConfig:
     store_s3_endpoint_url: str | None = None  # a non-AWS S3 service (credentials: boto3's standard chain)
     store_cache_dir: Path | None = None  # the store's local disk cache (sealed chunks); None: <data-dir>/store-cache
     store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
-    store_memory_bytes: int = 64 << 20  # the store's chunk memory tier; small: the plaintext RAM cache is the big one
+    store_memory_bytes: int = 256 << 20  # the store's plaintext chunk memory tier (beside the view's page cache)
 
     @property
     def store_origin_url(self) -> str:
@@ -174,6 +175,11 @@ class ServerConfig:
         return snapshot_cache_for(self.sandbox_dir)
 
     @property
+    def snapshot_view(self) -> Path:
+        """Where the snapshot view (snapshot/view.py) is mounted for lazy restores."""
+        return snapshot_view_for(self.sandbox_dir)
+
+    @property
     def bundles_dir(self) -> Path:
         return bundles_for(self.sandbox_dir)
 
@@ -227,6 +233,11 @@ def parse_size(text: str) -> int:
 def snapshot_cache_for(sandbox_dir: Path) -> Path:
     """The RAM cache of the server whose sandbox dir is `sandbox_dir` (tools and tests use it)."""
     return run_dir_for(sandbox_dir) / "cache"
+
+
+def snapshot_view_for(sandbox_dir: Path) -> Path:
+    """The snapshot view's mount point of the server whose sandbox dir is `sandbox_dir`."""
+    return run_dir_for(sandbox_dir) / "view"
 
 
 def bundles_for(sandbox_dir: Path) -> Path:

@@ -35,6 +35,7 @@ from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine
+from snapfaas.snapshot.view import SnapshotView, clear_stale_mount
 from snapfaas.snapshot.workingset import WorkingSetKeeper, WorkingSets
 from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
@@ -194,6 +195,7 @@ class Server:
             await snapshots.close()
             await invoker.close()
             await worker.close()
+            await snapshots.close_store()
             await working_sets.close()
             if network is not None:
                 await network.close()
@@ -221,9 +223,16 @@ class Server:
                            memory_bytes=cfg.store_memory_bytes)
         self.say(f"snapshot store: origin {store.origin.describe()}, disk cache {cfg.store_cache_path} "
                  f"({cfg.store_cache_bytes} bytes), chunk memory tier {cfg.store_memory_bytes} bytes")
+        view = None
+        if cfg.restore_loading == "lazy":
+            view = SnapshotView(store, cfg.snapshot_view)
+            view.start()
+            self.say(f"snapshot view (lazy restores): {cfg.snapshot_view}")
+        else:
+            clear_stale_mount(cfg.snapshot_view)
         vault = SnapshotVault(store, cfg.snapshot_cache, image_owner=0, group_of=cfg.id_range.slice_base,
                               cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s,
-                              counters_path=cfg.data_dir / COUNTERS_FILE)
+                              counters_path=cfg.data_dir / COUNTERS_FILE, view=view)
         manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
+import hashlib
+import os
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from snapfaas.config import snapshot_cache_for
+from snapfaas.config import snapshot_cache_for, snapshot_view_for, store_secret_for
+from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
 from tests.conftest import ServerHandle
 from tests.netpeer import NetPeer
 
@@ -157,6 +161,19 @@ def cache_root(server: ServerHandle) -> Path:
     return snapshot_cache_for(sandbox)
 
 
+def drop_page_cache() -> None:
+    """Drop the host's clean page cache (the snapshot view's included, but pages a live
+    process maps): what a restore reads next comes from the store's tiers."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+
+
+def view_root(server: ServerHandle) -> Path:
+    """The server's snapshot view mount point (lazy restores)."""
+    sandbox = Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1])
+    return snapshot_view_for(sandbox)
+
+
 def store_root(server: ServerHandle) -> Path:
     """The server's store origin directory (``--store-origin``, default <data-dir>/store)."""
     args = server.extra_args
@@ -170,14 +187,18 @@ def store_cache(server: ServerHandle) -> Path:
 
 
 def snapshot_dirs(server: ServerHandle, name: str, version: str) -> tuple[list[Path], list[Path]]:
-    """(manifests of the version's snapshots at the store origin, plaintext cache dirs). A
-    manifest's file name is its snapshot id."""
+    """(manifests of the version's snapshots at the store origin, plaintext image dirs: the
+    eager RAM cache's copies and the view's exposures). A manifest's file name is its snapshot
+    id. The view's root is not listable: exposures are found by the ids of manifests and of
+    RAM cache copies."""
     pattern = re.compile(re.escape(f"{name}-{version}-") + r"[0-9a-f]{12}")
 
     def matching(root: Path) -> list[Path]:
         return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.exists() else []
 
-    return matching(store_root(server) / "manifests"), matching(cache_root(server))
+    manifests, copies = matching(store_root(server) / "manifests"), matching(cache_root(server))
+    exposed = [view_root(server) / p.name for p in manifests if (view_root(server) / p.name).is_dir()]
+    return manifests, sorted(copies + exposed)
 
 
 def chunk_files(root: Path) -> dict[str, Path]:
@@ -186,17 +207,32 @@ def chunk_files(root: Path) -> dict[str, Path]:
     return {p.name: p for p in base.glob("??/*") if p.is_file() and not p.name.startswith(".")}
 
 
-def manifest_chunks(server: ServerHandle, snapshot_id: str) -> set[str]:
-    """The chunk names `snapshot_id`'s manifest references (read with the data dir's secret)."""
-    from snapfaas.config import store_secret_for
-    from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
-
+@contextlib.contextmanager
+def origin_store(server: ServerHandle) -> Iterator[ChunkStore]:
+    """A cacheless store on the server's directory origin with its data dir's secret."""
     store = ChunkStore(DirectoryOrigin(store_root(server)), load_or_create_secret(store_secret_for(server.data_dir)),
                        cache_dir=None, memory_bytes=0)
     try:
-        return store.manifest(snapshot_id).names()
+        yield store
     finally:
         store.close()
+
+
+def manifest_chunks(server: ServerHandle, snapshot_id: str) -> set[str]:
+    """The chunk names `snapshot_id`'s manifest references (read with the data dir's secret)."""
+    with origin_store(server) as store:
+        return store.manifest(snapshot_id).names()
+
+
+def stored_pages_digest(server: ServerHandle, snapshot_id: str) -> str:
+    """sha256 over the snapshot's ``pages-*.img`` files as stored (by name), read from the origin."""
+    digest = hashlib.sha256()
+    with origin_store(server) as store:
+        files = sorted((e for e in store.manifest(snapshot_id).files if re.fullmatch(r"pages-\d+\.img", e.path)),
+                       key=lambda e: e.path)
+        for entry in files:
+            digest.update(store.read(snapshot_id, entry.path, 0, entry.size))
+    return digest.hexdigest()
 
 
 def damage_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path | None) -> None:

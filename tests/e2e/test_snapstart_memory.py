@@ -19,7 +19,7 @@ from snapfaas.snapshot import engine
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.netpeer import NetPeer
 from tests.e2e.snapstart_support import (
-    SNAPSTART, Counter, assert_restored, function_log, publish, snapshot_dirs, wait_for,
+    SNAPSTART, Counter, assert_restored, function_log, publish, snapshot_dirs, stored_pages_digest, wait_for,
 )
 
 APP = """
@@ -92,8 +92,8 @@ def writer_and_reader(lam, server: ServerHandle, name: str, peer: NetPeer) -> tu
     Returns (A's body, B's body, image digest before, image digest after)."""
     create(lam, name, {"app.py": APP}, MemorySize=512, Timeout=60, SnapStart=SNAPSTART)
     publish(lam, name)
-    (cache,) = snapshot_dirs(server, name, "1")[1]
-    images_before = images_digest(cache)
+    (manifest,) = snapshot_dirs(server, name, "1")[0]
+    images_before = stored_pages_digest(server, manifest.name)
     gate = Gate(peer)
     try:
         event = {"write": True, "written_url": f"{gate.url}/written", "release_url": f"{gate.url}/release"}
@@ -108,7 +108,8 @@ def writer_and_reader(lam, server: ServerHandle, name: str, peer: NetPeer) -> tu
     finally:
         gate.open()  # never leave environment A waiting
         gate.close()
-    return writer, reader, images_before, images_digest(cache)
+    (images,) = snapshot_dirs(server, name, "1")[1]  # the view's exposure (lazy) or the RAM copy (eager)
+    return writer, reader, images_before, images_digest(images)
 
 
 def test_restores_map_the_page_images_and_writes_stay_private(lam, server: ServerHandle, netpeer: NetPeer) -> None:  # type: ignore[no-untyped-def]

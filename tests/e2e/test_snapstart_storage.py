@@ -1,4 +1,6 @@
-"""SnapStart snapshot storage through real boto3 and the real chunk store (directory origin):
+"""SnapStart snapshot storage through real boto3 and the real chunk store (directory origin),
+with eager restores (``--restore-loading eager``: the plaintext RAM cache; the lazy default is
+covered by test_snapstart_lazy.py):
 deleting versions and functions deletes their snapshots (manifests, their unique chunks from
 the origin and the disk cache, and the plaintext RAM cache) while chunks other snapshots share
 stay; snapshots are encrypted at rest; corruption at each tier is handled (a bad RAM copy is
@@ -45,7 +47,8 @@ def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) 
     """A negligible chunk memory tier: every restore reads the disk cache or the origin, so what
     each test damages there is what the restore meets."""
     require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("storage"), ["--keep-alive", "60", "--store-memory-bytes", "1K"])
+    yield from run_server(processes, tmp_path_factory.mktemp("storage"), ["--keep-alive", "60", "--store-memory-bytes", "1K",
+                                                                          "--restore-loading", "eager"])
 
 
 def create_snap(lam, name: str, greeting: str = "hello") -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from snapfaas.snapshot.view import SnapshotView, clear_stale_mount
+from snapfaas.snapshot.view import SnapshotView, TouchedRange, clear_stale_mount, resident_pages
 from snapfaas.store import CHUNK_SIZE, ChunkStore, DirectoryOrigin, StoreError
 from tests.storekit import flip_byte, make_tree
 
@@ -137,12 +137,16 @@ def test_reads_fetch_only_the_chunks_they_touch_and_are_recorded(view: tuple[Sna
     assert 1 <= fetched < stored
     touched = mounted.touched("fn-1-aaaa")
     assert [(t.path, t.offset) for t in touched] == [("pages-1.img", 4 * CHUNK_SIZE)]
-    with (root / "pages-1.img").open("rb") as image:
-        first = image.read(4096)
+
+    def read_head() -> bytes:
+        with open(root / "pages-1.img", "rb", buffering=0) as image:
+            os.posix_fadvise(image.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # no readahead windows
+            return os.pread(image.fileno(), 4096, 0)
+
+    first = read_head()
     served = mounted.reads
     for _ in range(2):  # the kernel's page cache answers, across re-opens (keep_cache)
-        with (root / "pages-1.img").open("rb") as image:
-            assert image.read(4096) == first
+        assert read_head() == first
     assert mounted.reads == served
 
 
@@ -183,3 +187,25 @@ def test_a_dead_mount_left_behind_is_cleared(tmp_path: Path) -> None:
     clear_stale_mount(stale)
     assert not _mounted(stale)
     clear_stale_mount(stale)  # nothing mounted: nothing to do
+
+
+def test_prefetch_pushes_missing_chunks_into_the_page_cache_once(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
+    mounted, _ = view
+    root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
+    image = root / "pages-1.img"
+    size = image.stat().st_size
+    assert not any(flag & 1 for flag in resident_pages(image, size))
+    wanted = [TouchedRange("pages-1.img", 0, CHUNK_SIZE), TouchedRange("pages-1.img", 3 * CHUNK_SIZE, 2 * CHUNK_SIZE),
+              TouchedRange("pages-1.img", 2 * CHUNK_SIZE, CHUNK_SIZE)]  # chunk 2 is a hole: nothing to push
+    report = mounted.prefetch("fn-1-aaaa", wanted)
+    assert (report.pushed, report.resident, report.failed, report.bytes) == (3, 0, 0, 3 * CHUNK_SIZE)
+    present = resident_pages(image, size)
+    per_chunk = CHUNK_SIZE // os.sysconf("SC_PAGE_SIZE")
+    assert [all(flag & 1 for flag in present[i * per_chunk:(i + 1) * per_chunk]) for i in range(6)] == \
+        [True, False, False, True, True, False]
+    served = mounted.reads
+    with open(image, "rb", buffering=0) as pages:
+        assert os.pread(pages.fileno(), CHUNK_SIZE, 3 * CHUNK_SIZE) == (tmp_path / "src" / "pages-1.img").read_bytes()[3 * CHUNK_SIZE:4 * CHUNK_SIZE]
+    assert mounted.reads == served  # answered from the page cache
+    again = mounted.prefetch("fn-1-aaaa", wanted)
+    assert (again.pushed, again.resident) == (0, 3)

@@ -31,8 +31,8 @@ from snapfaas.errors import NotFound, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.snapshot import engine, memory
-from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault
-from snapfaas.store import CollectReport
+from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
+from snapfaas.store import CollectReport, StoreError
 from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
 from snapfaas.worker.factory import EnvironmentFactory
 
@@ -87,16 +87,46 @@ class SnapshotManager:
         self._gc_task: asyncio.Task[None] | None = None
         self._gc_again = False
         self._reaper: asyncio.Task[None] | None = None
+        self._restored_from: dict[str, tuple[str, str]] = {}  # snapshot id -> (function, version) it restores
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
+        if self.vault.view is not None:
+            self.vault.view.on_failure = self.chunk_failed
+
+    def chunk_failed(self, snapshot_id: str, error: StoreError) -> None:
+        """A lazily loaded chunk of `snapshot_id` cannot be had (missing or corrupt at the
+        origin, or the origin unreachable with no cached copy): the read that wanted it failed
+        (CRIU's restore, or a restored process's page fault: SIGBUS). The snapshot is re-created.
+        Thread-safe: the view calls it from its fetch threads."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._chunk_failed, snapshot_id, public_reason(error))
+
+    def _chunk_failed(self, snapshot_id: str, reason: str) -> None:
+        key = self._restored_from.get(snapshot_id)
+        if key is None:
+            return
+        try:
+            version = self.registry.get_version(*key)
+        except NotFound:
+            return  # deleted meanwhile
+        if version.snapshot_id == snapshot_id:
+            self._unusable(version, f"snapshot {snapshot_id} failed at step 'load lazily': {reason}")
 
     async def close(self) -> None:
+        """Stop publishing and retention (publishes in flight are cancelled, not failed). The
+        vault stays open: restored environments may still read the snapshot view until the
+        worker has destroyed them; then `close_store`."""
         tasks = [*self._tasks, *([self._reaper] if self._reaper else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close_store(self) -> None:
+        """Close the vault (the view, then the store); after every environment is gone."""
         await asyncio.to_thread(self.vault.close)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -266,6 +296,7 @@ class SnapshotManager:
             if version.snapshot_id is None:
                 raise SnapshotCorrupt("the version has no snapshot")
             # restores run in the function's id slice; a snapshot from another one is re-created
+            self._restored_from[version.snapshot_id] = (version.name, version.version)
             lease = await asyncio.to_thread(self.vault.lease, version.snapshot_id, self.registry.id_slice(version.name))
         except SnapshotCorrupt as exc:
             self._unusable(version, str(exc))
@@ -303,6 +334,7 @@ class SnapshotManager:
         if version.snapshot_id:
             self._broken.add(version.snapshot_id)
             self._dropped_copies.pop(version.snapshot_id, None)
+            self._restored_from.pop(version.snapshot_id, None)
         logger.warning("snapshot of %s:%s is unusable (%s); re-creating it", version.name, version.version, detail)
         self._log(version, f"SnapStart restore failed ({detail}); the snapshot is being re-created")
         if version.snapshot_id:

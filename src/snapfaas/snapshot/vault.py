@@ -1,19 +1,22 @@
-"""Snapshot images kept in the chunk store, with a plaintext restore-ready cache in RAM.
+"""Snapshot images kept in the chunk store, restored lazily through the snapshot view.
 
 Where a snapshot lives::
 
     CRIU dump (work_dir, on tmpfs) ──seal──► ChunkStore.put_tree ──► origin (directory or S3):
                                                                      manifest + 512 KiB chunks
-          │ (the dump directory becomes the cached copy)                  │
-          ▼                                                               │ lease (cache miss):
-    plaintext RAM cache  <cache>/<snapshot-id>/  ◄──ChunkStore.materialize┘ memory → disk → origin
-    (the memory tier of eager restores: CRIU reads these files)
+                                                                          │
+    lazy (default): lease = SnapshotView.expose ─► <view>/<snapshot-id>/ ◄┤ page faults and reads:
+                    (CRIU maps the pages images; nothing is copied first)  │ memory → disk → origin
+    eager:          lease = ChunkStore.materialize ─► <cache>/<snapshot-id>/ (plaintext RAM cache)
 
-The store (`snapfaas.store`) owns chunking, dedup, convergent encryption, the disk cache and the
+The store (`snapfaas.store`) owns chunking, dedup, convergent encryption, the tiers and the
 origin; nothing else of a snapshot is kept on persistent disk. This vault owns the *plaintext*
-side: the restore-ready copy CRIU reads, on a tmpfs (RAM), never on persistent disk. That cache
-is the memory tier of eager restores (the store's own chunk memory tier is sized small by
-default, so RAM is not held twice). The vault's metadata (the function, its restore memory
+side CRIU reads. By default (``loading="lazy"``) that is the snapshot view
+(`snapshot.view`): a restore starts at once and pages come from the store's tiers when the
+restored process touches them; the kernel's page cache of the view is the warm tier, and the
+dump directory is dropped as soon as the snapshot is stored. ``loading="eager"`` (an operator
+switch, and the benchmark's baseline) keeps the previous design: the whole snapshot is
+materialized into a plaintext RAM cache on a tmpfs before CRIU starts. The vault's metadata (the function, its restore memory
 mode, the id slice the snapshot was taken in and the image group, and the caller's `extra`)
 rides in the store manifest's ``meta``: the store authenticates the manifest (AES-GCM with the
 snapshot id as associated data), so it can be neither altered nor moved to another snapshot id;
@@ -23,7 +26,7 @@ Plaintext images belong to the host id slice of the function they were taken fro
 (`seal`/`lease` take the slice; the manifest records it, and a snapshot is only ever handed
 out for the slice it was taken with).
 
-RAM cache budget: the cache holds whole snapshots up to `cache_bytes` in total; past it, the
+RAM cache budget (eager only): the cache holds whole snapshots up to `cache_bytes` in total; past it, the
 least recently used snapshots that no restore has pinned (`lease`) are evicted. Eviction only
 renames the directory away and unlinks its files, never rewrites one in place: a restored
 process may still map an image file copy-on-write, and its pages stay valid (the tmpfs frees
@@ -55,12 +58,14 @@ from typing import Any
 
 from snapfaas.errors import ServiceError
 from snapfaas.snapshot.catalog import write_counters
+from snapfaas.snapshot.view import SnapshotView
 from snapfaas.store import ChunkStore, ChunkUnavailable, CollectReport, Manifest, ManifestInvalid, SnapshotMissing, StoreError
 
 logger = logging.getLogger(__name__)
 FORMAT_KEY = "snapfaas_vault"  # in the store manifest's meta: which vault format wrote it
 FORMAT = 2
 NOT_IMAGES = ("dump.log", ".complete")  # in a dump directory, never stored
+LOADINGS = ("lazy", "eager")
 
 
 class SnapshotCorrupt(ServiceError):
@@ -99,7 +104,8 @@ def describe(manifest: Manifest) -> dict[str, Any]:
 
 class SnapshotVault:
     def __init__(self, store: ChunkStore, cache: Path, image_owner: int, group_of: Callable[[int], int],
-                 cache_bytes: int | None = None, grace_seconds: float = 0.0, counters_path: Path | None = None) -> None:
+                 cache_bytes: int | None = None, grace_seconds: float = 0.0, counters_path: Path | None = None,
+                 view: SnapshotView | None = None) -> None:
         """CRIU reads images both as host root (a freshly cloned task, before its user
         namespace has a uid map, has no DAC override there) and as the sandbox's mapped root:
         images belong to `image_owner` (root) and `group_of(slice)` (the host gid of the mapped
@@ -111,8 +117,14 @@ class SnapshotVault:
         `grace_seconds`: manifests and origin chunks younger than this survive `collect_garbage`
         even if unreferenced (0 for an origin only this process writes: the in-process fence is
         exact; more for an origin other hosts publish to). `counters_path`: where
-        `save_counters` writes the store's tier counters for the operator tools."""
+        `save_counters` writes the store's tier counters for the operator tools.
+
+        `view`: a started `SnapshotView` over `store` makes restores lazy (leases expose the
+        snapshot there); without one, leases materialize into the RAM cache (eager). The
+        vault closes the view."""
         self.store = store
+        self.view = view
+        self.loading = "lazy" if view is not None else "eager"
         self.cache = cache
         self.image_owner = image_owner
         self.group_of = group_of
@@ -137,6 +149,8 @@ class SnapshotVault:
 
     def close(self) -> None:
         self.save_counters()
+        if self.view is not None:
+            self.view.close()
         self.store.close()
 
     def save_counters(self) -> None:
@@ -172,6 +186,9 @@ class SnapshotVault:
             stored = self.store.put_tree(snapshot_id, plain, meta=meta, warm_cache=True)
         except StoreError as exc:
             raise StoreError(f"snapshot {snapshot_id} failed at step 'store images': {exc}") from exc
+        if self.view is not None:  # lazy: restores read the store through the view
+            shutil.rmtree(plain, ignore_errors=True)
+            return describe(stored)
         self._own(plain, self.group_of(slice_index))
         self._admit(snapshot_id, plain)  # the dump directory is now the snapshot's cached copy
         return describe(stored)
@@ -184,7 +201,7 @@ class SnapshotVault:
             stored = self.store.manifest(snapshot_id)
         except StoreError as exc:
             logger.warning("snapshot %s: %s", snapshot_id, exc.message)
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({_without_places(exc)})") from exc
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({public_reason(exc)})") from exc
         if stored.meta.get(FORMAT_KEY) != FORMAT:
             raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a format-{FORMAT} snapfaas snapshot")
         return describe(stored)
@@ -202,8 +219,10 @@ class SnapshotVault:
 
     def lease(self, snapshot_id: str, slice_index: int) -> CacheLease:
         """Plaintext images for a restore into id slice `slice_index`, pinned until the lease is
-        released: the RAM cache, materialized from the store on a miss (memory → disk cache →
-        origin; every chunk verified), which may evict other, unpinned snapshots.
+        released. Lazy: the snapshot's directory in the view (exposed for the slice's group;
+        nothing is read yet). Eager: the RAM cache, materialized from the store on a miss
+        (memory → disk cache → origin; every chunk verified), which may evict other, unpinned
+        snapshots.
 
         Thread-safe (it runs in worker threads): concurrent misses of one snapshot materialize
         it once, and a complete cache directory is never replaced while restores may read it.
@@ -216,6 +235,8 @@ class SnapshotVault:
         if manifest.get("id_slice") != slice_index or manifest.get("image_group") != group:
             raise SnapshotCorrupt(f"snapshot {snapshot_id} was taken in id slice {manifest.get('id_slice')} "
                                   f"(group {manifest.get('image_group')}), not slice {slice_index} (group {group})")
+        if self.view is not None:
+            return self._expose(snapshot_id, manifest, group)
         plain = self.cache / snapshot_id
         with self._cache_guard:
             self._pins[snapshot_id] += 1  # from here on no eviction takes it
@@ -232,8 +253,25 @@ class SnapshotVault:
             raise
         return CacheLease(self, snapshot_id, plain, manifest, materialized)
 
+    def _expose(self, snapshot_id: str, manifest: dict[str, Any], group: int) -> CacheLease:
+        assert self.view is not None
+        try:
+            stored = self.store.manifest(snapshot_id)
+        except StoreError as exc:
+            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({public_reason(exc)})") from exc
+        with self._lock(snapshot_id):
+            fresh = self.view.exposed().get(snapshot_id) != group
+            path = self.view.expose(stored, group)
+            if fresh:
+                with self._cache_guard:
+                    self._materialized[snapshot_id] += 1
+        with self._cache_guard:
+            self._pins[snapshot_id] += 1
+        return CacheLease(self, snapshot_id, path, manifest, fresh)
+
     def materializations(self, snapshot_id: str) -> int:
-        """How often this process filled the cache with `snapshot_id` from the store."""
+        """How often this process filled the cache with `snapshot_id` from the store (lazy:
+        exposed it in the view afresh)."""
         with self._cache_guard:
             return self._materialized[snapshot_id]
 
@@ -260,13 +298,16 @@ class SnapshotVault:
         except StoreError as exc:
             logger.warning("snapshot %s: %s", snapshot_id, exc.message)
             raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'materialize from the store': "
-                                  f"{_without_places(exc)}") from exc
+                                  f"{public_reason(exc)}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def holds(self, slice_index: int) -> bool:
-        """Whether the RAM cache holds plaintext images readable by id slice `slice_index`."""
+        """Whether the RAM cache or the view holds plaintext images readable by id slice
+        `slice_index`."""
         group = self.group_of(slice_index)
+        if self.view is not None and self.view.holds(group):
+            return True
         for path in self.cache.iterdir():
             try:
                 if path.lstat().st_gid == group:
@@ -362,7 +403,10 @@ class SnapshotVault:
                 os.chmod(path, 0o750 if path.is_dir() else 0o640)
 
     def evict(self, snapshot_id: str) -> None:
-        """Drop a snapshot's cached copy, pinned or not (its files are unlinked, not rewritten)."""
+        """Drop a snapshot's cached copy, pinned or not (its files are unlinked, not rewritten),
+        and withdraw it from the view (its page cache is dropped)."""
+        if self.view is not None:
+            self.view.withdraw(snapshot_id)
         with self._cache_guard:
             path = self._detach(snapshot_id)
         if path is not None:
@@ -411,11 +455,14 @@ class SnapshotVault:
                 shutil.rmtree(path, ignore_errors=True)  # at start-up no materialization is staging
             elif not path.name.startswith(".") and path.name not in keep:
                 self.evict(path.name)
+        if self.view is not None:
+            for snapshot_id in set(self.view.exposed()) - keep:
+                self.view.withdraw(snapshot_id)
         self.save_counters()
         return report
 
 
-def _without_places(exc: StoreError) -> str:
+def public_reason(exc: StoreError) -> str:
     """What went wrong, without host paths or origin locations: this text reaches the
     function's log (the server log has the full message)."""
     if isinstance(exc, ChunkUnavailable):

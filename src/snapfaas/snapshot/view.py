@@ -28,6 +28,11 @@ Contracts:
   snapshot and failure) so the owner can re-create the snapshot.
 * Reads are recorded per snapshot while `recording` is on for it: `touched(snapshot_id)` gives
   the chunk ranges read through this view since (the working set of a first restore).
+* `prefetch(snapshot_id, ranges)` (blocking, from any thread but the view's): the chunks of
+  those ranges that are not in the kernel's page cache (``mincore`` over a map of the file,
+  which faults nothing) are fetched in parallel and pushed into the page cache
+  (``notify_store``), so the restored process finds them there instead of faulting them in
+  one at a time. Best effort: a chunk that cannot be had is left to the fault that needs it.
 * The file system runs on its own thread and trio loop; chunk fetches run on a bounded thread
   pool, so the kernel's concurrent read requests (readahead, several restores) fetch in
   parallel. Nothing in this process may touch a mapping of a view file while holding the GIL
@@ -39,6 +44,9 @@ Contracts:
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -46,7 +54,7 @@ import stat
 import subprocess
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +69,14 @@ FSNAME = "snapfaas-view"
 ATTR_TIMEOUT_S = 86400.0  # names and attributes never change while a snapshot is exposed
 DECODED_CHUNKS = 24  # plaintext chunks kept for the next read of the same chunk (12 MiB)
 FETCH_THREADS = 8
+PREFETCH_THREADS = 4
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 @dataclass
@@ -97,6 +113,39 @@ class TouchedRange:
     path: str
     offset: int
     length: int
+
+
+@dataclass
+class PrefetchReport:
+    """What one `prefetch` did: chunks pushed into the page cache, chunks already there,
+    chunks that could not be had (left to the faults that need them)."""
+
+    pushed: int = 0
+    resident: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+
+def resident_pages(path: Path, size: int) -> bytes:
+    """One byte per page of the file at `path` (first `size` bytes): bit 0 set if the page is
+    in the page cache. Maps the file without touching the mapping (mincore faults nothing), so
+    it is safe on a view file in the view's own process."""
+    if size <= 0:
+        return b""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        address = _libc.mmap(None, size, 0x1, 0x01, fd, 0)  # PROT_READ, MAP_SHARED
+        if address is None or address == MAP_FAILED:
+            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+        try:
+            vector = ctypes.create_string_buffer((size + PAGE - 1) // PAGE)
+            if _libc.mincore(address, size, vector) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
+            return vector.raw
+        finally:
+            _libc.munmap(address, size)
+    finally:
+        os.close(fd)
 
 
 class SnapshotView(pyfuse3.Operations):
@@ -236,7 +285,7 @@ class SnapshotView(pyfuse3.Operations):
         for node in nodes:
             if node.entry is not None and node.entry.type == FILE:
                 _ignore_missing(pyfuse3.invalidate_inode, node.inode, False)
-        _ignore_missing(pyfuse3.invalidate_entry_async, pyfuse3.ROOT_INODE, snapshot_id.encode(), True)
+        _ignore_missing(pyfuse3.invalidate_entry, pyfuse3.ROOT_INODE, snapshot_id.encode())
 
     # -- working-set recording -------------------------------------------------------------------
     def record(self, snapshot_id: str, on: bool = True) -> None:
@@ -261,6 +310,57 @@ class SnapshotView(pyfuse3.Operations):
                 ref = entry.chunks[index]
                 out.append(TouchedRange(path, ref.offset, ref.length))
         return out
+
+    # -- prefetching ------------------------------------------------------------------------------
+    def prefetch(self, snapshot_id: str, ranges: Iterable[TouchedRange]) -> PrefetchReport:
+        """Push the chunks covering `ranges` of exposed `snapshot_id` that the page cache lacks
+        (see the module docstring). Blocking; never call it on the view's own thread."""
+        report = PrefetchReport()
+        with self._guard:
+            inode = self._snapshots.get(snapshot_id)
+            files = {n.entry.path: n for n in self._nodes.values()
+                     if inode is not None and n.snapshot_id == snapshot_id and n.entry is not None and n.entry.type == FILE}
+        wanted: dict[str, set[int]] = {}
+        for item in ranges:
+            node = files.get(item.path)
+            if node is not None and node.entry is not None:
+                wanted.setdefault(item.path, set()).update(index for index, ref in node.entry.covering(item.offset, item.length)
+                                                           if not ref.is_hole)
+        missing: list[tuple[Node, int, ChunkRef]] = []
+        for path, indexes in wanted.items():
+            node = files[path]
+            assert node.entry is not None
+            try:
+                present = resident_pages(self.path(snapshot_id) / path, node.entry.size)
+            except OSError as exc:
+                logger.debug("snapshot view: residency of %s/%s unknown: %s", snapshot_id, path, exc)
+                present = b""
+            for index in sorted(indexes):
+                ref = node.entry.chunks[index]
+                pages = present[ref.offset // PAGE:(ref.offset + ref.length + PAGE - 1) // PAGE]
+                if pages and all(flag & 1 for flag in pages):
+                    report.resident += 1
+                else:
+                    missing.append((node, index, ref))
+        if not missing:
+            return report
+
+        def push(node: Node, index: int, ref: ChunkRef) -> int:
+            assert node.entry is not None and node.snapshot_id is not None
+            data = self._plaintext(node.snapshot_id, node.entry.path, index, ref)
+            pyfuse3.notify_store(node.inode, ref.offset, data)
+            return len(data)
+
+        with concurrent.futures.ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="view-prefetch") as pool:
+            futures = [pool.submit(push, *item) for item in missing]
+            for future in futures:
+                try:
+                    report.bytes += future.result()
+                    report.pushed += 1
+                except (StoreError, OSError) as exc:
+                    report.failed += 1
+                    logger.debug("snapshot view: prefetch of a chunk of %s skipped: %s", snapshot_id, exc)
+        return report
 
     # -- FUSE operations (trio thread) -----------------------------------------------------------
     def _node(self, inode: int) -> Node:
@@ -361,6 +461,7 @@ class SnapshotView(pyfuse3.Operations):
         if node.entry is None or node.entry.type != FILE or node.snapshot_id is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         self.reads += 1
+        logger.debug("snapshot view: read %s/%s %d+%d", node.snapshot_id, node.entry.path, off, size)
         try:
             return await trio.to_thread.run_sync(self._read, node, off, size, limiter=self._limiter)
         except StoreError as exc:

@@ -1,0 +1,127 @@
+"""Lazy restores (the default) end to end: real CRIU restoring from the snapshot view (FUSE over
+the real chunk store), real boto3.
+
+* a chunk CRIU must read that is corrupt or missing at the origin fails that restore promptly
+  (SnapStartNotReadyException, no container left), the version re-creates its snapshot and
+  restores again from a fresh one;
+* deleting a version withdraws its snapshot from the view and the store;
+* snapshots are encrypted at rest: the origin and the disk cache hold no plaintext, while the
+  view (memory only) serves the real images.
+
+The eager path (the plaintext RAM cache) is covered by test_snapstart_storage.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
+from tests.e2e.snapstart_support import (
+    SNAPSTART, assert_restored, chunk_files, containers_of, function_log, origin_store, publish, snapshot_dirs,
+    store_cache, store_root, view_root, wait_for, wait_state,
+)
+
+APP = """
+import os
+SECRET = "lazy-marker-" + "0123456789abcdef" * 4
+KEEP = [SECRET + str(i) for i in range(64)]
+
+def handler(event, context):
+    return {"version": context.function_version, "marker": KEEP[3][:12]}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """A negligible chunk memory tier: what the view serves comes from the disk cache or the origin."""
+    require_root()
+    yield from run_server(processes, tmp_path_factory.mktemp("lazy"), ["--keep-alive", "60", "--store-memory-bytes", "1K"])
+
+
+@pytest.fixture(scope="module")
+def lam(server: ServerHandle):  # type: ignore[no-untyped-def]
+    return server.client()
+
+
+def only(paths: list[Path]) -> Path:
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+def damage_process_tree_chunk(server: ServerHandle, snapshot_id: str, how: str) -> str:
+    """Corrupt (flip a byte) or remove, at the origin, the chunk holding ``pstree.img`` (CRIU
+    reads it first on every restore), and drop its disk-cache copy; returns the chunk name."""
+    with origin_store(server) as store:
+        entry = store.manifest(snapshot_id).file("pstree.img")
+    assert entry is not None and entry.chunks and entry.chunks[0].name
+    name = entry.chunks[0].name
+    blob = chunk_files(store_root(server))[name]
+    if how == "corrupt":
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+    else:
+        blob.unlink()
+    chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
+    return name
+
+
+@pytest.mark.parametrize(("how", "detail"), [("corrupt", "corrupt at origin"), ("missing", "missing at origin")])
+def test_an_unreadable_chunk_fails_the_lazy_restore_and_the_snapshot_is_recreated(lam, server: ServerHandle,  # type: ignore[no-untyped-def]
+                                                                                   how: str, detail: str) -> None:
+    name = f"lazy-{how}"
+    create(lam, name, {"app.py": APP}, SnapStart=SNAPSTART)
+    publish(lam, name)
+    broken = only(snapshot_dirs(server, name, "1")[0]).name
+    damage_process_tree_chunk(server, broken, how)
+    started = time.monotonic()
+    with pytest.raises(lam.exceptions.SnapStartNotReadyException) as not_ready:
+        invoke_json(lam, name, {}, Qualifier="1")
+    assert not_ready.value.response["ResponseMetadata"]["HTTPStatusCode"] == 409
+    assert time.monotonic() - started < 10  # never a hang
+    restored = {env for v, env, m in function_log(server, name) if v == "1" and m.startswith("RESTORE_START")}
+    assert len(restored) == 1 and containers_of(server, restored) == []
+
+    final = wait_state(lam, name, "1", ("Active", "Failed"), timeout=60)
+    assert final["State"] == "Active", final.get("StateReason")
+    fresh = only(snapshot_dirs(server, name, "1")[0]).name
+    assert fresh != broken
+    wait_for(lambda: not (store_root(server) / "manifests" / broken).exists(), 30, "the broken manifest to go")
+    assert not (view_root(server) / broken).exists()
+    notes = [m for v, env, m in function_log(server, name) if v == "1" and not env and "restore failed" in m]
+    assert notes and any(detail in m for m in notes), notes
+    response, body = invoke_json(lam, name, {}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    assert body == {"version": "1", "marker": "lazy-marker-"}
+
+
+def test_deleting_a_version_withdraws_it_from_the_view_and_the_store(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    create(lam, "lazy-doomed", {"app.py": APP}, SnapStart=SNAPSTART)
+    publish(lam, "lazy-doomed")
+    response, _ = invoke_json(lam, "lazy-doomed", {}, Qualifier="1", LogType="Tail")
+    assert_restored(response["LogResult"])
+    stored, exposed = (only(d) for d in snapshot_dirs(server, "lazy-doomed", "1"))
+    assert (exposed / "pstree.img").is_file()
+    lam.delete_function(FunctionName="lazy-doomed", Qualifier="1")
+    wait_for(lambda: not stored.exists(), 30, "the manifest to go")
+    assert not exposed.exists()
+
+
+def test_snapshots_are_encrypted_at_rest_and_plaintext_only_in_the_view(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    create(lam, "lazy-at-rest", {"app.py": APP}, SnapStart=SNAPSTART)
+    publish(lam, "lazy-at-rest")
+    response, _ = invoke_json(lam, "lazy-at-rest", {}, Qualifier="1", LogType="Tail")
+    assert_restored(response["LogResult"])
+    stored, exposed = (only(d) for d in snapshot_dirs(server, "lazy-at-rest", "1"))
+    needle = b"lazy-marker-0123456789abcdef"
+    assert any(needle in p.read_bytes() for p in exposed.glob("pages-*.img")), "test premise: the marker is in memory"
+    for root in (store_root(server), store_cache(server)):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert needle not in path.read_bytes(), path
+    assert exposed.stat().st_mode & 0o777 == 0o750 and all(p.stat().st_mode & 0o777 == 0o640 for p in exposed.iterdir())

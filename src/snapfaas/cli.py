@@ -351,7 +351,8 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "network", "events", "clients", "load"]),
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "loading", "network", "events", "clients",
+                                           "load"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -359,8 +360,8 @@ def _json(data: Any) -> str:
 @click.option("--concurrency", default="8,16,32", show_default=True, help="load: caller processes per row, comma-separated.")
 @click.option("--max-environments", default=None, type=click.IntRange(min=1),
               help="load: the servers' --max-environments (default: each row's concurrency).")
-@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, network: samples per figure.")
-@click.option("--only", multiple=True, help="snapstart, store: reference functions to run (stdlib, numpy-scipy, torch).")
+@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network: samples per figure.")
+@click.option("--only", multiple=True, help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch).")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
@@ -396,6 +397,13 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
             raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
         result = store.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None)
         _write_results(out, "store", result, store.markdown(result))
+    if suite == "loading":  # eager vs lazy vs lazy + prefetch restores by tier (not part of "all": slow)
+        from snapfaas.bench import loading
+
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = loading.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None)
+        _write_results(out, "loading", result, loading.markdown(result))
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))
         _write_results(out, "network", result, network.markdown(result))

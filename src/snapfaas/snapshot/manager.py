@@ -96,6 +96,8 @@ class SnapshotManager:
         self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
         if self.vault.view is not None:
             self.vault.view.on_failure = self.chunk_failed
+        loop = self._loop
+        self.vault.on_unpinned_doomed = lambda _snapshot_id: loop.call_soon_threadsafe(self.collect_soon)
 
     def chunk_failed(self, snapshot_id: str, error: StoreError) -> None:
         """A lazily loaded chunk of `snapshot_id` cannot be had (missing or corrupt at the

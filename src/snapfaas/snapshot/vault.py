@@ -74,17 +74,21 @@ class SnapshotCorrupt(ServiceError):
 
 
 class CacheLease:
-    """A snapshot's plaintext images, pinned in the RAM cache (eviction skips them) until
-    `release` (idempotent); `manifest` is the verified manifest; `materialized` says whether
-    this lease filled the cache from the store (False: a cache hit)."""
+    """A snapshot's plaintext images, pinned until `release` (idempotent): eviction skips them
+    and garbage collection keeps the snapshot (its manifest and chunks). `manifest` is the
+    verified manifest; `materialized` says whether this lease filled the cache from the store
+    (lazy: exposed the snapshot in the view afresh); `mapped` (lazy) says the restored process
+    keeps reading the images through its page faults for as long as it lives, so the lease must
+    be held until the environment is destroyed, not only until the restore is over."""
 
     def __init__(self, vault: SnapshotVault, snapshot_id: str, path: Path, manifest: dict[str, Any],
-                 materialized: bool = False) -> None:
+                 materialized: bool = False, mapped: bool = False) -> None:
         self.vault = vault
         self.snapshot_id = snapshot_id
         self.path = path
         self.manifest = manifest
         self.materialized = materialized
+        self.mapped = mapped
         self._released = False
 
     def __repr__(self) -> str:
@@ -145,6 +149,8 @@ class SnapshotVault:
         self._unrecorded: set[str] = set()
         self._doomed: set[str] = set()
         self._gc_guard = threading.Lock()
+        # called (from any thread) when the last lease of a deleted snapshot goes: collect it now
+        self.on_unpinned_doomed: Callable[[str], None] | None = None
         self._adopt_cached()
 
     def close(self) -> None:
@@ -267,7 +273,7 @@ class SnapshotVault:
                     self._materialized[snapshot_id] += 1
         with self._cache_guard:
             self._pins[snapshot_id] += 1
-        return CacheLease(self, snapshot_id, path, manifest, fresh)
+        return CacheLease(self, snapshot_id, path, manifest, fresh, mapped=True)
 
     def materializations(self, snapshot_id: str) -> int:
         """How often this process filled the cache with `snapshot_id` from the store (lazy:
@@ -320,8 +326,18 @@ class SnapshotVault:
     def _unpin(self, snapshot_id: str) -> None:
         with self._cache_guard:
             self._pins[snapshot_id] -= 1
-            if self._pins[snapshot_id] <= 0:
-                del self._pins[snapshot_id]
+            if self._pins[snapshot_id] > 0:
+                return
+            del self._pins[snapshot_id]
+        with self._gc_guard:
+            doomed = snapshot_id in self._doomed
+        if doomed and self.on_unpinned_doomed is not None:
+            self.on_unpinned_doomed(snapshot_id)  # its deletion waited for the last lease
+
+    def pinned(self) -> set[str]:
+        """Snapshot ids some lease holds (restores in progress; lazy: environments alive)."""
+        with self._cache_guard:
+            return set(self._pins)
 
     def cached(self) -> dict[str, int]:
         """Snapshot id -> cached bytes, least recently used first (a copy)."""
@@ -404,9 +420,10 @@ class SnapshotVault:
 
     def evict(self, snapshot_id: str) -> None:
         """Drop a snapshot's cached copy, pinned or not (its files are unlinked, not rewritten),
-        and withdraw it from the view (its page cache is dropped)."""
+        and withdraw it from the view: its page cache is dropped unless a lease holds it (live
+        environments keep faulting pages from it; they were verified when read)."""
         if self.view is not None:
-            self.view.withdraw(snapshot_id)
+            self.view.withdraw(snapshot_id, drop_cache=snapshot_id not in self.pinned())
         with self._cache_guard:
             path = self._detach(snapshot_id)
         if path is not None:
@@ -433,8 +450,9 @@ class SnapshotVault:
         `work_dir` and the first collection whose `referenced` holds it (or its `delete`), and
         it is taken after the store's collection fence is up (the store evaluates the iterable
         then), so a publish either is in it or opens its write under the fence."""
+        pinned = self.pinned()  # a snapshot live processes still read (lazy) keeps its manifest and chunks
         with self._gc_guard:
-            doomed, self._doomed = self._doomed, set()
+            doomed, self._doomed = self._doomed - pinned, self._doomed & pinned
         for snapshot_id in sorted(doomed - referenced):
             try:
                 self.store.delete(snapshot_id)
@@ -444,12 +462,12 @@ class SnapshotVault:
         def live() -> Iterator[str]:
             with self._gc_guard:
                 unrecorded = set(self._unrecorded)
-            yield from referenced | unrecorded
+            yield from referenced | unrecorded | self.pinned()
 
         report = self.store.collect(live(), grace_seconds=self.grace_seconds)
         with self._gc_guard:
             self._unrecorded -= referenced
-            keep = referenced | self._unrecorded
+            keep = referenced | self._unrecorded | self.pinned()
         for path in list(self.cache.iterdir()):
             if path.name.startswith(".evicted.") or (startup and path.name.startswith(".")):
                 shutil.rmtree(path, ignore_errors=True)  # at start-up no materialization is staging

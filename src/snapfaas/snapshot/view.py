@@ -267,9 +267,10 @@ class SnapshotView(pyfuse3.Operations):
     def holds(self, group: int) -> bool:
         return group in self.exposed().values()
 
-    def withdraw(self, snapshot_id: str) -> None:
-        """Hide a snapshot and drop its page cache (pages a live process maps are re-read on
-        its next fault while the snapshot's chunks exist). Idempotent."""
+    def withdraw(self, snapshot_id: str, drop_cache: bool = True) -> None:
+        """Hide a snapshot and (if `drop_cache`) drop its page cache: pages a live process maps
+        are then re-read on its next fault, so its chunks must still exist. Open files and
+        maps keep working (inodes live until the kernel forgets them). Idempotent."""
         with self._guard:
             inode = self._snapshots.pop(snapshot_id, None)
             if inode is None:
@@ -283,7 +284,7 @@ class SnapshotView(pyfuse3.Operations):
         if not self.serving:
             return
         for node in nodes:
-            if node.entry is not None and node.entry.type == FILE:
+            if drop_cache and node.entry is not None and node.entry.type == FILE:
                 _ignore_missing(pyfuse3.invalidate_inode, node.inode, False)
         _ignore_missing(pyfuse3.invalidate_entry, pyfuse3.ROOT_INODE, snapshot_id.encode())
 

@@ -628,14 +628,15 @@ class Worker:
         """An on-demand environment, or one restored from the version's snapshot."""
         async with self.factory.network_for_new_environment() as network:
             if version.uses_snapshot and self.snapshots is not None:
-                lease = await self.snapshots.images(version)  # pinned in the RAM cache until the restore is over
+                lease = await self.snapshots.images(version)  # pinned until the restore is over (lazy: until destroyed)
                 try:
                     env = self.factory.restored(version, lease.path, network)
                 except BaseException:
                     lease.release()
                     raise
-                env.release_images = lease.release
-                env.on_destroy.append(lease.release)  # if the restore never runs
+                if not lease.mapped:  # eager: the images are free once the restore is over
+                    env.release_images = lease.release
+                env.on_destroy.append(lease.release)  # lazy: the process reads them until it is gone
                 env.on_destroy.append(lambda: self.credentials.revoke(env.id))
                 return env
             identity = "env-" + secrets.token_hex(8)

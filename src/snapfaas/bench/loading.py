@@ -1,0 +1,190 @@
+"""Restore loading benchmark (`snapfaas bench loading`): eager vs lazy vs lazy + prefetch, for
+each tier the snapshot can come from, in one run.
+
+Three private servers run side by side, one per loading, each with every reference function
+(stdlib, numpy-scipy, torch) published with SnapStart:
+
+* ``eager``: ``--restore-loading eager`` (the whole snapshot is materialized into the plaintext
+  RAM cache before CRIU starts: the previous design, the baseline);
+* ``lazy``: ``--restore-loading lazy --no-restore-prefetch`` (CRIU restores from the snapshot
+  view; pages are fetched when the process touches them);
+* ``prefetch``: ``--restore-loading lazy --restore-prefetch`` (the default: as lazy, and the
+  working set the snapshot's first restore recorded, memory chunks and library pages, is
+  fetched in bulk and in parallel while the restore runs).
+
+Samples are interleaved (for each tier and run: eager, lazy, prefetch), each the e2e time of
+the first invoke of a new environment of version 1 through boto3, after `wait_idle` (no
+environment alive: nothing maps the snapshot). Before a sample, from outside the servers:
+
+* ``memory``: nothing dropped (eager: the RAM cache holds the snapshot; lazy: the kernel's page
+  cache of the view does, from the previous sample);
+* ``disk``: the plaintext dropped (eager: the RAM cache directory, as the vault evicts; lazy:
+  ``posix_fadvise(DONTNEED)`` on every file of the snapshot in the view); the servers run with
+  ``--store-memory-bytes 1`` so the store's chunk memory tier holds nothing: chunks come from
+  the local disk cache;
+* ``origin``: as ``disk``, and the disk cache's blobs unlinked: every chunk comes from the
+  origin (a directory on the same disk); the blobs the disk cache holds after the sample are
+  the distinct chunks that restore fetched ("chunks fetched");
+* ``origin_cold``: as ``origin``, and the host's page cache dropped (libraries, the runtime and
+  the origin's files come from disk): the cold host.
+
+The machine this runs on has 2 cores shared with other work: absolute figures are noisy;
+compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from snapfaas.bench.harness import PrivateServer
+from snapfaas.bench.snapstart import REFERENCE, Bench, _deploy, _publish, drop_page_cache, measured_invoke
+from snapfaas.bench.store import _manifests, _snapshot_ids, disk_blobs, drop_disk_cache, drop_ram_cache, stats
+from snapfaas.config import snapshot_view_for
+
+LOADINGS = {
+    "eager": ["--restore-loading", "eager"],
+    "lazy": ["--restore-loading", "lazy", "--no-restore-prefetch"],
+    "prefetch": ["--restore-loading", "lazy", "--restore-prefetch"],
+}
+LOADING_LABELS = {"eager": "eager", "lazy": "lazy", "prefetch": "lazy + prefetch"}
+TIERS = ("memory", "disk", "origin", "origin_cold")
+TIER_LABELS = {
+    "memory": "memory tier warm",
+    "disk": "local disk cache only",
+    "origin": "origin only",
+    "origin_cold": "origin only, page cache dropped",
+}
+
+
+def drop_view_cache(sandbox: Path, snapshot_id: str) -> int:
+    """Drop the kernel's page cache of a snapshot's files in a server's view (pages a live
+    process maps stay); how many files. Nothing if the snapshot is not exposed."""
+    root = snapshot_view_for(sandbox) / snapshot_id
+    dropped = 0
+    with contextlib.suppress(FileNotFoundError):
+        for path in root.iterdir():
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                dropped += 1
+    return dropped
+
+
+def ratios(restore: dict[str, dict[str, dict[str, float]]], base: str = "eager") -> dict[str, dict[str, float]]:
+    """loading -> tier -> its median over `base`'s median for that tier."""
+    out: dict[str, dict[str, float]] = {}
+    for loading, tiers in restore.items():
+        if loading == base:
+            continue
+        out[loading] = {tier: round(figures["median"] / restore[base][tier]["median"], 2)
+                        for tier, figures in tiers.items() if restore[base][tier]["median"] > 0}
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Restore loading benchmark ({result['timestamp']}, one run, {result['runs']} samples per cell, interleaved; "
+        "median e2e ms of the first invoke of a new environment through boto3, min–max in brackets; "
+        "ratio = cell / eager for the same tier; 2 shared cores, other work running)",
+        "",
+        "| function | loading | " + " | ".join(TIER_LABELS[t] for t in TIERS) + " | chunks fetched from the origin |",
+        "|---|---|" + "---|" * (len(TIERS) + 1),
+    ]
+    for name, r in result["functions"].items():
+        for loading in LOADINGS:
+            cells = []
+            for tier in TIERS:
+                figures = r["restore_e2e_ms"][loading][tier]
+                ratio = r["ratios_over_eager"].get(loading, {}).get(tier)
+                cells.append(f"{figures['median']} ({figures['min']}–{figures['max']})"
+                             + (f" **{ratio}x**" if ratio is not None else ""))
+            fetched = r["chunks_fetched"][loading]
+            lines.append(f"| {name} | {LOADING_LABELS[loading]} | " + " | ".join(cells)
+                         + f" | {fetched['median']} of {r['chunks']} |")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _servers(runtime_python: str) -> Iterator[dict[str, PrivateServer]]:
+    base = ["--keep-alive", "2", "--runtime", f"python3.11={runtime_python}", "--store-memory-bytes", "1"]
+    with contextlib.ExitStack() as stack:
+        yield {loading: stack.enter_context(PrivateServer(base + args)) for loading, args in LOADINGS.items()}
+
+
+def _sample(bench: Bench, name: str, snapshot_id: str, loading: str, tier: str) -> tuple[float, int | None]:
+    """One first invoke of a new environment after dropping what `tier` says; (e2e ms, distinct
+    chunks fetched from the origin or None)."""
+    server = bench.server
+    cache_dir = server.data_dir / "store-cache"
+    bench.wait_idle()
+    if tier != "memory":
+        if loading == "eager":
+            drop_ram_cache(server.sandbox, snapshot_id)
+        else:
+            drop_view_cache(server.sandbox, snapshot_id)
+    if tier.startswith("origin"):
+        drop_disk_cache(cache_dir)
+    if tier == "origin_cold":
+        drop_page_cache()
+    elapsed, fields = measured_invoke(bench.client, name, "1")
+    if "Restore Duration" not in fields:
+        raise RuntimeError(f"{name}:1 did not restore ({loading}, {tier}): {fields}")
+    return elapsed, len(disk_blobs(cache_dir)) if tier.startswith("origin") else None
+
+
+def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: list[str] | None = None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with _servers(runtime_python) as servers:
+        benches = {loading: Bench(server, say) for loading, server in servers.items()}
+        try:
+            for name, (package, memory) in REFERENCE.items():
+                if only and name not in only:
+                    continue
+                ids: dict[str, str] = {}
+                for loading, bench in benches.items():
+                    say(f"[{name}] {loading}: deploying, publishing, first restore (records the working set)")
+                    _deploy(bench, name, package, memory)
+                    _publish(bench, name)
+                    bench.invoke(name, "1")
+                    ids[loading] = _snapshot_ids(bench.server, name)["1"]
+                with_catalog = _snapshot_chunks(benches["eager"].server, ids["eager"])
+                e2e: dict[str, dict[str, list[float]]] = {loading: {tier: [] for tier in TIERS} for loading in LOADINGS}
+                fetched: dict[str, list[int]] = {loading: [] for loading in LOADINGS}
+                for tier in TIERS:
+                    say(f"[{name}] {runs} restores per loading, {TIER_LABELS[tier]}")
+                    for _ in range(runs):
+                        for loading, bench in benches.items():
+                            elapsed, count = _sample(bench, name, ids[loading], loading, tier)
+                            e2e[loading][tier].append(elapsed)
+                            if count is not None:
+                                fetched[loading].append(count)
+                restore = {loading: {tier: stats(values) for tier, values in tiers.items()} for loading, tiers in e2e.items()}
+                results[name] = {
+                    "chunks": with_catalog,
+                    "restore_e2e_ms": restore,
+                    "ratios_over_eager": ratios(restore),
+                    "chunks_fetched": {loading: {"median": sorted(counts)[len(counts) // 2] if counts else 0,
+                                                 "min": min(counts, default=0), "max": max(counts, default=0)}
+                                       for loading, counts in fetched.items()},
+                }
+                for bench in benches.values():
+                    bench.client.delete_function(FunctionName=name)
+        finally:
+            for bench in benches.values():
+                bench.close()
+    return {"benchmark": "loading", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs,
+            "loadings": {k: " ".join(v) for k, v in LOADINGS.items()}, "tiers": dict(TIER_LABELS), "functions": results}
+
+
+def _snapshot_chunks(server: PrivateServer, snapshot_id: str) -> int:
+    """Distinct stored chunks of a snapshot (from its manifest)."""
+    (manifest,) = _manifests(server, [snapshot_id])
+    return len(manifest.names())

@@ -448,6 +448,9 @@ class WorkingSetKeeper:
         """Start reading the snapshot's file working set ahead (nothing if none is recorded)."""
         if not snapshot_id:
             return
+        known = self._cached(snapshot_id)
+        if known is not None and known.files is None:
+            return  # none recorded (yet): no thread for nothing
 
         def work() -> None:
             known = self._lookup(snapshot_id)

@@ -512,7 +512,7 @@ def snapshot_ls(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
 @store_options
 def snapshot_inspect(target: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
                      store_cache_dir: Path | None, as_json: bool) -> None:
-    """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier."""
+    """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier, working-set size."""
     catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
     info = _catalog_call(catalog, lambda: catalog.inspect(target))
     if as_json:
@@ -527,7 +527,16 @@ def snapshot_inspect(target: str, data_dir: Path, store_origin: str | None, stor
     table.add_row("shared with other snapshots", f"{info['shared_chunks']} chunks, {_mb(info['shared_bytes'])}")
     for tier, usage in info["tiers"].items():
         table.add_row(f"in {tier}", f"{usage['chunks']} chunks, {_mb(usage['bytes'])}")
+    table.add_row("working set", _working_set_text(info["working_set"]))
     console.print(table)
+
+
+def _working_set_text(working_set: dict[str, Any] | None) -> str:
+    if working_set is None:
+        return "none recorded"
+    if "files" in working_set:
+        return f"{_mb(working_set['bytes'])} of {working_set['files']} host files (sections: {', '.join(working_set['sections'])})"
+    return f"no host files (version {working_set['version']}, sections: {', '.join(working_set['sections']) or '-'})"
 
 
 @main.group()

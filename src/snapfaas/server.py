@@ -34,7 +34,7 @@ from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
-from snapfaas.snapshot import engine
+from snapfaas.snapshot import engine, workingset
 from snapfaas.snapshot.view import SnapshotView, clear_stale_mount
 from snapfaas.snapshot.workingset import WorkingSetKeeper, WorkingSets
 from snapfaas.transport import is_loopback, server_ssl_context
@@ -128,7 +128,7 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
-        working_sets = WorkingSetKeeper(WorkingSets(cfg.data_dir / "workingsets"))
+        working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store))  # attachments of the snapshots
         if cfg.restore_prefetch:
             worker.working_sets = working_sets
         snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments
@@ -142,11 +142,14 @@ class Server:
         removed = await asyncio.to_thread(remove_legacy, cfg.data_dir)
         if removed:
             self.say(f"Removed {removed} snapshot(s) of the previous storage format; their versions re-create them when invoked.")
+        removed = await asyncio.to_thread(workingset.remove_legacy, cfg.data_dir)
+        if removed:
+            self.say(f"Removed {removed} working set(s) of the previous storage format (now kept in the snapshot store); "
+                     f"they are recorded again at their snapshots' next restore.")
         try:
             await snapshots.collect_garbage(startup=True)
         except StoreError as exc:  # e.g. the origin is unreachable: serving goes on, the next collection retries
             self.say(f"WARNING: snapshot garbage collection at start-up failed: {exc.message}")
-        working_sets.sweep({v.snapshot_id for v in registry.list_all_versions() if v.snapshot_id})
         control.collect_garbage()  # code, then the id slices of deleted functions
         services = Services(cfg, control, invoker, logs, identity=identity)
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
@@ -192,11 +195,11 @@ class Server:
             await site.stop()
             await prepared
             await control.close()
+            await working_sets.close()  # before the store closes; no prefetch or recording after it
             await snapshots.close()
             await invoker.close()
             await worker.close()
             await snapshots.close_store()
-            await working_sets.close()
             if network is not None:
                 await network.close()
             await env_runner.cleanup()

@@ -3,7 +3,8 @@ peer; not AWS) started by this module as a subprocess on 127.0.0.1, driven throu
 
 One ChunkStore publishes a tree with an empty cache; a second one, with its own empty cache
 dir and only the same bucket/prefix and secret in common, materializes it byte for byte.
-Corruption and loss at the S3 origin, GC over S3, and stored-vs-raw bytes (printed) too.
+Corruption and loss at the S3 origin, GC over S3, attachments beside the manifests, and
+stored-vs-raw bytes (printed) too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from snapfaas.store import ChunkStore, ChunkUnavailable, OriginError, S3Origin, origin_from_url
+from snapfaas.store import ChunkStore, ChunkUnavailable, OriginError, S3Origin, SnapshotMissing, origin_from_url
 from tests.conftest import ProcessFactory, free_port
 from tests.storekit import make_tree, offline_aws_credentials, tree_digest
 
@@ -156,3 +157,37 @@ def test_an_unreachable_s3_origin_is_a_clear_error(tmp_path: Path, aws_env: None
         store.read("fn-1-aaaa", "pages-1.img", 0, 1)
     store.close()
     assert os.path.isdir(tmp_path / "cache")
+
+
+def test_attachments_live_beside_the_manifest_in_the_bucket_shared_sealed_and_collected(
+        tmp_path: Path, s3: S3Peer, bucket: object) -> None:
+    writer = ChunkStore(S3Origin(BUCKET, PREFIX, endpoint_url=s3.endpoint), SECRET, cache_dir=tmp_path / "cache-w")
+    writer.put_tree("fn-1-aaaa", make_tree(tmp_path / "v1", seed=1, pages_chunks=2, library_chunks=1))
+    writer.put_tree("fn-2-bbbb", make_tree(tmp_path / "v2", seed=2, pages_chunks=2, library_chunks=1))
+    writer.put_tree("fn-3-cccc", make_tree(tmp_path / "v3", seed=3, pages_chunks=2, library_chunks=1))
+    for snapshot_id in ("fn-1-aaaa", "fn-2-bbbb", "fn-3-cccc"):
+        writer.put_attachment(snapshot_id, "workingset", f"files of {snapshot_id}".encode())
+    writer.put_attachment("fn-1-aaaa", "workingset", b"rewritten")  # last writer wins
+    with pytest.raises(SnapshotMissing, match="has no manifest at origin s3://"):
+        writer.put_attachment("fn-9-none", "workingset", b"x")
+    assert keys(bucket, "attachments") == {"fn-1-aaaa/workingset", "fn-2-bbbb/workingset", "fn-3-cccc/workingset"}
+    key = f"{PREFIX}/attachments/fn-2-bbbb/workingset"
+    envelope = bucket.get_object(Bucket=BUCKET, Key=key)["Body"].read()  # type: ignore[attr-defined]
+    assert envelope.startswith(b"SFATTACH") and b"files of" not in envelope
+
+    reader = ChunkStore(S3Origin(BUCKET, PREFIX, endpoint_url=s3.endpoint), SECRET, cache_dir=tmp_path / "cache-r")
+    assert reader.get_attachment("fn-1-aaaa", "workingset") == b"rewritten"  # another host, empty cache
+    assert reader.attachments("fn-2-bbbb") == ["workingset"]
+    bucket.put_object(Bucket=BUCKET, Key=key, Body=envelope[:-1] + bytes([envelope[-1] ^ 1]))  # type: ignore[attr-defined]
+    assert reader.get_attachment("fn-2-bbbb", "workingset") is None  # tampered: absent, never data
+    moved = bucket.get_object(Bucket=BUCKET, Key=f"{PREFIX}/attachments/fn-3-cccc/workingset")["Body"].read()  # type: ignore[attr-defined]
+    bucket.put_object(Bucket=BUCKET, Key=key, Body=moved)  # type: ignore[attr-defined]
+    assert reader.get_attachment("fn-2-bbbb", "workingset") is None  # another snapshot's
+
+    writer.delete("fn-1-aaaa")
+    assert keys(bucket, "attachments") == {"fn-2-bbbb/workingset", "fn-3-cccc/workingset"}
+    bucket.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/manifests/fn-3-cccc")  # type: ignore[attr-defined]  # an orphan
+    report = writer.collect(["fn-2-bbbb"], grace_seconds=0)
+    assert report.attachments_deleted == 1 and keys(bucket, "attachments") == {"fn-2-bbbb/workingset"}
+    writer.close()
+    reader.close()

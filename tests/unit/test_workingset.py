@@ -1,18 +1,26 @@
-"""Recording and reading ahead a snapshot's file working set (snapfaas.snapshot.workingset)."""
+"""Recording and reading ahead a snapshot's file working set (snapfaas.snapshot.workingset),
+kept as the snapshot's store attachment (a real store over a directory origin)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from snapfaas.snapshot.workingset import (
-    PAGE, FileRanges, WorkingSet, WorkingSets, file_mappings, pages_to_ranges, prefetch, process_tree, record,
+    ATTACHMENT, PAGE, FileRanges, WorkingSet, WorkingSetDocument, WorkingSetKeeper, WorkingSets, file_mappings,
+    pages_to_ranges, prefetch, process_tree, record, remove_legacy,
 )
+from snapfaas.store import ChunkStore, DirectoryOrigin, StoreError
+
+SECRET = bytes(range(32))
+SNAPSHOT = "fn-1-aaaa"
 
 MAPS = """\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 1234 /usr/bin/python3.11
@@ -77,15 +85,135 @@ def test_prefetch_skips_files_that_changed_or_vanished(tmp_path: Path) -> None:
     assert prefetch(WorkingSet((unchanged, changed, gone, through_link))) == 2 * PAGE
 
 
-def test_the_store_round_trips_sweeps_and_drops_a_malformed_file(tmp_path: Path) -> None:
-    store = WorkingSets(tmp_path / "ws")
-    assert (tmp_path / "ws").stat().st_mode & 0o777 == 0o700
-    working_set = WorkingSet((FileRanges("/usr/lib/x.so", 1, 2, 3 * PAGE, 4, ((0, PAGE),)),))
-    store.put("snap-a", working_set)
-    store.put("snap-b", working_set)
-    assert store.get("snap-a") == working_set and store.get("nope") is None
-    assert store.sweep({"snap-a"}) == 1 and not store.has("snap-b")
-    (tmp_path / "ws" / "snap-c.json").write_text(json.dumps({"format": 1, "files": [{"path": "/x", "ranges": [[-1, 5]]}]}))
-    assert store.get("snap-c") is None and not store.has("snap-c")  # unreadable: dropped, recorded again later
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ChunkStore]:
+    """A real store (directory origin, disk cache) holding snapshot fn-1-aaaa."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "pages-1.img").write_bytes(os.urandom(3 * PAGE))
+    store = ChunkStore(DirectoryOrigin(tmp_path / "origin"), SECRET, cache_dir=tmp_path / "cache-a")
+    store.put_tree(SNAPSHOT, tree)
+    yield store
+    store.close()
+
+
+def attachment_at_origin(tmp_path: Path) -> Path:
+    return tmp_path / "origin" / "attachments" / SNAPSHOT / ATTACHMENT
+
+
+LIBC = WorkingSet((FileRanges("/usr/lib/x.so", 1, 2, 3 * PAGE, 4, ((0, PAGE),)),))
+
+
+def test_working_sets_are_a_versioned_document_with_sections_in_the_snapshots_store_attachment(
+        tmp_path: Path, store: ChunkStore) -> None:
+    sets = WorkingSets(store)
+    assert sets.get(SNAPSHOT) is None
+    document = sets.put_files(SNAPSHOT, LIBC)
+    assert document is not None and sets.get(SNAPSHOT) == document and document.files == LIBC
+    assert json.loads(store.get_attachment(SNAPSHOT, ATTACHMENT) or b"") == {
+        "version": 1, "sections": {"files": {"entries": [
+            {"path": "/usr/lib/x.so", "dev": 1, "ino": 2, "size": 3 * PAGE, "mtime_ns": 4, "ranges": [[0, PAGE]]}]}}}
+    assert attachment_at_origin(tmp_path).read_bytes().startswith(b"SFATTACH")  # sealed by the store
+    with pytest.raises(StoreError):  # the snapshot must exist
+        sets.put_files("fn-9-none", LIBC)
+
+
+def test_a_rewrite_keeps_sections_this_build_does_not_know(store: ChunkStore) -> None:
+    sets = WorkingSets(store)
+    chunks = {"names": ["ab" * 32], "bytes": 524288}  # e.g. a section a later build adds
+    store.put_attachment(SNAPSHOT, ATTACHMENT, json.dumps({"version": 1, "sections": {"chunks": chunks}}).encode())
+    assert sets.get(SNAPSHOT) == WorkingSetDocument({"chunks": chunks})
+    assert sets.get(SNAPSHOT).files is None  # type: ignore[union-attr]
+    sets.put_files(SNAPSHOT, LIBC)
+    stored = sets.get(SNAPSHOT)
+    assert stored is not None and stored.sections["chunks"] == chunks and stored.files == LIBC
+    assert sets.update(SNAPSHOT, lambda document: document.with_section("chunks", {"names": []})) is not None
+    stored = sets.get(SNAPSHOT)
+    assert stored is not None and stored.sections["chunks"] == {"names": []} and stored.files == LIBC
+    assert sets.update(SNAPSHOT, lambda document: None) is None  # a change may decline
+    assert sets.get(SNAPSHOT) == stored
+
+
+def test_another_version_is_neither_used_nor_rewritten_and_a_malformed_document_reads_as_none(
+        store: ChunkStore, caplog: pytest.LogCaptureFixture) -> None:
+    sets = WorkingSets(store)
+    future = json.dumps({"version": 2, "sections": {"files": "a shape this build cannot read"}}).encode()
+    store.put_attachment(SNAPSHOT, ATTACHMENT, future)
+    document = sets.get(SNAPSHOT)
+    assert document is not None and not document.supported
+    assert sets.put_files(SNAPSHOT, LIBC) is None and store.get_attachment(SNAPSHOT, ATTACHMENT) == future
+    for bad in (b"not json", b"[]", b'{"version": 1}', b'{"version": "1", "sections": {}}', b"\xff"):
+        store.put_attachment(SNAPSHOT, ATTACHMENT, bad)
+        assert sets.get(SNAPSHOT) is None, bad
+    assert sum("is unreadable" in r.getMessage() for r in caplog.records) == 5
+    store.put_attachment(SNAPSHOT, ATTACHMENT, json.dumps({"version": 1, "sections": {"files": {"entries": [
+        {"path": "/x", "ranges": [[-1, 5]]}]}}}).encode())
     with pytest.raises(ValueError):
-        store.get("../escape")
+        sets.get(SNAPSHOT).files  # type: ignore[union-attr]
+
+
+def test_the_keeper_records_once_into_the_store_and_a_keeper_on_another_host_reads_it_ahead(
+        tmp_path: Path, store: ChunkStore) -> None:
+    """Real recording (this test process's own mappings) through a real store; the second
+    keeper stands for a server on another host: same origin, empty cache dir."""
+    store.put_attachment(SNAPSHOT, ATTACHMENT, json.dumps({"version": 1, "sections": {"chunks": {"n": 3}}}).encode())
+    first = WorkingSetKeeper(WorkingSets(store))
+
+    async def first_host() -> None:
+        first.prefetch(SNAPSHOT)  # nothing recorded yet: nothing to read ahead
+        first.observe(SNAPSHOT, os.getpid)
+        await first.close()
+
+    asyncio.run(first_host())
+    recorded = WorkingSets(store).get(SNAPSHOT)
+    assert recorded is not None and recorded.sections["chunks"] == {"n": 3}  # the other section survived
+    files = recorded.files
+    assert files is not None and any("python" in f.path or f.path.endswith(".so") for f in files.files)
+    envelope = attachment_at_origin(tmp_path).read_bytes()
+
+    other = ChunkStore(DirectoryOrigin(tmp_path / "origin"), SECRET, cache_dir=tmp_path / "cache-b")
+    try:
+        second = WorkingSetKeeper(WorkingSets(other))
+        asked: list[str] = []
+
+        async def second_host() -> None:
+            second.prefetch(SNAPSHOT)
+            await asyncio.gather(*second._tasks)
+            known = second._cached(SNAPSHOT)
+            asked.append("files" if known is not None and known.files == files else "none")
+            second.observe(SNAPSHOT, os.getpid)  # already recorded: not again
+            await second.close()
+
+        asyncio.run(second_host())
+        assert asked == ["files"]
+        assert attachment_at_origin(tmp_path).read_bytes() == envelope  # not rewritten (a rewrite re-seals)
+        assert (tmp_path / "cache-b" / "attachments" / SNAPSHOT / ATTACHMENT).read_bytes() == envelope
+    finally:
+        other.close()
+
+
+def test_the_keeper_survives_a_snapshot_deleted_before_its_working_set_is_stored(
+        store: ChunkStore, caplog: pytest.LogCaptureFixture) -> None:
+    keeper = WorkingSetKeeper(WorkingSets(store))
+
+    async def run() -> None:
+        keeper.prefetch(SNAPSHOT)
+        await asyncio.gather(*keeper._tasks)
+        store.delete(SNAPSHOT)
+        keeper.observe(SNAPSHOT, os.getpid)
+        await keeper.close()
+        keeper.observe(SNAPSHOT, os.getpid)  # closed: starts nothing
+        assert not keeper._tasks
+
+    asyncio.run(run())
+    assert any("failed at step 'store working set'" in r.getMessage() and "has no manifest" in r.getMessage()
+               for r in caplog.records)
+    assert store.attachments(SNAPSHOT) == []
+
+
+def test_the_directory_of_the_previous_format_is_removed(tmp_path: Path) -> None:
+    assert remove_legacy(tmp_path) == 0
+    (tmp_path / "workingsets").mkdir()
+    (tmp_path / "workingsets" / "fn-1-aaaa.json").write_text("{}")
+    (tmp_path / "workingsets" / "fn-2-bbbb.json").write_text("{}")
+    assert remove_legacy(tmp_path) == 2 and not (tmp_path / "workingsets").exists()

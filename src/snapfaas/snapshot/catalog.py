@@ -24,6 +24,7 @@ from typing import Any
 
 from snapfaas.config import STORE_SHARED_GRACE_S, store_secret_for
 from snapfaas.durable import write_atomic
+from snapfaas.snapshot.workingset import WorkingSets
 from snapfaas.errors import ServiceError
 from snapfaas.store import ChunkStore, StoreError, TierCounters, origin_from_url
 from snapfaas.store.codec import load_or_create_secret
@@ -122,7 +123,8 @@ class Catalog:
         return max(candidates, key=lambda s: s["created"])["snapshot"]
 
     def inspect(self, target: str) -> dict[str, Any]:
-        """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier."""
+        """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier, and
+        the recorded working set (the store attachment; None if none is recorded)."""
         snapshot_id = self.find(target)
         stats = self.store.snapshot_stats(snapshot_id)
         manifest = self.store.manifest(snapshot_id)
@@ -137,7 +139,25 @@ class Catalog:
                 "disk": {"chunks": len(on_disk), "bytes": sum(ref.stored for ref in on_disk)},
                 "origin": {"chunks": len(distinct), "bytes": stats.stored_bytes},
             },
+            "working_set": self.working_set(snapshot_id),
         }
+
+    def working_set(self, snapshot_id: str) -> dict[str, Any] | None:
+        """The snapshot's recorded working set: its sections, and the host files and bytes its
+        ``files`` section reads ahead; None if none is recorded (or it is unreadable)."""
+        document = WorkingSets(self.store).get(snapshot_id)
+        if document is None:
+            return None
+        out: dict[str, Any] = {"version": document.version, "sections": sorted(document.sections)}
+        if document.supported:
+            try:
+                files = document.files
+            except ValueError as exc:
+                out["error"] = f"files section: {exc}"
+            else:
+                if files is not None:
+                    out.update(files=len(files.files), bytes=files.bytes)
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Bytes per tier, dedup and compression ratios, and the server's last tier counters."""

@@ -21,30 +21,53 @@ CRIU instead of one page fault at a time afterwards. A file whose identity chang
 What a function maps only decides which pages of files it can already read are cached: the
 daemon never reads them itself, and the totals are capped (`MAX_RANGES`, `MAX_BYTES`).
 
-Stored as JSON, one file per snapshot, in a root-owned directory (`WorkingSets`).
+Stored with the snapshot: the store attachment ``workingset`` of the snapshot (`WorkingSets`;
+sealed like the manifest, stored beside it at the origin and copied into the disk cache,
+deleted and garbage-collected with it, and shared by every host on the same origin: a host
+that never restored the snapshot reads the working set another one recorded). The document is
+versioned JSON with named sections::
+
+    {"version": 1,
+     "sections": {"files": {"entries": [{"path": "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                                         "dev": 65024, "ino": 99, "size": 1922136,
+                                         "mtime_ns": 1700000000000000000,
+                                         "ranges": [[0, 413696], [1486848, 69632]]}, ...]},
+                  "<other>": ...}}
+
+``version`` changes only with an incompatible change: a build that reads another version
+neither uses nor rewrites the document. New information (e.g. the snapshot's own memory chunks
+a restore touched) goes into a new section; a build that does not know a section keeps it
+verbatim when it rewrites the document (`WorkingSets.update`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
 import os
 import re
+import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from snapfaas.durable import write_atomic
+from snapfaas.store import ChunkStore, StoreError
 
 logger = logging.getLogger(__name__)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 GAP_PAGES = 16  # pages between two touched ones that are read too, to make fewer, larger ranges
 MAX_RANGES = 8192
 MAX_BYTES = 2 << 30
-FORMAT = 1
+ATTACHMENT = "workingset"  # the store attachment name
+VERSION = 1  # of the document; changes only with an incompatible change
+FILES = "files"  # the section of host file ranges
+KNOWN_MAX = 1024  # snapshots whose working set a keeper keeps in memory
+LEGACY_DIR = "workingsets"  # <data-dir>/workingsets/: where working sets lived before the store
 PRESENT = 1 << 63
 _MAPS_LINE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$")
 
@@ -73,22 +96,69 @@ class WorkingSet:
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "files": [dataclasses.asdict(f) for f in self.files]}
+    def to_section(self) -> dict[str, Any]:
+        """The document's ``files`` section (plain JSON values: it compares equal to its parse)."""
+        return {"entries": [{**dataclasses.asdict(f), "ranges": [list(r) for r in f.ranges]} for f in self.files]}
 
     @classmethod
-    def from_json(cls, data: Any) -> WorkingSet:
-        """Parse and check a stored working set; ValueError if it is malformed."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), list):
-            raise ValueError("not a working set")
+    def from_section(cls, data: Any) -> WorkingSet:
+        """Parse and check a ``files`` section; ValueError if it is malformed."""
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+            raise ValueError("the files section has no list of entries")
         files = []
-        for item in data["files"]:
-            ranges = tuple((int(off), int(length)) for off, length in item["ranges"])
-            if any(off < 0 or length <= 0 for off, length in ranges):
-                raise ValueError("negative range")
-            files.append(FileRanges(str(item["path"]), int(item["dev"]), int(item["ino"]), int(item["size"]),
-                                    int(item["mtime_ns"]), ranges))
+        try:
+            for item in data["entries"]:
+                ranges = tuple((int(off), int(length)) for off, length in item["ranges"])
+                if any(off < 0 or length <= 0 for off, length in ranges):
+                    raise ValueError("negative range")
+                files.append(FileRanges(str(item["path"]), int(item["dev"]), int(item["ino"]), int(item["size"]),
+                                        int(item["mtime_ns"]), ranges))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed file entry: {exc!r}") from None
         return cls(tuple(files))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkingSetDocument:
+    """The stored document: a version and named sections (JSON values; see the module
+    docstring). Sections this build does not know are carried verbatim."""
+
+    sections: Mapping[str, Any]
+    version: int = VERSION
+
+    @property
+    def supported(self) -> bool:
+        """Whether this build may use and rewrite the document."""
+        return self.version == VERSION
+
+    @property
+    def files(self) -> WorkingSet | None:
+        """The ``files`` section (None if absent); ValueError if it is malformed."""
+        section = self.sections.get(FILES)
+        return None if section is None else WorkingSet.from_section(section)
+
+    def with_section(self, name: str, value: Any) -> WorkingSetDocument:
+        """A copy with section `name` set to `value` (a JSON value); every other section kept."""
+        return dataclasses.replace(self, sections={**self.sections, name: value})
+
+    def encode(self) -> bytes:
+        return json.dumps({"version": self.version, "sections": dict(self.sections)},
+                          separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> WorkingSetDocument:
+        """Parse a stored document; ValueError if it is not one (its sections are checked only
+        when read, so an unknown version's still parses)."""
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("sections"), dict):
+            raise ValueError("not an object with a sections object")
+        version = body.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError("no integer version")
+        return cls(body["sections"], version)
 
 
 def pages_to_ranges(pages: Iterable[int], gap_pages: int = GAP_PAGES) -> list[tuple[int, int]]:
@@ -240,106 +310,198 @@ def prefetch(working_set: WorkingSet) -> int:
 
 
 class WorkingSets:
-    """One JSON file per snapshot id under `root` (0700, owned by the daemon)."""
+    """Working-set documents, one per snapshot: the store attachment ``workingset`` (see the
+    module docstring). Blocking (the origin may be S3): call from threads. A read that finds
+    none, or one that fails authentication (the store warns) or does not parse (warned here),
+    returns None: the working set is recorded again and the new document replaces it."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        os.chmod(root, 0o700)
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()  # one read-modify-write at a time in this process
 
-    def _path(self, snapshot_id: str) -> Path:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", snapshot_id) or snapshot_id.startswith("."):
-            raise ValueError(f"bad snapshot id {snapshot_id!r}")
-        return self.root / f"{snapshot_id}.json"
-
-    def get(self, snapshot_id: str) -> WorkingSet | None:
+    def get(self, snapshot_id: str) -> WorkingSetDocument | None:
+        """The snapshot's document, or None. Raises `StoreError` if the store cannot be read
+        (an unreachable origin and no cached copy)."""
+        data = self.store.get_attachment(snapshot_id, ATTACHMENT)
+        if data is None:
+            return None
         try:
-            return WorkingSet.from_json(json.loads(self._path(snapshot_id).read_bytes()))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return WorkingSetDocument.decode(data)
+        except ValueError as exc:
             logger.warning("working set of snapshot %s is unreadable (%s): recording it again", snapshot_id, exc)
-            self.delete(snapshot_id)
             return None
 
-    def has(self, snapshot_id: str) -> bool:
-        return self._path(snapshot_id).exists()
+    def update(self, snapshot_id: str,
+               change: Callable[[WorkingSetDocument], WorkingSetDocument | None]) -> WorkingSetDocument | None:
+        """Apply `change` to the snapshot's current document (an empty one if none) and store
+        the result, which replaces the document whole; returns it. `change` returning None
+        stores nothing. A document of another version is left alone (None). Serialized within
+        this process; across hosts the last writer wins. Raises `StoreError` (e.g.
+        `SnapshotMissing` once the snapshot is deleted)."""
+        with self._lock:
+            current = self.get(snapshot_id) or WorkingSetDocument({})
+            if not current.supported:
+                logger.warning("working set of snapshot %s has version %s (this build writes %s): left alone",
+                               snapshot_id, current.version, VERSION)
+                return None
+            updated = change(current)
+            if updated is None:
+                return None
+            self.store.put_attachment(snapshot_id, ATTACHMENT, updated.encode())
+            return updated
 
-    def put(self, snapshot_id: str, working_set: WorkingSet) -> None:
-        write_atomic(self._path(snapshot_id), json.dumps(working_set.to_json(), separators=(",", ":")).encode())
+    def put_files(self, snapshot_id: str, working_set: WorkingSet) -> WorkingSetDocument | None:
+        """Store `working_set` as the document's ``files`` section (other sections kept)."""
+        return self.update(snapshot_id, lambda document: document.with_section(FILES, working_set.to_section()))
 
-    def delete(self, snapshot_id: str) -> None:
-        self._path(snapshot_id).unlink(missing_ok=True)
 
-    def sweep(self, referenced: set[str]) -> int:
-        """Delete the working sets of snapshots not in `referenced`; returns how many."""
-        removed = 0
-        for path in self.root.glob("*.json"):
-            if path.stem not in referenced:
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
+def remove_legacy(data_dir: Path) -> int:
+    """Delete ``<data-dir>/workingsets/``, where working sets lived before they moved into the
+    store; returns how many files went (their snapshots record them again, once)."""
+    legacy = data_dir / LEGACY_DIR
+    if not legacy.is_dir():
+        return 0
+    removed = sum(1 for path in legacy.iterdir() if path.is_file())
+    shutil.rmtree(legacy)
+    return removed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """What a keeper knows of one snapshot: its file working set (None: none to read ahead),
+    and whether nothing is left to record (a files section is stored, or a document of a
+    version this build does not write)."""
+
+    files: WorkingSet | None
+    settled: bool
 
 
 class WorkingSetKeeper:
-    """What the worker calls around restores (on the event loop; the work runs in threads):
-    `prefetch` when a restore starts, `observe` after a restored environment's first
-    invocation (records the snapshot's working set once), `sweep` at start-up."""
+    """What the worker calls around restores (on the event loop; the store work runs in
+    threads): `prefetch` when a restore starts, `observe` after a restored environment's first
+    invocation (records the snapshot's working set once, for every host on the origin). What
+    it read is remembered (the `KNOWN_MAX` most recent snapshots): one store read per snapshot
+    and process. No sweeping: the store deletes a working set with its snapshot."""
 
     def __init__(self, store: WorkingSets) -> None:
         self.store = store
-        self._known: dict[str, WorkingSet | None] = {}  # snapshot id -> its working set (None: none yet)
+        self._known: collections.OrderedDict[str, _Known] = collections.OrderedDict()
+        self._known_lock = threading.Lock()
         self._recording: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def _spawn(self, work: Callable[[], object], name: str) -> None:
+        if self._closed:
+            return  # shutting down: the store may be closed next
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(work), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _lookup(self, snapshot_id: str) -> WorkingSet | None:
-        if snapshot_id not in self._known:
-            self._known[snapshot_id] = self.store.get(snapshot_id)
-        return self._known[snapshot_id]
+    def _cached(self, snapshot_id: str) -> _Known | None:
+        with self._known_lock:
+            known = self._known.get(snapshot_id)
+            if known is not None:
+                self._known.move_to_end(snapshot_id)
+            return known
+
+    def _remember(self, snapshot_id: str, known: _Known) -> None:
+        with self._known_lock:
+            self._known[snapshot_id] = known
+            self._known.move_to_end(snapshot_id)
+            while len(self._known) > KNOWN_MAX:
+                self._known.popitem(last=False)
+
+    def _lookup(self, snapshot_id: str) -> _Known | None:
+        """What the store holds for `snapshot_id` (in a thread); None if it cannot be read now
+        (not remembered: a later restore asks again)."""
+        known = self._cached(snapshot_id)
+        if known is not None:
+            return known
+        try:
+            document = self.store.get(snapshot_id)
+        except StoreError as exc:
+            logger.warning("snapshot %s: working set not read (failed at step 'read working set'): %s",
+                           snapshot_id, exc.message)
+            return None
+        if document is None:
+            known = _Known(None, False)
+        elif not document.supported:
+            logger.warning("snapshot %s: working set has version %s, this build reads %s: not used",
+                           snapshot_id, document.version, VERSION)
+            known = _Known(None, True)
+        else:
+            try:
+                files = document.files
+            except ValueError as exc:
+                logger.warning("snapshot %s: working set's files section is malformed (%s): recording it again",
+                               snapshot_id, exc)
+                files = None
+            known = _Known(files, files is not None)
+            if files is not None:
+                logger.info("snapshot %s: working set of %d file(s), %.1f MB, read from the store",
+                            snapshot_id, len(files.files), files.bytes / 1e6)
+        self._remember(snapshot_id, known)
+        return known
 
     def prefetch(self, snapshot_id: str | None) -> None:
-        """Start reading the snapshot's file working set ahead (no-op if none is recorded)."""
-        working_set = self._lookup(snapshot_id) if snapshot_id else None
-        if working_set is not None and working_set.files:
-            self._spawn(lambda: prefetch(working_set), f"prefetch-{snapshot_id}")
+        """Start reading the snapshot's file working set ahead (nothing if none is recorded)."""
+        if not snapshot_id:
+            return
+        known = self._cached(snapshot_id)
+        if known is not None and known.files is None:
+            return  # none recorded (yet): no thread for nothing
+
+        def work() -> None:
+            known = self._lookup(snapshot_id)
+            if known is not None and known.files is not None and known.files.files:
+                prefetch(known.files)
+
+        self._spawn(work, f"prefetch-{snapshot_id}")
 
     def observe(self, snapshot_id: str | None, pid_of: Callable[[], int | None]) -> None:
         """A restored environment of `snapshot_id` finished its first invocation: record the
-        snapshot's working set from its process (`pid_of`, called in the thread) if none is."""
-        if not snapshot_id or snapshot_id in self._recording or self._lookup(snapshot_id) is not None:
+        snapshot's working set from its process (`pid_of`, called in the thread) if the store
+        holds none."""
+        if not snapshot_id or snapshot_id in self._recording:
+            return
+        known = self._cached(snapshot_id)
+        if known is not None and known.settled:
             return
         self._recording.add(snapshot_id)
 
         def work() -> None:
             try:
+                known = self._lookup(snapshot_id)
+                if known is None or known.settled:
+                    return
                 pid = pid_of()
                 if pid is None:
                     return
                 working_set = record(pid)
-                self.store.put(snapshot_id, working_set)
-                self._known[snapshot_id] = working_set
+                if self.store.put_files(snapshot_id, working_set) is None:
+                    self._remember(snapshot_id, _Known(None, True))  # another version's document: left alone
+                    return
+                self._remember(snapshot_id, _Known(working_set, True))
                 logger.info("snapshot %s: recorded a working set of %d file(s), %.1f MB", snapshot_id,
                             len(working_set.files), working_set.bytes / 1e6)
             except OSError as exc:  # the environment went away meanwhile: the next restore records it
                 logger.info("snapshot %s: working set not recorded (failed at step 'record'): %s", snapshot_id, exc)
+            except StoreError as exc:  # e.g. the snapshot was deleted meanwhile, or the origin is down
+                logger.warning("snapshot %s: working set not stored (failed at step 'store working set'): %s",
+                               snapshot_id, exc.message)
             finally:
                 self._recording.discard(snapshot_id)
 
         self._spawn(work, f"record-{snapshot_id}")
 
-    def sweep(self, referenced: set[str]) -> int:
-        """Forget working sets of snapshots that no longer exist."""
-        for snapshot_id in [s for s in self._known if s not in referenced]:
-            del self._known[snapshot_id]
-        return self.store.sweep(referenced)
-
     async def close(self) -> None:
+        """Wait for the prefetches and recordings under way; start none after."""
+        self._closed = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-__all__ = ["FileRanges", "WorkingSet", "WorkingSetKeeper", "WorkingSets", "pages_to_ranges", "prefetch", "record"]
+__all__ = [
+    "ATTACHMENT", "FileRanges", "WorkingSet", "WorkingSetDocument", "WorkingSetKeeper", "WorkingSets", "pages_to_ranges",
+    "prefetch", "record", "remove_legacy",
+]

@@ -1,5 +1,5 @@
 """Snapshot store: 512 KiB content-addressed chunks, dedup, compression, convergent encryption,
-cache tiers. Only this package knows chunk and manifest formats.
+cache tiers. Only this package knows chunk, manifest and attachment formats.
 
 ::
 
@@ -9,14 +9,23 @@ cache tiers. Only this package knows chunk and manifest formats.
     chunk plaintext ──h = SHA-256──► name = HMAC(K_name, h)    key = HMAC(K_key, h)
           │ zstd (if smaller) → AES-256-GCM(key, nonce = HMAC(key, payload))      [codec]
           ▼
-    ┌─────────────┐  miss  ┌──────────────┐  miss  ┌─────────────────────────────┐
-    │ memory      │ ─────► │ disk cache   │ ─────► │ origin: directory or S3     │
-    │ plaintext   │ ◄───── │ sealed blobs │ ◄───── │   chunks/<name>             │
-    │ LRU, bytes  │ promote│ LRU, bytes   │ promote│   manifests/<snapshot-id>   │
-    │ budget      │        │ budget       │        │ (no budget; `collect` GCs)  │
-    └─────────────┘        └──────────────┘        └─────────────────────────────┘
+    ┌─────────────┐  miss  ┌──────────────────┐  miss  ┌─────────────────────────────────────┐
+    │ memory      │ ─────► │ disk cache       │ ─────► │ origin: directory or S3             │
+    │ plaintext   │ ◄───── │ sealed blobs     │ ◄───── │   chunks/<name>                     │
+    │ LRU, bytes  │ promote│ LRU, bytes budget│ promote│   manifests/<snapshot-id>           │
+    │ budget      │        │ + copies, used   │        │   attachments/<snapshot-id>/<name>  │
+    │ (chunks     │        │ only while the   │        │ (no budget; `collect` GCs)          │
+    │  only)      │        │ origin is down:  │        └─────────────────────────────────────┘
+    └─────────────┘        │ manifests/<id>   │
+                           │ attachments/<id>/│
+                           │   <name>         │
+                           └──────────────────┘
     every hit is verified (hash / AEAD tag + hash + name); a bad copy in a cache tier is
     evicted and read from below; a bad or missing chunk at the origin is `ChunkUnavailable`
+
+Attachments are a snapshot's small named documents (e.g. ``workingset``, its recorded working
+set): sealed like the manifest but under their own key, bound to the snapshot id and name,
+rewritable (last writer wins), deleted and garbage-collected with the manifest.
 
 Chunk blob (`codec`)::
 
@@ -36,21 +45,29 @@ Manifest envelope (`manifest`)::
                     chunks: [[offset, length, name|null, h|null, stored bytes], ...]}]}
                                             (name = null: a hole, read back as zeros)
 
-Modules: `codec` (chunk sealing, keys), `manifest` (envelope, body, validation), `tiers`
-(memory and disk caches, counters), `origin` (directory and S3 origins), `fence` (GC vs
-concurrent writes), `chunkstore` (the API), `stats` (reports), `errors`.
+Attachment envelope (`attachment`)::
+
+    +----------+-------+-------------+-----------------------------+
+    | SFATTACH | ver 1 | nonce (12)  | AES-256-GCM(data) + tag 16  |
+    +----------+-------+-------------+-----------------------------+
+      AAD = header || snapshot id || 0x00 || name
+
+Modules: `codec` (chunk sealing, keys), `manifest` (envelope, body, validation), `attachment`
+(attachment envelope, names), `tiers` (memory and disk caches, counters), `origin` (directory
+and S3 origins), `fence` (GC vs concurrent writes), `chunkstore` (the API), `stats` (reports),
+`errors`.
 """
 
 from snapfaas.store.chunkstore import ChunkStore, open_store
 from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec, load_or_create_secret
 from snapfaas.store.errors import ChunkUnavailable, ManifestInvalid, SnapshotExists, SnapshotMissing, StoreError
 from snapfaas.store.manifest import ChunkRef, FileEntry, Manifest
-from snapfaas.store.origin import DirectoryOrigin, Origin, OriginError, S3Origin, origin_from_url
+from snapfaas.store.origin import AttachmentInfo, DirectoryOrigin, Origin, OriginError, S3Origin, origin_from_url
 from snapfaas.store.stats import CollectReport, SnapshotStats, StoreStats
 from snapfaas.store.tiers import TierCounters, TierUsage
 
 __all__ = [
-    "CHUNK_SIZE", "ChunkCodec", "ChunkRef", "ChunkStore", "ChunkUnavailable", "CollectReport", "DirectoryOrigin",
+    "AttachmentInfo", "CHUNK_SIZE", "ChunkCodec", "ChunkRef", "ChunkStore", "ChunkUnavailable", "CollectReport", "DirectoryOrigin",
     "FileEntry", "Manifest", "ManifestInvalid", "Origin", "OriginError", "S3Origin", "SnapshotExists",
     "SnapshotMissing", "SnapshotStats", "StoreError", "StoreStats", "TierCounters", "TierUsage",
     "load_or_create_secret", "open_store", "origin_from_url",

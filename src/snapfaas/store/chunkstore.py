@@ -25,8 +25,22 @@ Contracts:
   disk cache's ``manifests/`` directory and used only when the origin cannot be reached
   (`OriginError`), so a restarted host restores from a warm cache with its origin down. An
   origin that answers "no such manifest" wins: the copy is dropped.
-* `collect(referenced_snapshot_ids)` deletes manifests not referenced, then chunks no kept
-  manifest references, from the origin and both caches. Manifests and origin chunks younger
+* Attachments (`put_attachment`, `get_attachment`; format in `attachment`) are a snapshot's
+  small named documents, such as its recorded working set: sealed under a key of their own
+  with the snapshot id and the name as associated data, stored at the origin beside the
+  manifest and copied into the disk cache's ``attachments/<snapshot-id>/`` directory. Only a
+  snapshot with a manifest takes one (`SnapshotMissing` otherwise). A write replaces the whole
+  attachment atomically (last writer wins). A read goes to the origin; the disk cache's copy
+  is used only while the origin cannot be reached, and an origin that has none wins (the copy
+  goes). An attachment that fails authentication (tampered, moved from another snapshot or
+  name, another secret) reads as absent, with a warning; never as data.
+* `delete(snapshot_id)` removes the manifest, then the snapshot's attachments, from the origin
+  and the disk cache; its chunks go at the next `collect`.
+* `collect(referenced_snapshot_ids)` deletes manifests not referenced (with their
+  attachments), then chunks no kept manifest references, from the origin and both caches;
+  also attachments whose manifest is gone (orphans: a crash between the two deletions, an
+  attach racing a delete, another host's delete) at the origin and in the disk cache, where
+  manifest copies of such snapshots go too. Manifests and origin chunks younger
   than ``grace_seconds`` are kept (the gap between a publish's `put_tree` and its caller
   recording the snapshot id; other hosts' uploads). Writes in this process are fenced exactly
   (`fence`), so a concurrent `put_tree` never loses a chunk. A kept manifest that cannot be
@@ -49,6 +63,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from snapfaas.store.attachment import AttachmentInvalid, check_name, open_sealed, seal
 from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec, load_or_create_secret
 from snapfaas.store.errors import (
     ChunkCorrupt,
@@ -82,8 +97,10 @@ class ChunkStore:
         self.memory = MemoryTier(memory_bytes)
         self.disk = DiskTier(cache_dir, cache_bytes) if cache_dir is not None else None
         self._manifest_copies = cache_dir / "manifests" if cache_dir is not None else None
-        if self._manifest_copies is not None:
-            self._manifest_copies.mkdir(mode=0o700, exist_ok=True)
+        self._attachment_copies = cache_dir / "attachments" if cache_dir is not None else None
+        for copies in (self._manifest_copies, self._attachment_copies):
+            if copies is not None:
+                copies.mkdir(mode=0o700, exist_ok=True)
         self.verify_memory = verify_memory
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="store")
         self._workers = max(1, workers)
@@ -243,10 +260,111 @@ class ChunkStore:
         return ChunkRef(offset, len(data), sealed.name, sealed.digest, len(sealed.blob))
 
     def delete(self, snapshot_id: str) -> None:
-        """Remove the snapshot's manifest (its chunks go at the next `collect`). Idempotent."""
+        """Remove the snapshot's manifest, then its attachments (its chunks go at the next
+        `collect`). Idempotent."""
         check_snapshot_id(snapshot_id)
         self._forget_manifest(snapshot_id)
         self.origin.delete_manifest(snapshot_id)
+        self._delete_attachments(snapshot_id)
+
+    # ---- attachments ----------------------------------------------------------------------
+
+    def put_attachment(self, snapshot_id: str, name: str, data: bytes) -> None:
+        """Store `data` as attachment `name` of `snapshot_id`, replacing any earlier one (see
+        the module contract). `SnapshotMissing` if the snapshot has no manifest at the origin."""
+        check_snapshot_id(snapshot_id)
+        check_name(name)
+        envelope = seal(snapshot_id, name, data, self.codec.attachment_key)
+        if self.origin.get_manifest(snapshot_id) is None:
+            raise SnapshotMissing(f"snapshot store failed at step 'put attachment' {name}: snapshot {snapshot_id} "
+                                  f"has no manifest at origin {self.origin.describe()}")
+        self.origin.put_attachment(snapshot_id, name, envelope)
+        self._keep_attachment_copy(snapshot_id, name, envelope)
+
+    def get_attachment(self, snapshot_id: str, name: str) -> bytes | None:
+        """The data of attachment `name` of `snapshot_id`, or None if there is none or the one
+        stored fails authentication (logged). `OriginError` if the origin cannot be reached
+        and the disk cache holds no copy."""
+        check_snapshot_id(snapshot_id)
+        check_name(name)
+        try:
+            envelope = self.origin.get_attachment(snapshot_id, name)
+        except OriginError as exc:
+            envelope = self._attachment_copy(snapshot_id, name)
+            if envelope is None:
+                raise
+            logger.warning("store: origin unreachable (%s); using the cached attachment %s of snapshot %s",
+                           exc, name, snapshot_id)
+            cached = True
+        else:
+            if envelope is None:
+                self._drop_attachment_copy(snapshot_id, name)
+                return None
+            cached = False
+        try:
+            data = open_sealed(snapshot_id, name, envelope, self.codec.attachment_key)
+        except AttachmentInvalid as exc:
+            where = "the disk cache's copy" if cached else f"origin {self.origin.describe()}"
+            logger.warning("store: attachment %s of snapshot %s at %s is invalid (%s); treated as absent",
+                           name, snapshot_id, where, exc)
+            self._drop_attachment_copy(snapshot_id, name)
+            return None
+        if not cached:
+            self._keep_attachment_copy(snapshot_id, name, envelope)
+        return data
+
+    def attachments(self, snapshot_id: str) -> list[str]:
+        """The names of the snapshot's attachments at the origin."""
+        check_snapshot_id(snapshot_id)
+        return sorted(info.name for info in self.origin.list_attachments(snapshot_id))
+
+    def delete_attachment(self, snapshot_id: str, name: str) -> None:
+        """Remove one attachment from the origin and the disk cache. Idempotent."""
+        check_snapshot_id(snapshot_id)
+        check_name(name)
+        self.origin.delete_attachment(snapshot_id, name)
+        self._drop_attachment_copy(snapshot_id, name)
+
+    def _delete_attachments(self, snapshot_id: str) -> int:
+        """Every attachment of the snapshot, from the origin and the disk cache; how many went
+        at the origin."""
+        deleted = 0
+        for info in list(self.origin.list_attachments(snapshot_id)):
+            self.origin.delete_attachment(snapshot_id, info.name)
+            deleted += 1
+        self._drop_attachment_copies(snapshot_id)
+        return deleted
+
+    def _attachment_copy(self, snapshot_id: str, name: str) -> bytes | None:
+        if self._attachment_copies is None:
+            return None
+        try:
+            return (self._attachment_copies / snapshot_id / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _keep_attachment_copy(self, snapshot_id: str, name: str, envelope: bytes) -> None:
+        if self._attachment_copies is None or self._attachment_copy(snapshot_id, name) == envelope:
+            return
+        try:
+            write_atomic(self._attachment_copies / snapshot_id / name, envelope)
+        except OSError as exc:  # a full or broken cache disk must not fail the caller
+            logger.warning("store: could not cache attachment %s of snapshot %s on disk: %s", name, snapshot_id, exc)
+
+    def _drop_attachment_copy(self, snapshot_id: str, name: str) -> None:
+        if self._attachment_copies is not None:
+            (self._attachment_copies / snapshot_id / name).unlink(missing_ok=True)
+
+    def _drop_attachment_copies(self, snapshot_id: str) -> int:
+        if self._attachment_copies is None:
+            return 0
+        directory = self._attachment_copies / snapshot_id
+        try:
+            dropped = sum(1 for path in directory.iterdir() if ".tmp" not in path.name)
+        except FileNotFoundError:
+            return 0
+        shutil.rmtree(directory, ignore_errors=True)
+        return dropped
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -457,7 +575,7 @@ class ChunkStore:
                                  f"{snapshot_id}; nothing was deleted: {exc}") from exc
         for snapshot_id in sorted(referenced - {info.key for info in listed}):
             logger.info("store: referenced snapshot %s has no manifest (being written, or lost)", snapshot_id)
-        manifests_deleted = 0
+        manifests_deleted = attachments_deleted = 0
         for info in listed:
             if info.key in keep:
                 continue
@@ -466,6 +584,9 @@ class ChunkStore:
                     self._forget_manifest(info.key)
                     self.origin.delete_manifest(info.key)
                     manifests_deleted += 1
+            if ok:
+                attachments_deleted += self._delete_attachments(info.key)
+        attachments_deleted, orphan_copies = self._collect_orphan_attachments(attachments_deleted)
         chunks_deleted = kept = freed = 0
         for info in self.origin.list_chunks():
             if info.key in live or now - info.mtime < grace:
@@ -478,7 +599,7 @@ class ChunkStore:
                     freed += info.size
                 else:
                     kept += 1
-        dropped = 0
+        dropped = orphan_copies
         for tier in (self.memory, self.disk):
             if tier is None:
                 continue
@@ -489,9 +610,46 @@ class ChunkStore:
                     if ok:
                         tier.discard(name)
                         dropped += 1
-        logger.info("store: collected %d manifests, %d chunks (%d bytes), %d cache entries; kept %d chunks",
-                    manifests_deleted, chunks_deleted, freed, dropped, kept)
-        return CollectReport(manifests_deleted, chunks_deleted, freed, dropped, kept)
+        logger.info("store: collected %d manifests, %d attachments, %d chunks (%d bytes), %d cache entries; "
+                    "kept %d chunks", manifests_deleted, attachments_deleted, chunks_deleted, freed, dropped, kept)
+        return CollectReport(manifests_deleted, chunks_deleted, freed, dropped, kept, attachments_deleted)
+
+    def _collect_orphan_attachments(self, deleted: int) -> tuple[int, int]:
+        """Delete attachments whose snapshot has no manifest, at the origin and in the disk
+        cache (with the cache's manifest copies of such snapshots); returns (attachments
+        deleted so far at the origin, cache copies dropped).
+
+        The attachments are listed *before* the manifests: an attachment is only ever written
+        after its manifest, so one listed whose snapshot is missing from the later manifest
+        listing lost its manifest for good. Snapshots written in this process since the
+        collection began are spared too (`fence`)."""
+        at_origin = list(self.origin.list_attachments())
+        cached = self._cached_snapshot_ids()
+        present = {info.key for info in self.origin.list_manifests()} | self._fence.held_ids()
+        for info in at_origin:
+            if info.snapshot_id not in present:
+                logger.info("store: attachment %s of snapshot %s has no manifest; deleting it", info.name, info.snapshot_id)
+                self.origin.delete_attachment(info.snapshot_id, info.name)
+                deleted += 1
+        dropped = 0
+        for snapshot_id in sorted(cached - present):
+            dropped += self._drop_attachment_copies(snapshot_id)
+            if self._manifest_copy(snapshot_id) is not None:
+                self._drop_manifest_copy(snapshot_id)
+                dropped += 1
+        return deleted, dropped
+
+    def _cached_snapshot_ids(self) -> set[str]:
+        """Snapshot ids with a manifest or attachment copy in the disk cache."""
+        found: set[str] = set()
+        for copies in (self._manifest_copies, self._attachment_copies):
+            if copies is None:
+                continue
+            try:
+                found |= {path.name for path in copies.iterdir() if ".tmp" not in path.name}
+            except FileNotFoundError:
+                continue  # the cache directory was removed under us: nothing to drop there
+        return found
 
     # ---- reports --------------------------------------------------------------------------
 

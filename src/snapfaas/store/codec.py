@@ -19,6 +19,9 @@ of it with distinct ``info`` labels, so no two uses share a key)::
     key    = HMAC-SHA256(K_key, h)                  AES-256 key of this content only
     nonce  = HMAC-SHA256(key, "nonce" || header[0:6] || payload)[0:12]
 
+(K_manifest and K_attachment, two more subkeys, seal manifest and attachment envelopes: see
+`manifest` and `attachment`.)
+
 *Convergent*: equal plaintext under one secret gives an equal name and key, so dedup works on
 encrypted chunks: a store that already holds a name does not need the chunk again. Keyed with
 the secret, a name reveals nothing about the content to whoever holds the origin alone (no
@@ -113,6 +116,7 @@ class ChunkCodec:
         self._name_key = _subkey(secret, "chunk name")
         self._key_key = _subkey(secret, "chunk key")
         self.manifest_key = _subkey(secret, "manifest")
+        self.attachment_key = _subkey(secret, "attachment")
         self._level = level
 
     def name_of(self, digest: bytes) -> str:

@@ -6,8 +6,14 @@ Layout, identical in both (``<root>`` is the directory or ``s3://bucket/prefix``
     <root>/chunks/<name>                sealed chunk blobs (see `codec`); the directory
                                         origin fans them out: chunks/<name[0:2]>/<name>
     <root>/manifests/<snapshot-id>      manifest envelopes (see `manifest`)
+    <root>/attachments/<snapshot-id>/<name>
+                                        attachment envelopes (see `attachment`): a
+                                        snapshot's named documents, e.g. ``workingset``
 
-Writes are atomic: the directory origin writes a unique temporary sibling, fsyncs and renames
+Chunks and manifests are written once; an attachment may be overwritten (the last writer
+wins: the new object replaces the old one whole).
+
+Every write is atomic: the directory origin writes a unique temporary sibling, fsyncs and renames
 it into place; an S3 PUT is atomic by itself. Reads return ``None`` for a missing object;
 anything else that goes wrong (permissions, network, throttling past boto3's retries) raises
 `OriginError` naming the step. Origins hold no locks and are safe to share between threads
@@ -38,6 +44,16 @@ class OriginError(StoreError):
 
 
 @dataclasses.dataclass(frozen=True)
+class AttachmentInfo:
+    """A listed attachment: the snapshot it belongs to, its name, size and age (epoch s)."""
+
+    snapshot_id: str
+    name: str
+    size: int
+    mtime: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ObjectInfo:
     """A listed chunk or manifest: its key (name or snapshot id), size and age (epoch s)."""
 
@@ -57,6 +73,10 @@ class Origin(Protocol):
     def put_manifest(self, snapshot_id: str, data: bytes) -> None: ...
     def delete_manifest(self, snapshot_id: str) -> None: ...
     def list_manifests(self) -> Iterator[ObjectInfo]: ...
+    def get_attachment(self, snapshot_id: str, name: str) -> bytes | None: ...
+    def put_attachment(self, snapshot_id: str, name: str, data: bytes) -> None: ...
+    def delete_attachment(self, snapshot_id: str, name: str) -> None: ...
+    def list_attachments(self, snapshot_id: str | None = None) -> Iterator[AttachmentInfo]: ...
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -81,7 +101,8 @@ class DirectoryOrigin:
         self.root = root
         self.chunks = root / "chunks"
         self.manifests = root / "manifests"
-        for directory in (root, self.chunks, self.manifests):
+        self.attachments = root / "attachments"
+        for directory in (root, self.chunks, self.manifests, self.attachments):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def describe(self) -> str:
@@ -160,6 +181,57 @@ class DirectoryOrigin:
             except FileNotFoundError:
                 continue
             yield ObjectInfo(path.name, st.st_size, st.st_mtime)
+
+    def get_attachment(self, snapshot_id: str, name: str) -> bytes | None:
+        try:
+            return (self.attachments / snapshot_id / name).read_bytes()
+        except FileNotFoundError:
+            self._reachable("read attachment")
+            return None
+        except OSError as exc:
+            raise self._io("read attachment", exc) from exc
+
+    def put_attachment(self, snapshot_id: str, name: str, data: bytes) -> None:
+        path = self.attachments / snapshot_id / name
+        for attempt in range(2):
+            try:
+                write_atomic(path, data)
+                return
+            except FileNotFoundError as exc:  # a concurrent delete removed the (empty) directory
+                if attempt:
+                    raise self._io("write attachment", exc) from exc
+            except OSError as exc:
+                raise self._io("write attachment", exc) from exc
+
+    def delete_attachment(self, snapshot_id: str, name: str) -> None:
+        directory = self.attachments / snapshot_id
+        (directory / name).unlink(missing_ok=True)
+        try:
+            directory.rmdir()  # only once empty
+        except OSError:
+            pass  # other attachments (or a write in progress) remain, or it is gone already
+
+    def list_attachments(self, snapshot_id: str | None = None) -> Iterator[AttachmentInfo]:
+        if snapshot_id is not None:
+            directories = [self.attachments / snapshot_id]
+        elif self.attachments.is_dir():
+            directories = sorted(self.attachments.iterdir())
+        else:
+            self._reachable("list attachments")
+            directories = []
+        for directory in directories:
+            try:
+                paths = sorted(directory.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for path in paths:
+                if ".tmp" in path.name:
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                yield AttachmentInfo(directory.name, path.name, st.st_size, st.st_mtime)
 
 
 class S3Origin:
@@ -259,6 +331,28 @@ class S3Origin:
 
     def list_manifests(self) -> Iterator[ObjectInfo]:
         return self._list("list manifests", "manifests")
+
+    def get_attachment(self, snapshot_id: str, name: str) -> bytes | None:
+        return self._get("read attachment", self._key("attachments", f"{snapshot_id}/{name}"))
+
+    def put_attachment(self, snapshot_id: str, name: str, data: bytes) -> None:
+        self._put("write attachment", self._key("attachments", f"{snapshot_id}/{name}"), data)
+
+    def delete_attachment(self, snapshot_id: str, name: str) -> None:
+        self._delete("delete attachment", self._key("attachments", f"{snapshot_id}/{name}"))
+
+    def list_attachments(self, snapshot_id: str | None = None) -> Iterator[AttachmentInfo]:
+        start = self._key("attachments", f"{snapshot_id}/" if snapshot_id is not None else "")
+        base = self._key("attachments", "")
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    owner, sep, name = item["Key"][len(base):].partition("/")
+                    if owner and sep and name and "/" not in name:
+                        yield AttachmentInfo(owner, name, int(item["Size"]), item["LastModified"].timestamp())
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("list attachments", exc) from exc
 
 
 def origin_from_url(url: str, endpoint_url: str | None = None) -> Origin:

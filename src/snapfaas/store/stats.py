@@ -47,10 +47,12 @@ class StoreStats:
 
 @dataclasses.dataclass(frozen=True)
 class CollectReport:
-    """What one `collect` removed: manifests and chunks at the origin, and cache entries."""
+    """What one `collect` removed: manifests, chunks and attachments at the origin, and cache
+    entries (chunks, and the manifest and attachment copies of deleted snapshots)."""
 
     manifests_deleted: int
     chunks_deleted: int
     bytes_freed: int
     cache_entries_dropped: int
     chunks_kept: int
+    attachments_deleted: int = 0

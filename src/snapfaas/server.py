@@ -128,7 +128,7 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
-        working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store))  # attachments of the snapshots
+        working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store), view=snapshots.vault.view)  # attachments of the snapshots
         if cfg.restore_prefetch:
             worker.working_sets = working_sets
         snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments

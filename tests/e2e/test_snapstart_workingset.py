@@ -61,7 +61,12 @@ def test_the_first_restore_records_the_host_files_it_touched_and_later_restores_
     response, body = invoke_json(lam, "wset", {}, Qualifier="1", LogType="Tail")
     assert_restored(response["LogResult"])
     data = wait_for(lambda: working_set(server, "wset"), 30, "the working set to be recorded")
-    assert data["version"] == 1 and set(data["sections"]) == {"files"}
+    assert data["version"] == 1 and set(data["sections"]) == {"files", "images"}
+    # the image chunks the restore read through the snapshot view (lazy): the process images, 512 KiB-aligned
+    images = data["sections"]["images"]["ranges"]
+    assert any(path.startswith("pages-") for path, _, _ in images), images
+    assert all(offset % (512 << 10) == 0 and 0 < length <= 512 << 10 for _, offset, length in images)
+    assert data["sections"]["images"]["bytes"] == sum(length for _, _, length in images)
     entries = data["sections"]["files"]["entries"]
     files = {entry["path"]: entry for entry in entries}
     assert any("libpython" in p or "/python3" in p for p in files), sorted(files)
@@ -160,7 +165,7 @@ def test_a_second_server_on_the_same_origin_with_an_empty_cache_reads_the_workin
             [sys.executable, "-m", "snapfaas", "snapshot", "inspect", "shared:1", "--json", "--data-dir",
              str(handle.data_dir), *origin, "--store-cache-dir", str(base / "cache-2")],
             capture_output=True, text=True, timeout=120, check=True).stdout)
-        assert info["working_set"]["sections"] == ["files"] and info["working_set"]["files"] > 0
+        assert info["working_set"]["sections"] == ["files", "images"] and info["working_set"]["files"] > 0
         assert info["working_set"]["bytes"] > 0
 
         handle.stop()  # waits for recordings under way

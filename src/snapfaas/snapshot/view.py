@@ -26,8 +26,9 @@ Contracts:
   unreachable) answers EIO, never other bytes: CRIU fails the restore, or the restored process
   dies of SIGBUS on the page it touched. `on_failure(snapshot_id, error)` is called (once per
   snapshot and failure) so the owner can re-create the snapshot.
-* Reads are recorded per snapshot while `recording` is on for it: `touched(snapshot_id)` gives
-  the chunk ranges read through this view since (the working set of a first restore).
+* Reads are recorded per snapshot from its (fresh) exposure until `record(snapshot_id, False)`:
+  `touched(snapshot_id)` gives the chunk ranges read through this view meanwhile (the working
+  set of a first restore; reads answered by the page cache never reach the view).
 * `prefetch(snapshot_id, ranges)` (blocking, from any thread but the view's): the chunks of
   those ranges that are not in the kernel's page cache (``mincore`` over a map of the file,
   which faults nothing) are fetched in parallel and pushed into the page cache
@@ -251,6 +252,8 @@ class SnapshotView(pyfuse3.Operations):
             self._snapshots[snapshot_id] = directory.inode
             self._nodes[pyfuse3.ROOT_INODE].children[snapshot_id.encode()] = directory.inode
             self._failed.discard(snapshot_id)
+            self._touched.pop(snapshot_id, None)
+            self._recording.add(snapshot_id)  # a fresh exposure's reads are a first restore's working set
         return self.path(snapshot_id)
 
     def _new_node(self, snapshot_id: str, entry: FileEntry | None, group: int) -> Node:

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from snapfaas.snapshot.view import SnapshotView, TouchedRange
 from snapfaas.store import ChunkStore, StoreError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ MAX_BYTES = 2 << 30
 ATTACHMENT = "workingset"  # the store attachment name
 VERSION = 1  # of the document; changes only with an incompatible change
 FILES = "files"  # the section of host file ranges
+IMAGES = "images"  # the section of snapshot image chunk ranges (lazy restores: memory pages and image files)
 KNOWN_MAX = 1024  # snapshots whose working set a keeper keeps in memory
 LEGACY_DIR = "workingsets"  # <data-dir>/workingsets/: where working sets lived before the store
 PRESENT = 1 << 63
@@ -136,6 +138,23 @@ class WorkingSetDocument:
         """The ``files`` section (None if absent); ValueError if it is malformed."""
         section = self.sections.get(FILES)
         return None if section is None else WorkingSet.from_section(section)
+
+    @property
+    def images(self) -> list[TouchedRange] | None:
+        """The ``images`` section: chunk ranges of the snapshot's image files a first restore
+        read through the view (None if absent); ValueError if it is malformed."""
+        section = self.sections.get(IMAGES)
+        if section is None:
+            return None
+        if not isinstance(section, dict) or not isinstance(section.get("ranges"), list):
+            raise ValueError("images section without a ranges list")
+        out = []
+        for item in section["ranges"][:MAX_RANGES]:
+            if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str)
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in item[1:])):
+                raise ValueError(f"malformed image range {item!r}")
+            out.append(TouchedRange(item[0], item[1], item[2]))
+        return out
 
     def with_section(self, name: str, value: Any) -> WorkingSetDocument:
         """A copy with section `name` set to `value` (a JSON value); every other section kept."""
@@ -366,14 +385,20 @@ def remove_legacy(data_dir: Path) -> int:
     return removed
 
 
+def images_section(ranges: list[TouchedRange]) -> dict[str, Any]:
+    return {"ranges": [[r.path, r.offset, r.length] for r in ranges[:MAX_RANGES]],
+            "bytes": sum(r.length for r in ranges[:MAX_RANGES])}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Known:
-    """What a keeper knows of one snapshot: its file working set (None: none to read ahead),
-    and whether nothing is left to record (a files section is stored, or a document of a
-    version this build does not write)."""
+    """What a keeper knows of one snapshot: its file working set and image chunk ranges (None:
+    none to read ahead), and whether nothing is left to record (both sections are stored, or a
+    document of a version this build does not write)."""
 
     files: WorkingSet | None
     settled: bool
+    images: list[TouchedRange] | None = None
 
 
 class WorkingSetKeeper:
@@ -383,8 +408,11 @@ class WorkingSetKeeper:
     it read is remembered (the `KNOWN_MAX` most recent snapshots): one store read per snapshot
     and process. No sweeping: the store deletes a working set with its snapshot."""
 
-    def __init__(self, store: WorkingSets) -> None:
+    def __init__(self, store: WorkingSets, view: SnapshotView | None = None) -> None:
+        """`view`: the snapshot view of lazy restores; its reads are recorded as the ``images``
+        section, and later restores push that section into the page cache (`SnapshotView.prefetch`)."""
         self.store = store
+        self.view = view
         self._known: collections.OrderedDict[str, _Known] = collections.OrderedDict()
         self._known_lock = threading.Lock()
         self._recording: set[str] = set()
@@ -432,15 +460,15 @@ class WorkingSetKeeper:
             known = _Known(None, True)
         else:
             try:
-                files = document.files
+                files, images = document.files, document.images
             except ValueError as exc:
-                logger.warning("snapshot %s: working set's files section is malformed (%s): recording it again",
-                               snapshot_id, exc)
-                files = None
-            known = _Known(files, files is not None)
+                logger.warning("snapshot %s: working set is malformed (%s): recording it again", snapshot_id, exc)
+                files = images = None
+            known = _Known(files, files is not None and (images is not None or self.view is None), images)
             if files is not None:
-                logger.info("snapshot %s: working set of %d file(s), %.1f MB, read from the store",
-                            snapshot_id, len(files.files), files.bytes / 1e6)
+                logger.info("snapshot %s: working set of %d file(s), %.1f MB, and %s of image chunks, read from the store",
+                            snapshot_id, len(files.files), files.bytes / 1e6,
+                            "none" if images is None else f"{sum(r.length for r in images) / 1e6:.1f} MB")
         self._remember(snapshot_id, known)
         return known
 
@@ -449,13 +477,19 @@ class WorkingSetKeeper:
         if not snapshot_id:
             return
         known = self._cached(snapshot_id)
-        if known is not None and known.files is None:
+        if known is not None and known.files is None and known.images is None:
             return  # none recorded (yet): no thread for nothing
 
         def work() -> None:
             known = self._lookup(snapshot_id)
-            if known is not None and known.files is not None and known.files.files:
-                prefetch(known.files)
+            if known is None:
+                return
+            if known.files is not None and known.files.files:
+                prefetch(known.files)  # asynchronous kernel readahead: submitted first
+            if known.images and self.view is not None:
+                report = self.view.prefetch(snapshot_id, known.images)
+                logger.debug("snapshot %s: image prefetch pushed %d chunks (%.1f MB), %d resident, %d failed",
+                             snapshot_id, report.pushed, report.bytes / 1e6, report.resident, report.failed)
 
         self._spawn(work, f"prefetch-{snapshot_id}")
 
@@ -479,12 +513,23 @@ class WorkingSetKeeper:
                 if pid is None:
                     return
                 working_set = record(pid)
-                if self.store.put_files(snapshot_id, working_set) is None:
+                images = None
+                if self.view is not None:
+                    images = self.view.touched(snapshot_id)
+                    self.view.record(snapshot_id, on=False)
+
+                def change(document: WorkingSetDocument) -> WorkingSetDocument:
+                    document = document.with_section(FILES, working_set.to_section())
+                    return document if images is None else document.with_section(IMAGES, images_section(images))
+
+                if self.store.update(snapshot_id, change) is None:
                     self._remember(snapshot_id, _Known(None, True))  # another version's document: left alone
                     return
-                self._remember(snapshot_id, _Known(working_set, True))
-                logger.info("snapshot %s: recorded a working set of %d file(s), %.1f MB", snapshot_id,
-                            len(working_set.files), working_set.bytes / 1e6)
+                self._remember(snapshot_id, _Known(working_set, True, images))
+                logger.info("snapshot %s: recorded a working set of %d file(s), %.1f MB%s", snapshot_id,
+                            len(working_set.files), working_set.bytes / 1e6,
+                            "" if images is None else f", and {len(images)} image chunks, "
+                                                      f"{sum(r.length for r in images) / 1e6:.1f} MB")
             except OSError as exc:  # the environment went away meanwhile: the next restore records it
                 logger.info("snapshot %s: working set not recorded (failed at step 'record'): %s", snapshot_id, exc)
             except StoreError as exc:  # e.g. the snapshot was deleted meanwhile, or the origin is down

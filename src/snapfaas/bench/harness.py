@@ -75,11 +75,16 @@ class PrivateServer:
         return self.tmp / "data"
 
     def __enter__(self) -> PrivateServer:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the daemon (again, after `stop`: same data dir, sandbox dir, port and keys)."""
         env = dict(os.environ, SNAPFAAS_ACCESS_KEY_ID=self.connection.access_key_id,
                    SNAPFAAS_SECRET_ACCESS_KEY=self.connection.secret_access_key)
         argv = [sys.executable, "-m", "snapfaas", "serve", "--port", str(self.port), "--data-dir", str(self.tmp / "data"),
                 "--sandbox-dir", str(self.sandbox), "--log-level", "WARNING", *self.extra_args]
-        log = open(self.tmp / "server.log", "wb")
+        log = open(self.tmp / "server.log", "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
@@ -87,13 +92,14 @@ class PrivateServer:
                 raise RuntimeError(f"server exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(self.connection.endpoint + "/snapfaas/v1/health", timeout=1):
-                    return self
+                    return
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError("server did not start within 60 s") from None
                 time.sleep(0.1)  # waiting for the port to open
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM: it destroys its environments and unmounts its snapshot view)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -101,6 +107,9 @@ class PrivateServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
         remove_tree(self.sandbox)
         remove_tree(bundles_for(self.sandbox))
         shutil.rmtree(snapshot_cache_for(self.sandbox), ignore_errors=True)  # snapshot RAM cache

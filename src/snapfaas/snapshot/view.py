@@ -163,7 +163,8 @@ class SnapshotView(pyfuse3.Operations):
         self._snapshots: dict[str, int] = {}  # exposed snapshot id -> its directory's inode
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._decoded: OrderedDict[str, bytes] = OrderedDict()  # chunk name -> plaintext
-        self._touched: dict[str, set[tuple[str, int]]] = {}  # snapshot id -> (path, chunk index) read
+        self._touched: dict[str, dict[tuple[str, int], None]] = {}  # snapshot id -> (path, chunk index), first read first
+        self._inflight: dict[str, concurrent.futures.Future[bytes]] = {}  # chunk name -> its fetch under way
         self._recording: set[str] = set()
         self._failed: set[str] = set()
         self._thread: threading.Thread | None = None
@@ -301,9 +302,10 @@ class SnapshotView(pyfuse3.Operations):
                 self._recording.discard(snapshot_id)
 
     def touched(self, snapshot_id: str) -> list[TouchedRange]:
-        """The chunk ranges read through the view while recording `snapshot_id`, in file order."""
+        """The chunk ranges read through the view while recording `snapshot_id`, in the order
+        they were first read (the order a prefetch should push them in)."""
         with self._guard:
-            keys = sorted(self._touched.get(snapshot_id, ()))
+            keys = list(self._touched.get(snapshot_id, ()))
             inode = self._snapshots.get(snapshot_id)
             entries = {n.entry.path: n.entry for n in self._nodes.values()
                        if inode is not None and n.snapshot_id == snapshot_id and n.entry is not None}
@@ -324,28 +326,31 @@ class SnapshotView(pyfuse3.Operations):
             inode = self._snapshots.get(snapshot_id)
             files = {n.entry.path: n for n in self._nodes.values()
                      if inode is not None and n.snapshot_id == snapshot_id and n.entry is not None and n.entry.type == FILE}
-        wanted: dict[str, set[int]] = {}
+        wanted: dict[tuple[str, int], None] = {}  # (path, chunk index), in the order given
         for item in ranges:
             node = files.get(item.path)
             if node is not None and node.entry is not None:
-                wanted.setdefault(item.path, set()).update(index for index, ref in node.entry.covering(item.offset, item.length)
-                                                           if not ref.is_hole)
-        missing: list[tuple[Node, int, ChunkRef]] = []
-        for path, indexes in wanted.items():
-            node = files[path]
-            assert node.entry is not None
+                wanted.update((item.path, index) for index, ref in node.entry.covering(item.offset, item.length)
+                              if not ref.is_hole)
+        present: dict[str, bytes] = {}
+        for path in {path for path, _ in wanted}:
+            entry = files[path].entry
+            assert entry is not None
             try:
-                present = resident_pages(self.path(snapshot_id) / path, node.entry.size)
+                present[path] = resident_pages(self.path(snapshot_id) / path, entry.size)
             except OSError as exc:
                 logger.debug("snapshot view: residency of %s/%s unknown: %s", snapshot_id, path, exc)
-                present = b""
-            for index in sorted(indexes):
-                ref = node.entry.chunks[index]
-                pages = present[ref.offset // PAGE:(ref.offset + ref.length + PAGE - 1) // PAGE]
-                if pages and all(flag & 1 for flag in pages):
-                    report.resident += 1
-                else:
-                    missing.append((node, index, ref))
+                present[path] = b""
+        missing: list[tuple[Node, int, ChunkRef]] = []
+        for path, index in wanted:
+            node = files[path]
+            assert node.entry is not None
+            ref = node.entry.chunks[index]
+            pages = present[path][ref.offset // PAGE:(ref.offset + ref.length + PAGE - 1) // PAGE]
+            if pages and all(flag & 1 for flag in pages):
+                report.resident += 1
+            else:
+                missing.append((node, index, ref))
         if not missing:
             return report
 
@@ -494,12 +499,13 @@ class SnapshotView(pyfuse3.Operations):
             touched.append((entry.path, index))
         with self._guard:
             if node.snapshot_id in self._recording:
-                self._touched.setdefault(node.snapshot_id, set()).update(touched)
+                self._touched.setdefault(node.snapshot_id, {}).update(dict.fromkeys(touched))
         return b"".join(parts) if len(parts) != 1 else parts[0]
 
     def _plaintext(self, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> bytes:
         """One chunk's plaintext: from the small decoded LRU (a chunk is usually read in
-        several requests), else through the store's tiers (verified there)."""
+        several requests, and a prefetch may be pushing it), else through the store's tiers
+        (verified there); concurrent wants of one chunk share one fetch."""
         name = ref.name
         assert name is not None
         with self._guard:
@@ -507,11 +513,26 @@ class SnapshotView(pyfuse3.Operations):
             if data is not None:
                 self._decoded.move_to_end(name)
                 return data
-        data = self.store.chunk(snapshot_id, path, index, ref)
+            future = self._inflight.get(name)
+            owner = future is None
+            if owner:
+                future = self._inflight[name] = concurrent.futures.Future()
+        assert future is not None
+        if not owner:
+            return future.result()
+        try:
+            data = self.store.chunk(snapshot_id, path, index, ref)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._guard:
+                self._inflight.pop(name, None)
         with self._guard:
             self._decoded[name] = data
             while len(self._decoded) > DECODED_CHUNKS:
                 self._decoded.popitem(last=False)
+        future.set_result(data)
         return data
 
     def _failed_read(self, node: Node, exc: StoreError) -> None:

@@ -330,8 +330,8 @@ class SnapshotView(pyfuse3.Operations):
         for item in ranges:
             node = files.get(item.path)
             if node is not None and node.entry is not None:
-                wanted.update((item.path, index) for index, ref in node.entry.covering(item.offset, item.length)
-                              if not ref.is_hole)
+                wanted.update(dict.fromkeys((item.path, index) for index, ref in node.entry.covering(item.offset, item.length)
+                                            if not ref.is_hole))
         present: dict[str, bytes] = {}
         for path in {path for path, _ in wanted}:
             entry = files[path].entry

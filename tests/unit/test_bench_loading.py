@@ -1,0 +1,34 @@
+"""The restore loading benchmark's pure helpers: ratios over the eager baseline and the table."""
+
+from __future__ import annotations
+
+from snapfaas.bench import loading
+
+
+def _cell(median: float) -> dict[str, float]:
+    return {"median": median, "min": median - 1, "max": median + 1, "n": 3}
+
+
+def _result() -> dict:
+    restore = {name: {tier: _cell(base * (i + 1)) for i, tier in enumerate(loading.TIERS)}
+               for name, base in (("eager", 100.0), ("lazy", 150.0), ("prefetch", 50.0))}
+    return {"timestamp": "T", "runs": 3, "functions": {"torch": {
+        "chunks": 324, "restore_e2e_ms": restore, "ratios_over_eager": loading.ratios(restore),
+        "chunks_fetched": {"eager": {"median": 324, "min": 324, "max": 324}, "lazy": {"median": 160, "min": 150, "max": 170},
+                           "prefetch": {"median": 170, "min": 160, "max": 180}}}}}
+
+
+def test_ratios_are_each_loading_over_eager_for_the_same_tier() -> None:
+    ratios = _result()["functions"]["torch"]["ratios_over_eager"]
+    assert set(ratios) == {"lazy", "prefetch"}
+    assert ratios["lazy"] == {tier: 1.5 for tier in loading.TIERS}
+    assert ratios["prefetch"] == {tier: 0.5 for tier in loading.TIERS}
+
+
+def test_markdown_has_a_row_per_function_and_loading_with_every_tier() -> None:
+    table = loading.markdown(_result())
+    rows = [line for line in table.splitlines() if line.startswith("| torch |")]
+    assert [row.split(" | ")[1] for row in rows] == ["eager", "lazy", "lazy + prefetch"]
+    assert all(row.count(" | ") == len(loading.TIERS) + 2 for row in rows)
+    assert "**0.5x**" in rows[2] and "170 of 324" in rows[2]
+    assert "**" not in rows[0]  # the baseline has no ratio

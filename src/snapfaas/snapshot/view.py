@@ -128,26 +128,49 @@ class PrefetchReport:
     bytes: int = 0
 
 
+class ResidencyProbe:
+    """A file of the view mapped once (PROT_READ, never touched) so that `pages()` can ask the
+    kernel which of its pages are in the page cache (mincore faults nothing): safe in the view's
+    own process, and one syscall per question instead of an open (a FUSE request) each time."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.size = size
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._address: int | None = None
+        if size > 0:
+            address = _libc.mmap(None, size, 0x1, 0x01, self._fd, 0)  # PROT_READ, MAP_SHARED
+            if address is None or address == MAP_FAILED:
+                error = ctypes.get_errno()
+                os.close(self._fd)
+                raise OSError(error, f"mmap of {path} failed")
+            self._address = address
+
+    def pages(self) -> bytes:
+        """One byte per page: bit 0 set if the page is in the page cache."""
+        if self._address is None:
+            return b""
+        vector = ctypes.create_string_buffer((self.size + PAGE - 1) // PAGE)
+        if _libc.mincore(self._address, self.size, vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return vector.raw
+
+    def close(self) -> None:
+        if self._address is not None:
+            _libc.munmap(self._address, self.size)
+            self._address = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def resident_pages(path: Path, size: int) -> bytes:
     """One byte per page of the file at `path` (first `size` bytes): bit 0 set if the page is
-    in the page cache. Maps the file without touching the mapping (mincore faults nothing), so
-    it is safe on a view file in the view's own process."""
-    if size <= 0:
-        return b""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    in the page cache (see `ResidencyProbe`)."""
+    probe = ResidencyProbe(path, size)
     try:
-        address = _libc.mmap(None, size, 0x1, 0x01, fd, 0)  # PROT_READ, MAP_SHARED
-        if address is None or address == MAP_FAILED:
-            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
-        try:
-            vector = ctypes.create_string_buffer((size + PAGE - 1) // PAGE)
-            if _libc.mincore(address, size, vector) != 0:
-                raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
-            return vector.raw
-        finally:
-            _libc.munmap(address, size)
+        return probe.pages()
     finally:
-        os.close(fd)
+        probe.close()
 
 
 class SnapshotView(pyfuse3.Operations):
@@ -166,6 +189,7 @@ class SnapshotView(pyfuse3.Operations):
         self._decoded: OrderedDict[str, bytes] = OrderedDict()  # chunk name -> plaintext
         self._touched: dict[str, dict[tuple[str, int], None]] = {}  # snapshot id -> (path, chunk index), first read first
         self._inflight: dict[str, concurrent.futures.Future[bytes]] = {}  # chunk name -> its fetch under way
+        self._probes: dict[tuple[str, str], ResidencyProbe] = {}  # (snapshot id, path) -> its mapped probe
         self._recording: set[str] = set()
         self._failed: set[str] = set()
         self._thread: threading.Thread | None = None
@@ -210,6 +234,7 @@ class SnapshotView(pyfuse3.Operations):
         thread, self._thread = self._thread, None
         if thread is None:
             return
+        self._close_probes(None)  # our own open files first: their release goes to this very loop
         if thread.is_alive() and self._token is not None:
             try:
                 trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
@@ -286,6 +311,7 @@ class SnapshotView(pyfuse3.Operations):
                 node.withdrawn = True
             self._touched.pop(snapshot_id, None)
             self._recording.discard(snapshot_id)
+        self._close_probes(snapshot_id)
         if not self.serving:
             return
         for node in nodes:
@@ -319,6 +345,30 @@ class SnapshotView(pyfuse3.Operations):
         return out
 
     # -- prefetching ------------------------------------------------------------------------------
+    def _probe(self, snapshot_id: str, path: str, size: int) -> ResidencyProbe:
+        with self._guard:
+            probe = self._probes.get((snapshot_id, path))
+        if probe is not None:
+            return probe
+        probe = ResidencyProbe(self.path(snapshot_id) / path, size)
+        with self._guard:
+            if snapshot_id in self._snapshots and (snapshot_id, path) not in self._probes:
+                self._probes[(snapshot_id, path)] = probe
+                return probe
+            kept = self._probes.get((snapshot_id, path))
+        probe.close()  # withdrawn meanwhile, or another thread made one first
+        if kept is None:
+            raise OSError(errno.ENOENT, f"snapshot {snapshot_id} is no longer exposed")
+        return kept
+
+    def _close_probes(self, snapshot_id: str | None) -> None:
+        """Close the probes of `snapshot_id` (None: all)."""
+        with self._guard:
+            keys = [key for key in self._probes if snapshot_id is None or key[0] == snapshot_id]
+            probes = [self._probes.pop(key) for key in keys]
+        for probe in probes:
+            probe.close()
+
     def prefetch(self, snapshot_id: str, ranges: Iterable[TouchedRange]) -> PrefetchReport:
         """Push the chunks covering `ranges` of exposed `snapshot_id` that the page cache lacks
         (see the module docstring). Blocking; never call it on the view's own thread."""
@@ -338,7 +388,7 @@ class SnapshotView(pyfuse3.Operations):
             entry = files[path].entry
             assert entry is not None
             try:
-                present[path] = resident_pages(self.path(snapshot_id) / path, entry.size)
+                present[path] = self._probe(snapshot_id, path, entry.size).pages()
             except OSError as exc:
                 logger.debug("snapshot view: residency of %s/%s unknown: %s", snapshot_id, path, exc)
                 present[path] = b""

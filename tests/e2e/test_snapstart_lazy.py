@@ -4,6 +4,7 @@ the real chunk store), real boto3.
 * a chunk CRIU must read that is corrupt or missing at the origin fails that restore promptly
   (SnapStartNotReadyException, no container left), the version re-creates its snapshot and
   restores again from a fresh one;
+* a corrupt chunk in the local disk cache is read again from the origin (the snapshot stays);
 * deleting a version withdraws its snapshot from the view and the store;
 * snapshots are encrypted at rest: the origin and the disk cache hold no plaintext, while the
   view (memory only) serves the real images.
@@ -125,3 +126,20 @@ def test_snapshots_are_encrypted_at_rest_and_plaintext_only_in_the_view(lam, ser
             if path.is_file():
                 assert needle not in path.read_bytes(), path
     assert exposed.stat().st_mode & 0o777 == 0o750 and all(p.stat().st_mode & 0o777 == 0o640 for p in exposed.iterdir())
+
+
+def test_a_corrupt_disk_cache_chunk_is_read_from_the_origin_and_the_snapshot_kept(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    create(lam, "lazy-disk", {"app.py": APP}, SnapStart=SNAPSTART)
+    publish(lam, "lazy-disk")  # the publish warmed the disk cache with every chunk
+    snapshot = only(snapshot_dirs(server, "lazy-disk", "1")[0]).name
+    with origin_store(server) as store:
+        name = store.manifest(snapshot).file("pstree.img").chunks[0].name
+    cached = chunk_files(store_cache(server))[name]
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    response, body = invoke_json(lam, "lazy-disk", {}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    assert only(snapshot_dirs(server, "lazy-disk", "1")[0]).name == snapshot  # not re-created
+    assert chunk_files(store_cache(server))[name].read_bytes() != bytes(data)  # the bad copy was replaced from the origin

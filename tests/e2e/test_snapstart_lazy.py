@@ -101,12 +101,18 @@ def test_an_unreadable_chunk_fails_the_lazy_restore_and_the_snapshot_is_recreate
     assert body == {"version": "1", "marker": "lazy-marker-"}
 
 
-def test_deleting_a_version_withdraws_it_from_the_view_and_the_store(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
-    create(lam, "lazy-doomed", {"app.py": APP}, SnapStart=SNAPSTART)
-    publish(lam, "lazy-doomed")
-    response, _ = invoke_json(lam, "lazy-doomed", {}, Qualifier="1", LogType="Tail")
+def published_and_restored(lam, server: ServerHandle, name: str) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """Create `name`, publish version 1 and restore it once: (its manifest, its view directory)."""
+    create(lam, name, {"app.py": APP}, SnapStart=SNAPSTART)
+    publish(lam, name)
+    response, _ = invoke_json(lam, name, {}, Qualifier="1", LogType="Tail")
     assert_restored(response["LogResult"])
-    stored, exposed = (only(d) for d in snapshot_dirs(server, "lazy-doomed", "1"))
+    stored, exposed = (only(d) for d in snapshot_dirs(server, name, "1"))
+    return stored, exposed
+
+
+def test_deleting_a_version_withdraws_it_from_the_view_and_the_store(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    stored, exposed = published_and_restored(lam, server, "lazy-doomed")
     assert (exposed / "pstree.img").is_file()
     lam.delete_function(FunctionName="lazy-doomed", Qualifier="1")
     wait_for(lambda: not stored.exists(), 30, "the manifest to go")
@@ -114,11 +120,7 @@ def test_deleting_a_version_withdraws_it_from_the_view_and_the_store(lam, server
 
 
 def test_snapshots_are_encrypted_at_rest_and_plaintext_only_in_the_view(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
-    create(lam, "lazy-at-rest", {"app.py": APP}, SnapStart=SNAPSTART)
-    publish(lam, "lazy-at-rest")
-    response, _ = invoke_json(lam, "lazy-at-rest", {}, Qualifier="1", LogType="Tail")
-    assert_restored(response["LogResult"])
-    stored, exposed = (only(d) for d in snapshot_dirs(server, "lazy-at-rest", "1"))
+    _, exposed = published_and_restored(lam, server, "lazy-at-rest")
     needle = b"lazy-marker-0123456789abcdef"
     assert any(needle in p.read_bytes() for p in exposed.glob("pages-*.img")), "test premise: the marker is in memory"
     for root in (store_root(server), store_cache(server)):

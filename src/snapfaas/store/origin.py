@@ -173,13 +173,8 @@ class DirectoryOrigin:
         (self.manifests / snapshot_id).unlink(missing_ok=True)
 
     def list_manifests(self) -> Iterator[ObjectInfo]:
-        for path in sorted(self.manifests.iterdir()):
-            if ".tmp" in path.name:
-                continue
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
+        self._reachable("list manifests")  # a missing directory must never read as "no manifests"
+        for path, st in _stored_files(self.manifests):
             yield ObjectInfo(path.name, st.st_size, st.st_mtime)
 
     def get_attachment(self, snapshot_id: str, name: str) -> bytes | None:
@@ -220,17 +215,7 @@ class DirectoryOrigin:
             self._reachable("list attachments")
             directories = []
         for directory in directories:
-            try:
-                paths = sorted(directory.iterdir())
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for path in paths:
-                if ".tmp" in path.name:
-                    continue
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
+            for path, st in _stored_files(directory):
                 yield AttachmentInfo(directory.name, path.name, st.st_size, st.st_mtime)
 
 
@@ -365,3 +350,20 @@ def origin_from_url(url: str, endpoint_url: str | None = None) -> Origin:
     if endpoint_url:
         raise StoreError("snapshot store failed at step 'parse origin': an S3 endpoint URL needs an s3:// origin")
     return DirectoryOrigin(Path(url))
+
+
+def _stored_files(directory: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """The complete files of `directory` (sorted; temporaries of atomic writes and files that
+    vanish meanwhile skipped; nothing if the directory is missing)."""
+    try:
+        paths = sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for path in paths:
+        if ".tmp" in path.name:
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        yield path, st

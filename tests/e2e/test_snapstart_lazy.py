@@ -6,6 +6,8 @@ the real chunk store), real boto3.
   restores again from a fresh one;
 * a corrupt chunk in the local disk cache is read again from the origin (the snapshot stays);
 * deleting a version withdraws its snapshot from the view and the store;
+* a bad chunk first touched by an invoke after the restore kills that process with SIGBUS (the
+  invoke fails with Runtime.ExitError) and the snapshot is re-created;
 * snapshots are encrypted at rest: the origin and the disk cache hold no plaintext, while the
   view (memory only) serves the real images.
 
@@ -33,6 +35,16 @@ KEEP = [SECRET + str(i) for i in range(64)]
 
 def handler(event, context):
     return {"version": context.function_version, "marker": KEEP[3][:12]}
+"""
+
+
+BUS_APP = """
+BUF = bytearray(b"".join(b"BUSMARK:" + i.to_bytes(8, "little") for i in range(8 << 16)))  # 8 MiB, never touched by a restore
+
+def handler(event, context):
+    if event.get("touch"):
+        return {"sum": sum(BUF[i] for i in range(0, len(BUF), 4096))}
+    return {"size": len(BUF)}
 """
 
 
@@ -145,3 +157,37 @@ def test_a_corrupt_disk_cache_chunk_is_read_from_the_origin_and_the_snapshot_kep
     assert_restored(response["LogResult"])
     assert only(snapshot_dirs(server, "lazy-disk", "1")[0]).name == snapshot  # not re-created
     assert chunk_files(store_cache(server))[name].read_bytes() != bytes(data)  # the bad copy was replaced from the origin
+
+
+def test_a_bad_chunk_first_touched_after_the_restore_fails_that_invoke_and_recreates_the_snapshot(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    """A page the restore did not need is fetched when the function touches it: if its chunk
+    is bad at the origin, the process dies of SIGBUS (never runs on other bytes), the invoke
+    fails, and the version re-creates its snapshot."""
+    create(lam, "lazy-bus", {"app.py": BUS_APP}, SnapStart=SNAPSTART, MemorySize=256)
+    publish(lam, "lazy-bus")
+    broken = only(snapshot_dirs(server, "lazy-bus", "1")[0]).name
+    damaged = 0
+    with origin_store(server) as store:
+        for entry in store.manifest(broken).files:
+            for index, ref in enumerate(entry.chunks):
+                if ref.is_hole or not entry.path.startswith("pages-"):
+                    continue
+                plain = store.read(broken, entry.path, ref.offset, ref.length)
+                if all(plain[i:i + 8] == b"BUSMARK:" for i in range(0, len(plain), 16)):  # wholly inside BUF
+                    chunk_files(store_root(server))[ref.name].unlink()
+                    chunk_files(store_cache(server)).get(ref.name, Path("/nonexistent")).unlink(missing_ok=True)
+                    damaged += 1
+    assert damaged >= 8, "test premise: BUF's chunks are found"
+    response, body = invoke_json(lam, "lazy-bus", {}, Qualifier="1", LogType="Tail")  # the restore never needs them
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    response, body = invoke_json(lam, "lazy-bus", {"touch": True}, Qualifier="1")  # the warm environment touches BUF
+    assert response.get("FunctionError") == "Unhandled" and body["errorType"] == "Runtime.ExitError", body
+    assert "bus error" in body["errorMessage"], body
+    wait_for(lambda: (only(snapshot_dirs(server, "lazy-bus", "1")[0]).name != broken
+                      if snapshot_dirs(server, "lazy-bus", "1")[0] else False), 60, "a new snapshot")
+    final = wait_state(lam, "lazy-bus", "1", ("Active", "Failed"), timeout=60)
+    assert final["State"] == "Active", final.get("StateReason")
+    response, body = invoke_json(lam, "lazy-bus", {"touch": True}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert body["sum"] == ord("B") * ((8 << 20) // 4096)  # every sampled byte starts a record: the real BUF

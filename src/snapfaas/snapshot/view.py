@@ -306,9 +306,11 @@ class SnapshotView(pyfuse3.Operations):
             if inode is None:
                 return
             self._nodes[pyfuse3.ROOT_INODE].children.pop(snapshot_id.encode(), None)
-            nodes = [n for n in self._nodes.values() if n.snapshot_id == snapshot_id]
+            nodes = [n for n in self._nodes.values() if n.snapshot_id == snapshot_id and not n.withdrawn]
             for node in nodes:
                 node.withdrawn = True
+                if node.lookups <= 0:  # the kernel holds no reference: nothing will forget it
+                    del self._nodes[node.inode]
             self._touched.pop(snapshot_id, None)
             self._recording.discard(snapshot_id)
         self._close_probes(snapshot_id)

@@ -253,6 +253,31 @@ def damage_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path 
         shutil.rmtree(cached)
 
 
+def damage_a_restore_chunk(server: ServerHandle, snapshot_id: str, how: str = "corrupt") -> str:
+    """Corrupt (flip a byte) or remove, at the origin, a chunk that every restore of
+    `snapshot_id` reads, lazy or eager (one of a small image file: CRIU reads those whole) and
+    that no other snapshot at the origin shares; drop its disk-cache copy. Returns its name."""
+    with origin_store(server) as store:
+        manifest = store.manifest(snapshot_id)
+        others: set[str] = set()
+        for other in store.snapshots():
+            if other != snapshot_id:
+                others |= store.manifest(other).names()
+    candidates = [ref.name for entry in manifest.files if entry.type == "file" and not entry.path.startswith("pages-")
+                  for ref in entry.chunks if ref.name is not None and ref.name not in others]
+    assert candidates, f"test premise: {snapshot_id} has an image chunk of its own"
+    name = candidates[0]
+    blob = chunk_files(store_root(server))[name]
+    if how == "corrupt":
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+    else:
+        blob.unlink()
+    chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
+    return name
+
+
 def containers_of(server: ServerHandle, env_ids: set[str]) -> list[str]:
     """runc containers still present for the given environment ids."""
     return [c for c in server.runc_containers() if c.removeprefix("sf-") in env_ids]

@@ -30,7 +30,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
-from tests.e2e.snapstart_support import SNAPSTART, Counter, damage_an_origin_chunk, publish, snapshot_dirs, wait_for, wait_state
+from tests.e2e.snapstart_support import SNAPSTART, Counter, damage_a_restore_chunk, publish, snapshot_dirs, wait_for, wait_state
 
 FILE_ARN = "arn:aws:snapfaas:us-east-1:000000000000:file/"
 CALLERS = 4
@@ -144,8 +144,8 @@ def test_concurrent_callers_events_under_reserved_concurrency_1_all_run_exactly_
 def test_events_sent_while_the_snapshot_is_re_created_all_run(server: ServerHandle, lam, counter: Counter) -> None:  # type: ignore[no-untyped-def]
     make(lam, "recreated", counter, snap=True, INIT_SLEEP="3")  # each snapshot takes 3 s+
     publish(lam, "recreated")
-    [stored], [cached] = snapshot_dirs(server, "recreated", "1")
-    damage_an_origin_chunk(server, stored.name, cached)
+    [stored], _ = snapshot_dirs(server, "recreated", "1")
+    damage_a_restore_chunk(server, stored.name)
     first = [send(lam, "recreated", "first", qualifier="1")]  # its restore fails: re-creation starts
     wait_state(lam, "recreated", "1", ("Pending",), timeout=60)
     ids = first + [send(lam, "recreated", f"r{i}", qualifier="1") for i in range(9)]

@@ -1,7 +1,7 @@
 """Lazy restores (the default) end to end: real CRIU restoring from the snapshot view (FUSE over
 the real chunk store), real boto3.
 
-* a chunk CRIU must read that is corrupt or missing at the origin fails that restore promptly
+* a chunk CRIU must read (of a small image file) that is corrupt or missing at the origin fails that restore promptly
   (SnapStartNotReadyException, no container left), the version re-creates its snapshot and
   restores again from a fresh one;
 * a corrupt chunk in the local disk cache is read again from the origin (the snapshot stays);
@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import (
-    SNAPSTART, assert_restored, chunk_files, containers_of, function_log, origin_store, publish, snapshot_dirs,
+    SNAPSTART, assert_restored, chunk_files, containers_of, damage_a_restore_chunk, function_log, origin_store, publish, snapshot_dirs,
     store_cache, store_root, view_root, wait_for, wait_state,
 )
 
@@ -65,24 +65,6 @@ def only(paths: list[Path]) -> Path:
     return paths[0]
 
 
-def damage_process_tree_chunk(server: ServerHandle, snapshot_id: str, how: str) -> str:
-    """Corrupt (flip a byte) or remove, at the origin, the chunk holding ``pstree.img`` (CRIU
-    reads it first on every restore), and drop its disk-cache copy; returns the chunk name."""
-    with origin_store(server) as store:
-        entry = store.manifest(snapshot_id).file("pstree.img")
-    assert entry is not None and entry.chunks and entry.chunks[0].name
-    name = entry.chunks[0].name
-    blob = chunk_files(store_root(server))[name]
-    if how == "corrupt":
-        data = bytearray(blob.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        blob.write_bytes(bytes(data))
-    else:
-        blob.unlink()
-    chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
-    return name
-
-
 @pytest.mark.parametrize(("how", "detail"), [("corrupt", "corrupt at origin"), ("missing", "missing at origin")])
 def test_an_unreadable_chunk_fails_the_lazy_restore_and_the_snapshot_is_recreated(lam, server: ServerHandle,  # type: ignore[no-untyped-def]
                                                                                    how: str, detail: str) -> None:
@@ -90,7 +72,7 @@ def test_an_unreadable_chunk_fails_the_lazy_restore_and_the_snapshot_is_recreate
     create(lam, name, {"app.py": APP}, SnapStart=SNAPSTART)
     publish(lam, name)
     broken = only(snapshot_dirs(server, name, "1")[0]).name
-    damage_process_tree_chunk(server, broken, how)
+    damage_a_restore_chunk(server, broken, how)
     started = time.monotonic()
     with pytest.raises(lam.exceptions.SnapStartNotReadyException) as not_ready:
         invoke_json(lam, name, {}, Qualifier="1")

@@ -193,7 +193,11 @@ class SnapshotVault:
         except StoreError as exc:
             raise StoreError(f"snapshot {snapshot_id} failed at step 'store images': {exc}") from exc
         if self.view is not None:  # lazy: restores read the store through the view
-            shutil.rmtree(plain, ignore_errors=True)
+            try:  # the first restores find the snapshot in the page cache, as in the dump's RAM copy
+                self.view.expose(stored, self.group_of(slice_index))
+                self.view.prime(snapshot_id, plain)
+            finally:
+                shutil.rmtree(plain, ignore_errors=True)
             return describe(stored)
         self._own(plain, self.group_of(slice_index))
         self._admit(snapshot_id, plain)  # the dump directory is now the snapshot's cached copy

@@ -45,6 +45,7 @@ Contracts:
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import ctypes
 import ctypes.util
@@ -344,6 +345,51 @@ class SnapshotView(pyfuse3.Operations):
             if entry is not None and index < len(entry.chunks):
                 ref = entry.chunks[index]
                 out.append(TouchedRange(path, ref.offset, ref.length))
+        return out
+
+    # -- priming and prefetching ---------------------------------------------------------------
+    def prime(self, snapshot_id: str, plain: Path) -> int:
+        """Push the exposed snapshot's stored chunks into the page cache from `plain`, the dump
+        directory it was stored from (same bytes, no store reads): the first restores after a
+        publish find the whole snapshot in memory, as the eager RAM cache did, but reclaimable.
+        Holes are skipped. Blocking; returns the bytes pushed. Best effort (OSError logged)."""
+        with self._guard:
+            inode = self._snapshots.get(snapshot_id)
+            files = [n for n in self._nodes.values() if inode is not None and n.snapshot_id == snapshot_id
+                     and n.entry is not None and n.entry.type == FILE]
+        pushed = 0
+        for node in files:
+            assert node.entry is not None
+            try:
+                with open(plain / node.entry.path, "rb", buffering=0) as source:
+                    for ref in node.entry.chunks:
+                        if not ref.is_hole:
+                            pyfuse3.notify_store(node.inode, ref.offset, os.pread(source.fileno(), ref.length, ref.offset))
+                            pushed += ref.length
+            except OSError as exc:
+                logger.warning("snapshot view: priming %s/%s stopped: %s", snapshot_id, node.entry.path, exc)
+        return pushed
+
+    def chunk_ranges(self, snapshot_id: str, pages: dict[str, set[int]]) -> list[TouchedRange]:
+        """The chunks of exposed `snapshot_id` holding the given file pages (image file name ->
+        page numbers), plus every chunk of its small image files (CRIU reads those whole at every
+        restore); holes left out. Chunks may have any length (a manifest says where each is)."""
+        with self._guard:
+            inode = self._snapshots.get(snapshot_id)
+            entries = [n.entry for n in self._nodes.values() if inode is not None and n.snapshot_id == snapshot_id
+                       and n.entry is not None and n.entry.type == FILE]
+        out = []
+        for entry in sorted(entries, key=lambda e: e.path):
+            whole = not entry.path.startswith("pages-")
+            offsets = sorted(page * PAGE for page in pages.get(entry.path, ()))
+            if not whole and not offsets:
+                continue
+            for ref in entry.chunks:
+                if ref.is_hole:
+                    continue
+                first = bisect.bisect_left(offsets, ref.offset)
+                if whole or (first < len(offsets) and offsets[first] < ref.offset + ref.length):
+                    out.append(TouchedRange(entry.path, ref.offset, ref.length))
         return out
 
     # -- prefetching ------------------------------------------------------------------------------

@@ -269,6 +269,34 @@ def record(pid: int) -> WorkingSet:
     return _working_set(pages, identity)
 
 
+def record_images(pid: int, images: Path) -> dict[str, set[int]]:
+    """Which pages of the snapshot image files under `images` (a snapshot's directory in the
+    view) process `pid` and its descendants have present in their page tables: what a lazily
+    restored process touched of its memory images, read or written (a page written since the
+    restore is present too), whether or not its first read came through the view. Image file
+    name -> file page numbers. Reads only /proc (maps, pagemap, map_files links): it never
+    touches the mappings. Raises OSError if `pid` is gone."""
+    prefix = str(images) + "/"
+    pages: dict[str, set[int]] = {}
+    for index, member in enumerate(process_tree(pid)):
+        proc = Path(f"/proc/{member}")
+        try:
+            maps_text = (proc / "maps").read_text()
+            with open(proc / "pagemap", "rb", buffering=0) as pagemap:
+                for mapping in file_mappings(maps_text):
+                    if not mapping.path.startswith(prefix):
+                        continue
+                    name = mapping.path[len(prefix):]
+                    if "/" in name:
+                        continue
+                    pages.setdefault(name, set()).update(present_pages(pagemap, mapping))
+        except OSError:
+            if index == 0:
+                raise
+            continue  # a descendant that exited meanwhile
+    return pages
+
+
 def _record_process(proc: Path, pages: dict[tuple[int, int], set[int]],
                     identity: dict[tuple[int, int], tuple[str, os.stat_result]]) -> None:
     maps_text = (proc / "maps").read_text()
@@ -520,8 +548,12 @@ class WorkingSetKeeper:
                 working_set = record(pid)
                 images = None
                 if self.view is not None:
-                    images = self.view.touched(snapshot_id)
+                    # what came through the view (in first-read order), then the image pages the
+                    # process has present that did not (a primed page cache answered them)
+                    read = self.view.touched(snapshot_id)
                     self.view.record(snapshot_id, on=False)
+                    mapped = self.view.chunk_ranges(snapshot_id, record_images(pid, self.view.path(snapshot_id)))
+                    images = list(dict.fromkeys([*read, *mapped]))
 
                 def change(document: WorkingSetDocument) -> WorkingSetDocument:
                     document = document.with_section(FILES, working_set.to_section())

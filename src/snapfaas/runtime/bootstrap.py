@@ -4,8 +4,8 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
 
 1. init: import the handler module and resolve the handler. Failure -> ``init_error`` frame,
    exit 1. A SnapStart init first drops the variables only a deterministic init needed
-   (`drop_init_variables`) and runs the module's leading imports before compiling it
-   (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
+   (`drop_init_variables`), runs the module's leading imports first and loads its code compiled
+   in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
 2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
    (LIFO), clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
    taken while blocked); then reseed RNGs and run after-restore hooks (FIFO). Failures send
@@ -83,7 +83,8 @@ class Channel:
 
 def load_handler(spec: str, early_imports: bool = False) -> Handler:
     """Import ``module.function`` the way Lambda's Python runtime does, with its error types.
-    `early_imports` (SnapStart init): run the module's leading imports first (`preimport`)."""
+    `early_imports` (SnapStart init): run the module's leading imports first and load code
+    compiled in a child (`preimport`)."""
     try:
         module_name, func_name = spec.rsplit(".", 1)
     except ValueError as exc:
@@ -94,12 +95,14 @@ def load_handler(spec: str, early_imports: bool = False) -> Handler:
             f"Cannot use built-in module {module_name} as a handler module",
         )
     module_path = module_name.replace("/", ".")
-    if early_imports:
-        from . import preimport
-
-        preimport.run(module_path, os.getcwd())
     try:
-        module = importlib.import_module(module_path)
+        if early_imports:
+            from . import preimport
+
+            with preimport.prepared(module_path, os.getcwd()):
+                module = importlib.import_module(module_path)
+        else:
+            module = importlib.import_module(module_path)
     except ImportError as exc:
         raise Fault(Fault.IMPORT_MODULE, f"Unable to import module '{module_path}': {exc}") from exc
     except SyntaxError as exc:

@@ -23,6 +23,10 @@ made two inits of *identical* code differ, and what this module does about each:
   deployment, unknown without the secret. Restored clones of one snapshot share their seed
   anyway (it is in the snapshot's memory). A seed the function's configuration sets wins.
 
+The runtime removes the variables it was given for this (`INIT_VARS` lists them) from
+``os.environ`` before user code runs; the process's initial environment block
+(``/proc/self/environ``) still holds them, as it holds every variable the process started with.
+
 What stays random: AT_RANDOM (the stack protector canary and glibc's pointer guard, so mangled
 function pointers such as atexit entries differ), the state of RNGs seeded from the kernel at
 import (``random``), pids. Those are scattered pages; the bench measures what is left.

@@ -41,7 +41,7 @@ from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.catalog import COUNTERS_FILE
 from snapfaas.snapshot.vault import SnapshotVault, remove_legacy
-from snapfaas.store import StoreError, open_store
+from snapfaas.store import StoreError, load_or_create_secret, open_store
 from snapfaas.worker.async_invocations import EventSettings
 from snapfaas.worker.backlog import EventTiming
 from snapfaas.worker.factory import EnvironmentFactory
@@ -221,6 +221,10 @@ class Server:
             if cfg.restore_memory == "map" and not status.maps_pages:
                 self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
                          "restores copy every page of memory")
+        factory.store_secret = load_or_create_secret(cfg.store_secret_path)  # per-function hash seeds of SnapStart inits
+        if not cfg.snapshot_init_aslr and factory.fixed_layout_launcher is None:
+            self.say("WARNING: setarch (util-linux) is missing: SnapStart inits keep ASLR, so versions of a function "
+                     "share few snapshot chunks")
         store = open_store(cfg.store_origin_url, cfg.store_secret_path, s3_endpoint_url=cfg.store_s3_endpoint_url,
                            cache_dir=cfg.store_cache_path, cache_bytes=cfg.store_cache_bytes,
                            memory_bytes=cfg.store_memory_bytes)

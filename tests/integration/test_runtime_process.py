@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,7 +144,7 @@ class Runtime:
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    """start(files, handler="app.handler", init_type="on-demand", env=None) -> Runtime."""
+    """start(files, handler="app.handler", init_type="on-demand", env=None, launcher=None) -> Runtime."""
     pkg_root = tmp_path / "runtime-path"
     pkg_root.mkdir()
     (pkg_root / "snapfaas_runtime").symlink_to(RUNTIME_SRC, target_is_directory=True)
@@ -150,7 +152,7 @@ def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     counter = iter(range(1000))
 
     def _start(files: dict[str, str], handler: str = "app.handler", init_type: str = "on-demand",
-               env: dict[str, str] | None = None) -> Runtime:
+               env: dict[str, str] | None = None, launcher: list[str] | None = None) -> Runtime:
         task = tmp_path / f"task{next(counter)}"
         task.mkdir()
         for name, text in files.items():
@@ -173,7 +175,7 @@ def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
             "AWS_REGION": "us-east-1",
             **(env or {}),
         }
-        proc = subprocess.Popen([sys.executable, "-m", "snapfaas_runtime"], cwd=task, env=environ,
+        proc = subprocess.Popen([*(launcher or []), sys.executable, "-m", "snapfaas_runtime"], cwd=task, env=environ,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         runtime = Runtime(proc)
@@ -574,3 +576,92 @@ def test_after_restore_hook_failure(start) -> None:  # type: ignore[no-untyped-d
     rt.expect_eof()
     assert rt.wait_exit() == 65
     assert "never printed" not in rt.log
+
+
+# -- SnapStart: a deterministic init (snapshot/determinism.py, runtime/preimport.py) ---------
+DETERMINISTIC_APP = """
+\"\"\"A handler module with leading imports.\"\"\"
+from __future__ import annotations
+import json
+import os, subprocess
+from helper import VALUE
+import sys
+
+ORDER = [name for name in ("json", "helper") if name in sys.modules]
+CODE_LOADER = type(__loader__).__name__
+
+def handler(event, context):
+    child = subprocess.run(["cat", "/proc/self/personality"], capture_output=True, text=True).stdout.strip()
+    return {"value": VALUE, "order": ORDER, "file": __file__, "loader": CODE_LOADER,
+            "env": {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "GLIBC_TUNABLES", "_SNAPFAAS_INIT_VARS", "KEEP")},
+            "hash": hash("snapfaas"), "personality": open("/proc/self/personality").read().strip(),
+            "child_personality": child}
+
+def fail(event, context):
+    raise ValueError("from the handler")
+"""
+HELPER = "import json\nVALUE = json.dumps([1, 2])\n"
+
+
+def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(start) -> None:  # type: ignore[no-untyped-def]
+    """What the worker adds for a SnapStart init (the hash seed, glibc tunables, a layout
+    without ASLR) is gone before user code runs or restored copies start programs; the
+    handler module, loaded from code compiled in a child after its leading imports ran, is
+    the module an ordinary import gives."""
+    setarch = [shutil.which("setarch") or "setarch", platform.machine(), "--addr-no-randomize"]
+    env = {"PYTHONHASHSEED": "12345", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "KEEP": "user",
+           "_SNAPFAAS_INIT_VARS": "GLIBC_TUNABLES,PYTHONHASHSEED"}
+    rt = start({"app.py": DETERMINISTIC_APP, "helper.py": HELPER}, init_type="snap-start", env=env, launcher=setarch)
+    rt.expect("restore_ready")
+    rt.send("restore", b"{}")
+    rt.expect("resumed")
+    rt.expect("ready")
+    rt.invoke({}, "r1")
+    body = json.loads(rt.expect("response")[1])
+    assert body["value"] == "[1, 2]" and body["order"] == ["json", "helper"]
+    assert body["file"].endswith("/app.py") and body["loader"] == "CompiledLoader"
+    assert body["env"] == {"PYTHONHASHSEED": None, "GLIBC_TUNABLES": None, "_SNAPFAAS_INIT_VARS": None, "KEEP": "user"}
+    seeded = subprocess.run([sys.executable, "-c", "print(hash('snapfaas'))"], capture_output=True, text=True,
+                            env={"PYTHONHASHSEED": "12345"}, check=True).stdout
+    assert body["hash"] == int(seeded)  # the interpreter started with the seed
+    assert int(body["personality"], 16) & 0x0040000 == 0 and int(body["child_personality"], 16) & 0x0040000 == 0
+
+    rt2 = start({"app.py": DETERMINISTIC_APP, "helper.py": HELPER}, handler="app.fail", init_type="snap-start", env=env,
+                launcher=setarch)
+    rt2.expect("restore_ready")
+    rt2.send("restore", b"{}")
+    rt2.expect("resumed")
+    rt2.expect("ready")
+    rt2.invoke({}, "r2")
+    error = json.loads(rt2.expect("error")[1])
+    # tracebacks name the file and show its source line, as for an ordinary import
+    assert any('app.py' in line and 'raise ValueError("from the handler")' in line for line in error["stackTrace"]), error
+
+
+@pytest.mark.parametrize(("files", "error_type", "message"), [
+    ({"app.py": "import json\nimport not_installed_dep\n"}, "Runtime.ImportModuleError",
+     "Unable to import module 'app': No module named 'not_installed_dep'"),
+    ({"app.py": "import json\nimport broken\n", "broken.py": "x = 1 / 0\n"}, "ZeroDivisionError", "division by zero"),
+    ({"app.py": "import json\ndef handler(:\n"}, "Runtime.UserCodeSyntaxError", "Syntax error in module 'app'"),
+])
+def test_a_snapstart_init_reports_import_errors_as_an_ordinary_import_does(start, files: dict[str, str], error_type: str,  # type: ignore[no-untyped-def]
+                                                                           message: str) -> None:
+    rt = start(files, init_type="snap-start")
+    header, payload = rt.expect("init_error")
+    error = json.loads(payload)
+    assert header["error_type"] == error["errorType"] == error_type
+    assert error["errorMessage"].startswith(message), error
+    assert rt.wait_exit() == 1
+
+
+def test_a_package_handler_module_is_imported_the_ordinary_way_in_a_snapstart_init(start) -> None:  # type: ignore[no-untyped-def]
+    files = {"pkg/__init__.py": "import sys\nORDER = ['pkg']\n",
+             "pkg/inner.py": "import json\nfrom pkg import ORDER\nORDER.append('inner')\nLOADER = type(__loader__).__name__\n"
+                             "def h(e, c):\n    return [ORDER, LOADER]\n"}
+    rt = start(files, handler="pkg.inner.h", init_type="snap-start")
+    rt.expect("restore_ready")
+    rt.send("restore", b"{}")
+    rt.expect("resumed")
+    rt.expect("ready")
+    rt.invoke({}, "p")
+    assert json.loads(rt.expect("response")[1]) == [["pkg", "inner"], "SourceFileLoader"]

@@ -16,6 +16,7 @@ import pytest
 
 from snapfaas.config import Limits
 from snapfaas.errors import InvalidParameterValue, RequestTooLarge
+from snapfaas.registry import artifacts as artifacts_module
 from snapfaas.registry.artifacts import UNZIP_ERROR, ArtifactStore
 
 ABSOLUTE_TARGET = f"/tmp/snapfaas-artifact-test-{os.getpid()}.py"
@@ -73,6 +74,8 @@ def test_ingest_valid_zip(store: ArtifactStore) -> None:
     assert stat.S_IMODE((tree / "bin" / "tool").stat().st_mode) == 0o500
     assert stat.S_IMODE(tree.stat().st_mode) == 0o500
     assert stat.S_IMODE((tree / "lib").stat().st_mode) == 0o500
+    # directories carry one fixed mtime (an extraction time would end up in SnapStart snapshots)
+    assert tree.stat().st_mtime == (tree / "lib").stat().st_mtime == artifacts_module.TREE_MTIME
     assert stat.S_IMODE(store.trees.stat().st_mode) == 0o711
     assert stat.S_IMODE((store.trees / "3").stat().st_mode) == 0o711
     # nothing but the zip and the tree

@@ -85,7 +85,8 @@ def test_an_unknown_version_says_so() -> None:
     ("before its directory", [FileEntry("l", SYMLINK, target="/"), FileEntry("l/x", FILE, size=0)]),
     ("duplicate", [FileEntry("a", FILE, size=0), FileEntry("a", DIR)]),
     ("contiguous", [FileEntry("a", FILE, size=20, chunks=[ChunkRef(0, 10, None, None, 0), ChunkRef(11, 9, None, None, 0)])]),
-    ("contiguous", [FileEntry("a", FILE, size=20, chunks=[ChunkRef(0, 10, None, None, 0), ChunkRef(10, 10, None, None, 0)])]),
+    ("contiguous", [FileEntry("a", FILE, size=10, chunks=[ChunkRef(0, 0, None, None, 0), ChunkRef(0, 10, None, None, 0)])]),
+    ("contiguous", [FileEntry("a", FILE, size=CHUNK_SIZE + 1, chunks=[ChunkRef(0, CHUNK_SIZE + 1, None, None, 0)])]),
     ("cover", [FileEntry("a", FILE, size=CHUNK_SIZE + 1, chunks=[ChunkRef(0, CHUNK_SIZE, None, None, 0)])]),
     ("half a hole", [FileEntry("a", FILE, size=5, chunks=[ChunkRef(0, 5, NAME, None, 0)])]),
     ("malformed", [FileEntry("a", FILE, size=5, chunks=[ChunkRef(0, 5, "zz", DIGEST, 0)])]),
@@ -101,3 +102,23 @@ def test_snapshot_ids_are_safe_keys() -> None:
     for bad in ("", "../x", "a/b", ".hidden", "x" * 201, "a b"):
         with pytest.raises(StoreError, match="check snapshot id"):
             check_snapshot_id(bad)
+
+
+def test_chunks_may_vary_in_length_and_covering_finds_them() -> None:
+    refs = [ChunkRef(0, 8192, NAME, DIGEST, 10), ChunkRef(8192, 4096, None, None, 0), ChunkRef(12288, CHUNK_SIZE, NAME, DIGEST, 10)]
+    back = decode("s", encode(Manifest("s", [FileEntry("pages-1.img", FILE, size=12288 + CHUNK_SIZE, chunks=refs)]), KEY), KEY)
+    entry = back.file("pages-1.img")
+    assert entry is not None and entry.chunks == refs
+    assert [index for index, _ in entry.covering(8000, 5000)] == [0, 1, 2]
+    assert [index for index, _ in entry.covering(8192, 4096)] == [1]
+
+
+def test_a_format_1_body_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written before chunks varied in length: rejected, so the snapshot is re-created."""
+    from snapfaas.store import manifest as module
+
+    monkeypatch.setattr(module, "FORMAT", 1)
+    data = encode(Manifest("s", [FileEntry("a", FILE, size=0)]), KEY)
+    monkeypatch.undo()
+    with pytest.raises(ManifestInvalid, match="unsupported body format 1"):
+        decode("s", data, KEY)

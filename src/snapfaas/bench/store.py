@@ -140,8 +140,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Snapshot store benchmark ({result['timestamp']}, one run; restores: medians of {result['runs']} first invokes "
         "of new environments, e2e through boto3, eager restores; 2 shared cores, other work running)",
         "",
-        "Size of the version-1 snapshot in the store (stored = compressed + encrypted distinct chunks; holes = all-zero "
-        "512 KiB chunks, not stored) and what version 2, a one-line handler change, adds:",
+        "Size of the version-1 snapshot in the store (stored = compressed + encrypted distinct chunks of at most 512 KiB, "
+        "page images cut along 512 KiB memory windows; holes = all-zero chunks, not stored) and what version 2, a one-line "
+        "handler change, adds (deterministic init: the server's default):",
         "",
         "| function | raw images | stored | stored / raw | chunks (distinct / refs) | hole chunks | "
         "v2: new chunks / chunks | v2: new bytes |",

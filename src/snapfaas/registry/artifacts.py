@@ -43,6 +43,7 @@ from snapfaas.errors import InvalidParameterValue, RequestTooLarge
 logger = logging.getLogger(__name__)
 
 UNZIP_ERROR = "Could not unzip uploaded file. Please check your file, then try to upload again."
+TREE_MTIME = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +204,13 @@ class ArtifactStore:
 
     @staticmethod
     def _seal(tree: Path, owner: int | None) -> None:
-        """Read-only for the slice's uid (`owner`), invisible to other host users."""
+        """Read-only for the slice's uid (`owner`), invisible to other host users. Directories
+        get one fixed mtime (`TREE_MTIME`): Python's import system keeps the mtime of each
+        directory it searched in the process's memory, and an extraction time there would make
+        every SnapStart snapshot of a new code version differ in those pages
+        (snapshot/determinism.py)."""
         for dirpath, dirnames, filenames in os.walk(tree):
+            os.utime(dirpath, (TREE_MTIME, TREE_MTIME))
             os.chmod(dirpath, 0o500)
             if owner is not None:
                 os.chown(dirpath, owner, owner)

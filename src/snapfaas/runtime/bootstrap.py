@@ -3,9 +3,11 @@
 Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
 
 1. init: import the handler module and resolve the handler. Failure -> ``init_error`` frame,
-   exit 1.
+   exit 1. A SnapStart init first drops the variables only a deterministic init needed
+   (`drop_init_variables`), runs the module's leading imports first and loads its code compiled
+   in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
 2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
-   (LIFO), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
+   (LIFO), clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
    taken while blocked); then reseed RNGs and run after-restore hooks (FIFO). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
@@ -45,7 +47,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, BinaryIO, NoReturn, TextIO
 
 from . import protocol
@@ -79,8 +81,10 @@ class Channel:
         self.log.flush()
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``module.function`` the way Lambda's Python runtime does, with its error types."""
+def load_handler(spec: str, early_imports: bool = False) -> Handler:
+    """Import ``module.function`` the way Lambda's Python runtime does, with its error types.
+    `early_imports` (SnapStart init): run the module's leading imports first and load code
+    compiled in a child (`preimport`)."""
     try:
         module_name, func_name = spec.rsplit(".", 1)
     except ValueError as exc:
@@ -92,7 +96,13 @@ def load_handler(spec: str) -> Handler:
         )
     module_path = module_name.replace("/", ".")
     try:
-        module = importlib.import_module(module_path)
+        if early_imports:
+            from . import preimport
+
+            with preimport.prepared(module_path, os.getcwd()):
+                module = importlib.import_module(module_path)
+        else:
+            module = importlib.import_module(module_path)
     except ImportError as exc:
         raise Fault(Fault.IMPORT_MODULE, f"Unable to import module '{module_path}': {exc}") from exc
     except SyntaxError as exc:
@@ -118,6 +128,35 @@ def run_hooks(kind: str) -> None:
     else:
         for func, args, kwargs in list(hooks.get_after_restore()):
             func(*args, **kwargs)
+
+
+INIT_VARS = "_SNAPFAAS_INIT_VARS"  # set by the worker (snapshot/determinism.py): variables only init needed
+ADDR_NO_RANDOMIZE = 0x0040000
+PERSONALITY_QUERY = 0xFFFFFFFF
+
+
+def drop_init_variables(environ: MutableMapping[str, str]) -> None:
+    """Remove the variables the worker added for a deterministic SnapStart init (the hash
+    seed, glibc tunables: read at interpreter start, not meant for user code or the programs
+    it runs) and their list."""
+    for name in environ.pop(INIT_VARS, "").split(","):
+        if name:
+            environ.pop(name, None)
+
+
+def restore_aslr() -> None:
+    """Clear ``ADDR_NO_RANDOMIZE`` (a deterministic init runs without ASLR) before the
+    checkpoint: it takes effect at the next exec, so programs a restored function runs get a
+    randomized layout. This process keeps its layout (the snapshot's)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:  # no libc to call: nothing was changed either
+        return
+    current = libc.personality(ctypes.c_ulong(PERSONALITY_QUERY))
+    if current != -1 and current & ADDR_NO_RANDOMIZE:
+        libc.personality(ctypes.c_ulong(current & ~ADDR_NO_RANDOMIZE))
 
 
 OPENSSL_MODULES = ("_ssl", "_hashlib")  # Python's bindings of the interpreter's (shared) OpenSSL
@@ -237,6 +276,7 @@ def snap_start_barrier(channel: Channel) -> None:
         fault = Fault(Fault.SNAPSHOT_SOCKET, "Init left sockets the snapshot cannot hold: " + "; ".join(unsupported)
                       + ". Close them in a before-snapshot hook and re-create them after restore.")
         fail(channel, "init_error", "init", fault.to_error(""), EXIT_BEFORE_SNAPSHOT)
+    restore_aslr()
     shrink_heap()
     channel.mark_logs("init")
     channel.send("restore_ready", closed=closed)
@@ -281,13 +321,15 @@ def main() -> None:
     sys.stdin = open(os.devnull)
     channel = Channel(inbound, outbound, log)
     environ = os.environ
+    drop_init_variables(environ)
+    snap_start = environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start"
     try:
-        handler = load_handler(environ["_HANDLER"])
+        handler = load_handler(environ["_HANDLER"], early_imports=snap_start)
     except Fault as fault:
         fail(channel, "init_error", "init", fault.to_error(""), EXIT_INIT_ERROR)
     except Exception as exc:  # module-level user code raised
         fail(channel, "init_error", "init", error_of(exc, ""), EXIT_INIT_ERROR)
-    if environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+    if snap_start:
         snap_start_barrier(channel)
     else:
         channel.mark_logs("init")

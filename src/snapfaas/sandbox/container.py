@@ -85,6 +85,9 @@ class Container:
         self.bundle = bundle
         self.process: asyncio.subprocess.Process | None = None
         self._killed = False
+        # argv prefix for `runc run` (not restore), e.g. `setarch ... --addr-no-randomize`: runc
+        # and the container's process inherit the personality (snapshot/determinism.py)
+        self.launcher: list[str] = []
 
     def __repr__(self) -> str:
         state = "killed" if self._killed else ("running" if self.process else "new")
@@ -132,7 +135,7 @@ class Container:
         # still prints a fatal error to stderr too; the worker holds a restore's stderr back.)
         log = ("--log", str(self.runc_log))
         if restore_from is None:
-            argv = self.runc.argv(*log, "run", "--bundle", str(self.bundle), self.id)
+            argv = [*self.launcher, *self.runc.argv(*log, "run", "--bundle", str(self.bundle), self.id)]
         else:
             argv = self.runc.argv(*log, "restore", "--image-path", str(restore_from), "--work-path", str(self.bundle),
                                   "--bundle", str(self.bundle), self.id)

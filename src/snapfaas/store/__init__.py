@@ -4,7 +4,9 @@ cache tiers. Only this package knows chunk, manifest and attachment formats.
 ::
 
     snapshot tree (CRIU images, /tmp contents)          ChunkStore.put_tree / materialize / read
-          │  cut into 512 KiB chunks; all-zero chunk = hole (recorded, never stored)
+          │  cut into chunks of ≤ 512 KiB (`layout`): CRIU page images along the memory they
+          │  hold (never across a pagemap entry or a 512 KiB multiple of the address), other
+          │  files every 512 KiB; all-zero chunk = hole (recorded, never stored)
           ▼
     chunk plaintext ──h = SHA-256──► name = HMAC(K_name, h)    key = HMAC(K_key, h)
           │ zstd (if smaller) → AES-256-GCM(key, nonce = HMAC(key, payload))      [codec]
@@ -40,7 +42,7 @@ Manifest envelope (`manifest`)::
     | SFMANIFT | ver 1 | nonce (12)  | n u32  | AES-256-GCM(JSON body)+tag | SHA-256 |
     +----------+-------+-------------+--------+----------------------------+---------+
       AAD = header || snapshot id; GCM tag = the MAC; SHA-256 = checksum of all before it
-    body: {format, snapshot, chunk_size, created, meta,
+    body: {format: 2, snapshot, chunk_size (the maximum), created, meta,
            files: [{path, type: file|dir|symlink, mode, size,
                     chunks: [[offset, length, name|null, h|null, stored bytes], ...]}]}
                                             (name = null: a hole, read back as zeros)
@@ -52,10 +54,17 @@ Attachment envelope (`attachment`)::
     +----------+-------+-------------+-----------------------------+
       AAD = header || snapshot id || 0x00 || name
 
-Modules: `codec` (chunk sealing, keys), `manifest` (envelope, body, validation), `attachment`
-(attachment envelope, names), `tiers` (memory and disk caches, counters), `origin` (directory
-and S3 origins), `fence` (GC vs concurrent writes), `chunkstore` (the API), `stats` (reports),
-`errors`.
+Page image chunks (`layout`)::
+
+    virtual memory   |....AAAAAAAA|AAAA..BBBBBB|BBBBBBBBBBBB|B...........|   | = 512 KiB multiple
+    pagemap entries       [ A: vaddr, 12 pages ]  [ B: vaddr, 19 pages ]
+    pages-1.img      [AAAAAAAA|AAAA|BBBBBB|BBBBBBBBBBBB|B]     (CRIU: present pages back to back)
+    chunks            <-1----> <2-> <-3--> <----4-----> 5      equal memory window → equal chunk
+
+Modules: `codec` (chunk sealing, keys), `layout` (where files are cut), `manifest` (envelope,
+body, validation), `attachment` (attachment envelope, names), `tiers` (memory and disk caches,
+counters), `origin` (directory and S3 origins), `fence` (GC vs concurrent writes),
+`chunkstore` (the API), `stats` (reports), `errors`.
 """
 
 from snapfaas.store.chunkstore import ChunkStore, open_store

@@ -2,7 +2,9 @@
 
 Contracts:
 
-* `put_tree(snapshot_id, directory)` cuts every regular file into 512 KiB chunks, records
+* `put_tree(snapshot_id, directory)` cuts every regular file into chunks of at most 512 KiB
+  (`layout`: CRIU page images along the memory they hold, other files at fixed 512 KiB
+  offsets), records
   all-zero chunks as holes, seals the rest (`codec`), uploads those the origin lacks, and
   writes the manifest last: a snapshot without a manifest does not exist, so a crash mid-way
   leaves only unreferenced chunks for `collect`. Directories and symlinks are recorded;
@@ -61,8 +63,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from snapfaas.store import layout
 from snapfaas.store.attachment import AttachmentInvalid, check_name, open_sealed, seal
 from snapfaas.store.codec import CHUNK_SIZE, ChunkCodec, load_or_create_secret
 from snapfaas.store.errors import (
@@ -81,6 +84,7 @@ from snapfaas.store.tiers import DiskTier, MemoryTier, TierCounters, TierUsage
 
 logger = logging.getLogger(__name__)
 ZERO = bytes(CHUNK_SIZE)
+MAX_PAGEMAP = 64 << 20  # a bigger pagemap image is not read for the layout (its pages image is cut fixed)
 MANIFEST_CACHE = 1024
 TIERS = ("memory", "disk", "origin")
 
@@ -203,7 +207,9 @@ class ChunkStore:
         outstanding: collections.deque[concurrent.futures.Future[ChunkRef]] = collections.deque()
         try:
             files: list[tuple[FileEntry, list[ChunkRef | concurrent.futures.Future[ChunkRef]]]] = []
-            for rel, path, st in _walk(directory):
+            tree = _walk(directory)  # checks that `directory` is one
+            pieces = _page_image_plan(directory)
+            for rel, path, st in tree:
                 mode = stat.S_IMODE(st.st_mode)
                 if stat.S_ISDIR(st.st_mode):
                     files.append((FileEntry(rel, DIR, mode=mode), []))
@@ -213,7 +219,7 @@ class ChunkStore:
                     refs: list[ChunkRef | concurrent.futures.Future[ChunkRef]] = []
                     size = 0
                     with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as source:
-                        while data := source.read(CHUNK_SIZE):
+                        for data in _pieces(source, pieces.get(rel)):
                             if data == ZERO[:len(data)]:
                                 refs.append(ChunkRef(size, len(data), None, None, 0))
                             else:
@@ -722,6 +728,38 @@ def open_store(origin: str, secret_path: Path, *, s3_endpoint_url: str | None = 
     needs the same one)."""
     return ChunkStore(origin_from_url(origin, s3_endpoint_url), load_or_create_secret(secret_path), cache_dir=cache_dir,
                       cache_bytes=cache_bytes, memory_bytes=memory_bytes, workers=workers)
+
+
+def _page_image_plan(directory: Path) -> dict[str, list[tuple[int, int]]]:
+    """`layout.plan` for the top level of `directory` (where CRIU writes its images)."""
+    pagemaps: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
+    with os.scandir(directory) as listing:
+        for item in listing:
+            if not item.is_file(follow_symlinks=False):
+                continue
+            sizes[item.name] = item.stat(follow_symlinks=False).st_size
+            if layout.PAGEMAP.fullmatch(item.name) and sizes[item.name] <= MAX_PAGEMAP:
+                with open(os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as source:
+                    pagemaps[item.name] = source.read(MAX_PAGEMAP + 1)
+    return layout.plan(pagemaps, sizes)
+
+
+def _pieces(source: BinaryIO, planned: list[tuple[int, int]] | None) -> Iterator[bytes]:
+    """The pieces of an open file, in order: `planned` lengths (a file that does not match its
+    plan fails the put), else `CHUNK_SIZE` pieces until end of file."""
+    if planned is None:
+        while data := source.read(CHUNK_SIZE):
+            yield data
+        return
+    for offset, length in planned:
+        data = source.read(length)
+        if len(data) != length:
+            raise StoreError(f"snapshot store failed at step 'read tree': {source.name} is shorter than its "
+                             f"pagemap says (piece at {offset})")
+        yield data
+    if source.read(1):
+        raise StoreError(f"snapshot store failed at step 'read tree': {source.name} is longer than its pagemap says")
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:

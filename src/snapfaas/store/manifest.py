@@ -23,7 +23,7 @@ A manifest is stored at the origin under its snapshot id as one envelope::
 
 The body is canonical JSON (sorted keys, no whitespace)::
 
-    {"format": 1, "snapshot": "fn-3-9f2c...", "chunk_size": 524288, "created": 1764500000.25,
+    {"format": 2, "snapshot": "fn-3-9f2c...", "chunk_size": 524288, "created": 1764500000.25,
      "meta": {... caller's data, e.g. the restore mode ...},
      "files": [
        {"path": "pages-1.img", "type": "file", "mode": 384, "size": 1310720,
@@ -33,9 +33,13 @@ The body is canonical JSON (sorted keys, no whitespace)::
        {"path": "tmp", "type": "dir", "mode": 448},
        {"path": "tmp/link", "type": "symlink", "target": "../pages-1.img"}]}
 
-A file's chunks are ordered, contiguous and cover ``[0, size)`` exactly; every chunk but a
-file's last is `CHUNK_SIZE` long. An all-zero chunk is a *hole*: recorded, never stored,
-materialized as a sparse hole. Paths are relative, ``/``-separated, without ``.``/``..``
+A file's chunks are ordered, contiguous and cover ``[0, size)`` exactly; each is 1..`CHUNK_SIZE`
+bytes long (``chunk_size`` is that maximum). Where the cuts fall is the writer's choice
+(`layout`): CRIU page images (``pages-*.img``) are cut along the memory they hold, so their
+chunks vary in length; every other file is cut every `CHUNK_SIZE` bytes. Body format 2 is this
+variable-length layout; a format-1 body (every chunk but a file's last `CHUNK_SIZE` long) is
+rejected as unsupported, so a snapshot written before is re-created like any unusable one. An
+all-zero chunk is a *hole*: recorded, never stored, materialized as a sparse hole. Paths are relative, ``/``-separated, without ``.``/``..``
 components; a directory is listed before anything inside it.
 """
 
@@ -58,7 +62,7 @@ from snapfaas.store.errors import ManifestInvalid, StoreError
 
 MAGIC = b"SFMANIFT"
 VERSION = 1
-FORMAT = 1
+FORMAT = 2  # 2: chunks are variable length (page images cut along memory, see `layout`); 1 is not read
 HEADER = struct.Struct(">8sB12sI")  # magic, version, nonce, body length
 CHECKSUM_BYTES = 32
 MAX_BODY = 256 << 20
@@ -253,8 +257,8 @@ def _parse_file(path: str, item: dict[str, Any]) -> FileEntry:
     refs: list[ChunkRef] = []
     expected = 0
     for offset, length, name, digest, stored in item["chunks"]:
-        if offset != expected or not 0 < length <= CHUNK_SIZE or (length < CHUNK_SIZE and offset + length != size):
-            raise ValueError(f"chunks of {path!r} are not contiguous {CHUNK_SIZE}-byte pieces")
+        if offset != expected or not 0 < length <= CHUNK_SIZE:
+            raise ValueError(f"chunks of {path!r} are not contiguous pieces of 1..{CHUNK_SIZE} bytes")
         if (name is None) != (digest is None):
             raise ValueError(f"chunk at {offset} of {path!r} is half a hole")
         if name is not None and not (re.fullmatch(r"[0-9a-f]{64}", name) and re.fullmatch(r"[0-9a-f]{64}", digest)):

@@ -24,7 +24,7 @@ from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
-from snapfaas.snapshot import engine
+from snapfaas.snapshot import determinism, engine
 from snapfaas.sandbox.spec import HOSTNAME, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
@@ -130,6 +130,8 @@ class EnvironmentFactory:
         self.runtime_mount = config.sandbox_dir / "runtime"
         self.network_pool: NetworkPool | None = None  # set by the server: every environment gets its own netns
         self.services: EnvironmentServices | None = None
+        self.store_secret: bytes | None = None  # the deployment secret (set by the server): per-function hash seeds
+        self.fixed_layout_launcher: list[str] | None = None if config.snapshot_init_aslr else determinism.fixed_layout_launcher()
         self._sources: dict[str, dict[str, str]] = {}
         self._prepare_lock = threading.Lock()
         self._clear_bundles()
@@ -223,10 +225,21 @@ class EnvironmentFactory:
         """A new, not yet started environment for `version`, in `network` (the environment
         owns it from here: `Environment.destroy` closes it).
 
-        ``init_type="snap-start"`` prepares it for a checkpoint (CRIU dump options); the
-        `extra_environ` variables (e.g. the credentials endpoint) are added to Lambda's.
+        ``init_type="snap-start"`` prepares it for a checkpoint (CRIU dump options) and makes its
+        init deterministic (`snapshot.determinism`: the function's hash seed, and unless
+        ``--snapshot-init-aslr`` no ASLR and no tcache); the `extra_environ` variables (e.g. the
+        credentials endpoint) are added to Lambda's.
         """
-        return self._build(version, init_type, extra_environ or {}, self.criu_dump_config, network=network)
+        environ = dict(extra_environ or {})
+        launcher: list[str] = []
+        if init_type == "snap-start":
+            fixed = self.fixed_layout_launcher is not None
+            seed = determinism.hash_seed(self.store_secret, version.name) if self.store_secret is not None else None
+            environ.update(determinism.init_environ(seed, fixed, version.environment))
+            launcher = list(self.fixed_layout_launcher or [])
+        env = self._build(version, init_type, environ, self.criu_dump_config, network=network)
+        env.container.launcher = launcher
+        return env
 
     def restored(self, version: FunctionVersion, images: Path, network: NetworkLease | None = None) -> Environment:
         """A new, not yet started environment that `start` will restore from `images`.

@@ -1,0 +1,79 @@
+"""Deterministic SnapStart init: equal code gives (nearly) equal memory, so versions share chunks.
+
+The store deduplicates a snapshot's page images by 512 KiB windows of the address space
+(`snapfaas.store.layout`). Two inits of one function only produce equal windows if they lay
+memory out the same way. Measured on the reference functions (bench-results/store.md), what
+made two inits of *identical* code differ, and what this module does about each:
+
+* **ASLR** moves every mapping (heap, libraries, stacks), so every pointer-bearing page differs
+  (0 of ~36,000 torch pages equal). The init environment of a publish runs with the personality
+  flag ``ADDR_NO_RANDOMIZE``: runc is started under ``setarch <machine> -R`` (the sandbox's
+  seccomp filter refuses that personality inside, and it must be set before the interpreter's
+  exec anyway); the process inherits it. The runtime clears the flag again at the restore
+  barrier, so programs a restored function executes get ASLR. On-demand environments and
+  restores are never started this way. Operator switch: ``--snapshot-init-aslr`` keeps ASLR
+  (and the next point) in init too, at the cost of dedup (README, "Security model").
+* **glibc's tcache key** (a random per-process value written into every freed small chunk):
+  ``GLIBC_TUNABLES=glibc.malloc.tcache_count=0`` in init, so freed chunks go to the fastbins and
+  carry no random key. The restored process keeps running without the tcache (its malloc state
+  is the snapshot's); its children get the default (the variable is removed from the runtime's
+  environment).
+* **Hash randomization**: ``PYTHONHASHSEED`` per function, HMAC of the deployment secret and
+  the function name (`hash_seed`): stable across versions, different per function and
+  deployment, unknown without the secret. Restored clones of one snapshot share their seed
+  anyway (it is in the snapshot's memory). A seed the function's configuration sets wins.
+
+The runtime removes the variables it was given for this (`INIT_VARS` lists them) from
+``os.environ`` before user code runs; the process's initial environment block
+(``/proc/self/environ``) still holds them, as it holds every variable the process started with.
+
+What stays random: AT_RANDOM (the stack protector canary and glibc's pointer guard, so mangled
+function pointers such as atexit entries differ), the state of RNGs seeded from the kernel at
+import (``random``), pids. Those are scattered pages; the bench measures what is left.
+
+The runtime also imports the handler module's leading import statements before compiling the
+handler (`snapfaas.runtime.preimport`), so a code change does not shift the libraries' memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import platform
+import shutil
+from collections.abc import Mapping
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+INIT_VARS = "_SNAPFAAS_INIT_VARS"  # names the runtime removes from its environment at start (and itself)
+NO_TCACHE = "glibc.malloc.tcache_count=0"
+
+
+def hash_seed(secret: bytes, function: str) -> int:
+    """The function's ``PYTHONHASHSEED`` (0..2**32-1): HMAC-SHA256 under an HKDF subkey of the
+    deployment `secret`, so it is stable across versions and unguessable without the secret."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"snapfaas snapstart hash seed").derive(secret)
+    return int.from_bytes(hmac.new(key, function.encode(), hashlib.sha256).digest()[:4], "big")
+
+
+def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, str]) -> dict[str, str]:
+    """Variables for the init environment of a SnapStart publish: the hash seed (if `seed` is
+    known), the tcache switch (with `fixed_layout`), skipping any the function's configuration
+    sets, plus `INIT_VARS` naming what the runtime must remove again."""
+    wanted: dict[str, str] = {}
+    if seed is not None:
+        wanted["PYTHONHASHSEED"] = str(seed)
+    if fixed_layout:
+        wanted["GLIBC_TUNABLES"] = NO_TCACHE
+    added = {name: value for name, value in wanted.items() if name not in configured}
+    if added:
+        added[INIT_VARS] = ",".join(sorted(added))
+    return added
+
+
+def fixed_layout_launcher() -> list[str] | None:
+    """The argv prefix that starts a program (runc, and through it the init process) without
+    address space randomization, or None if ``setarch`` (util-linux) is missing."""
+    setarch = shutil.which("setarch", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    return [setarch, platform.machine(), "--addr-no-randomize"] if setarch else None

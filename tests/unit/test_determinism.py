@@ -1,0 +1,59 @@
+"""Deterministic SnapStart init: the per-function hash seed, the variables an init gets, the
+launcher without ASLR, and which statements of a handler module run early (pure parts)."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from snapfaas.runtime import bootstrap
+from snapfaas.runtime.preimport import leading_imports
+from snapfaas.snapshot import determinism
+
+SECRET = bytes(range(32))
+
+
+def test_the_hash_seed_is_stable_per_function_and_secret_and_differs_otherwise() -> None:
+    seed = determinism.hash_seed(SECRET, "fn")
+    assert seed == determinism.hash_seed(SECRET, "fn") and 0 <= seed < 2**32
+    assert seed != determinism.hash_seed(SECRET, "other")
+    assert seed != determinism.hash_seed(bytes(32), "fn")
+
+
+def test_init_variables_skip_what_the_function_configures_and_name_what_they_add() -> None:
+    assert determinism.init_environ(7, True, {}) == {
+        "PYTHONHASHSEED": "7", "GLIBC_TUNABLES": determinism.NO_TCACHE,
+        determinism.INIT_VARS: "GLIBC_TUNABLES,PYTHONHASHSEED"}
+    assert determinism.init_environ(7, False, {"PYTHONHASHSEED": "0"}) == {}
+    assert determinism.init_environ(None, True, {}) == {"GLIBC_TUNABLES": determinism.NO_TCACHE,
+                                                        determinism.INIT_VARS: "GLIBC_TUNABLES"}
+
+
+def test_the_runtime_drops_exactly_the_variables_the_worker_added() -> None:
+    environ = {"PYTHONHASHSEED": "7", "GLIBC_TUNABLES": "x", bootstrap.INIT_VARS: "GLIBC_TUNABLES,PYTHONHASHSEED", "KEEP": "1"}
+    bootstrap.drop_init_variables(environ)
+    assert environ == {"KEEP": "1"}
+    configured = {"PYTHONHASHSEED": "0"}  # the function's own: no list, nothing dropped
+    bootstrap.drop_init_variables(configured)
+    assert configured == {"PYTHONHASHSEED": "0"}
+
+
+def test_the_launcher_is_setarch_without_randomization() -> None:
+    launcher = determinism.fixed_layout_launcher()
+    assert launcher is not None and launcher[0].endswith("setarch")
+    assert launcher[1:] == [platform.machine(), "--addr-no-randomize"]
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ('"""doc"""\nfrom __future__ import annotations\nimport torch\nimport numpy as np, json\nfrom scipy import linalg\nX = 1\nimport late\n',
+     "import torch\nimport numpy as np, json\nfrom scipy import linalg"),
+    ("import os\nos.environ['OMP_NUM_THREADS'] = '1'\nimport torch\n", "import os"),  # stops at the first other statement
+    ("from . import sibling\nimport torch\n", ""),  # a relative import stops it too
+    ("try:\n    import ujson as json\nexcept ImportError:\n    import json\n", ""),
+    ("x = 1\nimport torch\n", ""),
+    ("def handler(:\n", ""),  # does not parse: the ordinary import reports it
+    ("", ""),
+])
+def test_leading_imports_are_the_import_statements_before_anything_else(source: str, expected: str) -> None:
+    assert leading_imports(source.encode()) == expected

@@ -69,10 +69,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Snapshot init is bounded by max(this, Timeout), as on Lambda (lower it only for testing).")
 @click.option("--scan-block-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
               help="Snapshot-safety scan at SnapStart publish: findings at or above this severity fail the publish.")
-@click.option("--snapshot-init-aslr/--no-snapshot-init-aslr", default=False, show_default=True,
-              help="Keep address space randomization (and glibc's random tcache key) in the init environment of a "
-                   "SnapStart publish. Off by default: init then lays memory out the same way each time, so versions "
-                   "of a function share snapshot chunks (restored and on-demand environments are unaffected).")
+@click.option("--snapshot-init-aslr/--no-snapshot-init-aslr", default=True, show_default=True,
+              help="Address space randomization (and glibc's random tcache key) in the init environment of a "
+                   "SnapStart publish, as on Lambda. --no-snapshot-init-aslr lays init memory out the same way each "
+                   "time, so versions of a function share far more snapshot chunks, at the cost of a predictable "
+                   "layout for every snapshot (restored and on-demand environments are unaffected).")
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")

@@ -66,7 +66,7 @@ class ServerConfig:
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
     restore_prefetch: bool = True  # read a snapshot's recorded file working set ahead at each restore (snapshot/workingset.py)
-    snapshot_init_aslr: bool = False  # True: a publish's init keeps ASLR and glibc's tcache (less dedup; snapshot/determinism.py)
+    snapshot_init_aslr: bool = True  # False: a publish's init runs without ASLR and glibc's tcache (more dedup; snapshot/determinism.py)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
     restore_loading: str = "lazy"  # "lazy": restore through the snapshot view (FUSE, pages on demand); "eager": materialize first
     sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)

@@ -48,11 +48,13 @@ BUCKET = "snapfaas-e2e"
 @pytest.fixture(scope="module")
 def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """Origin and disk cache in places the tests can take away; a negligible chunk memory tier
-    (what a restore reads comes from the disk cache or the origin)."""
+    (what a restore reads comes from the disk cache or the origin); deterministic publish inits
+    (``--no-snapshot-init-aslr``, for the dedup test)."""
     require_root()
     base = tmp_path_factory.mktemp("storetiers")
     yield from run_server(processes, base, ["--keep-alive", "60", "--store-origin", str(base / "origin"),
-                                            "--store-cache-dir", str(base / "disk-cache"), "--store-memory-bytes", "1K"])
+                                            "--store-cache-dir", str(base / "disk-cache"), "--store-memory-bytes", "1K",
+                                            "--no-snapshot-init-aslr"])
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ import pytest
 from snapfaas.config import store_secret_for
 from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
-from tests.e2e.snapstart_support import SNAPSTART, assert_restored, cache_root, publish, snapshot_dirs, store_root, wait_for
+from tests.e2e.snapstart_support import (
+    SNAPSTART, assert_restored, cache_root, origin_store, publish, snapshot_dirs, store_root, wait_for,
+)
 from tests.integration.test_store_s3 import S3Peer, s3  # noqa: F401 (the moto server fixture)
 from tests.storekit import offline_aws_credentials
 
@@ -50,6 +52,13 @@ def working_set(server: ServerHandle, name: str) -> dict[str, Any] | None:
     return None if data is None else json.loads(data)
 
 
+def manifest_chunk_ranges(server: ServerHandle, snapshot: str) -> set[tuple[str, int, int]]:
+    """(file, offset, length) of every stored chunk of the snapshot's manifest."""
+    with origin_store(server) as store:
+        return {(entry.path, ref.offset, ref.length) for entry in store.manifest(snapshot).files
+                for ref in entry.chunks if not ref.is_hole}
+
+
 def attachment_file(server: ServerHandle, name: str) -> Path:
     """The sealed attachment at the directory origin (a rewrite re-seals it: new bytes)."""
     return store_root(server) / "attachments" / snapshot_id(server, name) / "workingset"
@@ -62,10 +71,11 @@ def test_the_first_restore_records_the_host_files_it_touched_and_later_restores_
     assert_restored(response["LogResult"])
     data = wait_for(lambda: working_set(server, "wset"), 30, "the working set to be recorded")
     assert data["version"] == 1 and set(data["sections"]) == {"files", "images"}
-    # the image chunks the restore read through the snapshot view (lazy): the process images, 512 KiB-aligned
+    # the image chunks the restore used (lazy): of the process images, each one whole chunk of its manifest
     images = data["sections"]["images"]["ranges"]
     assert any(path.startswith("pages-") for path, _, _ in images), images
-    assert all(offset % (512 << 10) == 0 and 0 < length <= 512 << 10 for _, offset, length in images)
+    chunks = manifest_chunk_ranges(server, snapshot_id(server, "wset"))
+    assert all((path, offset, length) in chunks for path, offset, length in images), images
     assert data["sections"]["images"]["bytes"] == sum(length for _, _, length in images)
     entries = data["sections"]["files"]["entries"]
     files = {entry["path"]: entry for entry in entries}

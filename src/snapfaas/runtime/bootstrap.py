@@ -144,6 +144,19 @@ def drop_init_variables(environ: MutableMapping[str, str]) -> None:
             environ.pop(name, None)
 
 
+def fixed_layout() -> bool:
+    """Whether this process runs without address space randomization (a publish's init under
+    ``--no-snapshot-init-aslr``)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    current = libc.personality(ctypes.c_ulong(PERSONALITY_QUERY))
+    return current != -1 and bool(current & ADDR_NO_RANDOMIZE)
+
+
 def restore_aslr() -> None:
     """Clear ``ADDR_NO_RANDOMIZE`` (a deterministic init runs without ASLR) before the
     checkpoint: it takes effect at the next exec, so programs a restored function runs get a
@@ -324,7 +337,8 @@ def main() -> None:
     drop_init_variables(environ)
     snap_start = environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start"
     try:
-        handler = load_handler(environ["_HANDLER"], early_imports=snap_start)
+        # leading imports first only for a fixed-layout (deterministic) init: it makes versions share chunks
+        handler = load_handler(environ["_HANDLER"], early_imports=snap_start and fixed_layout())
     except Fault as fault:
         fail(channel, "init_error", "init", fault.to_error(""), EXIT_INIT_ERROR)
     except Exception as exc:  # module-level user code raised

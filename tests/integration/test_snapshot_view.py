@@ -209,3 +209,19 @@ def test_prefetch_pushes_missing_chunks_into_the_page_cache_once(tmp_path: Path,
     assert mounted.reads == served  # answered from the page cache
     again = mounted.prefetch("fn-1-aaaa", wanted)
     assert (again.pushed, again.resident) == (0, 3)
+
+
+def test_priming_from_the_dump_fills_the_page_cache_without_store_reads(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
+    mounted, _ = view
+    manifest = mounted.store.manifest("fn-1-aaaa")
+    root = mounted.expose(manifest, GROUP)
+    pushed = mounted.prime("fn-1-aaaa", tmp_path / "src")
+    stored = sum(ref.length for entry in manifest.files for ref in entry.chunks if not ref.is_hole)
+    assert pushed == stored
+    image = root / "pages-1.img"
+    present = resident_pages(image, image.stat().st_size)
+    holes = [ref for ref in manifest.file("pages-1.img").chunks if ref.is_hole]
+    page = os.sysconf("SC_PAGE_SIZE")
+    expected_missing = sum(ref.length // page for ref in holes)
+    assert sum(1 for flag in present if not flag & 1) == expected_missing  # every stored page, no hole
+    assert mounted.store.counters()["origin"].hits == 0 and mounted.reads == 0

@@ -361,6 +361,7 @@ class SnapshotView(pyfuse3.Operations):
         for node in files:
             assert node.entry is not None
             try:
+                os.stat(self.path(snapshot_id) / node.entry.path)  # the kernel stores pages only for inodes it knows
                 with open(plain / node.entry.path, "rb", buffering=0) as source:
                     for ref in node.entry.chunks:
                         if not ref.is_hole:

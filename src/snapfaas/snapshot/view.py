@@ -13,7 +13,9 @@ the memory images (``pages-*.img``) are mapped copy-on-write by snapfaas's patch
 page is fetched from the store only when the restored process first touches it (or when CRIU
 copies it, for snapshots restored in copy mode). The kernel's page cache of these files
 (``keep_cache``: it survives re-opens) is the warm tier: a second restore of a snapshot on
-this host reads nothing through this process at all.
+this host reads nothing through this process at all. Pages are charged by the kernel to whoever
+brings them in: pages pushed by this process (`prime`, `prefetch`) are the daemon's and outlive
+environments; pages a restored process faults in are its own and may leave with it.
 
 Contracts:
 
@@ -29,6 +31,8 @@ Contracts:
 * Reads are recorded per snapshot from its (fresh) exposure until `record(snapshot_id, False)`:
   `touched(snapshot_id)` gives the chunk ranges read through this view meanwhile (the working
   set of a first restore; reads answered by the page cache never reach the view).
+* `prime(snapshot_id, dump)` pushes a freshly stored snapshot into the page cache from its
+  dump directory (the publish's first restores find it in memory; no store reads).
 * `prefetch(snapshot_id, ranges)` (blocking, from any thread but the view's): the chunks of
   those ranges that are not in the kernel's page cache (``mincore`` over a map of the file,
   which faults nothing) are fetched in parallel and pushed into the page cache

@@ -13,8 +13,10 @@ The store (`snapfaas.store`) owns chunking, dedup, convergent encryption, the ti
 origin; nothing else of a snapshot is kept on persistent disk. This vault owns the *plaintext*
 side CRIU reads. By default (``loading="lazy"``) that is the snapshot view
 (`snapshot.view`): a restore starts at once and pages come from the store's tiers when the
-restored process touches them; the kernel's page cache of the view is the warm tier, and the
-dump directory is dropped as soon as the snapshot is stored. ``loading="eager"`` (an operator
+restored process touches them; the kernel's page cache of the view is the warm tier. A
+stored snapshot is exposed and its page cache primed from the dump directory (`seal`), which is
+then dropped: the first restores after a publish read nothing from the store. A lazy lease pins
+the snapshot until the environment restored from it is destroyed (`CacheLease.mapped`). ``loading="eager"`` (an operator
 switch, and the benchmark's baseline) keeps the previous design: the whole snapshot is
 materialized into a plaintext RAM cache on a tmpfs before CRIU starts. The vault's metadata (the function, its restore memory
 mode, the id slice the snapshot was taken in and the image group, and the caller's `extra`)

@@ -313,15 +313,20 @@ def test_a_blob_damaged_in_transfer_once_is_read_again_and_not_removed(tmp_path:
     store.close()
 
 
-def test_a_warm_cache_put_leaves_the_sealed_chunks_on_the_publishing_hosts_disk(tmp_path: Path, stores: StoreFactory) -> None:
+def test_a_warm_cache_put_leaves_the_chunks_in_the_publishing_hosts_memory_and_disk(tmp_path: Path, stores: StoreFactory) -> None:
     src = make_tree(tmp_path / "src")
     store = stores("publisher")
     manifest = store.put_tree("fn-1-aaaa", src, warm_cache=True)
-    assert set(store.disk.names()) == manifest.names()
+    assert set(store.disk.names()) == manifest.names() == set(store.memory.names())
     store.materialize("fn-1-aaaa", tmp_path / "out")
     counters = store.counters()
-    assert counters["disk"].hits == len(manifest.names()) and counters["origin"].hits == 0
+    assert counters["memory"].hits == len(manifest.names()) and counters["origin"].hits == 0
     assert tree_digest(tmp_path / "out") == tree_digest(src)
+    for name in manifest.names():  # with the memory tier gone, the disk cache serves
+        store.memory.discard(name)
+    shutil.rmtree(tmp_path / "out")
+    store.materialize("fn-1-aaaa", tmp_path / "out")
+    assert store.counters()["disk"].hits == len(manifest.names()) and store.counters()["origin"].hits == 0
 
 
 

@@ -199,7 +199,8 @@ class ChunkStore:
                  warm_cache: bool = False) -> Manifest:
         """Store the tree under `directory` as `snapshot_id` (see the module contract).
         `meta` is kept in the manifest for the caller; `warm_cache` also puts the sealed
-        chunks into the disk cache (the publishing host is likely to restore soon)."""
+        chunks into the disk cache and their plaintext into the memory tier (the publishing host
+        is likely to restore soon)."""
         check_snapshot_id(snapshot_id)
         if self.origin.get_manifest(snapshot_id) is not None:
             raise SnapshotExists(f"snapshot store failed at step 'put tree': snapshot {snapshot_id} already exists")
@@ -263,6 +264,8 @@ class ChunkStore:
         if warm_cache and self.disk is not None:
             self.disk.put(sealed.name, sealed.blob)
             self._count("disk", bytes_written=len(sealed.blob))
+        if warm_cache:
+            self.memory.put(sealed.name, data)  # the publishing host restores it next (LRU-bounded)
         return ChunkRef(offset, len(data), sealed.name, sealed.digest, len(sealed.blob))
 
     def delete(self, snapshot_id: str) -> None:

@@ -611,11 +611,18 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     setarch = [shutil.which("setarch") or "setarch", platform.machine(), "--addr-no-randomize"]
     env = {"PYTHONHASHSEED": "12345", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "KEEP": "user",
            "_SNAPFAAS_INIT_VARS": "GLIBC_TUNABLES,PYTHONHASHSEED"}
-    rt = start({"app.py": DETERMINISTIC_APP, "helper.py": HELPER}, init_type="snap-start", env=env, launcher=setarch)
-    rt.expect("restore_ready")
-    rt.send("restore", b"{}")
-    rt.expect("resumed")
-    rt.expect("ready")
+
+    def restored(handler: str = "app.handler"):  # type: ignore[no-untyped-def]
+        """A deterministic SnapStart init of the app, through the restore barrier, ready."""
+        rt = start({"app.py": DETERMINISTIC_APP, "helper.py": HELPER}, handler=handler, init_type="snap-start",
+                   env=env, launcher=setarch)
+        rt.expect("restore_ready")
+        rt.send("restore", b"{}")
+        rt.expect("resumed")
+        rt.expect("ready")
+        return rt
+
+    rt = restored()
     rt.invoke({}, "r1")
     body = json.loads(rt.expect("response")[1])
     assert body["value"] == "[1, 2]" and body["order"] == ["json", "helper"]
@@ -626,12 +633,7 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     assert body["hash"] == int(seeded)  # the interpreter started with the seed
     assert int(body["personality"], 16) & 0x0040000 == 0 and int(body["child_personality"], 16) & 0x0040000 == 0
 
-    rt2 = start({"app.py": DETERMINISTIC_APP, "helper.py": HELPER}, handler="app.fail", init_type="snap-start", env=env,
-                launcher=setarch)
-    rt2.expect("restore_ready")
-    rt2.send("restore", b"{}")
-    rt2.expect("resumed")
-    rt2.expect("ready")
+    rt2 = restored("app.fail")
     rt2.invoke({}, "r2")
     error = json.loads(rt2.expect("error")[1])
     # tracebacks name the file and show its source line, as for an ordinary import

@@ -253,20 +253,30 @@ def damage_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path 
         shutil.rmtree(cached)
 
 
+def restore_chunk(manifest: Any, others: set[str]) -> str:
+    """The largest chunk of a small image file (CRIU reads those whole at every restore) that no
+    snapshot in `others` shares: larger than the 1 KiB chunk memory tier the storage tests run
+    with, so a restore must read it from the disk cache or the origin."""
+    candidates = [ref for entry in manifest.files if entry.type == "file" and not entry.path.startswith("pages-")
+                  for ref in entry.chunks if ref.name is not None and ref.name not in others]
+    assert candidates, f"test premise: {manifest.snapshot_id} has an image chunk of its own"
+    largest = max(candidates, key=lambda ref: ref.length)
+    assert largest.length > 1024, f"test premise: a chunk larger than the memory tier ({largest.length} bytes)"
+    return largest.name
+
+
 def damage_a_restore_chunk(server: ServerHandle, snapshot_id: str, how: str = "corrupt") -> str:
     """Corrupt (flip a byte) or remove, at the origin, a chunk that every restore of
     `snapshot_id` reads, lazy or eager (one of a small image file: CRIU reads those whole) and
-    that no other snapshot at the origin shares; drop its disk-cache copy. Returns its name."""
+    that no other snapshot at the origin shares; drop its disk-cache copy and the host's page
+    cache (a publish primes the view's page cache with the whole snapshot). Returns its name."""
     with origin_store(server) as store:
         manifest = store.manifest(snapshot_id)
         others: set[str] = set()
         for other in store.snapshots():
             if other != snapshot_id:
                 others |= store.manifest(other).names()
-    candidates = [ref.name for entry in manifest.files if entry.type == "file" and not entry.path.startswith("pages-")
-                  for ref in entry.chunks if ref.name is not None and ref.name not in others]
-    assert candidates, f"test premise: {snapshot_id} has an image chunk of its own"
-    name = candidates[0]
+    name = restore_chunk(manifest, others)
     blob = chunk_files(store_root(server))[name]
     if how == "corrupt":
         data = bytearray(blob.read_bytes())
@@ -275,6 +285,7 @@ def damage_a_restore_chunk(server: ServerHandle, snapshot_id: str, how: str = "c
     else:
         blob.unlink()
     chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
+    drop_page_cache()
     return name
 
 

@@ -24,7 +24,8 @@ import pytest
 
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import (
-    SNAPSTART, assert_restored, chunk_files, containers_of, damage_a_restore_chunk, function_log, origin_store, publish, snapshot_dirs,
+    SNAPSTART, assert_restored, chunk_files, containers_of, damage_a_restore_chunk, drop_page_cache, function_log,
+    restore_chunk, origin_store, publish, snapshot_dirs,
     store_cache, store_root, view_root, wait_for, wait_state,
 )
 
@@ -129,11 +130,12 @@ def test_a_corrupt_disk_cache_chunk_is_read_from_the_origin_and_the_snapshot_kep
     publish(lam, "lazy-disk")  # the publish warmed the disk cache with every chunk
     snapshot = only(snapshot_dirs(server, "lazy-disk", "1")[0]).name
     with origin_store(server) as store:
-        name = store.manifest(snapshot).file("pstree.img").chunks[0].name
+        name = restore_chunk(store.manifest(snapshot), set())
     cached = chunk_files(store_cache(server))[name]
     data = bytearray(cached.read_bytes())
     data[len(data) // 2] ^= 0xFF
     cached.write_bytes(bytes(data))
+    drop_page_cache()  # the publish primed the view's page cache: the restore must read the chunk
     response, body = invoke_json(lam, "lazy-disk", {}, Qualifier="1", LogType="Tail")
     assert "FunctionError" not in response, body
     assert_restored(response["LogResult"])
@@ -160,6 +162,7 @@ def test_a_bad_chunk_first_touched_after_the_restore_fails_that_invoke_and_recre
                     chunk_files(store_cache(server)).get(ref.name, Path("/nonexistent")).unlink(missing_ok=True)
                     damaged += 1
     assert damaged >= 8, "test premise: BUF's chunks are found"
+    drop_page_cache()  # the publish primed the view's page cache with BUF too
     response, body = invoke_json(lam, "lazy-bus", {}, Qualifier="1", LogType="Tail")  # the restore never needs them
     assert "FunctionError" not in response, body
     assert_restored(response["LogResult"])

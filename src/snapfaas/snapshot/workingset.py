@@ -534,6 +534,8 @@ class WorkingSetKeeper:
             return
         known = self._cached(snapshot_id)
         if known is not None and known.settled:
+            if self.view is not None:
+                self.view.record(snapshot_id, on=False)  # nothing to record: stop keeping its reads
             return
         self._recording.add(snapshot_id)
 
@@ -541,6 +543,8 @@ class WorkingSetKeeper:
             try:
                 known = self._lookup(snapshot_id)
                 if known is None or known.settled:
+                    if known is not None and self.view is not None:
+                        self.view.record(snapshot_id, on=False)
                     return
                 pid = pid_of()
                 if pid is None:

@@ -233,9 +233,13 @@ class Server:
         view = None
         if cfg.restore_loading == "lazy":
             view = SnapshotView(store, cfg.snapshot_view)
-            view.start()
-            self.say(f"snapshot view (lazy restores): {cfg.snapshot_view}")
-        else:
+            try:
+                view.start()
+                self.say(f"snapshot view (lazy restores): {cfg.snapshot_view}")
+            except RuntimeError as exc:  # no FUSE here: restores still work, eagerly
+                view = None
+                self.say(f"WARNING: {exc}; SnapStart restores are eager (as with --restore-loading eager)")
+        if view is None:
             clear_stale_mount(cfg.snapshot_view)
         vault = SnapshotVault(store, cfg.snapshot_cache, image_owner=0, group_of=cfg.id_range.slice_base,
                               cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s,

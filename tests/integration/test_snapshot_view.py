@@ -225,3 +225,16 @@ def test_priming_from_the_dump_fills_the_page_cache_without_store_reads(tmp_path
     expected_missing = sum(ref.length // page for ref in holes)
     assert sum(1 for flag in present if not flag & 1) == expected_missing  # every stored page, no hole
     assert mounted.store.counters()["origin"].hits == 0 and mounted.reads == 0
+
+
+def test_a_re_exposed_snapshot_is_prefetched_into_its_new_files_not_the_old_ones(view: tuple[SnapshotView, list]) -> None:
+    mounted, _ = view
+    manifest = mounted.store.manifest("fn-1-aaaa")
+    old = mounted.expose(manifest, GROUP)
+    with open(old / "pages-1.img", "rb"):  # the kernel keeps the first exposure's inode while it is open
+        new = mounted.expose(manifest, GROUP + 1)  # another slice: withdrawn and exposed afresh
+        report = mounted.prefetch("fn-1-aaaa", [TouchedRange("pages-1.img", 0, CHUNK_SIZE)])
+        assert (report.pushed, report.failed) == (1, 0)
+        page = os.sysconf("SC_PAGE_SIZE")
+        present = resident_pages(new / "pages-1.img", CHUNK_SIZE)
+        assert len(present) == CHUNK_SIZE // page and all(flag & 1 for flag in present)

@@ -200,7 +200,6 @@ class SnapshotView(pyfuse3.Operations):
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._started = threading.Event()
-        self._crash: BaseException | None = None
         self.reads = 0  # read requests served (statistics, tests)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -228,8 +227,7 @@ class SnapshotView(pyfuse3.Operations):
 
         try:
             trio.run(main)
-        except BaseException as exc:  # the mount is unusable from here on: say so loudly
-            self._crash = exc
+        except BaseException:  # the mount is unusable from here on: say so loudly
             logger.exception("snapshot view stopped serving")
         finally:
             self._started.set()
@@ -294,6 +292,15 @@ class SnapshotView(pyfuse3.Operations):
         self._nodes[node.inode] = node
         return node
 
+    def _files(self, snapshot_id: str) -> dict[str, Node]:
+        """The regular files of exposed `snapshot_id` by path (empty if it is not exposed).
+        Nodes of an earlier exposure the kernel has not forgotten yet are left out."""
+        with self._guard:
+            if snapshot_id not in self._snapshots:
+                return {}
+            return {n.entry.path: n for n in self._nodes.values() if n.snapshot_id == snapshot_id and not n.withdrawn
+                    and n.entry is not None and n.entry.type == FILE}
+
     def exposed(self) -> dict[str, int]:
         """Exposed snapshot id -> the group it is readable by."""
         with self._guard:
@@ -340,12 +347,10 @@ class SnapshotView(pyfuse3.Operations):
         they were first read (the order a prefetch should push them in)."""
         with self._guard:
             keys = list(self._touched.get(snapshot_id, ()))
-            inode = self._snapshots.get(snapshot_id)
-            entries = {n.entry.path: n.entry for n in self._nodes.values()
-                       if inode is not None and n.snapshot_id == snapshot_id and n.entry is not None}
+        files = self._files(snapshot_id)
         out = []
         for path, index in keys:
-            entry = entries.get(path)
+            entry = files[path].entry if path in files else None
             if entry is not None and index < len(entry.chunks):
                 ref = entry.chunks[index]
                 out.append(TouchedRange(path, ref.offset, ref.length))
@@ -357,12 +362,8 @@ class SnapshotView(pyfuse3.Operations):
         directory it was stored from (same bytes, no store reads): the first restores after a
         publish find the whole snapshot in memory, as the eager RAM cache did, but reclaimable.
         Holes are skipped. Blocking; returns the bytes pushed. Best effort (OSError logged)."""
-        with self._guard:
-            inode = self._snapshots.get(snapshot_id)
-            files = [n for n in self._nodes.values() if inode is not None and n.snapshot_id == snapshot_id
-                     and n.entry is not None and n.entry.type == FILE]
         pushed = 0
-        for node in files:
+        for node in self._files(snapshot_id).values():
             assert node.entry is not None
             try:
                 os.stat(self.path(snapshot_id) / node.entry.path)  # the kernel stores pages only for inodes it knows
@@ -379,12 +380,10 @@ class SnapshotView(pyfuse3.Operations):
         """The chunks of exposed `snapshot_id` holding the given file pages (image file name ->
         page numbers), plus every chunk of its small image files (CRIU reads those whole at every
         restore); holes left out. Chunks may have any length (a manifest says where each is)."""
-        with self._guard:
-            inode = self._snapshots.get(snapshot_id)
-            entries = [n.entry for n in self._nodes.values() if inode is not None and n.snapshot_id == snapshot_id
-                       and n.entry is not None and n.entry.type == FILE]
         out = []
-        for entry in sorted(entries, key=lambda e: e.path):
+        for _, node in sorted(self._files(snapshot_id).items()):
+            entry = node.entry
+            assert entry is not None
             whole = not entry.path.startswith("pages-")
             offsets = sorted(page * PAGE for page in pages.get(entry.path, ()))
             if not whole and not offsets:
@@ -397,7 +396,6 @@ class SnapshotView(pyfuse3.Operations):
                     out.append(TouchedRange(entry.path, ref.offset, ref.length))
         return out
 
-    # -- prefetching ------------------------------------------------------------------------------
     def _probe(self, snapshot_id: str, path: str, size: int) -> ResidencyProbe:
         with self._guard:
             probe = self._probes.get((snapshot_id, path))
@@ -426,10 +424,7 @@ class SnapshotView(pyfuse3.Operations):
         """Push the chunks covering `ranges` of exposed `snapshot_id` that the page cache lacks
         (see the module docstring). Blocking; never call it on the view's own thread."""
         report = PrefetchReport()
-        with self._guard:
-            inode = self._snapshots.get(snapshot_id)
-            files = {n.entry.path: n for n in self._nodes.values()
-                     if inode is not None and n.snapshot_id == snapshot_id and n.entry is not None and n.entry.type == FILE}
+        files = self._files(snapshot_id)
         wanted: dict[tuple[str, int], None] = {}  # (path, chunk index), in the order given
         for item in ranges:
             node = files.get(item.path)

@@ -67,7 +67,6 @@ logger = logging.getLogger(__name__)
 FORMAT_KEY = "snapfaas_vault"  # in the store manifest's meta: which vault format wrote it
 FORMAT = 2
 NOT_IMAGES = ("dump.log", ".complete")  # in a dump directory, never stored
-LOADINGS = ("lazy", "eager")
 
 
 class SnapshotCorrupt(ServiceError):
@@ -130,7 +129,6 @@ class SnapshotVault:
         vault closes the view."""
         self.store = store
         self.view = view
-        self.loading = "lazy" if view is not None else "eager"
         self.cache = cache
         self.image_owner = image_owner
         self.group_of = group_of
@@ -209,6 +207,10 @@ class SnapshotVault:
     def manifest(self, snapshot_id: str) -> dict[str, Any]:
         """The snapshot's manifest, authenticated by the store; raises `SnapshotCorrupt` if it
         is missing, malformed, unauthenticated, another snapshot's or not a vault snapshot."""
+        return describe(self._stored(snapshot_id))
+
+    def _stored(self, snapshot_id: str) -> Manifest:
+        """The store's manifest of a vault snapshot (see `manifest`)."""
         try:
             stored = self.store.manifest(snapshot_id)
         except StoreError as exc:
@@ -216,7 +218,7 @@ class SnapshotVault:
             raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({public_reason(exc)})") from exc
         if stored.meta.get(FORMAT_KEY) != FORMAT:
             raise SnapshotCorrupt(f"snapshot {snapshot_id}: not a format-{FORMAT} snapfaas snapshot")
-        return describe(stored)
+        return stored
 
     def exists(self, snapshot_id: str) -> bool:
         try:
@@ -242,13 +244,14 @@ class SnapshotVault:
         the snapshot is missing, tampered with, cannot be read back (a chunk missing or
         corrupt at the origin), or was taken in another slice: it must be re-created.
         """
-        manifest = self.manifest(snapshot_id)
+        stored = self._stored(snapshot_id)
+        manifest = describe(stored)
         group = self.group_of(slice_index)
         if manifest.get("id_slice") != slice_index or manifest.get("image_group") != group:
             raise SnapshotCorrupt(f"snapshot {snapshot_id} was taken in id slice {manifest.get('id_slice')} "
                                   f"(group {manifest.get('image_group')}), not slice {slice_index} (group {group})")
         if self.view is not None:
-            return self._expose(snapshot_id, manifest, group)
+            return self._expose(stored, manifest, group)
         plain = self.cache / snapshot_id
         with self._cache_guard:
             self._pins[snapshot_id] += 1  # from here on no eviction takes it
@@ -265,12 +268,9 @@ class SnapshotVault:
             raise
         return CacheLease(self, snapshot_id, plain, manifest, materialized)
 
-    def _expose(self, snapshot_id: str, manifest: dict[str, Any], group: int) -> CacheLease:
+    def _expose(self, stored: Manifest, manifest: dict[str, Any], group: int) -> CacheLease:
         assert self.view is not None
-        try:
-            stored = self.store.manifest(snapshot_id)
-        except StoreError as exc:
-            raise SnapshotCorrupt(f"snapshot {snapshot_id}: manifest unusable ({public_reason(exc)})") from exc
+        snapshot_id = stored.snapshot_id
         with self._lock(snapshot_id):
             fresh = self.view.exposed().get(snapshot_id) != group
             path = self.view.expose(stored, group)

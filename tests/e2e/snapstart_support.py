@@ -25,6 +25,7 @@ from typing import Any
 from snapfaas.config import snapshot_cache_for, snapshot_view_for, store_secret_for
 from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
 from tests.conftest import ServerHandle
+from tests.storekit import flip_byte
 from tests.netpeer import NetPeer
 
 SNAPSTART = {"ApplyOn": "PublishedVersions"}
@@ -240,15 +241,9 @@ def damage_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path 
     disk-cache copy and drop the plaintext RAM copy: the next restore must read that chunk from
     the origin, and fail. (The server under test must run with a negligible chunk memory tier,
     ``--store-memory-bytes 1K``, or an earlier restore may still hold the chunk in memory.)"""
-    names = manifest_chunks(server, snapshot_id)
-    origin, disk = chunk_files(store_root(server)), chunk_files(store_cache(server))
-    name = max(names, key=lambda n: origin[n].stat().st_size)
-    blob = origin[name]
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
-    if name in disk:
-        disk[name].unlink()
+    origin = chunk_files(store_root(server))
+    name = max(manifest_chunks(server, snapshot_id), key=lambda n: origin[n].stat().st_size)
+    damage_at_origin(server, name, "corrupt")
     if cached is not None:
         shutil.rmtree(cached)
 
@@ -277,16 +272,20 @@ def damage_a_restore_chunk(server: ServerHandle, snapshot_id: str, how: str = "c
             if other != snapshot_id:
                 others |= store.manifest(other).names()
     name = restore_chunk(manifest, others)
+    damage_at_origin(server, name, how)
+    drop_page_cache()
+    return name
+
+
+def damage_at_origin(server: ServerHandle, name: str, how: str) -> None:
+    """Corrupt (a byte flipped mid-blob: bit rot) or remove chunk `name` at the origin, and
+    remove its disk-cache copy (the next read of it must go to the origin)."""
     blob = chunk_files(store_root(server))[name]
     if how == "corrupt":
-        data = bytearray(blob.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        blob.write_bytes(bytes(data))
+        flip_byte(blob, blob.stat().st_size // 2)
     else:
         blob.unlink()
     chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
-    drop_page_cache()
-    return name
 
 
 def containers_of(server: ServerHandle, env_ids: set[str]) -> list[str]:

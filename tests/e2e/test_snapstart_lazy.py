@@ -24,10 +24,11 @@ import pytest
 
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import (
-    SNAPSTART, assert_restored, chunk_files, containers_of, damage_a_restore_chunk, drop_page_cache, function_log,
-    restore_chunk, origin_store, publish, snapshot_dirs,
+    SNAPSTART, assert_restored, chunk_files, containers_of, damage_a_restore_chunk, damage_at_origin, drop_page_cache,
+    function_log, restore_chunk, origin_store, publish, snapshot_dirs,
     store_cache, store_root, view_root, wait_for, wait_state,
 )
+from tests.storekit import flip_byte
 
 APP = """
 import os
@@ -132,15 +133,14 @@ def test_a_corrupt_disk_cache_chunk_is_read_from_the_origin_and_the_snapshot_kep
     with origin_store(server) as store:
         name = restore_chunk(store.manifest(snapshot), set())
     cached = chunk_files(store_cache(server))[name]
-    data = bytearray(cached.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    cached.write_bytes(bytes(data))
+    flip_byte(cached, cached.stat().st_size // 2)
+    damaged = cached.read_bytes()
     drop_page_cache()  # the publish primed the view's page cache: the restore must read the chunk
     response, body = invoke_json(lam, "lazy-disk", {}, Qualifier="1", LogType="Tail")
     assert "FunctionError" not in response, body
     assert_restored(response["LogResult"])
     assert only(snapshot_dirs(server, "lazy-disk", "1")[0]).name == snapshot  # not re-created
-    assert chunk_files(store_cache(server))[name].read_bytes() != bytes(data)  # the bad copy was replaced from the origin
+    assert chunk_files(store_cache(server))[name].read_bytes() != damaged  # the bad copy was replaced from the origin
 
 
 def test_a_bad_chunk_first_touched_after_the_restore_fails_that_invoke_and_recreates_the_snapshot(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
@@ -158,8 +158,7 @@ def test_a_bad_chunk_first_touched_after_the_restore_fails_that_invoke_and_recre
                     continue
                 plain = store.read(broken, entry.path, ref.offset, ref.length)
                 if all(plain[i:i + 8] == b"BUSMARK:" for i in range(0, len(plain), 16)):  # wholly inside BUF
-                    chunk_files(store_root(server))[ref.name].unlink()
-                    chunk_files(store_cache(server)).get(ref.name, Path("/nonexistent")).unlink(missing_ok=True)
+                    damage_at_origin(server, ref.name, "missing")
                     damaged += 1
     assert damaged >= 8, "test premise: BUF's chunks are found"
     drop_page_cache()  # the publish primed the view's page cache with BUF too

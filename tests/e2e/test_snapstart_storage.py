@@ -22,8 +22,8 @@ import pytest
 from snapfaas.config import bundles_for
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import (
-    SNAPSTART, assert_restored, assert_warm, cache_root, chunk_files, containers_of, damage_an_origin_chunk, function_log,
-    manifest_chunks, publish, report, snapshot_dirs, store_cache, store_root, wait_for, wait_state,
+    SNAPSTART, assert_restored, assert_warm, cache_root, chunk_files, containers_of, damage_an_origin_chunk, damage_at_origin,
+    function_log, manifest_chunks, publish, report, snapshot_dirs, store_cache, store_root, wait_for, wait_state,
 )
 
 APP = """
@@ -135,9 +135,7 @@ def corrupt_and_invoke(lam, server: ServerHandle, name: str, damage) -> str:  # 
 
 def remove_an_origin_chunk(server: ServerHandle, snapshot_id: str, cached: Path) -> None:
     """Lose one chunk at the origin (and its disk-cache copy) and drop the RAM copy."""
-    name = sorted(manifest_chunks(server, snapshot_id))[0]
-    chunk_files(store_root(server))[name].unlink()
-    chunk_files(store_cache(server)).get(name, Path("/nonexistent")).unlink(missing_ok=True)
+    damage_at_origin(server, sorted(manifest_chunks(server, snapshot_id))[0], "missing")
     shutil.rmtree(cached)
 
 

@@ -253,19 +253,46 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _visit_mappings(pid: int, visit: Callable[[Path, Any, Mapping], None]) -> None:
+    """Call `visit(its /proc directory, its open pagemap, mapping)` for every file mapping of
+    process `pid` and its descendants. Raises OSError if `pid` itself cannot be read; a
+    descendant that exits meanwhile is skipped."""
+    for index, member in enumerate(process_tree(pid)):
+        proc = Path(f"/proc/{member}")
+        try:
+            maps_text = (proc / "maps").read_text()
+            with open(proc / "pagemap", "rb", buffering=0) as pagemap:
+                for mapping in file_mappings(maps_text):
+                    visit(proc, pagemap, mapping)
+        except OSError:
+            if index == 0:
+                raise
+            continue  # a descendant that exited meanwhile
+
+
 def record(pid: int) -> WorkingSet:
     """The working set of process `pid` and its descendants (a container's init and the
     runtime it forked; see the module docstring). Raises OSError if `pid` is gone or its /proc
     files cannot be read."""
     pages: dict[tuple[int, int], set[int]] = {}
     identity: dict[tuple[int, int], tuple[str, os.stat_result]] = {}
-    for index, member in enumerate(process_tree(pid)):
+
+    def visit(proc: Path, pagemap: Any, mapping: Mapping) -> None:
+        link = proc / "map_files" / f"{mapping.start:x}-{mapping.end:x}"
         try:
-            _record_process(Path(f"/proc/{member}"), pages, identity)
+            st = os.stat(link)
+            host_path = os.readlink(link)
         except OSError:
-            if index == 0:
-                raise
-            continue  # a descendant that exited meanwhile
+            return  # unmapped meanwhile
+        if os.major(st.st_dev) == 0 or not host_path.startswith("/"):
+            return  # tmpfs and other virtual filesystems (the snapshot images among them)
+        if not _same_file(host_path, st):
+            return  # the path is the sandbox's view (e.g. /var/task): not this file on the host
+        key = (st.st_dev, st.st_ino)
+        identity.setdefault(key, (host_path, st))
+        pages.setdefault(key, set()).update(present_pages(pagemap, mapping))
+
+    _visit_mappings(pid, visit)
     return _working_set(pages, identity)
 
 
@@ -274,47 +301,18 @@ def record_images(pid: int, images: Path) -> dict[str, set[int]]:
     view) process `pid` and its descendants have present in their page tables: what a lazily
     restored process touched of its memory images, read or written (a page written since the
     restore is present too), whether or not its first read came through the view. Image file
-    name -> file page numbers. Reads only /proc (maps, pagemap, map_files links): it never
-    touches the mappings. Raises OSError if `pid` is gone."""
+    name -> file page numbers. Reads only /proc (maps, pagemap): it never touches the
+    mappings. Raises OSError if `pid` is gone."""
     prefix = str(images) + "/"
     pages: dict[str, set[int]] = {}
-    for index, member in enumerate(process_tree(pid)):
-        proc = Path(f"/proc/{member}")
-        try:
-            maps_text = (proc / "maps").read_text()
-            with open(proc / "pagemap", "rb", buffering=0) as pagemap:
-                for mapping in file_mappings(maps_text):
-                    if not mapping.path.startswith(prefix):
-                        continue
-                    name = mapping.path[len(prefix):]
-                    if "/" in name:
-                        continue
-                    pages.setdefault(name, set()).update(present_pages(pagemap, mapping))
-        except OSError:
-            if index == 0:
-                raise
-            continue  # a descendant that exited meanwhile
+
+    def visit(_proc: Path, pagemap: Any, mapping: Mapping) -> None:
+        name = mapping.path[len(prefix):]
+        if mapping.path.startswith(prefix) and "/" not in name:
+            pages.setdefault(name, set()).update(present_pages(pagemap, mapping))
+
+    _visit_mappings(pid, visit)
     return pages
-
-
-def _record_process(proc: Path, pages: dict[tuple[int, int], set[int]],
-                    identity: dict[tuple[int, int], tuple[str, os.stat_result]]) -> None:
-    maps_text = (proc / "maps").read_text()
-    with open(proc / "pagemap", "rb", buffering=0) as pagemap:
-        for mapping in file_mappings(maps_text):
-            link = proc / "map_files" / f"{mapping.start:x}-{mapping.end:x}"
-            try:
-                st = os.stat(link)
-                host_path = os.readlink(link)
-            except OSError:
-                continue  # unmapped meanwhile
-            if os.major(st.st_dev) == 0 or not host_path.startswith("/"):
-                continue  # tmpfs and other virtual filesystems (the snapshot images among them)
-            if not _same_file(host_path, st):
-                continue  # the path is the sandbox's view (e.g. /var/task): not this file on the host
-            key = (st.st_dev, st.st_ino)
-            identity.setdefault(key, (host_path, st))
-            pages.setdefault(key, set()).update(present_pages(pagemap, mapping))
 
 
 def _working_set(pages: dict[tuple[int, int], set[int]],

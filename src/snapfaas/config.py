@@ -13,7 +13,12 @@ from pathlib import Path
 
 from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID, IdRange
 
-SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13")
+PYTHON_RUNTIMES = ("python3.11", "python3.12", "python3.13")
+# OS-only runtimes: a zip with an executable `bootstrap` speaking the HTTP Runtime API
+# (runtime/custom.py); their interpreter is the one the in-sandbox supervisor runs on and the
+# `python3` on the sandbox's PATH (sandbox/interpreter.py)
+CUSTOM_RUNTIMES = ("provided.al2023", "provided.al2")
+SUPPORTED_RUNTIMES = PYTHON_RUNTIMES + CUSTOM_RUNTIMES
 ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
 RAM_ROOT = Path("/run/snapfaas")  # root-owned, on a tmpfs: per-server state that belongs in RAM (see hostpaths)
 ENV_SERVICES = "127.0.0.1:9001"  # inside every environment's own network namespace (see sandbox/network.py)

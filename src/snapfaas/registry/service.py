@@ -221,6 +221,7 @@ class ControlPlane:
             v.ephemeral_storage = check.ephemeral_storage(body["EphemeralStorage"])
         if "SnapStart" in body:
             v.snap_start = check.snap_start(body["SnapStart"])
+        check.snap_start_runtime(v.runtime, v.snap_start)
         if "Architectures" in body:
             arch = body["Architectures"]
             if arch != ["x86_64"] and arch != ["arm64"]:

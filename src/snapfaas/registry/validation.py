@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from snapfaas.config import SUPPORTED_RUNTIMES
+from snapfaas.config import CUSTOM_RUNTIMES, SUPPORTED_RUNTIMES
 from snapfaas.destinations import DESTINATION_ARN_PATTERN, DESTINATION_ARN_RE
 from snapfaas.errors import InvalidParameterValue, ValidationError
 
@@ -175,6 +175,13 @@ def snap_start(value: object) -> str:
     if apply_on not in ("PublishedVersions", "None"):
         raise constraint_error(apply_on, "snapStart.applyOn", "Member must satisfy enum value set: [PublishedVersions, None]")
     return str(apply_on)
+
+
+def snap_start_runtime(runtime: str, apply_on: str) -> None:
+    """SnapStart does not exist for OS-only runtimes on Lambda; its wording for a runtime it
+    does not snapshot."""
+    if apply_on == "PublishedVersions" and runtime in CUSTOM_RUNTIMES:
+        raise InvalidParameterValue(f"{runtime} is not supported for SnapStart enabled functions.")
 
 
 def environment(value: object) -> dict[str, str]:

@@ -34,10 +34,19 @@ def supervise(runtime_pid: int) -> int:
             return exit_code(status)
 
 
-def main() -> None:
+CUSTOM = "custom"  # argv[1] for a provided.* runtime: the Runtime API supervisor (`custom`) instead of Python's
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    custom = (sys.argv[1:] if argv is None else argv) == [CUSTOM]
     runtime_pid = os.fork()
     if runtime_pid == 0:
-        from .bootstrap import main as runtime_main
+        if custom:
+            from .custom import main as runtime_main
+        else:
+            from .bootstrap import main as runtime_main
 
         runtime_main()
         return

@@ -34,8 +34,20 @@ class Interpreter:
         return [p for p in self.prefixes if not (p == "/usr" or p.startswith("/usr/"))]
 
 
+SANDBOX_PATH = ("/usr/local/bin", "/usr/bin")  # the sandbox's PATH inside its /usr bind (factory.lambda_environ)
+MIN_CUSTOM_PYTHON = (3, 11)  # the oldest interpreter the in-sandbox supervisor (runtime/custom.py) runs on
+
+
+def custom_candidates() -> list[str]:
+    """For an OS-only runtime (``provided.*``): the ``python3`` the sandbox's PATH finds in the
+    host's /usr, which its supervisor runs on and a ``#!/bin/sh`` bootstrap's ``python3`` is."""
+    return [path for path in (os.path.join(d, "python3") for d in SANDBOX_PATH) if os.access(path, os.X_OK)]
+
+
 def candidate_commands(runtime: str, environ: Mapping[str, str]) -> list[str]:
     """Every ``python3.X`` on PATH in order, then pyenv installs (whose shims may refuse to run)."""
+    if runtime.startswith("provided."):
+        return custom_candidates()
     found: list[str] = []
     for entry in environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
         path = os.path.join(entry, runtime)
@@ -73,6 +85,8 @@ class InterpreterRegistry:
                 failures.append(f"{command}: {exc}")
                 continue
             if f"python{info['version']}" == runtime:
+                break
+            if runtime.startswith("provided.") and tuple(map(int, info["version"].split("."))) >= MIN_CUSTOM_PYTHON:
                 break
             failures.append(f"{command} is Python {info['version']}")
         else:

@@ -47,6 +47,7 @@ FRAME_QUEUE = 8  # frames read ahead of the worker; beyond that the reader stops
 MARK_QUEUE = 64  # log marks kept unconsumed (a function can forge marks; the oldest go first)
 HELD_OUTPUT_CHARS = 64 * 1024  # stderr kept while a restore runs (runc's and CRIU's errors)
 DEFAULT_TAIL_CHARS = 4096
+SHUTDOWN_MS = 2000  # Lambda's Shutdown phase with external extensions registered
 
 
 class EnvState(enum.Enum):
@@ -160,6 +161,7 @@ class Environment:
         self.release_images: Callable[[], None] = lambda: None  # unpins `restore_from` in the cache (idempotent)
         self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
         self.network: Any = None  # its `NetworkLease`, closed once the container is gone
+        self.extensions = 0  # extensions its runtime reported at init (custom runtimes): they get a Shutdown phase
 
     def __repr__(self) -> str:
         return f"<Environment {self.id} {self.version.name}:{self.version.version} {self.state.value} invocations={self.invocations}>"
@@ -223,6 +225,8 @@ class Environment:
                 for item in decoder.feed(chunk):
                     if isinstance(item, Frame):
                         self._log_raw(stray.flush())  # output right before a frame is a line of its own
+                        if item.kind == "ready" and isinstance(item.header.get("extensions"), int):
+                            self.extensions = item.header["extensions"]
                         if not self._discarding:
                             await self._frames.put(item)
                     else:
@@ -363,7 +367,10 @@ class Environment:
         )
 
     async def destroy(self) -> None:
-        """Kill the container, stop the readers and remove the environment's cgroup; idempotent."""
+        """Kill the container, stop the readers and remove the environment's cgroup; idempotent.
+        An idle environment whose runtime has extensions first gets Lambda's Shutdown phase
+        (`shut_down`)."""
+        graceful = self.state is EnvState.IDLE and self.extensions > 0 and self.alive
         if self.state is not EnvState.DEAD:
             self.move(EnvState.DEAD)
         while self.on_destroy:
@@ -371,6 +378,8 @@ class Environment:
         self._discarding = True  # unblock a frame reader waiting on a full queue: stdout must be read to EOF
         while not self._frames.empty():
             self._frames.get_nowait()
+        if graceful:
+            await self.shut_down()
         await self.container.kill()
         if self.network is not None:
             await self.network.close()
@@ -383,6 +392,17 @@ class Environment:
                 await task
             except (asyncio.CancelledError, Exception):  # reader teardown must not mask the kill
                 pass
+
+
+    async def shut_down(self) -> None:
+        """Send ``shutdown`` (SHUTDOWN to the extensions, SIGTERM to the runtime) and wait, up
+        to the deadline plus a second, for the runtime supervisor to exit by itself."""
+        deadline_ms = int(time.time() * 1000) + SHUTDOWN_MS
+        try:
+            await self.send("shutdown", deadline_ms=deadline_ms)
+            await asyncio.wait_for(self.container.wait(), SHUTDOWN_MS / 1000 + 1)
+        except (TimeoutError, EnvironmentDied) as exc:  # it is killed next either way
+            logger.info("environment %s: shutdown phase ended early: %s", self.id, exc)
 
 
 def decode_error(payload: bytes) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from snapfaas.config import ServerConfig
+from snapfaas.config import CUSTOM_RUNTIMES, ServerConfig
 from snapfaas.errors import ServiceError, SnapfaasError
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
+from snapfaas.runtime import custom, init
 from snapfaas.sandbox import etc
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
 from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
@@ -56,8 +57,22 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         "AWS_LAMBDA_LOG_STREAM_NAME": stream,
         "AWS_ENDPOINT_URL_LAMBDA": config.function_api_url,  # boto3.client("lambda") in the function
     }
+    if is_custom(version.runtime):
+        del environ["AWS_EXECUTION_ENV"]  # not defined for OS-only runtimes, as on Lambda
+        environ[custom.RESPONSE_LIMIT_VAR] = str(config.limits.response_bytes)  # read by the supervisor only
     environ.update(version.environment)
     return environ
+
+
+def is_custom(runtime: str) -> bool:
+    """An OS-only runtime: the sandbox runs the Runtime API supervisor and the zip's bootstrap."""
+    return runtime in CUSTOM_RUNTIMES
+
+
+def runtime_args(runtime: str) -> list[str]:
+    """The interpreter's arguments: the runtime package, as Python's runtime or as the Runtime
+    API supervisor of a custom runtime (`runtime.init`)."""
+    return ["-m", RUNTIME_PACKAGE, init.CUSTOM] if is_custom(runtime) else ["-m", RUNTIME_PACKAGE]
 
 
 class EnvironmentServices(Protocol):
@@ -289,5 +304,5 @@ class EnvironmentFactory:
         if private_rootfs:
             rootfs = container.bundle / "rootfs"
             prepare_rootfs(rootfs, [interp])
-        container.write_config(render(spec, rootfs, ["-m", RUNTIME_PACKAGE]))
+        container.write_config(render(spec, rootfs, runtime_args(version.runtime)))
         return env

@@ -275,7 +275,15 @@ def test_runtime_rejects_unknown(value: object) -> None:
         check.runtime(value)
     assert info.value.code == "InvalidParameterValueException"
     assert f"Value {value} at 'runtime'" in info.value.message
-    assert "[python3.11, python3.12, python3.13]" in info.value.message
+    assert "[python3.11, python3.12, python3.13, provided.al2023, provided.al2]" in info.value.message
+
+
+@pytest.mark.parametrize("runtime", ["provided.al2023", "provided.al2"])
+def test_snap_start_refused_for_os_only_runtimes(runtime: str) -> None:
+    with pytest.raises(InvalidParameterValue, match=f"^{runtime} is not supported for SnapStart enabled functions.$"):
+        check.snap_start_runtime(runtime, "PublishedVersions")
+    check.snap_start_runtime(runtime, "None")
+    check.snap_start_runtime("python3.12", "PublishedVersions")
 
 
 @pytest.mark.parametrize("value", ["python2.7", "python3.7", "nodejs12.x"])

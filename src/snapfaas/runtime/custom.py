@@ -135,7 +135,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         gateway = self.server.gateway
         path = self.path.split("?", 1)[0]
         self._body()  # a GET body is ignored
-        if path == RUNTIME_PREFIX + "/invocation/next":
+        if path.startswith(RUNTIME_PREFIX) and not gateway.runtime_api:
+            self._not_found()
+        elif path == RUNTIME_PREFIX + "/invocation/next":
             self._reply(gateway.next_invocation())
         elif path == RUNTIME_PREFIX + "/restore/next" and gateway.snap_start:
             self._reply(gateway.restore_next())
@@ -150,6 +152,10 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         gateway = self.server.gateway
         path = self.path.split("?", 1)[0]
         parts = path.split("/")
+        if path.startswith(RUNTIME_PREFIX) and not gateway.runtime_api:
+            self._body()
+            self._not_found()
+            return
         invocation = len(parts) == 6 and path.startswith(RUNTIME_PREFIX + "/invocation/") and parts[5] in ("response", "error")
         if invocation and parts[5] == "response":
             body, size = self._body(gateway.response_limit)
@@ -209,6 +215,51 @@ class ApiServer(http.server.ThreadingHTTPServer):
         return f"{host}:{port}"
 
 
+class Children:
+    """The processes a supervisor started (extensions, the runtime): stdout and stderr on the
+    function's log (fd 2: fd 1 carries frames), killed together when the environment ends."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stopping = False  # set once the environment ends: exits are expected from now on
+
+    def spawn(self, path: str, environ: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([path], env=dict(environ), cwd=TASK_ROOT if os.path.isdir(TASK_ROOT) else None,
+                                stdin=subprocess.DEVNULL, stdout=2, stderr=2, close_fds=True)
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        self.stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def start_extensions(gateway: Gateway, children: Children, directory: str, environ: Mapping[str, str]) -> bool:
+    """Start the extensions in `directory` and wait until each registered; False when init
+    failed meanwhile (an extension could not start or exited: `Gateway.extension_failed`)."""
+    paths = discover_extensions(directory)
+    gateway.expect([os.path.basename(p) for p in paths])
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            proc = children.spawn(path, environ)
+        except OSError as exc:
+            gateway.extension_failed(name, "Extension.LaunchError", f"fork/exec {path}: {(exc.strerror or str(exc)).lower()}")
+            return False
+        threading.Thread(target=_watch_extension, args=(gateway, children, name, proc), daemon=True,
+                         name=f"ext-{name}").start()
+    return gateway.wait_registered()
+
+
+def _watch_extension(gateway: Gateway, children: Children, name: str, proc: subprocess.Popen[bytes]) -> None:
+    status = proc.wait()
+    if not children.stopping:
+        gateway.extension_failed(name, "Extension.Crash", f"Extension {name} exited before the environment was shut "
+                                                          f"down (exit status {exit_code_of(status)})")
+
+
 class Supervisor:
     """Owns the channel, the API server, the runtime and extension processes."""
 
@@ -220,15 +271,11 @@ class Supervisor:
         self.bootstraps = bootstraps
         self.lock = threading.Lock()
         limit = int(environ.get(RESPONSE_LIMIT_VAR) or DEFAULT_RESPONSE_LIMIT)
-        metadata = {"functionName": environ.get("AWS_LAMBDA_FUNCTION_NAME", ""),
-                    "functionVersion": environ.get("AWS_LAMBDA_FUNCTION_VERSION", ""),
-                    "handler": environ.get("_HANDLER", "")}
         self.gateway = Gateway(self.emit, snap_start=environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start",
-                               response_limit=limit, metadata=metadata)
+                               response_limit=limit, metadata=register_metadata(environ))
         self.server = ApiServer(self.gateway)
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children = Children()
         self.runtime: subprocess.Popen[bytes] | None = None
-        self.stopping = False
 
     def emit(self, kind: str, payload: bytes = b"", mark: str | None = None, lines: list[str] | None = None,
              **fields: Any) -> None:
@@ -241,33 +288,6 @@ class Supervisor:
                 self.channel.mark_logs(mark)
             self.channel.send(kind, payload, **fields)
 
-    def spawn(self, path: str, environ: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        """Start `path` with stdout and stderr on the function's log (fd 2: fd 1 carries frames)."""
-        proc = subprocess.Popen([path], env=dict(environ), cwd=TASK_ROOT if os.path.isdir(TASK_ROOT) else None,
-                                stdin=subprocess.DEVNULL, stdout=2, stderr=2, close_fds=True)
-        self.children.append(proc)
-        return proc
-
-    def start_extensions(self, environ: Mapping[str, str]) -> bool:
-        paths = discover_extensions(self.extensions_dir)
-        self.gateway.expect([os.path.basename(p) for p in paths])
-        for path in paths:
-            name = os.path.basename(path)
-            try:
-                proc = self.spawn(path, environ)
-            except OSError as exc:
-                self.gateway.extension_failed(name, "Extension.LaunchError", f"fork/exec {path}: {exc.strerror}")
-                return False
-            threading.Thread(target=self._watch_extension, args=(name, proc), daemon=True, name=f"ext-{name}").start()
-        return self.gateway.wait_registered()
-
-    def _watch_extension(self, name: str, proc: subprocess.Popen[bytes]) -> None:
-        status = proc.wait()
-        if not self.stopping:
-            self.gateway.extension_failed(name, "Extension.Crash",
-                                          f"Extension {name} exited before the environment was shut down "
-                                          f"(exit status {exit_code_of(status)})")
-
     def start_runtime(self, environ: Mapping[str, str]) -> bool:
         path = find_bootstrap(self.bootstraps)
         if path is None:
@@ -275,7 +295,7 @@ class Supervisor:
                                      f"Couldn't find valid bootstrap(s): [{' '.join(self.bootstraps)}]")
             return False
         try:
-            self.runtime = self.spawn(path, environ)
+            self.runtime = self.children.spawn(path, environ)
         except OSError as exc:
             self.gateway.init_failed("Runtime.InvalidEntrypoint", f"fork/exec {path}: {(exc.strerror or str(exc)).lower()}")
             return False
@@ -285,15 +305,12 @@ class Supervisor:
     def _watch_runtime(self) -> None:
         assert self.runtime is not None
         status = self.runtime.wait()
-        if not self.stopping:
+        if not self.children.stopping:
             self.exit(exit_code_of(status))
 
     def exit(self, code: int) -> None:
         """End the environment: every child killed, this process gone with `code`."""
-        self.stopping = True
-        for proc in self.children:
-            if proc.poll() is None:
-                proc.kill()
+        self.children.kill_all()
         try:
             sys.stderr.flush()
         finally:
@@ -304,6 +321,7 @@ class Supervisor:
             frame = self.channel.receive()
             if frame is None:
                 self.exit(0)
+                return
             header, payload = frame
             if header["t"] == "invoke":
                 self.gateway.deliver(Invocation.from_frame(header, payload))
@@ -315,7 +333,7 @@ class Supervisor:
     def shutdown(self, deadline_ms: int) -> None:
         """Lambda's Shutdown phase: SIGTERM to the runtime, SHUTDOWN to the extensions, wait
         for them until the deadline, then end."""
-        self.stopping = True
+        self.children.stopping = True
         if self.runtime is not None and self.runtime.poll() is None:
             self.runtime.send_signal(signal.SIGTERM)
         self.gateway.shutdown(deadline_ms)
@@ -324,9 +342,16 @@ class Supervisor:
     def run(self) -> None:
         threading.Thread(target=self.server.serve_forever, daemon=True, name="runtime-api").start()
         environ = child_environ(self.environ, self.server.address)
-        if not self.start_extensions(environ) or not self.start_runtime(environ):
+        if not start_extensions(self.gateway, self.children, self.extensions_dir, environ) or not self.start_runtime(environ):
             self.exit(1)
         self.serve_frames()
+
+
+def register_metadata(environ: Mapping[str, str]) -> dict[str, str]:
+    """The body of ``/extension/register``'s answer."""
+    return {"functionName": environ.get("AWS_LAMBDA_FUNCTION_NAME", ""),
+            "functionVersion": environ.get("AWS_LAMBDA_FUNCTION_VERSION", ""),
+            "handler": environ.get("_HANDLER", "")}
 
 
 def exit_code_of(status: int) -> int:

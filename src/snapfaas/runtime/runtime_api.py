@@ -153,8 +153,12 @@ class Gateway:
     response body (Lambda's 6 MB); `metadata`: the register response's body fields."""
 
     def __init__(self, emit: Emit, *, snap_start: bool, response_limit: int, metadata: Mapping[str, str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, runtime_api: bool = True) -> None:
+        """`runtime_api`: the runtime talks HTTP (a custom runtime); False when the runtime
+        drives the gateway in-process (Python's, with extensions: `extension_host`), and the
+        HTTP server then serves the Extensions API only."""
         self.emit = emit
+        self.runtime_api = runtime_api
         self.snap_start = snap_start
         self.response_limit = response_limit
         self.metadata = dict(metadata)
@@ -171,6 +175,7 @@ class Gateway:
         self.answer: tuple[str, bytes, dict[str, Any]] | None = None  # held until extensions are done
         self.restored = False
         self.shutting_down = False
+        self.closed = False
 
     # -- worker side -------------------------------------------------------------------------
     def expect(self, names: list[str]) -> None:
@@ -237,6 +242,17 @@ class Gateway:
         """``GET /invocation/next``: ends init (or the restore, or the previous invocation's
         runtime part), then blocks until the worker delivers an invocation."""
         with self.cond:
+            refused = self.runtime_ready()
+            if refused is not None:
+                return refused
+            invocation = self.take_invocation()
+            if invocation is None:  # the worker is gone: nothing will come
+                return error_reply(500, "InternalServerError", "Internal Server Error")
+            return Reply(200, invocation.payload, invocation.next_headers())
+
+    def runtime_ready(self) -> Reply | None:
+        """The runtime's side of ``/next`` without the wait: None, or the refusal."""
+        with self.cond:
             if self.runtime in ("Running", "RestoreReady", "InitError", "RestoreError"):
                 return error_reply(403, "InvalidStateTransition", TRANSITION.format(self.runtime, "Ready"))
             if self.runtime == "Started" and self.snap_start:  # restore gate without /restore/next
@@ -247,12 +263,24 @@ class Gateway:
                 self.runtime = "Restoring"
             self.runtime = "Ready"
             self._progress()
-            self.cond.wait_for(lambda: self.pending is not None)
-            assert self.pending is not None
+            return None
+
+    def take_invocation(self) -> Invocation | None:
+        """Block until the worker delivers an invocation (None once it closed the channel)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.pending is not None or self.closed)
+            if self.pending is None:
+                return None
             self.current, self.pending = self.pending, None
             self.answer = None
             self.runtime = "Running"
-            return Reply(200, self.current.payload, self.current.next_headers())
+            return self.current
+
+    def close(self) -> None:
+        """The worker closed the channel: release every long poll that waits for it."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
     def respond(self, request_id: str, body: bytes | None, size: int) -> Reply:
         """``POST /invocation/{id}/response``. `body` is None when the request's `size` is over
@@ -272,7 +300,8 @@ class Gateway:
             self._progress()
             return accepted()
 
-    def fail_invocation(self, request_id: str, body: bytes, error_type: str | None, cause_content: bool) -> Reply:
+    def fail_invocation(self, request_id: str, body: bytes, error_type: str | None, cause_content: bool,
+                        normalize: bool = True) -> Reply:
         """``POST /invocation/{id}/error``: the invoke answers with the posted error body and
         ``X-Amz-Function-Error: Unhandled``. `cause_content`: the body was sent as
         ``application/vnd.aws.lambda.error.cause+json`` (an error plus an X-Ray cause)."""
@@ -283,7 +312,8 @@ class Gateway:
             payload = body
             if cause_content:
                 payload = error_without_cause(body)
-            self.answer = ("error", payload, {"error_type": valid_error_type(error_type)})
+            kind = valid_error_type(error_type) if normalize else error_type
+            self.answer = ("error", payload, {"error_type": kind})
             self._progress()
             return accepted()
 

@@ -349,3 +349,93 @@ def test_extension_init_error_fails_init(supervise) -> None:  # type: ignore[no-
     header, payload = rt.expect("init_error")
     assert header["error_type"] == "Extension.Config"
     assert json.loads(payload) == {"errorMessage": "no config", "errorType": "Extension.Config"}
+
+
+PYTHON_DRIVER = """
+import os, sys
+from snapfaas_runtime import bootstrap, extension_host
+outbound = os.fdopen(1, "wb", buffering=0, closefd=False)
+channel = bootstrap.Channel(bootstrap.private_inbound(), outbound, sys.stderr)
+sys.stdout = sys.stderr
+extended = extension_host.ExtensionChannel(channel, os.environ)
+if not extended.start(sys.argv[1]):
+    os._exit(1)
+try:
+    handler = bootstrap.load_handler(os.environ["_HANDLER"])
+except bootstrap.Fault as fault:
+    bootstrap.fail(extended, "init_error", "init", fault.to_error(""), 1)
+extended.mark_logs("init")
+bootstrap.serve(extended, handler, os.environ)
+"""
+
+
+@pytest.fixture
+def python_with_extensions(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    """python_with_extensions(app_source, extensions, handler="app.handler") -> Runtime: Python's
+    runtime (`bootstrap`) over an `ExtensionChannel`, extensions from a directory of the test's."""
+    pkg_root = tmp_path / "runtime-path"
+    pkg_root.mkdir()
+    (pkg_root / "snapfaas_runtime").symlink_to(RUNTIME_SRC, target_is_directory=True)
+    started: list[Runtime] = []
+
+    def _start(app: str, extensions: dict[str, str], handler: str = "app.handler") -> Runtime:
+        task = tmp_path / f"task{len(started)}"
+        exts = tmp_path / f"extensions{len(started)}"
+        task.mkdir()
+        exts.mkdir()
+        (task / "app.py").write_text(textwrap.dedent(app))
+        for name, source in extensions.items():
+            write_executable(exts / name, f"#!{sys.executable}\n" + textwrap.dedent(source))
+        environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{pkg_root}:{task}",
+                   "_HANDLER": handler, "AWS_LAMBDA_FUNCTION_NAME": "py", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                   "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
+        proc = subprocess.Popen([sys.executable, "-c", PYTHON_DRIVER, str(exts)], cwd=task, env=environ,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        runtime = Runtime(proc)
+        started.append(runtime)
+        return runtime
+
+    yield _start
+    for runtime in started:
+        try:
+            os.killpg(runtime.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        runtime.proc.wait(10)
+        for stream in (runtime.proc.stdin, runtime.proc.stdout, runtime.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_python_runtime_with_extensions(python_with_extensions) -> None:  # type: ignore[no-untyped-def]
+    rt = python_with_extensions("""
+        import os
+        def handler(event, context):
+            if event.get("fail"):
+                raise RuntimeError("handler failed")
+            return {"api": os.environ["AWS_LAMBDA_RUNTIME_API"], "id": context.aws_request_id}
+    """, {"watcher": EXTENSION})
+    header, _ = rt.expect("ready")
+    assert header["extensions"] == 1
+    assert "EXTENSION\tName: watcher\tState: Ready\tEvents: [INVOKE,SHUTDOWN]\n" in rt.wait_mark("init")
+    rt.invoke({}, "p1")
+    header, payload = rt.expect("response")
+    body = json.loads(payload)
+    assert body["id"] == "p1" and body["api"].startswith("127.0.0.1:")
+    assert "watcher got INVOKE p1" in rt.wait_mark("p1")
+    rt.invoke({"fail": True}, "p2")
+    header, payload = rt.expect("error")
+    assert header["error_type"] == "RuntimeError" and json.loads(payload)["errorMessage"] == "handler failed"
+    assert "watcher got INVOKE p2" in rt.wait_mark("p2")
+    rt.send("shutdown", deadline_ms=int(time.time() * 1000) + 5000)
+    rt.expect_eof()
+    assert rt.wait_exit() == 0
+    assert "watcher got SHUTDOWN spindown" in rt.log
+
+
+def test_python_runtime_init_error_with_extensions(python_with_extensions) -> None:  # type: ignore[no-untyped-def]
+    rt = python_with_extensions("import not_there\n", {"watcher": EXTENSION})
+    header, payload = rt.expect("init_error")
+    assert header["error_type"] == "Runtime.ImportModuleError"
+    assert json.loads(payload)["errorMessage"].startswith("Unable to import module 'app'")

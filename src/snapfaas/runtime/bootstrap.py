@@ -58,6 +58,7 @@ Handler = Callable[[Any, LambdaContext], Any]
 EXIT_INIT_ERROR = 1
 EXIT_BEFORE_SNAPSHOT = 64
 EXIT_AFTER_RESTORE = 65
+EXTENSIONS_DIR = "/opt/extensions"  # executables there run next to the runtime (`extension_host`)
 
 
 class Channel:
@@ -336,6 +337,10 @@ def main() -> None:
     environ = os.environ
     drop_init_variables(environ)
     snap_start = environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start"
+    if not snap_start and os.path.isdir(EXTENSIONS_DIR):  # extensions (from layers) start before init
+        from . import extension_host
+
+        channel = extension_host.wrap(channel, environ, snap_start)
     try:
         # leading imports first only for a fixed-layout (deterministic) init: it makes versions share chunks
         handler = load_handler(environ["_HANDLER"], early_imports=snap_start and fixed_layout())

@@ -317,13 +317,15 @@ class Gateway:
             self._progress()
             return accepted()
 
-    def init_error(self, body: bytes, error_type: str | None) -> Reply:
-        """``POST /init/error``: init failed; the runtime exits next."""
+    def init_error(self, body: bytes, error_type: str | None, normalize: bool = True) -> Reply:
+        """``POST /init/error``: init failed; the runtime exits next. `normalize`: keep only
+        Runtime.*/Function.* error types (RAPID's rule for what a runtime posts)."""
         with self.cond:
             if self.runtime != "Started" or self.failed:
                 return error_reply(403, "InvalidStateTransition", TRANSITION.format(self.runtime, "InitError"))
             self.runtime = "InitError"
-            self._fail_init(valid_error_type(error_type), error_body(body, valid_error_type(error_type)))
+            kind = valid_error_type(error_type) if normalize or not error_type else error_type
+            self._fail_init(kind, error_body(body, kind))
             return accepted()
 
     def restore_next(self) -> Reply:

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -227,3 +228,63 @@ def test_snap_start_is_refused_for_os_only_runtimes(lam) -> None:  # type: ignor
         lam.update_function_configuration(FunctionName="later-snap", SnapStart={"ApplyOn": "PublishedVersions"})
     assert raised.value.response["Error"]["Message"] == "provided.al2023 is not supported for SnapStart enabled functions."
     assert lam.get_function_configuration(FunctionName="later-snap")["Runtime"] == "provided.al2023"
+
+
+INTERNAL_EXTENSION_BOOTSTRAP = """#!/usr/bin/env python3
+import json, os, signal, sys, threading, urllib.request
+API = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"]
+
+def on_term(signum, frame):
+    print("runtime got SIGTERM", file=sys.stderr, flush=True)
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+request = urllib.request.Request(API + "/2020-01-01/extension/register", data=b'{"events": ["INVOKE"]}', method="POST",
+                                 headers={"Lambda-Extension-Name": "in-process"})
+identifier = urllib.request.urlopen(request).headers["Lambda-Extension-Identifier"]
+
+def extension():
+    while True:
+        request = urllib.request.Request(API + "/2020-01-01/extension/event/next",
+                                         headers={"Lambda-Extension-Identifier": identifier})
+        with urllib.request.urlopen(request) as response:
+            event = json.loads(response.read())
+        print("extension saw", event["eventType"], event["requestId"], file=sys.stderr, flush=True)
+
+threading.Thread(target=extension, daemon=True).start()
+while True:
+    with urllib.request.urlopen(API + "/2018-06-01/runtime/invocation/next") as response:
+        request_id = response.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = response.read()
+    urllib.request.urlopen(urllib.request.Request(
+        API + f"/2018-06-01/runtime/invocation/{request_id}/response", data=event, method="POST"))
+"""
+
+
+def function_log(server, name: str) -> str:  # type: ignore[no-untyped-def]
+    path = server.data_dir / "logs" / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for_log(server, name: str, needles: list[str], deadline_s: float = 30) -> str:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + deadline_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = function_log(server, name)
+        if all(n in text for n in needles):
+            return text
+        time.sleep(0.1)  # polling the log file for a condition, with a deadline
+    pytest.fail(f"log of {name} lacks {needles!r}:\n{text[-3000:]}")
+
+
+def test_extension_gates_invocations_and_gets_a_shutdown_phase(lam, server) -> None:  # type: ignore[no-untyped-def]
+    create_custom(lam, "internal-ext", package({"bootstrap": INTERNAL_EXTENSION_BOOTSTRAP}))
+    response, body = invoke(lam, "internal-ext", {"ping": 1})
+    assert body == {"ping": 1}
+    request_id = response["ResponseMetadata"]["RequestId"]
+    text = wait_for_log(server, "internal-ext", [f"END RequestId: {request_id}"])
+    assert "EXTENSION\tName: in-process\tState: Ready\tEvents: [INVOKE]" in text
+    assert text.index(f"extension saw INVOKE {request_id}") < text.index(f"END RequestId: {request_id}")
+    lam.update_function_configuration(FunctionName="internal-ext", Description="retire the environment")
+    lam.get_waiter("function_updated_v2").wait(FunctionName="internal-ext", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    wait_for_log(server, "internal-ext", ["runtime got SIGTERM"])  # the Shutdown phase's SIGTERM

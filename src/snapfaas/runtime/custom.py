@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -337,6 +338,11 @@ class Supervisor:
         if self.runtime is not None and self.runtime.poll() is None:
             self.runtime.send_signal(signal.SIGTERM)
         self.gateway.shutdown(deadline_ms)
+        if self.runtime is not None:  # the runtime may finish its SIGTERM handling until the deadline too
+            try:
+                self.runtime.wait(max(deadline_ms / 1000 - time.time(), 0))
+            except subprocess.TimeoutExpired:
+                pass
         self.exit(0)
 
     def run(self) -> None:

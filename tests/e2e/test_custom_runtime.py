@@ -206,6 +206,13 @@ def test_missing_bootstrap_is_an_invalid_entrypoint(lam) -> None:  # type: ignor
                     "errorMessage": "Couldn't find valid bootstrap(s): [/var/task/bootstrap /opt/bootstrap]"}
 
 
+def test_bootstrap_that_cannot_be_executed_is_an_invalid_entrypoint(lam) -> None:  # type: ignore[no-untyped-def]
+    create_custom(lam, "not-executable", package({"bootstrap": "#!/bin/sh\nexit 0\n"}, executables=()))
+    response, body = invoke(lam, "not-executable", {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body == {"errorType": "Runtime.InvalidEntrypoint", "errorMessage": "fork/exec /var/task/bootstrap: permission denied"}
+
+
 def test_bootstrap_that_exits_is_a_runtime_exit_error(lam) -> None:  # type: ignore[no-untyped-def]
     create_custom(lam, "exits", package({"bootstrap": "#!/bin/sh\necho leaving >&2\nexit 7\n"}))
     response, body = invoke(lam, "exits", {}, LogType="Tail")

@@ -210,6 +210,10 @@ class ApiServer(http.server.ThreadingHTTPServer):
         except OSError:  # the port is taken (a shared network namespace): any free one
             super().__init__((host, 0), ApiHandler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (a runtime killed in a long poll, say) is not the
+        function's business: socketserver would print a traceback into its log."""
+
     @property
     def address(self) -> str:
         host, port = self.server_address[:2]

@@ -188,6 +188,7 @@ class Worker:
         self.starting = 0
         self.publishing = 0  # slots held by snapshot (publish) init environments
         self.ending = 0  # environments dropped from the pools whose destroy has not finished
+        self.destroying: set[Environment] = set()  # those environments (a Shutdown phase can take seconds)
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # queued publishes
         self.draining: set[Environment] = set()  # busy environments of retired pools
         # see RESTORE_SLOTS_PER_CPU; the queue wait counts as restore time
@@ -218,6 +219,7 @@ class Worker:
             self._reaper.cancel()
         self._wake()  # queued publishes see `_closing` and give up
         envs = [e for p in self.pools.values() for e in (*p.idle, *p.busy)] + list(self.draining)
+        envs += list(self.destroying)  # in their Shutdown phase: killed now, and waited for
         self.pools.clear()
         await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
         self.factory.runc.remove_cgroups()
@@ -471,9 +473,11 @@ class Worker:
 
     async def _destroy(self, envs: list[Environment]) -> None:
         """Destroy environments a decision handed out (counted in `ending` until done)."""
+        self.destroying.update(envs)
         try:
             await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
         finally:
+            self.destroying.difference_update(envs)
             self._ended(len(envs))
 
     async def retire(self, function: str, version: str | None = None) -> None:

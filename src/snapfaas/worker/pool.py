@@ -472,13 +472,20 @@ class Worker:
             self._release_publish_slot()
 
     async def _destroy(self, envs: list[Environment]) -> None:
-        """Destroy environments a decision handed out (counted in `ending` until done)."""
+        """Destroy environments a decision handed out (counted in `ending` until done).
+
+        The destruction runs to its end even if the caller is cancelled (a control-plane task
+        that retires a version, say): an environment in its Shutdown phase must not be left
+        half destroyed, and `close` must still find it in `destroying`."""
         self.destroying.update(envs)
-        try:
-            await asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True)
-        finally:
+        work = asyncio.ensure_future(asyncio.gather(*(e.destroy() for e in envs), return_exceptions=True))
+
+        def done(_: asyncio.Future[Any]) -> None:
             self.destroying.difference_update(envs)
             self._ended(len(envs))
+
+        work.add_done_callback(done)
+        await asyncio.shield(work)
 
     async def retire(self, function: str, version: str | None = None) -> None:
         await self._destroy(self._retire(function, version))

@@ -260,7 +260,9 @@ def start_extensions(gateway: Gateway, children: Children, directory: str, envir
 
 def _watch_extension(gateway: Gateway, children: Children, name: str, proc: subprocess.Popen[bytes]) -> None:
     status = proc.wait()
-    if not children.stopping:
+    if children.stopping:
+        gateway.extension_exited(name)
+    else:
         gateway.extension_failed(name, "Extension.Crash", f"Extension {name} exited before the environment was shut "
                                                           f"down (exit status {exit_code_of(status)})")
 

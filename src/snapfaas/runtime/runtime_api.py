@@ -200,6 +200,15 @@ class Gateway:
                 self._fail_init(error_type, json.dumps({"errorMessage": message, "errorType": error_type}).encode())
             self._progress()
 
+    def extension_exited(self, name: str) -> None:
+        """An extension exited while the environment ends: nobody waits for it any more."""
+        with self.cond:
+            self.expected.discard(name)
+            for ext in self.extensions.values():
+                if ext.name == name:
+                    ext.state = "Exited"
+            self.cond.notify_all()
+
     def init_failed(self, error_type: str, message: str) -> None:
         """Init failed outside the API (e.g. no bootstrap to start)."""
         with self.cond:

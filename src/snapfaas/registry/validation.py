@@ -177,6 +177,23 @@ def snap_start(value: object) -> str:
     return str(apply_on)
 
 
+SNAPSTART_MAX_EPHEMERAL_MB = 512  # AWS: SnapStart does not support ephemeral storage above 512 MB
+
+
+def snap_start_support(runtime: str, ephemeral_storage_mb: int, allowed_runtimes: tuple[str, ...] | frozenset[str]) -> None:
+    """Whether a SnapStart-enabled configuration is one AWS accepts: a runtime of the SnapStart
+    list (AWS's wording, as recorded from the service) and at most 512 MB of ephemeral storage
+    (AWS documents the limit; the message follows the same "... is not supported for SnapStart
+    enabled functions." form). Provisioned concurrency, EFS and container images, which AWS
+    also excludes, are not modeled by this server."""
+    if runtime not in allowed_runtimes:
+        raise InvalidParameterValue(f"{runtime} is not supported for SnapStart enabled functions.")
+    if ephemeral_storage_mb > SNAPSTART_MAX_EPHEMERAL_MB:
+        raise InvalidParameterValue(
+            f"EphemeralStorage size greater than {SNAPSTART_MAX_EPHEMERAL_MB} MB is not supported for SnapStart enabled functions."
+        )
+
+
 def environment(value: object) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise InvalidParameterValue("Environment must be an object with a Variables member")

@@ -555,8 +555,9 @@ def _working_set_text(working_set: dict[str, Any] | None) -> str:
     return f"no host files (version {working_set['version']}, sections: {', '.join(working_set['sections']) or '-'})"
 
 
-def _operator_call(conn: Any, path: str, body: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
-    """POST an operator-only snapfaas route; a Lambda-style error becomes a ClickException."""
+def _operator_call(conn: Any, path: str, body: dict[str, Any], timeout: float = 30, error_exit: int = 1) -> dict[str, Any]:
+    """POST an operator-only snapfaas route; a Lambda-style error becomes a ClickException
+    (exit status `error_exit`)."""
     import urllib.error
     import urllib.parse
 
@@ -569,7 +570,9 @@ def _operator_call(conn: Any, path: str, body: dict[str, Any], timeout: float = 
             text = f"{exc.headers.get('x-amzn-ErrorType') or exc.code}: {error.get('Message') or error.get('message') or text}"
         except ValueError:
             pass
-        raise click.ClickException(text) from exc
+        failure = click.ClickException(text)
+        failure.exit_code = error_exit
+        raise failure from exc
     return json.loads(raw)
 
 
@@ -600,7 +603,7 @@ def snapstart_verify(target: str, copies: int, payload: str, as_json: bool, endp
                      region: str) -> None:
     """Restore N fresh copies of NAME:VERSION's snapshot, invoke each, and report what they share
     that they should not (RNG states, OpenSSL output, values captured at init from entropy, the
-    clock or credentials). Exit status 1 when there are findings, 2 when nothing could be compared."""
+    clock or credentials). Exit status 0: nothing found; 1: findings; 2: an error, or nothing could be compared."""
     try:
         json.loads(payload)
     except ValueError as exc:
@@ -608,7 +611,7 @@ def snapstart_verify(target: str, copies: int, payload: str, as_json: bool, endp
     conn = connect(endpoint_url, data_dir, region)
     with err_console.status(f"restoring {copies} copies of {target}"):
         report = _operator_call(conn, f"/snapfaas/v1/snapstart/{target}/verify", {"Copies": copies, "Payload": payload},
-                                timeout=1800)
+                                timeout=1800, error_exit=2)
     findings, problems = report.get("Findings", []), report.get("Problems", [])
     if as_json:
         click.echo(_json(report))

@@ -88,10 +88,10 @@ def authorize_request(request: web.Request, principal: Principal) -> None:
     if route.resource is None:
         return
     action = action_for(request.method, route.resource.canonical)
+    if action in OPERATOR_ONLY:  # before any policy: no grant reaches these
+        raise AccessDenied(f"User: {principal.arn} is not authorized to perform: {action} because it is reserved "
+                           "to the operator")
     resource = resource_for(request)
-    if action in OPERATOR_ONLY:
-        raise AccessDenied(f"User: {principal.arn} is not authorized to perform: {action} on resource: {resource} "
-                           "because it is reserved to the operator")
     statements = _invoke_statements(request) if action == policy.INVOKE else []
     decision = policy.authorize(principal, action, resource, statements)
     if not decision.allowed:

@@ -8,11 +8,12 @@ value's repr, truncated), never the values: a credential captured at init is com
 Categories (the daemon's comparison depends on them, `snapfaas.snapshot.uniqueness`):
 
 - ``state``: generator states that must differ between restored copies for their next outputs to
-  differ: Python's global ``random``, numpy's legacy global RNG and every numpy ``Generator`` /
-  ``RandomState`` held in a module global, 32 bytes drawn from the interpreter's OpenSSL
-  (``ssl.RAND_bytes``) and from ``cryptography``'s own OpenSSL (an X25519 key). Identical in
-  every restored copy: a finding. Each is only looked at when the function already loaded the
-  module: inspecting imports nothing new (numpy 2 imports ``numpy.random`` lazily too).
+  differ: Python's global ``random`` and numpy's legacy global RNG when the function's modules
+  draw from them (`referenced_generators`), every numpy ``Generator`` / ``RandomState`` held
+  in a module global, 32 bytes drawn from the interpreter's OpenSSL (``ssl.RAND_bytes``) and
+  from ``cryptography``'s own OpenSSL (an X25519 key). Identical in every restored copy: a
+  finding. Each is only looked at when the function already loaded the module: inspecting
+  imports nothing new (numpy 2 imports ``numpy.random`` lazily too).
 - ``value``: scalar module globals of the function's own modules (the files under the task
   root: numbers, strings, bytes, UUIDs, dates, and one level into tuples, lists, dicts and
   plain instances of the function's classes), labelled ``uuid``, ``timestamp``, ``credential``
@@ -35,7 +36,7 @@ from typing import Any
 DIGEST_CHARS = 24
 MAX_ITEMS = 64  # a container global is fingerprinted whole only up to this many items
 SCALARS = (int, float, str, bytes, bool, uuid.UUID, datetime.datetime, datetime.date, datetime.time)
-CREDENTIAL_WORDS = ("secret", "token", "password", "credential", "access_key", "accesskey", "session")
+CREDENTIAL_WORDS = ("secret", "token", "password", "credential", "access_key", "accesskey")
 EPOCH_SECONDS = (1e9, 4.1e9)  # 2001 .. 2099
 
 
@@ -151,14 +152,42 @@ def module_values(task_root: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def generator_states(loaded: frozenset[str]) -> dict[str, dict[str, str]]:
+def referenced_generators(task_root: str) -> set[str]:
+    """Which global generators the function's own modules can draw from: ``random`` (the
+    module, or a function bound to its global instance, as ``from random import choice``
+    gives) and ``numpy.random`` (numpy or numpy.random, or a function bound to numpy's legacy
+    global RandomState)."""
+    random_module, numpy_random = sys.modules.get("random"), sys.modules.get("numpy.random")
+    global_random = getattr(random_module, "_inst", None)
+    global_numpy = getattr(getattr(numpy_random, "mtrand", None), "_rand", None)
+    used: set[str] = set()
+    for _, module in user_modules(task_root):
+        for value in list(vars(module).values()):
+            if isinstance(value, ModuleType):
+                name = value.__name__
+                if name == "random":
+                    used.add("random")
+                elif name == "numpy" or name.startswith("numpy.random"):
+                    used.add("numpy.random")
+                continue
+            owner = getattr(value, "__self__", None)
+            if owner is not None and owner is global_random:
+                used.add("random")
+            elif owner is not None and owner is global_numpy:
+                used.add("numpy.random")
+    return used
+
+
+def generator_states(loaded: frozenset[str], used: set[str]) -> dict[str, dict[str, str]]:
     """The global generators' states and fresh OpenSSL output (see the module docstring), of
-    the modules in `loaded` (those the function had loaded before the inspection began)."""
+    the modules in `loaded` (those the function had loaded before the inspection began). The
+    global ``random`` and numpy states only if the function's code draws from them (`used`):
+    the standard library loads ``random`` for its own purposes (``uuid`` on 3.11, ``tempfile``)."""
     out: dict[str, dict[str, str]] = {}
-    random_module = sys.modules.get("random") if "random" in loaded else None
+    random_module = sys.modules.get("random") if "random" in loaded and "random" in used else None
     if random_module is not None:
         out["random (global state)"] = {"kind": "random-state", "category": "state", "digest": digest(random_module.getstate())}
-    numpy_random = sys.modules.get("numpy.random") if "numpy.random" in loaded else None
+    numpy_random = sys.modules.get("numpy.random") if "numpy.random" in loaded and "numpy.random" in used else None
     if numpy_random is not None and hasattr(numpy_random, "get_state"):
         out["numpy.random (legacy global state)"] = {"kind": "numpy-random-state", "category": "state",
                                                      "digest": digest(numpy_random.get_state(legacy=False))}
@@ -182,4 +211,4 @@ def generator_states(loaded: frozenset[str]) -> dict[str, dict[str, str]]:
 def fingerprint(task_root: str, loaded: frozenset[str]) -> dict[str, dict[str, str]]:
     """Everything `inspect` reports, keyed by a name for the report. `loaded`: the names in
     ``sys.modules`` before this module was imported (importing it loads hashlib's OpenSSL)."""
-    return {**module_values(task_root), **generator_states(loaded)}
+    return {**module_values(task_root), **generator_states(loaded, referenced_generators(task_root))}

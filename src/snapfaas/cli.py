@@ -499,7 +499,8 @@ def _mb(n: int | None) -> str:
 
 @main.group()
 def snapshot() -> None:
-    """SnapStart snapshots in the store (read from the data dir; the server may be running)."""
+    """SnapStart snapshots: in the store (ls, inspect: read from the data dir; the server may be running)
+    and on the running server (expire)."""
 
 
 @snapshot.command(name="ls")

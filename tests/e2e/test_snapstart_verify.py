@@ -22,12 +22,15 @@ from tests.conftest import ROLE, ProcessFactory, ServerHandle, create, invoke_js
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish, wait_state
 
 ENTROPY_APP = """
-import random, time, uuid
+import os, random, ssl, time, uuid
 
 DRAWN = random.random()
 TOKEN = uuid.uuid4()
 STARTED = time.time()
 LIMIT = 10
+ssl.RAND_bytes(16)  # OpenSSL's DRBG is instantiated in the snapshot
+# this environment's credentials (delivered either way), captured at init
+AUTH_TOKEN = os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN") or os.environ.get("AWS_SESSION_TOKEN")
 
 
 def handler(event, context):
@@ -98,8 +101,9 @@ def test_verify_reports_entropy_captured_in_the_snapshot(lam, server: ServerHand
     assert report["ReseedAfterRestore"] is False and report["Problems"] == [], report
     assert findings(report) == {
         "random (global state)": "random-state",  # the handler's random.random() is the same in every copy
+        "OpenSSL (ssl.RAND_bytes)": "openssl",
         "response": "response",
-        "app.DRAWN": "value", "app.TOKEN": "uuid", "app.STARTED": "timestamp",
+        "app.DRAWN": "value", "app.TOKEN": "uuid", "app.STARTED": "timestamp", "app.AUTH_TOKEN": "credential",
     }, report  # LIMIT (a constant) is identical everywhere by design: not a finding
     # every copy is gone, and none was handed to an invoke: the next one restores its own environment
     assert set(server.runc_containers()) <= before
@@ -113,7 +117,8 @@ def test_reseed_after_restore_makes_rng_state_findings_disappear(reseeding: Serv
     code, report = verify(reseeding, "entropy:1", "--copies", "3")
     assert code == 1 and report["ReseedAfterRestore"] is True, report
     # the handler's draws now differ per copy; values captured at init are still the snapshot's
-    assert findings(report) == {"app.DRAWN": "value", "app.TOKEN": "uuid", "app.STARTED": "timestamp"}, report
+    assert findings(report) == {"app.DRAWN": "value", "app.TOKEN": "uuid", "app.STARTED": "timestamp",
+                                "app.AUTH_TOKEN": "credential"}, report
 
 
 def test_verify_of_a_clean_function_exits_0_and_prints_a_table(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]

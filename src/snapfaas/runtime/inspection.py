@@ -41,7 +41,14 @@ EPOCH_SECONDS = (1e9, 4.1e9)  # 2001 .. 2099
 
 
 def digest(value: Any) -> str:
-    return hashlib.sha256(repr(value).encode(errors="replace")).hexdigest()[:DIGEST_CHARS]
+    """A short SHA-256 of the value (of its bytes for str/bytes, however long; else of its repr)."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode(errors="replace")
+    else:
+        raw = repr(value).encode(errors="replace")
+    return hashlib.sha256(raw).hexdigest()[:DIGEST_CHARS]
 
 
 def user_modules(task_root: str) -> Iterator[tuple[str, ModuleType]]:

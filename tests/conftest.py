@@ -163,10 +163,17 @@ def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) 
     yield from run_server(processes, base, ["--keep-alive", "60"])
 
 
-def run_server(processes: ProcessFactory, base: Path, args: list[str]) -> Iterator[ServerHandle]:
-    """Start a server with its own data and sandbox dirs; stop it and check nothing leaked."""
+# SnapStart tests run python3.11 functions (the interpreter every CI host has); AWS's list starts at python3.12
+WIDE_SNAPSTART_RUNTIMES = ["--snapstart-runtimes", "python3.11,python3.12,python3.13"]
+
+
+def run_server(processes: ProcessFactory, base: Path, args: list[str], aws_snapstart_runtimes: bool = False) -> Iterator[ServerHandle]:
+    """Start a server with its own data and sandbox dirs; stop it and check nothing leaked.
+    SnapStart is accepted for python3.11 too (`WIDE_SNAPSTART_RUNTIMES`) unless
+    `aws_snapstart_runtimes` keeps the server's default, AWS's list."""
     sandbox = Path(f"/var/lib/snapfaas/test/{base.name}-{os.getpid()}")
-    handle = ServerHandle(processes, base / "data", free_port(), [*args, "--sandbox-dir", str(sandbox)])
+    widened = [] if aws_snapstart_runtimes or "--snapstart-runtimes" in args else WIDE_SNAPSTART_RUNTIMES
+    handle = ServerHandle(processes, base / "data", free_port(), [*args, *widened, "--sandbox-dir", str(sandbox)])
     handle.start()
     try:
         yield handle

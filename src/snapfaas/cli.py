@@ -19,7 +19,9 @@ from botocore.exceptions import ClientError
 from rich.console import Console
 from rich.table import Table
 
-from snapfaas.config import ServerConfig, credentials_from_env, parse_runtime_overrides, parse_size
+from snapfaas.config import (
+    AWS_SNAPSTART_RUNTIMES, ServerConfig, credentials_from_env, parse_runtime_overrides, parse_size, parse_snapstart_runtimes,
+)
 from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID
 
 console = Console()
@@ -65,6 +67,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--snapshot-retention", default="14d", show_default=True,
               help="Drop a SnapStart version's snapshot after this long without invokes (e.g. 14d, 6h, 90s).")
 @click.option("--no-snapstart", is_flag=True, help="Run without CRIU: SnapStart versions fail to publish.")
+@click.option("--snapstart-runtimes", default=",".join(AWS_SNAPSTART_RUNTIMES), show_default=True, metavar="NAME,...",
+              help="Runtimes SnapStart is accepted for (AWS: python3.12 and later); e.g. python3.11,python3.12,python3.13.")
+@click.option("--reseed-after-restore", is_flag=True,
+              help="After each SnapStart restore give random, numpy's global RNG and OpenSSL fresh entropy. AWS does "
+                   "not: by default restored copies share the snapshot's RNG states, as on Lambda.")
 @click.option("--snapshot-init-floor", default="130s", show_default=True,
               help="Snapshot init is bounded by max(this, Timeout), as on Lambda (lower it only for testing).")
 @click.option("--scan-block-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
@@ -137,6 +144,7 @@ def serve(**opts: Any) -> None:
         cache_budget = parse_size(opts["snapshot_cache_bytes"]) if opts["snapshot_cache_bytes"] is not None else None
         store_cache_bytes = parse_size(opts["store_cache_bytes"])
         store_memory_bytes = parse_size(opts["store_memory_bytes"])
+        snapstart_runtimes = parse_snapstart_runtimes(opts["snapstart_runtimes"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sandbox_dir = opts["sandbox_dir"]
@@ -155,6 +163,8 @@ def serve(**opts: Any) -> None:
         sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
         snapshot_retention_s=parse_duration(opts["snapshot_retention"]),
         snapstart=not opts["no_snapstart"],
+        snapstart_runtimes=snapstart_runtimes,
+        reseed_after_restore=opts["reseed_after_restore"],
         scan_block_on=None if opts["scan_block_on"] == "never" else opts["scan_block_on"],
         snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
         restore_memory=opts["restore_memory"],
@@ -489,7 +499,8 @@ def _mb(n: int | None) -> str:
 
 @main.group()
 def snapshot() -> None:
-    """SnapStart snapshots in the store (read from the data dir; the server may be running)."""
+    """SnapStart snapshots: in the store (ls, inspect: read from the data dir; the server may be running)
+    and on the running server (expire)."""
 
 
 @snapshot.command(name="ls")
@@ -543,6 +554,84 @@ def _working_set_text(working_set: dict[str, Any] | None) -> str:
     if "files" in working_set:
         return f"{_mb(working_set['bytes'])} of {working_set['files']} host files (sections: {', '.join(working_set['sections'])})"
     return f"no host files (version {working_set['version']}, sections: {', '.join(working_set['sections']) or '-'})"
+
+
+def _operator_call(conn: Any, path: str, body: dict[str, Any], timeout: float = 30, error_exit: int = 1) -> dict[str, Any]:
+    """POST an operator-only snapfaas route; a Lambda-style error becomes a ClickException
+    (exit status `error_exit`)."""
+    import urllib.error
+    import urllib.parse
+
+    try:
+        raw = conn.signed_request("POST", urllib.parse.quote(path, safe="/:"), json.dumps(body).encode(), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        try:
+            error = json.loads(text)
+            text = f"{exc.headers.get('x-amzn-ErrorType') or exc.code}: {error.get('Message') or error.get('message') or text}"
+        except ValueError:
+            pass
+        failure = click.ClickException(text)
+        failure.exit_code = error_exit
+        raise failure from exc
+    return json.loads(raw)
+
+
+@snapshot.command(name="expire")
+@click.argument("target", metavar="NAME:VERSION")
+@connection_options
+def snapshot_expire(target: str, endpoint_url: str, data_dir: Path, region: str) -> None:
+    """Force the snapshot of NAME:VERSION Inactive, as after the retention period: the next invoke
+    answers SnapStartNotReadyException and re-creates it (to test that handling)."""
+    conn = connect(endpoint_url, data_dir, region)
+    config = _operator_call(conn, f"/snapfaas/v1/snapshots/{target}/expire", {})
+    console.print(f"{target}: State {config.get('State')} ({config.get('StateReasonCode')}): {config.get('StateReason')}")
+
+
+@main.group()
+def snapstart() -> None:
+    """SnapStart checks against a running server (operator credentials)."""
+
+
+@snapstart.command(name="verify")
+@click.argument("target", metavar="NAME:VERSION")
+@click.option("--copies", default=3, show_default=True, type=click.IntRange(2, 16),
+              help="Fresh environments restored from the snapshot and compared.")
+@click.option("--payload", default="{}", show_default=True, help="JSON event each copy is invoked with.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@connection_options
+def snapstart_verify(target: str, copies: int, payload: str, as_json: bool, endpoint_url: str, data_dir: Path,
+                     region: str) -> None:
+    """Restore N fresh copies of NAME:VERSION's snapshot, invoke each, and report what they share
+    that they should not (RNG states, OpenSSL output, values captured at init from entropy, the
+    clock or credentials). Exit status 0: nothing found; 1: findings; 2: an error, or nothing could be compared."""
+    try:
+        json.loads(payload)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
+    conn = connect(endpoint_url, data_dir, region)
+    with err_console.status(f"restoring {copies} copies of {target}"):
+        report = _operator_call(conn, f"/snapfaas/v1/snapstart/{target}/verify", {"Copies": copies, "Payload": payload},
+                                timeout=1800, error_exit=2)
+    findings, problems = report.get("Findings", []), report.get("Problems", [])
+    if as_json:
+        click.echo(_json(report))
+    else:
+        title = (f"{report['FunctionName']}:{report['Version']}: {report['Copies']} restored copies, "
+                 f"{report['Checked']} fingerprints, reseed after restore {'on' if report['ReseedAfterRestore'] else 'off'}")
+        if findings:
+            table = Table("What", "Kind", "Finding", title=title)
+            for f in findings:
+                table.add_row(f["Name"], f["Kind"], f["Detail"])
+            console.print(table)
+        else:
+            console.print(f"{title}: nothing shared that should differ")
+        for problem in problems:
+            err_console.print(f"[yellow]problem:[/] {problem}")
+    if report.get("Checked", 0) == 0:
+        sys.exit(2)
+    if findings:
+        sys.exit(1)
 
 
 @main.group()

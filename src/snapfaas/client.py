@@ -52,10 +52,16 @@ class Connection:
         )
 
     def signed_get(self, path: str) -> bytes:
-        request = AWSRequest(method="GET", url=self.endpoint + path)
+        return self.signed_request("GET", path)
+
+    def signed_request(self, method: str, path: str, body: bytes | None = None, timeout: float = 30) -> bytes:
+        """A SigV4-signed request to a snapfaas route; raises urllib.error.HTTPError on an error status."""
+        request = AWSRequest(method=method, url=self.endpoint + path, data=body)
+        if body is not None:
+            request.headers["Content-Type"] = "application/json"
         SigV4Auth(Credentials(self.access_key_id, self.secret_access_key), "lambda", self.region).add_auth(request)
-        prepared = urllib.request.Request(self.endpoint + path, headers=dict(request.headers.items()))
-        with urllib.request.urlopen(prepared, timeout=30) as response:
+        prepared = urllib.request.Request(self.endpoint + path, data=body, method=method, headers=dict(request.headers.items()))
+        with urllib.request.urlopen(prepared, timeout=timeout) as response:
             return response.read()
 
 

@@ -19,6 +19,8 @@ PYTHON_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 # `python3` on the sandbox's PATH (sandbox/interpreter.py)
 CUSTOM_RUNTIMES = ("provided.al2023", "provided.al2")
 SUPPORTED_RUNTIMES = PYTHON_RUNTIMES + CUSTOM_RUNTIMES
+# the Python runtimes AWS accepts SnapStart for (python3.12 and later); `--snapstart-runtimes` widens it
+AWS_SNAPSTART_RUNTIMES = ("python3.12", "python3.13", "python3.14")
 ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
 RAM_ROOT = Path("/run/snapfaas")  # root-owned, on a tmpfs: per-server state that belongs in RAM (see hostpaths)
 ENV_SERVICES = "127.0.0.1:9001"  # inside every environment's own network namespace (see sandbox/network.py)
@@ -70,6 +72,8 @@ class ServerConfig:
     snapshot_init_floor_s: float = 130.0  # snapshot init bound is max(this, Timeout), as on Lambda
     scan_block_on: str | None = None  # publish-time safety scan: findings at/above this severity fail the publish
     snapstart: bool = True  # False: behave as if CRIU were missing (SnapStart versions fail to publish)
+    snapstart_runtimes: tuple[str, ...] = AWS_SNAPSTART_RUNTIMES  # runtimes SnapStart is accepted for (AWS's by default)
+    reseed_after_restore: bool = False  # True: give random/numpy/OpenSSL fresh entropy after each restore (AWS does not)
     restore_prefetch: bool = True  # read a snapshot's recorded file working set ahead at each restore (snapshot/workingset.py)
     snapshot_init_aslr: bool = True  # False: a publish's init runs without ASLR and glibc's tcache (more dedup; snapshot/determinism.py)
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
@@ -264,6 +268,19 @@ def parse_runtime_overrides(values: list[str] | tuple[str, ...]) -> dict[str, st
             raise ValueError(f"--runtime: unsupported runtime {name!r} (supported: {', '.join(SUPPORTED_RUNTIMES)})")
         out[name] = path
     return out
+
+
+def parse_snapstart_runtimes(text: str) -> tuple[str, ...]:
+    """``python3.11,python3.12`` -> the runtimes SnapStart is accepted for; ValueError naming an
+    unknown one. Names AWS accepts SnapStart for are valid even where this server lacks the runtime."""
+    known = dict.fromkeys((*PYTHON_RUNTIMES, *AWS_SNAPSTART_RUNTIMES))  # OS-only runtimes have no SnapStart on AWS
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ValueError("--snapstart-runtimes: name at least one runtime")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--snapstart-runtimes: unknown runtime {unknown[0]!r} (known: {', '.join(known)})")
+    return names
 
 
 def credentials_from_env(environ: Mapping[str, str]) -> dict[str, str] | None:

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from snapfaas.bench.harness import PrivateServer, timed_invoke
+from snapfaas.bench.harness import PrivateServer, bench_runtime_args, timed_invoke
 
 FUNCTION = Path(__file__).resolve().parent / "bench" / "functions" / "torch_mlp"
 FIELD_RE = re.compile(r"(Init Duration|Restore Duration|Duration|Max Memory Used): ([0-9.]+ (?:ms|MB))")
@@ -27,7 +27,7 @@ def _invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float
 
 def run(console: Console, say: Callable[[str], None], runtime_python: Path) -> None:
     with console.status("starting snapfaas (private data dir, free port)"):
-        server = PrivateServer(["--keep-alive", "120", "--runtime", f"python3.11={runtime_python.absolute()}"]).__enter__()
+        server = PrivateServer(["--keep-alive", "120", *bench_runtime_args(runtime_python.absolute())]).__enter__()
     try:
         say(f"platform up at {server.connection.endpoint}; deploying a torch function (MLP built at init)")
         client = server.client()

@@ -48,6 +48,7 @@ from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
 from snapfaas.worker.pool import Worker
+from snapfaas.snapshot.operations import SnapStartOperations
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class Server:
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env,
                         admission_wait_s=cfg.admission_wait_s)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
+        control.snapstart_runtimes = cfg.snapstart_runtimes
+        worker.reseed_after_restore = cfg.reseed_after_restore
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
@@ -151,7 +154,7 @@ class Server:
         except StoreError as exc:  # e.g. the origin is unreachable: serving goes on, the next collection retries
             self.say(f"WARNING: snapshot garbage collection at start-up failed: {exc.message}")
         control.collect_garbage()  # code, then the id slices of deleted functions
-        services = Services(cfg, control, invoker, logs, identity=identity)
+        services = Services(cfg, control, invoker, logs, identity=identity, snapstart=SnapStartOperations(invoker, snapshots))
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
         timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,

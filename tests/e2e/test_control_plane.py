@@ -106,7 +106,7 @@ def test_create_function_with_every_option_echoes_it_and_settles(lam) -> None:
     created = lam.create_function(
         FunctionName="full", Runtime="python3.13", Role=ROLE, Handler="app.handler", Code={"ZipFile": package},
         MemorySize=256, Timeout=10, Description="everything set", Environment={"Variables": {"ENV_A": "from-env"}},
-        EphemeralStorage={"Size": 1024}, SnapStart={"ApplyOn": "PublishedVersions"}, Publish=True,
+        EphemeralStorage={"Size": 512}, SnapStart={"ApplyOn": "PublishedVersions"}, Publish=True,
     )
     assert created["ResponseMetadata"]["HTTPStatusCode"] == 201
     assert created["FunctionArn"] == ARN + "full"  # unqualified even with Publish=True
@@ -123,7 +123,7 @@ def test_create_function_with_every_option_echoes_it_and_settles(lam) -> None:
     expected = {
         "FunctionName": "full", "Runtime": "python3.13", "Role": ROLE, "Handler": "app.handler", "MemorySize": 256,
         "Timeout": 10, "Description": "everything set", "Environment": {"Variables": {"ENV_A": "from-env"}},
-        "EphemeralStorage": {"Size": 1024}, "SnapStart": {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"},
+        "EphemeralStorage": {"Size": 512}, "SnapStart": {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"},
         "LoggingConfig": {"LogFormat": "Text", "LogGroup": "/aws/lambda/full"}, **ALWAYS_PRESENT,
     }
     assert {k: created[k] for k in expected} == expected

@@ -28,3 +28,25 @@ def test_action_names() -> None:
     assert access.action_for("GET", "/2015-03-31/functions/") == "lambda:ListFunctions"
     assert access.action_for("DELETE", access.FN + "/policy/{sid}") == "lambda:RemovePermission"
     assert access.action_for("PUT", "/2099-01-01/new/{name}") == "snapfaas:PUT /2099-01-01/new/{name}"
+
+
+def test_snapstart_operations_are_operator_only() -> None:
+    """verify and expire are refused to a function's environment before any policy is read,
+    even one whose resource policies grant everything; the operator passes."""
+    import asyncio
+
+    import pytest
+    from aiohttp.test_utils import make_mocked_request
+
+    from snapfaas.errors import AccessDenied
+    from snapfaas.principals import FunctionPrincipal, Operator
+
+    app = build_app(object(), None)  # type: ignore[arg-type]
+    assert access.OPERATOR_ONLY == {access.action_for("POST", access.VERIFY), access.action_for("POST", access.EXPIRE)}
+    principal = FunctionPrincipal("attacker", "arn:aws:iam::000000000000:role/any")
+    for path in ("/snapfaas/v1/snapstart/victim:1/verify", "/snapfaas/v1/snapshots/victim:1/expire"):
+        request = make_mocked_request("POST", path, app=app)
+        request._match_info = asyncio.run(app.router.resolve(request))  # what aiohttp's dispatcher sets
+        with pytest.raises(AccessDenied, match="reserved to the operator"):
+            access.authorize_request(request, principal)
+        access.authorize_request(request, Operator("AKIDOPERATOR"))

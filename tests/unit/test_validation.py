@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from snapfaas.config import SUPPORTED_RUNTIMES
+from snapfaas.config import AWS_SNAPSTART_RUNTIMES, SUPPORTED_RUNTIMES, parse_snapstart_runtimes
 from snapfaas.errors import InvalidParameterValue, ValidationError
 from snapfaas.registry import validation as check
 
@@ -281,9 +281,9 @@ def test_runtime_rejects_unknown(value: object) -> None:
 @pytest.mark.parametrize("runtime", ["provided.al2023", "provided.al2"])
 def test_snap_start_refused_for_os_only_runtimes(runtime: str) -> None:
     with pytest.raises(InvalidParameterValue, match=f"^{runtime} is not supported for SnapStart enabled functions.$"):
-        check.snap_start_runtime(runtime, "PublishedVersions")
-    check.snap_start_runtime(runtime, "None")
-    check.snap_start_runtime("python3.12", "PublishedVersions")
+        check.snap_start_support(runtime, 512, AWS_SNAPSTART_RUNTIMES)
+    with pytest.raises(ValueError, match="unknown runtime"):  # not even an operator can widen SnapStart to them
+        parse_snapstart_runtimes(f"python3.12,{runtime}")
 
 
 @pytest.mark.parametrize("value", ["python2.7", "python3.7", "nodejs12.x"])
@@ -319,3 +319,31 @@ def test_require() -> None:
         check.require({"A": None}, "A", "a")
     with pytest.raises(ValidationError, match="at 'a'"):
         check.require({}, "A", "a")
+
+
+# -- SnapStart restrictions ------------------------------------------------------------------
+def test_snapstart_runtimes_are_aws_list_by_default() -> None:
+    from snapfaas.config import AWS_SNAPSTART_RUNTIMES
+
+    assert AWS_SNAPSTART_RUNTIMES == ("python3.12", "python3.13", "python3.14")
+    check.snap_start_support("python3.12", 512, AWS_SNAPSTART_RUNTIMES)
+    with pytest.raises(InvalidParameterValue) as info:
+        check.snap_start_support("python3.11", 512, AWS_SNAPSTART_RUNTIMES)
+    assert info.value.message == "python3.11 is not supported for SnapStart enabled functions."  # AWS's wording
+    check.snap_start_support("python3.11", 512, ("python3.11", "python3.12"))  # --snapstart-runtimes widens it
+
+
+def test_snapstart_refuses_ephemeral_storage_above_512_mb() -> None:
+    check.snap_start_support("python3.12", 512, ("python3.12",))
+    with pytest.raises(InvalidParameterValue, match="greater than 512 MB is not supported for SnapStart enabled functions"):
+        check.snap_start_support("python3.12", 513, ("python3.12",))
+
+
+def test_parse_snapstart_runtimes() -> None:
+    from snapfaas.config import parse_snapstart_runtimes
+
+    assert parse_snapstart_runtimes("python3.11, python3.12,python3.11") == ("python3.11", "python3.12")
+    assert parse_snapstart_runtimes("python3.14") == ("python3.14",)  # on AWS's list even where not served
+    for bad in ("", " , ", "python3.10", "nodejs22.x"):
+        with pytest.raises(ValueError, match="--snapstart-runtimes"):
+            parse_snapstart_runtimes(bad)

@@ -18,6 +18,8 @@ from snapfaas.principals import Operator, Principal
 from snapfaas.registry import validation as check
 
 FN = "/2015-03-31/functions/{name}"
+VERIFY = "/snapfaas/v1/snapstart/{name}/verify"
+EXPIRE = "/snapfaas/v1/snapshots/{name}/expire"
 ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/2015-03-31/functions"): "lambda:CreateFunction",
     ("POST", "/2015-03-31/functions/"): "lambda:CreateFunction",
@@ -49,7 +51,12 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/2019-09-25/functions/{name}/event-invoke-config/list"): "lambda:ListFunctionEventInvokeConfigs",
     ("GET", "/snapfaas/v1/logs/{name}"): "snapfaas:GetFunctionLogs",
     ("POST", "/snapfaas/v1/echo"): "snapfaas:Echo",
+    ("POST", VERIFY): "snapfaas:VerifySnapStart",
+    ("POST", EXPIRE): "snapfaas:ExpireSnapshot",
 }
+# Actions only the operator may take, whatever grants a function's policy holds: they create
+# environments outside the pools and inspect them (verify), or drop a snapshot (expire).
+OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot"})
 
 
 def action_for(method: str, canonical: str) -> str:
@@ -81,6 +88,9 @@ def authorize_request(request: web.Request, principal: Principal) -> None:
     if route.resource is None:
         return
     action = action_for(request.method, route.resource.canonical)
+    if action in OPERATOR_ONLY:  # before any policy: no grant reaches these
+        raise AccessDenied(f"User: {principal.arn} is not authorized to perform: {action} because it is reserved "
+                           "to the operator")
     resource = resource_for(request)
     statements = _invoke_statements(request) if action == policy.INVOKE else []
     decision = policy.authorize(principal, action, resource, statements)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from snapfaas.api import access, aliases, event_configs, functions, permissions
+from snapfaas.api import access, aliases, event_configs, functions, permissions, snapstart
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
@@ -117,6 +117,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_get("/snapfaas/v1/health", health)
     app.router.add_get(CREDENTIALS_PATH, container_credentials)
     app.router.add_post("/snapfaas/v1/echo", echo)
+    app.router.add_post(access.VERIFY, snapstart.verify)
+    app.router.add_post(access.EXPIRE, snapstart.expire)
     return app
 
 

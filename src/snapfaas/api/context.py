@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -19,6 +19,9 @@ from snapfaas.registry.service import ControlPlane
 from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
 
+if TYPE_CHECKING:
+    from snapfaas.snapshot.operations import SnapStartOperations
+
 SERVICES = web.AppKey("services", object)
 
 
@@ -30,6 +33,7 @@ class Services:
     logs: LogStore
     links: CodeLinks = dataclasses.field(default_factory=CodeLinks)
     identity: IdentityBroker = dataclasses.field(default_factory=IdentityBroker)
+    snapstart: "SnapStartOperations | None" = None  # operator-only verify / expire (api/snapstart.py)
 
     @property
     def registry(self):  # type: ignore[no-untyped-def]

@@ -26,6 +26,13 @@ from snapfaas.sandbox.mounts import remove_tree
 ROLE = "arn:aws:iam::000000000000:role/snapfaas"
 
 
+def bench_runtime_args(runtime_python: object) -> list[str]:
+    """Server flags for the reference functions' interpreter (`make-bench-runtime.sh`: a Python 3.11
+    virtualenv with numpy, scipy and torch), run as runtime python3.11. AWS offers SnapStart from
+    python3.12 on, so these servers widen the SnapStart runtime list to include it."""
+    return ["--runtime", f"python3.11={runtime_python}", "--snapstart-runtimes", "python3.11,python3.12,python3.13"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TimedInvoke:
     elapsed_ms: float  # end to end, as the client saw it

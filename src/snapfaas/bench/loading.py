@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from snapfaas.bench.harness import PrivateServer
+from snapfaas.bench.harness import PrivateServer, bench_runtime_args
 from snapfaas.bench.snapstart import REFERENCE, Bench, _deploy, _publish, drop_page_cache, measured_invoke
 from snapfaas.bench.store import _manifests, _snapshot_ids, disk_blobs, drop_disk_cache, drop_ram_cache, stats
 
@@ -104,7 +104,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _servers(runtime_python: str) -> Iterator[dict[str, PrivateServer]]:
-    base = ["--keep-alive", "2", "--runtime", f"python3.11={runtime_python}"]
+    base = ["--keep-alive", "2", *bench_runtime_args(runtime_python)]
     with contextlib.ExitStack() as stack:
         yield {loading: stack.enter_context(PrivateServer(base + args)) for loading, args in LOADINGS.items()}
 

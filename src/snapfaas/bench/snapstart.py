@@ -20,7 +20,7 @@ from typing import Any
 
 from snapfaas.config import bundles_for, snapshot_cache_for
 from snapfaas.bench.floor import restore_floor
-from snapfaas.bench.harness import PrivateServer, timed_invoke
+from snapfaas.bench.harness import PrivateServer, bench_runtime_args, timed_invoke
 from snapfaas.client import Connection
 from snapfaas.snapshot import engine
 from snapfaas.snapshot.catalog import Catalog
@@ -188,7 +188,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 3, burst: i
     """Every figure for each reference function; the baseline for the copy-on-write restore
     (a second server with ``--restore-memory copy``) runs in the same process and run."""
     results: dict[str, Any] = {}
-    args = ["--keep-alive", "2", "--runtime", f"python3.11={runtime_python}"]
+    args = ["--keep-alive", "2", *bench_runtime_args(runtime_python)]
     with contextlib.ExitStack() as servers:
         server = servers.enter_context(PrivateServer(args))
         copy_server = servers.enter_context(PrivateServer([*args, "--restore-memory", "copy"]))

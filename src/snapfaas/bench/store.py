@@ -64,7 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapfaas.bench.harness import PrivateServer, zip_files
+from snapfaas.bench.harness import PrivateServer, bench_runtime_args, zip_files
 from snapfaas.bench.snapstart import FUNCTIONS, REFERENCE, Bench, _deploy, _files, _publish, drop_page_cache, measured_invoke
 from snapfaas.config import snapshot_cache_for
 from snapfaas.snapshot.catalog import Catalog
@@ -262,7 +262,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: li
     results: dict[str, Any] = {}
     # eager restores (the RAM cache is the "ram" tier; lazy loading is `bench loading`'s subject) and
     # deterministic publish inits (the dedup figures are for that switch)
-    args = ["--keep-alive", "2", "--runtime", f"python3.11={runtime_python}", "--store-memory-bytes", "1",
+    args = ["--keep-alive", "2", *bench_runtime_args(runtime_python), "--store-memory-bytes", "1",
             "--restore-loading", "eager", "--no-snapshot-init-aslr"]
     with PrivateServer(args) as server:
         bench = Bench(server, say)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from snapfaas.config import AWS_SNAPSTART_RUNTIMES
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, SnapfaasError
 from snapfaas.registry import validation as check
 from snapfaas.registry.artifacts import ArtifactStore, CodeArtifact
@@ -47,6 +48,7 @@ class ControlPlane:
         self.artifacts = artifacts
         self.interpreters = interpreters
         self.retire = retire
+        self.snapstart_runtimes: tuple[str, ...] = AWS_SNAPSTART_RUNTIMES  # the server sets --snapstart-runtimes
         self.event_configs = EventConfigs(registry)  # PutFunctionEventInvokeConfig and friends
         self.publishers: dict[str, Settle] = {}
         self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
@@ -221,11 +223,15 @@ class ControlPlane:
             v.ephemeral_storage = check.ephemeral_storage(body["EphemeralStorage"])
         if "SnapStart" in body:
             v.snap_start = check.snap_start(body["SnapStart"])
-        check.snap_start_runtime(v.runtime, v.snap_start)
         if "Architectures" in body:
             arch = body["Architectures"]
             if arch != ["x86_64"] and arch != ["arm64"]:
                 raise check.constraint_error(arch, "architectures", "Member must have length less than or equal to 1")
+
+    def _check_snap_start(self, v: FunctionVersion) -> None:
+        """AWS's SnapStart restrictions, for a configuration with SnapStart on."""
+        if v.snap_start == "PublishedVersions":
+            check.snap_start_support(v.runtime, v.ephemeral_storage, self.snapstart_runtimes)
 
     # -- functions -------------------------------------------------------------------------
     async def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
@@ -243,6 +249,7 @@ class ControlPlane:
         draft = FunctionVersion(name=name, version=LATEST, runtime=runtime, handler=handler, role=role,
                                 code_digest="", code_sha256="", code_size=0)
         self._apply_config(draft, body, self.interpreters)
+        self._check_snap_start(draft)
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
@@ -292,6 +299,7 @@ class ControlPlane:
         self._guard_update(current)
         draft = dataclasses.replace(current, environment=dict(current.environment))
         self._apply_config(draft, body, self.interpreters)
+        self._check_snap_start(draft)
 
         def change(v: FunctionVersion) -> None:
             for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",
@@ -329,6 +337,7 @@ class ControlPlane:
         description = body.get("Description")
         if description is not None:
             check.description(description)
+        self._check_snap_start(self.registry.get_version(name, LATEST))  # the list may have narrowed since
         version, created = self.registry.publish(name, body.get("CodeSha256"), body.get("RevisionId"), description)
         if not created:
             return version

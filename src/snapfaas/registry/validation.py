@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from snapfaas.config import CUSTOM_RUNTIMES, SUPPORTED_RUNTIMES
+from snapfaas.config import SUPPORTED_RUNTIMES
 from snapfaas.destinations import DESTINATION_ARN_PATTERN, DESTINATION_ARN_RE
 from snapfaas.errors import InvalidParameterValue, ValidationError
 
@@ -177,11 +177,21 @@ def snap_start(value: object) -> str:
     return str(apply_on)
 
 
-def snap_start_runtime(runtime: str, apply_on: str) -> None:
-    """SnapStart does not exist for OS-only runtimes on Lambda; its wording for a runtime it
-    does not snapshot."""
-    if apply_on == "PublishedVersions" and runtime in CUSTOM_RUNTIMES:
+SNAPSTART_MAX_EPHEMERAL_MB = 512  # AWS: SnapStart does not support ephemeral storage above 512 MB
+
+
+def snap_start_support(runtime: str, ephemeral_storage_mb: int, allowed_runtimes: tuple[str, ...] | frozenset[str]) -> None:
+    """Whether a SnapStart-enabled configuration is one AWS accepts: a runtime of the SnapStart
+    list (AWS's wording, as recorded from the service) and at most 512 MB of ephemeral storage
+    (AWS documents the limit; the message follows the same "... is not supported for SnapStart
+    enabled functions." form). Provisioned concurrency, EFS and container images, which AWS
+    also excludes, are not modeled by this server."""
+    if runtime not in allowed_runtimes:
         raise InvalidParameterValue(f"{runtime} is not supported for SnapStart enabled functions.")
+    if ephemeral_storage_mb > SNAPSTART_MAX_EPHEMERAL_MB:
+        raise InvalidParameterValue(
+            f"EphemeralStorage size greater than {SNAPSTART_MAX_EPHEMERAL_MB} MB is not supported for SnapStart enabled functions."
+        )
 
 
 def environment(value: object) -> dict[str, str]:

@@ -8,13 +8,16 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
 2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
    (LIFO), clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
-   taken while blocked); then reseed RNGs and run after-restore hooks (FIFO). Failures send
+   taken while blocked); then run after-restore hooks (FIFO), after reseeding the RNGs if the
+   ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
    ``error``.
 
 Randomness after a restore: every restored copy of a snapshot starts from the same memory,
-RNG states included. `reseed` gives Python's `random`, numpy's global RNG and the OpenSSL the
+RNG states included. As on AWS, nothing is reseeded by default: restored copies draw the same
+numbers until the function re-seeds ("generate unique content after initialization"). With
+``--reseed-after-restore`` (the ``restore`` frame's ``reseed`` field) `reseed` gives Python's `random`, numpy's global RNG and the OpenSSL the
 interpreter links (the one ``ssl``/``hashlib`` use; C extensions linking that same shared
 libcrypto share it) fresh OS entropy before the after-restore hooks.
 
@@ -222,6 +225,13 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> Non
         if frame is None:
             return
         header, payload = frame
+        if header["t"] == "inspect":  # only ever sent by `snapfaas snapstart verify`, to its own copies
+            loaded = frozenset(sys.modules)
+            from . import inspection
+
+            task_root = environ.get("LAMBDA_TASK_ROOT") or os.getcwd()
+            channel.send("inspection", json.dumps(inspection.fingerprint(task_root, loaded)).encode())
+            continue
         if header["t"] != "invoke":
             continue
         request_id = header["id"]
@@ -305,7 +315,8 @@ def snap_start_barrier(channel: Channel) -> None:
         else:
             os.environ[key] = value
     try:
-        reseed()
+        if header.get("reseed"):
+            reseed()
         run_hooks("after")
     except Exception as exc:  # a hook can raise anything
         fail(channel, "restore_error", "restore", hook_fault(Fault.AFTER_RESTORE, exc), EXIT_AFTER_RESTORE)

@@ -15,8 +15,10 @@ it is output some user code wrote to fd 1 directly (a subprocess, say) and the w
 Kinds, runtime -> worker: ``ready`` (init done, waiting for work: Runtime API ``/next``),
 ``init_error``, ``response``, ``error`` (invocation error), ``restore_ready`` (SnapStart: init
 and before-snapshot hooks done, blocked in ``/restore/next``), ``resumed`` (restored and running
-again, about to run the after-restore work), ``restore_error``.
-Kinds, worker -> runtime: ``invoke`` (the event as payload), ``restore`` (resume after restore).
+again, about to run the after-restore work), ``restore_error``, ``inspection`` (JSON payload).
+Kinds, worker -> runtime: ``invoke`` (the event as payload), ``restore`` (resume after restore;
+header field ``reseed``: reseed the RNGs first), ``inspect`` (``snapfaas snapstart verify`` only:
+answer ``inspection``, fingerprints of what restored copies should not share; see `inspection`).
 
 After every init and every invocation the runtime also writes `LOG_MARK` + ``<tag>\\n`` to
 stderr, after flushing it, so that the worker knows it has read all of that phase's log output.

@@ -250,12 +250,13 @@ RULES: tuple[Rule, ...] = (
         "Pseudo-random values or generators created at init",
         "Values drawn at init are identical in every restored environment; a generator object created at "
         "init (random.Random(), numpy default_rng()) resumes from the same internal state everywhere, so "
-        "all environments produce the same 'random' sequence. snapfaas reseeds only the global random and "
-        "numpy.random generators after restore.",
+        "all environments produce the same 'random' sequence. Like AWS, snapfaas reseeds nothing after "
+        "restore by default (`snapfaas serve --reseed-after-restore` reseeds the global random and numpy.random "
+        "generators only).",
         "Draw values and create generators in the handler, or re-create (or reseed from os.urandom) the generator "
         "in a `snapshot_restore_py.register_after_restore` hook.",
         bad='import random\n\nrng = random.Random()\nJITTER = random.uniform(0, 1)\n\n\ndef handler(event, context):\n    return rng.random() + JITTER\n',
-        good='import random\n\n\ndef handler(event, context):\n    return random.random() + random.uniform(0, 1)\n',
+        good='import random\n\n_rng = random.SystemRandom()\n\n\ndef handler(event, context):\n    return _rng.random() + _rng.uniform(0, 1)\n',
         family=("random", "numpy.random"),
     ),
     Rule(
@@ -335,8 +336,9 @@ RULES: tuple[Rule, ...] = (
         "SNAP009", "constant-seed-at-init", Severity.WARNING,
         "RNG seeded with a constant or the current time at init",
         "Every restored environment starts from the same seeded state, so they all draw the same sequence "
-        "(a time seed is the snapshot's time, i.e. a constant too). snapfaas reseeds the global random and "
-        "numpy.random generators after restore, which also silently discards a deliberate seed.",
+        "(a time seed is the snapshot's time, i.e. a constant too). Under `snapfaas serve --reseed-after-restore` "
+        "the global random and numpy.random generators are reseeded after restore, which silently discards a "
+        "deliberate seed.",
         "Leave the global generators unseeded (or seed from os.urandom); for reproducible draws seed a local "
         "random.Random(seed) in the handler, or reseed in a `snapshot_restore_py.register_after_restore` hook.",
         bad='import random\n\nrandom.seed(42)\n\n\ndef handler(event, context):\n    return random.random()\n',

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-from snapfaas.errors import NotFound, SnapStartNotReady
+from snapfaas.errors import InvalidParameterValue, NotFound, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.snapshot import engine, memory
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 MIN_INIT_TIMEOUT_S = 130.0
 TOUCH_PERSIST_S = 3600.0  # last-invoked times are persisted at most this often per version
 RECREATING = "The function's snapshot is being re-created."  # StateReason of a Pending re-creation
+IDLE_REASON = "The function's snapshot was removed because the version was not invoked for the retention period."
+FORCED_REASON = "The function's snapshot was removed by the operator (snapfaas snapshot expire)."
 NOT_READY = "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
 
 
@@ -368,21 +370,41 @@ class SnapshotManager:
     def expire(self) -> list[FunctionVersion]:
         """Versions whose snapshot outlived the retention period: snapshot dropped, Inactive."""
         now = self.clock()
-        expired = []
-        for v in self.registry.list_all_versions():
-            if v.state == State.ACTIVE and v.snapshot_id and (now - (v.last_invoked or 0)) > self.retention_s:
-                snapshot_id = v.snapshot_id
-
-                def deactivate(rec: FunctionVersion) -> None:
-                    rec.snapshot_id = None
-                    rec.move_to(State.INACTIVE, "The function's snapshot was removed because the version was not invoked for the retention period.", "Idle")
-
-                if self._set(v, deactivate):
-                    self.vault.delete(snapshot_id)
-                    expired.append(v)
+        expired = [v for v in self.registry.list_all_versions()
+                   if v.state == State.ACTIVE and v.snapshot_id and (now - (v.last_invoked or 0)) > self.retention_s
+                   and self._deactivate(v, IDLE_REASON)]
         if expired:
             self.collect_soon()
         return expired
+
+    def force_expire(self, version: FunctionVersion) -> FunctionVersion:
+        """``snapfaas snapshot expire``: what the retention period does to an idle version, now
+        (snapshot dropped, Inactive; the next invoke answers SnapStartNotReadyException and
+        re-creates it). Only an Active SnapStart version with a snapshot can expire; anything
+        else is refused naming its state. The caller retires its warm environments."""
+        if version.snapshot_id is None or version.state != State.ACTIVE:
+            raise InvalidParameterValue(
+                f"Version {version.version} of {version.name} has no active SnapStart snapshot to expire "
+                f"(state {version.state.value}).")
+        if not self._deactivate(version, FORCED_REASON):
+            raise NotFound(f"Function not found: {self.registry.function_arn(version.name, version.version)}")
+        self.collect_soon()
+        return self.registry.get_version(version.name, version.version)
+
+    def _deactivate(self, version: FunctionVersion, reason: str) -> bool:
+        """Active -> Inactive (StateReasonCode Idle, as Lambda reports it) and delete the
+        snapshot; False if the version is gone."""
+        snapshot_id = version.snapshot_id
+
+        def deactivate(rec: FunctionVersion) -> None:
+            rec.snapshot_id = None
+            rec.move_to(State.INACTIVE, reason, "Idle")
+
+        if not self._set(version, deactivate):
+            return False
+        if snapshot_id:
+            self.vault.delete(snapshot_id)
+        return True
 
     async def _retention_loop(self) -> None:
         period = max(1.0, min(self.retention_s / 4, 60.0))

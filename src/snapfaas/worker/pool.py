@@ -38,6 +38,7 @@ from snapfaas.worker.placement import (
 logger = logging.getLogger(__name__)
 PoolKey = tuple[str, str, str]  # function, version, revision id
 RESTORE_TIMEOUT_S = 10.0  # Lambda's bound on restore + after-restore hooks
+INSPECT_TIMEOUT_S = 30.0  # a verify copy's runtime answers `inspect` within this
 # Concurrent restores per CPU. Restores that map memory copy-on-write are short and partly
 # wait on the kernel (namespaces, mounts), so a burst of 8 on 2 CPUs finishes soonest all at
 # once (measured: p99 ~25% lower than 2 at a time); beyond 4 per CPU they queue.
@@ -90,6 +91,15 @@ class InvokeOutcome:
     max_memory_mb: int
     env_id: str
     restore_ms: float | None = None
+
+
+@dataclasses.dataclass
+class Sample:
+    """One environment's part in ``snapfaas snapstart verify`` (`Worker.sample`)."""
+
+    outcome: InvokeOutcome
+    fingerprints: dict[str, Any] | None  # the runtime's `inspection`; None when it could not be had
+    problem: str | None = None  # why there are no fingerprints
 
 
 class Pool:
@@ -178,6 +188,7 @@ class Worker:
         self.credentials = credentials or NoCredentials()
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
         self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
+        self.reseed_after_restore = False  # --reseed-after-restore: the runtime reseeds RNGs after a restore (AWS does not)
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
         self.admission_wait_s = admission_wait_s
@@ -635,10 +646,58 @@ class Worker:
                 self._finish(version.name)
                 self._wake()
 
-    async def _new_environment(self, version: FunctionVersion) -> Environment:
-        """An on-demand environment, or one restored from the version's snapshot."""
+    async def sample(self, version: FunctionVersion, request: InvokeRequest, restored: bool) -> Sample:
+        """``snapfaas snapstart verify``: one environment of `version` made for this call only,
+        restored from the version's snapshot (`restored`) or initialized on demand, invoked once
+        with `request`, asked for its fingerprints (``inspect``), then destroyed. It is never in
+        a pool, so no invoke can reach it; it holds one of the `max_environments` slots while it
+        lives. Raises what a restore raises (SnapStartError, SnapStartTimeout, SnapStartNotReady)."""
+        if self._closing:
+            raise ServiceError("verify failed at step 'create environment': the worker is shutting down")
+        async with self.environment_slot():
+            env = await self._new_environment(version, on_demand=not restored)
+            try:
+                env.move(EnvState.BUSY)
+                try:
+                    if restored:
+                        phase: tuple[str, float] = ("Restore", await self._restore(env))
+                    else:
+                        init = await self._boot(env, request)
+                        if isinstance(init, InvokeOutcome):
+                            return Sample(init, None, "init failed: " + init.payload.decode(errors="replace")[:500])
+                        phase = ("Init", init)
+                finally:
+                    if env.network is not None:
+                        env.network.started()
+                outcome, healthy = await self._run(env, request, phase)
+                if not healthy:
+                    return Sample(outcome, None, "the environment did not survive the invoke")
+                return Sample(outcome, *await self._inspect(env))
+            finally:
+                await env.destroy()
+
+    @staticmethod
+    async def _inspect(env: Environment) -> tuple[dict[str, Any] | None, str | None]:
+        """The runtime's ``inspection`` answer, or None and why not."""
+        try:
+            await env.send("inspect")
+            frame = await env.next_frame(INSPECT_TIMEOUT_S)
+        except TimeoutError:
+            return None, f"the runtime did not answer the inspection within {INSPECT_TIMEOUT_S:.0f} s"
+        except EnvironmentDied as died:
+            return None, f"the runtime died during the inspection: {died.describe()}"
+        if frame.kind != "inspection":
+            return None, f"the runtime answered {frame.kind!r} to the inspection"
+        try:
+            found = json.loads(frame.payload)
+        except ValueError as exc:
+            return None, f"unreadable inspection: {exc}"
+        return (found, None) if isinstance(found, dict) else (None, "unreadable inspection: not an object")
+
+    async def _new_environment(self, version: FunctionVersion, on_demand: bool = False) -> Environment:
+        """An on-demand environment, or one restored from the version's snapshot (unless `on_demand`)."""
         async with self.factory.network_for_new_environment() as network:
-            if version.uses_snapshot and self.snapshots is not None:
+            if version.uses_snapshot and self.snapshots is not None and not on_demand:
                 lease = await self.snapshots.images(version)  # pinned until the restore is over (lazy: until destroyed)
                 try:
                     env = self.factory.restored(version, lease.path, network)
@@ -668,7 +727,8 @@ class Worker:
             logger.warning("environment %s: restore output: %s", env.id, " | ".join(l.strip() for l in lines)[-1000:])
 
     async def _restore(self, env: Environment) -> float:
-        """Resume a snapshot: runc restore, fresh credentials, reseed + after-restore hooks.
+        """Resume a snapshot: runc restore, fresh credentials, after-restore hooks (preceded by
+        a reseed of the RNGs under ``--reseed-after-restore``).
 
         Returns the restore duration in ms. Raises SnapStartTimeout (over 10 s),
         SnapStartError (an after-restore hook failed) or SnapStartNotReady (the restore itself
@@ -696,7 +756,7 @@ class Worker:
                     criu_environ = self.snapshots.restore_environ(env.version)
                     await env.container.start(restore_from=env.restore_from, environ=criu_environ)
                     env.start_readers()
-                    await env.send("restore", json.dumps(updates).encode())
+                    await env.send("restore", json.dumps(updates).encode(), reseed=self.reseed_after_restore)
                     frame = await env.next_frame(None)  # "resumed": the process runs again
                 env.release_output(to_function_log=True)
                 resumed = time.monotonic()
@@ -858,4 +918,4 @@ def _look_again(waiters: collections.deque[asyncio.Future[Any]]) -> None:
             waiter.set_result(None)
 
 
-__all__ = ["InvokeOutcome", "Worker", "protocol"]
+__all__ = ["InvokeOutcome", "Sample", "Worker", "protocol"]

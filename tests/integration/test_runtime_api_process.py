@@ -439,3 +439,29 @@ def test_python_runtime_init_error_with_extensions(python_with_extensions) -> No
     header, payload = rt.expect("init_error")
     assert header["error_type"] == "Runtime.ImportModuleError"
     assert json.loads(payload)["errorMessage"].startswith("Unable to import module 'app'")
+
+
+def test_malformed_requests_get_lambda_errors(supervise) -> None:  # type: ignore[no-untyped-def]
+    rt = supervise("""
+        import http.client, json, os
+        from client import call, log
+        host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+        for length in ("-5", "abc"):
+            connection = http.client.HTTPConnection(host, int(port))
+            connection.putrequest("POST", "/2018-06-01/runtime/init/error")
+            connection.putheader("Content-Length", length)
+            connection.endheaders()
+            response = connection.getresponse()
+            log("length", length, response.status, response.read().decode())
+        log("put", call("PUT", "/2018-06-01/runtime/invocation/next")[0])
+        log("post next", call("POST", "/2018-06-01/runtime/invocation/next", b"")[0])
+        status, headers, body = call("GET", "/2018-06-01/runtime/invocation/next")
+        call("POST", f"/2018-06-01/runtime/invocation/{headers['Lambda-Runtime-Aws-Request-Id']}/response", b"1")
+    """)
+    rt.expect("ready")
+    log = rt.wait_mark("init")
+    assert 'length -5 400 {"errorMessage":"Invalid request body","errorType":"InvalidRequestFormat"}' in log
+    assert 'length abc 400 {"errorMessage":"Invalid request body","errorType":"InvalidRequestFormat"}' in log
+    assert "put 404" in log and "post next 405" in log
+    rt.invoke({}, "after")
+    assert rt.expect("response")[1] == b"1"

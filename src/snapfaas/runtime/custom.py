@@ -95,6 +95,8 @@ def read_body(handler: http.server.BaseHTTPRequestHandler, limit: int) -> tuple[
             handler.rfile.readline(1024)
         return b"".join(chunks), size
     size = int(handler.headers.get("Content-Length") or 0)
+    if size < 0:
+        raise ValueError(f"a negative Content-Length ({size})")
     if size > limit:
         handler.close_connection = True
         return None, size
@@ -166,6 +168,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             self._reply(gateway.respond(parts[4], body, size))
             return
         body, size = self._body()
+        if size < 0:
+            self._reply(Reply(400, b'{"errorMessage":"Invalid request body","errorType":"InvalidRequestFormat"}'))
+            return
         if body is None:
             self._reply(Reply(413, json.dumps({"errorMessage": f"Exceeded maximum allowed payload size ({MAX_REQUEST_BYTES} bytes).",
                                                 "errorType": "RequestEntityTooLarge"}).encode()))

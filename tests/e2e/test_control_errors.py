@@ -32,7 +32,7 @@ REF_NAME_PATTERN = (
     r"(arn:(aws[a-zA-Z-]*)?:lambda:)?((eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?(\d{12}:)?(function:)?"
     r"([a-zA-Z0-9-_\.]+)(:(\$LATEST(\.PUBLISHED)?|[a-zA-Z0-9-_]+))?"
 )
-RUNTIMES = "[python3.11, python3.12, python3.13]"
+RUNTIMES = "[python3.11, python3.12, python3.13, provided.al2023, provided.al2]"
 
 
 @pytest.fixture(scope="module")

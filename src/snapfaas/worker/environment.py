@@ -159,6 +159,7 @@ class Environment:
         self.id_slice: int | None = None  # the host id slice it runs in (set by the factory)
         self.release_images: Callable[[], None] = lambda: None  # unpins `restore_from` in the cache (idempotent)
         self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
+        self.credentials_expire_at: float | None = None  # epoch s; on-demand credentials variables expire then
         self.network: Any = None  # its `NetworkLease`, closed once the container is gone
 
     def __repr__(self) -> str:

@@ -330,7 +330,7 @@ def logs(name: str, lines: int, endpoint_url: str, data_dir: Path, region: str) 
         text = conn.signed_get(f"/snapfaas/v1/logs/{name}?limit={lines}").decode(errors="replace")
     except urllib.error.HTTPError as exc:
         raise click.ClickException(f"{exc.code}: {exc.read().decode(errors='replace')}") from exc
-    click.echo(text, nl=False)
+    click.echo(text.replace("\r", "\n"), nl=False)  # an entry spanning lines (a traceback) keeps them as \r
 
 
 @main.command(name="ls")

@@ -294,7 +294,9 @@ def logging_config(value: object, current: tuple[str, str | None, str | None, st
         system_level = _enum(value["SystemLogLevel"], "loggingConfig.systemLogLevel", SYSTEM_LOG_LEVELS)
     if "LogGroup" in value:
         raw = value["LogGroup"]
-        if not isinstance(raw, str) or not 1 <= len(raw) <= 512:
+        if not isinstance(raw, str) or not raw:
+            raise constraint_error(raw, "loggingConfig.logGroup", "Member must have length greater than or equal to 1")
+        if len(raw) > 512:
             raise constraint_error(raw, "loggingConfig.logGroup", "Member must have length less than or equal to 512")
         if not LOG_GROUP_RE.fullmatch(raw):
             raise constraint_error(raw, "loggingConfig.logGroup", f"Member must satisfy regular expression pattern: {LOG_GROUP_RE.pattern}")

@@ -320,7 +320,8 @@ def invoke(target: str, payload: str, tail: bool, endpoint_url: str, data_dir: P
     elapsed = (time.perf_counter() - started) * 1000
     body = response["Payload"].read().decode(errors="replace")
     if tail and response.get("LogResult"):
-        err_console.print(base64.b64decode(response["LogResult"]).decode(errors="replace"), highlight=False, markup=False)
+        tail_text = base64.b64decode(response["LogResult"]).decode(errors="replace").replace("\r", "\n")  # an entry's inner lines
+        err_console.print(tail_text, highlight=False, markup=False)
     err_console.print(f"[dim]version {response.get('ExecutedVersion')} - {elapsed:.1f} ms round trip[/]")
     click.echo(body)
     if response.get("FunctionError"):
@@ -340,7 +341,7 @@ def logs(name: str, lines: int, endpoint_url: str, data_dir: Path, region: str) 
         text = conn.signed_get(f"/snapfaas/v1/logs/{name}?limit={lines}").decode(errors="replace")
     except urllib.error.HTTPError as exc:
         raise click.ClickException(f"{exc.code}: {exc.read().decode(errors='replace')}") from exc
-    click.echo(text, nl=False)
+    click.echo(text.replace("\r", "\n"), nl=False)  # an entry spanning lines (a traceback) keeps them as \r
 
 
 @main.command(name="ls")

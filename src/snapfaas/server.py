@@ -8,6 +8,7 @@ crashed daemon are reaped at the next start).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -247,7 +248,8 @@ class Server:
         vault = SnapshotVault(store, cfg.snapshot_cache, image_owner=0, group_of=cfg.id_range.slice_base,
                               cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s,
                               counters_path=cfg.data_dir / COUNTERS_FILE, view=view)
-        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
+        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s,
+                                  functools.partial(creds.environ, snap_start=True), creds.retire,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s
         return manager

@@ -86,7 +86,7 @@ def handler(event, context):
         "init_type": os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"],
         "version": context.function_version,
         "log_stream": context.log_stream_name,
-        "log_stream_env": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
+        "log_stream_env": os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
     }
 """
 
@@ -200,12 +200,15 @@ def test_concurrent_invokes_restore_distinct_environments(lam, hooks_fn, counter
     restored = {env for env, m in entries if m.startswith("RESTORE_START")}
     reported = {env for env, m in entries if m.startswith("RESTORE_REPORT Restore Duration")}
     assert len(restored) == 8 and restored == reported
-    # each environment knows its own log stream (not the one of the environment snapshotted)
+    # each invoke is reported in its own environment's stream; the function itself gets no log
+    # stream name (AWS: not available with SnapStart), neither the snapshotted environment's
+    reporting = set()
     for response, body in results:
         request_id = response["ResponseMetadata"]["RequestId"]
         [env] = [env for env, m in entries if m.startswith(f"REPORT RequestId: {request_id}")]
-        assert body["log_stream"] == body["log_stream_env"]
-        assert body["log_stream"].endswith(f"/[1]{env}"), (body["log_stream"], env)
+        reporting.add(env)
+        assert body["log_stream"] is None and body["log_stream_env"] is None
+    assert reporting == restored
 
 
 def test_alias_restores_then_reuses_the_warm_environment(lam, counter: Counter) -> None:  # type: ignore[no-untyped-def]

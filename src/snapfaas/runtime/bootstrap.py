@@ -14,6 +14,9 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
    ``error``.
 
+Logging: `applog` puts Lambda's handler on the root logger before init (Text or JSON lines
+with the current request id); errors the runtime reports are logged in the same format.
+
 Randomness after a restore: every restored copy of a snapshot starts from the same memory,
 RNG states included. As on AWS, nothing is reseeded by default: restored copies draw the same
 numbers until the function re-seeds ("generate unique content after initialization"). With
@@ -53,7 +56,7 @@ import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, BinaryIO, NoReturn, TextIO
 
-from . import protocol
+from . import applog, protocol
 from .context import LambdaContext
 from .faults import Fault, error_of
 
@@ -234,6 +237,7 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> Non
         if header["t"] != "invoke":
             continue
         request_id = header["id"]
+        applog.RequestId.current = request_id
         environ_trace = header.get("trace_id")
         if environ_trace:
             os.environ["_X_AMZN_TRACE_ID"] = environ_trace
@@ -245,7 +249,7 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> Non
             body = encode_result(result)
         except Exception as exc:  # user code may raise anything; it becomes Lambda's error object
             error = error_of(exc, request_id)
-            print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=channel.log)
+            channel.log.write(applog.error_entry(error, environ))
             channel.mark_logs(request_id)
             channel.send("error", json.dumps(error).encode(), id=request_id, error_type=error["errorType"])
             continue
@@ -277,7 +281,7 @@ def shrink_heap() -> None:
 
 def fail(channel: Channel, kind: str, phase: str, error: dict[str, Any], exit_code: int) -> NoReturn:
     """Report a phase-level failure (``init_error`` / ``restore_error``) and exit."""
-    print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=channel.log)
+    channel.log.write(applog.error_entry(error, os.environ))
     channel.mark_logs(phase)
     channel.send(kind, json.dumps(error).encode(), error_type=error["errorType"])
     sys.exit(exit_code)
@@ -346,6 +350,7 @@ def main() -> None:
     channel = Channel(inbound, outbound, log)
     environ = os.environ
     drop_init_variables(environ)
+    applog.install(environ, log)  # before the handler module is imported, as Lambda's runtime does
     snap_start = environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start"
     try:
         # leading imports first only for a fixed-layout (deterministic) init: it makes versions share chunks

@@ -64,8 +64,10 @@ class SnapshotManager:
         clock: Callable[[], float] = time.time,
         restore_memory: str = "copy",
     ) -> None:
-        """`environ_for(env_id, function, role)` gives an environment its credentials variables; `revoke`
-        withdraws them when the environment is gone. `restore_memory` ("map" / "copy") is the
+        """`environ_for(env_id, function, role)` gives the publish's init environment its
+        credentials variables (the container-credentials endpoint); `revoke` withdraws its token
+        once the snapshot is taken (the credentials init fetched stay valid until they expire,
+        as on Lambda). `restore_memory` ("map" / "copy") is the
         server's setting; each snapshot records the mode its restores use (`memory.choose`)."""
         self.registry = registry
         self.factory = factory
@@ -184,7 +186,7 @@ class SnapshotManager:
     async def _snapshot(self, version: FunctionVersion) -> PublishFailure | str:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
         why it failed. The environment is destroyed before this returns."""
-        identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
+        identity = "snapshot-" + secrets.token_hex(6)  # its token is withdrawn right after
         async with self.factory.network_for_new_environment() as network:
             env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role), network)
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))

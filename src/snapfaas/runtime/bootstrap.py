@@ -284,20 +284,18 @@ def snap_start_barrier(channel: Channel) -> None:
         fail(channel, "init_error", "init", hook_fault(Fault.BEFORE_SNAPSHOT, exc), EXIT_BEFORE_SNAPSHOT)
     from . import sockets  # only SnapStart pays for importing socket/fcntl
 
-    closed, unsupported = sockets.sweep()
-    if unsupported:
-        fault = Fault(Fault.SNAPSHOT_SOCKET, "Init left sockets the snapshot cannot hold: " + "; ".join(unsupported)
-                      + ". Close them in a before-snapshot hook and re-create them after restore.")
-        fail(channel, "init_error", "init", fault.to_error(""), EXIT_BEFORE_SNAPSHOT)
+    swept = sockets.sweep()  # connections broken in place; UDP/listening sockets stay for CRIU
     restore_aslr()
     shrink_heap()
     channel.mark_logs("init")
-    channel.send("restore_ready", closed=closed)
+    channel.send("restore_ready", closed=swept.peers, kept=swept.kept)
     frame = channel.receive()
     if frame is None:
         sys.exit(0)
     header, payload = frame
     channel.send("resumed")
+    for failure in sockets.break_connections(swept.connections, header.get("connections", "closed")):
+        print(f"[WARNING] SnapStart: {failure}", file=channel.log)
     for key, value in (json.loads(payload) if payload else {}).items():
         if value is None:
             os.environ.pop(key, None)

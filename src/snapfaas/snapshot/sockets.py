@@ -15,6 +15,7 @@ a firewall that drops the packets) reproduce the other ways a stale connection d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 CONNECTION_MODES = ("reset", "closed", "blackhole")
@@ -32,11 +33,8 @@ _EFFECT = {
 
 def kernel_version(release: str) -> tuple[int, int]:
     """(major, minor) of a kernel release string such as ``6.18.3-cloud-amd64``; (0, 0) if unreadable."""
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def unsupported(kept: Iterable[Mapping[str, object]], criu_patches: Iterable[str], kernel: tuple[int, int],

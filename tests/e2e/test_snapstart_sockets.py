@@ -10,24 +10,27 @@ real runc + CRIU (with snapfaas's inet-sockets patch).
   connection (a warning; the publish succeeds), and nothing the restored copy writes reaches the
   peer. The peer is a TCP server in the suite's peer namespace (`tests.netpeer`).
 
+* With ``--sandbox-network host`` (copies share the host's ports) a socket bound to a port fails
+  the publish with Runtime.SnapshotUnsupportedSocket, naming it.
+
 Every test ends with the platform still serving (an on-demand invoke of an unrelated function).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, run_server
+from tests.conftest import ProcessFactory, ServerHandle, create, free_port, invoke_json, run_server
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, assert_warm, function_log, publish, wait_for
 from tests.netpeer import NetPeer
 
 SOCKETS_APP = """
-import os, socket
+import os, socket, time
 LISTEN_PORT, UDP_PORT = 7000, 7001
 LISTENER = socket.socket()
 LISTENER.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,7 +52,9 @@ def handler(event, context):
             greeting = client.recv(16).decode()
     EMITTER.sendto(event["datagram"].encode(), ("127.0.0.1", UDP_PORT))
     datagram, sender = RECEIVER.recvfrom(64)
+    time.sleep(event.get("hold", 0))  # keeps this environment busy: concurrent invokes restore others
     return {"init_type": os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"], "greeting": greeting,
+            "stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
             "datagram": datagram.decode(), "from_emitter": sender[1] == EMITTER.getsockname()[1]}
 """
 
@@ -148,16 +153,26 @@ def still_serving(lam, name: str) -> None:  # type: ignore[no-untyped-def]
 def test_udp_and_listening_sockets_survive_the_restore(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
     create(lam, "sockets", {"app.py": SOCKETS_APP}, SnapStart=SNAPSTART, Timeout=15)
     _, on_demand = invoke_json(lam, "sockets", {"datagram": "on-demand"})
+    assert on_demand.pop("stream")
     assert on_demand == {"init_type": "on-demand", "greeting": "accepted", "datagram": "on-demand", "from_emitter": True}
     publish(lam, "sockets")
     response, body = invoke_json(lam, "sockets", {"datagram": "restored"}, Qualifier="1", LogType="Tail")
     assert "FunctionError" not in response, body
     assert_restored(response["LogResult"])
+    first = body.pop("stream")
     assert body == {"init_type": "snap-start", "greeting": "accepted", "datagram": "restored", "from_emitter": True}
     # the same restored environment again: the sockets keep working
     response, body = invoke_json(lam, "sockets", {"datagram": "warm"}, Qualifier="1", LogType="Tail")
     assert_warm(response["LogResult"])
-    assert body["datagram"] == "warm" and body["greeting"] == "accepted", body
+    assert body["datagram"] == "warm" and body["greeting"] == "accepted" and body["stream"] == first, body
+    # concurrent restored copies: each has the listener's port and the receiver's in its own namespace
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda i: invoke_json(lam, "sockets", {"datagram": f"copy-{i}", "hold": 1.5},
+                                                      Qualifier="1"), range(3)))
+    bodies = [body for _, body in results]
+    assert sorted(b["datagram"] for b in bodies) == ["copy-0", "copy-1", "copy-2"], bodies
+    assert all(b["greeting"] == "accepted" and b["from_emitter"] for b in bodies), bodies
+    assert len({b["stream"] for b in bodies}) == 3, bodies
     still_serving(lam, "plain")
 
 
@@ -185,3 +200,29 @@ def test_init_connection_is_broken_per_mode(processes: ProcessFactory, tmp_path_
         assert all(b"after-restore" not in data for data in peer.everything()), peer.everything()
         still_serving(lam, "plain")
 
+
+
+LISTEN_APP = """
+import os, socket
+LISTENER = socket.socket()
+LISTENER.bind(("127.0.0.1", int(os.environ["PORT"])))
+LISTENER.listen()
+def handler(event, context):
+    return "never restored"
+"""
+
+
+def test_host_network_refuses_a_socket_bound_to_a_port(processes: ProcessFactory,
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With --sandbox-network host every restored copy would share the host's ports: the publish
+    fails naming the socket (Runtime.SnapshotUnsupportedSocket), and the server keeps serving."""
+    for handle in run_server(processes, tmp_path_factory.mktemp("host-net"), ["--sandbox-network", "host"]):
+        lam = handle.client()
+        port = free_port()
+        create(lam, "listener", {"app.py": LISTEN_APP}, SnapStart=SNAPSTART, Timeout=15,
+               Environment={"Variables": {"PORT": str(port)}})
+        _, final = publish(lam, "listener", expect="Failed")
+        assert final["StateReasonCode"] == "FunctionError.RuntimeInitError", final
+        assert "Runtime.SnapshotUnsupportedSocket" in final["StateReason"], final["StateReason"]
+        assert f"listening TCP socket 127.0.0.1:{port}" in final["StateReason"], final["StateReason"]
+        still_serving(lam, "plain")

@@ -7,8 +7,10 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    (`drop_init_variables`), runs the module's leading imports first and loads its code compiled
    in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
 2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
-   (LIFO), clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
-   taken while blocked); then reseed RNGs and run after-restore hooks (FIFO). Failures send
+   (LIFO), break TCP connections in place (`sockets.sweep`; UDP and listening sockets stay),
+   clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
+   taken while blocked); then put broken connections on those fds (`sockets.break_connections`),
+   reseed RNGs and run after-restore hooks (FIFO). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
    ``error``.

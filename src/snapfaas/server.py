@@ -132,6 +132,8 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
+        worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections
+        snapshots.shared_network = cfg.sandbox_network == "host"
         working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store), view=snapshots.vault.view)  # attachments of the snapshots
         if cfg.restore_prefetch:
             worker.working_sets = working_sets

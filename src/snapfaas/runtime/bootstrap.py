@@ -7,9 +7,11 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    (`drop_init_variables`), runs the module's leading imports first and loads its code compiled
    in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
 2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
-   (LIFO), clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
-   taken while blocked); then run after-restore hooks (FIFO), after reseeding the RNGs if the
-   ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``). Failures send
+   (LIFO), break TCP connections in place (`sockets.sweep`; UDP and listening sockets stay),
+   clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
+   taken while blocked); then put broken connections on those fds (`sockets.break_connections`),
+   reseed the RNGs if the ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``)
+   and run after-restore hooks (FIFO). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
    ``error``.
@@ -298,20 +300,18 @@ def snap_start_barrier(channel: Channel) -> None:
         fail(channel, "init_error", "init", hook_fault(Fault.BEFORE_SNAPSHOT, exc), EXIT_BEFORE_SNAPSHOT)
     from . import sockets  # only SnapStart pays for importing socket/fcntl
 
-    closed, unsupported = sockets.sweep()
-    if unsupported:
-        fault = Fault(Fault.SNAPSHOT_SOCKET, "Init left sockets the snapshot cannot hold: " + "; ".join(unsupported)
-                      + ". Close them in a before-snapshot hook and re-create them after restore.")
-        fail(channel, "init_error", "init", fault.to_error(""), EXIT_BEFORE_SNAPSHOT)
+    swept = sockets.sweep()  # connections broken in place; UDP/listening sockets stay for CRIU
     restore_aslr()
     shrink_heap()
     channel.mark_logs("init")
-    channel.send("restore_ready", closed=closed)
+    channel.send("restore_ready", closed=swept.peers, kept=swept.kept)
     frame = channel.receive()
     if frame is None:
         sys.exit(0)
     header, payload = frame
     channel.send("resumed")
+    for failure in sockets.break_connections(swept.connections, header.get("connections", "closed")):
+        print(f"[WARNING] SnapStart: {failure}", file=channel.log)
     for key, value in (json.loads(payload) if payload else {}).items():
         if value is None:
             os.environ.pop(key, None)

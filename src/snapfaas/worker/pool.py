@@ -200,6 +200,7 @@ class Worker:
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
         self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
         self.reseed_after_restore = False  # --reseed-after-restore: the runtime reseeds RNGs after a restore (AWS does not)
+        self.snapstart_connections = "reset"  # how restored copies see init's TCP connections (runtime/sockets.py)
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
         self.admission_wait_s = admission_wait_s
@@ -766,7 +767,8 @@ class Worker:
                     criu_environ = self.snapshots.restore_environ(env.version)
                     await env.container.start(restore_from=env.restore_from, environ=criu_environ)
                     env.start_readers()
-                    await env.send("restore", json.dumps(updates).encode(), reseed=self.reseed_after_restore)
+                    await env.send("restore", json.dumps(updates).encode(), reseed=self.reseed_after_restore,
+                                   connections=self.snapstart_connections)
                     frame = await env.next_frame(None)  # "resumed": the process runs again
                 env.release_output(to_function_log=True)
                 resumed = time.monotonic()

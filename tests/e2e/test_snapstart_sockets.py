@@ -54,7 +54,7 @@ def handler(event, context):
     datagram, sender = RECEIVER.recvfrom(64)
     time.sleep(event.get("hold", 0))  # keeps this environment busy: concurrent invokes restore others
     return {"init_type": os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"], "greeting": greeting,
-            "stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
+            "stream": os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN") or os.environ["AWS_ACCESS_KEY_ID"],  # one per environment
             "datagram": datagram.decode(), "from_emitter": sender[1] == EMITTER.getsockname()[1]}
 """
 

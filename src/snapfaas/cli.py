@@ -87,6 +87,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--sandbox-network", type=click.Choice(["isolated", "host"]), default="isolated", show_default=True,
               help="isolated: each environment gets its own network namespace (NAT out; no host, link-local or other "
                    "environments). host: share the host's network (unsafe; for benchmarks and debugging).")
+@click.option("--snapstart-connections", type=click.Choice(["reset", "closed", "blackhole"]), default="reset",
+              show_default=True,
+              help="How a restored SnapStart environment sees a TCP connection its init left open: reset (the first "
+                   "use raises ECONNRESET, as on AWS, where the peer forgot the connection), closed (reads return "
+                   "EOF) or blackhole (writes vanish, reads wait for the client's timeout).")
 @click.option("--event-queue-max", default=100_000, show_default=True, type=click.IntRange(min=1),
               help="Most asynchronous (Event) invocations held at once; beyond it Invoke answers 429.")
 @click.option("--event-retry-base", default=1.0, type=click.FloatRange(min=0.001), hidden=True,
@@ -171,6 +176,7 @@ def serve(**opts: Any) -> None:
         restore_loading=opts["restore_loading"],
         snapshot_init_aslr=opts["snapshot_init_aslr"],
         sandbox_network=opts["sandbox_network"],
+        snapstart_connections=opts["snapstart_connections"],
         event_queue_max=opts["event_queue_max"],
         event_retry_base_s=opts["event_retry_base"],
         tls_cert=opts["tls_cert"].resolve() if opts["tls_cert"] else None,
@@ -320,7 +326,8 @@ def invoke(target: str, payload: str, tail: bool, endpoint_url: str, data_dir: P
     elapsed = (time.perf_counter() - started) * 1000
     body = response["Payload"].read().decode(errors="replace")
     if tail and response.get("LogResult"):
-        err_console.print(base64.b64decode(response["LogResult"]).decode(errors="replace"), highlight=False, markup=False)
+        tail_text = base64.b64decode(response["LogResult"]).decode(errors="replace").replace("\r", "\n")  # an entry's inner lines
+        err_console.print(tail_text, highlight=False, markup=False)
     err_console.print(f"[dim]version {response.get('ExecutedVersion')} - {elapsed:.1f} ms round trip[/]")
     click.echo(body)
     if response.get("FunctionError"):
@@ -340,7 +347,7 @@ def logs(name: str, lines: int, endpoint_url: str, data_dir: Path, region: str) 
         text = conn.signed_get(f"/snapfaas/v1/logs/{name}?limit={lines}").decode(errors="replace")
     except urllib.error.HTTPError as exc:
         raise click.ClickException(f"{exc.code}: {exc.read().decode(errors='replace')}") from exc
-    click.echo(text, nl=False)
+    click.echo(text.replace("\r", "\n"), nl=False)  # an entry spanning lines (a traceback) keeps them as \r
 
 
 @main.command(name="ls")

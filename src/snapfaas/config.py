@@ -79,6 +79,7 @@ class ServerConfig:
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
     restore_loading: str = "lazy"  # "lazy": restore through the snapshot view (FUSE, pages on demand); "eager": materialize first
     sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)
+    snapstart_connections: str = "reset"  # init's TCP connections in restored copies: "reset" (as on AWS), "closed", "blackhole"
     event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
     event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
     tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS

@@ -8,6 +8,7 @@ crashed daemon are reaped at the next start).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -131,6 +132,8 @@ class Server:
         snapshots = self._snapshots(registry, factory, credentials_env)
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
+        worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections
+        snapshots.shared_network = cfg.sandbox_network == "host"
         working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store), view=snapshots.vault.view)  # attachments of the snapshots
         if cfg.restore_prefetch:
             worker.working_sets = working_sets
@@ -247,7 +250,8 @@ class Server:
         vault = SnapshotVault(store, cfg.snapshot_cache, image_owner=0, group_of=cfg.id_range.slice_base,
                               cache_bytes=cfg.snapshot_cache_budget(), grace_seconds=cfg.store_grace_s,
                               counters_path=cfg.data_dir / COUNTERS_FILE, view=view)
-        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s, creds.environ, creds.revoke,
+        manager = SnapshotManager(registry, factory, vault, status, cfg.snapshot_retention_s,
+                                  functools.partial(creds.environ, snap_start=True), creds.retire,
                                   restore_memory=cfg.restore_memory)
         manager.min_init_timeout_s = cfg.snapshot_init_floor_s
         return manager

@@ -148,7 +148,8 @@ def function_log(server: ServerHandle, name: str) -> list[tuple[str, str, str]]:
     about a version's snapshot (stream ``snapshot/[<version>]``) have an empty environment id."""
     path = server.data_dir / "logs" / f"{name}.log"
     entries = []
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+    text = path.read_bytes().decode(errors="replace") if path.exists() else ""
+    for line in text.split("\n")[:-1]:  # "\r" stays inside an entry (a traceback)
         _, stream, message = line.split("\t", 2)
         match = re.fullmatch(r"(?:.*/)?\[(?P<version>[^\]]+)\](?P<env>.*)", stream)
         if match:

@@ -1,6 +1,6 @@
 """SnapStart through real boto3 against a real server with real CRIU: publish -> snapshot ->
-restore on scale-out, hooks, uniqueness, aliases, warm reuse, and the failure paths of init,
-hooks and sockets. Init is counted outside the snapshot by the test's `Counter` server.
+restore on scale-out, hooks, uniqueness, aliases, warm reuse, and the failure paths of init and
+hooks (sockets: test_snapstart_sockets.py). Init is counted outside the snapshot by the test's `Counter` server.
 
 Not tested: init longer than max(130 s, Timeout) failing the publish with
 FunctionError.InitTimeout (too slow for the suite; not faked).
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ServerHandle, create, free_port, invoke_json
+from tests.conftest import ServerHandle, create, invoke_json
 from tests.e2e.snapstart_support import (
     SNAPSTART, Counter, assert_restored, assert_warm, containers_of, function_log, publish, report, snapshot_dirs,
     view_root, wait_state,
@@ -86,7 +86,7 @@ def handler(event, context):
         "init_type": os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"],
         "version": context.function_version,
         "log_stream": context.log_stream_name,
-        "log_stream_env": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
+        "log_stream_env": os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
     }
 """
 
@@ -200,12 +200,15 @@ def test_concurrent_invokes_restore_distinct_environments(lam, hooks_fn, counter
     restored = {env for env, m in entries if m.startswith("RESTORE_START")}
     reported = {env for env, m in entries if m.startswith("RESTORE_REPORT Restore Duration")}
     assert len(restored) == 8 and restored == reported
-    # each environment knows its own log stream (not the one of the environment snapshotted)
+    # each invoke is reported in its own environment's stream; the function itself gets no log
+    # stream name (AWS: not available with SnapStart), neither the snapshotted environment's
+    reporting = set()
     for response, body in results:
         request_id = response["ResponseMetadata"]["RequestId"]
         [env] = [env for env, m in entries if m.startswith(f"REPORT RequestId: {request_id}")]
-        assert body["log_stream"] == body["log_stream_env"]
-        assert body["log_stream"].endswith(f"/[1]{env}"), (body["log_stream"], env)
+        reporting.add(env)
+        assert body["log_stream"] is None and body["log_stream_env"] is None
+    assert reporting == restored
 
 
 def test_alias_restores_then_reuses_the_warm_environment(lam, counter: Counter) -> None:  # type: ignore[no-untyped-def]
@@ -258,71 +261,8 @@ def test_before_snapshot_hook_error_fails_the_publish(lam, counter: Counter, ser
     assert snapshot_dirs(server, "before-error", "1") == ([], [])
 
 
-LISTEN_APP = """
-import os, socket
-LISTENER = socket.socket()
-LISTENER.bind(("127.0.0.1", int(os.environ["PORT"])))
-LISTENER.listen()
-def handler(event, context):
-    return "never"
-"""
-
-UDP_APP = """
-import os, socket
-UDP = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-UDP.bind(("127.0.0.1", int(os.environ["PORT"])))
-def handler(event, context):
-    return "never"
-"""
-
-
-@pytest.mark.parametrize(("name", "code", "words"), [
-    ("listening-socket", LISTEN_APP, "listening TCP socket 127.0.0.1:{port}"),
-    ("udp-socket", UDP_APP, "UDP socket 127.0.0.1:{port}"),
-])
-def test_unsupported_socket_at_snapshot_fails_the_publish(lam, counter: Counter, server: ServerHandle,  # type: ignore[no-untyped-def]
-                                                          name: str, code: str, words: str) -> None:
-    port = free_port()
-    create_snap(lam, name, code, counter, variables={"PORT": str(port)})
-    _, final = publish(lam, name, expect="Failed")
-    assert words.format(port=port) in final["StateReason"], final["StateReason"]
-    assert "Runtime.SnapshotUnsupportedSocket" in final["StateReason"]
-    assert snapshot_dirs(server, name, "1") == ([], [])
-
-
-CONNECTION_APP = """
-import os, socket, urllib.parse
-_url = urllib.parse.urlparse(os.environ["COUNTER_URL"])
-CONN = socket.create_connection((_url.hostname, _url.port), timeout=5)  # held open through init
-
-def handler(event, context):
-    CONN.settimeout(3)
-    out = {}
-    try:
-        out["recv"] = CONN.recv(10).decode()
-    except OSError as exc:
-        out["recv_error"] = type(exc).__name__
-    try:
-        CONN.sendall(b"GET /after HTTP/1.0\\r\\n\\r\\n")
-        out["send"] = "ok"
-    except OSError as exc:
-        out["send_error"] = type(exc).__name__
-    return out
-"""
-
-
-def test_established_connection_is_closed_in_restored_environments(lam, counter: Counter, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
-    create_snap(lam, "held-connection", CONNECTION_APP, counter)
-    publish(lam, "held-connection")
-    warnings = [m for v, _, m in function_log(server, "held-connection") if v == "1" and m.startswith("WARNING")]
-    assert any(f"{counter.peer.ip}:{counter.port}" in m for m in warnings), warnings
-    started = time.monotonic()
-    response, body = invoke_json(lam, "held-connection", {}, Qualifier="1", LogType="Tail")
-    assert time.monotonic() - started < 10, "using the dead connection hung"
-    assert "FunctionError" not in response, body
-    assert_restored(response["LogResult"])
-    assert body == {"recv": "", "send_error": "BrokenPipeError"}
-    assert counter.count("/after") == 0
+# UDP and listening sockets kept by the snapshot, and init's TCP connections broken per
+# --snapstart-connections: test_snapstart_sockets.py
 
 
 # -- failures at restore ---------------------------------------------------------------------

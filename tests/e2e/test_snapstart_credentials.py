@@ -1,6 +1,7 @@
 """Credentials of SnapStart environments through real boto3: the container-credentials endpoint
-(AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN) gives every restored
-environment its own temporary credentials, never the ones of init, and the SigV4 verifier of
+(AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN, no key variables)
+gives every restored environment its own temporary credentials, a module-level client keeps
+the init ones (valid until they expire, as on AWS), and the SigV4 verifier of
 the API authenticates them (as the function's principal, which may not call ListFunctions:
 test_attack_control_plane.py covers authorization). Runtime python3.11: its interpreter has
 boto3 installed.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import math
 import urllib.error
 import urllib.request
 
@@ -18,7 +20,7 @@ import pytest
 from botocore.config import Config
 
 from snapfaas.config import CREDENTIALS_PATH
-from tests.conftest import ServerHandle, create, invoke_json
+from tests.conftest import ROLE, ServerHandle, create, invoke_json
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish
 
 APP = """
@@ -32,9 +34,14 @@ def endpoint_credentials():
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
-# credentials during init: taken into the snapshot, and revoked once it is taken
+# credentials during init: taken into the snapshot; the token is withdrawn once it is taken,
+# the credentials fetched with it stay valid until they expire (as on AWS)
 INIT_TOKEN = os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
 INIT_KEY = boto3.Session().get_credentials().get_frozen_credentials().access_key
+CLIENT = boto3.client("lambda")  # module level: built (credentials fetched) during init
+INIT_ENV = {name: os.environ.get(name) for name in (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_LAMBDA_INITIALIZATION_TYPE")}
 ENV = {}
 
 @register_after_restore
@@ -43,6 +50,10 @@ def tag():
 
 def handler(event, context):
     time.sleep((event or {}).get("sleep", 0))
+    if (event or {}).get("target"):  # the module-level client, after the restore
+        response = CLIENT.invoke(FunctionName=event["target"], Payload=b"{}")
+        return {"status": response["StatusCode"], "payload": json.loads(response["Payload"].read()),
+                "key": CLIENT._request_signer._credentials.get_frozen_credentials().access_key, "init_key": INIT_KEY}
     credentials = boto3.Session().get_credentials()
     frozen = credentials.get_frozen_credentials()
     direct = endpoint_credentials()
@@ -63,6 +74,9 @@ def handler(event, context):
         "expiry": credentials._expiry_time.isoformat(),
         "endpoint": direct,
         "list_functions": listing,
+        "init_env": INIT_ENV,
+        "env": {name: os.environ.get(name) for name in INIT_ENV},
+        "context_log": [context.log_group_name, context.log_stream_name],
     }
 """
 
@@ -80,6 +94,8 @@ def restored(lam) -> list[dict]:  # type: ignore[no-untyped-def]
         assert_restored(response["LogResult"])
         bodies.append(body)
     assert len({b["env_id"] for b in bodies} - {None}) == 2
+    for response, body in results:
+        body["report"] = assert_restored(response["LogResult"])
     return bodies
 
 
@@ -130,9 +146,48 @@ def test_temporary_credentials_authenticate_as_the_function(restored: list[dict]
     assert unknown.value.response["Error"]["Code"] == "UnrecognizedClientException"
 
 
-def test_init_credentials_are_revoked_and_unknown_tokens_get_404(restored: list[dict], server: ServerHandle, lam) -> None:  # type: ignore[no-untyped-def]
+def test_snapstart_environments_get_the_endpoint_and_no_log_names(restored: list[dict]) -> None:
+    """AWS: SnapStart functions get container credentials instead of the key variables, and
+    no AWS_LAMBDA_LOG_GROUP_NAME / AWS_LAMBDA_LOG_STREAM_NAME; the initialization type stays
+    snap-start after the restore."""
+    for body in restored:
+        for env in (body["init_env"], body["env"]):
+            assert env == {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+                           "AWS_LAMBDA_LOG_GROUP_NAME": None, "AWS_LAMBDA_LOG_STREAM_NAME": None,
+                           "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}
+        assert body["context_log"] == [None, None]
+
+
+def test_restore_bills_only_the_runtime_part(restored: list[dict]) -> None:
+    """Billed Duration = ceil(Duration) + Billed Restore Duration; the billed restore (runtime
+    load + after-restore hooks) is a part of the Restore Duration, not all of it."""
+    for body in restored:
+        fields = body["report"]
+        duration = float(fields["Duration"].split()[0])
+        billed_restore = int(fields["Billed Restore Duration"].split()[0])
+        assert int(fields["Billed Duration"].split()[0]) == max(1, math.ceil(duration)) + billed_restore
+        assert billed_restore <= math.ceil(float(fields["Restore Duration"].split()[0]))
+
+
+def test_module_level_client_keeps_working_after_restore(restored: list[dict], lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    """A boto3 client built at init (credentials cached in the snapshot) calls the API after a
+    restore: the init credentials stay valid until their expiry, as on AWS."""
+    create(lam, "creds-target", {"app.py": "def handler(event, context):\n    return {'target': True}\n"},
+           Runtime="python3.11")
+    lam.add_permission(FunctionName="creds-target", StatementId="from-creds", Action="lambda:InvokeFunction",
+                       Principal=ROLE)
+    response, body = invoke_json(lam, "creds", {"target": "creds-target"}, Qualifier="1")
+    assert "FunctionError" not in response, body
+    assert body["status"] == 200 and body["payload"] == {"target": True}
+    assert body["key"] == body["init_key"] == restored[0]["init_key"]  # the snapshot's credentials, still valid
+    init_token_client = temporary_client(server, restored[0]["init_key"], "wrong-secret", "wrong-token")
+    with pytest.raises(init_token_client.exceptions.ClientError):  # valid only with its own secret and token
+        init_token_client.invoke(FunctionName="creds-target")
+
+
+def test_init_token_is_withdrawn_and_unknown_tokens_get_404(restored: list[dict], server: ServerHandle, lam) -> None:  # type: ignore[no-untyped-def]
     assert credentials_status(server, "not-a-token") == 404
-    assert credentials_status(server, restored[0]["init_token"]) == 404  # revoked after the snapshot
+    assert credentials_status(server, restored[0]["init_token"]) == 404  # withdrawn after the snapshot
     response, body = invoke_json(lam, "creds", {}, Qualifier="1")  # a warm environment: its token still works
     assert body["key"] in {b["key"] for b in restored}
     with pytest.raises(urllib.error.HTTPError) as missing:

@@ -81,7 +81,8 @@ def test_revoke_environment_withdraws_its_tokens_and_keys_only() -> None:
 def test_endpoint_credentials_environ_records_function_and_role() -> None:
     broker = IdentityBroker(clock=Clock())
     endpoint = EndpointCredentials(broker, "http://127.0.0.1:9/creds", "123456789012")
-    environ = endpoint.environ("env-1", "fn", "arn:aws:iam::000000000000:role/x")
+    environ = endpoint.environ("env-1", "fn", "arn:aws:iam::000000000000:role/x", snap_start=True)
+    assert set(environ) == {"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN"}
     assert environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == "http://127.0.0.1:9/creds"
     creds = broker.credentials(environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"])
     assert creds is not None
@@ -90,3 +91,37 @@ def test_endpoint_credentials_environ_records_function_and_role() -> None:
     assert session.principal == FunctionPrincipal("fn", "arn:aws:iam::000000000000:role/x", "123456789012")
     endpoint.revoke("env-1")
     assert broker.session(creds.access_key_id, creds.session_token) is None
+
+
+def test_on_demand_environments_get_key_variables_until_revoked() -> None:
+    clock = Clock()
+    broker = IdentityBroker(clock=clock)
+    endpoint = EndpointCredentials(broker, "http://127.0.0.1:9/creds", "123456789012")
+    environ = endpoint.environ("env-2", "fn", "arn:aws:iam::000000000000:role/x")
+    assert set(environ) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    session = broker.session(environ["AWS_ACCESS_KEY_ID"], environ["AWS_SESSION_TOKEN"])
+    assert session is not None and session.secret_access_key == environ["AWS_SECRET_ACCESS_KEY"]
+    assert session.principal == FunctionPrincipal("fn", "arn:aws:iam::000000000000:role/x", "123456789012")
+    assert endpoint.expires("env-2") == (T0 + broker.ttl).timestamp()
+    assert endpoint.expires("env-other") is None
+    endpoint.revoke("env-2")
+    assert broker.session(environ["AWS_ACCESS_KEY_ID"], environ["AWS_SESSION_TOKEN"]) is None
+
+
+def test_retired_environment_keeps_issued_credentials_until_expiry() -> None:
+    """A snapshot's init credentials: the token stops working, the key works until it expires."""
+    clock = Clock()
+    broker = IdentityBroker(clock=clock)
+    endpoint = EndpointCredentials(broker, "http://127.0.0.1:9/creds")
+    token = endpoint.environ("snapshot-1", "fn", "arn:aws:iam::000000000000:role/x", snap_start=True)["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    creds = broker.credentials(token)
+    assert creds is not None
+    endpoint.retire("snapshot-1")
+    assert broker.credentials(token) is None
+    assert broker.session(creds.access_key_id, creds.session_token) is not None
+    clock.now = creds.expiration - dt.timedelta(seconds=1)
+    assert broker.session(creds.access_key_id, creds.session_token) is not None
+    clock.now = creds.expiration
+    assert broker.session(creds.access_key_id, creds.session_token) is None
+    other = broker.credentials(broker.issue_token("env-3", PRINCIPAL))  # issuing prunes expired keys
+    assert other is not None and creds.access_key_id not in broker._by_key

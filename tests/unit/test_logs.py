@@ -86,3 +86,14 @@ def test_delete_removes_both_generations_and_close_writes_the_rest(tmp_path: Pat
     assert store.path("f").read_text().endswith("\tafter delete\n")
     store.append("f", "s", ["after close"])  # written in the caller's thread
     assert store.read("f")[-1].endswith("after close")
+
+
+def test_an_entry_spanning_lines_reads_back_as_one(tmp_path: Path) -> None:
+    """A multi-line record arrives with its inner newlines as \\r and stays one entry."""
+    store = LogStore(tmp_path)
+    store.append("f", "s", ["[ERROR]\tt\tr\tfailed\rTraceback (most recent call last):\r  x\n", "after\n"])
+    lines = store.read("f")
+    assert len(lines) == 2
+    assert lines[0].endswith("\tfailed\rTraceback (most recent call last):\r  x")
+    assert lines[1].endswith("\tafter")
+    assert store.read("empty") == []

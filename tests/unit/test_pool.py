@@ -19,6 +19,7 @@ class FakeVersion:
     name: str
     version: str = "$LATEST"
     revision_id: str = "rev-1"
+    timeout: int = 3
 
 
 class FakeEnv:
@@ -33,6 +34,7 @@ class FakeEnv:
         self.last_used = created_at
         self.destroyed = False
         self.alive = True  # the runtime process is still running
+        self.credentials_expire_at: float | None = None  # on-demand credentials variables (epoch s)
 
     def move(self, state: EnvState) -> None:
         if state not in MOVES[self.state]:
@@ -547,3 +549,22 @@ def test_a_publish_waits_for_environments_still_being_destroyed(clock: Clock) ->
     assert worker._claim_publish_slot() == (False, [])  # its container still exists
     worker._ended(1)
     assert worker._claim_publish_slot() == (True, [])
+
+
+# -- credentials variables ---------------------------------------------------------------------
+def test_environment_whose_credentials_expire_soon_is_retired(clock: Clock) -> None:
+    """On-demand credentials are fixed variables: an environment is not given another request
+    (nor parked idle) once they would expire within the function's timeout plus a margin."""
+    import time
+
+    worker = make_worker(clock)
+    lasting = serve(worker, F)
+    lasting.credentials_expire_at = time.time() + 3600
+    assert acquire(worker, F)[0] is lasting  # reused: an hour left
+    lasting.credentials_expire_at = time.time() + F.timeout + 30  # less than timeout + margin left
+    assert worker._release(lasting, "f", healthy=True) is True  # type: ignore[arg-type]
+    parked = serve(worker, F)
+    assert parked is not lasting
+    parked.credentials_expire_at = time.time() + 10
+    env, discard, cold = acquire(worker, F)
+    assert cold and env is not parked and parked in discard

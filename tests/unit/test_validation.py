@@ -347,3 +347,40 @@ def test_parse_snapstart_runtimes() -> None:
     for bad in ("", " , ", "python3.10", "nodejs22.x"):
         with pytest.raises(ValueError, match="--snapstart-runtimes"):
             parse_snapstart_runtimes(bad)
+
+
+# -- LoggingConfig -----------------------------------------------------------------------------
+TEXT_DEFAULT = ("Text", None, None, None)
+
+
+def test_logging_config_json_defaults_levels_to_info() -> None:
+    assert check.logging_config({"LogFormat": "JSON"}, TEXT_DEFAULT) == ("JSON", "INFO", "INFO", None)
+    assert check.logging_config({"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG", "LogGroup": "/custom/group"},
+                                TEXT_DEFAULT) == ("JSON", "DEBUG", "INFO", "/custom/group")
+
+
+def test_logging_config_merges_with_the_current_one() -> None:
+    current = ("JSON", "WARN", "DEBUG", "/g")
+    assert check.logging_config({"ApplicationLogLevel": "ERROR"}, current) == ("JSON", "ERROR", "DEBUG", "/g")
+    assert check.logging_config({"LogFormat": "Text"}, current) == ("Text", None, None, "/g")  # levels dropped
+    assert check.logging_config({}, current) == current
+
+
+def test_logging_config_levels_need_the_json_format() -> None:
+    with pytest.raises(InvalidParameterValue) as info:
+        check.logging_config({"LogFormat": "Text", "ApplicationLogLevel": "INFO"}, TEXT_DEFAULT)
+    assert str(info.value) == check.TEXT_LOG_LEVEL
+    with pytest.raises(InvalidParameterValue):
+        check.logging_config({"SystemLogLevel": "WARN"}, TEXT_DEFAULT)
+
+
+@pytest.mark.parametrize(("body", "member"), [
+    ({"LogFormat": "XML"}, "loggingConfig.logFormat"),
+    ({"LogFormat": "JSON", "ApplicationLogLevel": "VERBOSE"}, "loggingConfig.applicationLogLevel"),
+    ({"LogFormat": "JSON", "SystemLogLevel": "ERROR"}, "loggingConfig.systemLogLevel"),
+    ({"LogGroup": "bad group!"}, "loggingConfig.logGroup"),
+    ({"LogGroup": ""}, "loggingConfig.logGroup"),
+])
+def test_logging_config_enum_and_pattern_violations(body: dict, member: str) -> None:
+    with pytest.raises(ValidationError, match=f"at '{member}' failed to satisfy constraint"):
+        check.logging_config(body, TEXT_DEFAULT)

@@ -7,6 +7,17 @@ from typing import Any
 from snapfaas.registry.model import Alias, EventInvokeConfig, FunctionVersion
 
 
+def logging_config(v: FunctionVersion) -> dict[str, str]:
+    """LoggingConfig as Lambda echoes it: the levels only with the JSON format."""
+    out = {"LogFormat": v.log_format}
+    if v.application_log_level:
+        out["ApplicationLogLevel"] = v.application_log_level
+    if v.system_log_level:
+        out["SystemLogLevel"] = v.system_log_level
+    out["LogGroup"] = v.log_group_name
+    return out
+
+
 def function_configuration(v: FunctionVersion, arn: str, listing: bool = False) -> dict[str, Any]:
     """FunctionConfiguration as AWS returns it; list items omit the state fields."""
     out: dict[str, Any] = {
@@ -28,7 +39,7 @@ def function_configuration(v: FunctionVersion, arn: str, listing: bool = False) 
         "Architectures": list(v.architectures),
         "EphemeralStorage": {"Size": v.ephemeral_storage},
         "SnapStart": {"ApplyOn": v.snap_start, "OptimizationStatus": v.optimization_status},
-        "LoggingConfig": {"LogFormat": "Text", "LogGroup": f"/aws/lambda/{v.name}"},
+        "LoggingConfig": logging_config(v),
     }
     if v.environment or v.environment_set:
         out["Environment"] = {"Variables": dict(v.environment)}

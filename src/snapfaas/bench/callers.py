@@ -35,8 +35,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from snapfaas.client import Connection
 
 # The function the traffic is sent to (stdlib only): echoes the token, the version that ran
-# and the environment's log stream (``YYYY/MM/DD/[<version>]<environment id>``; a restored
-# environment is given its own stream at restore).
+# and the environment's log stream (``YYYY/MM/DD/[<version>]<environment id>``). As on AWS, a
+# SnapStart (restored) environment has no log stream name, so only on-demand environments
+# are named in the answers (`Traffic.environments`); the function log names every one.
 ECHO_APP = """
 def handler(event, context):
     return {"token": (event or {}).get("token"), "version": context.function_version,

@@ -60,6 +60,11 @@ class FunctionVersion:
     ephemeral_storage: int = 512
     snap_start: str = "None"
     architectures: list[str] = dataclasses.field(default_factory=lambda: ["x86_64"])
+    # LoggingConfig: levels only with the JSON format; log_group None = /aws/lambda/<name>
+    log_format: str = "Text"
+    application_log_level: str | None = None
+    system_log_level: str | None = None
+    log_group: str | None = None
     revision_id: str = dataclasses.field(default_factory=new_revision)
     last_modified: str = dataclasses.field(default_factory=now_iso)
     state: State = State.PENDING
@@ -90,6 +95,15 @@ class FunctionVersion:
         """Invocations of this version resume from its snapshot instead of running init."""
         return not self.is_latest and self.snap_start == "PublishedVersions"
 
+    @property
+    def logging(self) -> tuple[str, str | None, str | None, str | None]:
+        """(LogFormat, ApplicationLogLevel, SystemLogLevel, LogGroup) as stored."""
+        return self.log_format, self.application_log_level, self.system_log_level, self.log_group
+
+    @property
+    def log_group_name(self) -> str:
+        return self.log_group or f"/aws/lambda/{self.name}"
+
     def move_to(self, state: State, reason: str | None = None, code: str | None = None) -> None:
         if state not in ALLOWED_MOVES[self.state]:
             raise ServiceError(f"illegal state move for {self.name}:{self.version}: {self.state.value} -> {state.value}")
@@ -101,6 +115,7 @@ class FunctionVersion:
         return (
             self.code_sha256, self.runtime, self.handler, self.role, description, self.memory_size,
             self.timeout, tuple(sorted(self.environment.items())), self.ephemeral_storage, self.snap_start,
+            self.logging,
         )
 
     def to_json(self) -> dict[str, Any]:

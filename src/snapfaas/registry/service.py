@@ -223,6 +223,9 @@ class ControlPlane:
             v.ephemeral_storage = check.ephemeral_storage(body["EphemeralStorage"])
         if "SnapStart" in body:
             v.snap_start = check.snap_start(body["SnapStart"])
+        if "LoggingConfig" in body:
+            (v.log_format, v.application_log_level, v.system_log_level,
+             v.log_group) = check.logging_config(body["LoggingConfig"], v.logging)
         if "Architectures" in body:
             arch = body["Architectures"]
             if arch != ["x86_64"] and arch != ["arm64"]:
@@ -303,7 +306,8 @@ class ControlPlane:
 
         def change(v: FunctionVersion) -> None:
             for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",
-                          "environment_set", "ephemeral_storage", "snap_start"):
+                          "environment_set", "ephemeral_storage", "snap_start", "log_format",
+                          "application_log_level", "system_log_level", "log_group"):
                 setattr(v, field, getattr(draft, field))
             self._mark_in_progress(v)
 

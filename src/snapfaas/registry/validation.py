@@ -278,3 +278,48 @@ def destination_config(value: object) -> dict[str, str | None]:
             raise constraint_error(arn, path, f"Member must satisfy regular expression pattern: {DESTINATION_ARN_PATTERN}")
         out[key] = arn
     return out
+
+
+LOG_FORMATS = ("JSON", "Text")
+APPLICATION_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+SYSTEM_LOG_LEVELS = ("DEBUG", "INFO", "WARN")
+LOG_GROUP_RE = re.compile(r"[\.\-_/#A-Za-z0-9]+")
+TEXT_LOG_LEVEL = ('LogLevel is not supported when LogFormat is set to "Text". Remove LogLevel from your request or '
+                  'change the LogFormat to "JSON" and try again.')
+
+
+def _enum(value: object, member: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise constraint_error(value, member, f"Member must satisfy enum value set: [{', '.join(allowed)}]")
+    return str(value)
+
+
+def logging_config(value: object, current: tuple[str, str | None, str | None, str | None]) -> tuple[str, str | None, str | None, str | None]:
+    """A LoggingConfig request member applied to the `current` (format, application level,
+    system level, log group), as Lambda merges it: members not given keep their value;
+    switching to JSON sets missing levels to INFO, switching to Text drops them; a level
+    with a resulting Text format is refused."""
+    if not isinstance(value, Mapping):
+        raise InvalidParameterValue("LoggingConfig must be an object")
+    log_format, app_level, system_level, group = current
+    if "LogFormat" in value:
+        log_format = _enum(value["LogFormat"], "loggingConfig.logFormat", LOG_FORMATS)
+    levels_given = "ApplicationLogLevel" in value or "SystemLogLevel" in value
+    if "ApplicationLogLevel" in value:
+        app_level = _enum(value["ApplicationLogLevel"], "loggingConfig.applicationLogLevel", APPLICATION_LOG_LEVELS)
+    if "SystemLogLevel" in value:
+        system_level = _enum(value["SystemLogLevel"], "loggingConfig.systemLogLevel", SYSTEM_LOG_LEVELS)
+    if "LogGroup" in value:
+        raw = value["LogGroup"]
+        if not isinstance(raw, str) or not raw:
+            raise constraint_error(raw, "loggingConfig.logGroup", "Member must have length greater than or equal to 1")
+        if len(raw) > 512:
+            raise constraint_error(raw, "loggingConfig.logGroup", "Member must have length less than or equal to 512")
+        if not LOG_GROUP_RE.fullmatch(raw):
+            raise constraint_error(raw, "loggingConfig.logGroup", f"Member must satisfy regular expression pattern: {LOG_GROUP_RE.pattern}")
+        group = raw
+    if log_format == "Text":
+        if levels_given:
+            raise InvalidParameterValue(TEXT_LOG_LEVEL)
+        return log_format, None, None, group
+    return log_format, app_level or "INFO", system_level or "INFO", group

@@ -7,12 +7,17 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    (`drop_init_variables`), runs the module's leading imports first and loads its code compiled
    in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
 2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
-   (LIFO), clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
-   taken while blocked); then run after-restore hooks (FIFO), after reseeding the RNGs if the
-   ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``). Failures send
+   (LIFO), break TCP connections in place (`sockets.sweep`; UDP and listening sockets stay),
+   clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
+   taken while blocked); then put broken connections on those fds (`sockets.break_connections`),
+   reseed the RNGs if the ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``)
+   and run after-restore hooks (FIFO). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
 3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
    ``error``.
+
+Logging: `applog` puts Lambda's handler on the root logger before init (Text or JSON lines
+with the current request id); errors the runtime reports are logged in the same format.
 
 Randomness after a restore: every restored copy of a snapshot starts from the same memory,
 RNG states included. As on AWS, nothing is reseeded by default: restored copies draw the same
@@ -53,7 +58,7 @@ import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, BinaryIO, NoReturn, TextIO
 
-from . import protocol
+from . import applog, protocol
 from .context import LambdaContext
 from .faults import Fault, error_of
 
@@ -235,6 +240,7 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> Non
         if header["t"] != "invoke":
             continue
         request_id = header["id"]
+        applog.RequestId.current = request_id
         environ_trace = header.get("trace_id")
         if environ_trace:
             os.environ["_X_AMZN_TRACE_ID"] = environ_trace
@@ -246,7 +252,7 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> Non
             body = encode_result(result)
         except Exception as exc:  # user code may raise anything; it becomes Lambda's error object
             error = error_of(exc, request_id)
-            print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=channel.log)
+            channel.log.write(applog.error_entry(error, environ))
             channel.mark_logs(request_id)
             channel.send("error", json.dumps(error).encode(), id=request_id, error_type=error["errorType"])
             continue
@@ -278,7 +284,7 @@ def shrink_heap() -> None:
 
 def fail(channel: Channel, kind: str, phase: str, error: dict[str, Any], exit_code: int) -> NoReturn:
     """Report a phase-level failure (``init_error`` / ``restore_error``) and exit."""
-    print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=channel.log)
+    channel.log.write(applog.error_entry(error, os.environ))
     channel.mark_logs(phase)
     channel.send(kind, json.dumps(error).encode(), error_type=error["errorType"])
     sys.exit(exit_code)
@@ -295,20 +301,18 @@ def snap_start_barrier(channel: Channel) -> None:
         fail(channel, "init_error", "init", hook_fault(Fault.BEFORE_SNAPSHOT, exc), EXIT_BEFORE_SNAPSHOT)
     from . import sockets  # only SnapStart pays for importing socket/fcntl
 
-    closed, unsupported = sockets.sweep()
-    if unsupported:
-        fault = Fault(Fault.SNAPSHOT_SOCKET, "Init left sockets the snapshot cannot hold: " + "; ".join(unsupported)
-                      + ". Close them in a before-snapshot hook and re-create them after restore.")
-        fail(channel, "init_error", "init", fault.to_error(""), EXIT_BEFORE_SNAPSHOT)
+    swept = sockets.sweep()  # connections broken in place; UDP/listening sockets stay for CRIU
     restore_aslr()
     shrink_heap()
     channel.mark_logs("init")
-    channel.send("restore_ready", closed=closed)
+    channel.send("restore_ready", closed=swept.peers, kept=swept.kept)
     frame = channel.receive()
     if frame is None:
         sys.exit(0)
     header, payload = frame
     channel.send("resumed")
+    for failure in sockets.break_connections(swept.connections, header.get("connections", "closed")):
+        print(f"[WARNING] SnapStart: {failure}", file=channel.log)
     for key, value in (json.loads(payload) if payload else {}).items():
         if value is None:
             os.environ.pop(key, None)
@@ -347,6 +351,7 @@ def main() -> None:
     channel = Channel(inbound, outbound, log)
     environ = os.environ
     drop_init_variables(environ)
+    applog.install(environ, log)  # before the handler module is imported, as Lambda's runtime does
     snap_start = environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start"
     if not snap_start and os.path.isdir(EXTENSIONS_DIR):  # extensions (from layers) start before init
         from . import extension_host

@@ -18,7 +18,6 @@ class Fault(Exception):
     MARSHAL = "Runtime.MarshalError"
     BEFORE_SNAPSHOT = "Runtime.BeforeSnapshotError"
     AFTER_RESTORE = "Runtime.AfterRestoreError"
-    SNAPSHOT_SOCKET = "Runtime.SnapshotUnsupportedSocket"
 
     def __init__(self, error_type: str, message: str, trace: list[str] | None = None) -> None:
         super().__init__(message)

@@ -14,11 +14,14 @@ it is output some user code wrote to fd 1 directly (a subprocess, say) and the w
 
 Kinds, runtime -> worker: ``ready`` (init done, waiting for work: Runtime API ``/next``),
 ``init_error``, ``response``, ``error`` (invocation error), ``restore_ready`` (SnapStart: init
-and before-snapshot hooks done, blocked in ``/restore/next``), ``resumed`` (restored and running
-again, about to run the after-restore work), ``restore_error``, ``inspection`` (JSON payload).
+and before-snapshot hooks done, blocked in ``/restore/next``; header ``closed``: peers of the TCP
+connections broken for the snapshot, ``kept``: the inet sockets left for CRIU, see
+runtime/sockets.py), ``resumed`` (restored and running again, about to run the after-restore
+work), ``restore_error``, ``inspection`` (JSON payload).
 Kinds, worker -> runtime: ``invoke`` (the event as payload), ``restore`` (resume after restore;
-header field ``reseed``: reseed the RNGs first), ``inspect`` (``snapfaas snapstart verify`` only:
-answer ``inspection``, fingerprints of what restored copies should not share; see `inspection`).
+header fields ``reseed``: reseed the RNGs first, ``connections``: how init's TCP connections come
+back, ``--snapstart-connections``), ``inspect`` (``snapfaas snapstart verify`` only: answer
+``inspection``, fingerprints of what restored copies should not share; see `inspection`).
 
 After every init and every invocation the runtime also writes `LOG_MARK` + ``<tag>\\n`` to
 stderr, after flushing it, so that the worker knows it has read all of that phase's log output.

@@ -273,9 +273,10 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "SNAP004", "connection-at-init", Severity.ERROR,
         "Network connection or connection pool opened at init",
-        "Sockets cannot survive a snapshot: snapfaas closes TCP connections opened during init (and refuses "
-        "to snapshot other sockets), so a restored environment holds a dead connection. The peer also sees "
-        "one connection shared by many environments. A client that does not reconnect fails on first use.",
+        "TCP connections cannot survive a snapshot (UDP and listening sockets do): a restored environment "
+        "holds a connection its peer forgot long ago, reset on first use as on AWS (snapfaas: "
+        "--snapstart-connections). The peer also sees one connection shared by many environments. A client "
+        "that does not reconnect fails on first use.",
         f"Connect lazily in the handler (and reuse across invokes), {HOOK_FIX}.",
         bad='import psycopg\n\nconn = psycopg.connect("dbname=app")\n\n\ndef handler(event, context):\n    return conn.execute("select 1").fetchone()[0]\n',
         good='import psycopg\nimport snapshot_restore_py\n\nconn = psycopg.connect("dbname=app")\n\n\n@snapshot_restore_py.register_after_restore\ndef reconnect():\n    global conn\n    conn = psycopg.connect("dbname=app")\n\n\ndef handler(event, context):\n    return conn.execute("select 1").fetchone()[0]\n',

@@ -27,8 +27,10 @@ from snapfaas.sandbox.mounts import fstype_of
 MIN_MAJOR = 4
 CONFIG_ANNOTATION = "org.criu.config"
 # Each environment's network namespace is external to CRIU (runc passes it as extRootNetNS):
-# nothing in it is dumped, and since the runtime closes TCP connections before a checkpoint
-# there is nothing to lock either; the default lock would run iptables-restore per dump/restore.
+# the namespace itself is not dumped, only the process's sockets in it (UDP and listening TCP
+# sockets: patch 0005; the runtime breaks TCP connections before a checkpoint, so no connection
+# state needs freezing), and there is nothing to lock; the default lock would run
+# iptables-restore per dump/restore.
 NETWORK_LOCK = "network-lock=skip\n"
 DUMP_CONFIG = "file-locks\n" + NETWORK_LOCK
 # runc asks CRIU for debug logs (level 4): thousands of lines per restore, a few ms of CPU

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,7 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from snapfaas.errors import InvalidParameterValue, NotFound, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
-from snapfaas.snapshot import engine, memory
+from snapfaas.snapshot import engine, memory, sockets
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
 from snapfaas.store import CollectReport, StoreError
 from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
@@ -64,8 +65,10 @@ class SnapshotManager:
         clock: Callable[[], float] = time.time,
         restore_memory: str = "copy",
     ) -> None:
-        """`environ_for(env_id, function, role)` gives an environment its credentials variables; `revoke`
-        withdraws them when the environment is gone. `restore_memory` ("map" / "copy") is the
+        """`environ_for(env_id, function, role)` gives the publish's init environment its
+        credentials variables (the container-credentials endpoint); `revoke` withdraws its token
+        once the snapshot is taken (the credentials init fetched stay valid until they expire,
+        as on Lambda). `restore_memory` ("map" / "copy") is the
         server's setting; each snapshot records the mode its restores use (`memory.choose`)."""
         self.registry = registry
         self.factory = factory
@@ -77,6 +80,11 @@ class SnapshotManager:
         self.revoke = revoke
         self.clock = clock
         self.restore_memory = restore_memory
+        # init-time sockets (snapshot/sockets.py): how restored copies see TCP connections
+        # (--snapstart-connections), whether copies share the host's network, the kernel's version
+        self.connections = sockets.DEFAULT_CONNECTION_MODE
+        self.shared_network = False
+        self.kernel = sockets.kernel_version(os.uname().release)
         self._memory_modes: dict[str, str] = {}  # snapshot id -> "map" / "copy"
         self._scanned: dict[memory.FileKey, str | None] = {}  # mapped files already searched for jemalloc
         self.scanner: Callable[[FunctionVersion], Awaitable[list[str]]] | None = None
@@ -184,7 +192,7 @@ class SnapshotManager:
     async def _snapshot(self, version: FunctionVersion) -> PublishFailure | str:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
         why it failed. The environment is destroyed before this returns."""
-        identity = "snapshot-" + secrets.token_hex(6)  # its credentials are revoked right after
+        identity = "snapshot-" + secrets.token_hex(6)  # its token is withdrawn right after
         async with self.factory.network_for_new_environment() as network:
             env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role), network)
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))
@@ -215,7 +223,11 @@ class SnapshotManager:
             if frame.kind != "restore_ready":
                 return PublishFailure("FunctionError", f"runtime answered {frame.kind!r} instead of reaching the restore barrier")
             for peer in frame.header.get("closed") or []:
-                env.log(f"WARNING SnapStart: the TCP connection to {peer} opened during init is closed in restored environments; clients must reconnect\n")
+                env.log(sockets.connection_warning(peer, self.connections))
+            refused = sockets.unsupported(frame.header.get("kept") or [], self.status.patches, self.kernel, self.shared_network)
+            if refused:
+                env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\tError Type: {sockets.UNSUPPORTED_SOCKET}\n")
+                return PublishFailure("FunctionError.RuntimeInitError", f"{sockets.UNSUPPORTED_SOCKET}: {refused}")
             env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: success\n")
             decision = await self._memory_decision(env)
             if decision.reason:

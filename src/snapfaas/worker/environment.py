@@ -38,6 +38,7 @@ from snapfaas.sandbox.cgroup import MemoryStats, memory_stats
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import Container
 from snapfaas.worker.channel import Frame, FrameDecoder, FrameRejected, LineSplitter, TailBuffer
+from snapfaas.worker import platform_log
 from snapfaas.worker.logs import LogStore
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class Environment:
         self.id_slice: int | None = None  # the host id slice it runs in (set by the factory)
         self.release_images: Callable[[], None] = lambda: None  # unpins `restore_from` in the cache (idempotent)
         self.on_destroy: list[Callable[[], None]] = []  # e.g. revoke its credentials
+        self.credentials_expire_at: float | None = None  # epoch s; on-demand credentials variables expire then
         self.network: Any = None  # its `NetworkLease`, closed once the container is gone
         self.extensions = 0  # extensions its runtime reported at init (custom runtimes): they get a Shutdown phase
 
@@ -178,9 +180,14 @@ class Environment:
 
     # -- logging ---------------------------------------------------------------------------
     def log(self, *lines: str) -> None:
+        """Log the platform's (system) lines, in the function's log format (`platform_log`)."""
+        self._append(platform_log.render(lines, self.version))
+
+    def _append(self, lines: list[str]) -> None:
+        """Log lines as they are (the function's own output)."""
         if self._capture is not None:
             self._capture.extend(lines)
-        self.logs.append(self.version.name, self.stream, list(lines))
+        self.logs.append(self.version.name, self.stream, lines)
 
     def begin_capture(self) -> None:
         """Start keeping the tail of the log (the last `tail_chars` characters) for LogType=Tail."""
@@ -197,7 +204,7 @@ class Environment:
         to the function's log if `to_function_log`. Returns them."""
         lines, self._held = (self._held.lines() if self._held else []), None
         if to_function_log and lines:
-            self.log(*lines)
+            self._append(lines)
         return lines
 
     def end_capture(self) -> list[str]:
@@ -260,7 +267,7 @@ class Environment:
 
     def _log_raw(self, lines: list[bytes]) -> None:
         if lines:
-            self.log(*(line.decode(errors="replace") for line in lines))
+            self._append([line.decode(errors="replace") for line in lines])
 
     async def _read_logs(self) -> None:
         """Read stderr in chunks, split it into bounded lines, and log them (or hold them
@@ -286,7 +293,7 @@ class Environment:
                 if self._held is not None:
                     self._held.extend(text)
                 else:
-                    self.log(*text)
+                    self._append(text)
             if not chunk:
                 return
 

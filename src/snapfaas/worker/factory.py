@@ -35,7 +35,11 @@ RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
 
 
 def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: str, stream: str) -> dict[str, str]:
-    """Lambda's reserved variables, then the user's (validation keeps them from colliding)."""
+    """Lambda's reserved variables, then the user's (validation keeps them from colliding).
+
+    As on Lambda: the log group and stream variables only for on-demand initialization
+    (SnapStart functions do not get them); ``AWS_LAMBDA_LOG_FORMAT``/``AWS_LAMBDA_LOG_LEVEL``
+    (the ``ApplicationLogLevel``) only with the JSON log format."""
     environ = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
@@ -53,10 +57,14 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(version.memory_size),
         "AWS_LAMBDA_FUNCTION_TIMEOUT": str(version.timeout),
         "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.name}",
-        "AWS_LAMBDA_LOG_STREAM_NAME": stream,
         "AWS_ENDPOINT_URL_LAMBDA": config.function_api_url,  # boto3.client("lambda") in the function
     }
+    if init_type != "snap-start":
+        environ["AWS_LAMBDA_LOG_GROUP_NAME"] = version.log_group_name
+        environ["AWS_LAMBDA_LOG_STREAM_NAME"] = stream
+    if version.log_format == "JSON":
+        environ["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
+        environ["AWS_LAMBDA_LOG_LEVEL"] = version.application_log_level or "INFO"
     if is_custom(version.runtime):
         del environ["AWS_EXECUTION_ENV"]  # not defined for OS-only runtimes, as on Lambda
         environ[custom.RESPONSE_LIMIT_VAR] = str(config.limits.response_bytes)  # read by the supervisor only

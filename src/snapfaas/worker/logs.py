@@ -4,6 +4,9 @@ One append-only file per function under ``<data-dir>/logs/<function>.log``; each
 
     <ISO-8601 UTC timestamp> <TAB> <log stream> <TAB> <message>
 
+A message never holds a newline; one that spans lines (a logged traceback) has them as
+``\r``, which `read` keeps inside the entry.
+
 The log stream is ``YYYY/MM/DD/[<version>]<environment id>`` as on Lambda.
 
 Bounds: a file is rotated to ``<function>.log.1`` (replacing the previous generation) before
@@ -112,9 +115,12 @@ class LogStore:
     @staticmethod
     def _read_lines(path: Path) -> list[str]:
         try:
-            return path.read_text(errors="replace").splitlines()
+            with open(path, errors="replace", newline="") as file:  # "\r" stays inside an entry
+                text = file.read()
         except FileNotFoundError:
             return []
+        lines = text.split("\n")
+        return lines[:-1] if lines[-1] == "" else lines
 
     def delete(self, function: str) -> None:
         self.flush()

@@ -30,6 +30,8 @@ from snapfaas.worker.environment import (
 from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.snapshot.workingset import WorkingSetKeeper
+from snapfaas.worker import billing
+from snapfaas.worker.billing import Phase
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.placement import (
     MIN_IDLE_AGE_S, DemandAverage, IdleEnvironment, PoolLoad, choose_victim, next_eligible_at,
@@ -46,19 +48,28 @@ RESTORE_SLOTS_PER_CPU = 4
 
 
 class Credentials(Protocol):
-    """Issues an environment's credentials variables and withdraws them."""
+    """Issues an environment's credentials variables (the key variables for on-demand, the
+    container-credentials endpoint for SnapStart, see `snapfaas.identity`) and withdraws them."""
 
-    def environ(self, identity: str, function: str, role: str) -> dict[str, str]: ...
+    def environ(self, identity: str, function: str, role: str, snap_start: bool = False) -> dict[str, str]: ...
+
+    def expires(self, identity: str) -> float | None: ...
 
     def revoke(self, identity: str) -> None: ...
 
 
 class NoCredentials:
-    def environ(self, identity: str, function: str, role: str) -> dict[str, str]:
+    def environ(self, identity: str, function: str, role: str, snap_start: bool = False) -> dict[str, str]:
         return {}
+
+    def expires(self, identity: str) -> float | None:
+        return None
 
     def revoke(self, identity: str) -> None:
         return None
+
+
+CREDENTIALS_MARGIN_S = 60.0  # an on-demand environment is retired when its credentials expire within its timeout + this
 
 
 class SnapshotSource(Protocol):
@@ -189,6 +200,7 @@ class Worker:
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
         self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
         self.reseed_after_restore = False  # --reseed-after-restore: the runtime reseeds RNGs after a restore (AWS does not)
+        self.snapstart_connections = "reset"  # how restored copies see init's TCP connections (runtime/sockets.py)
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
         self.admission_wait_s = admission_wait_s
@@ -352,7 +364,7 @@ class Worker:
         placement = Placement(pool)
         while pool.idle:
             env = pool.idle.pop()
-            if env.state is EnvState.IDLE and env.alive:
+            if env.state is EnvState.IDLE and env.alive and self._credentials_last(env):
                 env.move(EnvState.BUSY)
                 pool.busy.add(env)
                 placement.env = env
@@ -372,6 +384,14 @@ class Worker:
                 pool.starting += 1
         self.ending += len(placement.discard)
         return placement
+
+    @staticmethod
+    def _credentials_last(env: Environment) -> bool:
+        """Whether `env`'s credentials variables (on-demand) outlast one more invocation; an
+        environment whose credentials are about to expire is retired, as Lambda recycles
+        environments well before theirs do."""
+        expires = env.credentials_expire_at
+        return expires is None or expires - time.time() > env.version.timeout + CREDENTIALS_MARGIN_S
 
     def _idle_elsewhere(self, key: PoolKey) -> list[IdleEnvironment[PoolKey, Environment]]:
         """Idle environments of pools other than `key` (dead ones as if idle forever)."""
@@ -416,7 +436,7 @@ class Worker:
         """`env` (BUSY) serves no request any more: see `_release`."""
         self.draining.discard(env)
         pool = self.pools.get(pool_key(env.version))
-        keep = healthy and not self._closing and pool is not None and env in pool.busy
+        keep = healthy and not self._closing and pool is not None and env in pool.busy and self._credentials_last(env)
         if keep and pool is not None:
             while pool.waiters:
                 waiter = pool.waiters.popleft()
@@ -609,7 +629,7 @@ class Worker:
         try:
             placement = await self._place(pool_key(version))
             env = placement.env
-            phase: tuple[str, float] | None = None
+            phase: Phase | None = None
             if env is None:
                 try:
                     env = await self._new_environment(version)
@@ -625,17 +645,17 @@ class Worker:
                     raise ServiceError("invoke failed at step 'create environment': the worker is shutting down")
                 try:
                     if env.restore_from is not None:
-                        phase = ("Restore", await self._restore(env))
+                        phase = await self._restore(env)
                     else:
                         init = await self._boot(env, request)
                         if isinstance(init, InvokeOutcome):
                             return init
-                        phase = ("Init", init)
+                        phase = Phase("Init", init)
                 finally:
                     if env.network is not None:
                         env.network.started()  # background namespace work may go on
             outcome, healthy = await self._run(env, request, phase)
-            if healthy and phase is not None and phase[0] == "Restore" and self.working_sets is not None:
+            if healthy and phase is not None and phase.is_restore and self.working_sets is not None:
                 self.working_sets.observe(env.version.snapshot_id, env.container.init_pid)
             return outcome
         finally:
@@ -660,12 +680,12 @@ class Worker:
                 env.move(EnvState.BUSY)
                 try:
                     if restored:
-                        phase: tuple[str, float] = ("Restore", await self._restore(env))
+                        phase: Phase = await self._restore(env)
                     else:
                         init = await self._boot(env, request)
                         if isinstance(init, InvokeOutcome):
                             return Sample(init, None, "init failed: " + init.payload.decode(errors="replace")[:500])
-                        phase = ("Init", init)
+                        phase = Phase("Init", init)
                 finally:
                     if env.network is not None:
                         env.network.started()
@@ -711,14 +731,15 @@ class Worker:
                 return env
             identity = "env-" + secrets.token_hex(8)
             env = self.factory.create(version, extra_environ=self.credentials.environ(identity, version.name, version.role), network=network)
+            env.credentials_expire_at = self.credentials.expires(identity)
             env.on_destroy.append(lambda: self.credentials.revoke(identity))
             return env
 
     def _restored_environ(self, env: Environment) -> dict[str, str]:
         """What differs between copies of one snapshot, sent to the runtime with ``restore``:
-        fresh credentials and the environment's own log stream (the process environment in
-        the images is the snapshotted environment's)."""
-        return {**self.credentials.environ(env.id, env.version.name, env.version.role), "AWS_LAMBDA_LOG_STREAM_NAME": env.stream}
+        fresh credentials (the process environment in the images is the snapshotted
+        environment's; SnapStart functions get no log stream variable, as on Lambda)."""
+        return dict(self.credentials.environ(env.id, env.version.name, env.version.role, snap_start=True))
 
     @staticmethod
     def _platform_output(env: Environment, lines: list[str]) -> None:
@@ -726,11 +747,12 @@ class Worker:
         if lines:
             logger.warning("environment %s: restore output: %s", env.id, " | ".join(l.strip() for l in lines)[-1000:])
 
-    async def _restore(self, env: Environment) -> float:
+    async def _restore(self, env: Environment) -> Phase:
         """Resume a snapshot: runc restore, fresh credentials, after-restore hooks (preceded by
         a reseed of the RNGs under ``--reseed-after-restore``).
 
-        Returns the restore duration in ms. Raises SnapStartTimeout (over 10 s),
+        Returns the restore phase (Restore Duration: all of it; billed: from the process
+        resuming to the end of its after-restore hooks, see `billing`). Raises SnapStartTimeout (over 10 s),
         SnapStartError (an after-restore hook failed) or SnapStartNotReady (the restore itself
         failed: the snapshot is re-created in the background). The caller destroys `env`.
         The snapshot's cached images stay pinned (never evicted) until this returns.
@@ -740,7 +762,7 @@ class Worker:
         finally:
             env.release_images()
 
-    async def _restore_pinned(self, env: Environment) -> float:
+    async def _restore_pinned(self, env: Environment) -> Phase:
         assert env.restore_from is not None and self.snapshots is not None
         started = time.monotonic()
         env.log(f"RESTORE_START Runtime Version: {env.version.runtime}.snapfaas\n")
@@ -756,7 +778,8 @@ class Worker:
                     criu_environ = self.snapshots.restore_environ(env.version)
                     await env.container.start(restore_from=env.restore_from, environ=criu_environ)
                     env.start_readers()
-                    await env.send("restore", json.dumps(updates).encode(), reseed=self.reseed_after_restore)
+                    await env.send("restore", json.dumps(updates).encode(), reseed=self.reseed_after_restore,
+                                   connections=self.snapstart_connections)
                     frame = await env.next_frame(None)  # "resumed": the process runs again
                 env.release_output(to_function_log=True)
                 resumed = time.monotonic()
@@ -793,7 +816,7 @@ class Worker:
         if frame.kind != "ready":
             raise SnapStartError(f"The runtime answered {frame.kind!r} after restore instead of becoming ready.")
         env.log(f"RESTORE_REPORT Restore Duration: {restore_ms:.2f} ms\n")
-        return restore_ms
+        return Phase("Restore", restore_ms, (ready - resumed) * 1000)
 
     async def _boot(self, env: Environment, request: InvokeRequest) -> float | InvokeOutcome:
         """Start the container and run init; the init time, or the failed invocation's outcome."""
@@ -833,20 +856,15 @@ class Worker:
         return InvokeOutcome(json.dumps(error).encode(), "Unhandled", env.end_capture(), duration, None,
                              env.max_memory_mb(), env.id)
 
-    def _report(self, env: Environment, request_id: str, duration_ms: float, phase: tuple[str, float] | None,
+    def _report(self, env: Environment, request_id: str, duration_ms: float, phase: Phase | None,
                 status: str | None = None) -> str:
         parts = [
             f"REPORT RequestId: {request_id}",
-            f"Duration: {duration_ms:.2f} ms",
-            f"Billed Duration: {max(1, math.ceil(duration_ms))} ms",
+            *billing.report_fields(duration_ms, phase),
             f"Memory Size: {env.version.memory_size} MB",
             f"Max Memory Used: {env.max_memory_mb()} MB",
+            *billing.phase_fields(phase),
         ]
-        if phase is not None and phase[0] == "Init":
-            parts.append(f"Init Duration: {phase[1]:.2f} ms")
-        elif phase is not None:
-            parts.append(f"Restore Duration: {phase[1]:.2f} ms")
-            parts.append(f"Billed Restore Duration: {max(1, math.ceil(phase[1]))} ms")
         if status is not None:
             parts.append(f"Status: error\tError Type: {status}")
         return "\t".join(parts) + "\t\n"
@@ -859,7 +877,7 @@ class Worker:
             "errorType": "Function.ResponseSizeTooLarge",
         }).encode()
 
-    async def _run(self, env: Environment, request: InvokeRequest, phase: tuple[str, float] | None) -> tuple[InvokeOutcome, bool]:
+    async def _run(self, env: Environment, request: InvokeRequest, phase: Phase | None) -> tuple[InvokeOutcome, bool]:
         if phase is None:
             env.begin_capture()
         env.log(f"START RequestId: {request.request_id} Version: {env.version.version}\n")
@@ -904,8 +922,8 @@ class Worker:
         if healthy and len(payload) > self.factory.config.limits.response_bytes:  # not read past the limit: defensive
             payload, function_error, healthy = self._too_large(), "Unhandled", False
         env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, phase, error_type))
-        init_ms = phase[1] if phase is not None and phase[0] == "Init" else None
-        restore_ms = phase[1] if phase is not None and phase[0] == "Restore" else None
+        init_ms = phase.ms if phase is not None and not phase.is_restore else None
+        restore_ms = phase.ms if phase is not None and phase.is_restore else None
         return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id,
                              restore_ms), healthy
 

@@ -107,6 +107,9 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
     """Routes HTTP requests to the server's `Gateway`."""
 
     protocol_version = "HTTP/1.1"
+    # headers and body leave in separate writes: with Nagle's algorithm a keep-alive client
+    # (awslambdaric's curl) would wait for its delayed ACK, ~40 ms per reply
+    disable_nagle_algorithm = True
     server: ApiServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature

@@ -18,6 +18,9 @@ from snapfaas.principals import Operator, Principal
 from snapfaas.registry import validation as check
 
 FN = "/2015-03-31/functions/{name}"
+LAYERS = "/2018-10-31/layers"
+LAYER = LAYERS + "/{layer}"
+TAGS = "/2017-03-31/tags/{resource}"
 ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/2015-03-31/functions"): "lambda:CreateFunction",
     ("POST", "/2015-03-31/functions/"): "lambda:CreateFunction",
@@ -47,6 +50,22 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:GetFunctionEventInvokeConfig",
     ("DELETE", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:DeleteFunctionEventInvokeConfig",
     ("GET", "/2019-09-25/functions/{name}/event-invoke-config/list"): "lambda:ListFunctionEventInvokeConfigs",
+    ("POST", LAYER + "/versions"): "lambda:PublishLayerVersion",
+    ("GET", LAYER + "/versions"): "lambda:ListLayerVersions",
+    ("GET", LAYER + "/versions/{version}"): "lambda:GetLayerVersion",
+    ("DELETE", LAYER + "/versions/{version}"): "lambda:DeleteLayerVersion",
+    ("GET", LAYERS): "lambda:ListLayers",  # and GetLayerVersionByArn (?find=LayerVersion): both reads
+    ("POST", TAGS): "lambda:TagResource",
+    ("DELETE", TAGS): "lambda:UntagResource",
+    ("GET", TAGS): "lambda:ListTags",
+    ("GET", "/2020-06-30/functions/{name}/code-signing-config"): "lambda:GetFunctionCodeSigningConfig",
+    ("GET", "/2021-07-20/functions/{name}/runtime-management-config"): "lambda:GetRuntimeManagementConfig",
+    ("GET", "/2024-08-31/functions/{name}/recursion-config"): "lambda:GetFunctionRecursionConfig",
+    ("GET", "/2021-10-31/functions/{name}/url"): "lambda:GetFunctionUrlConfig",
+    ("GET", "/2021-10-31/functions/{name}/urls"): "lambda:ListFunctionUrlConfigs",
+    ("GET", "/2019-09-30/functions/{name}/provisioned-concurrency"): "lambda:ListProvisionedConcurrencyConfigs",
+    ("GET", "/2015-03-31/event-source-mappings"): "lambda:ListEventSourceMappings",
+    ("GET", "/2015-03-31/event-source-mappings/"): "lambda:ListEventSourceMappings",
     ("GET", "/snapfaas/v1/logs/{name}"): "snapfaas:GetFunctionLogs",
     ("POST", "/snapfaas/v1/echo"): "snapfaas:Echo",
 }

@@ -40,7 +40,9 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         "LANG": "C.UTF-8",
         "TZ": ":UTC",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONPATH": f"{RUNTIME_DIR}:{RUNTIME_DIR}/{RUNTIME_PACKAGE}/provided",
+        # after /var/task (the working directory), layers as Lambda's Python runtime puts them
+        "PYTHONPATH": f"/opt/python/lib/{version.runtime}/site-packages:/opt/python:"
+                      f"{RUNTIME_DIR}:{RUNTIME_DIR}/{RUNTIME_PACKAGE}/provided",
         "_HANDLER": version.handler,
         "LAMBDA_TASK_ROOT": TASK_ROOT,
         "LAMBDA_RUNTIME_DIR": RUNTIME_DIR,
@@ -284,6 +286,8 @@ class EnvironmentFactory:
             etc_dir=self.etc_dir,
             mount_sources=sources,
             annotations={engine.CONFIG_ANNOTATION: str(criu_config)},
+            opt_dir=(self.artifacts.merged(version.opt_tree, version.layer_digests, slice_index)
+                     if version.opt_tree is not None else None),
         )
         rootfs = self.rootfs
         if private_rootfs:

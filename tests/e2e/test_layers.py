@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import signal
 from pathlib import Path
 
 import botocore.exceptions
 import pytest
 
-from tests.conftest import ROLE, ServerHandle, create, invoke_json, make_zip
+from snapfaas.sandbox.mounts import remove_tree
+from tests.conftest import ROLE, ServerHandle, create, invoke_json, make_zip, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish
 from tests.e2e.test_control_auth import aws
 
@@ -233,3 +235,36 @@ def test_layers_through_the_aws_cli(server: ServerHandle, tmp_path: Path) -> Non
     assert got["Content"]["CodeSha256"] == published["Content"]["CodeSha256"]
     aws(server, tmp_path, "delete-layer-version", "--layer-name", "cli-layer", "--version-number", "1")
     assert aws(server, tmp_path, "list-layer-versions", "--layer-name", "cli-layer")["LayerVersions"] == []
+
+
+@pytest.fixture(scope="module")
+def restartable(processes, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    require_root()
+    yield from run_server(processes, tmp_path_factory.mktemp("layers-restart"), ["--keep-alive", "60"])
+
+
+def test_layers_and_tags_survive_a_crash_and_rebuild_their_trees(restartable: ServerHandle) -> None:
+    lam = restartable.client()
+    first = lam.publish_layer_version(LayerName="durable", Content={"ZipFile": layer_zip(
+        {"python/shared.py": "VALUE = 'one'\n", "python/only_a.py": "VALUE = 'a'\n"})})
+    second = lam.publish_layer_version(LayerName="durable-top", Content={"ZipFile": layer_zip(
+        {"python/shared.py": "VALUE = 'two'\n", "python/lib/python3.12/site-packages/sitepkg.py": "VALUE = 's'\n"})})
+    create(lam, "durable-fn", {"app.py": LAYER_APP}, Layers=[first["LayerVersionArn"], second["LayerVersionArn"]],
+           Tags={"kept": "yes"})
+    assert invoke_json(lam, "durable-fn")[1]["shared"] == "two"
+    before = lam.get_function(FunctionName="durable-fn")
+    restartable.stop(signal.SIGKILL)
+    # derived trees (extracted layers, the merged /opt) are rebuilt from the stored packages
+    sandbox = Path(restartable.extra_args[restartable.extra_args.index("--sandbox-dir") + 1])
+    trees = [p for p in (sandbox / "code").iterdir() if p.name.isdigit()]
+    assert any(p.name.startswith("opt-") for tree in trees for p in tree.iterdir())
+    for tree in trees:
+        remove_tree(tree)
+    restartable.start()
+    lam = restartable.client()
+    after = lam.get_function(FunctionName="durable-fn")
+    assert (after["Configuration"]["Layers"], after["Tags"]) == (before["Configuration"]["Layers"], {"kept": "yes"})
+    assert [v["Version"] for v in lam.list_layer_versions(LayerName="durable")["LayerVersions"]] == [1]
+    response, body = invoke_json(lam, "durable-fn")
+    assert "FunctionError" not in response, body
+    assert (body["shared"], body["only_a"], body["sitepkg"]) == ("two", "a", "s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import ROLE, ServerHandle, create, make_zip
+from tests.conftest import ROLE, ServerHandle, create, invoke_json, make_zip
 from tests.e2e.test_control_auth import aws
 from tests.e2e.test_layers import PREFIX, error_of
 
@@ -86,3 +86,53 @@ def test_tags_through_the_aws_cli(server: ServerHandle, tmp_path: Path) -> None:
     aws(server, tmp_path, "untag-resource", "--resource", arn, "--tag-keys", "env", "team")
     assert aws(server, tmp_path, "list-tags", "--resource", arn)["Tags"] == {"owner": "me"}
     assert aws(server, tmp_path, "get-function", "--function-name", "cli-tagged")["Tags"] == {"owner": "me"}
+
+
+INSIDER_APP = """
+import boto3
+from botocore.config import Config
+
+ARN = "arn:aws:lambda:us-east-1:000000000000:function:tag-victim"
+ATTEMPTS = {
+    "tag": lambda c: c.tag_resource(Resource=ARN, Tags={"owned": "yes"}),
+    "untag": lambda c: c.untag_resource(Resource=ARN, TagKeys=["team"]),
+    "list_tags": lambda c: c.list_tags(Resource=ARN),
+    "publish_layer": lambda c: c.publish_layer_version(LayerName="evil", Content={"ZipFile": b"x"}),
+    "delete_layer": lambda c: c.delete_layer_version(LayerName="shared", VersionNumber=1),
+    "list_layers": lambda c: c.list_layers(),
+    "code_signing": lambda c: c.get_function_code_signing_config(FunctionName="tag-victim"),
+}
+
+def handler(event, context):
+    client = boto3.client("lambda", config=Config(retries={"total_max_attempts": 1}))
+    out = {}
+    for name, attempt in ATTEMPTS.items():
+        try:
+            attempt(client)
+            out[name] = "allowed"
+        except client.exceptions.ClientError as exc:
+            out[name] = [exc.response["Error"]["Code"], exc.response["Error"]["Message"]]
+    return out
+"""
+
+
+def test_function_credentials_cannot_tag_or_publish_layers(lam) -> None:  # type: ignore[no-untyped-def]
+    create(lam, "tag-victim", APP, Tags={"team": "core"})
+    create(lam, "insider", {"app.py": INSIDER_APP}, Runtime="python3.11", Role="arn:aws:iam::000000000000:role/insider", Timeout=30)
+    response, body = invoke_json(lam, "insider")
+    assert "FunctionError" not in response, body
+    resources = {"tag": PREFIX + "function:tag-victim", "untag": PREFIX + "function:tag-victim",
+                 "list_tags": PREFIX + "function:tag-victim", "publish_layer": PREFIX + "layer:evil",
+                 "delete_layer": PREFIX + "layer:shared:1", "list_layers": PREFIX + "function:*",
+                 "code_signing": PREFIX + "function:tag-victim"}
+    actions = {"tag": "TagResource", "untag": "UntagResource", "list_tags": "ListTags",
+               "publish_layer": "PublishLayerVersion", "delete_layer": "DeleteLayerVersion", "list_layers": "ListLayers",
+               "code_signing": "GetFunctionCodeSigningConfig"}
+    for name, outcome in body.items():
+        action = "lambda:" + actions[name]
+        assert outcome == ["AccessDeniedException",
+                           f"User: arn:aws:sts::000000000000:assumed-role/insider/insider is not authorized to perform: "
+                           f"{action} on resource: {resources[name]} because no identity-based policy allows the "
+                           f"{action} action"], (name, outcome)
+    assert lam.list_tags(Resource=PREFIX + "function:tag-victim")["Tags"] == {"team": "core"}
+    assert all(item["LayerName"] != "evil" for item in lam.list_layers()["Layers"])

@@ -78,8 +78,15 @@ def action_for(method: str, canonical: str) -> str:
 
 
 def resource_for(request: web.Request) -> str:
-    """The ARN the request acts on: the (qualified) function, or every function."""
+    """The ARN the request acts on: the (qualified) function, the tagged resource, the layer
+    (version), or every function."""
     registry = services(request).registry
+    if "resource" in request.match_info:  # tags: the ARN given
+        return request.match_info["resource"]
+    if "layer" in request.match_info:  # a layer, or one of its versions
+        layer = request.match_info["layer"].rpartition(":")[2]
+        arn = registry.arn_prefix.removesuffix("function:") + "layer:" + layer
+        return arn + (f":{request.match_info['version']}" if "version" in request.match_info else "")
     raw = request.match_info.get("name")
     if raw is None:
         return registry.function_arn("*")

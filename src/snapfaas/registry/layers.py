@@ -106,9 +106,9 @@ def version_number(raw: str) -> int:
     """A VersionNumber path member; Lambda answers below 1 with its own message."""
     try:
         number = int(raw)
-    except ValueError:
-        raise_collected([f"Value '{raw}' at 'versionNumber' failed to satisfy constraint: Member must be a number"])
-        raise  # unreachable: raise_collected raised
+    except ValueError as exc:
+        raise ValidationError(f"1 validation error detected: Value '{raw}' at 'versionNumber' failed to satisfy "
+                              "constraint: Member must be a number") from exc
     if number < 1:
         raise InvalidParameterValue("Layer Version Cannot be less than 1")
     return number

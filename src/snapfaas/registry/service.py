@@ -260,6 +260,7 @@ class ControlPlane:
                                 code_digest="", code_sha256="", code_size=0)
         self._apply_config(draft, body, self.interpreters)
         self._apply_layers(draft, body)
+        tags = tag_check.create_tags(body.get("Tags"))
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
@@ -267,7 +268,7 @@ class ControlPlane:
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
         with self._dropping_on_failure(artifact):
             self._check_total_size(draft)
-            self.registry.create_function(draft, tag_check.create_tags(body.get("Tags")))
+            self.registry.create_function(draft, tags)
         self._spawn(self._activate(name, LATEST), f"activate-{name}")
         if body.get("Publish"):
             published = self._publish_after_settle(name)

@@ -316,3 +316,24 @@ def test_rejects_encrypted_entry(store: ArtifactStore) -> None:
     assert info.value.message == f"{UNZIP_ERROR} (entry 'secret.py' is encrypted; encrypted zip entries are not supported)"
     assert info.value.status == 400
     assert_empty(store)
+
+
+# -- merged layer trees (/opt) ----------------------------------------------------------------
+def test_merged_layers_later_files_win_and_trees_are_shared(store: ArtifactStore) -> None:
+    base = store.ingest(make_zip({"python/shared.py": "base", "python/only_base.py": "b", "python/pkg/x": "file"}))
+    top = store.ingest(make_zip({"python/shared.py": "top", "python/pkg/x/inner.py": "dir now"}))
+    merged = store.merged("opt-test", [base.digest, top.digest], 2)
+    assert merged == store.trees / "2" / "opt-test"
+    assert (merged / "python" / "shared.py").read_text() == "top"
+    assert (merged / "python" / "only_base.py").read_text() == "b"
+    assert (merged / "python" / "pkg" / "x" / "inner.py").read_text() == "dir now"  # a later dir replaces a file
+    # hard links to the layers' own cached trees: no copy, same modes
+    layer_file = store.tree(top.digest, 2) / "python" / "shared.py"
+    assert (merged / "python" / "shared.py").stat().st_ino == layer_file.stat().st_ino
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o500
+    assert merged.stat().st_mtime == artifacts_module.TREE_MTIME
+    assert store.merged("opt-test", [base.digest, top.digest], 2) == merged  # made once
+    assert store.unzipped_size(base.digest) == len("base") + len("b") + len("file")
+    # garbage collection keeps only the referenced trees
+    store.collect_garbage({base.digest, top.digest}, {(2, base.digest), (2, top.digest)})
+    assert not merged.exists()

@@ -161,6 +161,9 @@ def test_publish_numbering_and_unchanged_rule(reg: Registry) -> None:
         lambda v: setattr(v, "ephemeral_storage", 1024),
         lambda v: setattr(v, "runtime", "python3.13"),
         lambda v: setattr(v, "role", "arn:aws:iam::000000000000:role/other"),
+        lambda v: setattr(v, "architectures", ["arm64"]),
+        lambda v: setattr(v, "layers", [{"arn": "arn:aws:lambda:us-east-1:000000000000:layer:l:1", "digest": "l1",
+                                         "size": 1, "unzipped": 1}]),
     ],
 )
 def test_publish_detects_each_change(reg: Registry, change) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,9 @@ from snapfaas.registry import validation as check
 FN = "/2015-03-31/functions/{name}"
 VERIFY = "/snapfaas/v1/snapstart/{name}/verify"
 EXPIRE = "/snapfaas/v1/snapshots/{name}/expire"
+LAYERS = "/2018-10-31/layers"
+LAYER = LAYERS + "/{layer}"
+TAGS = "/2017-03-31/tags/{resource}"
 ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/2015-03-31/functions"): "lambda:CreateFunction",
     ("POST", "/2015-03-31/functions/"): "lambda:CreateFunction",
@@ -49,6 +52,22 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:GetFunctionEventInvokeConfig",
     ("DELETE", "/2019-09-25/functions/{name}/event-invoke-config"): "lambda:DeleteFunctionEventInvokeConfig",
     ("GET", "/2019-09-25/functions/{name}/event-invoke-config/list"): "lambda:ListFunctionEventInvokeConfigs",
+    ("POST", LAYER + "/versions"): "lambda:PublishLayerVersion",
+    ("GET", LAYER + "/versions"): "lambda:ListLayerVersions",
+    ("GET", LAYER + "/versions/{version}"): "lambda:GetLayerVersion",
+    ("DELETE", LAYER + "/versions/{version}"): "lambda:DeleteLayerVersion",
+    ("GET", LAYERS): "lambda:ListLayers",  # and GetLayerVersionByArn (?find=LayerVersion): both reads
+    ("POST", TAGS): "lambda:TagResource",
+    ("DELETE", TAGS): "lambda:UntagResource",
+    ("GET", TAGS): "lambda:ListTags",
+    ("GET", "/2020-06-30/functions/{name}/code-signing-config"): "lambda:GetFunctionCodeSigningConfig",
+    ("GET", "/2021-07-20/functions/{name}/runtime-management-config"): "lambda:GetRuntimeManagementConfig",
+    ("GET", "/2024-08-31/functions/{name}/recursion-config"): "lambda:GetFunctionRecursionConfig",
+    ("GET", "/2021-10-31/functions/{name}/url"): "lambda:GetFunctionUrlConfig",
+    ("GET", "/2021-10-31/functions/{name}/urls"): "lambda:ListFunctionUrlConfigs",
+    ("GET", "/2019-09-30/functions/{name}/provisioned-concurrency"): "lambda:ListProvisionedConcurrencyConfigs",
+    ("GET", "/2015-03-31/event-source-mappings"): "lambda:ListEventSourceMappings",
+    ("GET", "/2015-03-31/event-source-mappings/"): "lambda:ListEventSourceMappings",
     ("GET", "/snapfaas/v1/logs/{name}"): "snapfaas:GetFunctionLogs",
     ("POST", "/snapfaas/v1/echo"): "snapfaas:Echo",
     ("POST", VERIFY): "snapfaas:VerifySnapStart",
@@ -66,8 +85,15 @@ def action_for(method: str, canonical: str) -> str:
 
 
 def resource_for(request: web.Request) -> str:
-    """The ARN the request acts on: the (qualified) function, or every function."""
+    """The ARN the request acts on: the (qualified) function, the tagged resource, the layer
+    (version), or every function."""
     registry = services(request).registry
+    if "resource" in request.match_info:  # tags: the ARN given
+        return request.match_info["resource"]
+    if "layer" in request.match_info:  # a layer, or one of its versions
+        layer = request.match_info["layer"].rpartition(":")[2]
+        arn = registry.arn_prefix.removesuffix("function:") + "layer:" + layer
+        return arn + (f":{request.match_info['version']}" if "version" in request.match_info else "")
     raw = request.match_info.get("name")
     if raw is None:
         return registry.function_arn("*")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from snapfaas.api import access, aliases, event_configs, functions, permissions, snapstart
+from snapfaas.api import access, aliases, event_configs, functions, layers, permissions, settings, snapstart, tags
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
@@ -112,6 +112,22 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_get(EVENT_CONFIG, event_configs.get_config)
     app.router.add_delete(EVENT_CONFIG, event_configs.delete_config)
     app.router.add_get(EVENT_CONFIG + "/list", event_configs.list_configs)
+    app.router.add_post(access.LAYER + "/versions", layers.publish_layer_version)
+    app.router.add_get(access.LAYER + "/versions", layers.list_layer_versions)
+    app.router.add_get(access.LAYER + "/versions/{version}", layers.get_layer_version)
+    app.router.add_delete(access.LAYER + "/versions/{version}", layers.delete_layer_version)
+    app.router.add_get(access.LAYERS, layers.layers_root)
+    app.router.add_post(access.TAGS, tags.tag_resource)
+    app.router.add_delete(access.TAGS, tags.untag_resource)
+    app.router.add_get(access.TAGS, tags.list_tags)
+    app.router.add_get("/2020-06-30/functions/{name}/code-signing-config", settings.get_code_signing_config)
+    app.router.add_get("/2021-07-20/functions/{name}/runtime-management-config", settings.get_runtime_management_config)
+    app.router.add_get("/2024-08-31/functions/{name}/recursion-config", settings.get_recursion_config)
+    app.router.add_get("/2021-10-31/functions/{name}/url", settings.get_url_config)
+    app.router.add_get("/2021-10-31/functions/{name}/urls", settings.list_url_configs)
+    app.router.add_get("/2019-09-30/functions/{name}/provisioned-concurrency", settings.provisioned_concurrency)
+    app.router.add_get("/2015-03-31/event-source-mappings", settings.list_event_source_mappings)
+    app.router.add_get("/2015-03-31/event-source-mappings/", settings.list_event_source_mappings)
     app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
     app.router.add_get(PATH_PREFIX + "{digest}", download_code)
     app.router.add_get("/snapfaas/v1/health", health)

@@ -34,7 +34,7 @@ from snapfaas.errors import RequestTooLarge
 MAX_REQUEST_BYTES = 70_167_211  # Lambda's CreateFunction request cap (a 50 MB zip, base64-encoded)
 CONTROL_REQUEST_BYTES = 1024 * 1024  # every other control-plane operation (their JSON is a few KB)
 SPOOL_THRESHOLD = 256 * 1024  # a body past this goes to a file until its signature is verified
-LARGE_OPERATIONS = frozenset({"CreateFunction", "UpdateFunctionCode"})
+LARGE_OPERATIONS = frozenset({"CreateFunction", "UpdateFunctionCode", "PublishLayerVersion"})
 PAYLOAD_OPERATIONS = frozenset({"InvokeFunction", "Echo"})
 BODY = web.RequestKey("body", bytes)
 

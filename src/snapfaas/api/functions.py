@@ -9,6 +9,7 @@ from snapfaas.api.shapes import function_configuration, page_of
 from snapfaas.errors import NotFound
 from snapfaas.registry import validation as check
 from snapfaas.registry.model import LATEST, FunctionVersion
+from snapfaas.registry.tags import FunctionTags
 
 
 def _arn_for(request: web.Request, v: FunctionVersion, qualifier: str | None) -> str:
@@ -40,6 +41,9 @@ async def get_function(request: web.Request) -> web.Response:
         "Configuration": config,
         "Code": {"RepositoryType": "S3", "Location": svc.links.url(f"{request.scheme}://{request.host}", v.code_digest)},
     }
+    tags = FunctionTags(svc.registry).get(name)
+    if tags:
+        out["Tags"] = tags
     reserved = svc.registry.function_info(name).reserved_concurrency
     if reserved is not None:
         out["Concurrency"] = {"ReservedConcurrentExecutions": reserved}

@@ -43,6 +43,8 @@ def function_configuration(v: FunctionVersion, arn: str, listing: bool = False) 
     }
     if v.environment or v.environment_set:
         out["Environment"] = {"Variables": dict(v.environment)}
+    if v.layers:
+        out["Layers"] = [{"Arn": layer["arn"], "CodeSize": layer["size"]} for layer in v.layers]
     if listing:
         return out
     out["State"] = v.state.value

@@ -5,6 +5,8 @@ Layout::
     <data-dir>/code/<sha256-hex>.zip              the package as uploaded (the source of truth)
     <sandbox-dir>/code/<slice>/<sha256-hex>/      its extracted tree for host id slice <slice>
                                                   (mounted read-only at /var/task)
+    <sandbox-dir>/code/<slice>/opt-<key>/         a function version's layers merged in order
+                                                  (mounted read-only at /opt; see `merged`)
 
 A package is validated completely at ingest (names, sizes, and every member decompressed
 against the byte budget) but extracted only per *id slice* (sandbox/ids.py), on first use:
@@ -83,6 +85,38 @@ class ArtifactStore:
             data = self.read_zip(digest)
             self._materialize(path, data, self._check_zip(data), owner)
         return path
+
+    def merged(self, name: str, digests: list[str], slice_index: int) -> Path:
+        """The tree `name` of id slice `slice_index`: the extracted trees of `digests` (layer
+        packages) merged in order, a later layer's file replacing an earlier one's (as Lambda
+        extracts layers into /opt). Made once per (slice, name) from hard links to the layers'
+        own cached trees (same owner and modes, no copy), atomically like `tree`."""
+        path = self.trees / str(slice_index) / name
+        owner = self.owner_of(slice_index) if self.owner_of is not None else None
+        if path.is_dir() and not path.is_symlink() and (owner is None or path.stat().st_uid == owner):
+            return path
+        _remove(path)  # missing, or made for another id range: (re)merge
+        sources = [self.tree(digest, slice_index) for digest in digests]
+        path.parent.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=path.parent))
+        try:
+            for source in sources:
+                _link_tree(source, tmp)
+            self._seal(tmp, owner)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not path.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    def unzipped_size(self, digest: str) -> int:
+        """Bytes the stored package `digest` extracts to (from its central directory)."""
+        with zipfile.ZipFile(self.root / f"{digest}.zip") as archive:
+            return sum(info.file_size for info in archive.infolist())
 
     def holds(self, slice_index: int) -> bool:
         """Whether any tree (or a temporary) of id slice `slice_index` exists."""
@@ -253,6 +287,25 @@ class ArtifactStore:
             if not any(entry.iterdir()):
                 entry.rmdir()
         return removed
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Hard-link every file of `source` into `dest` (directories created writable, sealed later
+    by the caller), replacing what an earlier tree put at the same path."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        relative = Path(dirpath).relative_to(source)
+        target_dir = dest / relative
+        if target_dir.is_file():
+            target_dir.unlink()
+        target_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(target_dir, 0o700)
+        for name in filenames:
+            target = target_dir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            os.link(Path(dirpath) / name, target)
 
 
 def _remove(path: Path) -> None:

@@ -14,6 +14,12 @@ Schema (all records are JSON in `data`, keyed columns are for lookups)::
     id_slices(slice PK, function UNIQUE)         a function's host id slice (sandbox/ids.py);
                                                  function NULL: released by a deleted function,
                                                  reusable once `reclaim_slices` frees it
+    layers(name PK, last_version)                a layer's version counter (never reused)
+    layer_versions(layer, version, data)         PK(layer, version); registry/layers.py
+    function_tags(function PK, tags)             a function's tags (registry/tags.py)
+
+A version's layers are kept by content (their zips' digests in the version's record): deleting a
+layer version removes its record, not the package a function version still uses.
 
 `observers` are called with a function's name after every committed change to it (state,
 concurrency, deletion, event invoke config), so in-memory schedulers can re-read it.
@@ -80,6 +86,20 @@ CREATE TABLE IF NOT EXISTS id_slices (
     slice INTEGER PRIMARY KEY,
     function TEXT UNIQUE
 );
+CREATE TABLE IF NOT EXISTS layers (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS layer_versions (
+    layer TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (layer, version)
+);
+CREATE TABLE IF NOT EXISTS function_tags (
+    function TEXT PRIMARY KEY REFERENCES functions(name) ON DELETE CASCADE,
+    tags TEXT NOT NULL
+);
 """
 
 
@@ -132,6 +152,15 @@ class Registry:
     def close(self) -> None:
         self._db.close()
 
+    def transaction(self) -> Any:
+        """One write transaction for the registry's satellite stores (layers, tags), used as
+        ``with registry.transaction() as db:``."""
+        return self._tx()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only statement (for the satellite stores)."""
+        return self._db.execute(sql, params).fetchall()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("BEGIN IMMEDIATE")
@@ -158,7 +187,7 @@ class Registry:
             raise self._not_found(name)
         return FunctionInfo(*row)
 
-    def create_function(self, latest: FunctionVersion) -> None:
+    def create_function(self, latest: FunctionVersion, tags: dict[str, str] | None = None) -> None:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM functions WHERE name=?", (latest.name,)).fetchone():
                 raise Conflict(f"Function already exist: {latest.name}")
@@ -166,6 +195,8 @@ class Registry:
             db.execute("INSERT INTO functions(name, seq) VALUES (?, ?)", (latest.name, seq))
             self._allocate_slice(db, latest.name)
             self._put(db, latest)
+            if tags:
+                db.execute("INSERT INTO function_tags(function, tags) VALUES (?, ?)", (latest.name, json.dumps(tags)))
 
     # -- host id slices --------------------------------------------------------------------
     def _allocate_slice(self, db: sqlite3.Connection, name: str) -> int:
@@ -203,11 +234,15 @@ class Registry:
         return free
 
     def referenced_trees(self) -> set[tuple[int, str]]:
-        """(slice, code digest) of every version: the code trees in use."""
+        """(slice, tree name) of every version's code, layers and merged /opt tree: the trees in use."""
         rows = self._db.execute(
             "SELECT s.slice, v.data FROM versions v JOIN id_slices s ON s.function=v.function"
         ).fetchall()
-        return {(int(index), json.loads(data)["code_digest"]) for index, data in rows}
+        out: set[tuple[int, str]] = set()
+        for index, data in rows:
+            version = FunctionVersion.from_json(json.loads(data))
+            out.update((int(index), name) for name in version.tree_names())
+        return out
 
     def _put(self, db: sqlite3.Connection, version: FunctionVersion) -> None:
         ordinal = 0 if version.is_latest else int(version.version)
@@ -467,4 +502,7 @@ class Registry:
         return cur.rowcount > 0
 
     def referenced_digests(self) -> set[str]:
-        return {v.code_digest for v in self.list_all_versions()}
+        """Packages in use: every version's code and layers, and every layer version's."""
+        out = {digest for v in self.list_all_versions() for digest in (v.code_digest, *v.layer_digests)}
+        out.update(json.loads(data)["digest"] for (data,) in self._db.execute("SELECT data FROM layer_versions"))
+        return out

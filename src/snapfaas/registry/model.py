@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import hashlib
 import uuid
 from typing import Any
 
@@ -65,6 +66,8 @@ class FunctionVersion:
     application_log_level: str | None = None
     system_log_level: str | None = None
     log_group: str | None = None
+    # the function's layers in order: {"arn", "digest", "size" (zip bytes), "unzipped" (bytes)}
+    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     revision_id: str = dataclasses.field(default_factory=new_revision)
     last_modified: str = dataclasses.field(default_factory=now_iso)
     state: State = State.PENDING
@@ -104,6 +107,25 @@ class FunctionVersion:
     def log_group_name(self) -> str:
         return self.log_group or f"/aws/lambda/{self.name}"
 
+    @property
+    def layer_digests(self) -> list[str]:
+        return [str(layer["digest"]) for layer in self.layers]
+
+    @property
+    def opt_tree(self) -> str | None:
+        """Name of the merged tree of this version's layers (mounted at /opt), or None without
+        layers. Named by the ordered layer contents, so versions with the same layers share it."""
+        if not self.layers:
+            return None
+        return "opt-" + hashlib.sha256("\n".join(self.layer_digests).encode()).hexdigest()[:40]
+
+    def tree_names(self) -> list[str]:
+        """The extracted trees (per id slice) this version's environments use."""
+        names = [self.code_digest, *self.layer_digests]
+        if self.opt_tree is not None:
+            names.append(self.opt_tree)
+        return names
+
     def move_to(self, state: State, reason: str | None = None, code: str | None = None) -> None:
         if state not in ALLOWED_MOVES[self.state]:
             raise ServiceError(f"illegal state move for {self.name}:{self.version}: {self.state.value} -> {state.value}")
@@ -115,7 +137,7 @@ class FunctionVersion:
         return (
             self.code_sha256, self.runtime, self.handler, self.role, description, self.memory_size,
             self.timeout, tuple(sorted(self.environment.items())), self.ephemeral_storage, self.snap_start,
-            self.logging,
+            self.logging, tuple(self.architectures), tuple(str(layer["arn"]) for layer in self.layers),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -24,6 +24,9 @@ from snapfaas.registry import validation as check
 from snapfaas.registry.artifacts import ArtifactStore, CodeArtifact
 from snapfaas.registry.db import Registry
 from snapfaas.registry.event_configs import EventConfigs
+from snapfaas.registry import layers as layer_check
+from snapfaas.registry import tags as tag_check
+from snapfaas.registry.layers import LayerRegistry, LayerVersion
 from snapfaas.registry.model import LATEST, Alias, FunctionVersion, State, new_revision, now_iso
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 
@@ -50,6 +53,7 @@ class ControlPlane:
         self.retire = retire
         self.snapstart_runtimes: tuple[str, ...] = AWS_SNAPSTART_RUNTIMES  # the server sets --snapstart-runtimes
         self.event_configs = EventConfigs(registry)  # PutFunctionEventInvokeConfig and friends
+        self.layers = LayerRegistry(registry)  # PublishLayerVersion and friends
         self.publishers: dict[str, Settle] = {}
         self.dropped: Callable[[list[FunctionVersion]], None] = lambda versions: None  # deleted versions' snapshots
         # whether files or processes of a released host id slice remain (default: assume so,
@@ -227,9 +231,22 @@ class ControlPlane:
             (v.log_format, v.application_log_level, v.system_log_level,
              v.log_group) = check.logging_config(body["LoggingConfig"], v.logging)
         if "Architectures" in body:
-            arch = body["Architectures"]
-            if arch != ["x86_64"] and arch != ["arm64"]:
-                raise check.constraint_error(arch, "architectures", "Member must have length less than or equal to 1")
+            v.architectures = check.architectures(body["Architectures"])
+
+    def _apply_layers(self, v: FunctionVersion, body: Mapping[str, Any]) -> None:
+        """``Layers``: validated ARNs of existing layer versions, kept by content in `v`."""
+        if "Layers" in body:
+            v.layers = self.layers.for_function(layer_check.function_layer_arns(body["Layers"] or []))
+
+    def _check_total_size(self, v: FunctionVersion) -> None:
+        """Lambda's limit on code plus layers, extracted (250 MB by default)."""
+        limit = self.artifacts.limits.unzipped_bytes
+        if not v.layers:
+            return  # the code alone was checked at ingest
+        total = self.artifacts.unzipped_size(v.code_digest) + sum(int(layer["unzipped"]) for layer in v.layers)
+        if total > limit:
+            raise InvalidParameterValue(f"Function code combined with layers exceeds the maximum allowed size of "
+                                        f"{limit} bytes. The actual size is {total} bytes.")
 
     def _check_snap_start(self, v: FunctionVersion) -> None:
         """AWS's SnapStart restrictions, for a configuration with SnapStart on."""
@@ -253,13 +270,16 @@ class ControlPlane:
                                 code_digest="", code_sha256="", code_size=0)
         self._apply_config(draft, body, self.interpreters)
         self._check_snap_start(draft)
+        self._apply_layers(draft, body)
+        tags = tag_check.create_tags(body.get("Tags"))
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
         artifact = await self._code(code)
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
         with self._dropping_on_failure(artifact):
-            self.registry.create_function(draft)
+            self._check_total_size(draft)
+            self.registry.create_function(draft, tags)
         self._spawn(self._activate(name, LATEST), f"activate-{name}")
         if body.get("Publish"):
             published = self._publish_after_settle(name)
@@ -278,13 +298,17 @@ class ControlPlane:
 
     async def _update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
         self._guard_update(self.registry.get_version(name, LATEST))
+        architectures = check.architectures(body["Architectures"]) if "Architectures" in body else None
         artifact = await self._code(body)
         with self._dropping_on_failure(artifact):  # re-checked: deleted or updated while we ingested?
             current = self.registry.get_version(name, LATEST)
             self._guard_update(current)
+            self._check_total_size(dataclasses.replace(current, code_digest=artifact.digest))
 
         def change(v: FunctionVersion) -> None:
             v.code_digest, v.code_sha256, v.code_size = artifact.digest, artifact.sha256, artifact.size
+            if architectures is not None:
+                v.architectures = architectures
             self._mark_in_progress(v)
 
         if body.get("DryRun"):
@@ -303,11 +327,13 @@ class ControlPlane:
         draft = dataclasses.replace(current, environment=dict(current.environment))
         self._apply_config(draft, body, self.interpreters)
         self._check_snap_start(draft)
+        self._apply_layers(draft, body)
+        self._check_total_size(draft)
 
         def change(v: FunctionVersion) -> None:
             for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",
                           "environment_set", "ephemeral_storage", "snap_start", "log_format",
-                          "application_log_level", "system_log_level", "log_group"):
+                          "application_log_level", "system_log_level", "log_group", "layers"):
                 setattr(v, field, getattr(draft, field))
             self._mark_in_progress(v)
 
@@ -372,6 +398,29 @@ class ControlPlane:
         self.dropped([deleted_version])
         self._collect_garbage()
         return [deleted_version]
+
+    # -- layers ----------------------------------------------------------------------------
+    async def publish_layer_version(self, raw_name: str, body: Mapping[str, Any]) -> LayerVersion:
+        """Validate, store the package (as code artifacts are) and record the next version."""
+        name = layer_check.layer_name(raw_name, self.registry.arn_prefix)
+        description, license_info, runtimes, architectures = layer_check.publish_fields(body)
+        content = body.get("Content")
+        if not isinstance(content, Mapping):
+            raise check.constraint_error("null", "content", "Member must not be null")
+        with self._ingesting():
+            artifact = await self._code(content)
+            with self._dropping_on_failure(artifact):
+                unzipped = await asyncio.to_thread(self.artifacts.unzipped_size, artifact.digest)
+                return self.layers.publish(LayerVersion(
+                    layer=name, version=0, digest=artifact.digest, sha256=artifact.sha256, size=artifact.size,
+                    unzipped=unzipped, description=description, license_info=license_info,
+                    compatible_runtimes=runtimes, compatible_architectures=architectures))
+
+    def delete_layer_version(self, raw_name: str, raw_version: str) -> None:
+        """Idempotent; the package stays while a function version uses it."""
+        name = layer_check.layer_name(raw_name, self.registry.arn_prefix)
+        self.layers.delete(name, layer_check.version_number(raw_version))
+        self._collect_garbage()
 
     def collect_garbage(self) -> list[int]:
         """Delete code no version references, then reclaim the host id slices of deleted

@@ -168,6 +168,17 @@ def ephemeral_storage(value: object) -> int:
     return int_range(value["Size"], "ephemeralStorage.size", 512, 10240)
 
 
+def architectures(value: object) -> list[str]:
+    """``Architectures``: exactly one of x86_64 and arm64 (stored and returned as given)."""
+    if not isinstance(value, list) or len(value) != 1:
+        raise constraint_error(value, "architectures", "Member must have length less than or equal to 1")
+    if value[0] not in ("x86_64", "arm64"):
+        raise constraint_error(f"[{value[0]}]", "architectures",
+                               "Member must satisfy constraint: [Member must satisfy enum value set: [x86_64, arm64], "
+                               "Member must not be null]")
+    return [str(value[0])]
+
+
 def snap_start(value: object) -> str:
     if not isinstance(value, Mapping):
         raise InvalidParameterValue("SnapStart must be an object with an ApplyOn member")

@@ -2,7 +2,8 @@
 
 Isolation contract: read-only rootfs made of host binds (/usr, the interpreter's install
 tree), the server's synthesized /etc (sandbox/etc.py; not the host's), the function's code at
-/var/task (read-only) and the runtime at /var/runtime (read-only); a private tmpfs /tmp sized
+/var/task (read-only), its layers merged at /opt (read-only; an empty directory without layers)
+and the runtime at /var/runtime (read-only); a private tmpfs /tmp sized
 by EphemeralStorage and owned by the function's uid; its own pid, mount, ipc, uts and user
 namespaces (container 0-65535 -> the function's host id slice base..base+65535, see
 sandbox/ids.py; the process runs as `uid` inside, which is unprivileged on the host too and
@@ -25,10 +26,11 @@ from snapfaas.sandbox import seccomp
 from snapfaas.sandbox.interpreter import Interpreter
 
 TASK_ROOT = "/var/task"
+OPT_DIR = "/opt"
 RUNTIME_DIR = "/var/runtime"
 RUNTIME_PACKAGE = "snapfaas_runtime"
 MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
-BASE_DIRS = ("usr", "etc", "proc", "dev", "tmp", "var/task", "var/runtime", "sys/devices/system/cpu")
+BASE_DIRS = ("usr", "etc", "proc", "dev", "tmp", "opt", "var/task", "var/runtime", "sys/devices/system/cpu")
 RO = ["rbind", "ro", "nosuid", "nodev"]
 HOSTNAME = "sandbox"
 
@@ -53,6 +55,7 @@ class SandboxSpec:
     pids_limit: int = 1024
     mount_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)  # prefix -> reachable bind source
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    opt_dir: Path | None = None  # the version's merged layers (None: no layers, /opt stays empty)
 
 
 def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
@@ -91,6 +94,8 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         {"destination": "/sys/devices/system/cpu", "type": "bind", "source": "/sys/devices/system/cpu", "options": RO},
         {"destination": TASK_ROOT, "type": "bind", "source": str(spec.code_dir), "options": RO},
         {"destination": RUNTIME_DIR, "type": "bind", "source": str(spec.runtime_dir), "options": RO},
+        *([{"destination": OPT_DIR, "type": "bind", "source": str(spec.opt_dir), "options": RO}]
+          if spec.opt_dir is not None else []),
         {
             "destination": "/tmp",
             "type": "tmpfs",

@@ -26,12 +26,20 @@ from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
 from snapfaas.snapshot import determinism, engine
-from snapfaas.sandbox.spec import HOSTNAME, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
+from snapfaas.sandbox.spec import HOSTNAME, OPT_DIR, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
 
 logger = logging.getLogger(__name__)
 RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
+
+
+def _layer_paths(runtime: str) -> str:
+    """Layer directories on a Python runtime's path, after /var/task (the working directory) and
+    in the order of Lambda's Python runtime: the layers' site-packages, then /opt/python."""
+    if not runtime.startswith("python"):
+        return ""
+    return f"{OPT_DIR}/python/lib/{runtime}/site-packages:{OPT_DIR}/python:"
 
 
 def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: str, stream: str) -> dict[str, str]:
@@ -45,7 +53,7 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         "LANG": "C.UTF-8",
         "TZ": ":UTC",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONPATH": f"{RUNTIME_DIR}:{RUNTIME_DIR}/{RUNTIME_PACKAGE}/provided",
+        "PYTHONPATH": _layer_paths(version.runtime) + f"{RUNTIME_DIR}:{RUNTIME_DIR}/{RUNTIME_PACKAGE}/provided",
         "_HANDLER": version.handler,
         "LAMBDA_TASK_ROOT": TASK_ROOT,
         "LAMBDA_RUNTIME_DIR": RUNTIME_DIR,
@@ -307,6 +315,8 @@ class EnvironmentFactory:
             etc_dir=self.etc_dir,
             mount_sources=sources,
             annotations={engine.CONFIG_ANNOTATION: str(criu_config)},
+            opt_dir=(self.artifacts.merged(version.opt_tree, version.layer_digests, slice_index)
+                     if version.opt_tree is not None else None),
         )
         rootfs = self.rootfs
         if private_rootfs:

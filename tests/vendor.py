@@ -52,11 +52,12 @@ def vendored(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory, re
     return target
 
 
-def zip_with(vendor: Path, files: dict[str, str]) -> bytes:
-    """A deployment zip: the vendored tree (without pip's bin/ and caches) plus `files`."""
+def zip_with(vendor: Path | None, files: dict[str, str], executables: tuple[str, ...] = ()) -> bytes:
+    """A deployment zip: the vendored tree (without pip's bin/ and caches; none if `vendor` is
+    None) plus `files`, those named in `executables` with mode 0755."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for root, dirs, names in os.walk(vendor):
+        for root, dirs, names in os.walk(vendor) if vendor is not None else ():
             dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "bin"))
             for name in sorted(names):
                 path = Path(root) / name
@@ -64,5 +65,8 @@ def zip_with(vendor: Path, files: dict[str, str]) -> bytes:
                     continue
                 archive.write(path, path.relative_to(vendor).as_posix())
         for name, content in files.items():
-            archive.writestr(name, content)
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o100755 if name in executables else 0o100644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
     return buf.getvalue()

@@ -10,14 +10,9 @@ written in Python with urllib. The in-sandbox supervisor serves the API at
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
 import json
-import os
 import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from tests.conftest import ROLE
+from tests.vendor import vendored, zip_with
 
 RIC = ["awslambdaric==4.2.2"]
 SH_BOOTSTRAP = "#!/bin/sh\nexec python3 -m awslambdaric $_HANDLER\n"
@@ -87,41 +83,13 @@ def sandbox_python_version() -> str:
 
 @pytest.fixture(scope="module")
 def ric(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
-    """awslambdaric (and its dependencies) installed for the sandbox's python3, cached by
-    requirement list and Python version (in pytest's cache dir when it is on)."""
-    version = sandbox_python_version()
-    key = hashlib.sha256("\n".join([*RIC, version]).encode()).hexdigest()[:16]
-    cache = getattr(request.config, "cache", None)
-    target = Path(cache.mkdir(f"ric-{key}")) if cache is not None else tmp_path_factory.getbasetemp() / f"ric-{key}"
-    done = target / ".vendored"
-    if not done.exists():
-        out = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-             "--upgrade", "--target", str(target), "--python-version", version, "--implementation", "cp",
-             "--platform", "manylinux2014_x86_64", "--only-binary=:all:", *RIC],
-            capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, f"pip install --target failed:\n{out.stderr[-3000:]}"
-        done.write_text("\n".join(RIC) + "\n")
-    return target
+    """awslambdaric (and its dependencies) installed for the sandbox's python3 (cached)."""
+    return vendored(request.config, tmp_path_factory, RIC, sandbox_python_version())
 
 
 def package(files: dict[str, str], executables: tuple[str, ...] = ("bootstrap",), tree: Path | None = None) -> bytes:
     """A zip with `files` (those named in `executables` with mode 0755) and `tree`'s contents."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        if tree is not None:
-            for root, dirs, names in os.walk(tree):
-                dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "bin"))
-                for name in sorted(names):
-                    if not name.startswith(".vendored"):
-                        path = Path(root) / name
-                        archive.write(path, path.relative_to(tree).as_posix())
-        for name, text in files.items():
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (0o100755 if name in executables else 0o100644) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, text)
-    return buf.getvalue()
+    return zip_with(tree, files, executables)
 
 
 def create_custom(lam, name: str, code: bytes, runtime: str = "provided.al2023", handler: str = "app.handler",  # type: ignore[no-untyped-def]

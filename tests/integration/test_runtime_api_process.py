@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_runtime_process import RUNTIME_SRC, Runtime
+from tests.integration.test_runtime_process import RUNTIME_SRC, Runtime, reap, spawn
 
 DRIVER = """
 import os, sys
@@ -77,23 +75,10 @@ def supervise(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             **(env or {}),
         }
-        proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(exts), str(task / "bootstrap")], cwd=task,
-                                env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        runtime = Runtime(proc)
-        started.append(runtime)
-        return runtime
+        return spawn([sys.executable, "-c", DRIVER, str(exts), str(task / "bootstrap")], task, environ, started)
 
     yield _start
-    for runtime in started:
-        try:
-            os.killpg(runtime.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        runtime.proc.wait(10)
-        for stream in (runtime.proc.stdin, runtime.proc.stdout, runtime.proc.stderr):
-            if stream is not None:
-                stream.close()
+    reap(started)
 
 
 def write_executable(path: Path, text: str) -> None:
@@ -389,23 +374,10 @@ def python_with_extensions(tmp_path: Path) -> Iterator:  # type: ignore[type-arg
         environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{pkg_root}:{task}",
                    "_HANDLER": handler, "AWS_LAMBDA_FUNCTION_NAME": "py", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
                    "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
-        proc = subprocess.Popen([sys.executable, "-c", PYTHON_DRIVER, str(exts)], cwd=task, env=environ,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        runtime = Runtime(proc)
-        started.append(runtime)
-        return runtime
+        return spawn([sys.executable, "-c", PYTHON_DRIVER, str(exts)], task, environ, started)
 
     yield _start
-    for runtime in started:
-        try:
-            os.killpg(runtime.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        runtime.proc.wait(10)
-        for stream in (runtime.proc.stdin, runtime.proc.stdout, runtime.proc.stderr):
-            if stream is not None:
-                stream.close()
+    reap(started)
 
 
 def test_python_runtime_with_extensions(python_with_extensions) -> None:  # type: ignore[no-untyped-def]

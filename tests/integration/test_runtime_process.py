@@ -142,6 +142,34 @@ class Runtime:
         self.proc.stdin.close()
 
 
+def spawn(command: list[str], cwd: Path, environ: dict[str, str], started: list[Runtime]) -> Runtime:
+    """Start a runtime process in its own session (so `reap` can kill all it spawned), recorded
+    in `started`."""
+    proc = subprocess.Popen(command, cwd=cwd, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    runtime = Runtime(proc)
+    started.append(runtime)
+    return runtime
+
+
+def reap(started: list[Runtime]) -> None:
+    """Kill every runtime in `started` with its whole session (the supervisor, the runtime it
+    forked and anything user code spawned) and close its pipes."""
+    for runtime in started:
+        proc = runtime.proc
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(TIMEOUT)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     """start(files, handler="app.handler", init_type="on-demand", env=None, launcher=None) -> Runtime."""
@@ -175,27 +203,10 @@ def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
             "AWS_REGION": "us-east-1",
             **(env or {}),
         }
-        proc = subprocess.Popen([*(launcher or []), sys.executable, "-m", "snapfaas_runtime"], cwd=task, env=environ,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        runtime = Runtime(proc)
-        started.append(runtime)
-        return runtime
+        return spawn([*(launcher or []), sys.executable, "-m", "snapfaas_runtime"], task, environ, started)
 
     yield _start
-    for runtime in started:
-        proc = runtime.proc
-        try:  # the whole session: the supervisor, the runtime it forked and anything user code spawned
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(TIMEOUT)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+    reap(started)
 
 
 APP = """

@@ -5,7 +5,6 @@ version, plus warm invokes of both."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +16,11 @@ from rich.table import Table
 from snapfaas.bench.harness import PrivateServer, bench_runtime_args, timed_invoke
 
 FUNCTION = Path(__file__).resolve().parent / "bench" / "functions" / "torch_mlp"
-FIELD_RE = re.compile(r"(Init Duration|Restore Duration|Duration|Max Memory Used): ([0-9.]+ (?:ms|MB))")
 
 
 def _invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float, dict[str, str]]:
     result = timed_invoke(client, name, qualifier, json.dumps({"x": [0.1] * 64}).encode())
-    return result.elapsed_ms, dict(FIELD_RE.findall(result.report))
+    return result.elapsed_ms, result.fields
 
 
 def run(console: Console, say: Callable[[str], None], runtime_python: Path) -> None:

@@ -32,3 +32,17 @@ def test_markdown_has_a_row_per_function_and_loading_with_every_tier() -> None:
     assert all(row.count(" | ") == len(loading.TIERS) + 2 for row in rows)
     assert "**0.5x**" in rows[2] and "170 of 324" in rows[2]
     assert "**" not in rows[0]  # the baseline has no ratio
+
+
+def test_report_fields_are_read_by_exact_name() -> None:
+    """A REPORT line's billed fields never stand in for the measured ones."""
+    from snapfaas.bench.harness import TimedInvoke
+
+    report = ("REPORT RequestId: 8f5e\tDuration: 7.73 ms\tBilled Duration: 10 ms\tMemory Size: 512 MB\t"
+              "Max Memory Used: 8 MB\tRestore Duration: 47.27 ms\tBilled Restore Duration: 2 ms\t")
+    invoke = TimedInvoke(100.0, report, report, None)
+    assert invoke.fields["Restore Duration"] == "47.27 ms" and invoke.fields["Billed Restore Duration"] == "2 ms"
+    assert invoke.durations() == {"Restore Duration": 47.27, "Duration": 7.73}
+    cold = TimedInvoke(100.0, "REPORT RequestId: x\tDuration: 1.50 ms\tBilled Duration: 1071 ms\tInit Duration: 1069.62 ms\t",
+                       "", None)
+    assert cold.durations() == {"Init Duration": 1069.62, "Duration": 1.5}

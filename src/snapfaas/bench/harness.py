@@ -40,6 +40,19 @@ class TimedInvoke:
     log: str  # the whole log tail
     function_error: str | None  # X-Amz-Function-Error, if the function failed
 
+    @property
+    def fields(self) -> dict[str, str]:
+        """The REPORT line's fields by exact name ("Restore Duration" -> "47.27 ms"), so that
+        "Billed Restore Duration" never stands in for "Restore Duration"."""
+        parts = (part.split(": ", 1) for part in self.report.split("\t"))
+        return {pair[0].strip(): pair[1].strip() for pair in parts if len(pair) == 2}
+
+    def durations(self) -> dict[str, float]:
+        """Init Duration, Restore Duration and Duration in ms, those the REPORT line has."""
+        fields = self.fields
+        return {name: float(fields[name].split()[0]) for name in ("Init Duration", "Restore Duration", "Duration")
+                if name in fields}
+
 
 def timed_invoke(client: Any, name: str, qualifier: str | None = None, payload: bytes = b"{}") -> TimedInvoke:
     """One synchronous invoke with `LogType: Tail`, timed around the whole boto3 call."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -32,7 +31,6 @@ REFERENCE = {
     "numpy-scipy": ("numpy_scipy", 1024),
     "torch": ("torch_mlp", 1024),
 }
-FIELD = re.compile(r"(Init Duration|Restore Duration|Duration): ([0-9.]+) ms")
 
 
 def _files(directory: Path) -> dict[str, str]:
@@ -50,7 +48,7 @@ def measured_invoke(client: Any, name: str, qualifier: str | None = None) -> tup
     result = timed_invoke(client, name, qualifier)
     if result.function_error:
         raise RuntimeError(f"{name}:{qualifier} failed: {result.log[-800:]}")
-    return result.elapsed_ms, {k: float(v) for k, v in FIELD.findall(result.report)}
+    return result.elapsed_ms, result.durations()
 
 
 _CALLER_CLIENT: Any = None  # in each burst caller process: its own boto3 client

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from tests.conftest import ROLE
+from tests.e2e.test_invoke import wait_for_log
 from tests.vendor import vendored, zip_with
 
 RIC = ["awslambdaric==4.2.2"]
@@ -236,30 +236,14 @@ while True:
 """
 
 
-def function_log(server, name: str) -> str:  # type: ignore[no-untyped-def]
-    path = server.data_dir / "logs" / f"{name}.log"
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def wait_for_log(server, name: str, needles: list[str], deadline_s: float = 30) -> str:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + deadline_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = function_log(server, name)
-        if all(n in text for n in needles):
-            return text
-        time.sleep(0.1)  # polling the log file for a condition, with a deadline
-    pytest.fail(f"log of {name} lacks {needles!r}:\n{text[-3000:]}")
-
-
 def test_extension_gates_invocations_and_gets_a_shutdown_phase(lam, server) -> None:  # type: ignore[no-untyped-def]
     create_custom(lam, "internal-ext", package({"bootstrap": INTERNAL_EXTENSION_BOOTSTRAP}))
     response, body = invoke(lam, "internal-ext", {"ping": 1})
     assert body == {"ping": 1}
     request_id = response["ResponseMetadata"]["RequestId"]
-    text = wait_for_log(server, "internal-ext", [f"END RequestId: {request_id}"])
+    text = wait_for_log(server, "internal-ext", [f"END RequestId: {request_id}"], deadline_s=30)
     assert "EXTENSION\tName: in-process\tState: Ready\tEvents: [INVOKE]" in text
     assert text.index(f"extension saw INVOKE {request_id}") < text.index(f"END RequestId: {request_id}")
     lam.update_function_configuration(FunctionName="internal-ext", Description="retire the environment")
     lam.get_waiter("function_updated_v2").wait(FunctionName="internal-ext", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    wait_for_log(server, "internal-ext", ["runtime got SIGTERM"])  # the Shutdown phase's SIGTERM
+    wait_for_log(server, "internal-ext", ["runtime got SIGTERM"], deadline_s=30)  # the Shutdown phase's SIGTERM

@@ -10,7 +10,8 @@ import pytest
 
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from tests.conftest import ROLE
-from tests.e2e.test_custom_runtime import RAW_BOOTSTRAP, invoke, package, wait_for_log
+from tests.e2e.test_custom_runtime import RAW_BOOTSTRAP, invoke, package
+from tests.e2e.test_invoke import wait_for_log
 
 EXTENSION = """#!/usr/bin/env python3
 import json, os, sys, urllib.request
@@ -65,12 +66,12 @@ def check_lifecycle(lam, server, name: str) -> dict:  # type: ignore[no-untyped-
     response, body = invoke(lam, name, {"n": 1})
     assert "FunctionError" not in response, body
     request_id = response["ResponseMetadata"]["RequestId"]
-    text = wait_for_log(server, name, [f"END RequestId: {request_id}"])
+    text = wait_for_log(server, name, [f"END RequestId: {request_id}"], deadline_s=30)
     assert "EXTENSION\tName: watcher\tState: Ready\tEvents: [INVOKE,SHUTDOWN]" in text
     assert text.index("EXTENSION\tName: watcher") < text.index(f"START RequestId: {request_id}")
     assert text.index(f"[watcher] INVOKE {request_id}") < text.index(f"END RequestId: {request_id}")
     retire(lam, name)
-    wait_for_log(server, name, ["[watcher] SHUTDOWN spindown"])
+    wait_for_log(server, name, ["[watcher] SHUTDOWN spindown"], deadline_s=30)
     return body
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,13 +17,6 @@ from snapfaas.registry.tags import FunctionTags
 
 FUNCTIONS = "arn:aws:lambda:us-east-1:000000000000:function:"
 LAYERS = "arn:aws:lambda:us-east-1:000000000000:layer:"
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    registry = Registry(tmp_path / "state.db", FUNCTIONS)
-    yield registry
-    registry.close()
 
 
 def layer(name: str = "dep", digest: str = "d1", **kw: object) -> LayerVersion:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from snapfaas.registry.permissions import Permissions
 from tests.unit.test_registry import PREFIX, created
 
 ROLE = "arn:aws:iam::000000000000:role/caller"
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    registry = Registry(tmp_path / "state.db", PREFIX)
-    yield registry
-    registry.close()
 
 
 @pytest.fixture

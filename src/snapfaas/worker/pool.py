@@ -643,17 +643,10 @@ class Worker:
                 env.move(EnvState.BUSY)
                 if self._closing:  # close() ran while idle ones were being evicted
                     raise ServiceError("invoke failed at step 'create environment': the worker is shutting down")
-                try:
-                    if env.restore_from is not None:
-                        phase = await self._restore(env)
-                    else:
-                        init = await self._boot(env, request)
-                        if isinstance(init, InvokeOutcome):
-                            return init
-                        phase = Phase("Init", init)
-                finally:
-                    if env.network is not None:
-                        env.network.started()  # background namespace work may go on
+                started = await self._start(env, request)
+                if isinstance(started, InvokeOutcome):
+                    return started
+                phase = started
             outcome, healthy = await self._run(env, request, phase)
             if healthy and phase is not None and phase.is_restore and self.working_sets is not None:
                 self.working_sets.observe(env.version.snapshot_id, env.container.init_pid)
@@ -678,23 +671,27 @@ class Worker:
             env = await self._new_environment(version, on_demand=not restored)
             try:
                 env.move(EnvState.BUSY)
-                try:
-                    if restored:
-                        phase: Phase = await self._restore(env)
-                    else:
-                        init = await self._boot(env, request)
-                        if isinstance(init, InvokeOutcome):
-                            return Sample(init, None, "init failed: " + init.payload.decode(errors="replace")[:500])
-                        phase = Phase("Init", init)
-                finally:
-                    if env.network is not None:
-                        env.network.started()
+                phase = await self._start(env, request)
+                if isinstance(phase, InvokeOutcome):
+                    return Sample(phase, None, "init failed: " + phase.payload.decode(errors="replace")[:500])
                 outcome, healthy = await self._run(env, request, phase)
                 if not healthy:
                     return Sample(outcome, None, "the environment did not survive the invoke")
                 return Sample(outcome, *await self._inspect(env))
             finally:
                 await env.destroy()
+
+    async def _start(self, env: Environment, request: InvokeRequest) -> Phase | InvokeOutcome:
+        """Bring new `env` to its first invocation: restore it from its snapshot, or run init
+        (an `InvokeOutcome` when init failed). Raises what a restore raises."""
+        try:
+            if env.restore_from is not None:
+                return await self._restore(env)
+            init = await self._boot(env, request)
+            return init if isinstance(init, InvokeOutcome) else Phase("Init", init)
+        finally:
+            if env.network is not None:
+                env.network.started()  # background namespace work may go on
 
     @staticmethod
     async def _inspect(env: Environment) -> tuple[dict[str, Any] | None, str | None]:

@@ -153,17 +153,23 @@ def drop_init_variables(environ: MutableMapping[str, str]) -> None:
             environ.pop(name, None)
 
 
-def fixed_layout() -> bool:
-    """Whether this process runs without address space randomization (a publish's init under
-    ``--no-snapshot-init-aslr``)."""
+def _personality() -> tuple[Any, int] | None:
+    """libc and this process's personality flags, or None when they cannot be had."""
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
-        return False
+        return None
     current = libc.personality(ctypes.c_ulong(PERSONALITY_QUERY))
-    return current != -1 and bool(current & ADDR_NO_RANDOMIZE)
+    return None if current == -1 else (libc, current)
+
+
+def fixed_layout() -> bool:
+    """Whether this process runs without address space randomization (a publish's init under
+    ``--no-snapshot-init-aslr``)."""
+    found = _personality()
+    return found is not None and bool(found[1] & ADDR_NO_RANDOMIZE)
 
 
 def restore_aslr() -> None:
@@ -172,12 +178,9 @@ def restore_aslr() -> None:
     randomized layout. This process keeps its layout (the snapshot's)."""
     import ctypes
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:  # no libc to call: nothing was changed either
-        return
-    current = libc.personality(ctypes.c_ulong(PERSONALITY_QUERY))
-    if current != -1 and current & ADDR_NO_RANDOMIZE:
+    found = _personality()  # None: no libc to call, nothing was changed either
+    if found is not None and found[1] & ADDR_NO_RANDOMIZE:
+        libc, current = found
         libc.personality(ctypes.c_ulong(current & ~ADDR_NO_RANDOMIZE))
 
 

@@ -35,16 +35,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .bootstrap import Channel, private_inbound
+from .bootstrap import EXTENSIONS_DIR, Channel, private_inbound
 from .runtime_api import EXTENSION_PREFIX, RUNTIME_PREFIX, Gateway, Invocation, Reply
 
 API_HOST = "127.0.0.1"
 API_PORT = 9002  # 9001 is the daemon's per-environment services listener (sandbox/network.py)
 TASK_ROOT = "/var/task"
 BOOTSTRAPS = ("/var/task/bootstrap", "/opt/bootstrap")
-EXTENSIONS_DIR = "/opt/extensions"
 RESPONSE_LIMIT_VAR = "_SNAPFAAS_RESPONSE_LIMIT"  # set by the worker: the largest response body
-PRIVATE_VARS = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", RESPONSE_LIMIT_VAR)  # the supervisor's, not the function's
+PRIVATE_VARS = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")  # the supervisor's, not the function's (nor any _SNAPFAAS* one)
 DEFAULT_RESPONSE_LIMIT = 6 * 1024 * 1024 + 100
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # any body beyond this is refused unread
 CAUSE_CONTENT_TYPE = "application/vnd.aws.lambda.error.cause+json"

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+from .bootstrap import OPENSSL_MODULES
+
 DIGEST_CHARS = 24
 MAX_ITEMS = 64  # a container global is fingerprinted whole only up to this many items
 SCALARS = (int, float, str, bytes, bool, uuid.UUID, datetime.datetime, datetime.date, datetime.time)
@@ -198,7 +200,7 @@ def generator_states(loaded: frozenset[str], used: set[str]) -> dict[str, dict[s
     if numpy_random is not None and hasattr(numpy_random, "get_state"):
         out["numpy.random (legacy global state)"] = {"kind": "numpy-random-state", "category": "state",
                                                      "digest": digest(numpy_random.get_state(legacy=False))}
-    if any(name in loaded for name in ("_ssl", "_hashlib")):
+    if any(name in loaded for name in OPENSSL_MODULES):
         import ssl
 
         out["OpenSSL (ssl.RAND_bytes)"] = {"kind": "openssl", "category": "state", "digest": digest(ssl.RAND_bytes(32))}

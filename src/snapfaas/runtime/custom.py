@@ -274,6 +274,24 @@ def _watch_extension(gateway: Gateway, children: Children, name: str, proc: subp
                                                           f"down (exit status {exit_code_of(status)})")
 
 
+class FrameEmitter:
+    """The `Gateway`'s way out: one frame to the worker, after `lines` for the function's log
+    and the log mark of the phase that ends with it, under one lock (API threads emit)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: str, payload: bytes = b"", mark: str | None = None, lines: list[str] | None = None,
+                 **fields: Any) -> None:
+        with self.lock:
+            for line in lines or []:
+                self.channel.log.write(line)
+            if mark is not None:
+                self.channel.mark_logs(mark)
+            self.channel.send(kind, payload, **fields)
+
+
 class Supervisor:
     """Owns the channel, the API server, the runtime and extension processes."""
 
@@ -283,24 +301,13 @@ class Supervisor:
         self.environ = dict(environ)
         self.extensions_dir = extensions_dir
         self.bootstraps = bootstraps
-        self.lock = threading.Lock()
+        self.emit = FrameEmitter(channel)
         limit = int(environ.get(RESPONSE_LIMIT_VAR) or DEFAULT_RESPONSE_LIMIT)
         self.gateway = Gateway(self.emit, snap_start=environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start",
                                response_limit=limit, metadata=register_metadata(environ))
         self.server = ApiServer(self.gateway)
         self.children = Children()
         self.runtime: subprocess.Popen[bytes] | None = None
-
-    def emit(self, kind: str, payload: bytes = b"", mark: str | None = None, lines: list[str] | None = None,
-             **fields: Any) -> None:
-        """One frame to the worker, after `lines` for the function's log and the log mark of
-        the phase that ends with it."""
-        with self.lock:
-            for line in lines or []:
-                self.channel.log.write(line)
-            if mark is not None:
-                self.channel.mark_logs(mark)
-            self.channel.send(kind, payload, **fields)
 
     def start_runtime(self, environ: Mapping[str, str]) -> bool:
         path = find_bootstrap(self.bootstraps)

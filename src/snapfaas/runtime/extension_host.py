@@ -25,7 +25,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from .bootstrap import Channel
-from .custom import EXTENSIONS_DIR, ApiServer, Children, child_environ, discover_extensions, register_metadata, start_extensions
+from .custom import EXTENSIONS_DIR, ApiServer, Children, FrameEmitter, child_environ, discover_extensions, register_metadata, start_extensions
 from .runtime_api import Gateway, Invocation
 
 NO_LIMIT = 1 << 62  # the worker enforces the response limit on the frame itself
@@ -36,21 +36,13 @@ class ExtensionChannel(Channel):
 
     def __init__(self, channel: Channel, environ: MutableMapping[str, str]) -> None:
         super().__init__(channel.inbound, channel.outbound, channel.log)
-        self.lock = threading.Lock()
+        self.raw = channel  # the worker's channel, beneath this one's overrides
+        self._emit = FrameEmitter(channel)
         self.gateway = Gateway(self._emit, snap_start=False, response_limit=NO_LIMIT,
                                metadata=register_metadata(environ), runtime_api=False)
         self.server = ApiServer(self.gateway)
         self.children = Children()
         self.environ = environ
-
-    def _emit(self, kind: str, payload: bytes = b"", mark: str | None = None, lines: list[str] | None = None,
-              **fields: Any) -> None:
-        with self.lock:
-            for line in lines or []:
-                self.log.write(line)
-            if mark is not None:
-                Channel.mark_logs(self, mark)
-            Channel.send(self, kind, payload, **fields)
 
     def start(self, directory: str = EXTENSIONS_DIR) -> bool:
         """Serve the API, start the extensions and wait for their registration; False when
@@ -63,7 +55,7 @@ class ExtensionChannel(Channel):
 
     def _read_frames(self) -> None:
         while True:
-            frame = Channel.receive(self)
+            frame = self.raw.receive()
             if frame is None:
                 self.gateway.close()
                 return

@@ -23,6 +23,7 @@ from snapfaas.config import (
     AWS_SNAPSTART_RUNTIMES, ServerConfig, credentials_from_env, parse_runtime_overrides, parse_size, parse_snapstart_runtimes,
 )
 from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID
+from snapfaas.snapshot.sockets import CONNECTION_MODES, DEFAULT_CONNECTION_MODE
 
 console = Console()
 err_console = Console(stderr=True)
@@ -87,7 +88,7 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--sandbox-network", type=click.Choice(["isolated", "host"]), default="isolated", show_default=True,
               help="isolated: each environment gets its own network namespace (NAT out; no host, link-local or other "
                    "environments). host: share the host's network (unsafe; for benchmarks and debugging).")
-@click.option("--snapstart-connections", type=click.Choice(["reset", "closed", "blackhole"]), default="reset",
+@click.option("--snapstart-connections", type=click.Choice(CONNECTION_MODES), default=DEFAULT_CONNECTION_MODE,
               show_default=True,
               help="How a restored SnapStart environment sees a TCP connection its init left open: reset (the first "
                    "use raises ECONNRESET, as on AWS, where the peer forgot the connection), closed (reads return "

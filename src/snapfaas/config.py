@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID, IdRange
+from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 
 PYTHON_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 # OS-only runtimes: a zip with an executable `bootstrap` speaking the HTTP Runtime API
@@ -19,6 +20,11 @@ PYTHON_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 # `python3` on the sandbox's PATH (sandbox/interpreter.py)
 CUSTOM_RUNTIMES = ("provided.al2023", "provided.al2")
 SUPPORTED_RUNTIMES = PYTHON_RUNTIMES + CUSTOM_RUNTIMES
+
+
+def is_custom(runtime: str) -> bool:
+    """An OS-only runtime: the sandbox runs the Runtime API supervisor and the zip's bootstrap."""
+    return runtime in CUSTOM_RUNTIMES
 # the Python runtimes AWS accepts SnapStart for (python3.12 and later); `--snapstart-runtimes` widens it
 AWS_SNAPSTART_RUNTIMES = ("python3.12", "python3.13", "python3.14")
 ACCESS_KEY_ENV = "SNAPFAAS_ACCESS_KEY_ID"
@@ -79,7 +85,7 @@ class ServerConfig:
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
     restore_loading: str = "lazy"  # "lazy": restore through the snapshot view (FUSE, pages on demand); "eager": materialize first
     sandbox_network: str = "isolated"  # "isolated": a network namespace per environment; "host": share the host's (unsafe; benchmarks)
-    snapstart_connections: str = "reset"  # init's TCP connections in restored copies: "reset" (as on AWS), "closed", "blackhole"
+    snapstart_connections: str = DEFAULT_CONNECTION_MODE  # init's TCP connections in restored copies: "reset" (as on AWS), "closed", "blackhole"
     event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
     event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
     tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS

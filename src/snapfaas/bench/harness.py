@@ -22,6 +22,7 @@ from typing import Any
 from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.client import Connection
 from snapfaas.sandbox.mounts import remove_tree
+from snapfaas.worker.platform_log import fields_of
 
 ROLE = "arn:aws:iam::000000000000:role/snapfaas"
 
@@ -44,8 +45,7 @@ class TimedInvoke:
     def fields(self) -> dict[str, str]:
         """The REPORT line's fields by exact name ("Restore Duration" -> "47.27 ms"), so that
         "Billed Restore Duration" never stands in for "Restore Duration"."""
-        parts = (part.split(": ", 1) for part in self.report.split("\t"))
-        return {pair[0].strip(): pair[1].strip() for pair in parts if len(pair) == 2}
+        return fields_of(self.report.partition(" ")[2])
 
     def durations(self) -> dict[str, float]:
         """Init Duration, Restore Duration and Duration in ms, those the REPORT line has."""

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from snapfaas.config import is_custom
 from snapfaas.errors import InvalidParameterValue
 
 PROBE = (
@@ -46,7 +47,7 @@ def custom_candidates() -> list[str]:
 
 def candidate_commands(runtime: str, environ: Mapping[str, str]) -> list[str]:
     """Every ``python3.X`` on PATH in order, then pyenv installs (whose shims may refuse to run)."""
-    if runtime.startswith("provided."):
+    if is_custom(runtime):
         return custom_candidates()
     found: list[str] = []
     for entry in environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
@@ -86,7 +87,7 @@ class InterpreterRegistry:
                 continue
             if f"python{info['version']}" == runtime:
                 break
-            if runtime.startswith("provided.") and tuple(map(int, info["version"].split("."))) >= MIN_CUSTOM_PYTHON:
+            if is_custom(runtime) and tuple(map(int, info["version"].split("."))) >= MIN_CUSTOM_PYTHON:
                 break
             failures.append(f"{command} is Python {info['version']}")
         else:

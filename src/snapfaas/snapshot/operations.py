@@ -88,8 +88,10 @@ class SnapStartOperations:
                     for i, s in enumerate(group) if s.problem is not None]
         restored_prints = [_with_response(s) for s in restored if s.fingerprints is not None]
         reference_prints = [_with_response(s) for s in references if s.fingerprints is not None]
-        findings = uniqueness.compare(restored_prints, reference_prints) if len(restored_prints) >= 2 else []
-        if len(restored_prints) < 2:
+        if len(restored_prints) >= 2:
+            findings = uniqueness.compare(restored_prints, reference_prints)
+        else:
+            findings = []
             problems.append(f"only {len(restored_prints)} restored copies could be inspected: nothing compared")
         return VerifyReport(name, version.version, copies, worker.reseed_after_restore,
                             len(restored_prints[0]) if restored_prints else 0, findings, problems)

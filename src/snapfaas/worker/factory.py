@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from snapfaas.config import CUSTOM_RUNTIMES, ServerConfig
+from snapfaas.config import ServerConfig, is_custom
 from snapfaas.errors import ServiceError, SnapfaasError
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
@@ -37,7 +37,7 @@ RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
 def _layer_paths(runtime: str) -> str:
     """Layer directories on a Python runtime's path, after /var/task (the working directory) and
     in the order of Lambda's Python runtime: the layers' site-packages, then /opt/python."""
-    if not runtime.startswith("python"):
+    if is_custom(runtime):
         return ""
     return f"{OPT_DIR}/python/lib/{runtime}/site-packages:{OPT_DIR}/python:"
 
@@ -78,11 +78,6 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
         environ[custom.RESPONSE_LIMIT_VAR] = str(config.limits.response_bytes)  # read by the supervisor only
     environ.update(version.environment)
     return environ
-
-
-def is_custom(runtime: str) -> bool:
-    """An OS-only runtime: the sandbox runs the Runtime API supervisor and the zip's bootstrap."""
-    return runtime in CUSTOM_RUNTIMES
 
 
 def runtime_args(runtime: str) -> list[str]:

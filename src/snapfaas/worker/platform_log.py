@@ -23,7 +23,8 @@ FIELD = re.compile(r"([A-Z][A-Za-z ]*?): ([^\t]*)")
 MS = re.compile(r"([0-9.]+) ms")
 
 
-def _fields(text: str) -> dict[str, str]:
+def fields_of(text: str) -> dict[str, str]:
+    """The ``Key: value`` fields of a platform line after its head (tab-separated)."""
     return {key: value.strip() for key, value in FIELD.findall(text)}
 
 
@@ -68,7 +69,7 @@ def event_of(line: str, version: FunctionVersion) -> tuple[str, dict[str, Any], 
     """(type, record, system level) of a Text platform line, or None for another line."""
     text = line.rstrip("\n")
     head, _, rest = text.partition(" ")
-    fields = _fields(rest)
+    fields = fields_of(rest)
     init_type = "snap-start" if "Phase: snapshot" in rest or version.uses_snapshot else "on-demand"
     if head == "START":
         return "platform.start", {"requestId": fields.get("RequestId", "").split(" ")[0], "version": fields.get("Version", version.version)}, "INFO"

@@ -28,6 +28,7 @@ from snapfaas.worker.environment import (
     EnvironmentDied, EnvState, Environment, FrameStreamRejected, InvokeRequest, decode_error,
 )
 from snapfaas.snapshot.engine import criu_errors
+from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.snapshot.workingset import WorkingSetKeeper
 from snapfaas.worker import billing
@@ -200,7 +201,7 @@ class Worker:
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
         self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
         self.reseed_after_restore = False  # --reseed-after-restore: the runtime reseeds RNGs after a restore (AWS does not)
-        self.snapstart_connections = "reset"  # how restored copies see init's TCP connections (runtime/sockets.py)
+        self.snapstart_connections = DEFAULT_CONNECTION_MODE  # how restored copies see init's TCP connections (runtime/sockets.py)
         self.max_environments = max_environments
         self.keep_alive_s = keep_alive_s
         self.admission_wait_s = admission_wait_s

@@ -12,7 +12,7 @@ from snapfaas.api.bodies import body_of
 from snapfaas.api.links import CodeLinks
 from snapfaas.config import ServerConfig
 from snapfaas.identity import IdentityBroker
-from snapfaas.errors import InvalidRequestContent
+from snapfaas.errors import InvalidRequestContent, NotFound
 from snapfaas.registry import validation as check
 from snapfaas.registry.permissions import Permissions
 from snapfaas.registry.service import ControlPlane
@@ -20,6 +20,7 @@ from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
 
 if TYPE_CHECKING:
+    from snapfaas.registry.model import FunctionVersion
     from snapfaas.snapshot.operations import SnapStartOperations
 
 SERVICES = web.AppKey("services", object)
@@ -73,6 +74,27 @@ def function_ref(request: web.Request) -> tuple[str, str | None]:
     if derived is not None and query is not None and derived != query:
         raise check.InvalidParameterValue("The derived qualifier from the function name does not match the specified qualifier.")
     return name, derived or query
+
+
+def resolve_function(request: web.Request, name: str, qualifier: str | None) -> tuple[FunctionVersion, object]:
+    """The version `name` and `qualifier` name (see `Registry.resolve`), or Lambda's
+    "Function not found: <arn>" for a missing function or qualifier."""
+    registry = services(request).registry
+    try:
+        return registry.resolve(name, qualifier)
+    except NotFound as exc:
+        raise NotFound(f"Function not found: {registry.function_arn(name, qualifier)}") from exc
+
+
+def max_items(request: web.Request, upper: int) -> int:
+    """The ``MaxItems`` query parameter (default 50), between 1 and `upper` (the operation's
+    bound in Lambda's model)."""
+    raw = request.query.get("MaxItems")
+    if raw is None:
+        return 50
+    if not raw.isdigit() or not 1 <= int(raw) <= upper:
+        raise check.constraint_error(raw, "maxItems", f"Member must have value between 1 and {upper}")
+    return int(raw)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from snapfaas.api.context import function_ref, json_body, json_response, services
+from snapfaas.api.context import function_ref, json_body, json_response, max_items, resolve_function, services
 from snapfaas.api.shapes import function_configuration, page_of
 from snapfaas.errors import NotFound
 from snapfaas.registry import validation as check
@@ -14,15 +14,6 @@ from snapfaas.registry.tags import FunctionTags
 
 def _arn_for(request: web.Request, v: FunctionVersion, qualifier: str | None) -> str:
     return services(request).registry.function_arn(v.name, qualifier)
-
-
-def _max_items(request: web.Request) -> int:
-    raw = request.query.get("MaxItems")
-    if raw is None:
-        return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
-        raise check.constraint_error(raw, "maxItems", "Member must have value between 1 and 10000")
-    return int(raw)
 
 
 async def create_function(request: web.Request) -> web.Response:
@@ -35,7 +26,7 @@ async def create_function(request: web.Request) -> web.Response:
 async def get_function(request: web.Request) -> web.Response:
     svc = services(request)
     name, qualifier = function_ref(request)
-    v, _ = _resolve(request, name, qualifier)
+    v, _ = resolve_function(request, name, qualifier)
     config = function_configuration(v, svc.registry.function_arn(name, qualifier))
     out: dict[str, object] = {
         "Configuration": config,
@@ -50,16 +41,9 @@ async def get_function(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-def _resolve(request: web.Request, name: str, qualifier: str | None) -> tuple[FunctionVersion, object]:
-    try:
-        return services(request).registry.resolve(name, qualifier)
-    except NotFound as exc:
-        raise NotFound(f"Function not found: {services(request).registry.function_arn(name, qualifier)}") from exc
-
-
 async def get_configuration(request: web.Request) -> web.Response:
     name, qualifier = function_ref(request)
-    v, _ = _resolve(request, name, qualifier)
+    v, _ = resolve_function(request, name, qualifier)
     return json_response(function_configuration(v, _arn_for(request, v, qualifier)))
 
 
@@ -91,7 +75,7 @@ async def list_functions(request: web.Request) -> web.Response:
         function_configuration(v, svc.registry.function_arn(v.name, v.version if every else None), listing=True)
         for v in records
     ]
-    return json_response(page_of("Functions", items, request.query.get("Marker"), _max_items(request)))
+    return json_response(page_of("Functions", items, request.query.get("Marker"), max_items(request, 10000)))
 
 
 async def publish_version(request: web.Request) -> web.Response:
@@ -105,7 +89,7 @@ async def list_versions(request: web.Request) -> web.Response:
     name, _ = function_ref(request)
     items = [function_configuration(v, svc.registry.function_arn(name, v.version), listing=True)
              for v in svc.registry.list_versions(name)]
-    return json_response(page_of("Versions", items, request.query.get("Marker"), _max_items(request)))
+    return json_response(page_of("Versions", items, request.query.get("Marker"), max_items(request, 10000)))
 
 
 def _unqualified_ref(request: web.Request) -> str:

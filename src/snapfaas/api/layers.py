@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from snapfaas.api.context import json_body, json_response, services
+from snapfaas.api.context import json_body, json_response, max_items, services
 from snapfaas.api.shapes import page_of
 from snapfaas.registry import layers as check
-from snapfaas.registry import validation
 from snapfaas.registry.layers import LayerVersion
 
 
@@ -16,15 +15,6 @@ def _detail(request: web.Request, v: LayerVersion) -> dict[str, object]:
     svc = services(request)
     location = svc.links.url(f"{request.scheme}://{request.host}", v.digest)
     return check.version_detail(v, svc.registry.arn_prefix, location)
-
-
-def _max_items(request: web.Request) -> int:
-    raw = request.query.get("MaxItems")
-    if raw is None:
-        return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= 50:
-        raise validation.constraint_error(raw, "maxItems", "Member must have value between 1 and 50")
-    return int(raw)
 
 
 def _name(request: web.Request) -> str:
@@ -54,7 +44,7 @@ async def list_layer_versions(request: web.Request) -> web.Response:
     runtime, architecture = check.list_filters(request.query)
     items = [check.version_item(v, svc.registry.arn_prefix) for v in svc.control.layers.versions(name)
              if v.matches(runtime, architecture)]
-    return json_response(page_of("LayerVersions", items, request.query.get("Marker"), _max_items(request)))
+    return json_response(page_of("LayerVersions", items, request.query.get("Marker"), max_items(request, 50)))
 
 
 async def layers_root(request: web.Request) -> web.Response:
@@ -66,7 +56,7 @@ async def layers_root(request: web.Request) -> web.Response:
     items = [{"LayerName": v.layer, "LayerArn": svc.control.layers.arn(v.layer),
               "LatestMatchingVersion": check.version_item(v, svc.registry.arn_prefix)}
              for v in svc.control.layers.latest_matching(runtime, architecture)]
-    return json_response(page_of("Layers", items, request.query.get("Marker"), _max_items(request)))
+    return json_response(page_of("Layers", items, request.query.get("Marker"), max_items(request, 50)))
 
 
 async def _get_by_arn(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from snapfaas.api.context import function_ref, json_response, services
+from snapfaas.api.context import function_ref, json_response, resolve_function, services
 from snapfaas.errors import NotFound
 from snapfaas.registry.layers import NOT_FOUND
 
@@ -33,11 +33,7 @@ def _existing(request: web.Request) -> tuple[str, str | None]:
     """(name, qualifier) of the function the path names; Lambda's not-found for a missing
     function or qualifier."""
     name, qualifier = function_ref(request)
-    registry = services(request).registry
-    try:
-        registry.resolve(name, qualifier)
-    except NotFound as exc:
-        raise NotFound(f"Function not found: {registry.function_arn(name, qualifier)}") from exc
+    resolve_function(request, name, qualifier)
     return name, qualifier
 
 

@@ -206,10 +206,28 @@ install_tools() {
     apt_install "${missing[@]}"
 }
 
+# PostgreSQL's server (cluster mode's registry and queue; the test suite starts a private cluster
+# with initdb/pg_ctl from /usr/lib/postgresql/<major>/bin). Debian's `postgresql` package names the
+# distribution's supported major; no cluster of the package's own is created or started.
+postgres_present() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+install_postgres() {
+    step "install-postgresql"
+    postgres_present && return 0
+    mkdir -p /etc/postgresql-common
+    [[ -e /etc/postgresql-common/createcluster.conf ]] \
+        || printf 'create_main_cluster = false\n' >/etc/postgresql-common/createcluster.conf
+    apt_install postgresql
+    postgres_present || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb"
+}
+
 deps_present() {
     RUNC_VERSION="$(runc_version)" || return 1
     find_working_criu || return 1
     tools_present || return 1
+    postgres_present || return 1
 }
 
 # ---------------------------------------------------------------------------
@@ -514,6 +532,7 @@ main() {
     log "Debian ${DEBIAN_MAJOR} ($(head -n1 /etc/debian_version))"
     install_runc
     install_tools
+    install_postgres
     install_criu
     verify
 }

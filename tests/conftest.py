@@ -26,6 +26,7 @@ from snapfaas.bench.harness import zip_files
 from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
 from tests.netpeer import NetPeer
+from tests.pgserver import PostgresCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "SFIATESTKEY000000001"
@@ -195,6 +196,16 @@ def netpeer() -> Iterator[NetPeer]:
     peer = NetPeer("p")
     yield peer
     peer.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """The suite's private PostgreSQL server (started on first use, gone at the session's end);
+    a test module takes a database of its own with ``postgres.create_database(name)``."""
+    require_root()
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,12 @@ class ServiceError(SnapfaasError):
     """Something broke on our side; the message names the failed step."""
 
 
+class ServiceUnavailable(ServiceError):
+    """A shared service the request needs (the cluster's database, another node) cannot be
+    reached right now: retryable, so clients (botocore) retry a 503 with backoff."""
+    status = 503
+
+
 class RuntimeUnavailable(SnapfaasError):
     """The interpreter configured for a runtime is missing or broken."""
 

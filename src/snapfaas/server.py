@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -97,6 +98,10 @@ class Server:
         self.say(f"sandbox id range: {id_range.describe()} (one slice per function; checked against "
                  f"{cfg.subuid_file} and {cfg.subgid_file})")
         private_dir(trusted_dir(cfg.data_dir, 0o700), 0o700)  # refuses a data dir another user owns or can write
+        # the store's disk cache and a directory origin may live outside the data dir: the same check
+        private_dir(trusted_dir(cfg.store_cache_path, 0o700), 0o700)
+        if not cfg.store_origin_url.startswith("s3://"):
+            private_dir(trusted_dir(Path(cfg.store_origin_url), 0o700), 0o700)
         run_root()
         for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
             private_dir(directory, 0o711)  # the sandboxes' mapped roots walk through to rootfs and images

@@ -5,6 +5,7 @@ nothing the planted path points at is touched."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,12 +44,12 @@ def victim(tmp_path: Path) -> Path:
     return path
 
 
-def refused(processes: ProcessFactory, tmp_path: Path, data_dir: Path, sandbox: Path) -> str:
+def refused(processes: ProcessFactory, tmp_path: Path, data_dir: Path, sandbox: Path, *extra: str) -> str:
     """Start a server that must refuse to start; returns what it printed."""
     log = tmp_path / "server.log"
     env = dict(os.environ, SNAPFAAS_ACCESS_KEY_ID=ACCESS_KEY, SNAPFAAS_SECRET_ACCESS_KEY=SECRET_KEY)
     proc = processes.start([sys.executable, "-m", "snapfaas", "serve", "--port", str(free_port()), "--data-dir",
-                            str(data_dir), "--sandbox-dir", str(sandbox)], log, env)
+                            str(data_dir), "--sandbox-dir", str(sandbox), *extra], log, env)
     assert proc.wait(60) != 0
     text = log.read_text()
     assert "Traceback" not in text, text
@@ -90,3 +91,53 @@ def test_world_writable_data_dir_is_refused(processes: ProcessFactory, tmp_path:
     out = refused(processes, tmp_path, data, sandbox)
     assert "writable by group or others" in out, out
     assert list(data.iterdir()) == []
+
+
+def snapshot_of(path: Path) -> tuple[int, int, int, list[str]]:
+    """Owner, group, mode and entries of a directory: what a daemon taking it over would change."""
+    st = path.lstat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), sorted(p.name for p in path.iterdir())
+
+
+@pytest.fixture
+def root_victim(tmp_path: Path) -> Path:
+    """A root-owned 0755 directory (as /etc is): passes the owner and mode checks by itself, so
+    only refusing the symlink to it protects it."""
+    path = tmp_path / "root-owned"
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    (path / "precious.conf").write_text("keep me")
+    return path
+
+
+@pytest.mark.parametrize("option", ["--data-dir", "--store-cache-dir", "--store-origin"])
+def test_symlinked_data_store_or_cache_dir_is_refused(processes: ProcessFactory, tmp_path: Path, sandbox: Path,
+                                                      root_victim: Path, option: str) -> None:
+    """E.g. `--data-dir /tmp/snapdata` with /tmp/snapdata pre-created by a local user as a
+    symlink to a root-owned directory: refused, the directory is not taken over."""
+    planted = tmp_path / "planted"
+    planted.symlink_to(root_victim)
+    before = snapshot_of(root_victim)
+    if option == "--data-dir":
+        out = refused(processes, tmp_path, planted, sandbox)
+    else:
+        out = refused(processes, tmp_path, tmp_path / "data", sandbox, option, str(planted))
+    assert f"refusing {planted}: it is a symlink" in out, out
+    assert snapshot_of(root_victim) == before
+
+
+@pytest.mark.parametrize("option", ["--store-cache-dir", "--store-origin"])
+def test_store_or_cache_dir_of_another_user_or_writable_by_others_is_refused(
+        processes: ProcessFactory, tmp_path: Path, sandbox: Path, option: str) -> None:
+    owned = tmp_path / "owned"
+    owned.mkdir()
+    os.chown(owned, NOBODY, NOBODY)
+    out = refused(processes, tmp_path, tmp_path / "data", sandbox, option, str(owned))
+    assert f"refusing {owned}: owned by uid {NOBODY}" in out, out
+    assert list(owned.iterdir()) == []
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    os.chmod(writable, 0o777)
+    out = refused(processes, tmp_path, tmp_path / "data2", sandbox, option, str(writable))
+    assert f"refusing {writable}: writable by group or others" in out, out
+    assert list(writable.iterdir()) == []

@@ -110,7 +110,7 @@ def root_victim(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("option", ["--data-dir", "--store-cache-dir", "--store-origin"])
+@pytest.mark.parametrize("option", ["--data-dir", "--sandbox-dir", "--store-cache-dir", "--store-origin"])
 def test_symlinked_data_store_or_cache_dir_is_refused(processes: ProcessFactory, tmp_path: Path, sandbox: Path,
                                                       root_victim: Path, option: str) -> None:
     """E.g. `--data-dir /tmp/snapdata` with /tmp/snapdata pre-created by a local user as a
@@ -120,6 +120,9 @@ def test_symlinked_data_store_or_cache_dir_is_refused(processes: ProcessFactory,
     before = snapshot_of(root_victim)
     if option == "--data-dir":
         out = refused(processes, tmp_path, planted, sandbox)
+    elif option == "--sandbox-dir":
+        out = refused(processes, tmp_path, tmp_path / "data", planted)
+        assert not (RAM_ROOT / planted.name).exists(), "nothing is created in RAM before the check"
     else:
         out = refused(processes, tmp_path, tmp_path / "data", sandbox, option, str(planted))
     assert f"refusing {planted}: it is a symlink" in out, out

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from snapfaas.config import RAM_ROOT
-from snapfaas.sandbox.mounts import remove_tree
-from tests.conftest import ACCESS_KEY, SECRET_KEY, ProcessFactory, free_port, require_root
+from snapfaas.config import RAM_ROOT, bundles_for, run_dir_for, snapshot_cache_for
+from snapfaas.sandbox.mounts import fstype_of, remove_tree
+from tests.conftest import ACCESS_KEY, SECRET_KEY, ProcessFactory, ServerHandle, create, free_port, invoke_json, require_root
 
 NOBODY = 65534
 
@@ -144,3 +145,27 @@ def test_store_or_cache_dir_of_another_user_or_writable_by_others_is_refused(
     out = refused(processes, tmp_path, tmp_path / "data2", sandbox, option, str(writable))
     assert f"refusing {writable}: writable by group or others" in out, out
     assert list(writable.iterdir()) == []
+
+
+def test_a_running_servers_private_state_is_root_owned_private_and_in_ram(server: ServerHandle, lam) -> None:  # type: ignore[no-untyped-def]
+    """What a server that started (the module's ordinary one) left: its RAM state (snapshot
+    cache, container bundles) under /run/snapfaas on a tmpfs, its data dir private; every
+    component root-owned, a real directory, writable by root only; 0700 where only the daemon
+    goes, 0711 (walk through, no listing) where the sandboxes' mapped roots must reach. A local
+    user lists none of them."""
+    create(lam, "stateful", {"app.py": "def handler(event, context):\n    return 1\n"})
+    invoke_json(lam, "stateful")  # an environment exists: its bundle is in the bundles dir
+    sandbox = Path(server.extra_args[server.extra_args.index("--sandbox-dir") + 1])
+    run, cache, bundles = run_dir_for(sandbox), snapshot_cache_for(sandbox), bundles_for(sandbox)
+    assert fstype_of(RAM_ROOT) == "tmpfs"
+    expected = {RAM_ROOT: 0o711, run: 0o711, cache: 0o711, bundles: 0o711, RAM_ROOT / "net": 0o700,
+                server.data_dir: 0o700, server.data_dir / "uploads": 0o700}
+    for path, mode in expected.items():
+        st = path.lstat()
+        assert stat.S_ISDIR(st.st_mode) and (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, mode), (path, st)
+    assert run.parent == RAM_ROOT and cache.parent == run and bundles.parent == run
+    assert any(bundles.iterdir()), "control: root lists the bundles"
+    for path in expected:
+        listing = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "ls", str(path)],
+                                 capture_output=True, text=True)
+        assert listing.returncode != 0 and "Permission denied" in listing.stderr, (path, listing)

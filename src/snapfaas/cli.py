@@ -155,7 +155,7 @@ def serve(**opts: Any) -> None:
         raise click.BadParameter(str(exc)) from exc
     sandbox_dir = opts["sandbox_dir"]
     config = ServerConfig(
-        data_dir=opts["data_dir"].resolve(),
+        data_dir=_absolute(opts["data_dir"]),
         host=opts["host"],
         port=opts["port"],
         region=opts["region"],
@@ -166,7 +166,7 @@ def serve(**opts: Any) -> None:
         max_environments=opts["max_environments"],
         admission_wait_s=opts["admission_wait"],
         restore_prefetch=opts["restore_prefetch"],
-        sandbox_root=sandbox_dir.resolve() if sandbox_dir else None,
+        sandbox_root=_absolute(sandbox_dir) if sandbox_dir else None,
         snapshot_retention_s=parse_duration(opts["snapshot_retention"]),
         snapstart=not opts["no_snapstart"],
         snapstart_runtimes=snapstart_runtimes,
@@ -192,9 +192,9 @@ def serve(**opts: Any) -> None:
         client_header_timeout_s=opts["client_header_timeout"],
         client_body_timeout_s=opts["client_body_timeout"],
         client_idle_timeout_s=opts["client_idle_timeout"],
-        store_origin=_origin_option(opts["store_origin"]),
+        store_origin=_origin_option(opts["store_origin"], follow=False),
         store_s3_endpoint_url=opts["store_s3_endpoint_url"],
-        store_cache_dir=opts["store_cache_dir"].resolve() if opts["store_cache_dir"] else None,
+        store_cache_dir=_absolute(opts["store_cache_dir"]) if opts["store_cache_dir"] else None,
         store_cache_bytes=store_cache_bytes,
         store_memory_bytes=store_memory_bytes,
     )
@@ -223,11 +223,20 @@ def serve(**opts: Any) -> None:
         raise click.ClickException(f"snapfaas serve stopped: {exc.message}") from exc
 
 
-def _origin_option(value: str | None) -> str | None:
-    """An s3:// origin as given; a directory made absolute (the daemon may change directory)."""
+def _origin_option(value: str | None, follow: bool = True) -> str | None:
+    """An s3:// origin as given; a directory made absolute (the daemon may change directory),
+    with its symlinks resolved unless `follow` is False (see `_absolute`)."""
     if value is None or value.startswith("s3://"):
         return value
-    return str(Path(value).resolve())
+    return str(Path(value).resolve() if follow else _absolute(Path(value)))
+
+
+def _absolute(path: Path) -> Path:
+    """`path` made absolute without following symlinks: the daemon's directories are checked
+    component by component (hostpaths), which must see a symlink to refuse it. Resolving it
+    here would hand the checks its target instead (a root-owned directory such as /etc passes
+    them, and the daemon would take it over: chmod 0700, its state files written into it)."""
+    return Path(os.path.abspath(path))
 
 
 def parse_duration(text: str) -> float:

@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -97,6 +98,11 @@ class Server:
         self.say(f"sandbox id range: {id_range.describe()} (one slice per function; checked against "
                  f"{cfg.subuid_file} and {cfg.subgid_file})")
         private_dir(trusted_dir(cfg.data_dir, 0o700), 0o700)  # refuses a data dir another user owns or can write
+        # the store's disk cache and a directory origin may live outside the data dir: the same check
+        private_dir(trusted_dir(cfg.store_cache_path, 0o700), 0o700)
+        if not cfg.store_origin_url.startswith("s3://"):
+            private_dir(trusted_dir(Path(cfg.store_origin_url), 0o700), 0o700)
+        trusted_dir(cfg.sandbox_dir, 0o711)
         run_root()
         for directory in (cfg.run_dir, cfg.snapshot_cache, cfg.bundles_dir.parent):
             private_dir(directory, 0o711)  # the sandboxes' mapped roots walk through to rootfs and images
@@ -117,7 +123,6 @@ class Server:
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
         registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
-        trusted_dir(cfg.sandbox_dir, 0o711)
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
                                   owner_of=lambda index: id_range.host_id(index, cfg.sandbox_uid))
         logs = LogStore(cfg.data_dir / "logs", max_bytes=cfg.log_max_bytes)

@@ -105,7 +105,8 @@ def handler(event, context):
 
 class Hello(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        body = b"hello from the peer"
+        # /whoami: the source address the peer sees (the host's, if the environment's was NATed)
+        body = self.client_address[0].encode() if self.path == "/whoami" else b"hello from the peer"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -151,8 +152,13 @@ def run(lam, name: str, event: dict) -> object:  # type: ignore[no-untyped-def]
 
 
 def test_outbound_traffic_to_a_peer_goes_through_nat(lam, probe: str, netpeer: NetPeer) -> None:  # type: ignore[no-untyped-def]
+    own = run(lam, probe, {"op": "gateway"})["address"]  # type: ignore[index]
     with serving(netpeer.listen()) as port:
         assert run(lam, probe, {"op": "fetch", "url": f"http://{netpeer.ip}:{port}/"}) == ["ok", "hello from the peer"]
+        # the peer routes back to the host (its default route), so the environment's own address
+        # would work too: the connection comes from the host's address only because of the NAT
+        seen = run(lam, probe, {"op": "fetch", "url": f"http://{netpeer.ip}:{port}/whoami"})
+    assert seen == ["ok", netpeer.host_ip] and own != netpeer.host_ip, (seen, own)
 
 
 def test_only_loopback_and_its_own_link(lam, probe: str) -> None:  # type: ignore[no-untyped-def]

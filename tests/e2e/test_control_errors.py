@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import ACCESS_KEY, ROLE, SECRET_KEY, create, make_zip
 from tests.e2e.test_control_plane import ARN, assert_error, echo_code, not_found, without_metadata
+from tests.unit.test_artifacts import with_encryption_flag
 
 UNZIP = "Could not unzip uploaded file. Please check your file, then try to upload again."
 CREATE_NAME_PATTERN = (
@@ -124,6 +125,9 @@ GOOD = make_zip(echo_code("good"))
                      f"{UNZIP} (unsafe entry path 'lib/../../evil.py')", id="nested-dotdot-entry"),
         pytest.param(zip_with([("app.py", b"x"), ("/etc/evil.py", b"x")]), f"{UNZIP} (unsafe entry path '/etc/evil.py')",
                      id="absolute-entry"),
+        pytest.param(with_encryption_flag(zip_with([("app.py", b"x"), ("secret.py", b"X = 1")]), "secret.py"),
+                     f"{UNZIP} (entry 'secret.py' is encrypted; encrypted zip entries are not supported)",
+                     id="encrypted-entry"),
     ],
 )
 def test_create_rejects_bad_packages(lam, unchanged, package: bytes, message: str) -> None:
@@ -149,7 +153,9 @@ def test_zip_lying_about_its_size_is_rejected(lam, unchanged) -> None:
 
 
 def test_update_code_rejects_bad_packages(lam, unchanged) -> None:
-    for package, message in [(b"junk", UNZIP)]:
+    encrypted = with_encryption_flag(make_zip(echo_code("encrypted")), "app.py")
+    for package, message in [(b"junk", UNZIP),
+                             (encrypted, f"{UNZIP} (entry 'app.py' is encrypted; encrypted zip entries are not supported)")]:
         with pytest.raises(ClientError) as exc:
             lam.update_function_code(FunctionName="base", ZipFile=package)
         assert_error(exc, 400, "InvalidParameterValueException", message)

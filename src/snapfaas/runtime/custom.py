@@ -25,7 +25,6 @@ server speaking HTTP/1.1 (the runtime interface clients keep their connection op
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .bootstrap import EXTENSIONS_DIR, Channel, private_inbound
-from .runtime_api import EXTENSION_PREFIX, RUNTIME_PREFIX, Gateway, Invocation, Reply
+from .runtime_api import EXTENSION_PREFIX, RUNTIME_PREFIX, Gateway, Invocation, Reply, error_reply
 
 API_HOST = "127.0.0.1"
 API_PORT = 9002  # 9001 is the daemon's per-environment services listener (sandbox/network.py)
@@ -47,6 +46,7 @@ PRIVATE_VARS = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")  # the supervisor's, no
 DEFAULT_RESPONSE_LIMIT = 6 * 1024 * 1024 + 100
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # any body beyond this is refused unread
 CAUSE_CONTENT_TYPE = "application/vnd.aws.lambda.error.cause+json"
+INVALID_BODY = Reply(400, b'{"errorMessage":"Invalid request body","errorType":"InvalidRequestFormat"}')  # RAPID's bytes, compact
 
 
 def discover_extensions(directory: str = EXTENSIONS_DIR) -> list[str]:
@@ -165,17 +165,16 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         if invocation and parts[5] == "response":
             body, size = self._body(gateway.response_limit)
             if size < 0:
-                self._reply(Reply(400, b'{"errorMessage":"Invalid request body","errorType":"InvalidRequestFormat"}'))
+                self._reply(INVALID_BODY)
                 return
             self._reply(gateway.respond(parts[4], body, size))
             return
         body, size = self._body()
         if size < 0:
-            self._reply(Reply(400, b'{"errorMessage":"Invalid request body","errorType":"InvalidRequestFormat"}'))
+            self._reply(INVALID_BODY)
             return
         if body is None:
-            self._reply(Reply(413, json.dumps({"errorMessage": f"Exceeded maximum allowed payload size ({MAX_REQUEST_BYTES} bytes).",
-                                                "errorType": "RequestEntityTooLarge"}).encode()))
+            self._reply(error_reply(413, "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({MAX_REQUEST_BYTES} bytes)."))
             return
         error_type = self.headers.get("Lambda-Runtime-Function-Error-Type")
         extension = self.headers.get("Lambda-Extension-Identifier")

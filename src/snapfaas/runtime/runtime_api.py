@@ -58,8 +58,13 @@ class Reply:
     content_type: str = "application/json"
 
 
+def error_payload(error_type: str, message: str) -> bytes:
+    """Lambda's error document ``{"errorMessage", "errorType"}``."""
+    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
+
+
 def error_reply(status: int, error_type: str, message: str) -> Reply:
-    return Reply(status, json.dumps({"errorMessage": message, "errorType": error_type}).encode())
+    return Reply(status, error_payload(error_type, message))
 
 
 def accepted() -> Reply:
@@ -192,27 +197,21 @@ class Gateway:
     def extension_failed(self, name: str, error_type: str, message: str) -> None:
         """An extension process could not start or died: fatal during init, logged later."""
         with self.cond:
-            self.expected.discard(name)
-            for ext in self.extensions.values():
-                if ext.name == name:
-                    ext.state = "Exited"
+            self._exited(name)
             if not self.init_done:
-                self._fail_init(error_type, json.dumps({"errorMessage": message, "errorType": error_type}).encode())
+                self._fail_init(error_type, error_payload(error_type, message))
             self._progress()
 
     def extension_exited(self, name: str) -> None:
         """An extension exited while the environment ends: nobody waits for it any more."""
         with self.cond:
-            self.expected.discard(name)
-            for ext in self.extensions.values():
-                if ext.name == name:
-                    ext.state = "Exited"
+            self._exited(name)
             self.cond.notify_all()
 
     def init_failed(self, error_type: str, message: str) -> None:
         """Init failed outside the API (e.g. no bootstrap to start)."""
         with self.cond:
-            self._fail_init(error_type, json.dumps({"errorMessage": message, "errorType": error_type}).encode())
+            self._fail_init(error_type, error_payload(error_type, message))
 
     def deliver(self, invocation: Invocation) -> None:
         """The worker's ``invoke``: handed to the runtime's ``/next`` and, as an INVOKE event, to
@@ -265,11 +264,7 @@ class Gateway:
             if self.runtime in ("Running", "RestoreReady", "InitError", "RestoreError"):
                 return error_reply(403, "InvalidStateTransition", TRANSITION.format(self.runtime, "Ready"))
             if self.runtime == "Started" and self.snap_start:  # restore gate without /restore/next
-                self.runtime = "RestoreReady"
-                self.emit("restore_ready", mark="init")
-                self.cond.wait_for(lambda: self.restored)
-                self.emit("resumed")
-                self.runtime = "Restoring"
+                self._restore_gate()
             self.runtime = "Ready"
             self._progress()
             return None
@@ -343,11 +338,7 @@ class Gateway:
         with self.cond:
             if self.runtime != "Started" or self.failed:
                 return error_reply(403, "InvalidStateTransition", TRANSITION.format(self.runtime, "RestoreReady"))
-            self.runtime = "RestoreReady"
-            self.emit("restore_ready", mark="init")
-            self.cond.wait_for(lambda: self.restored)
-            self.runtime = "Restoring"
-            self.emit("resumed")
+            self._restore_gate()
             return Reply(200, b"")
 
     def restore_error(self, body: bytes, error_type: str | None) -> Reply:
@@ -445,6 +436,22 @@ class Gateway:
             return accepted()
 
     # -- progress ------------------------------------------------------------------------------
+    def _restore_gate(self) -> None:
+        """Init and the before-snapshot hooks are done: tell the worker (it checkpoints now), block
+        until the environment runs again after a restore, then tell the worker it resumed."""
+        self.runtime = "RestoreReady"
+        self.emit("restore_ready", mark="init")
+        self.cond.wait_for(lambda: self.restored)
+        self.runtime = "Restoring"
+        self.emit("resumed")
+
+    def _exited(self, name: str) -> None:
+        """Extension `name` is gone: nobody waits for its registration or its events any more."""
+        self.expected.discard(name)
+        for ext in self.extensions.values():
+            if ext.name == name:
+                ext.state = "Exited"
+
     def _fail_init(self, error_type: str, payload: bytes) -> None:
         if self.failed or self.init_done:
             return

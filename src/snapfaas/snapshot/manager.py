@@ -35,6 +35,7 @@ from snapfaas.snapshot import engine, memory, sockets
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
 from snapfaas.store import CollectReport, StoreError
 from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
+from snapfaas.worker import platform_log
 from snapfaas.worker.factory import EnvironmentFactory
 
 logger = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class SnapshotManager:
                 frame = await env.next_frame(init_timeout)
                 await env.wait_mark("init")
             except TimeoutError:
-                env.log(f"INIT_REPORT Init Duration: {init_timeout * 1000:.2f} ms\tPhase: init\tStatus: timeout\n")
+                env.log(platform_log.init_report(init_timeout * 1000, "timeout"))
                 return PublishFailure("FunctionError.InitTimeout", f"Init did not finish within {init_timeout:.0f} seconds.")
             except FrameStreamRejected as rejected:
                 return PublishFailure("FunctionError", f"{rejected.describe()} during init")
@@ -217,7 +218,7 @@ class SnapshotManager:
             if frame.kind == "init_error":
                 error = decode_error(frame.payload)
                 error_type = frame.header.get("error_type") or error.get("errorType", "Runtime.Unknown")
-                env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\tError Type: {error_type}\n")
+                env.log(platform_log.init_report(init_ms, "error", error_type))
                 code = "FunctionError.InvalidEntryPoint" if error_type in ("Runtime.HandlerNotFound", "Runtime.MalformedHandlerName") else "FunctionError.RuntimeInitError"
                 return PublishFailure(code, f"{error_type}: {error.get('errorMessage', '')}".strip())
             if frame.kind != "restore_ready":
@@ -226,9 +227,9 @@ class SnapshotManager:
                 env.log(sockets.connection_warning(peer, self.connections))
             refused = sockets.unsupported(frame.header.get("kept") or [], self.status.patches, self.kernel, self.shared_network)
             if refused:
-                env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\tError Type: {sockets.UNSUPPORTED_SOCKET}\n")
+                env.log(platform_log.init_report(init_ms, "error", sockets.UNSUPPORTED_SOCKET))
                 return PublishFailure("FunctionError.RuntimeInitError", f"{sockets.UNSUPPORTED_SOCKET}: {refused}")
-            env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: success\n")
+            env.log(platform_log.init_report(init_ms))
             decision = await self._memory_decision(env)
             if decision.reason:
                 env.log(f"WARNING SnapStart: restores of this version copy memory: {decision.reason}\n")

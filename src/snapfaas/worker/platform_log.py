@@ -58,6 +58,13 @@ def _metrics(fields: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
     return metrics
 
 
+def init_report(duration_ms: float, status: str = "success", error_type: str | None = None) -> str:
+    """Lambda's ``INIT_REPORT`` line of an init phase that ended with `status` (success, error,
+    timeout); an error names its type."""
+    line = f"INIT_REPORT Init Duration: {duration_ms:.2f} ms\tPhase: init\tStatus: {status}"
+    return f"{line}\tError Type: {error_type}\n" if error_type else f"{line}\n"
+
+
 REPORT_METRICS = {
     "Duration": "durationMs", "Billed Duration": "billedDurationMs", "Memory Size": "memorySizeMB",
     "Max Memory Used": "maxMemoryUsedMB", "Init Duration": "initDurationMs", "Restore Duration": "restoreDurationMs",
@@ -65,10 +72,16 @@ REPORT_METRICS = {
 }
 
 
+PLATFORM_HEADS = frozenset({"START", "END", "REPORT", "INIT_START", "INIT_REPORT", "RESTORE_START", "RESTORE_REPORT",
+                            "SNAPSHOT_REPORT", "WARNING"})
+
+
 def event_of(line: str, version: FunctionVersion) -> tuple[str, dict[str, Any], str] | None:
     """(type, record, system level) of a Text platform line, or None for another line."""
     text = line.rstrip("\n")
     head, _, rest = text.partition(" ")
+    if head not in PLATFORM_HEADS:  # a function's own line: not parsed
+        return None
     fields = fields_of(rest)
     init_type = "snap-start" if "Phase: snapshot" in rest or version.uses_snapshot else "on-demand"
     if head == "START":

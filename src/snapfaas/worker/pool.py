@@ -31,7 +31,7 @@ from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.snapshot.workingset import WorkingSetKeeper
-from snapfaas.worker import billing
+from snapfaas.worker import billing, platform_log
 from snapfaas.worker.billing import Phase
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.placement import (
@@ -837,7 +837,7 @@ class Worker:
         if frame.kind == "init_error":
             error = decode_error(frame.payload)
             error_type = frame.header.get("error_type") or error.get("errorType", "Runtime.Unknown")
-            env.log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\tError Type: {error_type}\n")
+            env.log(platform_log.init_report(init_ms, "error", error_type))
             return self._failed(env, request, started, error_type, error)
         if frame.kind != "ready":
             return self._failed(env, request, started, "Runtime.Unknown",

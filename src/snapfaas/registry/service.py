@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from snapfaas.config import AWS_SNAPSTART_RUNTIMES
-from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, SnapfaasError
+from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, ServiceUnavailable, SnapfaasError
 from snapfaas.registry import validation as check
 from snapfaas.registry.artifacts import ArtifactStore, CodeArtifact
 from snapfaas.registry.db import Registry
@@ -27,6 +27,7 @@ from snapfaas.registry.event_configs import EventConfigs
 from snapfaas.registry import layers as layer_check
 from snapfaas.registry import tags as tag_check
 from snapfaas.registry.layers import LayerRegistry, LayerVersion
+from snapfaas.registry.packages import CodeUnavailable
 from snapfaas.registry.model import LATEST, Alias, FunctionVersion, State, new_revision, now_iso
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 
@@ -136,7 +137,13 @@ class ControlPlane:
             self.interpreters.resolve(record.runtime)
         except SnapfaasError as exc:
             return "InvalidRuntime", exc.message
-        if not self.artifacts.tree(record.code_digest, self.registry.id_slice(record.name)).is_dir():
+        try:
+            tree = self.artifacts.tree(record.code_digest, self.registry.id_slice(record.name))
+        except CodeUnavailable as exc:  # missing or corrupt at the origin: Lambda's reason for an unusable zip
+            return "InvalidZipFileException", exc.message
+        except ServiceUnavailable as exc:  # the origin is down: the platform's fault
+            return "InternalError", exc.message
+        if not tree.is_dir():
             return "InternalError", f"code package {record.code_sha256} is missing from the artifact store"
         return None
 

@@ -82,6 +82,7 @@ class ControlPlane:
         await asyncio.sleep(0)
         try:
             record = self.registry.get_version(name, version)
+            await self._stage(record)
             publisher = self.publishers.get(record.snap_start) if not record.is_latest else None
             if publisher is not None and self._readiness_problem(record) is None:
                 await publisher(record)
@@ -120,6 +121,7 @@ class ControlPlane:
             record = self.registry.get_version(name, LATEST)
         except NotFound:
             return
+        await self._stage(record)
         reason = self._readiness_problem(record)
 
         def finish(v: FunctionVersion) -> None:
@@ -131,6 +133,17 @@ class ControlPlane:
 
         self.registry.update_version(name, LATEST, finish)
         await self.retire(name, LATEST)
+
+    async def _stage(self, record: FunctionVersion) -> None:
+        """Extract the version's code tree in a worker thread (on a node without the package
+        it comes from the store origin), so that the readiness check after it, on the event
+        loop, finds it on disk. A failure is the readiness check's to report (it tries again)."""
+        slice_index = self.registry.id_slice(record.name)
+        try:
+            await asyncio.to_thread(self.artifacts.tree, record.code_digest, slice_index)
+        except (CodeUnavailable, ServiceUnavailable, InvalidParameterValue) as exc:
+            logger.info("code of %s:%s could not be staged (%s); the readiness check reports it",
+                        record.name, record.version, exc.message)
 
     def _readiness_problem(self, record: FunctionVersion) -> tuple[str, str] | None:
         try:

@@ -671,7 +671,7 @@ def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
     if as_json:
         click.echo(_json(stats))
         return
-    console.print(f"origin {stats['origin']}: {stats['snapshots']} snapshots, raw {_mb(stats['raw_bytes'])}, "
+    console.print(f"origin {stats['origin']}: {stats['snapshots']} snapshots and {stats['code_packages']} code packages, raw {_mb(stats['raw_bytes'])}, "
                   f"unique {_mb(stats['unique_bytes'])} in {stats['unique_chunks']} chunks, stored {_mb(stats['stored_bytes'])}; "
                   f"dedup {stats['dedup_ratio']:.2f}x, stored/unique {stats['compression_ratio']:.2f}")
     usage = Table("Tier", "Chunks", "Bytes", "Budget")

@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import shutil
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.packages import CodeUnavailable, PackageOrigin, package_id, package_ids
 from snapfaas.store import CHUNK_SIZE, ChunkStore, DirectoryOrigin
 from tests.unit.test_artifacts import make_zip
+from tests.unit.test_store_gc import WAIT, GatedOrigin
 
 SECRET = bytes(range(32))
 LIMITS = Limits(unzipped_bytes=8 << 20, zip_bytes=4 << 20)
@@ -243,3 +245,36 @@ def test_package_ids_are_never_snapshot_ids() -> None:
     with pytest.raises(ValueError):
         package_id("fn-1-abc")
     assert os.path.basename(package_id(digest)) == package_id(digest)
+
+
+def test_a_package_uploaded_again_while_a_collection_deletes_it_keeps_every_chunk(tmp_path: Path) -> None:
+    """The collection has decided the package is garbage (deleted its manifest) and is about to
+    list chunks when the same package is uploaded again (its chunks exist, so the upload skips
+    them): the fence keeps them, and the package is whole afterwards."""
+    origin = GatedOrigin(tmp_path / "origin")
+    store = ChunkStore(origin, SECRET, cache_dir=tmp_path / "cache", memory_bytes=1 << 20)
+    artifacts = ArtifactStore(tmp_path / "code", tmp_path / "trees", LIMITS, packages=PackageOrigin(store))
+    data = big_zip(70)
+    try:
+        digest = artifacts.ingest(data).digest
+        artifacts.discard(digest)  # the function went: unreferenced, unrecorded, not cached
+        names = store.manifest(package_id(digest)).names()
+        origin.hold_listing = True
+        collection = threading.Thread(target=store.collect, args=(set(),), kwargs={"grace_seconds": 0})
+        collection.start()
+        assert origin.reached.wait(WAIT)
+        assert not (origin.root / "manifests" / package_id(digest)).exists()  # decided: garbage
+        origin.hold_listing = False
+        assert artifacts.ingest(data).digest == digest  # a new function with the same zip
+        origin.release.set()
+        collection.join(WAIT)
+        assert not collection.is_alive()
+        assert names <= {info.key for info in origin.list_chunks()}
+        other = Node(tmp_path / "other", origin.root)
+        try:
+            assert other.artifacts.read_zip(digest) == data
+        finally:
+            other.store.close()
+    finally:
+        origin.release.set()
+        store.close()

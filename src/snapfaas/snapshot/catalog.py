@@ -188,6 +188,9 @@ class Catalog:
     def stats(self) -> dict[str, Any]:
         """Bytes per tier, dedup and compression ratios, and the server's last tier counters."""
         stats = dataclasses.asdict(self.store.stats())
+        packages = sum(1 for store_id in self.store.snapshots() if digest_of(store_id) is not None)
+        stats["snapshots"] -= packages  # the store's manifests: snapshots and code packages
+        stats["code_packages"] = packages
         if self.cache_locked:  # the server holds the cache: count its files instead
             blobs = [p for p in self.cache_dir.glob("??/*") if p.is_file()]
             stats["usage"]["disk"] = {"chunks": len(blobs), "bytes": sum(p.stat().st_size for p in blobs), "budget": None}

@@ -141,6 +141,7 @@ class Server:
         worker.reseed_after_restore = cfg.reseed_after_restore
         snapshots = self._snapshots(registry, factory, credentials_env, store)
         snapshots.code = artifacts  # packages share the store: its collection keeps the ones in use
+        control.collect_store = snapshots.collect_soon
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
         worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections

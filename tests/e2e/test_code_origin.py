@@ -20,6 +20,7 @@ from snapfaas.registry.packages import package_id
 from snapfaas.sandbox.mounts import remove_tree
 from snapfaas.store import ChunkStore, DirectoryOrigin, load_or_create_secret
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, make_zip, require_root, run_server
+from tests.e2e.snapstart_support import wait_for
 
 APP = """
 import shared_util
@@ -141,3 +142,21 @@ def test_a_data_dir_whose_zips_are_not_in_the_origin_migrates_once(server: Serve
     server.start()
     assert "code package(s) of this data dir" not in server.log_path.read_text()[len(before):]  # said once
     assert invoke_json(lam, "legacy")[1] == "old"
+
+
+def test_a_package_leaves_the_origin_when_nothing_references_it(server: ServerHandle) -> None:
+    """Directory origin (grace 0): a package shared by two functions stays until the second one
+    is deleted, then a background collection removes it; nothing else is touched."""
+    lam = server.client()
+    files = {"app.py": "def handler(e, c):\n    return 'shared'\n"}
+    first = create(lam, "holder-1", files)
+    create(lam, "holder-2", files)
+    manifest = server.data_dir / "store" / "manifests" / package_id(digest_of(first["CodeSha256"]))
+    bystander = create(lam, "bystander", {"app.py": "def handler(e, c):\n    return 'still fine'\n"})
+    other = server.data_dir / "store" / "manifests" / package_id(digest_of(bystander["CodeSha256"]))
+    lam.delete_function(FunctionName="holder-1")
+    assert invoke_json(lam, "holder-2")[1] == "shared"
+    assert manifest.is_file()
+    lam.delete_function(FunctionName="holder-2")
+    wait_for(lambda: not manifest.exists(), 30, "the unreferenced package to leave the origin")
+    assert other.is_file() and invoke_json(lam, "bystander")[1] == "still fine"

@@ -60,6 +60,9 @@ class ControlPlane:
         # whether files or processes of a released host id slice remain (default: assume so,
         # never reclaim); the server wires the stores' and the process table's checks
         self.slice_in_use: Callable[[int], bool] = lambda index: True
+        # schedules a collection of the store origin (the server wires the snapshot manager's
+        # `collect_soon`): code packages no version references leave the origin there
+        self.collect_store: Callable[[], None] = lambda: None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ingests = 0  # mutations between code ingest and commit (see `_ingesting`)
         self._gc_pending = False
@@ -204,11 +207,13 @@ class ControlPlane:
                 self._collect_garbage()
 
     def _collect_garbage(self) -> None:
-        """`collect_garbage`, or deferred until no ingest is in flight."""
+        """`collect_garbage`, or deferred until no ingest is in flight; then a collection of
+        the store origin, in the background."""
         if self._ingests:
             self._gc_pending = True
             return
         self.collect_garbage()
+        self.collect_store()
 
     @contextmanager
     def _dropping_on_failure(self, artifact: CodeArtifact) -> Iterator[None]:
@@ -225,6 +230,7 @@ class ControlPlane:
             self._gc_pending = True
         elif artifact.digest not in self.registry.referenced_digests():
             self.artifacts.discard(artifact.digest)
+            self.collect_store()  # its upload leaves the origin too
 
     @staticmethod
     def _apply_config(v: FunctionVersion, body: Mapping[str, Any], interpreters: InterpreterRegistry) -> None:

@@ -469,10 +469,11 @@ class ArtifactStore:
                 continue  # evicted between the lookup and the read
             if hashlib.sha256(data).hexdigest() == digest:
                 return data
+            if self.packages is None:  # the only copy: left for the operator to look at
+                logger.warning("code package %s: the stored zip %s does not hash to its digest", digest, path)
+                break
             logger.warning("code package %s: the cached zip %s does not hash to its digest; dropped", digest, path)
             path.unlink(missing_ok=True)
-            if self.packages is None:
-                break
         raise CodeUnavailable(f"Lambda could not unzip the deployment package: code package {digest} could not be "
                               f"read intact from this node's cache")
 
@@ -482,11 +483,12 @@ class ArtifactStore:
         many entries went. A slice directory left empty is removed too."""
         removed = 0
         held = self._held()
+        keep_zips = referenced | held
         for entry in self.root.iterdir():
             busy = TEMPORARY_DIGEST.search(entry.name)
             if busy is not None and busy.group(1) in held:
                 continue  # an ingest's or a fetch's staging directory
-            if entry.name.startswith(".") or entry.name.removesuffix(".zip") not in referenced | held:
+            if entry.name.startswith(".") or entry.name.removesuffix(".zip") not in keep_zips:
                 _remove(entry)
                 removed += 1
         for entry in self.trees.iterdir():

@@ -4,10 +4,13 @@ chunk cache and trees) sharing only the origin and the secret."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import os
 import random
 import shutil
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -18,9 +21,14 @@ import pytest
 from snapfaas.config import Limits
 from snapfaas.errors import ServiceUnavailable
 from snapfaas.registry.artifacts import ArtifactStore
+from snapfaas.registry.db import Registry
+from snapfaas.registry.model import LATEST, State
 from snapfaas.registry.packages import CodeUnavailable, PackageOrigin, package_id, package_ids
+from snapfaas.registry.service import ControlPlane
+from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.store import CHUNK_SIZE, ChunkStore, DirectoryOrigin
 from tests.unit.test_artifacts import make_zip
+from tests.unit.test_registry import PREFIX
 from tests.unit.test_store_gc import WAIT, GatedOrigin
 
 SECRET = bytes(range(32))
@@ -36,11 +44,18 @@ class Node:
         self.artifacts = ArtifactStore(base / "code", base / "trees", LIMITS, packages=PackageOrigin(self.store),
                                        cache_bytes=cache_bytes)
 
+    def ingest(self, data: bytes) -> str:
+        """An upload whose mutation (CreateFunction...) has ended: what `ControlPlane` does."""
+        digest = self.artifacts.ingest(data).digest
+        self.artifacts.release(digest)
+        return digest
+
     def collect(self, referenced_digests: set[str]) -> None:
         """What `SnapshotManager.collect_garbage` does for packages, with no snapshots."""
+        mark = self.artifacts.mark()
         ids = package_ids(referenced_digests)
-        self.store.collect(ids | self.artifacts.live_ids(), grace_seconds=0)
-        self.artifacts.settle(ids)
+        self.store.collect(ids | self.artifacts.live_ids(mark), grace_seconds=0)
+        self.artifacts.settle(mark)
 
 
 @pytest.fixture
@@ -148,14 +163,14 @@ def test_the_cache_evicts_least_recently_used_zips_past_its_budget(tmp_path: Pat
         assert sorted(p.stem for p in b.artifacts.root.glob("*.zip")) == sorted([digests[0], digests[2]])
         assert b.artifacts.cached_bytes() <= 2 * size + 100
         assert b.artifacts.read_zip(digests[1]) == big_zip(11, CHUNK_SIZE)  # evicted: fetched again
-        # a node's own uploads are not evicted before the registry has recorded them
+        # a node's own uploads too, once uploaded: the origin keeps them (`live_ids`), the cache need not
         c = Node(tmp_path / "c", origin, cache_bytes=1)
         try:
             mine = [c.artifacts.ingest(big_zip(20 + i, CHUNK_SIZE)).digest for i in range(2)]
-            assert sorted(p.stem for p in c.artifacts.root.glob("*.zip")) == sorted(mine)
-            c.artifacts.settle(package_ids(mine))
-            c.artifacts.zip_path(digests[0])  # the next fill makes room: only the package it fetched stays
-            assert [p.stem for p in c.artifacts.root.glob("*.zip")] == [digests[0]]
+            assert [p.stem for p in c.artifacts.root.glob("*.zip")] == [mine[1]]  # the newest stays
+            assert package_ids(mine) <= c.artifacts.live_ids()  # mutations still open
+            c.collect(set(digests))
+            assert c.artifacts.read_zip(mine[0]) == big_zip(20, CHUNK_SIZE)
         finally:
             c.store.close()
     finally:
@@ -166,7 +181,8 @@ def test_the_cache_evicts_least_recently_used_zips_past_its_budget(tmp_path: Pat
 def test_collection_keeps_referenced_and_unrecorded_packages_only(nodes: tuple[Node, Node], origin: Path) -> None:
     a, b = nodes
     kept, dropped, pending = (a.artifacts.ingest(big_zip(30 + i)).digest for i in range(3))
-    a.artifacts.settle(package_ids({kept, dropped}))  # recorded by the registry (pending is not yet)
+    a.artifacts.release(kept)  # their mutations ended (pending's is still open)
+    a.artifacts.release(dropped)
     b.artifacts.tree(dropped, 0)  # node B's cache and tree of it are node-local: collection leaves them
     a.collect({kept})
     manifests = sorted(p.name for p in (origin / "manifests").iterdir())
@@ -176,7 +192,8 @@ def test_collection_keeps_referenced_and_unrecorded_packages_only(nodes: tuple[N
     assert (b.artifacts.root / f"{dropped}.zip").is_file()
     b.artifacts.collect_garbage({kept}, set())  # node-local cleanup
     assert not (b.artifacts.root / f"{dropped}.zip").exists() and not b.artifacts.holds(0)
-    a.artifacts.discard(pending)  # its mutation failed: unrecorded no more
+    a.artifacts.discard(pending)  # its mutation failed
+    a.artifacts.release(pending)
     a.collect({kept})
     assert sorted(p.name for p in (origin / "manifests").iterdir()) == [package_id(kept)]
 
@@ -185,8 +202,7 @@ def test_a_chunk_shared_by_a_snapshot_and_a_package_stays_while_either_needs_it(
                                                                                 origin: Path) -> None:
     a, _ = nodes
     data = big_zip(40)
-    digest = a.artifacts.ingest(data).digest
-    a.artifacts.settle(package_ids({digest}))
+    digest = a.ingest(data)
     tree = tmp_path / "snapshot-tree"
     tree.mkdir()
     (tree / "copy.bin").write_bytes(data[:CHUNK_SIZE])  # the package's first chunk, byte for byte
@@ -278,3 +294,49 @@ def test_a_package_uploaded_again_while_a_collection_deletes_it_keeps_every_chun
     finally:
         origin.release.set()
         store.close()
+
+
+def test_a_package_is_protected_until_a_registry_read_after_its_mutation_ended(
+        nodes: tuple[Node, Node], origin: Path) -> None:
+    a, _ = nodes
+    digest = a.artifacts.ingest(big_zip(80)).digest
+    manifest = origin / "manifests" / package_id(digest)
+    a.collect(set())  # its mutation (CreateFunction) is still open: kept though the registry lacks it
+    assert manifest.is_file()
+    mark = a.artifacts.mark()  # a collection reads the registry, which does not have it yet...
+    a.artifacts.release(digest)  # ...then the mutation commits
+    a.store.collect(a.artifacts.live_ids(mark), grace_seconds=0)  # that collection must keep it
+    a.artifacts.settle(mark)
+    assert manifest.is_file()
+    a.collect(set())  # the next one read the registry after the commit: unreferenced there (deleted), it goes
+    assert not manifest.exists()
+
+
+def test_the_control_plane_releases_its_uploads_when_the_mutation_ends(tmp_path: Path, origin: Path) -> None:
+    """CreateFunction (committed) and a rejected UpdateFunctionCode (DryRun) both release their
+    package: a collection after them keeps exactly what the registry references."""
+    node = Node(tmp_path / "node", origin)
+    registry = Registry(tmp_path / "state.db", PREFIX)
+    control = ControlPlane(registry, node.artifacts, InterpreterRegistry({"python3.11": sys.executable}))
+
+    def code(seed: int) -> dict[str, str]:
+        return {"ZipFile": base64.b64encode(big_zip(seed, 1000)).decode()}
+
+    async def scenario() -> tuple[str, str]:
+        created = await control.create_function({"FunctionName": "f", "Runtime": "python3.11", "Handler": "app.handler",
+                                                 "Role": "arn:aws:iam::000000000000:role/r", "Code": code(90)})
+        registry.set_state("f", LATEST, State.ACTIVE, None, None)
+        dry = await control.update_code("f", {**code(91), "DryRun": True})
+        assert dry.code_digest == created.code_digest
+        await control.close()
+        return created.code_digest, hashlib.sha256(big_zip(91, 1000)).hexdigest()
+
+    try:
+        used, dry_run = asyncio.run(scenario())
+        assert node.artifacts.live_ids(node.artifacts.mark()) == set()  # both released
+        node.collect(registry.referenced_digests())
+        assert sorted(p.name for p in (origin / "manifests").iterdir()) == [package_id(used)]
+        assert dry_run != used
+    finally:
+        registry.close()
+        node.store.close()

@@ -33,10 +33,10 @@ Origin (cluster) contracts, when the store is given a `PackageOrigin`:
   there (so the API answers 201 only then, and any node can materialize it at once), then
   keeps it in the local cache. A package already cached here is put again all the same
   (cheap for zips: the chunks exist), which refreshes it at the origin (see `packages`).
-* From the start of its `ingest` until a store collection has seen the registry reference it
-  (`settle`), or the mutation that uploaded it failed (`discard`), a package is *unrecorded*:
-  `live_ids` names it, and the store collection keeps it (as the snapshot vault does for a
-  publish between its upload and its registry record).
+* From the start of its `ingest` until the end of the mutation that uploaded it (`release`,
+  committed or failed) and then until a store collection has read the registry after that end
+  (`mark`, `settle`), `live_ids` names a package, and the store collection keeps it (as the
+  snapshot vault does for a publish between its upload and its registry record).
 * A package missing from the local cache is fetched from the origin (`CodeUnavailable` if it is
   missing or corrupt there, `ServiceUnavailable` if the origin cannot be reached). A cached zip
   whose bytes no longer hash to its digest is dropped and fetched again.
@@ -54,6 +54,7 @@ import collections
 import dataclasses
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -68,7 +69,7 @@ from pathlib import Path, PurePosixPath
 
 from snapfaas.config import Limits
 from snapfaas.errors import InvalidParameterValue, RequestTooLarge
-from snapfaas.registry.packages import DIGEST, FILE_NAME, CodeUnavailable, PackageOrigin, digest_of, package_ids
+from snapfaas.registry.packages import DIGEST, FILE_NAME, CodeUnavailable, PackageOrigin, package_ids
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,11 @@ class ArtifactStore:
         self._guard = threading.Lock()
         self._ingesting: collections.Counter[str] = collections.Counter()  # digests between ingest start and end
         self._fetching: collections.Counter[str] = collections.Counter()
-        self._unrecorded: set[str] = set()  # ingested, not yet seen referenced by a store collection
+        # protection from the store collection (see `live_ids`): mutations using a package that
+        # are still open, and when the last one ended (a `mark` number)
+        self._open: collections.Counter[str] = collections.Counter()
+        self._released: dict[str, int] = {}
+        self._marks = itertools.count(1)
         self._fetch_locks: dict[str, threading.Lock] = {}
         root.mkdir(parents=True, exist_ok=True)
         trees.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,8 @@ class ArtifactStore:
         try:
             self._upload(digest, data)
             with self._guard:
-                self._unrecorded.add(digest)
+                self._open[digest] += 1
+                self._released.pop(digest, None)
         finally:
             with self._guard:
                 self._ingesting[digest] -= 1
@@ -262,13 +268,14 @@ class ArtifactStore:
             pass  # evicted meanwhile: the caller's read finds out and fetches again
 
     def _held(self) -> set[str]:
+        """Packages whose local files are being written: eviction and local GC leave them."""
         with self._guard:
-            return set(self._ingesting) | set(self._fetching) | self._unrecorded
+            return set(self._ingesting) | set(self._fetching)
 
     def _enforce_budget(self, keep: str) -> int:
         """Evict the least recently used cached zips until the cache fits `cache_bytes` (never
-        `keep`, a package being ingested or fetched, or one not yet recorded); returns how
-        many went. Only with an origin: without one the local zips are the only copy."""
+        `keep` or a package being ingested or fetched); returns how many went. Only with an
+        origin (which keeps every package in use): without one the local zips are the only copy."""
         if self.packages is None or self.cache_bytes is None:
             return 0
         entries = []
@@ -302,18 +309,37 @@ class ArtifactStore:
                 continue
         return total
 
-    def live_ids(self) -> set[str]:
-        """Store ids of the packages this process is ingesting or has ingested without a store
-        collection having seen them referenced: a store collection keeps them."""
+    def release(self, digest: str) -> None:
+        """The mutation that ingested `digest` has ended (committed or failed): from the next
+        registry read on, the registry alone says whether the package is in use."""
+        if self.packages is None:
+            return
         with self._guard:
-            return package_ids(set(self._ingesting) | self._unrecorded)
+            if self._open[digest] <= 1:
+                self._open.pop(digest, None)
+                self._released[digest] = next(self._marks)
+            else:
+                self._open[digest] -= 1
 
-    def settle(self, referenced_ids: set[str]) -> None:
-        """After a store collection that counted `referenced_ids` (store ids) as the registry's:
-        the packages among them are recorded and need no more protection from here."""
-        recorded = {digest for digest in map(digest_of, referenced_ids) if digest is not None}
+    def mark(self) -> int:
+        """Take this right before reading the registry for a store collection; pass it to
+        `settle` after that collection."""
         with self._guard:
-            self._unrecorded -= recorded
+            return next(self._marks)
+
+    def live_ids(self, mark: int | None = None) -> set[str]:
+        """Store ids of the packages a store collection must keep besides the ones its registry
+        read found: being ingested, used by a mutation still open, or released by one after
+        the collection's `mark` (it may have committed after the registry read; None: any)."""
+        with self._guard:
+            released = {digest for digest, when in self._released.items() if mark is None or when > mark}
+            return package_ids(set(self._ingesting) | set(self._open) | released)
+
+    def settle(self, mark: int) -> None:
+        """After a store collection whose registry read followed `mark`: packages released
+        before it need no more protection (that read saw their mutation's outcome)."""
+        with self._guard:
+            self._released = {digest: released for digest, released in self._released.items() if released > mark}
 
     def migrate(self, wanted: set[str] | None = None) -> int:
         """Upload every cached zip (of `wanted` digests, if given) the origin lacks: a data dir
@@ -451,9 +477,6 @@ class ArtifactStore:
         (self.root / f"{digest}.zip").unlink(missing_ok=True)
         for directory in self._slice_dirs():
             shutil.rmtree(directory / digest, ignore_errors=True)
-        with self._guard:
-            if not self._ingesting[digest]:
-                self._unrecorded.discard(digest)
 
     def _slice_dirs(self) -> list[Path]:
         return [p for p in self.trees.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()]

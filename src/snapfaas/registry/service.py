@@ -172,9 +172,10 @@ class ControlPlane:
                 self._spawn(self._finish_update(record.name), f"update-{record.name}")
 
     # -- input parsing ---------------------------------------------------------------------
-    async def _code(self, body: Mapping[str, Any]) -> CodeArtifact:
+    async def _code(self, body: Mapping[str, Any], ingested: list[CodeArtifact]) -> CodeArtifact:
         """Decode, validate and store the package in a worker thread (up to 250 MB unzipped:
-        never on the event loop). Call inside `_ingesting`. Whether the package holds the
+        never on the event loop). Call inside `_ingesting`, with the list it yields (the
+        package is released when the mutation ends). Whether the package holds the
         handler's module is not checked here: as on Lambda, a missing module or a malformed
         handler fails at invoke (Runtime.ImportModuleError / Runtime.MalformedHandlerName)."""
         if "S3Bucket" in body or "S3Key" in body or "ImageUri" in body:
@@ -182,7 +183,9 @@ class ControlPlane:
         raw = body.get("ZipFile")
         if not isinstance(raw, str) or not raw:
             raise InvalidParameterValue("Please provide a source for function code.")
-        return await asyncio.to_thread(self._decode_and_ingest, raw)
+        artifact = await asyncio.to_thread(self._decode_and_ingest, raw)
+        ingested.append(artifact)
+        return artifact
 
     def _decode_and_ingest(self, raw: str) -> CodeArtifact:
         """Runs in a worker thread: touches the artifact store only, never the registry."""
@@ -193,14 +196,19 @@ class ControlPlane:
         return self.artifacts.ingest(data)
 
     @contextmanager
-    def _ingesting(self) -> Iterator[None]:
+    def _ingesting(self) -> Iterator[list[CodeArtifact]]:
         """Marks a mutation that ingests code: until it has committed (or failed), artifact
         garbage collection is deferred, so a package extracted in a thread and not yet
-        referenced by any version is not collected under it."""
+        referenced by any version is not collected under it. The packages `_code` puts into
+        the yielded list are released to the store collection when the mutation ends
+        (`ArtifactStore.release`): the registry then says whether they are used."""
         self._ingests += 1
+        ingested: list[CodeArtifact] = []
         try:
-            yield
+            yield ingested
         finally:
+            for artifact in ingested:
+                self.artifacts.release(artifact.digest)
             self._ingests -= 1
             if self._ingests == 0 and self._gc_pending:
                 self._gc_pending = False
@@ -281,10 +289,10 @@ class ControlPlane:
 
     # -- functions -------------------------------------------------------------------------
     async def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
-        with self._ingesting():
-            return await self._create_function(body)
+        with self._ingesting() as ingested:
+            return await self._create_function(body, ingested)
 
-    async def _create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
+    async def _create_function(self, body: Mapping[str, Any], ingested: list[CodeArtifact]) -> FunctionVersion:
         name = check.create_function_name(check.require(body, "FunctionName", "functionName"))
         role = check.role(check.require(body, "Role", "role"))
         if body.get("PackageType", "Zip") != "Zip":
@@ -301,7 +309,7 @@ class ControlPlane:
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
-        artifact = await self._code(code)
+        artifact = await self._code(code, ingested)
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
         with self._dropping_on_failure(artifact):
             self._check_total_size(draft)
@@ -319,13 +327,13 @@ class ControlPlane:
         return version.version
 
     async def update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
-        with self._ingesting():
-            return await self._update_code(name, body)
+        with self._ingesting() as ingested:
+            return await self._update_code(name, body, ingested)
 
-    async def _update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+    async def _update_code(self, name: str, body: Mapping[str, Any], ingested: list[CodeArtifact]) -> FunctionVersion:
         self._guard_update(self.registry.get_version(name, LATEST))
         architectures = check.architectures(body["Architectures"]) if "Architectures" in body else None
-        artifact = await self._code(body)
+        artifact = await self._code(body, ingested)
         with self._dropping_on_failure(artifact):  # re-checked: deleted or updated while we ingested?
             current = self.registry.get_version(name, LATEST)
             self._guard_update(current)
@@ -433,8 +441,8 @@ class ControlPlane:
         content = body.get("Content")
         if not isinstance(content, Mapping):
             raise check.constraint_error("null", "content", "Member must not be null")
-        with self._ingesting():
-            artifact = await self._code(content)
+        with self._ingesting() as ingested:
+            artifact = await self._code(content, ingested)
             with self._dropping_on_failure(artifact):
                 unzipped = await asyncio.to_thread(self.artifacts.unzipped_size, artifact.digest)
                 return self.layers.publish(LayerVersion(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -51,8 +52,9 @@ NOT_READY = "Lambda is initializing your function. It will be ready to invoke on
 class CodePackages(Protocol):
     """What the store collection asks of the code artifact store (registry/artifacts.py)."""
 
-    def live_ids(self) -> set[str]: ...
-    def settle(self, referenced_ids: set[str]) -> None: ...
+    def mark(self) -> int: ...
+    def live_ids(self, mark: int | None = None) -> set[str]: ...
+    def settle(self, mark: int) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,13 +461,14 @@ class SnapshotManager:
         collection of the origin: in a cluster, call it under the cluster-wide GC lease (it
         spares unreferenced objects younger than the store's grace period, which other nodes
         may be writing); what else `ControlPlane.collect_garbage` removes is node-local."""
+        code = self.code
+        mark = code.mark() if code is not None else 0  # before the registry read (see `ArtifactStore.settle`)
         referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
         packages = package_ids(self.registry.referenced_digests())
-        code = self.code
         report = await asyncio.to_thread(self.vault.collect_garbage, referenced | packages, startup,
-                                         code.live_ids if code is not None else None)
+                                         functools.partial(code.live_ids, mark) if code is not None else None)
         if code is not None:
-            code.settle(packages)
+            code.settle(mark)
         for snapshot_id in set(self._dropped_copies) - referenced:
             del self._dropped_copies[snapshot_id]
         return report

@@ -22,6 +22,14 @@ Contracts:
 * `fetch` materializes the package into a directory beside its destination, checks that the
   bytes hash to the digest and renames the file into place: the destination is the verified
   zip or absent.
+* Collection across hosts: within one process the store's fence and `ArtifactStore.live_ids`
+  make an upload safe against a concurrent collection exactly. Another host's collection sees
+  an upload only through the registry and the grace period (a rewritten manifest is young), so
+  it must not run with a zero grace on a shared origin; one that has already listed the origin
+  when the upload rewrites an old, unreferenced package could still delete it (the same window
+  as a snapshot whose chunks dedup against garbage): the cluster-wide GC lease should exclude
+  uploads while a collection deletes, or the collection re-check a manifest's age before
+  deleting it.
 * Failures are `CodeUnavailable` (the package is missing or corrupt at the origin: permanent
   until it is uploaded again; Lambda's ``InvalidZipFileException``, HTTP 502, which is what
   Invoke answers when the deployment package cannot be unzipped) or `ServiceUnavailable`

@@ -127,6 +127,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--store-memory-bytes", default="256M", show_default=True,
               help="Byte budget of the store's plaintext chunk memory tier (LRU), below the kernel's page cache "
                    "of the snapshot view.")
+@click.option("--code-cache-bytes", default="2G", show_default=True,
+              help="Byte budget of this node's cache of code and layer zips (<data-dir>/code, LRU); the packages "
+                   "themselves live in the store origin and are fetched again when needed.")
 @click.option("--restore-loading", type=click.Choice(["lazy", "eager"]), default="lazy", show_default=True,
               help="lazy: restores start at once from the snapshot view (a FUSE file system over the store) and "
                    "fetch memory pages when the process touches them; eager: the whole snapshot is copied into a "
@@ -150,6 +153,7 @@ def serve(**opts: Any) -> None:
         cache_budget = parse_size(opts["snapshot_cache_bytes"]) if opts["snapshot_cache_bytes"] is not None else None
         store_cache_bytes = parse_size(opts["store_cache_bytes"])
         store_memory_bytes = parse_size(opts["store_memory_bytes"])
+        code_cache_bytes = parse_size(opts["code_cache_bytes"])
         snapstart_runtimes = parse_snapstart_runtimes(opts["snapstart_runtimes"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -197,6 +201,7 @@ def serve(**opts: Any) -> None:
         store_cache_dir=_absolute(opts["store_cache_dir"]) if opts["store_cache_dir"] else None,
         store_cache_bytes=store_cache_bytes,
         store_memory_bytes=store_memory_bytes,
+        code_cache_bytes=code_cache_bytes,
     )
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
@@ -666,7 +671,7 @@ def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
     if as_json:
         click.echo(_json(stats))
         return
-    console.print(f"origin {stats['origin']}: {stats['snapshots']} snapshots, raw {_mb(stats['raw_bytes'])}, "
+    console.print(f"origin {stats['origin']}: {stats['snapshots']} snapshots and {stats['code_packages']} code packages, raw {_mb(stats['raw_bytes'])}, "
                   f"unique {_mb(stats['unique_bytes'])} in {stats['unique_chunks']} chunks, stored {_mb(stats['stored_bytes'])}; "
                   f"dedup {stats['dedup_ratio']:.2f}x, stored/unique {stats['compression_ratio']:.2f}")
     usage = Table("Tier", "Chunks", "Bytes", "Budget")

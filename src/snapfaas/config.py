@@ -101,6 +101,7 @@ class ServerConfig:
     store_cache_dir: Path | None = None  # the store's local disk cache (sealed chunks); None: <data-dir>/store-cache
     store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
     store_memory_bytes: int = 256 << 20  # the store's plaintext chunk memory tier (beside the view's page cache)
+    code_cache_bytes: int = 2 << 30  # this node's cache of code and layer zips (<data-dir>/code; the origin has them all)
 
     @property
     def store_origin_url(self) -> str:

@@ -27,7 +27,9 @@ from snapfaas.api.context import Services
 from snapfaas.api.replay import ReplayCache
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
+from snapfaas.errors import ServiceUnavailable
 from snapfaas.registry.artifacts import ArtifactStore
+from snapfaas.registry.packages import PackageOrigin
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox import ids
@@ -43,7 +45,7 @@ from snapfaas.transport import is_loopback, server_ssl_context
 from snapfaas.snapshot.manager import SnapshotManager
 from snapfaas.snapshot.catalog import COUNTERS_FILE
 from snapfaas.snapshot.vault import SnapshotVault, remove_legacy
-from snapfaas.store import StoreError, load_or_create_secret, open_store
+from snapfaas.store import ChunkStore, StoreError, load_or_create_secret, open_store
 from snapfaas.worker.async_invocations import EventSettings
 from snapfaas.worker.backlog import EventTiming
 from snapfaas.worker.factory import EnvironmentFactory
@@ -123,8 +125,11 @@ class Server:
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
         registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
+        store = self._store()
+        # code and layer zips live in the store's origin; <data-dir>/code is this node's cache of them
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
-                                  owner_of=lambda index: id_range.host_id(index, cfg.sandbox_uid))
+                                  owner_of=lambda index: id_range.host_id(index, cfg.sandbox_uid),
+                                  packages=PackageOrigin(store), cache_bytes=cfg.code_cache_bytes)
         logs = LogStore(cfg.data_dir / "logs", max_bytes=cfg.log_max_bytes)
         identity = IdentityBroker()
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
@@ -134,7 +139,9 @@ class Server:
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
         control.snapstart_runtimes = cfg.snapstart_runtimes
         worker.reseed_after_restore = cfg.reseed_after_restore
-        snapshots = self._snapshots(registry, factory, credentials_env)
+        snapshots = self._snapshots(registry, factory, credentials_env, store)
+        snapshots.code = artifacts  # packages share the store: its collection keeps the ones in use
+        control.collect_store = snapshots.collect_soon
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
         worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections
@@ -157,6 +164,13 @@ class Server:
         if removed:
             self.say(f"Removed {removed} working set(s) of the previous storage format (now kept in the snapshot store); "
                      f"they are recorded again at their snapshots' next restore.")
+        try:
+            migrated = await asyncio.to_thread(artifacts.migrate, registry.referenced_digests())
+            if migrated:
+                self.say(f"Uploaded {migrated} code package(s) of this data dir to the store origin "
+                         f"{store.origin.describe()} (packages now live there; {cfg.data_dir / 'code'} is a cache).")
+        except ServiceUnavailable as exc:  # serving goes on from the local copies; the next start retries
+            self.say(f"WARNING: uploading this data dir's code packages to the store origin failed: {exc.message}")
         try:
             await snapshots.collect_garbage(startup=True)
         except StoreError as exc:  # e.g. the origin is unreachable: serving goes on, the next collection retries
@@ -221,7 +235,19 @@ class Server:
                 loop.remove_signal_handler(sig)
         self.say("stopped")
 
-    def _snapshots(self, registry: Registry, factory: EnvironmentFactory, creds: EndpointCredentials) -> SnapshotManager:
+    def _store(self) -> ChunkStore:
+        """The chunk store: snapshots, code and layer packages."""
+        cfg = self.config
+        store = open_store(cfg.store_origin_url, cfg.store_secret_path, s3_endpoint_url=cfg.store_s3_endpoint_url,
+                           cache_dir=cfg.store_cache_path, cache_bytes=cfg.store_cache_bytes,
+                           memory_bytes=cfg.store_memory_bytes)
+        self.say(f"snapshot store: origin {store.origin.describe()}, disk cache {cfg.store_cache_path} "
+                 f"({cfg.store_cache_bytes} bytes), chunk memory tier {cfg.store_memory_bytes} bytes; "
+                 f"code cache {cfg.data_dir / 'code'} ({cfg.code_cache_bytes} bytes)")
+        return store
+
+    def _snapshots(self, registry: Registry, factory: EnvironmentFactory, creds: EndpointCredentials,
+                   store: ChunkStore) -> SnapshotManager:
         cfg = self.config
         status = engine.probe() if cfg.snapstart else engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
         if cfg.sandbox_network == "isolated":
@@ -236,11 +262,6 @@ class Server:
         if not cfg.snapshot_init_aslr and factory.fixed_layout_launcher is None:
             self.say("WARNING: setarch (util-linux) is missing: SnapStart inits keep ASLR, so versions of a function "
                      "share few snapshot chunks")
-        store = open_store(cfg.store_origin_url, cfg.store_secret_path, s3_endpoint_url=cfg.store_s3_endpoint_url,
-                           cache_dir=cfg.store_cache_path, cache_bytes=cfg.store_cache_bytes,
-                           memory_bytes=cfg.store_memory_bytes)
-        self.say(f"snapshot store: origin {store.origin.describe()}, disk cache {cfg.store_cache_path} "
-                 f"({cfg.store_cache_bytes} bytes), chunk memory tier {cfg.store_memory_bytes} bytes")
         view = None
         if cfg.restore_loading == "lazy":
             view = SnapshotView(store, cfg.snapshot_view)

@@ -17,6 +17,7 @@ import pytest
 from snapfaas.config import Limits
 from snapfaas.errors import InvalidParameterValue, RequestTooLarge
 from snapfaas.registry import artifacts as artifacts_module
+from snapfaas.registry.packages import CodeUnavailable
 from snapfaas.registry.artifacts import UNZIP_ERROR, ArtifactStore
 
 ABSOLUTE_TARGET = f"/tmp/snapfaas-artifact-test-{os.getpid()}.py"
@@ -277,17 +278,19 @@ def test_tree_reextracts_deleted_tree(store: ArtifactStore) -> None:
 
 
 def test_tree_of_unknown_digest_is_not_created(store: ArtifactStore) -> None:
-    path = store.tree("0" * 64, 0)
-    assert path == store.trees / "0" / ("0" * 64)
-    assert not path.exists()
+    with pytest.raises(CodeUnavailable) as caught:
+        store.tree("0" * 64, 0)
+    assert caught.value.missing and (caught.value.code, caught.value.status) == ("InvalidZipFileException", 502)
+    assert not (store.trees / "0" / ("0" * 64)).exists()
     assert contents(store.root) == []
 
 
 def test_tree_rejects_corrupted_stored_zip(store: ArtifactStore) -> None:
     artifact = store.ingest(make_zip({"app.py": ""}))
     (store.root / f"{artifact.digest}.zip").write_bytes(b"garbage")
-    with pytest.raises(InvalidParameterValue):
+    with pytest.raises(CodeUnavailable) as caught:  # its bytes no longer hash to the digest
         store.tree(artifact.digest, 0)
+    assert not caught.value.missing
     assert not store.holds(0)
 
 

@@ -65,7 +65,7 @@ def test_a_missing_package_is_logged_and_does_not_block(stores: tuple[ArtifactSt
     artifacts.discard(version.code_digest)
     assert asyncio.run(publish_scanner(artifacts, logs, "info")(version)) == []
     [(stream, message)] = log_messages(logs)
-    assert stream == "scan/[3]" and message.startswith("SCAN info SNAP000 - scan failed: FileNotFoundError")
+    assert stream == "scan/[3]" and message.startswith("SCAN info SNAP000 - scan failed: CodeUnavailable")
 
 
 def test_many_blocking_findings_are_capped(stores: tuple[ArtifactStore, LogStore]) -> None:

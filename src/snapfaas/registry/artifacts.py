@@ -2,7 +2,11 @@
 
 Layout::
 
-    <data-dir>/code/<sha256-hex>.zip              the package as uploaded (the source of truth)
+    store origin: manifests/code.<sha256-hex>     the package as uploaded, in the snapshot store's
+                                                  origin (the source of truth; `packages`)
+    <data-dir>/code/<sha256-hex>.zip              this node's cache of it: filled on demand from
+                                                  the origin (sha256 verified), evicted least
+                                                  recently used past ``cache_bytes``
     <sandbox-dir>/code/<slice>/<sha256-hex>/      its extracted tree for host id slice <slice>
                                                   (mounted read-only at /var/task)
     <sandbox-dir>/code/<slice>/opt-<key>/         a function version's layers merged in order
@@ -22,30 +26,56 @@ the sandbox's mapped root uid; they are derived state, re-extracted from the zip
 or owned by another uid (after a change of ``--id-range-base``). A tree appears atomically
 (extracted into a temporary sibling, then renamed), so a crash never leaves a half-extracted
 tree under a final name. `collect_garbage` removes zips and trees no version references.
+
+Origin (cluster) contracts, when the store is given a `PackageOrigin`:
+
+* `ingest` validates the zip, then stores it at the origin and returns only when it is durable
+  there (so the API answers 201 only then, and any node can materialize it at once), then
+  keeps it in the local cache. A package already cached here is put again all the same
+  (cheap for zips: the chunks exist), which refreshes it at the origin (see `packages`).
+* From the start of its `ingest` until the end of the mutation that uploaded it (`release`,
+  committed or failed) and then until a store collection has read the registry after that end
+  (`mark`, `settle`), `live_ids` names a package, and the store collection keeps it (as the
+  snapshot vault does for a publish between its upload and its registry record).
+* A package missing from the local cache is fetched from the origin (`CodeUnavailable` if it is
+  missing or corrupt there, `ServiceUnavailable` if the origin cannot be reached). A cached zip
+  whose bytes no longer hash to its digest is dropped and fetched again.
+* `collect_garbage` and `discard` are node-local (the cache and the trees); packages leave the
+  origin only by the store's collection (`SnapshotManager.collect_garbage`), which counts
+  `packages.package_ids(registry.referenced_digests())` and `live_ids()` as live.
+
+Without a `PackageOrigin` (unit tests, offline tools) the local zips are the only copy.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import io
+import itertools
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from snapfaas.config import Limits
 from snapfaas.errors import InvalidParameterValue, RequestTooLarge
+from snapfaas.registry.packages import DIGEST, FILE_NAME, CodeUnavailable, PackageOrigin, package_ids
 
 logger = logging.getLogger(__name__)
 
 UNZIP_ERROR = "Could not unzip uploaded file. Please check your file, then try to upload again."
 TREE_MTIME = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry
+TEMPORARY_DIGEST = re.compile(r"\.(?:ingest|fetch)-([0-9a-f]{64})[.-]")  # staging dirs of `ingest` and fetches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,20 +88,36 @@ class CodeArtifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path, trees: Path, limits: Limits, owner_of: Callable[[int], int] | None = None) -> None:
+    def __init__(self, root: Path, trees: Path, limits: Limits, owner_of: Callable[[int], int] | None = None,
+                 packages: PackageOrigin | None = None, cache_bytes: int | None = None) -> None:
         """`owner_of(slice)` is the host uid (and gid) the sandboxes of id slice `slice` read
-        code as; that slice's trees are private to it (None: trees keep the daemon's owner)."""
+        code as; that slice's trees are private to it (None: trees keep the daemon's owner).
+        `packages`: the origin packages live in (None: the local zips are the only copy);
+        `cache_bytes`: the byte budget of the local zips when there is an origin (None: no
+        budget)."""
         self.root = root
         self.trees = trees
         self.limits = limits
         self.owner_of = owner_of
+        self.packages = packages
+        self.cache_bytes = cache_bytes
+        self._guard = threading.Lock()
+        self._ingesting: collections.Counter[str] = collections.Counter()  # digests between ingest start and end
+        self._fetching: collections.Counter[str] = collections.Counter()
+        # protection from the store collection (see `live_ids`): mutations using a package that
+        # are still open, and when the last one ended (a `mark` number)
+        self._open: collections.Counter[str] = collections.Counter()
+        self._released: dict[str, int] = {}
+        self._marks = itertools.count(1)
+        self._fetch_locks: dict[str, threading.Lock] = {}
         root.mkdir(parents=True, exist_ok=True)
         trees.mkdir(parents=True, exist_ok=True)
         os.chmod(trees, 0o711)
 
     def tree(self, digest: str, slice_index: int) -> Path:
         """The extracted tree of `digest` for id slice `slice_index`, extracted from the stored
-        zip if missing or owned by another uid. The path is returned even if the zip is gone."""
+        zip (fetched from the origin if this node has no copy) if missing or owned by another
+        uid. Raises `CodeUnavailable` / `ServiceUnavailable` if the package cannot be had."""
         path = self.trees / str(slice_index) / digest
         owner = self.owner_of(slice_index) if self.owner_of is not None else None
         try:
@@ -81,7 +127,7 @@ class ArtifactStore:
         if current is not None and owner is not None and (current.st_uid != owner or not stat.S_ISDIR(current.st_mode)):
             shutil.rmtree(path, ignore_errors=True)  # made for another id range: re-extract
             current = None
-        if current is None and (self.root / f"{digest}.zip").is_file():
+        if current is None:
             data = self.read_zip(digest)
             self._materialize(path, data, self._check_zip(data), owner)
         return path
@@ -115,7 +161,7 @@ class ArtifactStore:
 
     def unzipped_size(self, digest: str) -> int:
         """Bytes the stored package `digest` extracts to (from its central directory)."""
-        with zipfile.ZipFile(self.root / f"{digest}.zip") as archive:
+        with zipfile.ZipFile(self.zip_path(digest)) as archive:
             return sum(info.file_size for info in archive.infolist())
 
     def holds(self, slice_index: int) -> bool:
@@ -134,13 +180,186 @@ class ArtifactStore:
         digest_bytes = hashlib.sha256(data).digest()
         digest = digest_bytes.hex()
         artifact = CodeArtifact(digest, base64.b64encode(digest_bytes).decode(), len(data))
-        if (self.root / f"{digest}.zip").is_file():
+        local = self.root / f"{digest}.zip"
+        cached = local.is_file()
+        if not cached:
+            self._verify(data, self._check_zip(data))
+        if self.packages is None:
+            if not cached:
+                tmp_zip = self.root / f".{digest}.zip.tmp"
+                tmp_zip.write_bytes(data)
+                os.replace(tmp_zip, local)
             return artifact
-        self._verify(data, self._check_zip(data))
-        tmp_zip = self.root / f".{digest}.zip.tmp"
-        tmp_zip.write_bytes(data)
-        os.replace(tmp_zip, self.root / f"{digest}.zip")
+        with self._guard:
+            self._ingesting[digest] += 1
+        try:
+            self._upload(digest, data)
+            with self._guard:
+                self._open[digest] += 1
+                self._released.pop(digest, None)
+        finally:
+            with self._guard:
+                self._ingesting[digest] -= 1
+                if not self._ingesting[digest]:
+                    del self._ingesting[digest]
+        self._enforce_budget(keep=digest)
         return artifact
+
+    def _upload(self, digest: str, data: bytes) -> None:
+        """Put the zip `data` (hashing to `digest`) at the origin, durably, then into the local
+        cache (unless it is there)."""
+        assert self.packages is not None
+        staging = Path(tempfile.mkdtemp(prefix=f".ingest-{digest}.", dir=self.root))
+        try:
+            fd = os.open(staging / FILE_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            self.packages.put(digest, staging)
+            if not (self.root / f"{digest}.zip").is_file():
+                os.replace(staging / FILE_NAME, self.root / f"{digest}.zip")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # -- the origin: cache fills, eviction, what a store collection must keep -----------------
+    def zip_path(self, digest: str) -> Path:
+        """This node's copy of package `digest`, fetched from the origin (sha256 verified) if
+        there is none; marked as just used (eviction is least recently used first)."""
+        if not DIGEST.fullmatch(digest):
+            raise CodeUnavailable(f"Lambda could not unzip the deployment package: {digest!r} is not a package digest")
+        local = self.root / f"{digest}.zip"
+        if not local.is_file():
+            if self.packages is None:
+                raise CodeUnavailable(f"Lambda could not unzip the deployment package: code package {digest} "
+                                      "is missing from this node and there is no store origin", missing=True)
+            with self._fetch_lock(digest):
+                if not local.is_file():
+                    self._fetch(digest, local)
+        self._touch(local)
+        return local
+
+    def _fetch_lock(self, digest: str) -> threading.Lock:
+        with self._guard:
+            return self._fetch_locks.setdefault(digest, threading.Lock())
+
+    def _fetch(self, digest: str, local: Path) -> None:
+        assert self.packages is not None
+        with self._guard:
+            self._fetching[digest] += 1
+        try:
+            started = time.monotonic()
+            self.packages.fetch(digest, local)
+            logger.info("code package %s fetched from origin %s (%d bytes, %.0f ms)", digest, self.packages.describe(),
+                        local.stat().st_size, (time.monotonic() - started) * 1000)
+        finally:
+            with self._guard:
+                self._fetching[digest] -= 1
+                if not self._fetching[digest]:
+                    del self._fetching[digest]
+                    self._fetch_locks.pop(digest, None)
+        self._enforce_budget(keep=digest)
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        """Record a use in the file's access time (the eviction order; the mtime stays)."""
+        try:
+            st = path.stat()
+            os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+        except FileNotFoundError:
+            pass  # evicted meanwhile: the caller's read finds out and fetches again
+
+    def _held(self) -> set[str]:
+        """Packages whose local files are being written: eviction and local GC leave them."""
+        with self._guard:
+            return set(self._ingesting) | set(self._fetching)
+
+    def _enforce_budget(self, keep: str) -> int:
+        """Evict the least recently used cached zips until the cache fits `cache_bytes` (never
+        `keep` or a package being ingested or fetched); returns how many went. Only with an
+        origin (which keeps every package in use): without one the local zips are the only copy."""
+        if self.packages is None or self.cache_bytes is None:
+            return 0
+        entries = []
+        for path in self.root.glob("*.zip"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_atime_ns, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        held = self._held() | {keep}
+        evicted = 0
+        for _, size, path in sorted(entries):
+            if total <= self.cache_bytes:
+                break
+            if path.stem in held:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            evicted += 1
+            logger.info("code cache: evicted %s (%d bytes; budget %d bytes)", path.name, size, self.cache_bytes)
+        return evicted
+
+    def cached_bytes(self) -> int:
+        """Bytes of the zips in this node's cache."""
+        total = 0
+        for path in self.root.glob("*.zip"):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def release(self, digest: str) -> None:
+        """The mutation that ingested `digest` has ended (committed or failed): from the next
+        registry read on, the registry alone says whether the package is in use."""
+        if self.packages is None:
+            return
+        with self._guard:
+            if self._open[digest] <= 1:
+                self._open.pop(digest, None)
+                self._released[digest] = next(self._marks)
+            else:
+                self._open[digest] -= 1
+
+    def mark(self) -> int:
+        """Take this right before reading the registry for a store collection; pass it to
+        `settle` after that collection."""
+        with self._guard:
+            return next(self._marks)
+
+    def live_ids(self, mark: int | None = None) -> set[str]:
+        """Store ids of the packages a store collection must keep besides the ones its registry
+        read found: being ingested, used by a mutation still open, or released by one after
+        the collection's `mark` (it may have committed after the registry read; None: any)."""
+        with self._guard:
+            released = {digest for digest, when in self._released.items() if mark is None or when > mark}
+            return package_ids(set(self._ingesting) | set(self._open) | released)
+
+    def settle(self, mark: int) -> None:
+        """After a store collection whose registry read followed `mark`: packages released
+        before it need no more protection (that read saw their mutation's outcome)."""
+        with self._guard:
+            self._released = {digest: released for digest, released in self._released.items() if released > mark}
+
+    def migrate(self, wanted: set[str] | None = None) -> int:
+        """Upload every cached zip (of `wanted` digests, if given) the origin lacks: a data dir
+        from before packages lived in the origin. Idempotent; returns how many went up."""
+        if self.packages is None:
+            return 0
+        local = {path.stem: path for path in self.root.glob("*.zip") if DIGEST.fullmatch(path.stem)}
+        if wanted is not None:
+            local = {digest: path for digest, path in local.items() if digest in wanted}
+        if not local:
+            return 0
+        uploaded = 0
+        for digest in sorted(set(local) - self.packages.stored()):
+            data = local[digest].read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                logger.warning("code package %s: the local zip does not hash to its name; not uploaded", digest)
+                continue
+            self._upload(digest, data)
+            uploaded += 1
+        return uploaded
 
     def _materialize(self, final: Path, data: bytes, entries: list[zipfile.ZipInfo], owner: int | None) -> None:
         final.parent.mkdir(exist_ok=True)
@@ -252,8 +471,9 @@ class ArtifactStore:
                     os.chown(os.path.join(dirpath, name), owner, owner)
 
     def discard(self, digest: str) -> None:
-        """Delete one artifact (zip and every slice's tree); the caller guarantees no version
-        references it."""
+        """Delete one artifact from this node (zip and every slice's tree; it leaves the origin
+        at a store collection); the caller guarantees no version references it and no other
+        mutation is about to."""
         (self.root / f"{digest}.zip").unlink(missing_ok=True)
         for directory in self._slice_dirs():
             shutil.rmtree(directory / digest, ignore_errors=True)
@@ -262,15 +482,36 @@ class ArtifactStore:
         return [p for p in self.trees.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()]
 
     def read_zip(self, digest: str) -> bytes:
-        return (self.root / f"{digest}.zip").read_bytes()
+        """The verified bytes of package `digest` (fetched from the origin if this node has no
+        copy; a cached copy that fails its hash is dropped and fetched again)."""
+        for _ in range(3):
+            path = self.zip_path(digest)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # evicted between the lookup and the read
+            if hashlib.sha256(data).hexdigest() == digest:
+                return data
+            if self.packages is None:  # the only copy: left for the operator to look at
+                logger.warning("code package %s: the stored zip %s does not hash to its digest", digest, path)
+                break
+            logger.warning("code package %s: the cached zip %s does not hash to its digest; dropped", digest, path)
+            path.unlink(missing_ok=True)
+        raise CodeUnavailable(f"Lambda could not unzip the deployment package: code package {digest} could not be "
+                              f"read intact from this node's cache")
 
     def collect_garbage(self, referenced: set[str], trees: set[tuple[int, str]] | None = None) -> int:
         """Delete zips not in `referenced`, trees not in `trees` ((slice, digest) pairs; None:
         every slice's tree of a referenced digest is kept) and leftover temporaries; return how
         many entries went. A slice directory left empty is removed too."""
         removed = 0
+        held = self._held()
+        keep_zips = referenced | held
         for entry in self.root.iterdir():
-            if entry.name.startswith(".") or entry.name.removesuffix(".zip") not in referenced:
+            busy = TEMPORARY_DIGEST.search(entry.name)
+            if busy is not None and busy.group(1) in held:
+                continue  # an ingest's or a fetch's staging directory
+            if entry.name.startswith(".") or entry.name.removesuffix(".zip") not in keep_zips:
                 _remove(entry)
                 removed += 1
         for entry in self.trees.iterdir():

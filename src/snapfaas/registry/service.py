@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from snapfaas.config import AWS_SNAPSTART_RUNTIMES
-from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, SnapfaasError
+from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, ServiceUnavailable, SnapfaasError
 from snapfaas.registry import validation as check
 from snapfaas.registry.artifacts import ArtifactStore, CodeArtifact
 from snapfaas.registry.db import Registry
@@ -27,6 +27,7 @@ from snapfaas.registry.event_configs import EventConfigs
 from snapfaas.registry import layers as layer_check
 from snapfaas.registry import tags as tag_check
 from snapfaas.registry.layers import LayerRegistry, LayerVersion
+from snapfaas.registry.packages import CodeUnavailable
 from snapfaas.registry.model import LATEST, Alias, FunctionVersion, State, new_revision, now_iso
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 
@@ -59,6 +60,9 @@ class ControlPlane:
         # whether files or processes of a released host id slice remain (default: assume so,
         # never reclaim); the server wires the stores' and the process table's checks
         self.slice_in_use: Callable[[int], bool] = lambda index: True
+        # schedules a collection of the store origin (the server wires the snapshot manager's
+        # `collect_soon`): code packages no version references leave the origin there
+        self.collect_store: Callable[[], None] = lambda: None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ingests = 0  # mutations between code ingest and commit (see `_ingesting`)
         self._gc_pending = False
@@ -81,6 +85,7 @@ class ControlPlane:
         await asyncio.sleep(0)
         try:
             record = self.registry.get_version(name, version)
+            await self._stage(record)
             publisher = self.publishers.get(record.snap_start) if not record.is_latest else None
             if publisher is not None and self._readiness_problem(record) is None:
                 await publisher(record)
@@ -119,6 +124,7 @@ class ControlPlane:
             record = self.registry.get_version(name, LATEST)
         except NotFound:
             return
+        await self._stage(record)
         reason = self._readiness_problem(record)
 
         def finish(v: FunctionVersion) -> None:
@@ -131,12 +137,29 @@ class ControlPlane:
         self.registry.update_version(name, LATEST, finish)
         await self.retire(name, LATEST)
 
+    async def _stage(self, record: FunctionVersion) -> None:
+        """Extract the version's code tree in a worker thread (on a node without the package
+        it comes from the store origin), so that the readiness check after it, on the event
+        loop, finds it on disk. A failure is the readiness check's to report (it tries again)."""
+        slice_index = self.registry.id_slice(record.name)
+        try:
+            await asyncio.to_thread(self.artifacts.tree, record.code_digest, slice_index)
+        except (CodeUnavailable, ServiceUnavailable, InvalidParameterValue) as exc:
+            logger.info("code of %s:%s could not be staged (%s); the readiness check reports it",
+                        record.name, record.version, exc.message)
+
     def _readiness_problem(self, record: FunctionVersion) -> tuple[str, str] | None:
         try:
             self.interpreters.resolve(record.runtime)
         except SnapfaasError as exc:
             return "InvalidRuntime", exc.message
-        if not self.artifacts.tree(record.code_digest, self.registry.id_slice(record.name)).is_dir():
+        try:
+            tree = self.artifacts.tree(record.code_digest, self.registry.id_slice(record.name))
+        except CodeUnavailable as exc:  # missing or corrupt at the origin: Lambda's reason for an unusable zip
+            return "InvalidZipFileException", exc.message
+        except ServiceUnavailable as exc:  # the origin is down: the platform's fault
+            return "InternalError", exc.message
+        if not tree.is_dir():
             return "InternalError", f"code package {record.code_sha256} is missing from the artifact store"
         return None
 
@@ -149,9 +172,10 @@ class ControlPlane:
                 self._spawn(self._finish_update(record.name), f"update-{record.name}")
 
     # -- input parsing ---------------------------------------------------------------------
-    async def _code(self, body: Mapping[str, Any]) -> CodeArtifact:
+    async def _code(self, body: Mapping[str, Any], ingested: list[CodeArtifact]) -> CodeArtifact:
         """Decode, validate and store the package in a worker thread (up to 250 MB unzipped:
-        never on the event loop). Call inside `_ingesting`. Whether the package holds the
+        never on the event loop). Call inside `_ingesting`, with the list it yields (the
+        package is released when the mutation ends). Whether the package holds the
         handler's module is not checked here: as on Lambda, a missing module or a malformed
         handler fails at invoke (Runtime.ImportModuleError / Runtime.MalformedHandlerName)."""
         if "S3Bucket" in body or "S3Key" in body or "ImageUri" in body:
@@ -159,7 +183,9 @@ class ControlPlane:
         raw = body.get("ZipFile")
         if not isinstance(raw, str) or not raw:
             raise InvalidParameterValue("Please provide a source for function code.")
-        return await asyncio.to_thread(self._decode_and_ingest, raw)
+        artifact = await asyncio.to_thread(self._decode_and_ingest, raw)
+        ingested.append(artifact)
+        return artifact
 
     def _decode_and_ingest(self, raw: str) -> CodeArtifact:
         """Runs in a worker thread: touches the artifact store only, never the registry."""
@@ -170,25 +196,32 @@ class ControlPlane:
         return self.artifacts.ingest(data)
 
     @contextmanager
-    def _ingesting(self) -> Iterator[None]:
+    def _ingesting(self) -> Iterator[list[CodeArtifact]]:
         """Marks a mutation that ingests code: until it has committed (or failed), artifact
         garbage collection is deferred, so a package extracted in a thread and not yet
-        referenced by any version is not collected under it."""
+        referenced by any version is not collected under it. The packages `_code` puts into
+        the yielded list are released to the store collection when the mutation ends
+        (`ArtifactStore.release`): the registry then says whether they are used."""
         self._ingests += 1
+        ingested: list[CodeArtifact] = []
         try:
-            yield
+            yield ingested
         finally:
+            for artifact in ingested:
+                self.artifacts.release(artifact.digest)
             self._ingests -= 1
             if self._ingests == 0 and self._gc_pending:
                 self._gc_pending = False
                 self._collect_garbage()
 
     def _collect_garbage(self) -> None:
-        """`collect_garbage`, or deferred until no ingest is in flight."""
+        """`collect_garbage`, or deferred until no ingest is in flight; then a collection of
+        the store origin, in the background."""
         if self._ingests:
             self._gc_pending = True
             return
         self.collect_garbage()
+        self.collect_store()
 
     @contextmanager
     def _dropping_on_failure(self, artifact: CodeArtifact) -> Iterator[None]:
@@ -205,6 +238,7 @@ class ControlPlane:
             self._gc_pending = True
         elif artifact.digest not in self.registry.referenced_digests():
             self.artifacts.discard(artifact.digest)
+            self.collect_store()  # its upload leaves the origin too
 
     @staticmethod
     def _apply_config(v: FunctionVersion, body: Mapping[str, Any], interpreters: InterpreterRegistry) -> None:
@@ -255,10 +289,10 @@ class ControlPlane:
 
     # -- functions -------------------------------------------------------------------------
     async def create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
-        with self._ingesting():
-            return await self._create_function(body)
+        with self._ingesting() as ingested:
+            return await self._create_function(body, ingested)
 
-    async def _create_function(self, body: Mapping[str, Any]) -> FunctionVersion:
+    async def _create_function(self, body: Mapping[str, Any], ingested: list[CodeArtifact]) -> FunctionVersion:
         name = check.create_function_name(check.require(body, "FunctionName", "functionName"))
         role = check.role(check.require(body, "Role", "role"))
         if body.get("PackageType", "Zip") != "Zip":
@@ -275,7 +309,7 @@ class ControlPlane:
         code = body.get("Code")
         if not isinstance(code, Mapping):
             raise check.constraint_error("null", "code", "Member must not be null")
-        artifact = await self._code(code)
+        artifact = await self._code(code, ingested)
         draft.code_digest, draft.code_sha256, draft.code_size = artifact.digest, artifact.sha256, artifact.size
         with self._dropping_on_failure(artifact):
             self._check_total_size(draft)
@@ -293,13 +327,13 @@ class ControlPlane:
         return version.version
 
     async def update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
-        with self._ingesting():
-            return await self._update_code(name, body)
+        with self._ingesting() as ingested:
+            return await self._update_code(name, body, ingested)
 
-    async def _update_code(self, name: str, body: Mapping[str, Any]) -> FunctionVersion:
+    async def _update_code(self, name: str, body: Mapping[str, Any], ingested: list[CodeArtifact]) -> FunctionVersion:
         self._guard_update(self.registry.get_version(name, LATEST))
         architectures = check.architectures(body["Architectures"]) if "Architectures" in body else None
-        artifact = await self._code(body)
+        artifact = await self._code(body, ingested)
         with self._dropping_on_failure(artifact):  # re-checked: deleted or updated while we ingested?
             current = self.registry.get_version(name, LATEST)
             self._guard_update(current)
@@ -407,8 +441,8 @@ class ControlPlane:
         content = body.get("Content")
         if not isinstance(content, Mapping):
             raise check.constraint_error("null", "content", "Member must not be null")
-        with self._ingesting():
-            artifact = await self._code(content)
+        with self._ingesting() as ingested:
+            artifact = await self._code(content, ingested)
             with self._dropping_on_failure(artifact):
                 unzipped = await asyncio.to_thread(self.artifacts.unzipped_size, artifact.digest)
                 return self.layers.publish(LayerVersion(

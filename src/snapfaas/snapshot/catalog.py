@@ -10,7 +10,9 @@
   periodically and at shutdown, and `stats` reports that file with its time.
 * `collect` is the store's garbage collection: unreferenced manifests and chunks go from the
   origin (and the disk cache when no server holds it). Another process may be publishing, so
-  objects younger than `grace_seconds` (default 10 minutes) are spared.
+  objects younger than `grace_seconds` (default 10 minutes) are spared. Code and layer
+  packages live in the same store (registry/packages.py): those the registry references are
+  live too, and they are not listed as snapshots.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from snapfaas.config import STORE_SHARED_GRACE_S, store_secret_for
 from snapfaas.durable import write_atomic
 from snapfaas.snapshot.workingset import WorkingSets
 from snapfaas.errors import ServiceError
+from snapfaas.registry.packages import digest_of, package_ids
 from snapfaas.store import ChunkStore, StoreError, TierCounters, origin_from_url
 from snapfaas.store.codec import load_or_create_secret
 
@@ -89,6 +92,27 @@ class Catalog:
                 out[record["snapshot_id"]] = (record.get("name", ""), record.get("version", ""), record.get("state", ""))
         return out
 
+    def package_ids(self) -> set[str]:
+        """Store ids of every code and layer package the registry references (what
+        `Registry.referenced_digests` gives a running server)."""
+        db_path = self.data_dir / "state.db"
+        if not db_path.exists():
+            return set()
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            versions = db.execute("SELECT data FROM versions").fetchall()
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            layers = db.execute("SELECT data FROM layer_versions").fetchall() if "layer_versions" in tables else []
+        finally:
+            db.close()
+        digests: set[str] = set()
+        for (data,) in versions:
+            record = json.loads(data)
+            digests.add(str(record.get("code_digest", "")))
+            digests.update(str(layer.get("digest", "")) for layer in record.get("layers") or [])
+        digests.update(str(json.loads(data).get("digest", "")) for (data,) in layers)
+        return package_ids(digests)
+
     # -- queries -----------------------------------------------------------------------------
     def snapshots(self) -> list[dict[str, Any]]:
         """Every snapshot at the origin: id, function, version, created, raw bytes, whether the
@@ -96,6 +120,8 @@ class Catalog:
         live = self.versions()
         out = []
         for snapshot_id in self.store.snapshots():
+            if digest_of(snapshot_id) is not None:
+                continue  # a code package, not a snapshot
             try:
                 manifest = self.store.manifest(snapshot_id)
             except StoreError as exc:
@@ -162,6 +188,9 @@ class Catalog:
     def stats(self) -> dict[str, Any]:
         """Bytes per tier, dedup and compression ratios, and the server's last tier counters."""
         stats = dataclasses.asdict(self.store.stats())
+        packages = sum(1 for store_id in self.store.snapshots() if digest_of(store_id) is not None)
+        stats["snapshots"] -= packages  # the store's manifests: snapshots and code packages
+        stats["code_packages"] = packages
         if self.cache_locked:  # the server holds the cache: count its files instead
             blobs = [p for p in self.cache_dir.glob("??/*") if p.is_file()]
             stats["usage"]["disk"] = {"chunks": len(blobs), "bytes": sum(p.stat().st_size for p in blobs), "budget": None}
@@ -177,5 +206,5 @@ class Catalog:
         return stats
 
     def collect(self, grace_seconds: float = STORE_SHARED_GRACE_S) -> dict[str, Any]:
-        report = self.store.collect(set(self.versions()), grace_seconds=grace_seconds)
+        report = self.store.collect(set(self.versions()) | self.package_ids(), grace_seconds=grace_seconds)
         return {**dataclasses.asdict(report), "disk_cache_collected": not self.cache_locked}

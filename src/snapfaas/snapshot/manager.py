@@ -21,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 from snapfaas.errors import InvalidParameterValue, NotFound, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
+from snapfaas.registry.packages import package_ids
 from snapfaas.snapshot import engine, memory, sockets
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
 from snapfaas.store import CollectReport, StoreError
@@ -45,6 +48,14 @@ RECREATING = "The function's snapshot is being re-created."  # StateReason of a 
 IDLE_REASON = "The function's snapshot was removed because the version was not invoked for the retention period."
 FORCED_REASON = "The function's snapshot was removed by the operator (snapfaas snapshot expire)."
 NOT_READY = "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
+
+
+class CodePackages(Protocol):
+    """What the store collection asks of the code artifact store (registry/artifacts.py)."""
+
+    def mark(self) -> int: ...
+    def live_ids(self, mark: int | None = None) -> set[str]: ...
+    def settle(self, mark: int) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +111,7 @@ class SnapshotManager:
         self._reaper: asyncio.Task[None] | None = None
         self._restored_from: dict[str, tuple[str, str]] = {}  # snapshot id -> (function, version) it restores
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.code: CodePackages | None = None  # the server's ArtifactStore: packages being ingested
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -194,6 +206,7 @@ class SnapshotManager:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
         why it failed. The environment is destroyed before this returns."""
         identity = "snapshot-" + secrets.token_hex(6)  # its token is withdrawn right after
+        await self.factory.stage_code(version)  # off the event loop: the code may come from the store origin
         async with self.factory.network_for_new_environment() as network:
             env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role), network)
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))
@@ -441,9 +454,22 @@ class SnapshotManager:
     async def collect_garbage(self, startup: bool = False) -> CollectReport:
         """Delete snapshots no version references (deleted, expired, broken, or left by a crash
         mid-publish) and every chunk no remaining snapshot needs, in a thread. The registry is
-        read here, on the event loop; publishes in flight are protected by the vault."""
+        read here, on the event loop; publishes in flight are protected by the vault.
+
+        The store holds code and layer packages too (registry/packages.py): those the registry
+        references and those `code` is ingesting and has not seen recorded yet are live, so a
+        chunk a snapshot and a package share stays while either needs it. This is the one
+        collection of the origin: in a cluster, call it under the cluster-wide GC lease (it
+        spares unreferenced objects younger than the store's grace period, which other nodes
+        may be writing); what else `ControlPlane.collect_garbage` removes is node-local."""
+        code = self.code
+        mark = code.mark() if code is not None else 0  # before the registry read (see `ArtifactStore.settle`)
         referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
-        report = await asyncio.to_thread(self.vault.collect_garbage, referenced, startup)
+        packages = package_ids(self.registry.referenced_digests())
+        report = await asyncio.to_thread(self.vault.collect_garbage, referenced | packages, startup,
+                                         functools.partial(code.live_ids, mark) if code is not None else None)
+        if code is not None:
+            code.settle(mark)
         for snapshot_id in set(self._dropped_copies) - referenced:
             del self._dropped_copies[snapshot_id]
         return report

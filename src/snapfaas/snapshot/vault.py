@@ -446,7 +446,8 @@ class SnapshotVault:
         with self._locks_guard:
             self._locks.pop(snapshot_id, None)
 
-    def collect_garbage(self, referenced: set[str], startup: bool = False) -> CollectReport:
+    def collect_garbage(self, referenced: set[str], startup: bool = False,
+                        also_live: Callable[[], set[str]] | None = None) -> CollectReport:
         """Remove snapshots not in `referenced` (the ids the registry holds, read before this
         call) from the store (manifests, then unreferenced chunks from every tier and the
         origin) and the RAM cache; at `startup` also interrupted temporaries. Blocking: run it
@@ -455,7 +456,8 @@ class SnapshotVault:
         Safe against a concurrent publish: the live set is `referenced` plus every id between
         `work_dir` and the first collection whose `referenced` holds it (or its `delete`), and
         it is taken after the store's collection fence is up (the store evaluates the iterable
-        then), so a publish either is in it or opens its write under the fence."""
+        then), so a publish either is in it or opens its write under the fence. `also_live()`,
+        read at that moment too, names more store ids to keep (code packages being ingested)."""
         pinned = self.pinned()  # a snapshot live processes still read (lazy) keeps its manifest and chunks
         with self._gc_guard:
             doomed, self._doomed = self._doomed - pinned, self._doomed & pinned
@@ -468,7 +470,7 @@ class SnapshotVault:
         def live() -> Iterator[str]:
             with self._gc_guard:
                 unrecorded = set(self._unrecorded)
-            yield from referenced | unrecorded | self.pinned()
+            yield from referenced | unrecorded | self.pinned() | (also_live() if also_live is not None else set())
 
         report = self.store.collect(live(), grace_seconds=self.grace_seconds)
         with self._gc_guard:

@@ -196,13 +196,20 @@ class ChunkStore:
     # ---- writing --------------------------------------------------------------------------
 
     def put_tree(self, snapshot_id: str, directory: Path, meta: dict[str, Any] | None = None,
-                 warm_cache: bool = False) -> Manifest:
+                 warm_cache: bool = False, replace: bool = False) -> Manifest:
         """Store the tree under `directory` as `snapshot_id` (see the module contract).
         `meta` is kept in the manifest for the caller; `warm_cache` also puts the sealed
         chunks into the disk cache and their plaintext into the memory tier (the publishing host
-        is likely to restore soon)."""
+        is likely to restore soon).
+
+        `replace`: an id that already has a manifest is written again instead of refused (for
+        content-addressed ids, whose tree is the same every time: code packages). The write
+        is fenced like any other, every chunk is checked (and uploaded if the origin lost it)
+        and the manifest is rewritten, so its age at the origin restarts: a collection running
+        meanwhile in this process keeps it (`fence`), and one on another host spares it for its
+        grace period."""
         check_snapshot_id(snapshot_id)
-        if self.origin.get_manifest(snapshot_id) is not None:
+        if not replace and self.origin.get_manifest(snapshot_id) is not None:
             raise SnapshotExists(f"snapshot store failed at step 'put tree': snapshot {snapshot_id} already exists")
         token = self._fence.open(snapshot_id)
         outstanding: collections.deque[concurrent.futures.Future[ChunkRef]] = collections.deque()
@@ -243,6 +250,8 @@ class ChunkStore:
             manifest = Manifest(snapshot_id, entries, meta=dict(meta or {}), created=time.time())
             sealed_manifest = encode(manifest, self.codec.manifest_key)
             self.origin.put_manifest(snapshot_id, sealed_manifest)
+            if replace:
+                self._drop_manifest_copy(snapshot_id)
             self._keep_manifest_copy(snapshot_id, sealed_manifest)
             with self._lock:
                 self._manifests[snapshot_id] = manifest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -245,6 +246,16 @@ class EnvironmentFactory:
             if lease is not None:
                 await lease.close()
             raise
+
+    async def stage_code(self, version: FunctionVersion) -> None:
+        """Make the version's code tree and merged layers exist for its id slice, in a worker
+        thread: on a node that has not run the version yet the packages come from the store
+        origin. Raises `CodeUnavailable` (missing or corrupt there: Invoke answers Lambda's
+        InvalidZipFileException) or `ServiceUnavailable` (the origin cannot be reached)."""
+        slice_index = self.slice_of(version.name)
+        await asyncio.to_thread(self.artifacts.tree, version.code_digest, slice_index)
+        if version.opt_tree is not None:
+            await asyncio.to_thread(self.artifacts.merged, version.opt_tree, version.layer_digests, slice_index)
 
     def create(self, version: FunctionVersion, init_type: str = "on-demand",
                extra_environ: Mapping[str, str] | None = None, network: NetworkLease | None = None) -> Environment:

@@ -621,7 +621,9 @@ class Worker:
             del self.pools[pool.key]
 
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
-        """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
+        """Run one invocation; raises only `Throttled`, `ServiceError` (platform faults) or what
+        making an environment raises (`RuntimeUnavailable`, `CodeUnavailable`: the version's
+        code package cannot be had)."""
         if self._closing:
             raise ServiceError("invoke failed at step 'admit': the worker is shutting down")
         await self._admission(version.name, reserved)
@@ -714,6 +716,7 @@ class Worker:
 
     async def _new_environment(self, version: FunctionVersion, on_demand: bool = False) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot (unless `on_demand`)."""
+        await self.factory.stage_code(version)  # off the event loop: the code may come from the store origin
         async with self.factory.network_for_new_environment() as network:
             if version.uses_snapshot and self.snapshots is not None and not on_demand:
                 lease = await self.snapshots.images(version)  # pinned until the restore is over (lazy: until destroyed)

@@ -9,7 +9,8 @@ to the next in that order) when it is:
 * saturated: its in-flight invokes reached its capacity;
 * over the bound: its in-flight invokes, plus this one, would exceed `BOUND` x the average
   in-flight per live node (consistent hashing with bounded loads; the average counts this
-  invoke, so the bound is never below 1 and a quiet cluster always keeps affinity).
+  invoke), and never below `FLOOR`: a node running fewer than `FLOOR` invokes is not over the
+  bound, so a quiet cluster keeps affinity even when a heartbeat caught one invoke in flight.
 
 If every node is skipped the invoke runs on the receiving node when it is live (its own
 admission then queues or throttles it), else on the first node in hashing order. The
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from snapfaas.cluster.nodes import NodeView
 
 BOUND = 1.25
+FLOOR = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +52,7 @@ def ranking(nodes: Sequence[NodeView], key: str) -> list[NodeView]:
 
 
 def choose(nodes: Sequence[NodeView], key: str, local_id: str, pending: Mapping[str, int] | None = None,
-           bound: float = BOUND) -> Route | None:
+           bound: float = BOUND, floor: int = FLOOR) -> Route | None:
     """The node that should run an invoke of `key` among the live `nodes` (see the module
     docstring); None when no node is live. `pending` adds invokes this node forwarded and
     to a node and that are still running (a node's load is the larger of that and its heartbeat's)."""
@@ -59,7 +61,7 @@ def choose(nodes: Sequence[NodeView], key: str, local_id: str, pending: Mapping[
     if not live:
         return None
     loads = {n.node_id: max(n.load.inflight, pending.get(n.node_id, 0)) for n in live}
-    cap = math.ceil(bound * (sum(loads.values()) + 1) / len(live))
+    cap = max(floor, math.ceil(bound * (sum(loads.values()) + 1) / len(live)))
     ordered = ranking(live, key)
     for position, node in enumerate(ordered):
         saturated = node.load.capacity > 0 and loads[node.node_id] >= node.load.capacity

@@ -1,0 +1,216 @@
+"""Cluster mode end to end: three real nodes in network namespaces of their own, one PostgreSQL
+(`tests/cluster.py`): membership, invoke forwarding by rendezvous hashing, the internal route's
+signature, and a node killed during a burst."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+
+from snapfaas.cluster import routing
+from snapfaas.cluster.nodes import NodeLoad, NodeRecord, NodeView
+from snapfaas.cluster.signing import ClusterSigner
+from tests.cluster import Cluster, wait_for
+from tests.conftest import ROLE, make_zip
+
+pytestmark = pytest.mark.usefixtures("cluster3")
+ACCOUNT = "000000000000"
+ECHO = "import os, time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return {'n': event.get('n')}\n"
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster3: Cluster) -> Cluster:
+    return cluster3
+
+
+def node_of(response: dict) -> str:  # type: ignore[type-arg]
+    return response["ResponseMetadata"]["HTTPHeaders"]["x-snapfaas-node"]
+
+
+def preferred(cluster: Cluster, name: str, version: str = "$LATEST", live: list[str] | None = None) -> list[str]:
+    """The nodes in rendezvous order for a version of `name` (what routing prefers when idle)."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    views = [NodeView(NodeRecord(n, "", now, now, NodeLoad()), "live", 0.0) for n in (live or cluster.ids)]
+    key = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{name}:{version}"
+    return [v.node_id for v in routing.ranking(views, key)]
+
+
+def ensure_function(cluster: Cluster, name: str, code: str = ECHO) -> None:
+    """Create `name` through node a. Until the registry is shared (pgreg), each node has its own
+    registry: the function is then created the same way on the nodes that do not know it."""
+    for node in cluster.nodes:
+        lam = node.client()
+        try:
+            lam.get_function(FunctionName=name)
+            continue
+        except lam.exceptions.ResourceNotFoundException:
+            pass
+        lam.create_function(FunctionName=name, Runtime="python3.12", Role=ROLE, Handler="app.handler",
+                            Code={"ZipFile": make_zip({"app.py": code})}, Timeout=30)
+        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+
+def invoke(node, name: str, payload: object) -> tuple[dict, object]:  # type: ignore[no-untyped-def, type-arg]
+    response = node.client().invoke(FunctionName=name, Payload=json.dumps(payload).encode())
+    return response, json.loads(response["Payload"].read())
+
+
+def status(node) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    from tests.conftest import ACCESS_KEY, SECRET_KEY
+    from snapfaas.client import Connection
+
+    conn = Connection(node.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+    return json.loads(conn.signed_get("/snapfaas/v1/cluster-status"))
+
+
+def states(node) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {n["NodeId"]: n["State"] for n in status(node)["Nodes"]}
+
+
+def test_every_node_sees_the_three_live_nodes(cluster: Cluster) -> None:
+    for node in cluster.nodes:
+        wait_for(lambda: states(node) == {"a": "live", "b": "live", "c": "live"}, what=f"node {node.node_id}'s view")
+        view = status(node)
+        assert view["NodeId"] == node.node_id and view["Clustered"]
+        urls = {n["NodeId"]: n["Url"] for n in view["Nodes"]}
+        assert urls == {n.node_id: f"http://{n.address}:9000" for n in cluster.nodes}
+
+
+def test_cluster_status_command_reads_the_database(cluster: Cluster) -> None:
+    done = subprocess.run([sys.executable, "-m", "snapfaas", "cluster", "status", "--registry", cluster.registry_url,
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    nodes = {n["NodeId"]: n for n in json.loads(done.stdout)["Nodes"]}
+    assert set(nodes) == {"a", "b", "c"} and {n["State"] for n in nodes.values()} == {"live"}
+    assert all(n["Capacity"] == 32 for n in nodes.values())
+    table = subprocess.run([sys.executable, "-m", "snapfaas", "cluster", "status", "--registry", cluster.registry_url],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert table.returncode == 0 and "live" in table.stdout and cluster.nodes[0].address in table.stdout
+
+
+def test_invokes_run_on_the_rendezvous_node_whichever_node_receives_them(cluster: Cluster) -> None:
+    """Create on a, invoke on a, b and c: each function runs on its preferred node, so most
+    invokes are forwarded; payloads, status and the executed version come back unchanged."""
+    names = [f"spread{i}" for i in range(4)]
+    for name in names:
+        ensure_function(cluster, name)
+    forwarded = 0
+    for name in names:
+        target = preferred(cluster, name)[0]
+        for node in cluster.nodes:
+            response, body = invoke(node, name, {"n": name})
+            assert response["StatusCode"] == 200 and body == {"n": name}
+            assert response["ExecutedVersion"] == "$LATEST" and "FunctionError" not in response
+            assert node_of(response) == target
+            forwarded += node.node_id != target
+    assert forwarded == 2 * len(names)
+
+
+def test_function_errors_and_log_tails_pass_through_a_forward(cluster: Cluster) -> None:
+    code = "def handler(event, context):\n    print('tail-marker')\n    raise ValueError('boom')\n"
+    ensure_function(cluster, "failing", code)
+    target = preferred(cluster, "failing")[0]
+    sender = next(n for n in cluster.nodes if n.node_id != target)
+    response = sender.client().invoke(FunctionName="failing", Payload=b"{}", LogType="Tail")
+    assert node_of(response) == target
+    assert response["StatusCode"] == 200 and response["FunctionError"] == "Unhandled"
+    assert json.loads(response["Payload"].read())["errorMessage"] == "boom"
+    import base64
+    assert "tail-marker" in base64.b64decode(response["LogResult"]).decode()
+
+
+def test_api_errors_of_a_forwardable_invoke_are_lambdas(cluster: Cluster) -> None:
+    """A missing function is answered by the receiving node; a payload that is not JSON by the
+    target, with Lambda's error either way."""
+    lam = cluster.nodes[0].client()
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.invoke(FunctionName="no-such-function", Payload=b"{}")
+    ensure_function(cluster, "spread0")
+    target = preferred(cluster, "spread0")[0]
+    sender = next(n for n in cluster.nodes if n.node_id != target).client()
+    with pytest.raises(sender.exceptions.InvalidRequestContentException):
+        sender.invoke(FunctionName="spread0", Payload=b"not json")
+
+
+def _internal(node, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:  # type: ignore[no-untyped-def, type-arg]
+    request = urllib.request.Request(f"{node.endpoint}/snapfaas/v1/cluster/functions/spread0/invocations", data=body,
+                                     method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_forged_internal_requests_are_refused(cluster: Cluster) -> None:
+    """Unsigned, signed with another key, SigV4-signed by the operator, replayed or from an
+    unknown node: 403, and the function does not run."""
+    from snapfaas.principals import Operator
+    from tests.conftest import ACCESS_KEY, SECRET_KEY
+    from snapfaas.client import Connection
+
+    ensure_function(cluster, "spread0")
+    target = cluster.nodes[1]
+    body = json.dumps({"n": "forged"}).encode()
+    path = "/snapfaas/v1/cluster/functions/spread0/invocations"
+    code, error = _internal(target, body, {})
+    assert code == 403 and "step 'headers'" in error["message"]
+    forger = ClusterSigner(b"\x07" * 32, "a")
+    code, error = _internal(target, body, forger.sign("POST", path, body, Operator(ACCESS_KEY), "r1", "b"))
+    assert code == 403 and "step 'signature'" in error["message"]
+    conn = Connection(target.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)  # the operator's SigV4 is not enough
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        conn.signed_request("POST", path, body)
+    assert refused.value.code == 403
+    before = status(target)
+    assert all(n["InFlight"] == 0 for n in before["Nodes"])
+
+
+def test_a_killed_node_fails_only_its_in_flight_invokes_and_new_ones_go_elsewhere(cluster: Cluster) -> None:
+    """A burst through a and c for a function whose node is b; b is killed -9 midway. Invokes
+    in flight on b fail with ServiceException, every other one succeeds; new ones run on a or
+    c at once (b is suspect after the first failed forward) and b is out within seconds."""
+    name = next(f"burst{i}" for i in range(100) if preferred(cluster, f"burst{i}")[0] == "b")
+    ensure_function(cluster, name)
+    senders = [cluster["a"], cluster["c"]]
+    for sender in senders:
+        assert node_of(invoke(sender, name, {"n": 0})[0]) == "b"
+    started_on_b = concurrent.futures.Future()  # type: ignore[var-annotated]
+
+    def one(i: int) -> str:
+        try:
+            response, body = invoke(senders[i % 2], name, {"n": i, "sleep": 0.3})
+        except ClientError as exc:
+            return "error:" + exc.response["Error"]["Code"]
+        assert body == {"n": i}
+        if node_of(response) == "b" and not started_on_b.done():
+            started_on_b.set_result(True)
+        return node_of(response)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(80)]
+        started_on_b.result(timeout=120)
+        cluster["b"].kill()
+        outcomes = [f.result(timeout=300) for f in futures]
+    errors = [o for o in outcomes if o.startswith("error:")]
+    assert set(errors) <= {"error:ServiceException"}, outcomes
+    assert len(errors) <= 8  # at most the invokes in flight (the pool's concurrency)
+    assert "b" in outcomes
+    # new invokes: all succeed, on a or c, at once
+    for i in range(10):
+        response, body = invoke(senders[i % 2], name, {"n": i})
+        assert body == {"n": i} and node_of(response) in ("a", "c")
+    wait_for(lambda: states(cluster["a"]).get("b") == "out", timeout=30, what="b out in a's view")
+    cluster["b"].start()  # b comes back: live again, and its function runs there again
+    wait_for(lambda: states(cluster["a"]).get("b") == "live", timeout=60, what="b live again")
+    wait_for(lambda: node_of(invoke(cluster["a"], name, {"n": 1})[0]) == "b", timeout=30, what="b running its function")

@@ -414,7 +414,7 @@ def _json(data: Any) -> str:
 
 @main.command()
 @click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "loading", "network", "events", "clients",
-                                           "load"]),
+                                           "load", "cluster"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -429,9 +429,12 @@ def _json(data: Any) -> str:
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--events", "event_count", default=2000, show_default=True, type=int,
               help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://...",
+              help="cluster: an existing PostgreSQL database for the nodes (default: a private server is started).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
-          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, event_count: int, out: Path) -> None:
+          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, event_count: int, registry_url: str | None,
+          out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
     from snapfaas.bench import events, mixed_traffic, network, platform, snapstart
 
@@ -481,6 +484,11 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         result = mixed_traffic.run(say, requests=requests or 10_000, concurrencies=concurrencies,
                                    max_environments=max_environments)
         _write_results(out, "load", result, mixed_traffic.markdown(result))
+    if suite == "cluster":  # 1, 2, 3 nodes on this machine and forwarding latency (not part of "all")
+        from snapfaas.bench import cluster as cluster_bench
+
+        result = cluster_bench.run(say, registry=registry_url)
+        _write_results(out, "cluster", result, cluster_bench.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:

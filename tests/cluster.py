@@ -126,6 +126,7 @@ class Cluster:
     nodes: list[Node]
     registry_url: str  # as the nodes reach it (the bridge's address)
     origin: Path
+    secret_file: Path  # the store secret every node shares
     network: Bridge
 
     def __getitem__(self, node_id: str) -> Node:
@@ -166,7 +167,7 @@ def run_cluster(processes: "ProcessFactory", postgres: "PostgresCluster", base: 
             nodes.append(Node(handle, node_id, netns, address, sandbox))  # type: ignore[arg-type]
         for node in nodes:
             node.start()
-        yield Cluster(nodes, registry, origin, network)
+        yield Cluster(nodes, registry, origin, secret_file, network)
         for node in nodes:
             if node.killed:
                 node.start()  # reaps what the killed process left

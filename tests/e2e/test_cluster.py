@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -18,6 +19,8 @@ from botocore.exceptions import ClientError
 from snapfaas.cluster import routing
 from snapfaas.cluster.nodes import NodeLoad, NodeRecord, NodeView
 from snapfaas.cluster.signing import ClusterSigner
+from snapfaas.config import run_dir_for
+from snapfaas.sandbox.mounts import remove_tree
 from tests.cluster import Cluster, wait_for
 from tests.conftest import ROLE, make_zip
 
@@ -214,3 +217,54 @@ def test_a_killed_node_fails_only_its_in_flight_invokes_and_new_ones_go_elsewher
     cluster["b"].start()  # b comes back: live again, and its function runs there again
     wait_for(lambda: states(cluster["a"]).get("b") == "live", timeout=60, what="b live again")
     wait_for(lambda: node_of(invoke(cluster["a"], name, {"n": 1})[0]) == "b", timeout=30, what="b running its function")
+
+
+def db_nodes(cluster: Cluster) -> dict[str, dict]:  # type: ignore[type-arg]
+    done = subprocess.run([sys.executable, "-m", "snapfaas", "cluster", "status", "--registry", cluster.registry_url,
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return {n["NodeId"]: n for n in json.loads(done.stdout)["Nodes"]}
+
+
+def test_dry_run_and_event_invokes_are_answered_by_the_receiving_node(cluster: Cluster) -> None:
+    ensure_function(cluster, "spread1")
+    target = preferred(cluster, "spread1")[0]
+    sender = next(n for n in cluster.nodes if n.node_id != target)
+    lam = sender.client()
+    dry = lam.invoke(FunctionName="spread1", InvocationType="DryRun", Payload=b"{}")
+    assert dry["StatusCode"] == 204 and node_of(dry) == sender.node_id
+    event = lam.invoke(FunctionName="spread1", InvocationType="Event", Payload=b"{}")
+    assert event["StatusCode"] == 202 and node_of(event) == sender.node_id
+
+
+def test_a_cleanly_stopped_node_leaves_at_once_and_rejoins(cluster: Cluster) -> None:
+    node = cluster["c"]
+    assert node.stop() == 0
+    nodes = db_nodes(cluster)
+    assert "c" not in nodes and set(nodes) == {"a", "b"}  # deleted by the shutdown, not aged out
+    node.start()
+    wait_for(lambda: states(cluster["a"]).get("c") == "live", timeout=60, what="c live again in a's view")
+
+
+def test_a_node_with_another_store_secret_refuses_to_start(cluster: Cluster, processes, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from snapfaas.cluster.membership import store_fingerprint
+    from tests.conftest import free_port
+
+    other = tmp_path / "other.secret"
+    other.write_bytes(b"\x01" * 32)
+    other.chmod(0o600)
+    log = tmp_path / "refused.log"
+    sandbox = Path(f"/var/lib/snapfaas/test/refused-{os.getpid()}")
+    try:
+        proc = processes.start([sys.executable, "-m", "snapfaas", "serve", "--port", str(free_port()), "--data-dir",
+                                str(tmp_path / "data"), "--sandbox-dir", str(sandbox), "--registry", cluster.registry_url,
+                                "--store-origin", str(cluster.origin), "--store-secret-file", str(other),
+                                "--node-id", "intruder"], log)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        remove_tree(sandbox)
+        remove_tree(run_dir_for(sandbox))
+    text = log.read_text()
+    ours, theirs = store_fingerprint(other.read_bytes()), store_fingerprint(cluster.secret_file.read_bytes())
+    assert "step 'store secret'" in text and ours in text and theirs in text, text[-2000:]
+    assert "intruder" not in db_nodes(cluster)

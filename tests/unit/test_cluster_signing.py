@@ -108,6 +108,15 @@ def test_old_and_future_timestamps_are_refused() -> None:
         b.verify("POST", PATH, sha(BODY), headers)
 
 
+@pytest.mark.parametrize("stamp", ["nan", "inf", "-inf", "soon"])
+def test_non_finite_timestamps_are_refused(stamp: str) -> None:
+    a, b = pair()
+    headers = a.sign("POST", PATH, BODY, Operator("K"), "r", "b")
+    headers[signing.TIMESTAMP] = stamp
+    with pytest.raises(InvalidSignature, match="step 'timestamp'"):
+        b.precheck(headers)
+
+
 def test_garbage_principal_is_refused_even_when_signed() -> None:
     with pytest.raises(InvalidSignature, match="step 'principal'"):
         signing.decode_principal("!!!")

@@ -66,8 +66,9 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
         """An internal cluster route: the cluster key's signature from a live node instead of
         SigV4 (`cluster.signing`); the asserted caller is authorized here again."""
         node = services(request).cluster
-        if node is None or node.signer is None:
+        if node is None:
             raise InvalidSignature("forwarded request refused at step 'cluster': this server is not a cluster node")
+        node.precheck_forwarded(request.headers)  # nothing unsigned is received
         upload = await receive(request, route_limit(_operation(request), body_limits), body_idle_s, spool_dir)
         try:
             assertion = await node.verify_forwarded(request.method, request.raw_path, upload.sha256, request.headers)

@@ -134,8 +134,8 @@ class Membership:
             conn.execute(statement.on_conflict_do_update(index_elements=["node_id"], set_=update))
 
     def refresh(self) -> None:
-        """Read every node's row and the database's clock."""
-        with self.engine.connect() as conn:
+        """Read every node's row and the database's clock (`ServiceUnavailable` when it is away)."""
+        with unavailable("read the nodes"), self.engine.connect() as conn:
             db_now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
             rows = conn.execute(sqlalchemy.select(schema.nodes)).mappings().all()
         records = [NodeRecord(r["node_id"], r["advertise_url"], r["started_at"], r["heartbeat_at"],

@@ -84,10 +84,12 @@ class ClusterNode:
         return None
 
     # -- the target side --------------------------------------------------------------------
-    def check_forwarded_headers(self, headers: dict[str, str] | object) -> None:
-        """Before a forwarded body is read: refuse a request when this node is not clustered."""
+    def precheck_forwarded(self, headers) -> None:  # type: ignore[no-untyped-def]
+        """Before a forwarded body is read: a cluster node, the signature's headers present,
+        made for this node, within the window."""
         if self.signer is None:
             raise InvalidSignature("forwarded request refused at step 'cluster': this server is not a cluster node")
+        self.signer.precheck(headers)
 
     async def verify_forwarded(self, method: str, path_qs: str, body_sha256: str, headers) -> Assertion:  # type: ignore[no-untyped-def]
         """The assertion of a forwarded request: valid signature, sent by a live node."""

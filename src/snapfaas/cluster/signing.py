@@ -105,9 +105,9 @@ class ClusterSigner:
         return {SIGNATURE: signature, TIMESTAMP: timestamp, PRINCIPAL: encoded, REQUEST_ID: request_id,
                 SENDER: self.node_id, TARGET: target}
 
-    def verify(self, method: str, path_qs: str, body_sha256: str, headers: Mapping[str, str]) -> Assertion:
-        """The assertion of a request signed for this node; `InvalidSignature` (403) naming the
-        failed step otherwise. Records the signature: a second use is refused."""
+    def precheck(self, headers: Mapping[str, str]) -> None:
+        """What can be checked before the body is read: every header present, signed for this
+        node, within the window. `InvalidSignature` naming the failed step otherwise."""
         missing = [h for h in HEADERS if not headers.get(h)]
         if missing:
             raise InvalidSignature(f"forwarded request refused at step 'headers': missing {', '.join(missing)}")
@@ -119,9 +119,16 @@ class ClusterSigner:
             signed_at = float(parts[TIMESTAMP])
         except ValueError as exc:
             raise InvalidSignature("forwarded request refused at step 'timestamp': not a number") from exc
-        if abs(self.clock() - signed_at) > self.window_s:
+        if not abs(self.clock() - signed_at) <= self.window_s:  # NaN and infinities fail too
             raise InvalidSignature(f"forwarded request refused at step 'timestamp': signed {self.clock() - signed_at:.1f} s "
                                    f"from this node's clock (window {self.window_s:.0f} s)")
+
+    def verify(self, method: str, path_qs: str, body_sha256: str, headers: Mapping[str, str]) -> Assertion:
+        """The assertion of a request signed for this node; `InvalidSignature` (403) naming the
+        failed step otherwise. Records the signature: a second use is refused."""
+        self.precheck(headers)
+        parts = {h: headers[h] for h in HEADERS}
+        signed_at = float(parts[TIMESTAMP])
         expected = self._mac(_string_to_sign(method, path_qs, body_sha256, parts[TIMESTAMP], parts[PRINCIPAL],
                                              parts[REQUEST_ID], parts[SENDER], parts[TARGET]))
         if not hmac.compare_digest(expected, parts[SIGNATURE]):

@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from snapfaas.database import is_postgres_url
 from snapfaas.sandbox.ids import DEFAULT_BASE, DEFAULT_SLICES, SUBGID, SUBUID, IdRange
 from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 
@@ -124,7 +123,9 @@ class ServerConfig:
     @property
     def clustered(self) -> bool:
         """Several nodes share a PostgreSQL database: membership, heartbeats and forwarding are on."""
-        return self.registry_url is not None and is_postgres_url(self.registry_url)
+        # the schemes of database.POSTGRES_SCHEMES (not imported: it loads SQLAlchemy)
+        return self.registry_url is not None and self.registry_url.startswith(
+            ("postgresql://", "postgres://", "postgresql+psycopg://"))
 
     @property
     def node_url(self) -> str:

@@ -277,3 +277,51 @@ def test_a_node_with_another_store_secret_refuses_to_start(cluster: Cluster, pro
     ours, theirs = store_fingerprint(other.read_bytes()), store_fingerprint(cluster.secret_file.read_bytes())
     assert "step 'store secret'" in text and ours in text and theirs in text, text[-2000:]
     assert "intruder" not in db_nodes(cluster)
+
+
+CALLER_APP = """
+import boto3
+from botocore.exceptions import ClientError
+
+def handler(event, context):
+    client = boto3.client("lambda")  # the in-namespace API of the node this environment runs on
+    try:
+        response = client.invoke(FunctionName=event["target"], Payload=b'{"n": "from a function"}')
+    except ClientError as exc:
+        return {"ok": False, "code": exc.response["Error"]["Code"], "message": exc.response["Error"]["Message"]}
+    return {"ok": True, "body": response["Payload"].read().decode(),
+            "node": response["ResponseMetadata"]["HTTPHeaders"].get("x-snapfaas-node")}
+"""
+CALLER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/cluster-caller"
+
+
+def test_a_function_invoking_another_is_forwarded_with_its_own_identity(cluster: Cluster) -> None:
+    """A function's environment invokes a function whose node is another one: its node
+    authenticates the environment's credentials, forwards the invoke asserting the function's
+    role, and the target authorizes that role again. Denied without a grant, run on the
+    callee's node with one."""
+    pairs = ((f"caller{i}", f"callee{i}") for i in range(100))
+    caller, callee = next((a, b) for a, b in pairs if preferred(cluster, a)[0] != preferred(cluster, b)[0])
+    ensure_function(cluster, callee)
+    for node in cluster.nodes:  # ensure_function with the caller's own role and runtime (boto3 inside)
+        lam = node.client()
+        try:
+            lam.get_function(FunctionName=caller)
+        except lam.exceptions.ResourceNotFoundException:
+            lam.create_function(FunctionName=caller, Runtime="python3.11", Role=CALLER_ROLE, Handler="app.handler",
+                                Code={"ZipFile": make_zip({"app.py": CALLER_APP})}, Timeout=30)
+            lam.get_waiter("function_active_v2").wait(FunctionName=caller, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    home = cluster[preferred(cluster, caller)[0]]
+    _, body = invoke(home, caller, {"target": callee})
+    assert body["ok"] is False and body["code"] == "AccessDeniedException", body  # type: ignore[index]
+    for node in cluster.nodes:  # the grant (on every registry until the registry is shared)
+        lam = node.client()
+        try:
+            lam.add_permission(FunctionName=callee, StatementId="caller", Action="lambda:InvokeFunction",
+                               Principal=CALLER_ROLE)
+        except lam.exceptions.ResourceConflictException:
+            pass  # a shared registry already has it
+    _, body = invoke(home, caller, {"target": callee})
+    assert body["ok"] is True, body  # type: ignore[index]
+    assert json.loads(body["body"]) == {"n": "from a function"}  # type: ignore[index]
+    assert body["node"] == preferred(cluster, callee)[0] != home.node_id  # type: ignore[index]

@@ -25,6 +25,7 @@ from botocore.config import Config
 from snapfaas.bench.harness import zip_files
 from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
+from tests.cluster import Cluster, run_cluster
 from tests.netpeer import NetPeer
 from tests.pgserver import PostgresCluster
 
@@ -108,10 +109,12 @@ class ServerHandle:
         env.update(SNAPFAAS_ACCESS_KEY_ID=ACCESS_KEY, SNAPFAAS_SECRET_ACCESS_KEY=SECRET_KEY)
         return env
 
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "snapfaas", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "snapfaas", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
                 *self.extra_args]
-        self.proc = self.factory.start(argv, self.log_path, self.env())
+
+    def start(self) -> None:
+        self.proc = self.factory.start(self.command(), self.log_path, self.env())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -206,6 +209,15 @@ def postgres() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster()
     yield cluster
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def cluster3(processes: ProcessFactory, postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three `snapfaas serve` nodes, each in a network namespace of its own on a bridge the
+    fixture creates, sharing a database of the suite's PostgreSQL, a directory store origin and
+    its secret (`tests/cluster.py`). For a test module: its database is named after it."""
+    require_root()
+    yield from run_cluster(processes, postgres, tmp_path_factory.mktemp("cluster"), 3)
 
 
 @pytest.fixture(scope="module")

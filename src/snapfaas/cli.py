@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import urllib.error
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,18 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Longest pause (seconds) between two chunks of a request body; then the upload is dropped.")
 @click.option("--client-idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds an idle keep-alive client connection is kept open.")
+@click.option("--store-secret-file", type=click.Path(path_type=Path), default=None,
+              help="The snapshot store's deployment secret (created 0600 if absent). Every node of a cluster needs the "
+                   "same file; a node whose secret differs from the one recorded in the shared database refuses to "
+                   "start. Default: <data-dir>/store.secret.")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
+              help="The shared database of a cluster (PostgreSQL). Default: SQLite in the data dir (one node).")
+@click.option("--node-id", default=None, metavar="ID",
+              help="This node's id in the cluster (letters, digits, '.', '_', '-'). Default: generated once and kept "
+                   "in <data-dir>/node-id.")
+@click.option("--advertise-url", default=None, metavar="URL",
+              help="Where the other nodes reach this node's API (e.g. http://10.0.0.2:9000). Default: the server's own "
+                   "scheme://host:port.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -202,7 +215,23 @@ def serve(**opts: Any) -> None:
         store_cache_bytes=store_cache_bytes,
         store_memory_bytes=store_memory_bytes,
         code_cache_bytes=code_cache_bytes,
+        store_secret_file=_absolute(opts["store_secret_file"]) if opts["store_secret_file"] else None,
+        registry_url=opts["registry_url"],
+        node_id=opts["node_id"],
+        advertise_url=opts["advertise_url"],
     )
+    from snapfaas.cluster.nodes import check_advertise_url, check_node_id
+    from snapfaas.database import is_postgres_url
+
+    try:
+        if config.node_id is not None:
+            check_node_id(config.node_id)
+        if config.advertise_url is not None:
+            check_advertise_url(config.advertise_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if config.registry_url is not None and not is_postgres_url(config.registry_url):
+        raise click.BadParameter("--registry expects a postgresql:// URL")
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
     try:
@@ -390,7 +419,7 @@ def _json(data: Any) -> str:
 
 @main.command()
 @click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "loading", "network", "events", "clients",
-                                           "load"]),
+                                           "load", "cluster"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -405,9 +434,12 @@ def _json(data: Any) -> str:
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--events", "event_count", default=2000, show_default=True, type=int,
               help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://...",
+              help="cluster: an existing PostgreSQL database for the nodes (default: a private server is started).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
-          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, event_count: int, out: Path) -> None:
+          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, event_count: int, registry_url: str | None,
+          out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
     from snapfaas.bench import events, mixed_traffic, network, platform, snapstart
 
@@ -457,6 +489,11 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         result = mixed_traffic.run(say, requests=requests or 10_000, concurrencies=concurrencies,
                                    max_environments=max_environments)
         _write_results(out, "load", result, mixed_traffic.markdown(result))
+    if suite == "cluster":  # 1, 2, 3 nodes on this machine and forwarding latency (not part of "all")
+        from snapfaas.bench import cluster as cluster_bench
+
+        result = cluster_bench.run(say, registry=registry_url)
+        _write_results(out, "cluster", result, cluster_bench.markdown(result))
 
 
 def _write_results(out: Path, name: str, result: dict[str, Any], text: str) -> None:
@@ -747,3 +784,70 @@ def _scan_before_deploy(package: bytes, fail_on: str) -> None:
     if blocking:
         raise click.ClickException(f"snapshot safety scan: {len(blocking)} finding(s) at or above {fail_on!r}; "
                                    "not deploying (see --scan-fail-on)")
+
+
+@main.group()
+def cluster() -> None:
+    """Cluster mode: the nodes sharing a PostgreSQL --registry."""
+
+
+@cluster.command("status")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://...",
+              help="Read the nodes from the cluster's database directly (no server needed). Without it the "
+                   "server at --endpoint-url is asked (operator keys).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@connection_options
+def cluster_status(registry_url: str | None, as_json: bool, endpoint_url: str, data_dir: Path, region: str) -> None:
+    """The nodes: state (live/suspect/out), heartbeat age, environments, in-flight invokes, cached bytes."""
+    from snapfaas.database import is_postgres_url
+
+    if registry_url is not None:
+        if not is_postgres_url(registry_url):
+            raise click.BadParameter("--registry expects a postgresql:// URL")
+        from snapfaas.api.cluster import node_json
+        from snapfaas.cluster.membership import Membership
+        from snapfaas.database import open_engine
+        from snapfaas.errors import SnapfaasError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        engine = open_engine(registry_url)
+        try:
+            membership = Membership(engine, "-", "-")
+            membership.refresh()
+            data: dict[str, Any] = {"NodeId": None, "Clustered": True,
+                                    "Nodes": [node_json(v) for v in membership.nodes()]}
+        except SnapfaasError as exc:
+            raise click.ClickException(exc.message) from exc
+        except SQLAlchemyError as exc:  # e.g. no node ever joined (no table): say so, no traceback
+            reason = str(exc).strip().splitlines()[0]
+            raise click.ClickException(f"cluster status failed at step 'read nodes': {reason}") from exc
+        finally:
+            engine.dispose()
+    else:
+        try:
+            data = json.loads(connect(endpoint_url, data_dir, region).signed_get("/snapfaas/v1/cluster-status"))
+        except urllib.error.HTTPError as exc:
+            raise click.ClickException(f"cluster status failed: {exc.code} {exc.read().decode(errors='replace')}") from exc
+        except OSError as exc:
+            raise click.ClickException(f"cluster status failed at step 'connect': {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title="snapfaas cluster" + ("" if data.get("Clustered") else " (single node: no --registry)"))
+    for column in ("node", "url", "state", "heartbeat age", "busy/idle/capacity", "in-flight", "cached"):
+        table.add_column(column, justify="right" if column in ("heartbeat age", "in-flight", "cached") else "left")
+    colors = {"live": "green", "suspect": "yellow", "out": "red"}
+    for node in data["Nodes"]:
+        here = " *" if node["NodeId"] == data.get("NodeId") else ""
+        table.add_row(node["NodeId"] + here, node["Url"], f"[{colors.get(node['State'], 'white')}]{node['State']}[/]",
+                      f"{node['HeartbeatAgeSeconds']:.1f} s", f"{node['Busy']}/{node['Idle']}/{node['Capacity']}",
+                      str(node["InFlight"]), _human_bytes(int(node["CachedBytes"])))
+    console.print(table)
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)

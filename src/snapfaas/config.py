@@ -102,6 +102,10 @@ class ServerConfig:
     store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
     store_memory_bytes: int = 256 << 20  # the store's plaintext chunk memory tier (beside the view's page cache)
     code_cache_bytes: int = 2 << 30  # this node's cache of code and layer zips (<data-dir>/code; the origin has them all)
+    store_secret_file: Path | None = None  # the store's deployment secret; None: <data-dir>/store.secret (cluster nodes share one)
+    registry_url: str | None = None  # postgresql://... shared by a cluster's nodes; None: SQLite <data-dir>/state.db, one node
+    node_id: str | None = None  # this node's id in the cluster; None: generated once into <data-dir>/node-id
+    advertise_url: str | None = None  # where other nodes reach this one; None: scheme://host:port of the API
 
     @property
     def store_origin_url(self) -> str:
@@ -115,7 +119,22 @@ class ServerConfig:
     def store_secret_path(self) -> Path:
         """The deployment secret chunk names and keys derive from (0600; every server sharing
         an origin needs the same file)."""
-        return store_secret_for(self.data_dir)
+        return self.store_secret_file if self.store_secret_file is not None else store_secret_for(self.data_dir)
+
+    @property
+    def clustered(self) -> bool:
+        """Several nodes share a PostgreSQL database: membership, heartbeats and forwarding are on."""
+        # the schemes of database.POSTGRES_SCHEMES (not imported: it loads SQLAlchemy)
+        return self.registry_url is not None and self.registry_url.startswith(
+            ("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+    @property
+    def node_url(self) -> str:
+        """This node's URL as other nodes reach it (`advertise_url`, else the API's own URL; a
+        wildcard bind is advertised as loopback, which only suits nodes on one host)."""
+        if self.advertise_url is not None:
+            return self.advertise_url.rstrip("/")
+        return f"{self.scheme}://{self._local_host if self.host in ('0.0.0.0', '::') else self.host}:{self.port}"
 
     @property
     def store_grace_s(self) -> float:

@@ -15,6 +15,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -25,6 +26,10 @@ from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.connections import ClientTimeouts, GuardedRunner
 from snapfaas.api.context import Services
 from snapfaas.api.replay import ReplayCache
+from snapfaas.cluster.membership import Membership, SingleNode
+from snapfaas.cluster.node import ClusterNode
+from snapfaas.cluster.nodes import NodeLoad, load_or_create_node_id
+from snapfaas.database import open_engine
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.errors import ServiceUnavailable
@@ -111,6 +116,8 @@ class Server:
         private_dir(cfg.network_lock_dir, 0o700)
         private_dir(cfg.uploads_dir, 0o700)
         ssl_context = self._transport()
+        load_sources: dict[str, Any] = {}  # the worker and store, once built: what heartbeats report
+        cluster = await self._cluster(load_sources)  # before the store: a node with another store secret stops here
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
             self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
@@ -176,7 +183,9 @@ class Server:
         except StoreError as exc:  # e.g. the origin is unreachable: serving goes on, the next collection retries
             self.say(f"WARNING: snapshot garbage collection at start-up failed: {exc.message}")
         control.collect_garbage()  # code, then the id slices of deleted functions
-        services = Services(cfg, control, invoker, logs, identity=identity, snapstart=SnapStartOperations(invoker, snapshots))
+        load_sources["worker"], load_sources["store"] = worker, snapshots.vault.store
+        services = Services(cfg, control, invoker, logs, identity=identity, snapstart=SnapStartOperations(invoker, snapshots),
+                            cluster=cluster)
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
         timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,
@@ -211,10 +220,12 @@ class Server:
             snapshots.start()
             invoker.start()
             control.resume()
+            await cluster.start()
             self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")
             await self._stop.wait()
             self.say("shutting down: stopping the API, then every environment")
         finally:
+            await cluster.leave()  # the other nodes stop forwarding here
             # Environments first: in-flight invokes then end at once (Runtime.ExitError)
             # instead of holding the HTTP shutdown for up to their timeout.
             await site.stop()
@@ -229,11 +240,38 @@ class Server:
                 await network.close()
             await env_runner.cleanup()
             await runner.cleanup()
+            await cluster.close()
             await asyncio.to_thread(logs.close)
             registry.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         self.say("stopped")
+
+    async def _cluster(self, sources: dict[str, Any]) -> ClusterNode:
+        """This node's identity and, with a PostgreSQL ``--registry``, its membership, joined
+        (tables, cluster key, store secret fingerprint checked) before anything uses the store;
+        it becomes live with its first heartbeat, once the API listens. `sources` gets the
+        worker and the store later; until then the load is empty."""
+        cfg = self.config
+        node_id = cfg.node_id or load_or_create_node_id(cfg.data_dir)
+
+        def load() -> NodeLoad:
+            worker, store = sources.get("worker"), sources.get("store")
+            if worker is None or store is None:
+                return NodeLoad(capacity=cfg.max_environments)
+            busy = sum(len(p.busy) for p in worker.pools.values())
+            idle = sum(len(p.idle) for p in worker.pools.values())
+            cached = store.disk.usage().bytes if store.disk is not None else 0
+            return NodeLoad(busy, idle, cfg.max_environments, sum(worker.inflight.values()), cached)
+
+        if not cfg.clustered:
+            return ClusterNode(SingleNode(node_id, cfg.node_url, load), load)
+        assert cfg.registry_url is not None
+        node = ClusterNode(Membership(open_engine(cfg.registry_url), node_id, cfg.node_url), load)
+        await node.join(load_or_create_secret(cfg.store_secret_path))
+        self.say(f"cluster node {node_id} ({cfg.node_url}): joined; other live nodes: "
+                 + (", ".join(n.node_id for n in node.membership.live_nodes() if n.node_id != node_id) or "none"))
+        return node
 
     def _store(self) -> ChunkStore:
         """The chunk store: snapshots, code and layer packages."""

@@ -469,3 +469,25 @@ def test_lambda_environment_variables(lam, intro: str) -> None:
         "GREETING": "hello",
         "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/intro",
     }
+
+
+def test_single_node_names_itself_and_refuses_internal_cluster_requests(server: ServerHandle, lam) -> None:  # type: ignore[no-untyped-def]
+    """Without --registry the server is a cluster of one: invokes run here and name this node
+    (its id kept in <data-dir>/node-id); the internal forwarding route answers 403 to anyone,
+    the operator included; the operator's cluster view shows this node alone."""
+    import urllib.error
+
+    from snapfaas.client import Connection
+    from tests.conftest import ACCESS_KEY, SECRET_KEY
+
+    create(lam, "single-node", {"app.py": "def handler(e, c):\n    return 1\n"})
+    response, body = invoke_json(lam, "single-node")
+    node_id = (server.data_dir / "node-id").read_text().strip()
+    assert body == 1 and response["ResponseMetadata"]["HTTPHeaders"]["x-snapfaas-node"] == node_id
+    conn = Connection(server.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        conn.signed_request("POST", "/snapfaas/v1/cluster/functions/single-node/invocations", b"{}")
+    assert refused.value.code == 403 and "not a cluster node" in refused.value.read().decode()
+    view = json.loads(conn.signed_get("/snapfaas/v1/cluster-status"))
+    assert view["NodeId"] == node_id and not view["Clustered"]
+    assert [(n["NodeId"], n["State"], n["Capacity"]) for n in view["Nodes"]] == [(node_id, "live", 32)]

@@ -24,6 +24,7 @@ def test_unsigned_routes_are_only_health_credentials_and_code_links() -> None:
 
 
 def test_action_names() -> None:
+    assert access.action_for("POST", access.FORWARDED_INVOKE) == "lambda:InvokeFunction"  # re-authorized on the target
     assert access.action_for("POST", access.FN + "/invocations") == "lambda:InvokeFunction"
     assert access.action_for("GET", "/2015-03-31/functions/") == "lambda:ListFunctions"
     assert access.action_for("DELETE", access.FN + "/policy/{sid}") == "lambda:RemovePermission"
@@ -42,10 +43,12 @@ def test_snapstart_operations_are_operator_only() -> None:
     from snapfaas.principals import FunctionPrincipal, Operator
 
     app = build_app(object(), None)  # type: ignore[arg-type]
-    assert access.OPERATOR_ONLY == {access.action_for("POST", access.VERIFY), access.action_for("POST", access.EXPIRE)}
+    assert access.OPERATOR_ONLY == {access.action_for("POST", access.VERIFY), access.action_for("POST", access.EXPIRE),
+                                    access.action_for("GET", access.CLUSTER_NODES)}
     principal = FunctionPrincipal("attacker", "arn:aws:iam::000000000000:role/any")
-    for path in ("/snapfaas/v1/snapstart/victim:1/verify", "/snapfaas/v1/snapshots/victim:1/expire"):
-        request = make_mocked_request("POST", path, app=app)
+    for method, path in (("POST", "/snapfaas/v1/snapstart/victim:1/verify"), ("POST", "/snapfaas/v1/snapshots/victim:1/expire"),
+                         ("GET", "/snapfaas/v1/cluster-status")):
+        request = make_mocked_request(method, path, app=app)
         request._match_info = asyncio.run(app.router.resolve(request))  # what aiohttp's dispatcher sets
         with pytest.raises(AccessDenied, match="reserved to the operator"):
             access.authorize_request(request, principal)

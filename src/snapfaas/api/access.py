@@ -23,6 +23,9 @@ EXPIRE = "/snapfaas/v1/snapshots/{name}/expire"
 LAYERS = "/2018-10-31/layers"
 LAYER = LAYERS + "/{layer}"
 TAGS = "/2017-03-31/tags/{resource}"
+CLUSTER_PREFIX = "/snapfaas/v1/cluster/"  # internal routes between nodes: signed with the cluster key, not SigV4
+FORWARDED_INVOKE = CLUSTER_PREFIX + "functions/{name}/invocations"
+CLUSTER_NODES = "/snapfaas/v1/cluster-status"  # operator view of the nodes (SigV4, operator only)
 ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/2015-03-31/functions"): "lambda:CreateFunction",
     ("POST", "/2015-03-31/functions/"): "lambda:CreateFunction",
@@ -72,10 +75,12 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/snapfaas/v1/echo"): "snapfaas:Echo",
     ("POST", VERIFY): "snapfaas:VerifySnapStart",
     ("POST", EXPIRE): "snapfaas:ExpireSnapshot",
+    ("POST", FORWARDED_INVOKE): policy.INVOKE,  # a forwarded invoke: its asserted caller is authorized again
+    ("GET", CLUSTER_NODES): "snapfaas:GetClusterStatus",
 }
 # Actions only the operator may take, whatever grants a function's policy holds: they create
 # environments outside the pools and inspect them (verify), or drop a snapshot (expire).
-OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot"})
+OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot", "snapfaas:GetClusterStatus"})
 
 
 def action_for(method: str, canonical: str) -> str:

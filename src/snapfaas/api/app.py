@@ -8,18 +8,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from snapfaas.api import access, aliases, event_configs, functions, layers, permissions, settings, snapstart, tags
+from snapfaas.api import access, aliases, cluster, event_configs, functions, layers, permissions, settings, snapstart, tags
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
 from snapfaas.api.connections import ClientTimeouts, peer_of
-from snapfaas.api.context import SERVICES, Services, services
+from snapfaas.api.context import FORWARDED, PRINCIPAL, SERVICES, Services, services
 from snapfaas.api.errors import error_response
-from snapfaas.api.invoke import function_logs, invoke
+from snapfaas.api.invoke import forwarded_invoke, function_logs, invoke
 from snapfaas.api.links import PATH_PREFIX
 from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
-from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
+from snapfaas.errors import InvalidSignature, NotFound, RequestTooLarge, ServiceError, SnapfaasError
 
 logger = logging.getLogger(__name__)
 FN = access.FN
@@ -45,6 +45,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
 
     async def admit(request: web.Request) -> None:
         """Authenticate and authorize a signed route's request, receiving its body on the way."""
+        if request.path.startswith(access.CLUSTER_PREFIX):
+            return await admit_forwarded(request)
         pending = None
         if verifier is not None:
             pending = verifier.check_headers(request.method, request.raw_path, request.headers)
@@ -55,7 +57,26 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
                 if replay is not None:
                     replay.admit(pending.signature, pending.signed_at)
                 access.authorize_request(request, principal)
+                request[PRINCIPAL] = principal
             keep_body(request, await upload.contents())  # only now, verified, in memory
+        finally:
+            upload.close()
+
+    async def admit_forwarded(request: web.Request) -> None:
+        """An internal cluster route: the cluster key's signature from a live node instead of
+        SigV4 (`cluster.signing`); the asserted caller is authorized here again."""
+        node = services(request).cluster
+        if node is None:
+            raise InvalidSignature("forwarded request refused at step 'cluster': this server is not a cluster node")
+        node.precheck_forwarded(request.headers)  # nothing unsigned is received
+        upload = await receive(request, route_limit(_operation(request), body_limits), body_idle_s, spool_dir)
+        try:
+            assertion = await node.verify_forwarded(request.method, request.raw_path, upload.sha256, request.headers)
+            if assertion.principal is not None:
+                access.authorize_request(request, assertion.principal)
+            request[PRINCIPAL] = assertion.principal
+            request[FORWARDED] = assertion
+            keep_body(request, await upload.contents())
         finally:
             upload.close()
 
@@ -135,6 +156,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_post("/snapfaas/v1/echo", echo)
     app.router.add_post(access.VERIFY, snapstart.verify)
     app.router.add_post(access.EXPIRE, snapstart.expire)
+    app.router.add_post(access.FORWARDED_INVOKE, forwarded_invoke)
+    app.router.add_get(access.CLUSTER_NODES, cluster.nodes)
     return app
 
 

@@ -20,10 +20,13 @@ from snapfaas.worker.invoker import Invoker
 from snapfaas.worker.logs import LogStore
 
 if TYPE_CHECKING:
+    from snapfaas.cluster.node import ClusterNode
     from snapfaas.registry.model import FunctionVersion
     from snapfaas.snapshot.operations import SnapStartOperations
 
 SERVICES = web.AppKey("services", object)
+PRINCIPAL = "snapfaas.principal"  # request key: who the verified caller is (None with --no-auth)
+FORWARDED = "snapfaas.forwarded"  # request key: the cluster assertion of a forwarded invoke
 
 
 @dataclasses.dataclass
@@ -35,6 +38,7 @@ class Services:
     links: CodeLinks = dataclasses.field(default_factory=CodeLinks)
     identity: IdentityBroker = dataclasses.field(default_factory=IdentityBroker)
     snapstart: "SnapStartOperations | None" = None  # operator-only verify / expire (api/snapstart.py)
+    cluster: "ClusterNode | None" = None  # this node's membership and invoke routing (cluster/node.py)
 
     @property
     def registry(self):  # type: ignore[no-untyped-def]

@@ -92,13 +92,16 @@ class Invoker:
         invocation_type: str = "RequestResponse",
         tail: bool = False,
         client_context: str | None = None,
+        request_id: str | None = None,
     ) -> InvokeResult:
+        """Run (or queue, for ``Event``) an invoke; `request_id` is the id another node gave a
+        forwarded invoke (a fresh one otherwise)."""
         if invocation_type not in INVOCATION_TYPES:
             raise InvalidParameterValue(
                 f"1 validation error detected: Value '{invocation_type}' at 'invocationType' failed to satisfy constraint: "
                 "Member must satisfy enum value set: [Event, RequestResponse, DryRun]"
             )
-        request_id = str(uuid.uuid4())
+        request_id = request_id or str(uuid.uuid4())
         version, invoked_arn = self.resolve(name, qualifier)
         limit = self.limits.event_payload_bytes if invocation_type == "Event" else self.limits.sync_payload_bytes
         if len(payload) > limit:

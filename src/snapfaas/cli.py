@@ -137,6 +137,10 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Longest pause (seconds) between two chunks of a request body; then the upload is dropped.")
 @click.option("--client-idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds an idle keep-alive client connection is kept open.")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
+              envvar="SNAPFAAS_REGISTRY",
+              help="The registry database shared by a cluster's nodes (PostgreSQL; also from $SNAPFAAS_REGISTRY, "
+                   "which keeps the password out of the process list). Default: SQLite <data-dir>/state.db.")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -197,6 +201,7 @@ def serve(**opts: Any) -> None:
         store_cache_dir=_absolute(opts["store_cache_dir"]) if opts["store_cache_dir"] else None,
         store_cache_bytes=store_cache_bytes,
         store_memory_bytes=store_memory_bytes,
+        registry_url=_registry_option(opts["registry_url"]),
     )
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
@@ -482,19 +487,35 @@ def store_options(func: Any) -> Any:
                         help="The server's --store-cache-dir (default <data-dir>/store-cache).")(func)
     func = click.option("--store-s3-endpoint-url", default=None, help="The server's --store-s3-endpoint-url.")(func)
     func = click.option("--store-origin", default=None, help="The server's --store-origin (default <data-dir>/store).")(func)
+    func = click.option("--registry", "registry_url", default=None, envvar="SNAPFAAS_REGISTRY",
+                        metavar="postgresql://...",
+                        help="The server's --registry (default: <data-dir>/state.db).")(func)
     func = click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".snapfaas"), show_default=True,
                         help="The server's data dir (its registry and store secret are read directly).")(func)
     return func
 
 
+def _registry_option(value: str | None) -> str | None:
+    """--registry: a PostgreSQL URL (the embedded SQLite registry needs no option)."""
+    from snapfaas.database import is_postgres_url
+
+    if value is None or value == "":
+        return None
+    if not is_postgres_url(value):
+        raise click.BadParameter("--registry takes a postgresql://user:password@host:port/database URL "
+                                 "(without it the registry is the data dir's SQLite state.db)")
+    return value
+
+
 def open_catalog(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                 store_cache_dir: Path | None) -> Any:
+                 store_cache_dir: Path | None, registry_url: str | None = None) -> Any:
     from snapfaas.snapshot.catalog import Catalog
     from snapfaas.errors import SnapfaasError
 
     try:
         return Catalog.open(data_dir.resolve(), _origin_option(store_origin), store_s3_endpoint_url,
-                            store_cache_dir.resolve() if store_cache_dir else None)
+                            store_cache_dir.resolve() if store_cache_dir else None,
+                            registry_url=_registry_option(registry_url))
     except SnapfaasError as exc:
         raise click.ClickException(exc.message) from exc
 
@@ -523,9 +544,9 @@ def snapshot() -> None:
 @snapshot.command(name="ls")
 @store_options
 def snapshot_ls(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                store_cache_dir: Path | None, as_json: bool) -> None:
+                store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """List the snapshots in the store."""
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     rows = _catalog_call(catalog, catalog.snapshots)
     if as_json:
         click.echo(_json(rows))
@@ -545,9 +566,9 @@ def snapshot_ls(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
 @click.argument("target", metavar="NAME:VERSION")
 @store_options
 def snapshot_inspect(target: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                     store_cache_dir: Path | None, as_json: bool) -> None:
+                     store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier, working-set size."""
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     info = _catalog_call(catalog, lambda: catalog.inspect(target))
     if as_json:
         click.echo(_json(info))
@@ -659,9 +680,9 @@ def store() -> None:
 @store.command(name="stats")
 @store_options
 def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                store_cache_dir: Path | None, as_json: bool) -> None:
+                store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """Bytes per tier, dedup ratio and the server's tier counters."""
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     stats = _catalog_call(catalog, catalog.stats)
     if as_json:
         click.echo(_json(stats))
@@ -690,10 +711,10 @@ def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
               help="Spare unreferenced manifests and chunks younger than this (a server may be publishing them).")
 @store_options
 def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-             store_cache_dir: Path | None, as_json: bool) -> None:
+             store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """Delete manifests no version references and chunks no remaining manifest needs."""
     grace_s = parse_duration(grace)
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     report = _catalog_call(catalog, lambda: catalog.collect(grace_s))
     if as_json:
         click.echo(_json(report))

@@ -101,6 +101,7 @@ class ServerConfig:
     store_cache_dir: Path | None = None  # the store's local disk cache (sealed chunks); None: <data-dir>/store-cache
     store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
     store_memory_bytes: int = 256 << 20  # the store's plaintext chunk memory tier (beside the view's page cache)
+    registry_url: str | None = None  # postgresql://... shared by a cluster's nodes; None: SQLite <data-dir>/state.db
 
     @property
     def store_origin_url(self) -> str:
@@ -208,6 +209,11 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "state.db"
+
+    @property
+    def registry_target(self) -> Path | str:
+        """The registry database: `registry_url` (PostgreSQL) or the data dir's state.db."""
+        return self.registry_url if self.registry_url is not None else self.db_path
 
     @property
     def endpoint_url(self) -> str:

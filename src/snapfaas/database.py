@@ -55,6 +55,13 @@ def is_postgres_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
 
+def describe_target(target: str | Path) -> str:
+    """`target` for logs: a SQLite path, or a PostgreSQL URL without its password."""
+    if not is_postgres_url(target):
+        return f"SQLite {target}"
+    return "PostgreSQL " + sqlalchemy.engine.make_url(engine_url(target)).render_as_string(hide_password=True)
+
+
 def engine_url(target: str | Path) -> str:
     """The SQLAlchemy URL for a `Path` (SQLite) or a PostgreSQL URL (psycopg 3 driver)."""
     if isinstance(target, Path):

@@ -28,6 +28,8 @@ from snapfaas.api.replay import ReplayCache
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.registry.artifacts import ArtifactStore
+from snapfaas.database import describe_target
+from snapfaas.registry.changes import StaleEnvironments
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox import ids
@@ -122,7 +124,8 @@ class Server:
         for name, found in interpreters.available(SUPPORTED_RUNTIMES).items():
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
-        registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
+        registry = Registry(cfg.registry_target, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
+        self.say(f"registry: {describe_target(cfg.registry_target)}")
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
                                   owner_of=lambda index: id_range.host_id(index, cfg.sandbox_uid))
         logs = LogStore(cfg.data_dir / "logs", max_bytes=cfg.log_max_bytes)
@@ -196,6 +199,8 @@ class Server:
             worker.start()
             snapshots.start()
             invoker.start()
+            registry.remote_observers.append(StaleEnvironments(registry, worker))
+            registry.listen(loop)  # PostgreSQL: other nodes' changes reach this node's observers
             control.resume()
             self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")
             await self._stop.wait()

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy.exc import SQLAlchemyError
 
 from snapfaas.database import CONNECT_TIMEOUT_S
-from snapfaas.errors import ServiceUnavailable
+from snapfaas.errors import NotFound, ServiceUnavailable
 
 if TYPE_CHECKING:
     from snapfaas.registry.db import Registry
@@ -111,6 +111,46 @@ class ChangeListener:
 
     def _call_soon(self, name: str) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.registry._changed, name)
+            self.loop.call_soon_threadsafe(self.registry._changed, name, True)
         except RuntimeError:  # the loop is closed: the server is stopping
             self._stop.set()
+
+
+class StaleEnvironments:
+    """A remote observer: after another node changed or deleted function `name`, retire this
+    node's warm environments of versions whose revision is no longer the registry's (or that
+    no longer exist). The node's own control plane retires them itself for local changes.
+
+    `worker` is the `snapfaas.worker.pool.Worker` (its ``pools`` are keyed by
+    ``(function, version, revision id)`` and ``retire(function, version)`` is a coroutine).
+    Runs on the event loop."""
+
+    def __init__(self, registry: Registry, worker: Any) -> None:
+        self.registry = registry
+        self.worker = worker
+        self.retired = 0  # (function, version) retirements ordered
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stale(self, name: str) -> list[str]:
+        """Versions of `name` with warm environments of a revision the registry no longer has."""
+        out: list[str] = []
+        for function, version, revision in list(self.worker.pools):
+            if function != name or version in out:
+                continue
+            try:
+                current = self.registry.get_version(function, version).revision_id
+            except NotFound:
+                current = None
+            except ServiceUnavailable:
+                return []  # cannot tell now; keep-alive reaping still ends them
+            if current != revision:
+                out.append(version)
+        return out
+
+    def __call__(self, name: str) -> None:
+        for version in self.stale(name):
+            self.retired += 1
+            task = asyncio.get_running_loop().create_task(self.worker.retire(name, version),
+                                                          name=f"retire-stale-{name}:{version}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)

@@ -100,6 +100,9 @@ class Registry:
         self.engine: Engine = open_engine(target)
         self.breaker: CircuitBreaker | None = CircuitBreaker() if self.postgres else None
         self.observers: list[Callable[[str], None]] = []
+        # called (on the loop, after `observers`) only for changes other nodes committed: caches
+        # this node keeps of registry data that its own control plane updates directly
+        self.remote_observers: list[Callable[[str], None]] = []
         self.listener: Any = None  # registry/changes.py ChangeListener once `listen` ran
         self._local = threading.local()
         try:
@@ -169,8 +172,8 @@ class Registry:
             token = self._token = new_revision()
         return token
 
-    def _changed(self, name: str) -> None:
-        for observer in self.observers:
+    def _changed(self, name: str, remote: bool = False) -> None:
+        for observer in self.observers + (self.remote_observers if remote else []):
             try:
                 observer(name)
             except Exception:  # an observer's bug must not fail a committed change

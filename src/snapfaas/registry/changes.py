@@ -75,6 +75,8 @@ class ChangeListener:
                     self.state = "listening"
                     self.connections += 1
                     missed = self.connections > 1  # changes committed while we were away are unknown
+                    logger.info("registry change listener: listening%s",
+                                " again (observers are called for every function)" if missed else "")
                     self._listening.set()
                     delay = RETRY_MIN_S
                     while not self._stop.is_set():
@@ -96,6 +98,7 @@ class ChangeListener:
         if not name or token == self.registry.listener_token:
             return  # our own change: its observers already ran after the commit
         self.received += 1
+        logger.info("registry: function %s changed on another node", name)
         self._call_soon(name)
 
     def _dispatch_all(self) -> bool:

@@ -19,7 +19,8 @@ Contract:
   (HTTP 503, retryable), naming the step; integrity and programming errors pass through.
 * SQLite transactions are explicit: the engine's `begin` emits ``BEGIN``, or ``BEGIN IMMEDIATE``
   (the write lock up front, no upgrade deadlock) on a connection with the execution option
-  ``sqlite_immediate=True``. PostgreSQL ignores the option.
+  ``sqlite_immediate=True``, or nothing with ``sqlite_autocommit=True`` (each statement its own
+  transaction). PostgreSQL ignores both options.
 * `CircuitBreaker`: callers on the event loop must not wait `CONNECT_TIMEOUT_S` per request
   while the server is down. After a connection failure the breaker is *open*: calls fail at
   once with `ServiceUnavailable` for `backoff_s`; then one call at a time probes the server
@@ -99,7 +100,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 
 def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
+    """Write transactions (``sqlite_immediate``) take the write lock up front; other
+    connections get a deferred ``BEGIN`` unless ``sqlite_autocommit`` (single-statement reads:
+    each SELECT is its own consistent snapshot, and skipping BEGIN/ROLLBACK halves a lookup)."""
+    options = conn.get_execution_options()
+    if options.get("sqlite_immediate"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif not options.get("sqlite_autocommit"):
+        conn.exec_driver_sql("BEGIN")
 
 
 def is_connection_failure(exc: BaseException) -> bool:

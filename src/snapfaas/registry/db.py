@@ -69,6 +69,25 @@ REVISION_MISMATCH = ("The Revision Id provided does not match the latest Revisio
                      "API to retrieve the latest Revision Id")
 
 
+# Statements built once (bound parameters): building and caching a Core statement per call costs
+# more than SQLite's whole lookup, and the hot path (every invoke) runs these.
+P = sqlalchemy.bindparam
+FUNCTION_INFO = select(functions.c.name, functions.c.reserved_concurrency, functions.c.last_version).where(
+    functions.c.name == P("name"))
+FUNCTION_EXISTS = select(functions.c.name).where(functions.c.name == P("name"))
+LOCK_FUNCTION = FUNCTION_EXISTS.with_for_update()
+VERSION = select(versions.c.data).where(versions.c.function == P("name"), versions.c.version == P("version"))
+VERSIONS_OF = select(versions.c.data).where(versions.c.function == P("name")).order_by(versions.c.ordinal)
+ALIAS = select(aliases.c.data).where(aliases.c.function == P("name"), aliases.c.name == P("alias"))
+ALIASES_OF = select(aliases.c.data).where(aliases.c.function == P("name")).order_by(aliases.c.name)
+SLICE_OF = select(id_slices.c.slice).where(id_slices.c.function == P("name"))
+POLICY = select(policies.c.revision_id, policies.c.statements).where(
+    policies.c.function == P("name"), policies.c.qualifier == P("qualifier"))
+EVENT_CONFIG = select(event_invoke_configs.c.data).where(
+    event_invoke_configs.c.function == P("name"), event_invoke_configs.c.qualifier == P("qualifier"))
+EVENT_CONFIGS_OF = select(event_invoke_configs.c.data).where(event_invoke_configs.c.function == P("name"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     revision_id: str
@@ -98,6 +117,7 @@ class Registry:
         self.id_slices = id_slices
         self.postgres = is_postgres_url(target)
         self.engine: Engine = open_engine(target)
+        self._reader = self.engine.execution_options(sqlite_autocommit=True)  # one-statement reads
         self.breaker: CircuitBreaker | None = CircuitBreaker() if self.postgres else None
         self.observers: list[Callable[[str], None]] = []
         # called (on the loop, after `observers`) only for changes other nodes committed: caches
@@ -148,13 +168,13 @@ class Registry:
         if current is not None:
             yield current
             return
-        with self._guard(step), self.engine.connect() as conn:
+        with self._guard(step), self._reader.connect() as conn:
             yield conn
             conn.rollback()
 
-    def _rows(self, statement: Any, step: str = "read") -> list[Any]:
+    def _rows(self, statement: Any, params: dict[str, Any] | None = None, step: str = "read") -> list[Any]:
         with self._read(step) as conn:
-            return list(conn.execute(statement).all())
+            return list(conn.execute(statement, params).all())
 
     def _note(self, conn: Connection, name: str) -> None:
         """Record a change of function `name` in the current transaction: its observers here run
@@ -182,7 +202,7 @@ class Registry:
     def _lock(self, conn: Connection, name: str) -> bool:
         """Lock function `name`'s row until the transaction ends (PostgreSQL; SQLite's write
         lock is already held). False if there is no such function."""
-        return conn.execute(select(functions.c.name).where(functions.c.name == name).with_for_update()).first() is not None
+        return conn.execute(LOCK_FUNCTION, {"name": name}).first() is not None
 
     def listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hear other nodes' changes (PostgreSQL only): observers run on `loop`, and for every
@@ -244,8 +264,7 @@ class Registry:
 
     # -- functions -------------------------------------------------------------------------
     def function_info(self, name: str) -> FunctionInfo:
-        rows = self._rows(select(functions.c.name, functions.c.reserved_concurrency, functions.c.last_version)
-                          .where(functions.c.name == name))
+        rows = self._rows(FUNCTION_INFO, {"name": name})
         if not rows:
             raise self._not_found(name)
         return FunctionInfo(*rows[0])
@@ -253,7 +272,7 @@ class Registry:
     def create_function(self, latest: FunctionVersion, tags: dict[str, str] | None = None) -> None:
         exists = Conflict(f"Function already exist: {latest.name}")
         with self._tx("create function") as db:
-            if db.execute(select(functions.c.name).where(functions.c.name == latest.name)).first():
+            if db.execute(FUNCTION_EXISTS, {"name": latest.name}).first():
                 raise exists
             seq = db.execute(select(func.coalesce(func.max(functions.c.seq), 0) + 1)).scalar_one()
             try:
@@ -284,7 +303,7 @@ class Registry:
 
     def id_slice(self, name: str) -> int:
         """The host id slice of function `name`; NotFound if there is no such function."""
-        rows = self._rows(select(id_slices.c.slice).where(id_slices.c.function == name))
+        rows = self._rows(SLICE_OF, {"name": name})
         if not rows:
             raise self._not_found(name)
         return int(rows[0][0])
@@ -319,7 +338,7 @@ class Registry:
                               "data": json.dumps(version.to_json())}, ("function", "version"))
 
     def get_version(self, name: str, version: str) -> FunctionVersion:
-        rows = self._rows(select(versions.c.data).where(and_(versions.c.function == name, versions.c.version == version)))
+        rows = self._rows(VERSION, {"name": name, "version": version})
         if not rows:
             self.function_info(name)  # raises the unqualified not-found first
             raise self._not_found(name, version)
@@ -364,7 +383,7 @@ class Registry:
 
     def list_versions(self, name: str) -> list[FunctionVersion]:
         self.function_info(name)
-        rows = self._rows(select(versions.c.data).where(versions.c.function == name).order_by(versions.c.ordinal))
+        rows = self._rows(VERSIONS_OF, {"name": name})
         return [FunctionVersion.from_json(json.loads(r[0])) for r in rows]
 
     def publish(
@@ -459,7 +478,7 @@ class Registry:
                              "data": json.dumps(dataclasses.asdict(alias))}, ("function", "name"))
 
     def get_alias(self, function: str, name: str) -> Alias:
-        rows = self._rows(select(aliases.c.data).where(and_(aliases.c.function == function, aliases.c.name == name)))
+        rows = self._rows(ALIAS, {"name": function, "alias": name})
         if not rows:
             self.function_info(function)
             raise NotFound(f"Alias not found: {self.function_arn(function, name)}")
@@ -467,7 +486,7 @@ class Registry:
 
     def list_aliases(self, function: str) -> list[Alias]:
         self.function_info(function)
-        rows = self._rows(select(aliases.c.data).where(aliases.c.function == function).order_by(aliases.c.name))
+        rows = self._rows(ALIASES_OF, {"name": function})
         return [Alias(**json.loads(r[0])) for r in rows]
 
     def _check_alias_target(self, alias: Alias) -> None:
@@ -513,8 +532,7 @@ class Registry:
     # -- resource-based policies ---------------------------------------------------------------
     def policy(self, function: str, qualifier: str) -> Policy | None:
         """The policy of `function` at `qualifier` ('' = unqualified), or None if it has none."""
-        rows = self._rows(select(policies.c.revision_id, policies.c.statements)
-                          .where(and_(policies.c.function == function, policies.c.qualifier == qualifier)))
+        rows = self._rows(POLICY, {"name": function, "qualifier": qualifier})
         return None if not rows else Policy(rows[0][0], json.loads(rows[0][1]))
 
     def save_policy(self, function: str, qualifier: str, statements: list[dict[str, Any]]) -> str | None:
@@ -541,13 +559,12 @@ class Registry:
 
     # -- event invoke configs ----------------------------------------------------------------
     def get_event_config(self, function: str, qualifier: str) -> EventInvokeConfig | None:
-        rows = self._rows(select(event_invoke_configs.c.data).where(
-            and_(event_invoke_configs.c.function == function, event_invoke_configs.c.qualifier == qualifier)))
+        rows = self._rows(EVENT_CONFIG, {"name": function, "qualifier": qualifier})
         return None if not rows else EventInvokeConfig(**json.loads(rows[0][0]))
 
     def list_event_configs(self, function: str) -> list[EventInvokeConfig]:
         self.function_info(function)
-        rows = self._rows(select(event_invoke_configs.c.data).where(event_invoke_configs.c.function == function))
+        rows = self._rows(EVENT_CONFIGS_OF, {"name": function})
         configs = [EventInvokeConfig(**json.loads(r[0])) for r in rows]
         # $LATEST, then versions by number, then aliases by name
         return sorted(configs, key=lambda c: (c.qualifier != LATEST, not c.qualifier.isdigit(),

@@ -208,3 +208,25 @@ def test_an_outage_fails_calls_at_once_then_recovers_without_reopening(postgres)
         assert breaker.state == "closed"
     finally:
         reg.close()
+
+
+def test_the_catalog_reads_live_snapshots_from_either_registry(postgres, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`snapfaas snapshot ls|inspect` and `store stats|gc` take the live snapshot ids from the
+    server's registry: the data dir's state.db, or the ``--registry`` database."""
+    from snapfaas.snapshot.catalog import Catalog
+
+    url = postgres.create_database("it_registry_catalog")
+    for target, registry_url in ((tmp_path / "state.db", None), (url, url)):
+        reg = Registry(target, PREFIX)
+        try:
+            reg.create_function(draft("f"))
+            reg.set_state("f", LATEST, State.ACTIVE, None, None)
+            version, _ = reg.publish("f", None, None, None)
+            reg.update_version("f", version.version, lambda v: setattr(v, "snapshot_id", "snap-1"))
+        finally:
+            reg.close()
+        catalog = Catalog(None, tmp_path, tmp_path / "cache", False, registry_url)  # type: ignore[arg-type]
+        assert catalog.versions() == {"snap-1": ("f", "1", "Pending")}
+    empty = Catalog(None, tmp_path / "none", tmp_path / "cache", False,  # type: ignore[arg-type]
+                    str(postgres.create_database("it_registry_catalog_empty")))
+    assert empty.versions() == {}

@@ -157,6 +157,16 @@ def test_a_change_on_one_node_reaches_the_others_observers_on_their_loop(nodes: 
         local: list[str] = []
         writer.observers.append(local.append)
         reader.observers.append(here.observer)
+        remote_seen: list[str] = []
+
+        class Remote:  # a remote observer holding state for a function the registry no longer has
+            def __call__(self, name: str) -> None:
+                remote_seen.append(name)
+
+            def known(self) -> set[str]:
+                return {"gone"}
+
+        reader.remote_observers.append(Remote())
         reader.listen(here.loop)
         listener: ChangeListener = reader.listener
         assert listener.wait_listening(DEADLINE_S)
@@ -173,14 +183,17 @@ def test_a_change_on_one_node_reaches_the_others_observers_on_their_loop(nodes: 
         writer.delete_function("f")
         wait_for(lambda: here.seen.count(("f", here.thread.name)) == 2, "the deletion's notification")
         assert ("g", here.thread.name) not in here.seen
-        # the reader's own changes are not announced back to itself
+        # the reader's own changes are not announced back to itself (nor to its remote observers)
         reader.set_reserved_concurrency("g", 1)
         assert reader.listener.received == 2
+        assert "g" not in remote_seen
         # after a server restart the listener reconnects and calls observers for every function
         postgres.stop("fast")
         postgres.start()
         wait_for(lambda: ("g", here.thread.name) in here.seen, "the observers of every function after reconnecting")
+        wait_for(lambda: "gone" in remote_seen, "remote observers for the functions they hold state for")
         assert listener.connections >= 2
+        assert "f" in remote_seen and "g" in remote_seen  # other nodes' changes, then every function
     finally:
         reader.close()  # stops the listener
         here.close()

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed, ServiceError
-from snapfaas.registry.db import Registry
+from snapfaas.registry.db import CLUSTER_SLICE_GRACE_S, Registry
 from snapfaas.registry.model import LATEST, Alias, FunctionInfo, FunctionVersion, State
 
 PREFIX = "arn:aws:lambda:us-east-1:000000000000:function:"
@@ -394,6 +394,7 @@ def test_each_function_gets_its_own_id_slice(reg: Registry) -> None:
 
 
 def test_slice_of_a_deleted_function_is_reused_only_after_reclaim(reg: Registry) -> None:
+    reg.slice_grace_s = 0.0  # a shared registry's grace: test_a_shared_registry_reclaims_after_a_grace
     created(reg, "a")
     created(reg, "b")
     reg.delete_function("a")
@@ -409,6 +410,25 @@ def test_slice_of_a_deleted_function_is_reused_only_after_reclaim(reg: Registry)
     assert reg.released_slices() == []
     created(reg, "d")
     assert reg.id_slice("d") == 0
+
+
+def test_a_shared_registry_reclaims_after_a_grace(db_path: Path | str) -> None:
+    """On PostgreSQL other nodes may still run a deleted function's environments in its slice:
+    it is reused only `slice_grace_s` after the deletion. SQLite (one node) has no grace."""
+    now = [1000.0]
+    reg = Registry(db_path, PREFIX, clock=lambda: now[0])
+    try:
+        assert reg.slice_grace_s == (CLUSTER_SLICE_GRACE_S if isinstance(db_path, str) else 0.0)
+        reg.slice_grace_s = 100.0
+        created(reg, "a")
+        reg.delete_function("a")
+        now[0] += 99.0
+        assert reg.reclaim_slices(lambda index: False) == [] and reg.released_slices() == [0]
+        now[0] += 1.0
+        assert reg.reclaim_slices(lambda index: True) == []  # still in use here
+        assert reg.reclaim_slices(lambda index: False) == [0]
+    finally:
+        reg.close()
 
 
 def test_slices_exhausted(db_path: Path | str) -> None:

@@ -1,5 +1,6 @@
 """Versioned migrations of the registry (registry/schema.py) and a state.db written by the raw
-sqlite3 registry that came before them: it opens without loss and is stamped version 1."""
+sqlite3 registry that came before them: it opens without loss, is stamped version 1 and then
+migrated (version 2: id_slices.released_at)."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def test_a_state_db_from_before_migrations_opens_without_loss(tmp_path: Path) ->
     reg = Registry(path, PREFIX)
     try:
         with reg.engine.connect() as conn:
-            assert schema.current_version(conn) == 1
+            assert schema.current_version(conn) == schema.LATEST_SCHEMA  # stamped 1, then migrated
         assert reg.function_info("old") == FunctionInfo("old", 4, 1)
         assert reg.get_version("old", LATEST).memory_size == 256
         assert [v.version for v in reg.list_versions("old")] == [LATEST, "1"]
@@ -131,6 +132,7 @@ def test_a_state_db_from_before_migrations_opens_without_loss(tmp_path: Path) ->
     reopened = Registry(path, PREFIX)  # stamped: the second open takes the fast path
     try:
         assert reopened.released_slices() == [0, 1]
+        assert reopened.reclaim_slices(lambda index: False) == [0, 1]  # a legacy release has no time: free
     finally:
         reopened.close()
 
@@ -145,6 +147,17 @@ def test_migrations_run_in_order_once(tmp_path: Path) -> None:
     steps.append((3, lambda conn: ran.append(3)))
     assert schema.migrate(engine, steps) == 3
     assert ran == [1, 2, 3]
+    engine.dispose()
+
+
+def test_version_2_adds_released_at_to_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    legacy_state_db(path)
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    assert schema.migrate(engine, schema.MIGRATIONS[:1]) == 1
+    assert "released_at" not in {c["name"] for c in sqlalchemy.inspect(engine).get_columns("id_slices")}
+    assert schema.migrate(engine) == 2
+    assert "released_at" in {c["name"] for c in sqlalchemy.inspect(engine).get_columns("id_slices")}
     engine.dispose()
 
 

@@ -108,8 +108,10 @@ class ChangeListener:
         except (ServiceUnavailable, SQLAlchemyError) as exc:  # tried again at the next poll
             logger.warning("registry change listener failed at step 'list functions after reconnect': %s", exc)
             return False
-        for name in names:
-            self._call_soon(name)
+        try:
+            self.loop.call_soon_threadsafe(self.registry._changed_all, names)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            self._stop.set()
         return True
 
     def _call_soon(self, name: str) -> None:
@@ -133,6 +135,11 @@ class StaleEnvironments:
         self.worker = worker
         self.retired = 0  # (function, version) retirements ordered
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def known(self) -> set[str]:
+        """Functions this node has warm environments of (after missed notifications, deleted
+        ones among them are looked at too)."""
+        return {key[0] for key in self.worker.pools}
 
     def stale(self, name: str) -> list[str]:
         """Versions of `name` with warm environments of a revision the registry no longer has."""

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 CHANGES_CHANNEL = "snapfaas_changes"
 SLICE_LOCK = 0x5F_A5_0002  # pg_advisory_xact_lock key serializing id slice allocation
+# A shared (PostgreSQL) registry reuses a deleted function's id slice only this long after the
+# deletion: other nodes retire its idle environments when they hear of it, and a busy one ends
+# within Lambda's longest timeout (900 s). This node's own files and processes are checked too.
+CLUSTER_SLICE_GRACE_S = 900.0 + 60.0
 REVISION_MISMATCH = ("The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias "
                      "API to retrieve the latest Revision Id")
 
@@ -109,13 +114,18 @@ def insert_missing(conn: Connection, table: sqlalchemy.Table, values: dict[str, 
 
 
 class Registry:
-    def __init__(self, target: Path | str, arn_prefix: str, id_slices: int = DEFAULT_SLICES) -> None:
+    def __init__(self, target: Path | str, arn_prefix: str, id_slices: int = DEFAULT_SLICES,
+                 clock: Callable[[], float] = time.time) -> None:
         """`target`: a state.db path (SQLite) or a ``postgresql://`` URL. `id_slices`: how many
         host id slices exist (``--id-range-slices``). Raises `ServiceError` if a function holds a
-        slice beyond it (the range was shrunk); `ServiceUnavailable` if PostgreSQL is unreachable."""
+        slice beyond it (the range was shrunk); `ServiceUnavailable` if PostgreSQL is unreachable.
+        `clock` (epoch seconds) stamps slice releases."""
         self.arn_prefix = arn_prefix  # arn:aws:lambda:<region>:<account>:function:
         self.id_slices = id_slices
+        self.clock = clock
         self.postgres = is_postgres_url(target)
+        # how long a released slice waits before `reclaim_slices` may free it (see CLUSTER_SLICE_GRACE_S)
+        self.slice_grace_s = CLUSTER_SLICE_GRACE_S if self.postgres else 0.0
         self.engine: Engine = open_engine(target)
         self._reader = self.engine.execution_options(sqlite_autocommit=True)  # one-statement reads
         self.breaker: CircuitBreaker | None = CircuitBreaker() if self.postgres else None
@@ -191,6 +201,15 @@ class Registry:
         if token is None:
             token = self._token = new_revision()
         return token
+
+    def _changed_all(self, names: list[str]) -> None:
+        """After missed notifications (on the loop): remote observers for every function in the
+        registry and every one a remote observer holds state for (deleted ones included)."""
+        known: set[str] = set(names)
+        for observer in self.remote_observers:
+            known.update(getattr(observer, "known", lambda: ())())
+        for name in sorted(known):
+            self._changed(name, remote=True)
 
     def _changed(self, name: str, remote: bool = False) -> None:
         for observer in self.observers + (self.remote_observers if remote else []):
@@ -315,8 +334,15 @@ class Registry:
 
     def reclaim_slices(self, in_use: Callable[[int], bool]) -> list[int]:
         """Make released slices reusable, except those for which `in_use(slice)` (files or
-        processes of the deleted function still exist); returns the reclaimed ones."""
-        free = [s for s in self.released_slices() if not in_use(s)]
+        processes of the deleted function still exist here) and, on a shared registry, those
+        released less than `slice_grace_s` ago (other nodes' environments may still run in
+        them); returns the reclaimed ones."""
+        cutoff = self.clock() - self.slice_grace_s
+        settled = {int(r[0]) for r in self._rows(
+            select(id_slices.c.slice).where(id_slices.c.function.is_(None),
+                                            sqlalchemy.or_(id_slices.c.released_at.is_(None),
+                                                           id_slices.c.released_at <= cutoff)))}
+        free = [s for s in self.released_slices() if s in settled and not in_use(s)]
         with self._tx("reclaim id slices") as db:
             for index in free:
                 db.execute(delete(id_slices).where(and_(id_slices.c.slice == index, id_slices.c.function.is_(None))))
@@ -447,7 +473,8 @@ class Registry:
             self._lock(db, name)
             deleted = self.list_versions(name)
             db.execute(delete(functions).where(functions.c.name == name))
-            db.execute(update(id_slices).where(id_slices.c.function == name).values(function=None))
+            db.execute(update(id_slices).where(id_slices.c.function == name).values(function=None,
+                                                                                      released_at=self.clock()))
             self._note(db, name)
         return deleted
 

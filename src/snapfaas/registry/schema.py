@@ -9,8 +9,9 @@ text in ``data``-like columns; keyed columns are for lookups::
     aliases(function, name, data)                PK(function, name)
     event_invoke_configs(function, qualifier, data) PK(function, qualifier)
     policies(function, qualifier, revision_id, statements)  PK(function, qualifier)
-    id_slices(slice PK, function UNIQUE)         a function's host id slice (sandbox/ids.py);
+    id_slices(slice PK, function UNIQUE, released_at)  a function's host id slice (sandbox/ids.py);
                                                  function NULL: released by a deleted function
+                                                 at released_at (NULL: before version 2)
     layers(name PK, last_version)                a layer's version counter (never reused)
     layer_versions(layer, version, data)         PK(layer, version)
     function_tags(function PK, tags)             a function's tags
@@ -25,6 +26,9 @@ under an exclusive lock (PostgreSQL: a transaction-scoped advisory lock, so node
 once on an empty database queue up; SQLite: ``BEGIN IMMEDIATE``), and is a cheap read when
 the schema is current. A state.db from before migrations (tables, no ``schema_version``) is
 version 1's schema: step 1 creates only what is missing, then the database is stamped.
+
+Step 1 creates missing tables from the *current* definitions, so later steps check before they
+add (a table step 1 just created already has the column step N adds).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sqlalchemy
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Float, ForeignKey, Integer, MetaData, Table, Text
 from sqlalchemy.engine import Connection, Engine
 
 METADATA = MetaData()
@@ -77,6 +81,7 @@ id_slices = Table(
     "id_slices", METADATA,
     Column("slice", Integer, primary_key=True, autoincrement=False),
     Column("function", Key, unique=True),
+    Column("released_at", Float),  # (version 2) when its function was deleted (epoch seconds)
 )
 layers = Table(
     "layers", METADATA,
@@ -110,9 +115,17 @@ def _version_1(conn: Connection) -> None:
     METADATA.create_all(conn, tables=list(VERSION_1_TABLES), checkfirst=True)
 
 
+def _version_2(conn: Connection) -> None:
+    """id_slices.released_at: when a slice was released (a cluster reclaims it only after a grace)."""
+    if "released_at" not in {c["name"] for c in sqlalchemy.inspect(conn).get_columns("id_slices")}:
+        kind = Float().compile(dialect=conn.dialect)
+        conn.execute(sqlalchemy.text(f"ALTER TABLE id_slices ADD COLUMN released_at {kind}"))
+
+
 Migration = Callable[[Connection], None]
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _version_1),
+    (2, _version_2),
 ]
 LATEST_SCHEMA = MIGRATIONS[-1][0]
 

@@ -134,6 +134,7 @@ class Registry:
         # this node keeps of registry data that its own control plane updates directly
         self.remote_observers: list[Callable[[str], None]] = []
         self.listener: Any = None  # registry/changes.py ChangeListener once `listen` ran
+        self.listener_token = new_revision()  # tags this registry's notifications: its listener skips them
         self._local = threading.local()
         try:
             with self._guard("migrate"):
@@ -193,14 +194,6 @@ class Registry:
         if self.postgres:
             payload = f"{self.listener_token}:{name}"
             conn.execute(select(func.pg_notify(CHANGES_CHANNEL, payload)))
-
-    @property
-    def listener_token(self) -> str:
-        """Tags this registry's own notifications, which its listener skips."""
-        token = getattr(self, "_token", None)
-        if token is None:
-            token = self._token = new_revision()
-        return token
 
     def _changed_all(self, names: list[str]) -> None:
         """After missed notifications (on the loop): remote observers for every function in the

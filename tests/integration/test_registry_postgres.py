@@ -243,3 +243,39 @@ def test_the_catalog_reads_live_snapshots_from_either_registry(postgres, tmp_pat
     empty = Catalog(None, tmp_path / "none", tmp_path / "cache", False,  # type: ignore[arg-type]
                     str(postgres.create_database("it_registry_catalog_empty")))
     assert empty.versions() == {}
+
+
+def test_concurrent_configuration_updates_on_two_nodes_conflict(postgres, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two nodes' UpdateFunctionConfiguration at once: one is InProgress first, the other gets
+    Lambda's ResourceConflictException (the guard is re-checked under the row lock)."""
+    import sys
+
+    from snapfaas.config import Limits
+    from snapfaas.registry.artifacts import ArtifactStore
+    from snapfaas.registry.service import ControlPlane
+    from snapfaas.sandbox.interpreter import InterpreterRegistry
+    from tests.unit.test_layer_control import create_body
+
+    url = postgres.create_database("it_registry_updates")
+    planes = [ControlPlane(Registry(url, PREFIX), ArtifactStore(tmp_path / f"code{i}", tmp_path / f"trees{i}", Limits()),
+                           InterpreterRegistry({"python3.11": sys.executable})) for i in range(2)]
+    try:
+        asyncio.run(planes[0].create_function(create_body()))
+        planes[0].registry.set_state("f", LATEST, State.ACTIVE, None, None)
+        planes[0].registry.update_version("f", LATEST, lambda v: setattr(v, "last_update_status", "Successful"))
+
+        def update(i: int) -> str:
+            async def call() -> str:
+                try:
+                    return planes[i % 2].update_configuration("f", {"MemorySize": 256 + i}).last_update_status or ""
+                finally:
+                    await planes[i % 2].close()  # the settling task: not this test's subject
+            return asyncio.run(call())
+
+        results = race(6, update)
+        assert results.count("InProgress") == 1, results
+        conflicts = [r for r in results if isinstance(r, Conflict)]
+        assert len(conflicts) == 5 and all("An update is in progress for resource" in c.message for c in conflicts)
+    finally:
+        for plane in planes:
+            plane.registry.close()

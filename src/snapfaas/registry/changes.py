@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CHANNEL = "snapfaas_changes"
 POLL_S = 0.5  # how often the listening thread looks at the stop flag
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
@@ -69,9 +70,11 @@ class ChangeListener:
         delay = RETRY_MIN_S
         while not self._stop.is_set():
             try:
+                # keepalives: a peer that vanished without a reset (network cut) is noticed in ~25 s
                 with psycopg.connect(conninfo(self.registry), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                     application_name="snapfaas-changes") as conn:
-                    conn.execute("LISTEN snapfaas_changes")
+                                     application_name="snapfaas-changes", keepalives=1, keepalives_idle=10,
+                                     keepalives_interval=5, keepalives_count=3) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
                     self.state = "listening"
                     self.connections += 1
                     missed = self.connections > 1  # changes committed while we were away are unknown
@@ -90,8 +93,13 @@ class ChangeListener:
                 self.state = "connecting"
                 logger.warning("registry change listener failed at step 'listen': %s; reconnecting in %.1f s",
                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception:  # a bug here must not end cross-node notifications for good: log, start over
+                self.state = "connecting"
+                logger.exception("registry change listener failed at step 'dispatch'; reconnecting in %.1f s", delay)
+            else:
+                continue
+            self._stop.wait(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _received(self, payload: str) -> None:
         token, _, name = payload.partition(":")

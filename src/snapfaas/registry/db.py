@@ -54,6 +54,7 @@ from sqlalchemy.exc import IntegrityError
 from snapfaas.database import CircuitBreaker, is_postgres_url, open_engine
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed, ServiceError
 from snapfaas.registry import schema
+from snapfaas.registry.changes import CHANNEL, ChangeListener
 from snapfaas.registry.model import (
     LATEST, Alias, EventInvokeConfig, FunctionInfo, FunctionVersion, State, new_revision, now_iso,
 )
@@ -64,7 +65,6 @@ from snapfaas.sandbox.ids import DEFAULT_SLICES
 
 logger = logging.getLogger(__name__)
 
-CHANGES_CHANNEL = "snapfaas_changes"
 SLICE_LOCK = 0x5F_A5_0002  # pg_advisory_xact_lock key serializing id slice allocation
 # A shared (PostgreSQL) registry reuses a deleted function's id slice only this long after the
 # deletion: other nodes retire its idle environments when they hear of it, and a busy one ends
@@ -133,7 +133,7 @@ class Registry:
         # called (on the loop, after `observers`) only for changes other nodes committed: caches
         # this node keeps of registry data that its own control plane updates directly
         self.remote_observers: list[Callable[[str], None]] = []
-        self.listener: Any = None  # registry/changes.py ChangeListener once `listen` ran
+        self.listener: ChangeListener | None = None  # once `listen` ran (PostgreSQL)
         self.listener_token = new_revision()  # tags this registry's notifications: its listener skips them
         self._local = threading.local()
         try:
@@ -193,7 +193,7 @@ class Registry:
         self._local.noted.append(name)
         if self.postgres:
             payload = f"{self.listener_token}:{name}"
-            conn.execute(select(func.pg_notify(CHANGES_CHANNEL, payload)))
+            conn.execute(select(func.pg_notify(CHANNEL, payload)))
 
     def _changed_all(self, names: list[str]) -> None:
         """After missed notifications (on the loop): remote observers for every function in the
@@ -221,7 +221,6 @@ class Registry:
         function after the listener reconnects (changes may have been missed meanwhile)."""
         if not self.postgres or self.listener is not None:
             return
-        from snapfaas.registry.changes import ChangeListener
         self.listener = ChangeListener(self, loop)
         self.listener.start()
 

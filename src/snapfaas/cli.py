@@ -146,7 +146,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "same file; a node whose secret differs from the one recorded in the shared database refuses to "
                    "start. Default: <data-dir>/store.secret.")
 @click.option("--registry", "registry_url", default=None, metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
-              help="The shared database of a cluster (PostgreSQL). Default: SQLite in the data dir (one node).")
+              envvar="SNAPFAAS_REGISTRY",
+              help="The registry database shared by a cluster's nodes (PostgreSQL; also from $SNAPFAAS_REGISTRY, "
+                   "which keeps the password out of the process list). Default: SQLite <data-dir>/state.db.")
 @click.option("--node-id", default=None, metavar="ID",
               help="This node's id in the cluster (letters, digits, '.', '_', '-'). Default: generated once and kept "
                    "in <data-dir>/node-id.")
@@ -216,7 +218,7 @@ def serve(**opts: Any) -> None:
         store_memory_bytes=store_memory_bytes,
         code_cache_bytes=code_cache_bytes,
         store_secret_file=_absolute(opts["store_secret_file"]) if opts["store_secret_file"] else None,
-        registry_url=opts["registry_url"],
+        registry_url=_registry_option(opts["registry_url"]),
         node_id=opts["node_id"],
         advertise_url=opts["advertise_url"],
     )
@@ -524,19 +526,35 @@ def store_options(func: Any) -> Any:
                         help="The server's --store-cache-dir (default <data-dir>/store-cache).")(func)
     func = click.option("--store-s3-endpoint-url", default=None, help="The server's --store-s3-endpoint-url.")(func)
     func = click.option("--store-origin", default=None, help="The server's --store-origin (default <data-dir>/store).")(func)
+    func = click.option("--registry", "registry_url", default=None, envvar="SNAPFAAS_REGISTRY",
+                        metavar="postgresql://...",
+                        help="The server's --registry (default: <data-dir>/state.db).")(func)
     func = click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".snapfaas"), show_default=True,
                         help="The server's data dir (its registry and store secret are read directly).")(func)
     return func
 
 
+def _registry_option(value: str | None) -> str | None:
+    """--registry: a PostgreSQL URL (the embedded SQLite registry needs no option)."""
+    from snapfaas.database import is_postgres_url
+
+    if value is None or value == "":
+        return None
+    if not is_postgres_url(value):
+        raise click.BadParameter("--registry takes a postgresql://user:password@host:port/database URL "
+                                 "(without it the registry is the data dir's SQLite state.db)")
+    return value
+
+
 def open_catalog(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                 store_cache_dir: Path | None) -> Any:
+                 store_cache_dir: Path | None, registry_url: str | None = None) -> Any:
     from snapfaas.snapshot.catalog import Catalog
     from snapfaas.errors import SnapfaasError
 
     try:
         return Catalog.open(data_dir.resolve(), _origin_option(store_origin), store_s3_endpoint_url,
-                            store_cache_dir.resolve() if store_cache_dir else None)
+                            store_cache_dir.resolve() if store_cache_dir else None,
+                            registry_url=_registry_option(registry_url))
     except SnapfaasError as exc:
         raise click.ClickException(exc.message) from exc
 
@@ -565,9 +583,9 @@ def snapshot() -> None:
 @snapshot.command(name="ls")
 @store_options
 def snapshot_ls(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                store_cache_dir: Path | None, as_json: bool) -> None:
+                store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """List the snapshots in the store."""
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     rows = _catalog_call(catalog, catalog.snapshots)
     if as_json:
         click.echo(_json(rows))
@@ -587,9 +605,9 @@ def snapshot_ls(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
 @click.argument("target", metavar="NAME:VERSION")
 @store_options
 def snapshot_inspect(target: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                     store_cache_dir: Path | None, as_json: bool) -> None:
+                     store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """Raw and stored size, chunks, chunks shared with other snapshots, bytes per tier, working-set size."""
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     info = _catalog_call(catalog, lambda: catalog.inspect(target))
     if as_json:
         click.echo(_json(info))
@@ -701,9 +719,9 @@ def store() -> None:
 @store.command(name="stats")
 @store_options
 def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-                store_cache_dir: Path | None, as_json: bool) -> None:
+                store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """Bytes per tier, dedup ratio and the server's tier counters."""
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     stats = _catalog_call(catalog, catalog.stats)
     if as_json:
         click.echo(_json(stats))
@@ -732,10 +750,10 @@ def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
               help="Spare unreferenced manifests and chunks younger than this (a server may be publishing them).")
 @store_options
 def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-             store_cache_dir: Path | None, as_json: bool) -> None:
+             store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
     """Delete manifests no version references and chunks no remaining manifest needs."""
     grace_s = parse_duration(grace)
-    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
+    catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
     report = _catalog_call(catalog, lambda: catalog.collect(grace_s))
     if as_json:
         click.echo(_json(report))

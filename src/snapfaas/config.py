@@ -230,6 +230,11 @@ class ServerConfig:
         return self.data_dir / "state.db"
 
     @property
+    def registry_target(self) -> Path | str:
+        """The registry database: `registry_url` (PostgreSQL) or the data dir's state.db."""
+        return self.registry_url if self.registry_url is not None else self.db_path
+
+    @property
     def endpoint_url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 

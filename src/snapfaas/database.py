@@ -17,11 +17,23 @@ Contract:
   next statement reconnects without the caller noticing.
 * `unavailable(step)` turns the driver's connection-level failures into `ServiceUnavailable`
   (HTTP 503, retryable), naming the step; integrity and programming errors pass through.
+* SQLite transactions are explicit: the engine's `begin` emits ``BEGIN``, or ``BEGIN IMMEDIATE``
+  (the write lock up front, no upgrade deadlock) on a connection with the execution option
+  ``sqlite_immediate=True``, or nothing with ``sqlite_autocommit=True`` (each statement its own
+  transaction). PostgreSQL ignores both options.
+* `CircuitBreaker`: callers on the event loop must not wait `CONNECT_TIMEOUT_S` per request
+  while the server is down. After a connection failure the breaker is *open*: calls fail at
+  once with `ServiceUnavailable` for `backoff_s`; then one call at a time probes the server
+  (*probing*); a success closes the breaker, a failure opens it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +44,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from snapfaas.errors import ServiceUnavailable
 
+logger = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 15_000
 POOL_SIZE = 8
@@ -40,6 +54,13 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 def is_postgres_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def describe_target(target: str | Path) -> str:
+    """`target` for logs: a SQLite path, or a PostgreSQL URL without its password."""
+    if not is_postgres_url(target):
+        return f"SQLite {target}"
+    return "PostgreSQL " + sqlalchemy.engine.make_url(engine_url(target)).render_as_string(hide_password=True)
 
 
 def engine_url(target: str | Path) -> str:
@@ -58,6 +79,7 @@ def open_engine(target: str | Path) -> Engine:
     if url.startswith("sqlite"):
         engine = sqlalchemy.create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return sqlalchemy.create_engine(
         url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_timeout=CONNECT_TIMEOUT_S,
@@ -68,12 +90,24 @@ def open_engine(target: str | Path) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    dbapi_connection.isolation_level = None  # the driver's implicit BEGINs off: `_sqlite_begin` emits ours
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    """Write transactions (``sqlite_immediate``) take the write lock up front; other
+    connections get a deferred ``BEGIN`` unless ``sqlite_autocommit`` (single-statement reads:
+    each SELECT is its own consistent snapshot, and skipping BEGIN/ROLLBACK halves a lookup)."""
+    options = conn.get_execution_options()
+    if options.get("sqlite_immediate"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif not options.get("sqlite_autocommit"):
+        conn.exec_driver_sql("BEGIN")
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -94,3 +128,71 @@ def unavailable(step: str) -> Iterator[None]:
             raise
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
         raise ServiceUnavailable(f"the database is unavailable (failed at step {step!r}): {reason}") from exc
+
+
+# -- circuit breaker ---------------------------------------------------------------------------
+CLOSED, OPEN, PROBING = "closed", "open", "probing"
+
+
+@dataclasses.dataclass
+class BreakerCounters:
+    attempts: int = 0  # calls let through to the database
+    failures: int = 0  # of those, connection failures
+    rejected: int = 0  # calls failed at once, without touching the database
+    opened: int = 0  # closed/probing -> open transitions
+
+
+class CircuitBreaker:
+    """Fail fast while the database is down (see the module's contract). Thread-safe; `clock`
+    is injectable for tests."""
+
+    def __init__(self, backoff_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backoff_s = backoff_s
+        self.clock = clock
+        self.state = CLOSED
+        self.counters = BreakerCounters()
+        self._opened_at = 0.0
+        self._reason = ""
+        self._lock = threading.Lock()
+
+    def admit(self, step: str) -> None:
+        """Let a call through, or raise `ServiceUnavailable` at once (open, or a probe is out)."""
+        with self._lock:
+            if self.state == OPEN and self.clock() - self._opened_at >= self.backoff_s:
+                self.state = PROBING  # this call is the probe
+            elif self.state != CLOSED:
+                self.counters.rejected += 1
+                raise ServiceUnavailable(f"the database is unavailable (failed at step {step!r}): {self._reason} "
+                                         f"(retrying the connection every {self.backoff_s:g} s)")
+            self.counters.attempts += 1
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if self.state != CLOSED:
+                logger.warning("database reachable again: circuit closed")
+            self.state = CLOSED
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self.counters.failures += 1
+            if self.state != OPEN:
+                self.counters.opened += 1
+                logger.warning("database unavailable (%s): failing calls at once for %g s", reason, self.backoff_s)
+            self.state, self._opened_at, self._reason = OPEN, self.clock(), reason
+
+    @contextmanager
+    def guard(self, step: str) -> Iterator[None]:
+        """Run one database call through the breaker: a connection failure opens it and becomes
+        `ServiceUnavailable` naming `step`; anything else (a success, a domain error, an
+        integrity error) closes it."""
+        self.admit(step)
+        try:
+            with unavailable(step):
+                yield
+        except ServiceUnavailable as exc:
+            self.failed(exc.message.rpartition("): ")[2] or exc.message)
+            raise
+        except BaseException:
+            self.succeeded()
+            raise
+        self.succeeded()

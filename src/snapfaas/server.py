@@ -35,6 +35,8 @@ from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.errors import ServiceUnavailable
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.packages import PackageOrigin
+from snapfaas.database import describe_target
+from snapfaas.registry.changes import StaleEnvironments
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox import ids
@@ -131,7 +133,8 @@ class Server:
         for name, found in interpreters.available(SUPPORTED_RUNTIMES).items():
             self.say(f"runtime {name}: {found.executable if not isinstance(found, str) else 'unavailable - ' + found}")
         os.umask(0o077)
-        registry = Registry(cfg.db_path, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
+        registry = Registry(cfg.registry_target, f"arn:aws:lambda:{cfg.region}:{cfg.account_id}:function:", id_range.slices)
+        self.say(f"registry: {describe_target(cfg.registry_target)}")
         store = self._store()
         # code and layer zips live in the store's origin; <data-dir>/code is this node's cache of them
         artifacts = ArtifactStore(cfg.data_dir / "code", cfg.sandbox_dir / "code", cfg.limits,
@@ -219,6 +222,8 @@ class Server:
             worker.start()
             snapshots.start()
             invoker.start()
+            registry.remote_observers.append(StaleEnvironments(registry, worker))
+            registry.listen(loop)  # PostgreSQL: other nodes' changes reach this node's observers
             control.resume()
             await cluster.start()
             self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")

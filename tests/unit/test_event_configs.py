@@ -25,8 +25,8 @@ def make(reg: Registry, name: str) -> None:
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    registry = Registry(tmp_path / "state.db", PREFIX)
+def reg(registry_target: Path | str) -> Iterator[Registry]:
+    registry = Registry(registry_target, PREFIX)
     make(registry, "f")
     make(registry, "sink")
     yield registry

@@ -31,9 +31,9 @@ def zipped(files: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def control(tmp_path: Path):  # type: ignore[no-untyped-def]
+def control(tmp_path: Path, registry_target: Path | str):  # type: ignore[no-untyped-def]
     store = ArtifactStore(tmp_path / "code", tmp_path / "trees", Limits(unzipped_bytes=LIMIT))
-    registry = Registry(tmp_path / "state.db", PREFIX)
+    registry = Registry(registry_target, PREFIX)
     yield ControlPlane(registry, store, InterpreterRegistry({"python3.11": sys.executable}))
     registry.close()
 

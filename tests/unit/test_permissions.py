@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from snapfaas.errors import (
     Conflict, InvalidParameterValue, NotFound, PolicyLengthExceeded, PreconditionFailed, SnapfaasError, ValidationError,
 )
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import LATEST, Alias
+from snapfaas.registry import schema
 from snapfaas.registry.permissions import Permissions
 from tests.unit.test_registry import PREFIX, created
 
@@ -151,21 +152,21 @@ def test_policies_go_with_what_they_are_attached_to(perms: Permissions, reg: Reg
     reg.delete_version("f", "1")
     assert perms.statements("f", "1") == []
     reg.delete_function("f")
-    assert reg._db.execute("SELECT COUNT(*) FROM policies").fetchone()[0] == 0  # cascade
+    assert reg.rows(sqlalchemy.select(sqlalchemy.func.count()).select_from(schema.policies))[0][0] == 0  # cascade
     created(reg, "f")
     assert perms.statements("f", None) == []
 
 
-def test_existing_state_db_gains_the_policies_table(tmp_path: Path) -> None:
-    """A state.db written before policies existed opens, keeps its functions, and takes policies."""
-    path = tmp_path / "state.db"
+def test_existing_state_db_gains_the_policies_table(registry_target: Path | str) -> None:
+    """A registry written before policies (and versioned migrations) existed opens, keeps its
+    functions, and takes policies."""
+    path = registry_target
     first = Registry(path, PREFIX)
     created(first, "old")
+    with first.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE policies"))
+        conn.execute(sqlalchemy.text("DROP TABLE schema_version"))
     first.close()
-    db = sqlite3.connect(path)
-    db.execute("DROP TABLE policies")
-    db.commit()
-    db.close()
     reopened = Registry(path, PREFIX)
     try:
         assert reopened.get_version("old", LATEST).name == "old"

@@ -1,4 +1,5 @@
-"""SQLite registry (snapfaas.registry.db) on a temporary file."""
+"""The registry (snapfaas.registry.db) on both backends: a temporary SQLite file and a fresh
+PostgreSQL database (fixture `registry_target`, tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed, ServiceError
-from snapfaas.registry.db import Registry
+from snapfaas.registry.db import CLUSTER_SLICE_GRACE_S, Registry
 from snapfaas.registry.model import LATEST, Alias, FunctionInfo, FunctionVersion, State
 
 PREFIX = "arn:aws:lambda:us-east-1:000000000000:function:"
@@ -22,15 +24,9 @@ def draft(name: str = "f", digest: str = "d1", **kw: object) -> FunctionVersion:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-def reg(db_path: Path) -> Iterator[Registry]:
-    registry = Registry(db_path, PREFIX)
-    yield registry
-    registry.close()
+def db_path(registry_target: Path | str) -> Path | str:
+    """The registry's location (a state.db path or a PostgreSQL URL): reopened by some tests."""
+    return registry_target
 
 
 def activate(reg: Registry, name: str = "f", version: str = LATEST) -> None:
@@ -338,7 +334,7 @@ def test_reserved_concurrency(reg: Registry) -> None:
 
 
 # -- persistence -----------------------------------------------------------------------------
-def test_state_survives_reopening(db_path: Path) -> None:
+def test_state_survives_reopening(db_path: Path | str) -> None:
     first = Registry(db_path, PREFIX)
     created(first)
     first.publish("f", None, None, "v1")
@@ -362,7 +358,7 @@ def test_state_survives_reopening(db_path: Path) -> None:
         second.close()
 
 
-def test_failed_transaction_is_not_persisted(db_path: Path) -> None:
+def test_failed_transaction_is_not_persisted(db_path: Path | str) -> None:
     first = Registry(db_path, PREFIX)
     created(first)
     with pytest.raises(RuntimeError):
@@ -398,6 +394,7 @@ def test_each_function_gets_its_own_id_slice(reg: Registry) -> None:
 
 
 def test_slice_of_a_deleted_function_is_reused_only_after_reclaim(reg: Registry) -> None:
+    reg.slice_grace_s = 0.0  # a shared registry's grace: test_a_shared_registry_reclaims_after_a_grace
     created(reg, "a")
     created(reg, "b")
     reg.delete_function("a")
@@ -415,7 +412,26 @@ def test_slice_of_a_deleted_function_is_reused_only_after_reclaim(reg: Registry)
     assert reg.id_slice("d") == 0
 
 
-def test_slices_exhausted(db_path: Path) -> None:
+def test_a_shared_registry_reclaims_after_a_grace(db_path: Path | str) -> None:
+    """On PostgreSQL other nodes may still run a deleted function's environments in its slice:
+    it is reused only `slice_grace_s` after the deletion. SQLite (one node) has no grace."""
+    now = [1000.0]
+    reg = Registry(db_path, PREFIX, clock=lambda: now[0])
+    try:
+        assert reg.slice_grace_s == (CLUSTER_SLICE_GRACE_S if isinstance(db_path, str) else 0.0)
+        reg.slice_grace_s = 100.0
+        created(reg, "a")
+        reg.delete_function("a")
+        now[0] += 99.0
+        assert reg.reclaim_slices(lambda index: False) == [] and reg.released_slices() == [0]
+        now[0] += 1.0
+        assert reg.reclaim_slices(lambda index: True) == []  # still in use here
+        assert reg.reclaim_slices(lambda index: False) == [0]
+    finally:
+        reg.close()
+
+
+def test_slices_exhausted(db_path: Path | str) -> None:
     reg = Registry(db_path, PREFIX, id_slices=2)
     try:
         created(reg, "a")
@@ -428,11 +444,13 @@ def test_slices_exhausted(db_path: Path) -> None:
         reg.close()
 
 
-def test_state_db_from_before_slices_gets_one_per_function(db_path: Path) -> None:
+def test_state_db_from_before_slices_gets_one_per_function(db_path: Path | str) -> None:
     first = Registry(db_path, PREFIX)
     for name in ("a", "b"):
         created(first, name)
-    first._db.execute("DROP TABLE id_slices")  # the schema before id slices
+    with first.engine.begin() as conn:  # the schema before id slices (and before versioned migrations)
+        conn.execute(sqlalchemy.text("DROP TABLE id_slices"))
+        conn.execute(sqlalchemy.text("DROP TABLE schema_version"))
     first.close()
     second = Registry(db_path, PREFIX)
     try:
@@ -441,7 +459,7 @@ def test_state_db_from_before_slices_gets_one_per_function(db_path: Path) -> Non
         second.close()
 
 
-def test_slices_beyond_a_shrunk_range_refuse_to_open(db_path: Path) -> None:
+def test_slices_beyond_a_shrunk_range_refuse_to_open(db_path: Path | str) -> None:
     first = Registry(db_path, PREFIX)
     for name in ("a", "b", "c"):
         created(first, name)

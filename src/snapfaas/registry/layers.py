@@ -1,7 +1,7 @@
 """Lambda layers: versioned, immutable packages a function mounts under /opt.
 
 `LayerRegistry` keeps layer versions in the registry database (tables ``layers`` and
-``layer_versions``, see registry/db.py); the packages themselves are code artifacts
+``layer_versions``, see registry/schema.py); the packages themselves are code artifacts
 (registry/artifacts.py), shared by content with function code. Validation functions here are
 pure and raise `snapfaas.errors` leaves with Lambda's wording (as recorded from AWS).
 
@@ -19,7 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from snapfaas.errors import InvalidParameterValue, NotFound, ValidationError
-from snapfaas.registry.db import Registry
+from sqlalchemy import and_, delete, select, update
+
+from snapfaas.registry.db import Registry, insert_missing
+from snapfaas.registry.schema import layer_versions, layers
 from snapfaas.registry.model import now_iso
 
 MAX_FUNCTION_LAYERS = 5
@@ -229,30 +232,35 @@ class LayerRegistry:
         return self.arn_prefix + layer + (f":{version}" if version is not None else "")
 
     def publish(self, draft: LayerVersion) -> LayerVersion:
-        """Store `draft` as the layer's next version (numbers are never reused)."""
+        """Store `draft` as the layer's next version (numbers are never reused; two publishes at
+        once, even on two nodes, are serialized by the counter row's lock)."""
         with self.registry.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO layers(name, last_version) VALUES (?, 0)", (draft.layer,))
-            number = db.execute("SELECT last_version FROM layers WHERE name=?", (draft.layer,)).fetchone()[0] + 1
-            db.execute("UPDATE layers SET last_version=? WHERE name=?", (number, draft.layer))
+            insert_missing(db, layers, {"name": draft.layer, "last_version": 0})
+            number = db.execute(select(layers.c.last_version).where(layers.c.name == draft.layer)
+                                .with_for_update()).scalar_one() + 1
+            db.execute(update(layers).where(layers.c.name == draft.layer).values(last_version=number))
             stored = dataclasses.replace(draft, version=number)
-            db.execute("INSERT INTO layer_versions(layer, version, data) VALUES (?, ?, ?)",
-                       (draft.layer, number, json.dumps(dataclasses.asdict(stored))))
+            db.execute(layer_versions.insert().values(layer=draft.layer, version=number,
+                                                      data=json.dumps(dataclasses.asdict(stored))))
         return stored
 
     def get(self, layer: str, version: int) -> LayerVersion:
-        rows = self.registry.query("SELECT data FROM layer_versions WHERE layer=? AND version=?", (layer, version))
+        rows = self.registry.rows(select(layer_versions.c.data).where(
+            and_(layer_versions.c.layer == layer, layer_versions.c.version == version)))
         if not rows:
             raise NotFound(NOT_FOUND)
         return LayerVersion(**json.loads(rows[0][0]))
 
     def versions(self, layer: str) -> list[LayerVersion]:
         """Every version of `layer`, newest first."""
-        rows = self.registry.query("SELECT data FROM layer_versions WHERE layer=? ORDER BY version DESC", (layer,))
+        rows = self.registry.rows(select(layer_versions.c.data).where(layer_versions.c.layer == layer)
+                                  .order_by(layer_versions.c.version.desc()))
         return [LayerVersion(**json.loads(r[0])) for r in rows]
 
     def latest_matching(self, runtime: str | None, architecture: str | None) -> list[LayerVersion]:
         """Per layer (by name), its newest version the filters select."""
-        rows = self.registry.query("SELECT data FROM layer_versions ORDER BY layer, version DESC")
+        rows = self.registry.rows(select(layer_versions.c.data)
+                                  .order_by(layer_versions.c.layer, layer_versions.c.version.desc()))
         out: dict[str, LayerVersion] = {}
         for (data,) in rows:
             v = LayerVersion(**json.loads(data))
@@ -263,7 +271,8 @@ class LayerRegistry:
     def delete(self, layer: str, version: int) -> None:
         """Idempotent, as on Lambda (204 for a version that does not exist)."""
         with self.registry.transaction() as db:
-            db.execute("DELETE FROM layer_versions WHERE layer=? AND version=?", (layer, version))
+            db.execute(delete(layer_versions).where(
+                and_(layer_versions.c.layer == layer, layer_versions.c.version == version)))
 
     def for_function(self, arns: list[str]) -> list[dict[str, Any]]:
         """The function-record entries of validated layer version `arns` (in order): AWS's

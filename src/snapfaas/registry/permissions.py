@@ -68,7 +68,13 @@ class Permissions:
 
     # -- operations ------------------------------------------------------------------------
     def add(self, name: str, qualifier: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
-        """AddPermission: append a statement; returns it (the response's ``Statement``)."""
+        """AddPermission: append a statement; returns it (the response's ``Statement``). The
+        read-modify-write runs in one transaction holding the function's row lock (two nodes
+        adding statements at once both keep theirs)."""
+        with self.registry.transaction(name):
+            return self._add(name, qualifier, body)
+
+    def _add(self, name: str, qualifier: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if qualifier == LATEST:
             raise InvalidParameterValue("We currently do not support adding policies for $LATEST.")
         sid = check.require(body, "StatementId", "statementId")
@@ -102,7 +108,12 @@ class Permissions:
         return statement
 
     def remove(self, name: str, qualifier: str | None, sid: str, revision_id: str | None) -> None:
-        """RemovePermission: drop statement `sid` (and the policy with its last statement)."""
+        """RemovePermission: drop statement `sid` (and the policy with its last statement), in
+        one transaction holding the function's row lock."""
+        with self.registry.transaction(name):
+            self._remove(name, qualifier, sid, revision_id)
+
+    def _remove(self, name: str, qualifier: str | None, sid: str, revision_id: str | None) -> None:
         if len(sid) > 100 or not REMOVE_STATEMENT_ID_RE.match(sid):
             raise check.constraint_error(sid, "statementId", "Member must satisfy regular expression pattern: ([a-zA-Z0-9-_.]+)")
         try:

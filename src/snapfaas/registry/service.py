@@ -340,6 +340,7 @@ class ControlPlane:
             self._check_total_size(dataclasses.replace(current, code_digest=artifact.digest))
 
         def change(v: FunctionVersion) -> None:
+            self._guard_update(v)  # again under the row lock: another node may have started an update
             v.code_digest, v.code_sha256, v.code_size = artifact.digest, artifact.sha256, artifact.size
             if architectures is not None:
                 v.architectures = architectures
@@ -365,6 +366,7 @@ class ControlPlane:
         self._check_total_size(draft)
 
         def change(v: FunctionVersion) -> None:
+            self._guard_update(v)  # again under the row lock: another node may have started an update
             for field in ("runtime", "handler", "role", "description", "memory_size", "timeout", "environment",
                           "environment_set", "ephemeral_storage", "snap_start", "log_format",
                           "application_log_level", "system_log_level", "log_group", "layers"):

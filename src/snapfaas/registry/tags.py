@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from snapfaas.errors import InvalidParameterValue, NotFound, ValidationError
-from snapfaas.registry.db import Registry
+from sqlalchemy import select
+
+from snapfaas.registry.db import Registry, upsert
+from snapfaas.registry.schema import function_tags
 from snapfaas.registry.model import LATEST, new_revision
 
 MAX_TAGS = 50
@@ -90,7 +93,7 @@ class FunctionTags:
     def get(self, function: str) -> dict[str, str]:
         """The function's tags; NotFound (Lambda's unqualified message) if it does not exist."""
         self.registry.function_info(function)
-        rows = self.registry.query("SELECT tags FROM function_tags WHERE function=?", (function,))
+        rows = self.registry.rows(select(function_tags.c.tags).where(function_tags.c.function == function))
         return dict(json.loads(rows[0][0])) if rows else {}
 
     def tag(self, function: str, tags: object) -> dict[str, str]:
@@ -105,13 +108,12 @@ class FunctionTags:
         return self._change(function, lambda current: {k: v for k, v in current.items() if k not in keys})
 
     def _change(self, function: str, change: Any) -> dict[str, str]:
-        with self.registry.transaction() as db:
+        with self.registry.transaction(function) as db:  # the function's row locked: atomic across nodes
             current = self.get(function)
             updated = change(current)
             if len(updated) > MAX_TAGS:
                 raise InvalidParameterValue(TOO_MANY)
-            db.execute("INSERT OR REPLACE INTO function_tags(function, tags) VALUES (?, ?)",
-                       (function, json.dumps(updated)))
-        # synchronous, on the event loop thread: nothing runs between the two transactions
-        self.registry.update_version(function, LATEST, lambda v: setattr(v, "revision_id", new_revision()))
+            upsert(db, function_tags, {"function": function, "tags": json.dumps(updated)}, ("function",))
+            # the same transaction: tags and $LATEST's new RevisionId commit together
+            self.registry.update_version(function, LATEST, lambda v: setattr(v, "revision_id", new_revision()))
         return updated

@@ -4,7 +4,8 @@
 * The store is opened with the data dir's deployment secret (``<data-dir>/store.secret``) and
   the same origin and disk cache settings the server takes. A running server holds the disk
   cache's lock: then the cache is only looked at (which chunks it holds), never written.
-* Which snapshots are live comes from the registry (``state.db``, opened read-only).
+* Which snapshots are live comes from the registry (``state.db``, or the server's
+  ``--registry`` PostgreSQL database), only read: no migration, no lock, no write.
 * Tier counters (hits, misses, bytes fetched, corrupt copies, evictions) live in the server
   process; it writes them to ``<data-dir>/store-counters.json`` after each garbage collection,
   periodically and at shutdown, and `stats` reports that file with its time.
@@ -19,13 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
+from sqlalchemy.exc import SQLAlchemyError
+
 from snapfaas.config import STORE_SHARED_GRACE_S, store_secret_for
+from snapfaas.database import open_engine, unavailable
 from snapfaas.durable import write_atomic
+from snapfaas.registry import schema
 from snapfaas.snapshot.workingset import WorkingSets
 from snapfaas.errors import ServiceError
 from snapfaas.registry.packages import digest_of, package_ids
@@ -46,15 +51,17 @@ def write_counters(path: Path, counters: dict[str, TierCounters]) -> None:
 
 
 class Catalog:
-    def __init__(self, store: ChunkStore, data_dir: Path, cache_dir: Path, cache_locked: bool) -> None:
+    def __init__(self, store: ChunkStore, data_dir: Path, cache_dir: Path, cache_locked: bool,
+                 registry_url: str | None = None) -> None:
         self.store = store
         self.data_dir = data_dir
         self.cache_dir = cache_dir
         self.cache_locked = cache_locked  # a running server holds the disk cache
+        self.registry_url = registry_url  # the server's --registry; None: <data-dir>/state.db
 
     @classmethod
     def open(cls, data_dir: Path, origin: str | None = None, s3_endpoint_url: str | None = None,
-             cache_dir: Path | None = None) -> Catalog:
+             cache_dir: Path | None = None, registry_url: str | None = None) -> Catalog:
         secret_path = store_secret_for(data_dir)
         if not secret_path.exists():
             raise CatalogError(f"snapshot catalog failed at step 'open store': {secret_path} does not exist "
@@ -64,12 +71,12 @@ class Catalog:
         url = origin if origin is not None else str(data_dir / "store")
         try:
             return cls(ChunkStore(origin_from_url(url, s3_endpoint_url), secret, cache_dir=cache, memory_bytes=0),
-                       data_dir, cache, False)
+                       data_dir, cache, False, registry_url)
         except StoreError as exc:
             if "in use" not in exc.message:
                 raise
         return cls(ChunkStore(origin_from_url(url, s3_endpoint_url), secret, cache_dir=None, memory_bytes=0),
-                   data_dir, cache, True)
+                   data_dir, cache, True, registry_url)
 
     def close(self) -> None:
         self.store.close()
@@ -77,14 +84,7 @@ class Catalog:
     # -- registry --------------------------------------------------------------------------
     def versions(self) -> dict[str, tuple[str, str, str]]:
         """snapshot id -> (function, version, state) of every version the registry gives one."""
-        db_path = self.data_dir / "state.db"
-        if not db_path.exists():
-            return {}
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT data FROM versions").fetchall()
-        finally:
-            db.close()
+        rows = self._version_records()
         out = {}
         for (data,) in rows:
             record = json.loads(data)
@@ -95,23 +95,37 @@ class Catalog:
     def package_ids(self) -> set[str]:
         """Store ids of every code and layer package the registry references (what
         `Registry.referenced_digests` gives a running server)."""
-        db_path = self.data_dir / "state.db"
-        if not db_path.exists():
-            return set()
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            versions = db.execute("SELECT data FROM versions").fetchall()
-            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            layers = db.execute("SELECT data FROM layer_versions").fetchall() if "layer_versions" in tables else []
-        finally:
-            db.close()
         digests: set[str] = set()
-        for (data,) in versions:
+        for (data,) in self._version_records():
             record = json.loads(data)
             digests.add(str(record.get("code_digest", "")))
             digests.update(str(layer.get("digest", "")) for layer in record.get("layers") or [])
-        digests.update(str(json.loads(data).get("digest", "")) for (data,) in layers)
+        digests.update(str(json.loads(data).get("digest", "")) for (data,) in self._registry_rows(schema.layer_versions))
         return package_ids(digests)
+
+    def _version_records(self) -> list[tuple[str]]:
+        """Every version's record (JSON) in the registry; none if it has no versions table yet."""
+        return self._registry_rows(schema.versions)
+
+    def _registry_rows(self, table: sqlalchemy.Table) -> list[tuple[str]]:
+        """The ``data`` column of every row of `table` in the registry (none if the table or the
+        registry does not exist yet), read-only."""
+        if self.registry_url is None:
+            db_path = self.data_dir / "state.db"
+            if not db_path.exists():
+                return []
+            engine = sqlalchemy.create_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true")
+        else:
+            engine = open_engine(self.registry_url)
+        try:
+            with unavailable("read the registry"), engine.connect() as conn:
+                if not sqlalchemy.inspect(conn).has_table(table.name):
+                    return []
+                return [(r[0],) for r in conn.execute(sqlalchemy.select(table.c.data))]
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"snapshot catalog failed at step 'read the registry': {exc}") from exc
+        finally:
+            engine.dispose()
 
     # -- queries -----------------------------------------------------------------------------
     def snapshots(self) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from snapfaas.errors import InvalidParameterValue, NotFound, SnapStartNotReady
+from snapfaas.errors import InvalidParameterValue, NotFound, ServiceUnavailable, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.registry.packages import package_ids
@@ -437,7 +437,12 @@ class SnapshotManager:
         while True:
             await asyncio.sleep(period)  # a periodic timer, not synchronization
             await asyncio.to_thread(self.vault.save_counters)
-            for v in self.expire():
+            try:
+                expired = self.expire()
+            except ServiceUnavailable as exc:  # a cluster registry is down: the next period tries again
+                logger.warning("snapshot retention failed at step 'expire': %s", exc.message)
+                continue
+            for v in expired:
                 logger.info("snapshot of %s:%s expired (retention %.0f s)", v.name, v.version, self.retention_s)
 
     def drop(self, versions: list[FunctionVersion]) -> None:

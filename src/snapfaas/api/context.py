@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from snapfaas.snapshot.operations import SnapStartOperations
 
 SERVICES = web.AppKey("services", object)
-PRINCIPAL = "snapfaas.principal"  # request key: who the verified caller is (None with --no-auth)
-FORWARDED = "snapfaas.forwarded"  # request key: the cluster assertion of a forwarded invoke
+PRINCIPAL = web.RequestKey("principal", object)  # who the verified caller is (absent with --no-auth)
+FORWARDED = web.RequestKey("forwarded", object)  # the cluster assertion of a forwarded invoke
 
 
 @dataclasses.dataclass

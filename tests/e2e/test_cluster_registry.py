@@ -9,6 +9,7 @@ and keep serving; after the restart they answer again without being restarted.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -35,15 +36,28 @@ def registry_url(postgres) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def first(processes, tmp_path_factory: pytest.TempPathFactory, registry_url: str) -> Iterator[ServerHandle]:  # type: ignore[no-untyped-def]
-    require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("node_a"), ["--keep-alive", "60", "--registry", registry_url])
+def node_args(tmp_path_factory: pytest.TempPathFactory, registry_url: str) -> list[str]:
+    """What every node shares: the database, the store origin and the store secret."""
+    shared = tmp_path_factory.mktemp("shared")
+    shared.chmod(0o700)
+    origin = shared / "origin"
+    origin.mkdir(mode=0o700)
+    secret = shared / "store.secret"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    return ["--keep-alive", "60", "--registry", registry_url, "--store-origin", str(origin), "--store-secret-file", str(secret)]
 
 
 @pytest.fixture(scope="module")
-def second(processes, tmp_path_factory: pytest.TempPathFactory, registry_url: str,  # type: ignore[no-untyped-def]
+def first(processes, tmp_path_factory: pytest.TempPathFactory, node_args: list[str]) -> Iterator[ServerHandle]:  # type: ignore[no-untyped-def]
+    require_root()
+    yield from run_server(processes, tmp_path_factory.mktemp("node_a"), node_args)
+
+
+@pytest.fixture(scope="module")
+def second(processes, tmp_path_factory: pytest.TempPathFactory, node_args: list[str],  # type: ignore[no-untyped-def]
            first: ServerHandle) -> Iterator[ServerHandle]:
-    yield from run_server(processes, tmp_path_factory.mktemp("node_b"), ["--keep-alive", "60", "--registry", registry_url])
+    yield from run_server(processes, tmp_path_factory.mktemp("node_b"), node_args)
 
 
 def log_says(server: ServerHandle, text: str) -> bool:

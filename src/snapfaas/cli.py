@@ -98,6 +98,13 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--event-retry-base", default=1.0, type=click.FloatRange(min=0.001), hidden=True,
               help="Seconds per unit of the async retry delays (Lambda: 1 s backoff start, 60 s before a retry "
                    "after a function error); for tests.")
+@click.option("--event-lease", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Cluster mode: seconds a node's claim of a queued event lasts without renewal (renewed every third "
+                   "of it); the events of a node that dies run elsewhere after this.")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
+              help="The cluster's shared PostgreSQL database. Default: SQLite files in the data dir (one host).")
+@click.option("--node-id", default=None, metavar="ID",
+              help="This node's name in the cluster. Default: a stable id generated once into <data-dir>/node-id.")
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
               help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls-cert.")
@@ -140,6 +147,8 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
+    from snapfaas.database import is_postgres_url
+    from snapfaas.node_identity import check_node_id
     from snapfaas.sandbox.ids import IdRangeConflict, IdRange
     from snapfaas.server import Server
 
@@ -151,6 +160,9 @@ def serve(**opts: Any) -> None:
         store_cache_bytes = parse_size(opts["store_cache_bytes"])
         store_memory_bytes = parse_size(opts["store_memory_bytes"])
         snapstart_runtimes = parse_snapstart_runtimes(opts["snapstart_runtimes"])
+        node_id = check_node_id(opts["node_id"]) if opts["node_id"] is not None else None
+        if opts["registry_url"] is not None and not is_postgres_url(opts["registry_url"]):
+            raise ValueError(f"--registry expects a postgresql:// URL, got {opts['registry_url'].split(':', 1)[0]!r}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     sandbox_dir = opts["sandbox_dir"]
@@ -180,6 +192,9 @@ def serve(**opts: Any) -> None:
         snapstart_connections=opts["snapstart_connections"],
         event_queue_max=opts["event_queue_max"],
         event_retry_base_s=opts["event_retry_base"],
+        event_lease_s=opts["event_lease"],
+        registry_url=opts["registry_url"],
+        node_id=node_id,
         tls_cert=opts["tls_cert"].resolve() if opts["tls_cert"] else None,
         tls_key=opts["tls_key"].resolve() if opts["tls_key"] else None,
         replay_cache=opts["replay_cache"],

@@ -88,6 +88,9 @@ class ServerConfig:
     snapstart_connections: str = DEFAULT_CONNECTION_MODE  # init's TCP connections in restored copies: "reset" (as on AWS), "closed", "blackhole"
     event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
     event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
+    event_lease_s: float = 30.0  # cluster mode: a node's claim of a queued event lapses this long after its last renewal
+    registry_url: str | None = None  # the cluster's shared database (postgresql://...); None: SQLite files in the data dir
+    node_id: str | None = None  # this node's name in the cluster; None: stable id generated into <data-dir>/node-id
     tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS
     tls_key: Path | None = None
     replay_cache: bool = False  # refuse a second use of a SigV4 signature within its validity window
@@ -208,6 +211,11 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "state.db"
+
+    @property
+    def events_db(self) -> Path | str:
+        """The event queue's database: the cluster's (``registry_url``) or ``<data-dir>/events.db``."""
+        return self.registry_url if self.registry_url is not None else self.data_dir / "events.db"
 
     @property
     def endpoint_url(self) -> str:

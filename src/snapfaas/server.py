@@ -35,6 +35,7 @@ from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
+from snapfaas.node_identity import stable_node_id
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine, workingset
 from snapfaas.snapshot.view import SnapshotView, clear_stale_mount
@@ -45,6 +46,7 @@ from snapfaas.snapshot.catalog import COUNTERS_FILE
 from snapfaas.snapshot.vault import SnapshotVault, remove_legacy
 from snapfaas.store import StoreError, load_or_create_secret, open_store
 from snapfaas.worker.async_invocations import EventSettings
+from snapfaas.worker.event_leases import LeaseTerms
 from snapfaas.worker.backlog import EventTiming
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.invoker import Invoker
@@ -147,9 +149,13 @@ class Server:
         control.dropped = snapshots.drop
         control.slice_in_use = lambda index: (artifacts.holds(index) or snapshots.vault.holds(index)
                                               or ids.slice_has_processes(id_range, index))
-        invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db", logs,
+        node_id = cfg.node_id or stable_node_id(cfg.data_dir)
+        invoker = Invoker(registry, worker, cfg.limits, cfg.events_db, logs,
                           EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
-                                        cfg.data_dir / "destinations"))
+                                        cfg.data_dir / "destinations", node_id, LeaseTerms(cfg.event_lease_s)))
+        if cfg.registry_url is not None:
+            self.say(f"node {node_id}: asynchronous events from the cluster's shared queue (PostgreSQL, "
+                     f"claim lease {cfg.event_lease_s:g} s)")
         removed = await asyncio.to_thread(remove_legacy, cfg.data_dir)
         if removed:
             self.say(f"Removed {removed} snapshot(s) of the previous storage format; their versions re-create them when invoked.")
@@ -195,7 +201,7 @@ class Server:
                 network.start()
             worker.start()
             snapshots.start()
-            invoker.start()
+            await invoker.start()
             control.resume()
             self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")
             await self._stop.wait()

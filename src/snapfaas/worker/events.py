@@ -56,6 +56,7 @@ FULL_RECHECK_S = 1.0  # while every slot is taken, how often event ages are stil
 DB_THREADS = 4  # the queue's database threads (claims, renewals, counts and enqueues never wait on each other)
 WRITE_RETRY_S = (0.5, 8.0)  # the end of a finished event during an outage: first delay, cap
 RENEW_BATCH = 1000
+CLAIM_ROUNDS = 3  # a claim whose candidates other nodes locked first looks for others this often
 T = TypeVar("T")
 
 metadata = MetaData()
@@ -183,26 +184,34 @@ class EventStore:
             return []
         lapsed = or_(events.c.claimed_by.is_(None), events.c.lease_until.is_(None), events.c.lease_until < self._db_now)
         turn = func.row_number().over(partition_by=events.c.function, order_by=events.c.seq).label("turn")
-        ranked = select(events.c.seq, turn).where(lapsed)
-        if now is not None:
-            ranked = ranked.where(events.c.next_at <= now)
-        ranked_q = ranked.subquery()
-        candidates = select(ranked_q.c.seq).order_by(ranked_q.c.turn, ranked_q.c.seq).limit(limit)
+        skipped: list[int] = []
+        claims: list[tuple[Any, event_leases.Claim]] = []
+        seqs: list[int] = []
         with self._writing() as conn:
-            seqs = list(conn.execute(candidates).scalars())
-            if not seqs:
-                return []
-            db_now = float(conn.execute(select(self._db_now)).scalar_one())
-            rows = conn.execute(
-                select(*SCHEDULE, events.c.claimed_by, events.c.lease_until)
-                .where(events.c.seq.in_(seqs)).with_for_update(skip_locked=True)
-            ).all()
-            claims = []
-            for row in rows:
-                decided = event_leases.claim(Holder(row.seq, row.claimed_by, row.lease_until, row.retries),
-                                             self.terms, db_now)
-                if decided is not None:
-                    claims.append((row, decided))
+            for _ in range(CLAIM_ROUNDS):  # candidates another node has locked meanwhile are skipped: look again
+                ranked = select(events.c.seq, turn).where(lapsed)
+                if now is not None:
+                    ranked = ranked.where(events.c.next_at <= now)
+                if skipped:
+                    ranked = ranked.where(events.c.seq.not_in(skipped))
+                ranked_q = ranked.subquery()
+                candidates = select(ranked_q.c.seq).order_by(ranked_q.c.turn, ranked_q.c.seq).limit(limit)
+                seqs = list(conn.execute(candidates).scalars())
+                if not seqs:
+                    break
+                db_now = float(conn.execute(select(self._db_now)).scalar_one())
+                rows = conn.execute(
+                    select(*SCHEDULE, events.c.claimed_by, events.c.lease_until)
+                    .where(events.c.seq.in_(seqs)).with_for_update(skip_locked=True)
+                ).all()
+                for row in rows:
+                    decided = event_leases.claim(Holder(row.seq, row.claimed_by, row.lease_until, row.retries),
+                                                 self.terms, db_now)
+                    if decided is not None:
+                        claims.append((row, decided))
+                if claims:
+                    break
+                skipped.extend(seqs)
             if claims:
                 conn.execute(
                     events.update().where(events.c.seq == bindparam("b_seq"))

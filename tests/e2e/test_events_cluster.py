@@ -9,7 +9,9 @@ reports every run to a `Counter` in the suite's network peer as ``/run/<event id
 
 Checks: every accepted event ran at least once and the shared queue empties; the events the
 killed node held when it died ran on the other nodes after their lease lapsed (the survivors'
-logs say they took them over); the killed node, restarted, finds nothing left to do.
+logs say they took them over); PostgreSQL stopped right after the kill: an Event invoke answers
+503 ``ServiceException`` at once (no hang) and the survivors carry on once it is back; the
+killed node, restarted, finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 from sqlalchemy import select
 
 from snapfaas.worker.events import EventStore, events
@@ -83,7 +86,7 @@ def stored(database: str, **where: str) -> list[str]:
 
 
 def queued_event_ids(database: str) -> list[str]:
-    """Event ids (from the payloads) still stored, and who holds them."""
+    """Event ids (from the payloads) still stored."""
     store = EventStore(database, "test-reader")
     try:
         with store.engine.connect() as conn:
@@ -103,7 +106,7 @@ def held_by(database: str, node_id: str) -> list[str]:
 
 
 def test_a_thousand_events_on_three_nodes_with_one_killed_midway(
-        nodes: dict[str, ServerHandle], counter: Counter, database: str) -> None:
+        nodes: dict[str, ServerHandle], counter: Counter, database: str, postgres) -> None:  # type: ignore[no-untyped-def]
     for node, handle in nodes.items():
         create(handle.client(), "tick", {"app.py": APP}, Runtime="python3.11", Timeout=30,
                Environment={"Variables": {"COUNTER_URL": counter.url, "NODE": node}})
@@ -135,6 +138,16 @@ def test_a_thousand_events_on_three_nodes_with_one_killed_midway(
     left = queued_event_ids(database)
     assert orphans, "test premise: the killed node held events when it died"
     assert len(left) > len(orphans), "test premise: events were still queued when the node died"
+
+    postgres.stop("fast")  # and the database goes away for a moment too
+    try:
+        with pytest.raises(ClientError) as refused:
+            nodes["a"].client().invoke(FunctionName="tick", InvocationType="Event", Payload=b'{"id": "outage"}')
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert refused.value.response["Error"]["Code"] == "ServiceException"
+        assert "failed at step 'enqueue the event'" in refused.value.response["Error"]["Message"]
+    finally:
+        postgres.start()
 
     wait_for(lambda: all(ran(i) for i in ids), 600, "every accepted event to run")
     wait_for(lambda: not stored(database), 60, "the shared queue to empty")

@@ -161,3 +161,25 @@ def test_an_idle_dispatcher_makes_few_queries(database: str) -> None:
         print(f"idle dispatcher: {made} statements in {elapsed:.1f} s ({made / elapsed:.1f}/s)")
 
     asyncio.run(scenario())
+
+
+def test_a_node_lets_go_of_queued_events_another_node_took_over(database: str) -> None:
+    empty(database)
+
+    async def scenario() -> None:
+        ran: collections.Counter[str] = collections.Counter()
+        queue = make_queue(database, "slow-node", ran, [], lease_s=0.6)
+        queue._capacity = lambda: 0  # this node runs nothing: what it claims stays queued here  # noqa: SLF001
+        await queue.start()
+        for i in range(5):
+            await queue.put(f"q{i}", "f", None, b"{}")
+        assert queue.held == 5 and len(queue.backlog) == 5
+        with queue.store.engine.begin() as conn:  # as if its leases had lapsed and another node claimed them
+            conn.exec_driver_sql("UPDATE events SET claimed_by = 'other-node' WHERE request_id IN ('q0', 'q3')")
+        await wait_until(lambda: queue.held == 3, 30, "the renewal to notice the lost claims")
+        assert len(queue.backlog) == 3 and not ran
+        await queue.close()  # releases what it still holds, not what it lost
+        holders = {e.request_id: queue.store.holder(e.seq) for e in queue.store.load()}
+        assert holders == {"q0": "other-node", "q1": None, "q2": None, "q3": "other-node", "q4": None}
+
+    asyncio.run(scenario())

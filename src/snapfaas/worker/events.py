@@ -407,9 +407,14 @@ class EventQueue:
         it is claimed by this node at once; otherwise any node claims it. A database outage
         raises `ServiceUnavailable` (503)."""
         claim = not self.store.shared or event_leases.claim_size(len(self._held), self._capacity(), False) > 0
-        with unavailable("enqueue the event"):
-            event = await self._db(self.store.insert, request_id, function, qualifier, payload, self._clock(), claim)
-        self.count.added()
+        self.count.added()  # before the write: concurrent accepts see each other (the cap stays exact embedded)
+        try:
+            with unavailable("enqueue the event"):
+                event = await self._db(self.store.insert, request_id, function, qualifier, payload, self._clock(),
+                                       claim)
+        except BaseException:
+            self.count.removed()
+            raise
         if claim:
             self._hold(event)
         self._wake.set()

@@ -17,9 +17,10 @@ Decisions made here, used by `snapfaas.worker.events`:
   The event's ``retries`` counter goes up by one; ``attempts`` (``approximateInvokeCount``)
   counts completed runs only. ``MaximumEventAgeInSeconds`` still bounds the event.
 * `ClaimPacing` - when the dispatcher asks the database for more events: at once while claims
-  come back full and the node has room, every `ClaimPacing.idle_s` when the queue looked empty
-  (an idle node makes a few cheap queries a second, never a hot loop), backing off after
-  database failures.
+  come back full and the node has room, every `ClaimPacing.idle_s` once a claim came back short
+  (the queue looked empty: an idle node makes a few cheap queries a second, and a busy one does
+  not query per finished event), backing off after database failures. Events a node accepts
+  itself need no claim query: they are claimed as they are stored.
 * `claim_size` - how many events a node holds at most: enough to keep its slots busy and to
   let functions take turns, not so many that other nodes starve.
 * `ApproximateCount` - the cluster-wide queue length the 429 cap checks: the last database
@@ -131,11 +132,6 @@ class ClaimPacing:
         self.failures += 1
         self.next_at = now + delay
         return delay
-
-    def wake(self, now: float) -> None:
-        """Something freed room or may have changed the queue: the next claim may run now."""
-        if not self.failures:
-            self.next_at = min(self.next_at, now)
 
 
 @dataclasses.dataclass

@@ -462,6 +462,8 @@ class EventQueue:
                     break
                 self._spawn(self._attempt(event))
             free = len(self.backlog.inflight) < capacity
+            # stuck: slots are free but every event held here waits (a backoff, a gate, a reserved concurrency)
+            stuck = free and len(self.backlog) > len(self.backlog.inflight)
             if free:
                 wake_at = self.backlog.next_wakeup(now)
                 timeout: float | None = None if wake_at is None else max(MIN_WAIT_S, wake_at - now)
@@ -469,8 +471,7 @@ class EventQueue:
                 timeout = FULL_RECHECK_S  # a finished attempt wakes us; ages still run out
             if self.store.shared and not self._claiming:
                 mono = self._monotonic()
-                # free slots left after taking: nothing held can start now (stuck)
-                want = event_leases.claim_size(len(self._held), capacity, stuck=free)
+                want = event_leases.claim_size(len(self._held), capacity, stuck)
                 if want > 0:
                     if self.pacing.due(mono):
                         self._claiming = True
@@ -554,7 +555,6 @@ class EventQueue:
         now = self._clock()
         decision = self.backlog.settle(event, attempt.outcome, now)
         self._wake.set()
-        self.pacing.wake(self._monotonic())
         await self._finish(event, decision, attempt, now)
 
     async def _finish(self, event: QueuedEvent, decision: Decision, attempt: Attempt | None, now: float) -> None:
@@ -576,7 +576,6 @@ class EventQueue:
         await self._write("delete", self.store.delete, event.seq)
         self._held.pop(event.seq, None)
         self.count.removed()
-        self.pacing.wake(self._monotonic())
 
     async def _write(self, step: str, call: Callable[..., T], *args: Any) -> T:
         """A write that must happen: retried through a database outage (until the queue is

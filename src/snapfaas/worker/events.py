@@ -408,13 +408,15 @@ class EventQueue:
         raises `ServiceUnavailable` (503)."""
         claim = not self.store.shared or event_leases.claim_size(len(self._held), self._capacity(), False) > 0
         self.count.added()  # before the write: concurrent accepts see each other (the cap stays exact embedded)
+        stored = False
         try:
             with unavailable("enqueue the event"):
                 event = await self._db(self.store.insert, request_id, function, qualifier, payload, self._clock(),
                                        claim)
-        except BaseException:
-            self.count.removed()
-            raise
+            stored = True
+        finally:
+            if not stored:
+                self.count.removed()
         if claim:
             self._hold(event)
         self._wake.set()

@@ -32,6 +32,8 @@ def stable_node_id(data_dir: Path) -> str:
         return check_node_id(path.read_text().strip())
     except FileNotFoundError:
         pass
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}; fix or remove the file, or pass --node-id") from exc
     node_id = f"node-{secrets.token_hex(6)}"
     partial = path.with_name(f".{NODE_ID_FILE}.{os.getpid()}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

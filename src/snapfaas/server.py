@@ -26,6 +26,7 @@ from snapfaas.api.connections import ClientTimeouts, GuardedRunner
 from snapfaas.api.context import Services
 from snapfaas.api.replay import ReplayCache
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
+from snapfaas.errors import ServiceError
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.db import Registry
@@ -149,7 +150,10 @@ class Server:
         control.dropped = snapshots.drop
         control.slice_in_use = lambda index: (artifacts.holds(index) or snapshots.vault.holds(index)
                                               or ids.slice_has_processes(id_range, index))
-        node_id = cfg.node_id or stable_node_id(cfg.data_dir)
+        try:
+            node_id = cfg.node_id or stable_node_id(cfg.data_dir)
+        except ValueError as exc:
+            raise ServiceError(f"the start failed at step 'node id': {exc}") from exc
         invoker = Invoker(registry, worker, cfg.limits, cfg.events_db, logs,
                           EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
                                         cfg.data_dir / "destinations", node_id, LeaseTerms(cfg.event_lease_s)))

@@ -26,7 +26,7 @@ import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy import select
 
-from snapfaas.worker.events import EventStore, events
+from snapfaas.worker.event_store import EventStore, events
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
 from tests.e2e.snapstart_support import Counter, wait_for
 

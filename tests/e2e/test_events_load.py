@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import pytest
 from botocore.exceptions import ClientError
 
-from snapfaas.worker.events import EventStore
+from snapfaas.worker.event_store import EventStore
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, Counter, damage_a_restore_chunk, publish, snapshot_dirs, wait_for, wait_state
 

@@ -1,4 +1,4 @@
-"""The durable event table (snapfaas.worker.events.EventStore), including the upgrade of an
+"""The durable event table (snapfaas.worker.event_store.EventStore), including the upgrade of an
 events.db written by the first release (no enqueue time, counters or next-attempt time)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from snapfaas.worker.backlog import Outcome
-from snapfaas.worker.events import Attempt, EventStore
-from snapfaas.worker.events import events as events_table
+from snapfaas.worker.event_store import Attempt, EventStore
+from snapfaas.worker.event_store import events as events_table
 
 
 def test_an_old_events_db_is_upgraded_in_place(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from snapfaas.bench.harness import PrivateServer
 from snapfaas.client import Connection
-from snapfaas.worker.events import EventStore
+from snapfaas.worker.event_store import EventStore
 
 NAME = "bench-events"
 HANDLER_S = 0.2

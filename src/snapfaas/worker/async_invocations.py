@@ -37,7 +37,8 @@ from snapfaas.registry.model import LATEST, State
 from snapfaas.worker.backlog import Backlog, EventTiming, Outcome, QueuedEvent, RetryPolicy, Verdict
 from snapfaas.worker.environment import InvokeRequest
 from snapfaas.worker.event_leases import LeaseTerms
-from snapfaas.worker.events import Attempt, EventQueue, EventStore, Finished
+from snapfaas.worker.event_store import EventStore
+from snapfaas.worker.events import Attempt, EventQueue, Finished
 from snapfaas.worker.logs import LogStore
 
 if TYPE_CHECKING:

@@ -99,6 +99,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--event-retry-base", default=1.0, type=click.FloatRange(min=0.001), hidden=True,
               help="Seconds per unit of the async retry delays (Lambda: 1 s backoff start, 60 s before a retry "
                    "after a function error); for tests.")
+@click.option("--event-lease", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Cluster mode: seconds a node's claim of a queued event lasts without renewal (renewed every third "
+                   "of it); the events of a node that dies run elsewhere after this.")
 @click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
               help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key for --tls-cert.")
@@ -199,6 +202,7 @@ def serve(**opts: Any) -> None:
         snapstart_connections=opts["snapstart_connections"],
         event_queue_max=opts["event_queue_max"],
         event_retry_base_s=opts["event_retry_base"],
+        event_lease_s=opts["event_lease"],
         tls_cert=opts["tls_cert"].resolve() if opts["tls_cert"] else None,
         tls_key=opts["tls_key"].resolve() if opts["tls_key"] else None,
         replay_cache=opts["replay_cache"],
@@ -223,7 +227,6 @@ def serve(**opts: Any) -> None:
         advertise_url=opts["advertise_url"],
     )
     from snapfaas.cluster.nodes import check_advertise_url, check_node_id
-    from snapfaas.database import is_postgres_url
 
     try:
         if config.node_id is not None:
@@ -232,8 +235,6 @@ def serve(**opts: Any) -> None:
             check_advertise_url(config.advertise_url)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    if config.registry_url is not None and not is_postgres_url(config.registry_url):
-        raise click.BadParameter("--registry expects a postgresql:// URL")
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
     try:

@@ -88,6 +88,7 @@ class ServerConfig:
     snapstart_connections: str = DEFAULT_CONNECTION_MODE  # init's TCP connections in restored copies: "reset" (as on AWS), "closed", "blackhole"
     event_queue_max: int = 100_000  # queued + running Event invocations; beyond it Invoke(Event) answers 429
     event_retry_base_s: float = 1.0  # unit of every async retry delay (Lambda: 1 s; tests shrink it)
+    event_lease_s: float = 30.0  # cluster mode: a node's claim of a queued event lapses this long after its last renewal
     tls_cert: Path | None = None  # with tls_key: serve the API over HTTPS
     tls_key: Path | None = None
     replay_cache: bool = False  # refuse a second use of a SigV4 signature within its validity window
@@ -233,6 +234,11 @@ class ServerConfig:
     def registry_target(self) -> Path | str:
         """The registry database: `registry_url` (PostgreSQL) or the data dir's state.db."""
         return self.registry_url if self.registry_url is not None else self.db_path
+
+    @property
+    def events_db(self) -> Path | str:
+        """The event queue's database: the cluster's (``registry_url``) or ``<data-dir>/events.db``."""
+        return self.registry_url if self.registry_url is not None else self.data_dir / "events.db"
 
     @property
     def endpoint_url(self) -> str:

@@ -31,6 +31,7 @@ from snapfaas.cluster.node import ClusterNode
 from snapfaas.cluster.nodes import NodeLoad, load_or_create_node_id
 from snapfaas.database import open_engine
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
+from snapfaas.errors import ServiceError
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.errors import ServiceUnavailable
 from snapfaas.registry.artifacts import ArtifactStore
@@ -54,6 +55,7 @@ from snapfaas.snapshot.catalog import COUNTERS_FILE
 from snapfaas.snapshot.vault import SnapshotVault, remove_legacy
 from snapfaas.store import ChunkStore, StoreError, load_or_create_secret, open_store
 from snapfaas.worker.async_invocations import EventSettings
+from snapfaas.worker.event_leases import LeaseTerms
 from snapfaas.worker.backlog import EventTiming
 from snapfaas.worker.factory import EnvironmentFactory
 from snapfaas.worker.invoker import Invoker
@@ -164,9 +166,13 @@ class Server:
         control.dropped = snapshots.drop
         control.slice_in_use = lambda index: (artifacts.holds(index) or snapshots.vault.holds(index)
                                               or ids.slice_has_processes(id_range, index))
-        invoker = Invoker(registry, worker, cfg.limits, cfg.data_dir / "events.db", logs,
+        node_id = cluster.node_id
+        invoker = Invoker(registry, worker, cfg.limits, cfg.events_db, logs,
                           EventSettings(cfg.event_queue_max, EventTiming(cfg.event_retry_base_s),
-                                        cfg.data_dir / "destinations"))
+                                        cfg.data_dir / "destinations", node_id, LeaseTerms(cfg.event_lease_s)))
+        if cfg.registry_url is not None:
+            self.say(f"node {node_id}: asynchronous events from the cluster's shared queue (PostgreSQL, "
+                     f"claim lease {cfg.event_lease_s:g} s)")
         removed = await asyncio.to_thread(remove_legacy, cfg.data_dir)
         if removed:
             self.say(f"Removed {removed} snapshot(s) of the previous storage format; their versions re-create them when invoked.")
@@ -221,7 +227,7 @@ class Server:
                 network.start()
             worker.start()
             snapshots.start()
-            invoker.start()
+            await invoker.start()
             registry.remote_observers.append(StaleEnvironments(registry, worker))
             registry.listen(loop)  # PostgreSQL: other nodes' changes reach this node's observers
             control.resume()
@@ -258,7 +264,10 @@ class Server:
         it becomes live with its first heartbeat, once the API listens. `sources` gets the
         worker and the store later; until then the load is empty."""
         cfg = self.config
-        node_id = cfg.node_id or load_or_create_node_id(cfg.data_dir)
+        try:
+            node_id = cfg.node_id or load_or_create_node_id(cfg.data_dir)
+        except ValueError as exc:
+            raise ServiceError(f"the start failed at step 'node id': {exc}") from exc
 
         def load() -> NodeLoad:
             worker, store = sources.get("worker"), sources.get("store")

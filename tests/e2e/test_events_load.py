@@ -23,12 +23,12 @@ import collections
 import concurrent.futures
 import json
 import signal
-import sqlite3
 from collections.abc import Iterator
 
 import pytest
 from botocore.exceptions import ClientError
 
+from snapfaas.worker.event_store import EventStore
 from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, Counter, damage_a_restore_chunk, publish, snapshot_dirs, wait_for, wait_state
 
@@ -100,11 +100,11 @@ def records(server: ServerHandle, name: str) -> list[dict]:
 
 def drained(server: ServerHandle, name: str) -> bool:
     """No event of `name` is stored any more (each one ran or was dropped)."""
-    db = sqlite3.connect(f"file:{server.data_dir / 'events.db'}?mode=ro", uri=True)
+    store = EventStore(server.data_dir / "events.db", node_id="test-reader")
     try:
-        return int(db.execute("SELECT COUNT(*) FROM events WHERE function=?", (name,)).fetchone()[0]) == 0
+        return store.count(name) == 0
     finally:
-        db.close()
+        store.close()
 
 
 def test_concurrent_callers_events_under_reserved_concurrency_1_all_run_exactly_once(

@@ -279,3 +279,17 @@ def test_a_throttle_does_not_consume_an_attempt_however_often() -> None:
         now = b.next_wakeup(now)
     assert e.attempts == 0 and e.retries == 20
     assert b.settle(b.take(now), Outcome.SUCCESS, now) == Decision(Verdict.DONE)
+
+
+def test_withdraw_takes_out_a_queued_event_that_another_node_took_over() -> None:
+    b = backlog()
+    due, later, other = event(1), event(2), event(3, "g")
+    later.next_at = T0 + 50
+    for e in (due, later, other):
+        b.add(e)
+    assert b.withdraw(later) and b.withdraw(due)
+    assert not b.withdraw(due)  # not queued any more
+    assert len(b) == 1 and "f" not in b.by_function
+    running = b.take(T0 + 100)
+    assert running is other and not b.withdraw(other)  # a running event is left to its attempt
+    assert len(b) == 1 and b.take(T0 + 100) is None

@@ -44,7 +44,7 @@ def test_good_node_ids(good: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", "-a", "a b", "a/b", "A" * 64, "é"])
 def test_bad_node_ids(bad: str) -> None:
-    with pytest.raises(ValueError, match="--node-id"):
+    with pytest.raises(ValueError, match="not a node id"):
         check_node_id(bad)
 
 

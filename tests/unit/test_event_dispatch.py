@@ -37,11 +37,11 @@ def test_concurrency_up_to_capacity_and_no_head_of_line_blocking(tmp_path: Path)
         store = EventStore(tmp_path / "events.db")
         backlog = Backlog(EventTiming(0.01), lambda f, q: RetryPolicy())
         queue = EventQueue(store, backlog, run, conclude, capacity=lambda: 2)
-        queue.start()
+        await queue.start()
         for i in range(3):
-            queue.put(f"t{i}", "throttled", None, b"{}")
+            await queue.put(f"t{i}", "throttled", None, b"{}")
         for i in range(3):
-            queue.put(f"s{i}", "slow", None, b"{}")
+            await queue.put(f"s{i}", "slow", None, b"{}")
         async with asyncio.timeout(30):
             while len(running) < 2 or throttled_a < 1:
                 await asyncio.sleep(0.01)  # polling the scripted runner's state
@@ -53,7 +53,9 @@ def test_concurrency_up_to_capacity_and_no_head_of_line_blocking(tmp_path: Path)
                 await asyncio.sleep(0.01)
         assert sorted(f.event.request_id for f in finished) == ["s0", "s1", "s2", "t0", "t1", "t2"]
         assert all(f.decision.verdict is Verdict.DONE for f in finished)
-        assert store.count() == 0 and len(queue) == 0
+        async with asyncio.timeout(30):
+            while store.count() or len(queue):
+                await asyncio.sleep(0.01)  # the last delete runs on a database thread
         await queue.close()
 
     asyncio.run(scenario())
@@ -76,7 +78,7 @@ def test_stored_events_are_loaded_and_a_deleted_target_is_dropped(tmp_path: Path
 
         queue = EventQueue(store, Backlog(EventTiming(10.0), lambda f, q: RetryPolicy()), run, conclude,
                            capacity=lambda: 4)
-        queue.start()
+        await queue.start()
         assert len(queue) == 2
         gone = queue.changed("gone", lambda qualifier: qualifier != "7")
         assert [e.request_id for e in gone] == ["r1"]

@@ -23,13 +23,13 @@ import concurrent.futures
 import json
 import multiprocessing
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 from snapfaas.bench.harness import PrivateServer
 from snapfaas.client import Connection
+from snapfaas.worker.event_store import EventStore
 
 NAME = "bench-events"
 HANDLER_S = 0.2
@@ -63,12 +63,9 @@ def send_events(connection: Connection, caller: int, count: int, sleep: float) -
     return out
 
 
-def stored_events(server: PrivateServer) -> int:
-    db = sqlite3.connect(f"file:{server.data_dir / 'events.db'}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-    finally:
-        db.close()
+def event_store(server: PrivateServer) -> EventStore:
+    """The server's event queue, read through the same API the server uses (its events.db)."""
+    return EventStore(server.data_dir / "events.db", node_id="bench-reader")
 
 
 def function_log(server: PrivateServer) -> str:
@@ -113,16 +110,20 @@ def run(say: Callable[[str], None], events: int = 2000, callers: int = 8, baseli
 
         deadline = time.monotonic() + drain_timeout_s
         last_note = 0.0
-        while (left := stored_events(server)) > 0:
-            if time.monotonic() > deadline:
-                say(f"  gave up after {drain_timeout_s:.0f} s with {left} event(s) still queued")
-                break
-            if time.monotonic() - last_note > 30:
-                say(f"  {left} event(s) queued")
-                last_note = time.monotonic()
-            time.sleep(0.5)  # polling the queue's table
-        wall_s = time.perf_counter() - started
-        left = stored_events(server)
+        store = event_store(server)
+        try:
+            while (left := store.count()) > 0:
+                if time.monotonic() > deadline:
+                    say(f"  gave up after {drain_timeout_s:.0f} s with {left} event(s) still queued")
+                    break
+                if time.monotonic() - last_note > 30:
+                    say(f"  {left} event(s) queued")
+                    last_note = time.monotonic()
+                time.sleep(0.5)  # polling the queue's table
+            wall_s = time.perf_counter() - started
+            left = store.count()
+        finally:
+            store.close()
         time.sleep(2)  # let the log writer finish its last batch before counting
         log = function_log(server)
         daemon_log = (server.tmp / "server.log").read_text(errors="replace")

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from snapfaas.durable import write_atomic
+
 HEARTBEAT_S = 1.0  # a node writes its row this often
 LIVE_WINDOW_S = 3.0  # a heartbeat older than this puts a node out of the live set
 SUSPECT_S = LIVE_WINDOW_S + 1.0  # how long a failed forward keeps a node suspect (then its heartbeat decides)
@@ -94,7 +96,8 @@ def classify(records: Iterable[NodeRecord], db_now: dt.datetime, suspects: Mappi
 def check_node_id(node_id: str) -> str:
     """`node_id` if valid (1-63 of letters, digits, '.', '_', '-'; a letter or digit first), else ValueError."""
     if not NODE_ID_RE.match(node_id):
-        raise ValueError(f"--node-id {node_id!r}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValueError(f"not a node id: {node_id!r} (1-63 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit)")
     return node_id
 
 
@@ -108,12 +111,16 @@ def check_advertise_url(url: str) -> str:
 
 def load_or_create_node_id(data_dir: Path) -> str:
     """The node id kept in ``<data-dir>/node-id``; generated (``node-`` + 12 hex digits) and
-    written there (0600) on first use, so a node keeps its id across restarts."""
+    written there atomically (0600) on first use, so a restarted node is the same node (it
+    recovers its event claims instead of waiting for their leases). ValueError names a
+    damaged file."""
     path = data_dir / NODE_ID_FILE
     try:
         return check_node_id(path.read_text().strip())
     except FileNotFoundError:
-        node_id = f"node-{secrets.token_hex(6)}"
-        path.write_text(node_id + "\n")
-        path.chmod(0o600)
-        return node_id
+        pass
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}; fix or remove the file, or pass --node-id") from exc
+    node_id = f"node-{secrets.token_hex(6)}"
+    write_atomic(path, (node_id + "\n").encode())
+    return node_id

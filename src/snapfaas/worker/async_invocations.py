@@ -3,7 +3,8 @@
 `AsyncInvocations` is the I/O side of Lambda's asynchronous invocation model:
 
 * `accept` stores an event (or refuses it with 429 ``TooManyRequestsException`` when the
-  server already holds ``event_queue_max`` events);
+  queue already holds ``event_queue_max`` events: this server's, or in cluster mode the whole
+  cluster's, counted approximately as `snapfaas.worker.event_leases` describes);
 * `_attempt` runs one attempt and classifies how it ended (`backlog.Outcome`): the scheduling
   rules in `snapfaas.worker.backlog` decide what follows;
 * `_conclude` handles an event that left the queue: a success goes to the ``OnSuccess``
@@ -29,13 +30,15 @@ from typing import TYPE_CHECKING
 
 from snapfaas import destinations
 from snapfaas.errors import (
-    Conflict, InvalidParameterValue, NotFound, SnapfaasError, SnapStartError, SnapStartNotReady, SnapStartTimeout,
-    Throttled,
+    Conflict, InvalidParameterValue, NotFound, ServiceUnavailable, SnapfaasError, SnapStartError, SnapStartNotReady,
+    SnapStartTimeout, Throttled,
 )
 from snapfaas.registry.model import LATEST, State
 from snapfaas.worker.backlog import Backlog, EventTiming, Outcome, QueuedEvent, RetryPolicy, Verdict
 from snapfaas.worker.environment import InvokeRequest
-from snapfaas.worker.events import Attempt, EventQueue, EventStore, Finished
+from snapfaas.worker.event_leases import LeaseTerms
+from snapfaas.worker.event_store import EventStore
+from snapfaas.worker.events import Attempt, EventQueue, Finished
 from snapfaas.worker.logs import LogStore
 
 if TYPE_CHECKING:
@@ -52,10 +55,13 @@ class EventSettings:
     queue_max: int = 100_000
     timing: EventTiming = dataclasses.field(default_factory=EventTiming)
     destinations_dir: Path | None = None  # file destinations; None: refused at delivery (logged)
+    node_id: str = "local"  # this node's name in the claims of the event table
+    lease: LeaseTerms = dataclasses.field(default_factory=LeaseTerms)  # claims of the shared (PostgreSQL) queue
 
 
 class AsyncInvocations:
-    def __init__(self, invoker: Invoker, store_path: Path, logs: LogStore | None, settings: EventSettings) -> None:
+    def __init__(self, invoker: Invoker, database: Path | str, logs: LogStore | None, settings: EventSettings) -> None:
+        """`database`: the events.db file (embedded) or the cluster's ``postgresql://`` URL."""
         self.invoker = invoker
         self.registry = invoker.registry
         self.logs = logs
@@ -63,7 +69,8 @@ class AsyncInvocations:
         parts = self.registry.arn_prefix.split(":")  # arn:aws:lambda:<region>:<account>:function:
         self.region, self.account = parts[3], parts[4]
         backlog = Backlog(settings.timing, self._policy_for, limit_for=self._reserved)
-        self.queue = EventQueue(EventStore(store_path), backlog, self._attempt, self._conclude,
+        store = EventStore(database, settings.node_id, settings.lease)
+        self.queue = EventQueue(store, backlog, self._attempt, self._conclude,
                                 capacity=lambda: invoker.worker.max_environments)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.registry.observers.append(self._changed)
@@ -71,9 +78,9 @@ class AsyncInvocations:
     def __len__(self) -> int:
         return len(self.queue)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.queue.start()
+        await self.queue.start()
 
     async def close(self) -> None:
         if self._changed in self.registry.observers:
@@ -81,15 +88,17 @@ class AsyncInvocations:
         await self.queue.close()
 
     # -- accepting ------------------------------------------------------------------------------
-    def accept(self, request_id: str, function: str, qualifier: str | None, payload: bytes) -> QueuedEvent:
-        """Store an event for `function` (which the caller has resolved); 429 when full."""
+    async def accept(self, request_id: str, function: str, qualifier: str | None, payload: bytes) -> QueuedEvent:
+        """Store an event for `function` (which the caller has resolved); 429 when full, 503
+        when the (cluster's) database is unavailable."""
         if len(self.queue) >= self.settings.queue_max:
+            scope = "cluster" if self.queue.store.shared else "server"
             raise Throttled(
-                f"Rate Exceeded. The asynchronous invocation queue of this server is full "
+                f"Rate Exceeded. The asynchronous invocation queue of this {scope} is full "
                 f"({self.settings.queue_max} events); retry later.",
                 "CallerRateLimitExceeded",
             )
-        return self.queue.put(request_id, function, qualifier, payload)
+        return await self.queue.put(request_id, function, qualifier, payload)
 
     # -- policies and registry changes ------------------------------------------------------------
     def _policy_for(self, function: str, qualifier: str) -> RetryPolicy:
@@ -148,7 +157,10 @@ class AsyncInvocations:
             return Attempt(Outcome.GONE, exc.message)
         except (SnapStartNotReady, Conflict) as exc:
             return Attempt(Outcome.NOT_READY, exc.message)
-        payload = self.queue.store.payload(event.seq)
+        try:
+            payload = await self.queue.payload(event.seq)
+        except ServiceUnavailable as exc:
+            return Attempt(Outcome.PLATFORM_FAULT, exc.message)
         if payload is None:
             return Attempt(Outcome.GONE, "the event is no longer stored")
         inv.touch(version)
@@ -179,7 +191,7 @@ class AsyncInvocations:
         config = self.registry.get_event_config(event.function, qualifier)
         if decision.verdict is Verdict.DONE:
             if config is not None and config.on_success:
-                await self._deliver(config.on_success, self._record(finished, "Success"), event)
+                await self._deliver(config.on_success, await self._record(finished, "Success"), event)
             return
         assert decision.reason is not None
         reason = decision.reason.value
@@ -192,18 +204,18 @@ class AsyncInvocations:
                     f"Retries: {event.retries}\tAge: {finished.age_s:.0f} s\tDetail: {detail}")
             await asyncio.to_thread(self.logs.append, event.function, f"events/[{qualifier}]", [line])
         if config is not None and config.on_failure:
-            await self._deliver(config.on_failure, self._record(finished, reason), event)
+            await self._deliver(config.on_failure, await self._record(finished, reason), event)
 
-    def _record(self, finished: Finished, condition: str) -> dict[str, object]:
+    async def _record(self, finished: Finished, condition: str) -> dict[str, object]:
         event, attempt = finished.event, finished.attempt
         ran = attempt if attempt is not None and attempt.outcome.ran else None
-        last = None if ran is not None else self.queue.store.last_run(event.seq)
+        last = None if ran is not None else await self.queue.last_run(event.seq)
         common = dict(
             request_id=event.request_id,
             function_arn=self.registry.function_arn(event.function, event.qualifier or LATEST),
             condition=condition,
             invoke_count=event.attempts,
-            request_payload=self.queue.store.payload(event.seq),
+            request_payload=await self.queue.payload(event.seq),
             now=time.time(),
         )
         if ran is not None:
@@ -226,7 +238,7 @@ class AsyncInvocations:
                 return
             self.registry.resolve(target.name, target.qualifier)
             payload = destinations.fit(record, self.invoker.limits.event_payload_bytes)
-            self.accept(str(uuid.uuid4()), target.name, target.qualifier, payload)
+            await self.accept(str(uuid.uuid4()), target.name, target.qualifier, payload)
         except (SnapfaasError, OSError) as exc:
             message = exc.message if isinstance(exc, SnapfaasError) else str(exc)
             logger.warning("event %s for %s: delivery to destination %s failed at step 'deliver': %s",

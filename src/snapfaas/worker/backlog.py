@@ -2,7 +2,8 @@
 
 `Backlog` holds the metadata of every queued event (never the payload) and decides, without
 I/O, which event runs next and what happens after an attempt. `worker/events.py` does the
-I/O around it (SQLite, the function invocations, destinations).
+I/O around it (the event table in SQLite or PostgreSQL, claims, the function invocations,
+destinations).
 
 Rules (Lambda's, see "Error handling and automatic retries in Lambda"):
 
@@ -244,6 +245,23 @@ class Backlog:
             self._drop_lane_if_empty(key)
         out.sort(key=lambda e: e.seq)
         return out
+
+    def withdraw(self, event: QueuedEvent) -> bool:
+        """Take one queued event out (in cluster mode another node holds it now). False if it
+        is not queued here (running ones are not touched: their attempt finds out itself)."""
+        lane = self.lanes.get(event.lane)
+        if lane is None:
+            return False
+        for heap in (lane.ready, lane.waiting):
+            for i, item in enumerate(heap):
+                if item[-1] is event:
+                    heap[i] = heap[-1]
+                    heap.pop()
+                    heapq.heapify(heap)
+                    self._queued -= 1
+                    self._drop_lane_if_empty(event.lane)
+                    return True
+        return False
 
     def qualifiers(self, function: str) -> list[str]:
         return sorted(q for _, q in self.by_function.get(function, ()))

@@ -41,15 +41,15 @@ class InvokeResult:
 
 
 class Invoker:
-    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_path: Path,
+    def __init__(self, registry: Registry, worker: Worker, limits: Limits, events_db: Path | str,
                  logs: LogStore | None = None, event_settings: EventSettings | None = None) -> None:
         self.registry = registry
         self.worker = worker
         self.limits = limits
-        self.events = AsyncInvocations(self, events_path, logs, event_settings or EventSettings())
+        self.events = AsyncInvocations(self, events_db, logs, event_settings or EventSettings())
 
-    def start(self) -> None:
-        self.events.start()
+    async def start(self) -> None:
+        await self.events.start()
 
     async def close(self) -> None:
         await self.events.close()
@@ -114,7 +114,7 @@ class Invoker:
             return InvokeResult(204, b"", request_id)  # Lambda sends no X-Amz-Executed-Version for DryRun
         if invocation_type == "Event":
             self.refuse_failed(name, qualifier)
-            self.events.accept(request_id, name, qualifier, payload)
+            await self.events.accept(request_id, name, qualifier, payload)
             return InvokeResult(202, b"", request_id)
         self.check_ready(version)
         info = self.registry.function_info(name)

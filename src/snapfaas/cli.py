@@ -137,6 +137,15 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
               help="Longest pause (seconds) between two chunks of a request body; then the upload is dropped.")
 @click.option("--client-idle-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds an idle keep-alive client connection is kept open.")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
+              help="The cluster's shared PostgreSQL database (default: SQLite in the data dir, one host).")
+@click.option("--node-id", default=None, help="This node's id in a cluster (default: generated once per data dir).")
+@click.option("--advertise-url", default=None, metavar="URL", help="How other nodes reach this one (default http(s)://127.0.0.1:PORT).")
+@click.option("--lease-ttl", default="30s", show_default=True,
+              help="Publish and garbage-collection leases expire this long after their holder's last renewal "
+                   "(a dead node's publish is taken over after it).")
+@click.option("--account-concurrency", default=None, type=click.IntRange(min=1),
+              help="Cluster-wide account concurrency limit (default: only --max-environments on each node).")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -197,7 +206,18 @@ def serve(**opts: Any) -> None:
         store_cache_dir=_absolute(opts["store_cache_dir"]) if opts["store_cache_dir"] else None,
         store_cache_bytes=store_cache_bytes,
         store_memory_bytes=store_memory_bytes,
+        registry_url=opts["registry_url"],
+        node_id=opts["node_id"],
+        advertise_url=opts["advertise_url"],
+        lease_ttl_s=parse_duration(opts["lease_ttl"]),
+        account_concurrency=opts["account_concurrency"],
     )
+    from snapfaas.database import is_postgres_url
+
+    if config.registry_url is not None and not is_postgres_url(config.registry_url):
+        raise click.BadParameter(f"--registry: not a postgresql:// URL: {config.registry_url!r}")
+    if config.lease_ttl_s < 1:
+        raise click.BadParameter("--lease-ttl: at least 1s")
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -101,6 +102,22 @@ class ServerConfig:
     store_cache_dir: Path | None = None  # the store's local disk cache (sealed chunks); None: <data-dir>/store-cache
     store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
     store_memory_bytes: int = 256 << 20  # the store's plaintext chunk memory tier (beside the view's page cache)
+    # cluster mode (issue 12): the shared database, this node's identity, lease TTL, cluster-wide account limit
+    registry_url: str | None = None  # postgresql://...: the cluster's shared database; None: SQLite <data-dir>/state.db
+    node_id: str | None = None  # None: a stable id generated once per data dir (`node_id_for`)
+    advertise_url: str | None = None  # how other nodes reach this one; None: http(s)://127.0.0.1:<port>
+    lease_ttl_s: float = 30.0  # publish / GC leases (cluster/leases.py) expire this long after their last renewal
+    account_concurrency: int | None = None  # cluster-wide account concurrency limit; None: only --max-environments per node
+
+    @property
+    def cluster(self) -> bool:
+        """Several nodes share the database (PostgreSQL): usage exchange and publish takeover run."""
+        return self.registry_url is not None
+
+    @property
+    def database_target(self) -> str | Path:
+        """What `database.open_engine` opens for the cluster tables: the shared URL or state.db."""
+        return self.registry_url if self.registry_url is not None else self.db_path
 
     @property
     def store_origin_url(self) -> str:
@@ -212,6 +229,25 @@ class ServerConfig:
     @property
     def endpoint_url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
+
+
+NODE_ID_FILE = "node-id"
+
+
+def node_id_for(data_dir: Path) -> str:
+    """This data dir's node id: generated once (``node-<12 hex>``) and kept in ``<data-dir>/node-id``."""
+    path = data_dir / NODE_ID_FILE
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    node_id = "node-" + secrets.token_hex(6)
+    tmp = path.with_name(f".{NODE_ID_FILE}.tmp")
+    tmp.write_text(node_id + "\n")
+    tmp.replace(path)
+    return node_id
 
 
 def store_secret_for(data_dir: Path) -> Path:

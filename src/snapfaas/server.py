@@ -25,7 +25,10 @@ from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.connections import ClientTimeouts, GuardedRunner
 from snapfaas.api.context import Services
 from snapfaas.api.replay import ReplayCache
-from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
+from snapfaas.cluster.leases import Leases
+from snapfaas.cluster.usage import UsageBoard, UsageExchange
+from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig, node_id_for
+from snapfaas.database import open_engine
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.db import Registry
@@ -131,10 +134,21 @@ class Server:
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env,
                         admission_wait_s=cfg.admission_wait_s)
+        worker.account_limit = cfg.account_concurrency
+        # leases (publish, upload, gc) live in the registry's database: the cluster's, or state.db
+        node_id = cfg.node_id or node_id_for(cfg.data_dir)
+        cluster_db = open_engine(cfg.database_target)
+        leases = await asyncio.to_thread(Leases, cluster_db, node_id, cfg.lease_ttl_s)
+        usage: UsageExchange | None = None
+        if cfg.cluster:  # reserved and account concurrency hold across the nodes (cluster/usage.py)
+            board = await asyncio.to_thread(UsageBoard, cluster_db, node_id)
+            usage = UsageExchange(board, lambda: dict(worker.inflight), worker.set_remote)
+            self.say(f"cluster node {node_id}: shared database {cluster_db.url.render_as_string(hide_password=True)}")
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
         control.snapstart_runtimes = cfg.snapstart_runtimes
         worker.reseed_after_restore = cfg.reseed_after_restore
         snapshots = self._snapshots(registry, factory, credentials_env)
+        snapshots.leases = leases
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
         worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections
@@ -195,6 +209,8 @@ class Server:
                 network.start()
             worker.start()
             snapshots.start()
+            if usage is not None:
+                usage.start()
             invoker.start()
             control.resume()
             self.say(f"snapfaas listening on {cfg.endpoint_url} (data dir {cfg.data_dir})")
@@ -209,6 +225,8 @@ class Server:
             await working_sets.close()  # before the store closes; no prefetch or recording after it
             await snapshots.close()
             await invoker.close()
+            if usage is not None:
+                await usage.close()
             await worker.close()
             await snapshots.close_store()
             if network is not None:
@@ -217,6 +235,7 @@ class Server:
             await runner.cleanup()
             await asyncio.to_thread(logs.close)
             registry.close()
+            cluster_db.dispose()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         self.say("stopped")

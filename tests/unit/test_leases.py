@@ -38,3 +38,19 @@ def test_renewal_needs_the_same_holder_and_token() -> None:
     assert not still_held(row("b", token=4), mine)  # taken over
     assert not still_held(row("a", token=4), mine)  # taken back by a restarted process of the same node
     assert not still_held(None, mine)  # released
+
+
+# -- node usage (cluster/usage.py) ------------------------------------------------------------
+from snapfaas.cluster.usage import TOTAL, UsageRow, aggregate  # noqa: E402
+
+
+def test_usage_sums_the_other_live_nodes() -> None:
+    rows = [UsageRow("a", TOTAL, 5, 100.0), UsageRow("a", "f", 5, 100.0),  # this node: not counted
+            UsageRow("b", TOTAL, 3, 100.0), UsageRow("b", "f", 2, 100.0), UsageRow("b", "g", 1, 100.0),
+            UsageRow("c", TOTAL, 1, 100.0), UsageRow("c", "f", 1, 100.0),
+            UsageRow("d", TOTAL, 9, 50.0), UsageRow("d", "f", 9, 50.0)]  # expired: a dead node
+    usage = aggregate(rows, "a", 60.0)
+    assert usage.functions == {"f": 3, "g": 1}
+    assert usage.total == 4
+    assert usage.nodes == {"b", "c"}
+    assert usage.of("h") == 0

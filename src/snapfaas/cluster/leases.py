@@ -108,7 +108,7 @@ def still_held(row: ClaimRow | None, claim: Claim) -> bool:
     return row is not None and row.holder == claim.holder and row.token == claim.token
 
 
-def _db_now(engine: Engine) -> sa.ColumnElement[float]:
+def db_now(engine: Engine) -> sa.ColumnElement[float]:
     """The database clock in epoch seconds, as a SQL expression."""
     if engine.dialect.name == "postgresql":
         return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
@@ -124,7 +124,7 @@ class Leases:
         self.engine = engine
         self.node_id = node_id
         self.ttl_s = ttl_s
-        self._now = _db_now(engine)
+        self._now = db_now(engine)
         # SQLite (one host): serialize this process's read-then-write steps; the CAS does the rest
         self._local = threading.Lock()
         with unavailable("create claims table"):

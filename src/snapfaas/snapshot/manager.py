@@ -14,6 +14,24 @@ the checkpoint is taken while it waits. Images live in the chunk store (`snapfaa
 deduplicated, encrypted, tiered); `SnapshotVault` keeps their plaintext restore-ready copy in RAM.
 Deleting or expiring a snapshot schedules a garbage collection (in a thread) that removes its
 chunks no other snapshot references, from every tier and the origin.
+
+Leases (`leases`, in the registry's database; in a cluster, PostgreSQL shared by every node):
+
+* A publish or re-creation is worked on by the holder of its ``publish`` lease only, renewed from
+  a thread while it works. A node that does not get it leaves the version to its holder. Every
+  `takeover_period` each node looks for Pending SnapStart versions and claims those whose lease
+  is free or expired: a version whose node died mid-publish is redone from scratch elsewhere
+  (the dead node's half-written snapshot is never referenced: garbage). A holder that lost its
+  lease (taken over after a long stall) neither activates nor fails the version.
+* Before its images go to the store, a publish takes an ``upload`` lease named by its snapshot
+  id and waits until no ``gc`` lease is live; it releases the upload lease once the registry
+  references the snapshot (or it is dropped). Garbage collection takes the ``gc`` lease, then
+  reads the live upload leases, *then* the registry: every snapshot is in one of the two. A
+  snapshot with an upload lease but no manifest yet is being written by a publish that may
+  already have checked which chunks exist, so the collection deletes no chunk then (manifests
+  only; chunks at the next run). Together: a chunk a publish relies on is never deleted, on any
+  node, whatever the grace period. A node that does not get the gc lease cleans its local
+  caches only.
 """
 
 from __future__ import annotations
@@ -28,7 +46,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-from snapfaas.errors import InvalidParameterValue, NotFound, SnapStartNotReady
+from snapfaas.cluster.leases import Claim, Keeper, Leases
+from snapfaas.errors import InvalidParameterValue, NotFound, ServiceUnavailable, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.snapshot import engine, memory, sockets
@@ -43,7 +62,30 @@ TOUCH_PERSIST_S = 3600.0  # last-invoked times are persisted at most this often 
 RECREATING = "The function's snapshot is being re-created."  # StateReason of a Pending re-creation
 IDLE_REASON = "The function's snapshot was removed because the version was not invoked for the retention period."
 FORCED_REASON = "The function's snapshot was removed by the operator (snapfaas snapshot expire)."
+# lease kinds (cluster/leases.py): who works on a version's snapshot, which snapshots are being
+# written to the origin, who collects the origin's garbage
+PUBLISH, UPLOAD, GC, GC_KEY = "publish", "upload", "gc", "origin"
+GC_POLL_S = 0.2  # how often an upload waiting for another node's collection looks again
 NOT_READY = "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
+
+
+def publish_key(version: FunctionVersion) -> str:
+    """The key of a version's publish lease."""
+    return f"{version.name}:{version.version}"
+
+
+def needs_recreation(current: FunctionVersion, seen: FunctionVersion) -> bool:
+    """Whether the version as stored now still needs the re-creation `seen` (the version as
+    the caller saw it: Inactive, or Active with a broken snapshot) asked for."""
+    if current.state == State.INACTIVE:
+        return True
+    if current.state == State.ACTIVE:
+        return current.snapshot_id is not None and current.snapshot_id == seen.snapshot_id
+    return current.state == State.PENDING and current.state_reason == RECREATING
+
+
+class _Settled(Exception):
+    """The version left Pending while this node worked on it (another node settled it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +141,16 @@ class SnapshotManager:
         self._reaper: asyncio.Task[None] | None = None
         self._restored_from: dict[str, tuple[str, str]] = {}  # snapshot id -> (function, version) it restores
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.leases: Leases | None = None  # set by the server; None: no coordination (tests, tools)
+        self.takeover_period: float | None = None  # None: half the lease TTL
+        self._uploads: dict[str, Claim] = {}  # snapshot id -> upload lease, until the registry references it
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
+        if self.leases is not None:
+            self._spawn(self._takeover_loop(), "snapshot-takeover")
         if self.vault.view is not None:
             self.vault.view.on_failure = self.chunk_failed
         loop = self._loop
@@ -149,23 +196,93 @@ class SnapshotManager:
 
     # -- publish ---------------------------------------------------------------------------
     async def publish(self, version: FunctionVersion) -> None:
-        """Create the snapshot of a Pending version and move it to Active or Failed."""
+        """Create the snapshot of a Pending version and move it to Active or Failed; with
+        `leases`, only as the holder of its publish lease (held by another node: nothing)."""
         key = (version.name, version.version)
         if key in self._creating:
             return
         self._creating.add(key)
         try:
-            failure = await self._create(version)
-        except Exception as exc:  # any platform fault must end in Failed, never a stuck Pending
-            logger.exception("snapshot of %s:%s failed", version.name, version.version)
-            failure = PublishFailure("InternalError", f"Snapshot creation failed: {type(exc).__name__}: {exc}")
+            await self._publish(version, None)
         finally:
             self._creating.discard(key)
-        if failure is not None:
-            self._log(version, f"SnapStart publish failed: {failure.reason}")
-            self._set(version, lambda v: v.move_to(State.FAILED, failure.reason, failure.code))
 
-    async def _create(self, version: FunctionVersion) -> PublishFailure | None:
+    async def _publish(self, version: FunctionVersion, claim: Claim | None) -> None:
+        """`publish` with `_creating` held; `claim` is the version's publish lease if the
+        caller took it already (None: take it here)."""
+        if claim is None and self.leases is not None:
+            claim = await self._claim(PUBLISH, publish_key(version))
+            if claim is None:
+                return  # another node works on it (or the database is away: the takeover loop retries)
+            try:
+                version = self.registry.get_version(version.name, version.version)
+            except NotFound:
+                await self._release(claim)
+                return
+            if version.state != State.PENDING:
+                await self._release(claim)  # finished by the node that held it before
+                return
+        keeper = Keeper(self.leases, [claim]) if self.leases is not None and claim is not None else None
+        try:
+            with keeper if keeper is not None else contextlib.nullcontext():
+                try:
+                    failure = await self._create(version, keeper, claim)
+                except Exception as exc:  # any platform fault must end in Failed, never a stuck Pending
+                    logger.exception("snapshot of %s:%s failed", version.name, version.version)
+                    failure = PublishFailure("InternalError", f"Snapshot creation failed: {type(exc).__name__}: {exc}")
+            if failure is not None and await self._still_ours(claim, keeper):
+                self._log(version, f"SnapStart publish failed: {failure.reason}")
+                self._set(version, lambda v: v.move_to(State.FAILED, failure.reason, failure.code))
+        finally:
+            if claim is not None:
+                await self._release(claim)
+
+    async def _claim(self, kind: str, key: str) -> Claim | None:
+        assert self.leases is not None
+        try:
+            return await asyncio.to_thread(self.leases.claim, kind, key)
+        except ServiceUnavailable as exc:
+            logger.warning("lease %s %s not taken: %s", kind, key, exc.message)
+            return None
+
+    async def _release(self, claim: Claim) -> None:
+        assert self.leases is not None
+        try:
+            await asyncio.to_thread(self.leases.release, claim)
+        except ServiceUnavailable as exc:  # it expires by itself
+            logger.warning("lease %s %s not released (it expires after its TTL): %s", claim.kind, claim.key, exc.message)
+
+    async def _still_ours(self, claim: Claim | None, keeper: Keeper | None) -> bool:
+        """Whether this node may still settle the version: no lease in use, or it still holds it."""
+        if claim is None or self.leases is None:
+            return True
+        if keeper is not None and keeper.lost.is_set():
+            return False
+        try:
+            return await asyncio.to_thread(self.leases.held, claim)
+        except ServiceUnavailable as exc:
+            logger.warning("lease %s %s cannot be checked; leaving the version to its holder: %s",
+                           claim.kind, claim.key, exc.message)
+            return False
+
+    async def _takeover_loop(self) -> None:
+        """Claim Pending SnapStart versions nobody works on (their node died mid-publish)."""
+        assert self.leases is not None
+        period = self.takeover_period if self.takeover_period is not None else max(1.0, self.leases.ttl_s / 2)
+        while True:
+            await asyncio.sleep(period)  # a periodic timer, not synchronization
+            try:
+                pending = [v for v in self.registry.list_all_versions()
+                           if v.state == State.PENDING and not v.is_latest and v.snap_start == "PublishedVersions"
+                           and (v.name, v.version) not in self._creating]
+            except ServiceUnavailable as exc:
+                logger.warning("takeover scan skipped: %s", exc.message)
+                continue
+            for version in pending:
+                self._spawn(self.publish(version), f"snapshot-{version.name}:{version.version}")
+
+    async def _create(self, version: FunctionVersion, keeper: Keeper | None = None,
+                      claim: Claim | None = None) -> PublishFailure | None:
         if not self.status.available:
             return PublishFailure("InternalError", f"SnapStart is unavailable on this server: {self.status.reason}")
         if self.scanner is not None:
@@ -174,22 +291,55 @@ class SnapshotManager:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
         # the init environment counts against --max-environments: wait (queued) for a slot
         async with (self.environment_slot() if self.environment_slot else contextlib.nullcontext()):
-            taken = await self._snapshot(version)
+            taken = await self._snapshot(version, keeper)
         if isinstance(taken, PublishFailure):
             return taken
         snapshot_id = taken
 
         def activate(v: FunctionVersion) -> None:
+            if v.state != State.PENDING:
+                raise _Settled(v.state.value)
             v.snapshot_id = snapshot_id
             v.last_invoked = self.clock()
             v.move_to(State.ACTIVE)
 
-        if not self._set(version, activate):
-            self.vault.delete(snapshot_id)  # the version was deleted while we worked
-            self.collect_soon()
+        try:
+            # the manifest is in the origin (`seal` wrote it last) before the version turns Active
+            ours = await self._still_ours(claim, keeper)
+            try:
+                activated = ours and self._set(version, activate)
+            except _Settled as settled:
+                logger.info("snapshot %s of %s:%s not used: the version is %s", snapshot_id, version.name, version.version, settled)
+                activated = False
+            if not activated:
+                self.vault.delete(snapshot_id)  # deleted while we worked, or another node took the publish over
+                self.collect_soon()
+        finally:
+            await self._end_upload(snapshot_id, keeper)  # the registry references it now (or it is dropped)
         return None
 
-    async def _snapshot(self, version: FunctionVersion) -> PublishFailure | str:
+    async def _begin_upload(self, snapshot_id: str, keeper: Keeper | None) -> None:
+        """Announce that `snapshot_id` is being written (upload lease, renewed by `keeper`) and
+        wait until no garbage collection runs anywhere (see the module's lease protocol)."""
+        if self.leases is None:
+            return
+        claim = await asyncio.to_thread(self.leases.claim, UPLOAD, snapshot_id)
+        if claim is None:
+            raise RuntimeError(f"snapshot {snapshot_id} failed at step 'claim upload': another node holds its id")
+        self._uploads[snapshot_id] = claim
+        if keeper is not None:
+            keeper.add(claim)
+        while await asyncio.to_thread(self.leases.holder, GC, GC_KEY) is not None:
+            await asyncio.sleep(GC_POLL_S)  # a collection runs: the chunks we may deduplicate against could go
+
+    async def _end_upload(self, snapshot_id: str, keeper: Keeper | None) -> None:
+        upload = self._uploads.pop(snapshot_id, None)
+        if upload is not None:
+            if keeper is not None:
+                keeper.discard(upload)
+            await self._release(upload)
+
+    async def _snapshot(self, version: FunctionVersion, keeper: Keeper | None = None) -> PublishFailure | str:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
         why it failed. The environment is destroyed before this returns."""
         identity = "snapshot-" + secrets.token_hex(6)  # its token is withdrawn right after
@@ -240,6 +390,7 @@ class SnapshotManager:
                 self.vault.delete(snapshot_id)
                 return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")
             try:
+                await self._begin_upload(snapshot_id, keeper)
                 manifest = await asyncio.to_thread(
                     self.vault.seal, snapshot_id, work,
                     {"function": version.name, "function_version": version.version, "runtime": version.runtime,
@@ -249,6 +400,7 @@ class SnapshotManager:
                 )
             except BaseException:
                 self.vault.delete(snapshot_id)  # whatever reached the store goes at the next collection
+                await asyncio.shield(self._end_upload(snapshot_id, keeper))
                 self.collect_soon()
                 raise
             self._memory_modes[snapshot_id] = decision.mode
@@ -359,6 +511,9 @@ class SnapshotManager:
         self.recreate(version, "Restoring")
 
     def recreate(self, version: FunctionVersion, why: str) -> None:
+        """Send `version` (Inactive, or with a broken snapshot) back to Pending and re-create
+        its snapshot; with `leases`, only as the holder of its publish lease, so two nodes that
+        both see it Inactive do not both re-create it."""
         key = (version.name, version.version)
         if key in self._creating:
             return
@@ -367,9 +522,32 @@ class SnapshotManager:
             v.snapshot_id = None
             v.move_to(State.PENDING, RECREATING, "Restoring" if why == "Restoring" else "Creating")
 
-        if self._set(version, pending):
-            self._spawn(self.publish(self.registry.get_version(version.name, version.version)),
-                        f"snapshot-{version.name}:{version.version}")
+        if self.leases is None:
+            if self._set(version, pending):
+                self._spawn(self.publish(self.registry.get_version(version.name, version.version)),
+                            f"snapshot-{version.name}:{version.version}")
+            return
+        self._creating.add(key)
+        self._spawn(self._recreate(version, pending), f"snapshot-{version.name}:{version.version}")
+
+    async def _recreate(self, seen: FunctionVersion, pending: Callable[[FunctionVersion], None]) -> None:
+        try:
+            claim = await self._claim(PUBLISH, publish_key(seen))
+            if claim is None:
+                return  # another node re-creates it
+            try:
+                current = self.registry.get_version(seen.name, seen.version)
+                if not needs_recreation(current, seen):
+                    await self._release(claim)  # re-created by another node meanwhile
+                    return
+                self.registry.update_version(seen.name, seen.version, pending)
+                current = self.registry.get_version(seen.name, seen.version)
+            except NotFound:
+                await self._release(claim)
+                return
+            await self._publish(current, claim)
+        finally:
+            self._creating.discard((seen.name, seen.version))
 
     def touch(self, version: FunctionVersion) -> None:
         """Record an invoke (for retention); persisted coarsely to stay off the hot path."""
@@ -440,9 +618,30 @@ class SnapshotManager:
     async def collect_garbage(self, startup: bool = False) -> CollectReport:
         """Delete snapshots no version references (deleted, expired, broken, or left by a crash
         mid-publish) and every chunk no remaining snapshot needs, in a thread. The registry is
-        read here, on the event loop; publishes in flight are protected by the vault."""
-        referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
-        report = await asyncio.to_thread(self.vault.collect_garbage, referenced, startup)
+        read here, on the event loop; publishes in flight are protected by the vault (this
+        process) and by the lease protocol (other nodes; module docstring): without the ``gc``
+        lease only this node's caches are cleaned."""
+        if self.leases is None:
+            referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
+            return self._collected(referenced, await asyncio.to_thread(self.vault.collect_garbage, referenced, startup))
+        gc = await self._claim(GC, GC_KEY)
+        if gc is None:
+            logger.info("snapshot garbage collection: another node holds the gc lease; cleaning local caches only")
+            referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
+            return self._collected(referenced, await asyncio.to_thread(
+                self.vault.collect_garbage, referenced, startup, origin=False))
+        try:
+            with Keeper(self.leases, [gc]) as keeper:
+                uploads = set(await asyncio.to_thread(self.leases.live, UPLOAD))  # before the registry (see above)
+                referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
+                report = await asyncio.to_thread(
+                    self.vault.collect_garbage, referenced | uploads, startup,
+                    pending=uploads, still_held=lambda: not keeper.lost.is_set())
+        finally:
+            await self._release(gc)
+        return self._collected(referenced, report)
+
+    def _collected(self, referenced: set[str], report: CollectReport) -> CollectReport:
         for snapshot_id in set(self._dropped_copies) - referenced:
             del self._dropped_copies[snapshot_id]
         return report

@@ -446,7 +446,9 @@ class SnapshotVault:
         with self._locks_guard:
             self._locks.pop(snapshot_id, None)
 
-    def collect_garbage(self, referenced: set[str], startup: bool = False) -> CollectReport:
+    def collect_garbage(self, referenced: set[str], startup: bool = False, *, origin: bool = True,
+                        pending: set[str] | None = None,
+                        still_held: Callable[[], bool] | None = None) -> CollectReport:
         """Remove snapshots not in `referenced` (the ids the registry holds, read before this
         call) from the store (manifests, then unreferenced chunks from every tier and the
         origin) and the RAM cache; at `startup` also interrupted temporaries. Blocking: run it
@@ -455,7 +457,11 @@ class SnapshotVault:
         Safe against a concurrent publish: the live set is `referenced` plus every id between
         `work_dir` and the first collection whose `referenced` holds it (or its `delete`), and
         it is taken after the store's collection fence is up (the store evaluates the iterable
-        then), so a publish either is in it or opens its write under the fence."""
+        then), so a publish either is in it or opens its write under the fence.
+
+        Cluster mode (`snapshot.manager`'s lease protocol): `origin` False (another node holds
+        the gc lease) skips the store's collection, cleaning this node's RAM cache and view only;
+        `pending` and `still_held` are passed to `ChunkStore.collect`."""
         pinned = self.pinned()  # a snapshot live processes still read (lazy) keeps its manifest and chunks
         with self._gc_guard:
             doomed, self._doomed = self._doomed - pinned, self._doomed & pinned
@@ -470,7 +476,10 @@ class SnapshotVault:
                 unrecorded = set(self._unrecorded)
             yield from referenced | unrecorded | self.pinned()
 
-        report = self.store.collect(live(), grace_seconds=self.grace_seconds)
+        if origin:
+            report = self.store.collect(live(), grace_seconds=self.grace_seconds, pending=pending, still_held=still_held)
+        else:
+            report = CollectReport(0, 0, 0, 0, 0)
         with self._gc_guard:
             self._unrecorded -= referenced
             keep = referenced | self._unrecorded | self.pinned()

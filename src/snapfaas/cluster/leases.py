@@ -35,6 +35,7 @@ import dataclasses
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -43,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from snapfaas.database import unavailable
+from snapfaas.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -268,3 +270,95 @@ class Keeper:
                     self.discard(claim)
                     if self.on_lost is not None:
                         self.on_lost(claim)
+
+
+# -- the lease protocol between publishes and the store origin's garbage collection -------------
+UPLOAD, GC, GC_KEY = "upload", "gc", "origin"
+GC_POLL_S = 0.2  # how often an upload waiting for a collection looks again
+
+
+@dataclasses.dataclass
+class Collection:
+    """A collection this node may run (it holds the ``gc`` lease): `uploads` are the snapshots
+    being written anywhere (read after the lease was taken; read the registry *after* this)."""
+
+    claim: Claim
+    uploads: set[str]
+    keeper: Keeper
+
+    def still_held(self) -> bool:
+        return not self.keeper.lost.is_set()
+
+
+class OriginLeases:
+    """Publishes and garbage collection of one store origin, across nodes.
+
+    * `begin_upload(snapshot_id)` (before a snapshot's chunks are looked up or uploaded): take
+      the ``upload`` lease of the snapshot, then wait until no ``gc`` lease is live anywhere.
+      The caller renews the lease (a `Keeper`) and calls `end_upload` once the registry
+      references the snapshot, or it was dropped.
+    * `collection()`: take the ``gc`` lease (None if another node holds it), renewed while the
+      block runs, released after; yields the live upload leases, read after the gc lease was
+      taken. The collector must then read the registry, count `uploads` as referenced, and delete
+      no chunk while one of them has no manifest yet (`ChunkStore.collect(pending=...)`).
+
+    Why that is enough: an upload either committed its lease before the collector read the
+    leases (then the collector sees it), or it committed after, and so read the gc lease after
+    the collector had taken it and waits until the collection ends. A snapshot seen as an upload
+    but without a manifest may already have found chunks to deduplicate against, so no chunk goes.
+    An upload seen *with* its manifest has every chunk named in it. Each step is its own
+    committed statement: "write mine, then read the other's" on both sides."""
+
+    def __init__(self, leases: Leases, poll_s: float = GC_POLL_S) -> None:
+        self.leases = leases
+        self.poll_s = poll_s
+
+    def begin_upload(self, snapshot_id: str, keeper: Keeper | None = None) -> Claim:
+        """Blocking (run it in a thread)."""
+        claim = self.leases.claim(UPLOAD, snapshot_id)
+        if claim is None:
+            raise RuntimeError(f"snapshot {snapshot_id} failed at step 'claim upload': another node holds its id")
+        if keeper is not None:
+            keeper.add(claim)
+        try:
+            while self.leases.holder(GC, GC_KEY) is not None:
+                time.sleep(self.poll_s)  # a collection runs: chunks we might deduplicate against could go
+        except BaseException:
+            self.end_upload(claim, keeper)
+            raise
+        return claim
+
+    def end_upload(self, claim: Claim, keeper: Keeper | None = None) -> None:
+        if keeper is not None:
+            keeper.discard(claim)
+        self.leases.release(claim)
+
+    def open_collection(self) -> Collection | None:
+        """Take the gc lease and start renewing it; None if another node holds it. Blocking."""
+        claim = self.leases.claim(GC, GC_KEY)
+        if claim is None:
+            return None
+        keeper = Keeper(self.leases, [claim]).__enter__()
+        try:
+            return Collection(claim, set(self.leases.live(UPLOAD)), keeper)
+        except BaseException:
+            self.close_collection(Collection(claim, set(), keeper))
+            raise
+
+    def close_collection(self, collection: Collection) -> None:
+        """Stop renewing and release the gc lease. Blocking."""
+        collection.keeper.__exit__(None, None, None)
+        try:
+            self.leases.release(collection.claim)
+        except ServiceUnavailable as exc:  # it expires after its TTL
+            logger.warning("gc lease not released (it expires by itself): %s", exc.message)
+
+    @contextmanager
+    def collection(self) -> Iterator[Collection | None]:
+        """`open_collection` ... `close_collection` as a block."""
+        collection = self.open_collection()
+        try:
+            yield collection
+        finally:
+            if collection is not None:
+                self.close_collection(collection)

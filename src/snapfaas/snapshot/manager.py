@@ -46,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-from snapfaas.cluster.leases import Claim, Keeper, Leases
+from snapfaas.cluster.leases import Claim, Keeper, Leases, OriginLeases
 from snapfaas.errors import InvalidParameterValue, NotFound, ServiceUnavailable, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
@@ -62,10 +62,7 @@ TOUCH_PERSIST_S = 3600.0  # last-invoked times are persisted at most this often 
 RECREATING = "The function's snapshot is being re-created."  # StateReason of a Pending re-creation
 IDLE_REASON = "The function's snapshot was removed because the version was not invoked for the retention period."
 FORCED_REASON = "The function's snapshot was removed by the operator (snapfaas snapshot expire)."
-# lease kinds (cluster/leases.py): who works on a version's snapshot, which snapshots are being
-# written to the origin, who collects the origin's garbage
-PUBLISH, UPLOAD, GC, GC_KEY = "publish", "upload", "gc", "origin"
-GC_POLL_S = 0.2  # how often an upload waiting for another node's collection looks again
+PUBLISH = "publish"  # lease kind (cluster/leases.py): who works on a version's snapshot
 NOT_READY = "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
 
 
@@ -320,24 +317,19 @@ class SnapshotManager:
 
     async def _begin_upload(self, snapshot_id: str, keeper: Keeper | None) -> None:
         """Announce that `snapshot_id` is being written (upload lease, renewed by `keeper`) and
-        wait until no garbage collection runs anywhere (see the module's lease protocol)."""
+        wait until no garbage collection runs anywhere (`OriginLeases`)."""
         if self.leases is None:
             return
-        claim = await asyncio.to_thread(self.leases.claim, UPLOAD, snapshot_id)
-        if claim is None:
-            raise RuntimeError(f"snapshot {snapshot_id} failed at step 'claim upload': another node holds its id")
-        self._uploads[snapshot_id] = claim
-        if keeper is not None:
-            keeper.add(claim)
-        while await asyncio.to_thread(self.leases.holder, GC, GC_KEY) is not None:
-            await asyncio.sleep(GC_POLL_S)  # a collection runs: the chunks we may deduplicate against could go
+        self._uploads[snapshot_id] = await asyncio.to_thread(OriginLeases(self.leases).begin_upload, snapshot_id, keeper)
 
     async def _end_upload(self, snapshot_id: str, keeper: Keeper | None) -> None:
         upload = self._uploads.pop(snapshot_id, None)
-        if upload is not None:
-            if keeper is not None:
-                keeper.discard(upload)
-            await self._release(upload)
+        if upload is None or self.leases is None:
+            return
+        try:
+            await asyncio.to_thread(OriginLeases(self.leases).end_upload, upload, keeper)
+        except ServiceUnavailable as exc:  # it expires by itself; until then collections defer chunk deletion
+            logger.warning("upload lease of %s not released (it expires after its TTL): %s", snapshot_id, exc.message)
 
     async def _snapshot(self, version: FunctionVersion, keeper: Keeper | None = None) -> PublishFailure | str:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
@@ -624,24 +616,27 @@ class SnapshotManager:
         if self.leases is None:
             referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
             return self._collected(referenced, await asyncio.to_thread(self.vault.collect_garbage, referenced, startup))
-        gc = await self._claim(GC, GC_KEY)
-        if gc is None:
-            logger.info("snapshot garbage collection: another node holds the gc lease; cleaning local caches only")
-            referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
-            return self._collected(referenced, await asyncio.to_thread(
-                self.vault.collect_garbage, referenced, startup, origin=False))
+        origin = OriginLeases(self.leases)
         try:
-            with Keeper(self.leases, [gc]) as keeper:
-                uploads = set(await asyncio.to_thread(self.leases.live, UPLOAD))  # before the registry (see above)
-                referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
-                report = await asyncio.to_thread(
-                    self.vault.collect_garbage, referenced | uploads, startup,
-                    pending=uploads, still_held=lambda: not keeper.lost.is_set())
+            collection = await asyncio.to_thread(origin.open_collection)
+        except ServiceUnavailable as exc:
+            logger.warning("snapshot garbage collection: no gc lease (%s); cleaning local caches only", exc.message)
+            collection = None
+        try:
+            referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}  # after the leases
+            if collection is None:
+                logger.info("snapshot garbage collection: another node holds the gc lease; cleaning local caches only")
+                report = await asyncio.to_thread(self.vault.collect_garbage, referenced, startup, origin=False)
+            else:
+                report = await asyncio.to_thread(self.vault.collect_garbage, referenced | collection.uploads, startup,
+                                                 pending=collection.uploads, still_held=collection.still_held)
         finally:
-            await self._release(gc)
+            if collection is not None:
+                await asyncio.to_thread(origin.close_collection, collection)
         return self._collected(referenced, report)
 
     def _collected(self, referenced: set[str], report: CollectReport) -> CollectReport:
+        """Forget dropped-copy bookkeeping of snapshots gone from the registry (event loop)."""
         for snapshot_id in set(self._dropped_copies) - referenced:
             del self._dropped_copies[snapshot_id]
         return report

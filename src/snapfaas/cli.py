@@ -708,13 +708,21 @@ def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
 @store.command(name="gc")
 @click.option("--grace", default="10m", show_default=True,
               help="Spare unreferenced manifests and chunks younger than this (a server may be publishing them).")
+@click.option("--registry", "registry_url", default=None, metavar="postgresql://...",
+              help="The cluster's database (as given to serve): the collection takes the cluster's gc lease there. "
+                   "Default: the data dir's state.db, if a server has created it.")
 @store_options
-def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
-             store_cache_dir: Path | None, as_json: bool) -> None:
+def store_gc(grace: str, registry_url: str | None, data_dir: Path, store_origin: str | None,
+             store_s3_endpoint_url: str | None, store_cache_dir: Path | None, as_json: bool) -> None:
     """Delete manifests no version references and chunks no remaining manifest needs."""
     grace_s = parse_duration(grace)
+    leases = _gc_leases(registry_url, data_dir)
     catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir)
-    report = _catalog_call(catalog, lambda: catalog.collect(grace_s))
+    try:
+        report = _catalog_call(catalog, lambda: catalog.collect(grace_s, leases))
+    finally:
+        if leases is not None:
+            leases.engine.dispose()
     if as_json:
         click.echo(_json(report))
         return
@@ -722,6 +730,28 @@ def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endp
                   f"({_mb(report['bytes_freed'])}); kept {report['chunks_kept']} chunks; "
                   f"{report['cache_entries_dropped']} cache entries dropped"
                   + ("" if report["disk_cache_collected"] else " (disk cache in use by the server: left to it)"))
+
+
+def _gc_leases(registry_url: str | None, data_dir: Path) -> Any:
+    """Leases for an offline collection: in the cluster's database, or the data dir's state.db
+    (None when no server has created it: there is nobody to coordinate with)."""
+    import socket
+
+    from snapfaas.cluster.leases import Leases
+    from snapfaas.database import is_postgres_url, open_engine
+    from snapfaas.errors import SnapfaasError
+
+    if registry_url is not None and not is_postgres_url(registry_url):
+        raise click.BadParameter(f"--registry: not a postgresql:// URL: {registry_url!r}")
+    target: str | Path | None = registry_url
+    if target is None:
+        target = data_dir.resolve() / "state.db"
+        if not target.exists():
+            return None
+    try:
+        return Leases(open_engine(target), f"cli-{socket.gethostname()}-{os.getpid()}")
+    except SnapfaasError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 # -- snapshot safety scan (snapfaas.scan) ------------------------------------------------------

@@ -148,3 +148,47 @@ def test_a_collection_that_lost_its_lease_stops_deleting(nodes, tmp_path) -> Non
         b.collect(set(), grace_seconds=0.0, pending=set(), still_held=lambda: False)
     assert origin_chunks(origin) == before
     shutil.rmtree(tmp_path / "doomed")
+
+
+def test_offline_store_gc_takes_the_clusters_gc_lease(pg_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`snapfaas store gc --registry URL` collects only as the holder of the gc lease, and spares
+    snapshots being uploaded by a node."""
+    import json
+    import subprocess
+    import sys
+
+    from snapfaas.config import store_secret_for
+
+    data_dir, origin = tmp_path / "data", tmp_path / "origin"
+    data_dir.mkdir()
+    store = open_store(str(origin), store_secret_for(data_dir), cache_dir=None, memory_bytes=0)
+    try:
+        store.put_tree("fn-1-orphan", make_tree(tmp_path / "orphan", seed=4))
+    finally:
+        store.close()
+    engine = open_engine(pg_url)
+    node = Leases(engine, f"node-{tmp_path.name}", ttl_s=30)
+    argv = [sys.executable, "-m", "snapfaas", "store", "gc", "--json", "--grace", "0s", "--registry", pg_url,
+            "--data-dir", str(data_dir), "--store-origin", str(origin)]
+    try:
+        gc = node.claim(GC, GC_KEY)
+        assert gc is not None
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0
+        assert f"failed at step 'take the gc lease': node node-{tmp_path.name} is collecting" in refused.stderr
+        node.release(gc)
+        upload = node.claim(UPLOAD, "fn-2-writing")  # a node is writing a snapshot: no chunk may go
+        assert upload is not None
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["manifests_deleted"] == 1 and report["chunks_deleted"] == 0 and report["chunks_deferred"]
+        node.release(upload)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["chunks_deleted"] > 0 and not report["chunks_deferred"]
+        assert origin_chunks(origin) == set()
+        assert node.holder(GC, GC_KEY) is None  # the CLI released it
+    finally:
+        engine.dispose()

@@ -54,3 +54,23 @@ def test_usage_sums_the_other_live_nodes() -> None:
     assert usage.total == 4
     assert usage.nodes == {"b", "c"}
     assert usage.of("h") == 0
+
+
+# -- re-creation under a claim (snapshot/manager.py) ----------------------------------------
+from snapfaas.registry.model import State  # noqa: E402
+from snapfaas.snapshot.manager import RECREATING, needs_recreation  # noqa: E402
+
+
+class V:
+    def __init__(self, state: State, snapshot_id: str | None = None, reason: str | None = None) -> None:
+        self.state, self.snapshot_id, self.state_reason = state, snapshot_id, reason
+
+
+def test_a_recreation_is_needed_only_while_nobody_did_it() -> None:
+    seen_inactive, seen_broken = V(State.INACTIVE), V(State.ACTIVE, "s-old")
+    assert needs_recreation(V(State.INACTIVE), seen_inactive)  # type: ignore[arg-type]
+    assert needs_recreation(V(State.ACTIVE, "s-old"), seen_broken)  # type: ignore[arg-type]
+    assert not needs_recreation(V(State.ACTIVE, "s-new"), seen_inactive)  # type: ignore[arg-type]  # another node re-created it
+    assert not needs_recreation(V(State.ACTIVE, "s-new"), seen_broken)  # type: ignore[arg-type]
+    assert needs_recreation(V(State.PENDING, None, RECREATING), seen_inactive)  # type: ignore[arg-type]  # its node died
+    assert not needs_recreation(V(State.FAILED), seen_inactive)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ sharing one PostgreSQL database (`--registry`), each exchanging its in-use count
 Until the registry itself lives in PostgreSQL (the pgreg slice), each server has its own SQLite
 registry, so the test creates the same function with the same reserved concurrency on both.
 
-Precision (documented in cluster/usage.py and the README): a node admits against its own exact
+Precision (documented in cluster/usage.py and docs/cluster-leases.md): a node admits against its own exact
 counts plus the other nodes' counts as last read; over-admission is bounded by what the other
 nodes admitted within about two refresh intervals, never more than the limit on each node.
 """

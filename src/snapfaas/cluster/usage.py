@@ -7,7 +7,7 @@ transaction. Rows expire `ROW_TTL_S` after their last refresh (by the DB clock),
 died stops counting within seconds. Until the membership table of the nodes slice lands, a node
 is *live* when it has a non-expired row here.
 
-Precision (documented in the README's cluster section): each node admits against its own exact
+Precision (docs/cluster-leases.md): each node admits against its own exact
 counts plus the other nodes' counts as last read, so no database round-trip is on the invoke path.
 The cluster can over-admit by what the other nodes admitted since their last refresh and this
 node's last read: at most the admissions of about two refresh intervals (and never more than

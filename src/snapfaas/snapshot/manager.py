@@ -266,17 +266,21 @@ class SnapshotManager:
         """Claim Pending SnapStart versions nobody works on (their node died mid-publish)."""
         assert self.leases is not None
         period = self.takeover_period if self.takeover_period is not None else max(1.0, self.leases.ttl_s / 2)
+        seen: set[tuple[str, str]] = set()
         while True:
             await asyncio.sleep(period)  # a periodic timer, not synchronization
             try:
-                pending = [v for v in self.registry.list_all_versions()
-                           if v.state == State.PENDING and not v.is_latest and v.snap_start == "PublishedVersions"
-                           and (v.name, v.version) not in self._creating]
+                pending = {(v.name, v.version): v for v in self.registry.list_all_versions()
+                           if v.state == State.PENDING and not v.is_latest and v.snap_start == "PublishedVersions"}
             except ServiceUnavailable as exc:
                 logger.warning("takeover scan skipped: %s", exc.message)
                 continue
-            for version in pending:
+            # a version Pending at two scans in a row, and not worked on here: a fresh publish is
+            # left to the control plane that started it (which checks readiness first)
+            for key in (pending.keys() & seen) - self._creating:
+                version = pending[key]
                 self._spawn(self.publish(version), f"snapshot-{version.name}:{version.version}")
+            seen = set(pending)
 
     async def _create(self, version: FunctionVersion, keeper: Keeper | None = None,
                       claim: Claim | None = None) -> PublishFailure | None:

@@ -222,7 +222,7 @@ class Keeper:
     `lost` is set (and `on_lost` called, from the thread) once a renewal answers that a claim
     was taken over; a failing database is logged and retried (the lease may then expire, and
     another node take it over: the holder learns it at the next successful renewal).
-    Use as a context manager; leaving it stops the thread (claims are not released)."""
+    Use as a context manager; leaving it stops renewing (claims are not released)."""
 
     def __init__(self, leases: Leases, claims_: list[Claim] | None = None,
                  on_lost: Callable[[Claim], None] | None = None) -> None:
@@ -249,9 +249,9 @@ class Keeper:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop renewing. Does not wait for a renewal in flight (the event loop calls this; a
+        slow database must not block it): one that lands after a release finds no row."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
     def _run(self) -> None:
         interval = max(0.05, self.leases.ttl_s / 3)
@@ -265,6 +265,8 @@ class Keeper:
                     logger.warning("lease %s %s: renewal failed; retrying", claim.kind, claim.key, exc_info=True)
                     continue
                 if not kept:
+                    if self._stop.is_set():
+                        return  # released while this renewal ran: not a take-over
                     logger.warning("lease %s %s was taken over by another node", claim.kind, claim.key)
                     self.lost.set()
                     self.discard(claim)

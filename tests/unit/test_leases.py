@@ -74,3 +74,15 @@ def test_a_recreation_is_needed_only_while_nobody_did_it() -> None:
     assert not needs_recreation(V(State.ACTIVE, "s-new"), seen_broken)  # type: ignore[arg-type]
     assert needs_recreation(V(State.PENDING, None, RECREATING), seen_inactive)  # type: ignore[arg-type]  # its node died
     assert not needs_recreation(V(State.FAILED), seen_inactive)  # type: ignore[arg-type]
+
+
+def test_a_data_dirs_node_id_is_generated_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from snapfaas.config import ServerConfig, node_id_for
+
+    first = node_id_for(tmp_path)
+    assert first.startswith("node-") and node_id_for(tmp_path) == first
+    assert (tmp_path / "node-id").read_text().strip() == first
+    single = ServerConfig(data_dir=tmp_path)
+    assert not single.cluster and single.database_target == tmp_path / "state.db"
+    shared = ServerConfig(data_dir=tmp_path, registry_url="postgresql://u:p@127.0.0.1:5432/db")
+    assert shared.cluster and shared.database_target == "postgresql://u:p@127.0.0.1:5432/db"

@@ -214,8 +214,7 @@ class SnapshotManager:
             try:
                 version = self.registry.get_version(version.name, version.version)
             except NotFound:
-                await self._release(claim)
-                return
+                pass  # deleted meanwhile: the snapshot is taken and dropped at activation, as on a single host
             if version.state != State.PENDING:
                 await self._release(claim)  # finished by the node that held it before
                 return
@@ -523,23 +522,34 @@ class SnapshotManager:
                 self._spawn(self.publish(self.registry.get_version(version.name, version.version)),
                             f"snapshot-{version.name}:{version.version}")
             return
-        self._creating.add(key)
-        self._spawn(self._recreate(version, pending), f"snapshot-{version.name}:{version.version}")
 
-    async def _recreate(self, seen: FunctionVersion, pending: Callable[[FunctionVersion], None]) -> None:
+        def pending_if_needed(v: FunctionVersion) -> None:
+            if not needs_recreation(v, version):
+                raise _Settled(v.state.value)
+            pending(v)
+
+        # Pending at once (the caller answers SnapStartNotReady: the next read must not see the
+        # broken snapshot Active); then only the holder of the publish lease re-creates it
+        try:
+            if not self._set(version, pending_if_needed):
+                return
+        except _Settled:
+            return  # another node re-created it meanwhile
+        self._creating.add(key)
+        self._spawn(self._recreate(version), f"snapshot-{version.name}:{version.version}")
+
+    async def _recreate(self, seen: FunctionVersion) -> None:
         try:
             claim = await self._claim(PUBLISH, publish_key(seen))
             if claim is None:
                 return  # another node re-creates it
             try:
                 current = self.registry.get_version(seen.name, seen.version)
-                if not needs_recreation(current, seen):
-                    await self._release(claim)  # re-created by another node meanwhile
-                    return
-                self.registry.update_version(seen.name, seen.version, pending)
-                current = self.registry.get_version(seen.name, seen.version)
             except NotFound:
                 await self._release(claim)
+                return
+            if current.state != State.PENDING or current.state_reason != RECREATING:
+                await self._release(claim)  # re-created by another node meanwhile
                 return
             await self._publish(current, claim)
         finally:

@@ -158,6 +158,11 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--advertise-url", default=None, metavar="URL",
               help="Where the other nodes reach this node's API (e.g. http://10.0.0.2:9000). Default: the server's own "
                    "scheme://host:port.")
+@click.option("--lease-ttl", default="30s", show_default=True,
+              help="Publish and garbage-collection leases expire this long after their holder's last renewal "
+                   "(a dead node's publish is taken over after it).")
+@click.option("--account-concurrency", default=None, type=click.IntRange(min=1),
+              help="Cluster-wide account concurrency limit (default: only --max-environments on each node).")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
@@ -225,6 +230,8 @@ def serve(**opts: Any) -> None:
         registry_url=_registry_option(opts["registry_url"]),
         node_id=opts["node_id"],
         advertise_url=opts["advertise_url"],
+        lease_ttl_s=parse_duration(opts["lease_ttl"]),
+        account_concurrency=opts["account_concurrency"],
     )
     from snapfaas.cluster.nodes import check_advertise_url, check_node_id
 
@@ -235,6 +242,8 @@ def serve(**opts: Any) -> None:
             check_advertise_url(config.advertise_url)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if config.lease_ttl_s < 1:
+        raise click.BadParameter("--lease-ttl: at least 1s")
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")
     try:
@@ -752,10 +761,16 @@ def store_stats(data_dir: Path, store_origin: str | None, store_s3_endpoint_url:
 @store_options
 def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endpoint_url: str | None,
              store_cache_dir: Path | None, as_json: bool, registry_url: str | None) -> None:
-    """Delete manifests no version references and chunks no remaining manifest needs."""
+    """Delete manifests no version references and chunks no remaining manifest needs (under the
+    cluster's gc lease: refused while a server collects)."""
     grace_s = parse_duration(grace)
+    leases = _gc_leases(_registry_option(registry_url), data_dir)
     catalog = open_catalog(data_dir, store_origin, store_s3_endpoint_url, store_cache_dir, registry_url)
-    report = _catalog_call(catalog, lambda: catalog.collect(grace_s))
+    try:
+        report = _catalog_call(catalog, lambda: catalog.collect(grace_s, leases))
+    finally:
+        if leases is not None:
+            leases.engine.dispose()
     if as_json:
         click.echo(_json(report))
         return
@@ -763,6 +778,28 @@ def store_gc(grace: str, data_dir: Path, store_origin: str | None, store_s3_endp
                   f"({_mb(report['bytes_freed'])}); kept {report['chunks_kept']} chunks; "
                   f"{report['cache_entries_dropped']} cache entries dropped"
                   + ("" if report["disk_cache_collected"] else " (disk cache in use by the server: left to it)"))
+
+
+def _gc_leases(registry_url: str | None, data_dir: Path) -> Any:
+    """Leases for an offline collection: in the cluster's database, or the data dir's state.db
+    (None when no server has created it: there is nobody to coordinate with)."""
+    import socket
+
+    from snapfaas.cluster.leases import Leases
+    from snapfaas.database import is_postgres_url, open_engine
+    from snapfaas.errors import SnapfaasError
+
+    if registry_url is not None and not is_postgres_url(registry_url):
+        raise click.BadParameter(f"--registry: not a postgresql:// URL: {registry_url!r}")
+    target: str | Path | None = registry_url
+    if target is None:
+        target = data_dir.resolve() / "state.db"
+        if not target.exists():
+            return None
+    try:
+        return Leases(open_engine(target), f"cli-{socket.gethostname()}-{os.getpid()}")
+    except SnapfaasError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 # -- snapshot safety scan (snapfaas.scan) ------------------------------------------------------

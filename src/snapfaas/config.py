@@ -107,6 +107,8 @@ class ServerConfig:
     registry_url: str | None = None  # postgresql://... shared by a cluster's nodes; None: SQLite <data-dir>/state.db, one node
     node_id: str | None = None  # this node's id in the cluster; None: generated once into <data-dir>/node-id
     advertise_url: str | None = None  # where other nodes reach this one; None: scheme://host:port of the API
+    lease_ttl_s: float = 30.0  # publish / GC leases (cluster/leases.py) expire this long after their last renewal
+    account_concurrency: int | None = None  # cluster-wide account concurrency limit; None: only --max-environments per node
 
     @property
     def store_origin_url(self) -> str:

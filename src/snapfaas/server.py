@@ -32,6 +32,8 @@ from snapfaas.cluster.nodes import NodeLoad, load_or_create_node_id
 from snapfaas.database import open_engine
 from snapfaas.config import SUPPORTED_RUNTIMES, ServerConfig
 from snapfaas.errors import ServiceError
+from snapfaas.cluster.leases import Leases
+from snapfaas.cluster.usage import UsageBoard, UsageExchange
 from snapfaas.hostpaths import private_dir, run_root, trusted_dir
 from snapfaas.errors import ServiceUnavailable
 from snapfaas.registry.artifacts import ArtifactStore
@@ -148,12 +150,21 @@ class Server:
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env,
                         admission_wait_s=cfg.admission_wait_s)
+        worker.account_limit = cfg.account_concurrency
+        # leases (publish, upload, gc) live in the registry's database: the cluster's, or state.db
+        node_id = cluster.node_id
+        leases = await asyncio.to_thread(Leases, registry.engine, node_id, cfg.lease_ttl_s)
+        usage: UsageExchange | None = None
+        if cfg.clustered:  # reserved and account concurrency hold across the nodes (cluster/usage.py)
+            board = await asyncio.to_thread(UsageBoard, registry.engine, node_id)
+            usage = UsageExchange(board, lambda: dict(worker.inflight), worker.set_remote)
         control = ControlPlane(registry, artifacts, interpreters, worker.retire)
         control.snapstart_runtimes = cfg.snapstart_runtimes
         worker.reseed_after_restore = cfg.reseed_after_restore
         snapshots = self._snapshots(registry, factory, credentials_env, store)
         snapshots.code = artifacts  # packages share the store: its collection keeps the ones in use
         control.collect_store = snapshots.collect_soon
+        snapshots.leases = leases
         snapshots.scanner = publish_scanner(artifacts, logs, cfg.scan_block_on)
         worker.snapshots = snapshots
         worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections
@@ -227,6 +238,8 @@ class Server:
                 network.start()
             worker.start()
             snapshots.start()
+            if usage is not None:
+                usage.start()
             await invoker.start()
             registry.remote_observers.append(StaleEnvironments(registry, worker))
             registry.listen(loop)  # PostgreSQL: other nodes' changes reach this node's observers
@@ -245,6 +258,8 @@ class Server:
             await working_sets.close()  # before the store closes; no prefetch or recording after it
             await snapshots.close()
             await invoker.close()
+            if usage is not None:
+                await usage.close()
             await worker.close()
             await snapshots.close_store()
             if network is not None:

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from snapfaas.cluster.usage import RemoteUsage
 from snapfaas.errors import Throttled
 from snapfaas.worker.environment import MOVES, EnvState
 from snapfaas.worker.pool import Placement, Pool, Worker, pool_key
@@ -155,6 +156,45 @@ def test_account_concurrency_throttles(clock: Clock) -> None:
         worker._admit("f", 1)
     assert info.value.reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
     assert sum(worker.inflight.values()) == 3
+
+
+def test_reserved_concurrency_counts_other_nodes(clock: Clock) -> None:
+    """Cluster mode: the other nodes' admitted requests (as last read) count against the limit."""
+    worker = make_worker(clock, max_environments=10)
+    worker.set_remote(RemoteUsage({"f": 1}, 1, frozenset({"node-b"})))
+    worker._admit("f", 2)
+    with pytest.raises(Throttled) as info:
+        worker._admit("f", 2)
+    assert info.value.reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
+    worker.set_remote(RemoteUsage())  # node b's request ended
+    worker._admit("f", 2)
+    assert worker.inflight["f"] == 2
+
+
+def test_account_limit_counts_other_nodes(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=10)
+    worker.account_limit = 4
+    worker.set_remote(RemoteUsage({"x": 3}, 3, frozenset({"node-b"})))
+    worker._admit("f", None)
+    with pytest.raises(Throttled) as info:
+        worker._admit("g", None)
+    assert info.value.reason == "ConcurrentInvocationLimitExceeded"
+
+
+def test_a_fresher_remote_view_admits_a_queued_request(clock: Clock) -> None:
+    worker = make_worker(clock, max_environments=10)
+    worker.admission_wait_s = 30.0
+    worker.set_remote(RemoteUsage({"f": 2}, 2, frozenset({"node-b"})))
+
+    async def scenario() -> int:
+        queued = asyncio.ensure_future(worker._admission("f", 2))
+        await asyncio.sleep(0)
+        assert not queued.done()
+        worker.set_remote(RemoteUsage({"f": 1}, 1, frozenset({"node-b"})))
+        await asyncio.wait_for(queued, 5)
+        return worker.inflight["f"]
+
+    assert asyncio.run(scenario()) == 1
 
 
 def test_release_frees_admission(clock: Clock) -> None:

@@ -112,7 +112,7 @@ async def put_concurrency(request: web.Request) -> web.Response:
         raise NotFound(f"Function not found: {svc.registry.function_arn(name, LATEST)}") from exc
     body = await json_body(request)
     value = check.reserved_concurrency(check.require(body, "ReservedConcurrentExecutions", "reservedConcurrentExecutions"))
-    limit = svc.config.max_environments
+    limit = svc.config.account_concurrency or svc.config.max_environments
     if value > limit:
         raise check.InvalidParameterValue(
             f"Specified ReservedConcurrentExecutions for function exceeds this server's concurrency limit of [{limit}]."

@@ -7,6 +7,8 @@
 * `signing`: the cluster key's HMAC over a forwarded request (pure).
 * `forwarding`: sending an invoke to the node that should run it.
 * `node`: `ClusterNode`, the facade the API uses.
+* `leases`: publish and garbage-collection leases (``claims`` table), the origin's upload/gc protocol.
+* `usage`: per-node in-use counts exchanged for cluster-wide concurrency limits.
 
 With the embedded SQLite default there is one node, no heartbeat and no forwarding.
 """

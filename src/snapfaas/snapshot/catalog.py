@@ -14,6 +14,10 @@
   objects younger than `grace_seconds` (default 10 minutes) are spared. Code and layer
   packages live in the same store (registry/packages.py): those the registry references are
   live too, and they are not listed as snapshots.
+  Given `leases` (the
+  registry's database: the cluster's PostgreSQL, or the data dir's state.db) it runs as a
+  server's collection does (`cluster.leases.OriginLeases`): holding the ``gc`` lease (refused
+  while a server's collection runs), sparing snapshots being uploaded anywhere.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 
+from snapfaas.cluster.leases import GC, GC_KEY, Leases, OriginLeases
 from snapfaas.config import STORE_SHARED_GRACE_S, store_secret_for
 from snapfaas.database import open_engine, unavailable
 from snapfaas.durable import write_atomic
@@ -219,6 +224,16 @@ class Catalog:
         stats["origin"] = self.store.origin.describe()
         return stats
 
-    def collect(self, grace_seconds: float = STORE_SHARED_GRACE_S) -> dict[str, Any]:
-        report = self.store.collect(set(self.versions()) | self.package_ids(), grace_seconds=grace_seconds)
+    def collect(self, grace_seconds: float = STORE_SHARED_GRACE_S, leases: Leases | None = None) -> dict[str, Any]:
+        if leases is None:
+            report = self.store.collect((set(self.versions()) | self.package_ids()), grace_seconds=grace_seconds)
+            return {**dataclasses.asdict(report), "disk_cache_collected": not self.cache_locked}
+        with OriginLeases(leases).collection() as collection:
+            if collection is None:
+                holder = leases.holder(GC, GC_KEY)
+                raise CatalogError("snapshot catalog failed at step 'take the gc lease': node "
+                                   f"{holder.holder if holder else '?'} is collecting the origin's garbage; try again later")
+            referenced = (set(self.versions()) | self.package_ids()) | collection.uploads  # the registry after the upload leases
+            report = self.store.collect(referenced, grace_seconds=grace_seconds, pending=collection.uploads,
+                                        still_held=collection.still_held)
         return {**dataclasses.asdict(report), "disk_cache_collected": not self.cache_locked}

@@ -14,6 +14,24 @@ the checkpoint is taken while it waits. Images live in the chunk store (`snapfaa
 deduplicated, encrypted, tiered); `SnapshotVault` keeps their plaintext restore-ready copy in RAM.
 Deleting or expiring a snapshot schedules a garbage collection (in a thread) that removes its
 chunks no other snapshot references, from every tier and the origin.
+
+Leases (`leases`, in the registry's database; in a cluster, PostgreSQL shared by every node):
+
+* A publish or re-creation is worked on by the holder of its ``publish`` lease only, renewed from
+  a thread while it works. A node that does not get it leaves the version to its holder. Every
+  `takeover_period` each node looks for Pending SnapStart versions and claims those whose lease
+  is free or expired: a version whose node died mid-publish is redone from scratch elsewhere
+  (the dead node's half-written snapshot is never referenced: garbage). A holder that lost its
+  lease (taken over after a long stall) neither activates nor fails the version.
+* Before its images go to the store, a publish takes an ``upload`` lease named by its snapshot
+  id and waits until no ``gc`` lease is live; it releases the upload lease once the registry
+  references the snapshot (or it is dropped). Garbage collection takes the ``gc`` lease, then
+  reads the live upload leases, *then* the registry: every snapshot is in one of the two. A
+  snapshot with an upload lease but no manifest yet is being written by a publish that may
+  already have checked which chunks exist, so the collection deletes no chunk then (manifests
+  only; chunks at the next run). Together: a chunk a publish relies on is never deleted, on any
+  node, whatever the grace period. A node that does not get the gc lease cleans its local
+  caches only.
 """
 
 from __future__ import annotations
@@ -30,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from snapfaas.cluster.leases import Claim, Keeper, Leases, OriginLeases
 from snapfaas.errors import InvalidParameterValue, NotFound, ServiceUnavailable, SnapStartNotReady
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
@@ -47,6 +66,7 @@ TOUCH_PERSIST_S = 3600.0  # last-invoked times are persisted at most this often 
 RECREATING = "The function's snapshot is being re-created."  # StateReason of a Pending re-creation
 IDLE_REASON = "The function's snapshot was removed because the version was not invoked for the retention period."
 FORCED_REASON = "The function's snapshot was removed by the operator (snapfaas snapshot expire)."
+PUBLISH = "publish"  # lease kind (cluster/leases.py): who works on a version's snapshot
 NOT_READY = "Lambda is initializing your function. It will be ready to invoke once your function state becomes ACTIVE."
 
 
@@ -56,6 +76,25 @@ class CodePackages(Protocol):
     def mark(self) -> int: ...
     def live_ids(self, mark: int | None = None) -> set[str]: ...
     def settle(self, mark: int) -> None: ...
+
+
+def publish_key(version: FunctionVersion) -> str:
+    """The key of a version's publish lease."""
+    return f"{version.name}:{version.version}"
+
+
+def needs_recreation(current: FunctionVersion, seen: FunctionVersion) -> bool:
+    """Whether the version as stored now still needs the re-creation `seen` (the version as
+    the caller saw it: Inactive, or Active with a broken snapshot) asked for."""
+    if current.state == State.INACTIVE:
+        return True
+    if current.state == State.ACTIVE:
+        return current.snapshot_id is not None and current.snapshot_id == seen.snapshot_id
+    return current.state == State.PENDING and current.state_reason == RECREATING
+
+
+class _Settled(Exception):
+    """The version left Pending while this node worked on it (another node settled it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +151,16 @@ class SnapshotManager:
         self._restored_from: dict[str, tuple[str, str]] = {}  # snapshot id -> (function, version) it restores
         self._loop: asyncio.AbstractEventLoop | None = None
         self.code: CodePackages | None = None  # the server's ArtifactStore: packages being ingested
+        self.leases: Leases | None = None  # set by the server; None: no coordination (tests, tools)
+        self.takeover_period: float | None = None  # None: half the lease TTL
+        self._uploads: dict[str, Claim] = {}  # snapshot id -> upload lease, until the registry references it
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
+        if self.leases is not None:
+            self._spawn(self._takeover_loop(), "snapshot-takeover")
         if self.vault.view is not None:
             self.vault.view.on_failure = self.chunk_failed
         loop = self._loop
@@ -162,23 +206,96 @@ class SnapshotManager:
 
     # -- publish ---------------------------------------------------------------------------
     async def publish(self, version: FunctionVersion) -> None:
-        """Create the snapshot of a Pending version and move it to Active or Failed."""
+        """Create the snapshot of a Pending version and move it to Active or Failed; with
+        `leases`, only as the holder of its publish lease (held by another node: nothing)."""
         key = (version.name, version.version)
         if key in self._creating:
             return
         self._creating.add(key)
         try:
-            failure = await self._create(version)
-        except Exception as exc:  # any platform fault must end in Failed, never a stuck Pending
-            logger.exception("snapshot of %s:%s failed", version.name, version.version)
-            failure = PublishFailure("InternalError", f"Snapshot creation failed: {type(exc).__name__}: {exc}")
+            await self._publish(version, None)
         finally:
             self._creating.discard(key)
-        if failure is not None:
-            self._log(version, f"SnapStart publish failed: {failure.reason}")
-            self._set(version, lambda v: v.move_to(State.FAILED, failure.reason, failure.code))
 
-    async def _create(self, version: FunctionVersion) -> PublishFailure | None:
+    async def _publish(self, version: FunctionVersion, claim: Claim | None) -> None:
+        """`publish` with `_creating` held; `claim` is the version's publish lease if the
+        caller took it already (None: take it here)."""
+        if claim is None and self.leases is not None:
+            claim = await self._claim(PUBLISH, publish_key(version))
+            if claim is None:
+                return  # another node works on it (or the database is away: the takeover loop retries)
+            try:
+                version = self.registry.get_version(version.name, version.version)
+            except NotFound:
+                pass  # deleted meanwhile: the snapshot is taken and dropped at activation, as on a single host
+            if version.state != State.PENDING:
+                await self._release(claim)  # finished by the node that held it before
+                return
+        keeper = Keeper(self.leases, [claim]) if self.leases is not None and claim is not None else None
+        try:
+            with keeper if keeper is not None else contextlib.nullcontext():
+                try:
+                    failure = await self._create(version, keeper, claim)
+                except Exception as exc:  # any platform fault must end in Failed, never a stuck Pending
+                    logger.exception("snapshot of %s:%s failed", version.name, version.version)
+                    failure = PublishFailure("InternalError", f"Snapshot creation failed: {type(exc).__name__}: {exc}")
+            if failure is not None and await self._still_ours(claim, keeper):
+                self._log(version, f"SnapStart publish failed: {failure.reason}")
+                self._set(version, lambda v: v.move_to(State.FAILED, failure.reason, failure.code))
+        finally:
+            if claim is not None:
+                await self._release(claim)
+
+    async def _claim(self, kind: str, key: str) -> Claim | None:
+        assert self.leases is not None
+        try:
+            return await asyncio.to_thread(self.leases.claim, kind, key)
+        except ServiceUnavailable as exc:
+            logger.warning("lease %s %s not taken: %s", kind, key, exc.message)
+            return None
+
+    async def _release(self, claim: Claim) -> None:
+        assert self.leases is not None
+        try:
+            await asyncio.to_thread(self.leases.release, claim)
+        except ServiceUnavailable as exc:  # it expires by itself
+            logger.warning("lease %s %s not released (it expires after its TTL): %s", claim.kind, claim.key, exc.message)
+
+    async def _still_ours(self, claim: Claim | None, keeper: Keeper | None) -> bool:
+        """Whether this node may still settle the version: no lease in use, or it still holds it."""
+        if claim is None or self.leases is None:
+            return True
+        if keeper is not None and keeper.lost.is_set():
+            return False
+        try:
+            return await asyncio.to_thread(self.leases.held, claim)
+        except ServiceUnavailable as exc:
+            logger.warning("lease %s %s cannot be checked; leaving the version to its holder: %s",
+                           claim.kind, claim.key, exc.message)
+            return False
+
+    async def _takeover_loop(self) -> None:
+        """Claim Pending SnapStart versions nobody works on (their node died mid-publish)."""
+        assert self.leases is not None
+        period = self.takeover_period if self.takeover_period is not None else max(1.0, self.leases.ttl_s / 2)
+        seen: set[tuple[str, str]] = set()
+        while True:
+            await asyncio.sleep(period)  # a periodic timer, not synchronization
+            try:
+                pending = {(v.name, v.version): v for v in self.registry.list_all_versions()
+                           if v.state == State.PENDING and not v.is_latest and v.snap_start == "PublishedVersions"}
+            except ServiceUnavailable as exc:
+                logger.warning("takeover scan skipped: %s", exc.message)
+                continue
+            # a version Pending at two scans in a row, and not worked on here: a fresh publish is
+            # left to the control plane that started it (which checks readiness first)
+            for key in (pending.keys() & seen) - self._creating:
+                version = pending[key]
+                self._spawn(self.publish(version), f"snapshot-{version.name}:{version.version}")
+            seen = set(pending)
+
+    async def _create(self, version: FunctionVersion, keeper: Keeper | None = None,
+                      claim: Claim | None = None) -> PublishFailure | None:
         if not self.status.available:
             return PublishFailure("InternalError", f"SnapStart is unavailable on this server: {self.status.reason}")
         if self.scanner is not None:
@@ -187,22 +304,50 @@ class SnapshotManager:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
         # the init environment counts against --max-environments: wait (queued) for a slot
         async with (self.environment_slot() if self.environment_slot else contextlib.nullcontext()):
-            taken = await self._snapshot(version)
+            taken = await self._snapshot(version, keeper)
         if isinstance(taken, PublishFailure):
             return taken
         snapshot_id = taken
 
         def activate(v: FunctionVersion) -> None:
+            if v.state != State.PENDING:
+                raise _Settled(v.state.value)
             v.snapshot_id = snapshot_id
             v.last_invoked = self.clock()
             v.move_to(State.ACTIVE)
 
-        if not self._set(version, activate):
-            self.vault.delete(snapshot_id)  # the version was deleted while we worked
-            self.collect_soon()
+        try:
+            # the manifest is in the origin (`seal` wrote it last) before the version turns Active
+            ours = await self._still_ours(claim, keeper)
+            try:
+                activated = ours and self._set(version, activate)
+            except _Settled as settled:
+                logger.info("snapshot %s of %s:%s not used: the version is %s", snapshot_id, version.name, version.version, settled)
+                activated = False
+            if not activated:
+                self.vault.delete(snapshot_id)  # deleted while we worked, or another node took the publish over
+                self.collect_soon()
+        finally:
+            await self._end_upload(snapshot_id, keeper)  # the registry references it now (or it is dropped)
         return None
 
-    async def _snapshot(self, version: FunctionVersion) -> PublishFailure | str:
+    async def _begin_upload(self, snapshot_id: str, keeper: Keeper | None) -> None:
+        """Announce that `snapshot_id` is being written (upload lease, renewed by `keeper`) and
+        wait until no garbage collection runs anywhere (`OriginLeases`)."""
+        if self.leases is None:
+            return
+        self._uploads[snapshot_id] = await asyncio.to_thread(OriginLeases(self.leases).begin_upload, snapshot_id, keeper)
+
+    async def _end_upload(self, snapshot_id: str, keeper: Keeper | None) -> None:
+        upload = self._uploads.pop(snapshot_id, None)
+        if upload is None or self.leases is None:
+            return
+        try:
+            await asyncio.to_thread(OriginLeases(self.leases).end_upload, upload, keeper)
+        except ServiceUnavailable as exc:  # it expires by itself; until then collections defer chunk deletion
+            logger.warning("upload lease of %s not released (it expires after its TTL): %s", snapshot_id, exc.message)
+
+    async def _snapshot(self, version: FunctionVersion, keeper: Keeper | None = None) -> PublishFailure | str:
         """Run init in a snap-start environment and checkpoint it: the new snapshot's id, or
         why it failed. The environment is destroyed before this returns."""
         identity = "snapshot-" + secrets.token_hex(6)  # its token is withdrawn right after
@@ -254,6 +399,7 @@ class SnapshotManager:
                 self.vault.delete(snapshot_id)
                 return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")
             try:
+                await self._begin_upload(snapshot_id, keeper)
                 manifest = await asyncio.to_thread(
                     self.vault.seal, snapshot_id, work,
                     {"function": version.name, "function_version": version.version, "runtime": version.runtime,
@@ -263,6 +409,7 @@ class SnapshotManager:
                 )
             except BaseException:
                 self.vault.delete(snapshot_id)  # whatever reached the store goes at the next collection
+                await asyncio.shield(self._end_upload(snapshot_id, keeper))
                 self.collect_soon()
                 raise
             self._memory_modes[snapshot_id] = decision.mode
@@ -373,6 +520,9 @@ class SnapshotManager:
         self.recreate(version, "Restoring")
 
     def recreate(self, version: FunctionVersion, why: str) -> None:
+        """Send `version` (Inactive, or with a broken snapshot) back to Pending and re-create
+        its snapshot; with `leases`, only as the holder of its publish lease, so two nodes that
+        both see it Inactive do not both re-create it."""
         key = (version.name, version.version)
         if key in self._creating:
             return
@@ -381,9 +531,43 @@ class SnapshotManager:
             v.snapshot_id = None
             v.move_to(State.PENDING, RECREATING, "Restoring" if why == "Restoring" else "Creating")
 
-        if self._set(version, pending):
-            self._spawn(self.publish(self.registry.get_version(version.name, version.version)),
-                        f"snapshot-{version.name}:{version.version}")
+        if self.leases is None:
+            if self._set(version, pending):
+                self._spawn(self.publish(self.registry.get_version(version.name, version.version)),
+                            f"snapshot-{version.name}:{version.version}")
+            return
+
+        def pending_if_needed(v: FunctionVersion) -> None:
+            if not needs_recreation(v, version):
+                raise _Settled(v.state.value)
+            pending(v)
+
+        # Pending at once (the caller answers SnapStartNotReady: the next read must not see the
+        # broken snapshot Active); then only the holder of the publish lease re-creates it
+        try:
+            if not self._set(version, pending_if_needed):
+                return
+        except _Settled:
+            return  # another node re-created it meanwhile
+        self._creating.add(key)
+        self._spawn(self._recreate(version), f"snapshot-{version.name}:{version.version}")
+
+    async def _recreate(self, seen: FunctionVersion) -> None:
+        try:
+            claim = await self._claim(PUBLISH, publish_key(seen))
+            if claim is None:
+                return  # another node re-creates it
+            try:
+                current = self.registry.get_version(seen.name, seen.version)
+            except NotFound:
+                await self._release(claim)
+                return
+            if current.state != State.PENDING or current.state_reason != RECREATING:
+                await self._release(claim)  # re-created by another node meanwhile
+                return
+            await self._publish(current, claim)
+        finally:
+            self._creating.discard((seen.name, seen.version))
 
     def touch(self, version: FunctionVersion) -> None:
         """Record an invoke (for retention); persisted coarsely to stay off the hot path."""
@@ -459,22 +643,44 @@ class SnapshotManager:
     async def collect_garbage(self, startup: bool = False) -> CollectReport:
         """Delete snapshots no version references (deleted, expired, broken, or left by a crash
         mid-publish) and every chunk no remaining snapshot needs, in a thread. The registry is
-        read here, on the event loop; publishes in flight are protected by the vault.
+        read here, on the event loop; publishes in flight are protected by the vault (this
+        process) and by the lease protocol (other nodes; module docstring): without the ``gc``
+        lease only this node's caches are cleaned.
 
         The store holds code and layer packages too (registry/packages.py): those the registry
         references and those `code` is ingesting and has not seen recorded yet are live, so a
-        chunk a snapshot and a package share stays while either needs it. This is the one
-        collection of the origin: in a cluster, call it under the cluster-wide GC lease (it
-        spares unreferenced objects younger than the store's grace period, which other nodes
-        may be writing); what else `ControlPlane.collect_garbage` removes is node-local."""
+        chunk a snapshot and a package share stays while either needs it. What else
+        `ControlPlane.collect_garbage` removes is node-local."""
         code = self.code
         mark = code.mark() if code is not None else 0  # before the registry read (see `ArtifactStore.settle`)
-        referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}
-        packages = package_ids(self.registry.referenced_digests())
-        report = await asyncio.to_thread(self.vault.collect_garbage, referenced | packages, startup,
-                                         functools.partial(code.live_ids, mark) if code is not None else None)
+        also_live = functools.partial(code.live_ids, mark) if code is not None else None
+        origin = OriginLeases(self.leases) if self.leases is not None else None
+        collection = None
+        if origin is not None:
+            try:
+                collection = await asyncio.to_thread(origin.open_collection)
+            except ServiceUnavailable as exc:
+                logger.warning("snapshot garbage collection: no gc lease (%s); cleaning local caches only", exc.message)
+        try:
+            referenced = {v.snapshot_id for v in self.registry.list_all_versions() if v.snapshot_id}  # after the leases
+            live = referenced | package_ids(self.registry.referenced_digests())
+            if origin is None:
+                report = await asyncio.to_thread(self.vault.collect_garbage, live, startup, also_live)
+            elif collection is None:
+                logger.info("snapshot garbage collection: another node holds the gc lease; cleaning local caches only")
+                report = await asyncio.to_thread(self.vault.collect_garbage, live, startup, also_live, origin=False)
+            else:
+                report = await asyncio.to_thread(self.vault.collect_garbage, live | collection.uploads, startup, also_live,
+                                                 pending=collection.uploads, still_held=collection.still_held)
+        finally:
+            if collection is not None and origin is not None:
+                await asyncio.to_thread(origin.close_collection, collection)
         if code is not None:
             code.settle(mark)
+        return self._collected(referenced, report)
+
+    def _collected(self, referenced: set[str], report: CollectReport) -> CollectReport:
+        """Forget dropped-copy bookkeeping of snapshots gone from the registry (event loop)."""
         for snapshot_id in set(self._dropped_copies) - referenced:
             del self._dropped_copies[snapshot_id]
         return report

@@ -447,7 +447,9 @@ class SnapshotVault:
             self._locks.pop(snapshot_id, None)
 
     def collect_garbage(self, referenced: set[str], startup: bool = False,
-                        also_live: Callable[[], set[str]] | None = None) -> CollectReport:
+                        also_live: Callable[[], set[str]] | None = None, *, origin: bool = True,
+                        pending: set[str] | None = None,
+                        still_held: Callable[[], bool] | None = None) -> CollectReport:
         """Remove snapshots not in `referenced` (the ids the registry holds, read before this
         call) from the store (manifests, then unreferenced chunks from every tier and the
         origin) and the RAM cache; at `startup` also interrupted temporaries. Blocking: run it
@@ -457,7 +459,11 @@ class SnapshotVault:
         `work_dir` and the first collection whose `referenced` holds it (or its `delete`), and
         it is taken after the store's collection fence is up (the store evaluates the iterable
         then), so a publish either is in it or opens its write under the fence. `also_live()`,
-        read at that moment too, names more store ids to keep (code packages being ingested)."""
+        read at that moment too, names more store ids to keep (code packages being ingested).
+
+        Cluster mode (`snapshot.manager`'s lease protocol): `origin` False (another node holds
+        the gc lease) skips the store's collection, cleaning this node's RAM cache and view only;
+        `pending` and `still_held` are passed to `ChunkStore.collect`."""
         pinned = self.pinned()  # a snapshot live processes still read (lazy) keeps its manifest and chunks
         with self._gc_guard:
             doomed, self._doomed = self._doomed - pinned, self._doomed & pinned
@@ -472,7 +478,10 @@ class SnapshotVault:
                 unrecorded = set(self._unrecorded)
             yield from referenced | unrecorded | self.pinned() | (also_live() if also_live is not None else set())
 
-        report = self.store.collect(live(), grace_seconds=self.grace_seconds)
+        if origin:
+            report = self.store.collect(live(), grace_seconds=self.grace_seconds, pending=pending, still_held=still_held)
+        else:
+            report = CollectReport(0, 0, 0, 0, 0)
         with self._gc_guard:
             self._unrecorded -= referenced
             keep = referenced | self._unrecorded | self.pinned()

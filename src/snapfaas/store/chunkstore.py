@@ -61,7 +61,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -566,19 +566,28 @@ class ChunkStore:
 
     # ---- garbage collection ---------------------------------------------------------------
 
-    def collect(self, referenced_snapshot_ids: Iterable[str], grace_seconds: float = 600.0) -> CollectReport:
+    def collect(self, referenced_snapshot_ids: Iterable[str], grace_seconds: float = 600.0, *,
+                pending: set[str] | None = None, still_held: Callable[[], bool] | None = None) -> CollectReport:
         """Delete what no live snapshot needs (see the module contract). One at a time.
 
         `referenced_snapshot_ids` must name every live snapshot of this origin (prefix): a
-        manifest not named and older than `grace_seconds` is deleted with its unique chunks."""
+        manifest not named and older than `grace_seconds` is deleted with its unique chunks.
+
+        Across hosts (`snapshot.manager`'s lease protocol): `pending` names snapshots other
+        processes are writing; if one of them has no manifest yet, its chunks are unknown, so no
+        chunk is deleted this time (``chunks_deferred`` in the report). `still_held` is asked
+        before every deletion: once it answers False (the collector's lease was lost) the
+        collection stops with a `StoreError`."""
         with self._gc_lock:
             self._fence.begin_collection()
             try:
-                return self._collect(set(referenced_snapshot_ids), grace_seconds)
+                return self._collect(set(referenced_snapshot_ids), grace_seconds, set(pending or ()),
+                                     still_held or (lambda: True))
             finally:
                 self._fence.end_collection()
 
-    def _collect(self, referenced: set[str], grace: float) -> CollectReport:
+    def _collect(self, referenced: set[str], grace: float, pending: set[str],
+                 still_held: Callable[[], bool]) -> CollectReport:
         for snapshot_id in referenced:
             check_snapshot_id(snapshot_id)
         now = time.time()
@@ -593,10 +602,20 @@ class ChunkStore:
                                  f"{snapshot_id}; nothing was deleted: {exc}") from exc
         for snapshot_id in sorted(referenced - {info.key for info in listed}):
             logger.info("store: referenced snapshot %s has no manifest (being written, or lost)", snapshot_id)
+        unwritten = sorted(pending - {info.key for info in listed})
+        if unwritten:
+            logger.info("store: snapshots %s are being written elsewhere and have no manifest yet: "
+                        "no chunk is deleted this time", ", ".join(unwritten))
+
+        def check_lease() -> None:
+            if not still_held():
+                raise StoreError("snapshot store failed at step 'collect: hold the gc lease': the lease was lost "
+                                 "(taken over by another node); stopped")
         manifests_deleted = attachments_deleted = 0
         for info in listed:
             if info.key in keep:
                 continue
+            check_lease()
             with self._fence.manifest_deletable(info.key) as ok:
                 if ok:
                     self._forget_manifest(info.key)
@@ -606,10 +625,16 @@ class ChunkStore:
                 attachments_deleted += self._delete_attachments(info.key)
         attachments_deleted, orphan_copies = self._collect_orphan_attachments(attachments_deleted)
         chunks_deleted = kept = freed = 0
+        if unwritten:
+            kept = sum(1 for _ in self.origin.list_chunks())
+            logger.info("store: collected %d manifests, %d attachments; chunk deletion deferred", manifests_deleted,
+                        attachments_deleted)
+            return CollectReport(manifests_deleted, 0, 0, orphan_copies, kept, attachments_deleted, chunks_deferred=True)
         for info in self.origin.list_chunks():
             if info.key in live or now - info.mtime < grace:
                 kept += 1
                 continue
+            check_lease()
             with self._fence.deletable(info.key) as ok:
                 if ok:
                     self.origin.delete_chunk(info.key)

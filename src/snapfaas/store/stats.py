@@ -56,3 +56,4 @@ class CollectReport:
     cache_entries_dropped: int
     chunks_kept: int
     attachments_deleted: int = 0
+    chunks_deferred: bool = False  # no chunk was deleted: a snapshot being written elsewhere had no manifest yet

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
+from snapfaas.cluster.usage import RemoteUsage
 from snapfaas.errors import ServiceError, SnapStartError, SnapStartNotReady, SnapStartTimeout, Throttled
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import protocol
@@ -206,6 +207,10 @@ class Worker:
         self.keep_alive_s = keep_alive_s
         self.admission_wait_s = admission_wait_s
         self._admission_waiters: collections.deque[AdmissionWaiter] = collections.deque()
+        # cluster mode (cluster/usage.py): the other nodes' admitted requests as last read, and the
+        # cluster-wide account limit (--account-concurrency); single host: nothing remote, no such limit
+        self.remote = RemoteUsage()
+        self.account_limit: int | None = None
         self.clock = clock
         self.pools: dict[PoolKey, Pool] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
@@ -253,12 +258,20 @@ class Worker:
 
     # -- synchronous decisions -------------------------------------------------------------
     def _admission_block(self, function: str, reserved: int | None) -> str | None:
-        """The limit that keeps a request of `function` out now (Lambda's reason), or None."""
-        if reserved is not None and self.inflight[function] >= reserved:
+        """The limit that keeps a request of `function` out now (Lambda's reason), or None.
+        Reserved concurrency and the account limit count the other nodes' requests too (as last
+        read, `remote`); the host's own slots are this node's."""
+        if reserved is not None and self.inflight[function] + self.remote.of(function) >= reserved:
             return "ReservedFunctionConcurrentInvocationLimitExceeded"
-        if self._host_full():
+        if self._host_full() or (self.account_limit is not None
+                                 and sum(self.inflight.values()) + self.remote.total >= self.account_limit):
             return "ConcurrentInvocationLimitExceeded"
         return None
+
+    def set_remote(self, usage: RemoteUsage) -> None:
+        """A fresh view of the other nodes' usage; queued requests it now allows are admitted."""
+        self.remote = usage
+        self._wake()
 
     def _host_full(self) -> bool:
         """Every slot is taken by an admitted request or a publish's init environment."""
@@ -284,7 +297,7 @@ class Worker:
             return
         waiting: collections.deque[AdmissionWaiter] = collections.deque()
         while self._admission_waiters:
-            if not self._closing and self._host_full():
+            if not self._closing and self._admission_block("", None) is not None:
                 break  # nobody else fits: the rest keep their places
             waiter = self._admission_waiters.popleft()
             if waiter.future.done():

@@ -191,6 +191,19 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str], aws_snaps
         remove_tree(run_dir_for(sandbox))  # the server's directory under /run/snapfaas
 
 
+def shared_store_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--store-origin`` and ``--store-secret-file`` for nodes of one cluster (a directory origin
+    and a secret file, root-owned and private as `snapfaas serve` demands): every node sharing a
+    registry must share the store (a node with another secret is refused)."""
+    shared = tmp_path_factory.mktemp("shared-store")
+    shared.chmod(0o700)
+    (shared / "origin").mkdir(mode=0o700)
+    secret = shared / "store.secret"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    return ["--store-origin", str(shared / "origin"), "--store-secret-file", str(secret)]
+
+
 @pytest.fixture(scope="session")
 def netpeer() -> Iterator[NetPeer]:
     """The suite's own network peer (a namespace routed from the host): where tests run the

@@ -1,8 +1,11 @@
 """Concurrency limits that hold across nodes (cluster/usage.py): two real servers on loopback
 sharing one PostgreSQL database (`--registry`), each exchanging its in-use counts every 0.5 s.
 
-Until the registry itself lives in PostgreSQL (the pgreg slice), each server has its own SQLite
-registry, so the test creates the same function with the same reserved concurrency on both.
+The registry is shared: functions are created once. Invokes are routed (cluster/routing.py):
+an invoke of a version received by the node that does not prefer it is forwarded, so the
+reserved-concurrency tests check the limit wherever the invokes end up (the preferred node, or
+both when bounded load spills them over), and the account-limit test uses two functions each
+preferred by one node, so both nodes run invokes at once.
 
 Precision (documented in cluster/usage.py and docs/cluster-leases.md): a node admits against its own exact
 counts plus the other nodes' counts as last read; over-admission is bounded by what the other
@@ -19,7 +22,8 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
-from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
+from snapfaas.cluster import routing
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server, shared_store_args
 
 STAMPED = """
 import time
@@ -32,6 +36,20 @@ RESERVED = 2
 ACCOUNT = 3
 
 
+def preferred_by(node: str, other: str, prefix: str) -> str:
+    """A function name whose $LATEST invokes the cluster routes to `node` (rendezvous hashing is
+    deterministic: `cluster.routing`), so a test can make two nodes run invokes at once."""
+    for i in range(1000):
+        name = f"{prefix}{i}"
+        key = f"arn:aws:lambda:us-east-1:000000000000:function:{name}:$LATEST"
+        if routing.score(node, key) > routing.score(other, key):
+            return name
+    raise AssertionError("no name found")
+
+
+FREE = {"node-a": preferred_by("node-a", "node-b", "free-a"), "node-b": preferred_by("node-b", "node-a", "free-b")}
+
+
 @pytest.fixture(scope="module")
 def database(postgres) -> str:  # type: ignore[no-untyped-def]
     return postgres.create_database("cluster_limits")
@@ -42,17 +60,18 @@ def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory, d
     require_root()
     runs = {}
     handles = {}
+    store = shared_store_args(tmp_path_factory)
     try:
         for name in ("a", "b"):
             runs[name] = run_server(processes, tmp_path_factory.mktemp(f"limits-{name}"),
                                     ["--registry", database, "--node-id", f"node-{name}", "--admission-wait", "0",
-                                     "--account-concurrency", str(ACCOUNT), "--keep-alive", "60"])
+                                     "--account-concurrency", str(ACCOUNT), "--keep-alive", "60", *store])
             handles[name] = next(runs[name])
-        for handle in handles.values():  # the same functions on both (separate registries until pgreg lands)
-            lam = handle.client()
-            create(lam, "capped", {"app.py": STAMPED}, Timeout=60)
-            lam.put_function_concurrency(FunctionName="capped", ReservedConcurrentExecutions=RESERVED)
-            create(lam, "free", {"app.py": STAMPED}, Timeout=60)
+        lam = handles["a"].client()  # one registry: both nodes see the functions
+        create(lam, "capped", {"app.py": STAMPED}, Timeout=60)
+        lam.put_function_concurrency(FunctionName="capped", ReservedConcurrentExecutions=RESERVED)
+        for node in ("node-a", "node-b"):
+            create(lam, FREE[node], {"app.py": STAMPED}, Timeout=60)
         yield handles
     finally:
         for run in runs.values():
@@ -170,13 +189,13 @@ def test_the_account_limit_holds_across_two_nodes(nodes: dict[str, ServerHandle]
     wait_until(lambda: in_use(database, "node-a", "") == 0 and in_use(database, "node-b", "") == 0, 60, "both nodes idle")
     wait_for_a_fresh_view(database, "node-a")  # A no longer counts B's earlier invokes
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        first = [pool.submit(call, a, "free", 20) for _ in range(2)]
+        first = [pool.submit(call, a, FREE["node-a"], 20) for _ in range(2)]
         wait_until(lambda: in_use(database, "node-a", "") == 2, 60, "node A publishing its 2 invokes")
         wait_for_a_fresh_view(database, "node-b")
         asked = time.time()
-        running_on_b = pool.submit(call, b, "free", 20)
+        running_on_b = pool.submit(call, b, FREE["node-b"], 20)
         wait_until(lambda: in_use(database, "node-b", "") == 1, 60, "node B publishing its invoke")
-        refused = call(b, "free", 0)
+        refused = call(b, FREE["node-b"], 0)
         outcomes = [f.result() for f in first] + [running_on_b.result(), refused]
     stamps = [o for o in outcomes if isinstance(o, dict)]
     assert all(s["end"] > asked for s in stamps), "test premise: the first invokes still ran"

@@ -9,14 +9,13 @@ and keep serving; after the restart they answer again without being restarted.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import ServerHandle, create, invoke_json, require_root, run_server
+from tests.conftest import ServerHandle, create, invoke_json, require_root, run_server, shared_store_args
 from tests.e2e.test_control_plane import echo_code, wait_updated, without_metadata
 
 DEADLINE_S = 120.0  # generous (shared machine); conditions are polled, nothing is timed
@@ -38,14 +37,7 @@ def registry_url(postgres) -> str:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def node_args(tmp_path_factory: pytest.TempPathFactory, registry_url: str) -> list[str]:
     """What every node shares: the database, the store origin and the store secret."""
-    shared = tmp_path_factory.mktemp("shared")
-    shared.chmod(0o700)
-    origin = shared / "origin"
-    origin.mkdir(mode=0o700)
-    secret = shared / "store.secret"
-    secret.write_bytes(os.urandom(32))
-    secret.chmod(0o600)
-    return ["--keep-alive", "60", "--registry", registry_url, "--store-origin", str(origin), "--store-secret-file", str(secret)]
+    return ["--keep-alive", "60", "--registry", registry_url, *shared_store_args(tmp_path_factory)]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
-import os
 import signal
 from collections.abc import Iterator
 
@@ -28,7 +27,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import select
 
 from snapfaas.worker.event_store import EventStore, events
-from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server
+from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server, shared_store_args
 from tests.e2e.snapstart_support import Counter, wait_for
 
 NODES = ("a", "b", "c")
@@ -53,18 +52,14 @@ def database(postgres) -> str:  # type: ignore[no-untyped-def]
 def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory,
           database: str) -> Iterator[dict[str, ServerHandle]]:
     require_root()
-    shared = tmp_path_factory.mktemp("shared")
-    shared.chmod(0o700)
-    (shared / "origin").mkdir(mode=0o700)
-    (shared / "store.secret").write_bytes(os.urandom(32))
-    (shared / "store.secret").chmod(0o600)
+    store = shared_store_args(tmp_path_factory)
     with contextlib.ExitStack() as stack:
         handles = {}
         for node in NODES:
             base = tmp_path_factory.mktemp(f"cluster-{node}")
             args = ["--keep-alive", "60", "--max-environments", "2", "--event-retry-base", "0.05",
                     "--registry", database, "--node-id", f"node-{node}", "--event-lease", str(LEASE_S),
-                    "--store-origin", str(shared / "origin"), "--store-secret-file", str(shared / "store.secret")]
+                    *store]
             handles[node] = stack.enter_context(contextlib.contextmanager(run_server)(processes, base, args))
         yield handles
 

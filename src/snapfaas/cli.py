@@ -121,6 +121,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "(credentials from the standard AWS variables/profiles). Default: <data-dir>/store.")
 @click.option("--store-s3-endpoint-url", default=None, metavar="URL",
               help="S3 endpoint of an S3-compatible service (with an s3:// --store-origin).")
+@click.option("--metrics-token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the bearer token that reads GET /metrics (created 0600 if absent). "
+                   "Default: <data-dir>/metrics.token.")
 @click.option("--store-cache-dir", type=click.Path(path_type=Path), default=None,
               help="Local disk cache of sealed (encrypted) snapshot chunks. Default: <data-dir>/store-cache.")
 @click.option("--store-cache-bytes", default="4G", show_default=True, help="Byte budget of that disk cache (LRU).")
@@ -197,6 +200,7 @@ def serve(**opts: Any) -> None:
         store_cache_dir=_absolute(opts["store_cache_dir"]) if opts["store_cache_dir"] else None,
         store_cache_bytes=store_cache_bytes,
         store_memory_bytes=store_memory_bytes,
+        metrics_token_file=_absolute(opts["metrics_token_file"]) if opts["metrics_token_file"] else None,
     )
     if config.store_s3_endpoint_url and not config.store_origin_url.startswith("s3://"):
         raise click.UsageError("--store-s3-endpoint-url needs an s3:// --store-origin")

@@ -101,6 +101,7 @@ class ServerConfig:
     store_cache_dir: Path | None = None  # the store's local disk cache (sealed chunks); None: <data-dir>/store-cache
     store_cache_bytes: int = 4 << 30  # its byte budget (LRU)
     store_memory_bytes: int = 256 << 20  # the store's plaintext chunk memory tier (beside the view's page cache)
+    metrics_token_file: Path | None = None  # bearer token reading /metrics; None: <data-dir>/metrics.token
 
     @property
     def store_origin_url(self) -> str:
@@ -109,6 +110,10 @@ class ServerConfig:
     @property
     def store_cache_path(self) -> Path:
         return self.store_cache_dir if self.store_cache_dir is not None else self.data_dir / "store-cache"
+
+    @property
+    def metrics_token_path(self) -> Path:
+        return self.metrics_token_file if self.metrics_token_file is not None else self.data_dir / "metrics.token"
 
     @property
     def store_secret_path(self) -> Path:

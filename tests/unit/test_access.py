@@ -31,7 +31,7 @@ def test_action_names() -> None:
 
 
 def test_snapstart_operations_are_operator_only() -> None:
-    """verify and expire are refused to a function's environment before any policy is read,
+    """verify, expire and the metrics are refused to a function's environment before any policy is read,
     even one whose resource policies grant everything; the operator passes."""
     import asyncio
 
@@ -42,10 +42,12 @@ def test_snapstart_operations_are_operator_only() -> None:
     from snapfaas.principals import FunctionPrincipal, Operator
 
     app = build_app(object(), None)  # type: ignore[arg-type]
-    assert access.OPERATOR_ONLY == {access.action_for("POST", access.VERIFY), access.action_for("POST", access.EXPIRE)}
+    assert access.OPERATOR_ONLY == {access.action_for("POST", access.VERIFY), access.action_for("POST", access.EXPIRE),
+                                    access.action_for("GET", "/metrics")}
     principal = FunctionPrincipal("attacker", "arn:aws:iam::000000000000:role/any")
-    for path in ("/snapfaas/v1/snapstart/victim:1/verify", "/snapfaas/v1/snapshots/victim:1/expire"):
-        request = make_mocked_request("POST", path, app=app)
+    for method, path in (("POST", "/snapfaas/v1/snapstart/victim:1/verify"), ("POST", "/snapfaas/v1/snapshots/victim:1/expire"),
+                         ("GET", "/metrics")):
+        request = make_mocked_request(method, path, app=app)
         request._match_info = asyncio.run(app.router.resolve(request))  # what aiohttp's dispatcher sets
         with pytest.raises(AccessDenied, match="reserved to the operator"):
             access.authorize_request(request, principal)

@@ -279,3 +279,14 @@ def test_a_throttle_does_not_consume_an_attempt_however_often() -> None:
         now = b.next_wakeup(now)
     assert e.attempts == 0 and e.retries == 20
     assert b.settle(b.take(now), Outcome.SUCCESS, now) == Decision(Verdict.DONE)
+
+
+def test_oldest_enqueued_at_counts_queued_and_running_events() -> None:
+    b = backlog()
+    assert b.oldest_enqueued_at() is None
+    b.add(event(1, at=T0 + 5))
+    b.add(event(2, "g", at=T0 + 1))
+    b.add(event(3, at=T0 + 9))
+    assert b.oldest_enqueued_at() == T0 + 1
+    running = drain(b, T0 + 10)  # every due event starts: they are running now, no longer queued
+    assert running and b.oldest_enqueued_at() == T0 + 1

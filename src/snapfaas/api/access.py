@@ -72,10 +72,12 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/snapfaas/v1/echo"): "snapfaas:Echo",
     ("POST", VERIFY): "snapfaas:VerifySnapStart",
     ("POST", EXPIRE): "snapfaas:ExpireSnapshot",
+    ("GET", "/metrics"): "snapfaas:GetMetrics",
 }
 # Actions only the operator may take, whatever grants a function's policy holds: they create
 # environments outside the pools and inspect them (verify), or drop a snapshot (expire).
-OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot"})
+# GetMetrics: the whole server's numbers, every function's.
+OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot", "snapfaas:GetMetrics"})
 
 
 def action_for(method: str, canonical: str) -> str:

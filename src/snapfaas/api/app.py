@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from snapfaas.api import access, aliases, event_configs, functions, layers, permissions, settings, snapstart, tags
+from snapfaas.api import access, aliases, event_configs, functions, layers, metrics, permissions, settings, snapstart, tags
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
@@ -63,7 +63,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
-            if not _unsigned_allowed(request.path):
+            if not _unsigned_allowed(request.path) and not _metrics_token(request):
                 await admit(request)
             response = await handler(request)
         except SnapfaasError as err:
@@ -135,6 +135,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_post("/snapfaas/v1/echo", echo)
     app.router.add_post(access.VERIFY, snapstart.verify)
     app.router.add_post(access.EXPIRE, snapstart.expire)
+    app.router.add_get(metrics.PATH, metrics.metrics)
     return app
 
 
@@ -153,6 +154,12 @@ def _abandon(request: web.Request, aborted: UploadAborted) -> web.Response:
                    request.method, request.path, aborted.received, expected, aborted.reason)
     request.protocol.force_close()  # nobody to answer; the rest of the body is not read
     return web.Response(status=408)
+
+
+def _metrics_token(request: web.Request) -> bool:
+    """A scrape of /metrics presenting the metrics token (it reads no body)."""
+    return (request.path == metrics.PATH and request.method == "GET"
+            and metrics.bearer_allowed(request.headers.get("Authorization"), services(request).metrics_token))
 
 
 def _unsigned_allowed(path: str) -> bool:

@@ -31,6 +31,7 @@ from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.snapshot.workingset import WorkingSetKeeper
+from snapfaas import metrics
 from snapfaas.worker import billing, platform_log
 from snapfaas.worker.billing import Phase
 from snapfaas.worker.factory import EnvironmentFactory
@@ -199,6 +200,7 @@ class Worker:
         self.factory = factory
         self.credentials = credentials or NoCredentials()
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
+        self.metrics: metrics.Metrics | None = None  # set by the server: every invocation is recorded
         self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
         self.reseed_after_restore = False  # --reseed-after-restore: the runtime reseeds RNGs after a restore (AWS does not)
         self.snapstart_connections = DEFAULT_CONNECTION_MODE  # how restored copies see init's TCP connections (runtime/sockets.py)
@@ -621,7 +623,39 @@ class Worker:
             del self.pools[pool.key]
 
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
-        """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults)."""
+        """Run one invocation; raises only `Throttled` or `ServiceError` (platform faults).
+        Every call is recorded in `metrics` (when set): its outcome, start kind and durations."""
+        started = time.monotonic()
+        start: list[bool] = []  # [True] once a new environment was created for this request
+        try:
+            outcome = await self._invoke(version, request, reserved, start)
+        except Throttled as throttled:
+            self._record(version, "throttled", started, start, None)
+            if self.metrics is not None:
+                self.metrics.throttle(version.name, throttled.reason)
+            raise
+        except BaseException:
+            self._record(version, "error", started, start, None)
+            raise
+        self._record(version, "function_error" if outcome.function_error else "success", started, start, outcome)
+        return outcome
+
+    def _record(self, version: FunctionVersion, outcome: str, started: float, new_environment: list[bool],
+                result: InvokeOutcome | None) -> None:
+        if self.metrics is None:
+            return
+        ran = result is not None
+        self.metrics.invocation(metrics.Invocation(
+            version.name, version.version, outcome,
+            start=metrics.start_of(result.init_ms, result.restore_ms, bool(new_environment)) if ran else None,
+            latency_s=time.monotonic() - started if ran else None,
+            duration_ms=result.duration_ms if ran else None,
+            init_ms=result.init_ms if ran else None,
+            restore_ms=result.restore_ms if ran else None,
+        ))
+
+    async def _invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None,
+                      new_environment: list[bool]) -> InvokeOutcome:
         if self._closing:
             raise ServiceError("invoke failed at step 'admit': the worker is shutting down")
         await self._admission(version.name, reserved)
@@ -632,6 +666,7 @@ class Worker:
             env = placement.env
             phase: Phase | None = None
             if env is None:
+                new_environment.append(True)
                 try:
                     env = await self._new_environment(version)
                 finally:

@@ -35,6 +35,7 @@ snapfaas_snapshot_bytes                   gauge        an Active snapshot's imag
 snapfaas_store_hits_total                 counter      chunk reads served by a tier
 snapfaas_store_misses_total               counter      chunk reads a tier could not serve
 snapfaas_store_read_bytes_total           counter      bytes served by a tier
+snapfaas_store_written_bytes_total        counter      bytes stored into a tier (publishes, fills)
 snapfaas_store_evictions_total            counter      chunks a tier evicted for its budget
 snapfaas_store_corrupt_total              counter      chunks that failed verification in a tier
 snapfaas_event_queue_depth                gauge        asynchronous events waiting or running
@@ -104,6 +105,7 @@ class TierCount:
     hits: int
     misses: int
     bytes_read: int
+    bytes_written: int
     evictions: int
     corrupt: int
 
@@ -155,6 +157,7 @@ class StateCollector(Collector):
         for field, name, text in (("hits", "snapfaas_store_hits", "Chunk reads served by a store tier."),
                                   ("misses", "snapfaas_store_misses", "Chunk reads a store tier could not serve."),
                                   ("bytes_read", "snapfaas_store_read_bytes", "Bytes served by a store tier."),
+                                  ("bytes_written", "snapfaas_store_written_bytes", "Bytes stored into a store tier."),
                                   ("evictions", "snapfaas_store_evictions", "Chunks a store tier evicted for its budget."),
                                   ("corrupt", "snapfaas_store_corrupt", "Chunks that failed verification in a store tier.")):
             family = CounterMetricFamily(name, text, labels=["tier"])

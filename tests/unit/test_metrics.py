@@ -15,7 +15,7 @@ from snapfaas.store import StoreError
 def state(**changes: object) -> ServerState:
     base = dict(environments=[EnvironmentCount("fn", "1", busy=2, idle=1, starting=1)], capacity=8,
                 snapstart_versions={"Active": 2, "Failed": 1}, snapshot_bytes={("fn", "1"): 1234},
-                tiers={"memory": TierCount(5, 2, 4096, 1, 0), "origin": TierCount(2, 0, 100, 0, 1)},
+                tiers={"memory": TierCount(5, 2, 4096, 0, 1, 0), "origin": TierCount(2, 0, 100, 777, 0, 1)},
                 queue_depth=3, queue_oldest_age_s=1.5)
     base.update(changes)
     return ServerState(**base)  # type: ignore[arg-type]
@@ -78,6 +78,7 @@ def test_state_metrics_equal_the_state_given() -> None:
     assert sample_value(text, "snapfaas_store_misses_total", tier="memory") == 2
     assert sample_value(text, "snapfaas_store_read_bytes_total", tier="memory") == 4096
     assert sample_value(text, "snapfaas_store_corrupt_total", tier="origin") == 1
+    assert sample_value(text, "snapfaas_store_written_bytes_total", tier="origin") == 777
     assert sample_value(text, "snapfaas_store_hits_total", tier="disk") == 0  # no disk tier: zeros, not missing
     assert sample_value(text, "snapfaas_event_queue_depth") == 3
     assert sample_value(text, "snapfaas_event_queue_oldest_age_seconds") == 1.5

@@ -52,7 +52,8 @@ async def gather(request: web.Request) -> ServerState:
     if snapshots is not None:
         store = snapshots.vault.store
         for tier, counters in store.counters().items():
-            tiers[tier] = TierCount(counters.hits, counters.misses, counters.bytes_read, counters.evictions, counters.corrupt)
+            tiers[tier] = TierCount(counters.hits, counters.misses, counters.bytes_read, counters.bytes_written,
+                                    counters.evictions, counters.corrupt)
         sizes = await svc.metrics.snapshot_sizes.of(set(active), lambda sid: store.manifest(sid).raw_bytes)
         snapshot_bytes = {active[sid]: size for sid, size in sizes.items()}
     oldest = svc.invoker.events.queue.backlog.oldest_enqueued_at()

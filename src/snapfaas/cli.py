@@ -350,18 +350,29 @@ def invoke(target: str, payload: str, tail: bool, endpoint_url: str, data_dir: P
 
 @main.command()
 @click.argument("name")
-@click.option("-n", "--lines", default=100, show_default=True)
+@click.option("-n", "--lines", default=100, show_default=True, help="Print the last N selected lines (0: all).")
+@click.option("--since", default=None, metavar="WHEN", help="Only lines from then on: 30s, 10m, 2h, 1d or an ISO 8601 time.")
+@click.option("--version", "version", default=None, metavar="V", help="Only lines of version V ($LATEST, 3).")
+@click.option("--request-id", default=None, metavar="ID", help="Only the lines of one invocation.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written (Ctrl-C ends).")
 @connection_options
-def logs(name: str, lines: int, endpoint_url: str, data_dir: Path, region: str) -> None:
+def logs(name: str, lines: int, since: str | None, version: str | None, request_id: str | None, follow: bool,
+         endpoint_url: str, data_dir: Path, region: str) -> None:
     """Print the execution log of function NAME (START/END/REPORT and output)."""
     import urllib.error
+    import urllib.parse
 
+    query = {"limit": str(lines), "since": since, "version": version, "request_id": request_id, "follow": "1" if follow else None}
+    path = f"/snapfaas/v1/logs/{urllib.parse.quote(name)}?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
     conn = connect(endpoint_url, data_dir, region)
     try:
-        text = conn.signed_get(f"/snapfaas/v1/logs/{name}?limit={lines}").decode(errors="replace")
+        with conn.signed_open("GET", path, timeout=None if follow else 30) as response:
+            for raw in response:  # lines as they arrive
+                click.echo(raw.decode(errors="replace").rstrip("\n").replace("\r", "\n"))  # a traceback's lines are kept as \r
     except urllib.error.HTTPError as exc:
         raise click.ClickException(f"{exc.code}: {exc.read().decode(errors='replace')}") from exc
-    click.echo(text.replace("\r", "\n"), nl=False)  # an entry spanning lines (a traceback) keeps them as \r
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command(name="ls")

@@ -15,7 +15,8 @@ from snapfaas.api.code import download_code
 from snapfaas.api.connections import ClientTimeouts, peer_of
 from snapfaas.api.context import SERVICES, Services, services
 from snapfaas.api.errors import error_response
-from snapfaas.api.invoke import function_logs, invoke
+from snapfaas.api import logs as log_routes
+from snapfaas.api.invoke import invoke
 from snapfaas.api.links import PATH_PREFIX
 from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
@@ -128,7 +129,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_get("/2019-09-30/functions/{name}/provisioned-concurrency", settings.provisioned_concurrency)
     app.router.add_get("/2015-03-31/event-source-mappings", settings.list_event_source_mappings)
     app.router.add_get("/2015-03-31/event-source-mappings/", settings.list_event_source_mappings)
-    app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
+    log_routes.install(app)
     app.router.add_get(PATH_PREFIX + "{digest}", download_code)
     app.router.add_get("/snapfaas/v1/health", health)
     app.router.add_get(CREDENTIALS_PATH, container_credentials)

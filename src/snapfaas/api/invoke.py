@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from snapfaas.api.bodies import body_of
@@ -31,13 +29,3 @@ async def invoke(request: web.Request) -> web.Response:
         headers["X-Amz-Log-Result"] = result.log_tail
     return web.Response(status=result.status, body=result.payload, headers=headers,
                         content_type="application/json" if result.status == 200 else None)
-
-
-async def function_logs(request: web.Request) -> web.Response:
-    """snapfaas extension: the function's execution log (what CloudWatch Logs holds on Lambda)."""
-    svc = services(request)
-    name = request.match_info["name"]
-    svc.registry.function_info(name)
-    limit = int(request.query.get("limit", "0") or 0)
-    lines = await asyncio.to_thread(svc.logs.read, name, limit or None)  # waits for the log writer
-    return web.Response(text="".join(line + "\n" for line in lines))

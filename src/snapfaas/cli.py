@@ -279,15 +279,18 @@ def fail_client_error(exc: ClientError) -> None:
 @click.option("--memory", default=128, show_default=True, type=int)
 @click.option("--timeout", default=3, show_default=True, type=int)
 @click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE")
-@click.option("--snapstart", is_flag=True, help="SnapStart.ApplyOn=PublishedVersions")
-@click.option("--publish", is_flag=True, help="Publish a version after deploying.")
+@click.option("--snapstart", is_flag=True,
+              help="SnapStart.ApplyOn=PublishedVersions, and publish a version: its publish is shown phase by phase "
+                   "(init, hooks, checkpoint, upload), then its snapshot size and scan findings.")
+@click.option("--publish", is_flag=True, help="Publish a version after deploying (implied by --snapstart).")
 @click.option("--scan-fail-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
               help="With --snapstart: do not deploy when the snapshot safety scan finds issues at or above this severity.")
 @connection_options
 def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, timeout: int, env_vars: tuple[str, ...],
            snapstart: bool, publish: bool, scan_fail_on: str, endpoint_url: str, data_dir: Path, region: str) -> None:
     """Zip SOURCE (a directory or .zip) and create or update function NAME."""
-    client = connect(endpoint_url, data_dir, region).lambda_client()
+    conn = connect(endpoint_url, data_dir, region)
+    client = conn.lambda_client()
     package = zip_directory(source)
     if snapstart:
         _scan_before_deploy(package, scan_fail_on)
@@ -296,6 +299,7 @@ def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, tim
         "Environment": {"Variables": dict(v.split("=", 1) for v in env_vars)},
         "SnapStart": {"ApplyOn": "PublishedVersions" if snapstart else "None"},
     }
+    version = None
     try:
         with console.status(f"deploying {name} ({len(package)} bytes)"):
             try:
@@ -311,13 +315,34 @@ def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, tim
             else:
                 client.create_function(FunctionName=name, Role="arn:aws:iam::000000000000:role/snapfaas", Code={"ZipFile": package}, **config)
                 client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
-            version = None
-            if publish:
+            if publish and not snapstart:
                 version = client.publish_version(FunctionName=name)["Version"]
                 client.get_waiter("published_version_active").wait(FunctionName=name, Qualifier=version, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        console.print(f"[green]{'updated' if exists else 'created'}[/] {name}" + (f", published version {version}" if version else ""))
+        if snapstart:
+            version = client.publish_version(FunctionName=name)["Version"]
+            console.print(f"publishing version {version} with SnapStart")
+            _show_publish(conn, name, version)
     except ClientError as exc:
         fail_client_error(exc)
-    console.print(f"[green]{'updated' if exists else 'created'}[/] {name}" + (f", published version {version}" if version else ""))
+
+
+def _show_publish(conn: Any, name: str, version: str) -> None:
+    """Watch a SnapStart publish to its end; print its snapshot size and scan findings (exit 1 if it failed)."""
+    import urllib.error
+    import urllib.parse
+
+    from snapfaas import publish_view
+
+    try:
+        progress = publish_view.watch(conn.signed_get, name, version, console)
+        query = urllib.parse.urlencode({"version": version, "limit": "0"})
+        lines = conn.signed_get(f"/snapfaas/v1/logs/{urllib.parse.quote(name)}?{query}").decode(errors="replace").splitlines()
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"publish progress: {exc.code}: {exc.read().decode(errors='replace')}") from exc
+    publish_view.summarize(progress, publish_view.findings_of(lines, version), console)
+    if progress.get("State") != "Active":
+        raise click.ClickException(f"version {version} is {progress.get('State')}: {progress.get('StateReason')}")
 
 
 @main.command()

@@ -19,6 +19,7 @@ from snapfaas.registry import validation as check
 
 FN = "/2015-03-31/functions/{name}"
 VERIFY = "/snapfaas/v1/snapstart/{name}/verify"
+PUBLISH_PROGRESS = "/snapfaas/v1/snapstart/{name}/publish"
 EXPIRE = "/snapfaas/v1/snapshots/{name}/expire"
 LAYERS = "/2018-10-31/layers"
 LAYER = LAYERS + "/{layer}"
@@ -73,6 +74,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", VERIFY): "snapfaas:VerifySnapStart",
     ("POST", EXPIRE): "snapfaas:ExpireSnapshot",
     ("GET", "/metrics"): "snapfaas:GetMetrics",
+    ("GET", PUBLISH_PROGRESS): "snapfaas:GetPublishProgress",
 }
 # Actions only the operator may take, whatever grants a function's policy holds: they create
 # environments outside the pools and inspect them (verify), or drop a snapshot (expire).

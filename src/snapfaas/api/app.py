@@ -136,6 +136,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_post("/snapfaas/v1/echo", echo)
     app.router.add_post(access.VERIFY, snapstart.verify)
     app.router.add_post(access.EXPIRE, snapstart.expire)
+    app.router.add_get(access.PUBLISH_PROGRESS, snapstart.publish_progress)
     app.router.add_get(metrics.PATH, metrics.metrics)
     return app
 

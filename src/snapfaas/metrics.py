@@ -46,6 +46,7 @@ snapfaas_event_queue_oldest_age_seconds   gauge        age of the oldest queued 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import threading
@@ -62,6 +63,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("success", "function_error", "throttled", "error")
 STARTS = ("cold", "restore", "warm")
 # Latency buckets (seconds) spanning a warm invoke (~1 ms) to a torch cold start (seconds).
+RECENT = 5000  # invocations kept for the dashboard (all functions together)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TIERS = ("memory", "disk", "origin")
 
@@ -79,6 +81,10 @@ class Invocation:
     duration_ms: float | None = None
     init_ms: float | None = None
     restore_ms: float | None = None
+    request_id: str | None = None
+    at: float = 0.0  # epoch seconds it ended (the dashboard's time axis)
+    memory_size_mb: int | None = None
+    max_memory_used_mb: int | None = None
 
 
 def start_of(init_ms: float | None, restore_ms: float | None, new_environment: bool) -> str:
@@ -220,6 +226,7 @@ class Metrics:
         self.throttles = Counter("snapfaas_throttles", "Throttled invocations (429) by function and reason.",
                                  ["function", "reason"], registry=self.registry)
         self.snapshot_sizes = SnapshotSizes()  # for the scrape's snapshot_bytes (api/metrics.py)
+        self._recent: collections.deque[Invocation] = collections.deque(maxlen=RECENT)
         self._state = StateCollector()
         self.registry.register(self._state)
 
@@ -232,6 +239,8 @@ class Metrics:
         """Record one invocation (see `Invocation`)."""
         if event.outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {event.outcome!r}")
+        with self._lock:
+            self._recent.append(event)
         self._labels(event.function, self.invocations, event.version, event.outcome).inc()
         if event.start is not None and event.latency_s is not None:
             self._labels(event.function, self.latency, event.version, event.start).observe(event.latency_s)
@@ -245,10 +254,19 @@ class Metrics:
     def throttle(self, function: str, reason: str) -> None:
         self._labels(function, self.throttles, reason).inc()
 
+    def recent(self, function: str | None = None, limit: int | None = None) -> list[Invocation]:
+        """The last invocations recorded (of `function`, if given), oldest first."""
+        with self._lock:
+            picked = [e for e in self._recent if function is None or e.function == function]
+        return picked[-limit:] if limit else picked
+
     def forget(self, function: str) -> None:
-        """Drop every series of `function` (it was deleted)."""
+        """Drop every series of `function` (it was deleted), and its recent invocations."""
         with self._lock:
             series = self._series.pop(function, set())
+            kept = [e for e in self._recent if e.function != function]
+            self._recent.clear()
+            self._recent.extend(kept)
         for metric, labels in series:
             try:
                 metric.remove(*labels)

@@ -180,12 +180,14 @@ class Server:
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
         timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,
-                        limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir)
+                        limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir,
+                        dashboard_keys=keys if cfg.auth else None)
         runner = GuardedRunner(app, timeouts, access_log=None, handle_signals=False)
         await runner.setup()
         # what functions reach inside their own network namespace: always authenticated
         env_runner = GuardedRunner(build_app(services, SigV4Verifier(keys, temporary=identity.session),
-                                             limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir),
+                                             limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir,
+                                             with_dashboard=False),
                                    timeouts, access_log=None, handle_signals=False)
         await env_runner.setup()
         network: NetworkPool | None = None

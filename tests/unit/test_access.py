@@ -18,9 +18,12 @@ def test_every_signed_route_has_an_action() -> None:
     assert access.ACTIONS.keys() - signed == set()  # no stale entries either
 
 
-def test_unsigned_routes_are_only_health_credentials_and_code_links() -> None:
-    assert {path for _, path in routes() if _unsigned_allowed(path)} == {
+def test_unsigned_routes_are_only_health_credentials_code_links_and_the_dashboard() -> None:
+    assert {path for _, path in routes() if _unsigned_allowed(path) and not path.startswith("/dashboard")} == {
         "/snapfaas/v1/health", CREDENTIALS_PATH, "/snapfaas/v1/code/{digest}"}
+    dashboard = {path for _, path in routes() if path.startswith("/dashboard")}
+    assert "/dashboard" in dashboard and "/dashboard/login" in dashboard
+    assert not _unsigned_allowed("/dashboardx") and not _unsigned_allowed("/2015-03-31/dashboard")
 
 
 def test_action_names() -> None:

@@ -18,6 +18,7 @@ from snapfaas.api.errors import error_response
 from snapfaas.api import logs as log_routes
 from snapfaas.api.invoke import invoke
 from snapfaas.api.links import PATH_PREFIX
+from snapfaas.dashboard import routes as dashboard
 from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
 from snapfaas.errors import NotFound, RequestTooLarge, ServiceError, SnapfaasError
@@ -29,7 +30,8 @@ EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 
 def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None,
               limits: Limits | None = None, timeouts: ClientTimeouts | None = None,
-              spool_dir: Path | None = None) -> web.Application:
+              spool_dir: Path | None = None, dashboard_keys: dict[str, str] | None = None,
+              with_dashboard: bool = True) -> web.Application:
     """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
     of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies, whose
     bytes past 256 KiB wait in `spool_dir` (default: the system's temporary directory) until
@@ -40,6 +42,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     streams), payload hash and signature verified, replay checked, the caller authorized
     (`access.authorize_request`), the body loaded into memory, then the handler runs.
     Unsigned routes (health, credentials, code links) read no body.
+    The dashboard (`with_dashboard`) signs in with `dashboard_keys` (None: open, ``--no-auth``).
     """
     body_limits = limits or Limits()
     body_idle_s = (timeouts or ClientTimeouts()).body_s
@@ -77,6 +80,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
             return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
         except web.HTTPMethodNotAllowed:
             return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
+        except web.HTTPException:  # a deliberate HTTP answer (the dashboard's redirects and refusals)
+            raise
         except Exception:  # every other failure is ours: log it, answer ServiceException, keep serving
             logger.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(ServiceError("An internal error occurred; see the snapfaas server log."), request_id)
@@ -138,6 +143,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_post(access.EXPIRE, snapstart.expire)
     app.router.add_get(access.PUBLISH_PROGRESS, snapstart.publish_progress)
     app.router.add_get(metrics.PATH, metrics.metrics)
+    if with_dashboard:
+        dashboard.install(app, dashboard_keys)
     return app
 
 
@@ -165,8 +172,10 @@ def _metrics_token(request: web.Request) -> bool:
 
 
 def _unsigned_allowed(path: str) -> bool:
-    """Health checks, and code links (which carry their own signature)."""
-    return path in ("/snapfaas/v1/health", CREDENTIALS_PATH) or path.startswith(PATH_PREFIX)
+    """Health checks, code links (which carry their own signature) and the dashboard (which
+    checks its own session cookie: `snapfaas.dashboard.routes`)."""
+    return (path in ("/snapfaas/v1/health", CREDENTIALS_PATH) or path.startswith(PATH_PREFIX)
+            or path == dashboard.PREFIX or path.startswith(dashboard.PREFIX + "/"))
 
 
 async def container_credentials(request: web.Request) -> web.Response:

@@ -630,18 +630,18 @@ class Worker:
         try:
             outcome = await self._invoke(version, request, reserved, start)
         except Throttled as throttled:
-            self._record(version, "throttled", started, start, None)
+            self._record(version, request, "throttled", started, start, None)
             if self.metrics is not None:
                 self.metrics.throttle(version.name, throttled.reason)
             raise
         except BaseException:
-            self._record(version, "error", started, start, None)
+            self._record(version, request, "error", started, start, None)
             raise
-        self._record(version, "function_error" if outcome.function_error else "success", started, start, outcome)
+        self._record(version, request, "function_error" if outcome.function_error else "success", started, start, outcome)
         return outcome
 
-    def _record(self, version: FunctionVersion, outcome: str, started: float, new_environment: list[bool],
-                result: InvokeOutcome | None) -> None:
+    def _record(self, version: FunctionVersion, request: InvokeRequest, outcome: str, started: float,
+                new_environment: list[bool], result: InvokeOutcome | None) -> None:
         if self.metrics is None:
             return
         ran = result is not None
@@ -652,6 +652,8 @@ class Worker:
             duration_ms=result.duration_ms if ran else None,
             init_ms=result.init_ms if ran else None,
             restore_ms=result.restore_ms if ran else None,
+            request_id=request.request_id, at=time.time(), memory_size_mb=version.memory_size,
+            max_memory_used_mb=result.max_memory_mb if ran else None,
         ))
 
     async def _invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None,

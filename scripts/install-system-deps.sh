@@ -223,11 +223,24 @@ install_postgres() {
     postgres_present || die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb"
 }
 
+# Debian's Chromium and its WebDriver: the dashboard's browser tests drive them (Selenium).
+browser_present() {
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null
+}
+
+install_browser() {
+    step "install-chromium"
+    browser_present && return 0
+    apt_install chromium chromium-driver
+    browser_present || die "chromium-driver installed but no chromium/chromedriver on PATH"
+}
+
 deps_present() {
     RUNC_VERSION="$(runc_version)" || return 1
     find_working_criu || return 1
     tools_present || return 1
     postgres_present || return 1
+    browser_present || return 1
 }
 
 # ---------------------------------------------------------------------------
@@ -533,6 +546,7 @@ main() {
     install_runc
     install_tools
     install_postgres
+    install_browser
     install_criu
     verify
 }

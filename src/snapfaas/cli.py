@@ -125,6 +125,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "(credentials from the standard AWS variables/profiles). Default: <data-dir>/store.")
 @click.option("--store-s3-endpoint-url", default=None, metavar="URL",
               help="S3 endpoint of an S3-compatible service (with an s3:// --store-origin).")
+@click.option("--metrics-token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the bearer token that reads GET /metrics (created 0600 if absent). "
+                   "Default: <data-dir>/metrics.token.")
 @click.option("--store-cache-dir", type=click.Path(path_type=Path), default=None,
               help="Local disk cache of sealed (encrypted) snapshot chunks. Default: <data-dir>/store-cache.")
 @click.option("--store-cache-bytes", default="4G", show_default=True, help="Byte budget of that disk cache (LRU).")
@@ -232,6 +235,7 @@ def serve(**opts: Any) -> None:
         advertise_url=opts["advertise_url"],
         lease_ttl_s=parse_duration(opts["lease_ttl"]),
         account_concurrency=opts["account_concurrency"],
+        metrics_token_file=_absolute(opts["metrics_token_file"]) if opts["metrics_token_file"] else None,
     )
     from snapfaas.cluster.nodes import check_advertise_url, check_node_id
 
@@ -321,15 +325,18 @@ def fail_client_error(exc: ClientError) -> None:
 @click.option("--memory", default=128, show_default=True, type=int)
 @click.option("--timeout", default=3, show_default=True, type=int)
 @click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE")
-@click.option("--snapstart", is_flag=True, help="SnapStart.ApplyOn=PublishedVersions")
-@click.option("--publish", is_flag=True, help="Publish a version after deploying.")
+@click.option("--snapstart", is_flag=True,
+              help="SnapStart.ApplyOn=PublishedVersions, and publish a version: its publish is shown phase by phase "
+                   "(init, hooks, checkpoint, upload), then its snapshot size and scan findings.")
+@click.option("--publish", is_flag=True, help="Publish a version after deploying (implied by --snapstart).")
 @click.option("--scan-fail-on", type=click.Choice(["error", "warning", "info", "never"]), default="never", show_default=True,
               help="With --snapstart: do not deploy when the snapshot safety scan finds issues at or above this severity.")
 @connection_options
 def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, timeout: int, env_vars: tuple[str, ...],
            snapstart: bool, publish: bool, scan_fail_on: str, endpoint_url: str, data_dir: Path, region: str) -> None:
     """Zip SOURCE (a directory or .zip) and create or update function NAME."""
-    client = connect(endpoint_url, data_dir, region).lambda_client()
+    conn = connect(endpoint_url, data_dir, region)
+    client = conn.lambda_client()
     package = zip_directory(source)
     if snapstart:
         _scan_before_deploy(package, scan_fail_on)
@@ -338,6 +345,7 @@ def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, tim
         "Environment": {"Variables": dict(v.split("=", 1) for v in env_vars)},
         "SnapStart": {"ApplyOn": "PublishedVersions" if snapstart else "None"},
     }
+    version = None
     try:
         with console.status(f"deploying {name} ({len(package)} bytes)"):
             try:
@@ -353,13 +361,34 @@ def deploy(source: Path, name: str, handler: str, runtime: str, memory: int, tim
             else:
                 client.create_function(FunctionName=name, Role="arn:aws:iam::000000000000:role/snapfaas", Code={"ZipFile": package}, **config)
                 client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
-            version = None
-            if publish:
+            if publish and not snapstart:
                 version = client.publish_version(FunctionName=name)["Version"]
                 client.get_waiter("published_version_active").wait(FunctionName=name, Qualifier=version, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        console.print(f"[green]{'updated' if exists else 'created'}[/] {name}" + (f", published version {version}" if version else ""))
+        if snapstart:
+            version = client.publish_version(FunctionName=name)["Version"]
+            console.print(f"publishing version {version} with SnapStart")
+            _show_publish(conn, name, version)
     except ClientError as exc:
         fail_client_error(exc)
-    console.print(f"[green]{'updated' if exists else 'created'}[/] {name}" + (f", published version {version}" if version else ""))
+
+
+def _show_publish(conn: Any, name: str, version: str) -> None:
+    """Watch a SnapStart publish to its end; print its snapshot size and scan findings (exit 1 if it failed)."""
+    import urllib.error
+    import urllib.parse
+
+    from snapfaas import publish_view
+
+    try:
+        progress = publish_view.watch(conn.signed_get, name, version, console)
+        query = urllib.parse.urlencode({"version": version, "limit": "0"})
+        lines = conn.signed_get(f"/snapfaas/v1/logs/{urllib.parse.quote(name)}?{query}").decode(errors="replace").splitlines()
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"publish progress: {exc.code}: {exc.read().decode(errors='replace')}") from exc
+    publish_view.summarize(progress, publish_view.findings_of(lines, version), console)
+    if progress.get("State") != "Active":
+        raise click.ClickException(f"version {version} is {progress.get('State')}: {progress.get('StateReason')}")
 
 
 @main.command()
@@ -392,18 +421,29 @@ def invoke(target: str, payload: str, tail: bool, endpoint_url: str, data_dir: P
 
 @main.command()
 @click.argument("name")
-@click.option("-n", "--lines", default=100, show_default=True)
+@click.option("-n", "--lines", default=100, show_default=True, help="Print the last N selected lines (0: all).")
+@click.option("--since", default=None, metavar="WHEN", help="Only lines from then on: 30s, 10m, 2h, 1d or an ISO 8601 time.")
+@click.option("--version", "version", default=None, metavar="V", help="Only lines of version V ($LATEST, 3).")
+@click.option("--request-id", default=None, metavar="ID", help="Only the lines of one invocation.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are written (Ctrl-C ends).")
 @connection_options
-def logs(name: str, lines: int, endpoint_url: str, data_dir: Path, region: str) -> None:
+def logs(name: str, lines: int, since: str | None, version: str | None, request_id: str | None, follow: bool,
+         endpoint_url: str, data_dir: Path, region: str) -> None:
     """Print the execution log of function NAME (START/END/REPORT and output)."""
     import urllib.error
+    import urllib.parse
 
+    query = {"limit": str(lines), "since": since, "version": version, "request_id": request_id, "follow": "1" if follow else None}
+    path = f"/snapfaas/v1/logs/{urllib.parse.quote(name)}?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
     conn = connect(endpoint_url, data_dir, region)
     try:
-        text = conn.signed_get(f"/snapfaas/v1/logs/{name}?limit={lines}").decode(errors="replace")
+        with conn.signed_open("GET", path, timeout=None if follow else 30) as response:
+            for raw in response:  # lines as they arrive
+                click.echo(raw.decode(errors="replace").rstrip("\n").replace("\r", "\n"))  # a traceback's lines are kept as \r
     except urllib.error.HTTPError as exc:
         raise click.ClickException(f"{exc.code}: {exc.read().decode(errors='replace')}") from exc
-    click.echo(text.replace("\r", "\n"), nl=False)  # an entry spanning lines (a traceback) keeps them as \r
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command(name="ls")

@@ -56,13 +56,18 @@ class Connection:
 
     def signed_request(self, method: str, path: str, body: bytes | None = None, timeout: float = 30) -> bytes:
         """A SigV4-signed request to a snapfaas route; raises urllib.error.HTTPError on an error status."""
+        with self.signed_open(method, path, body, timeout) as response:
+            return response.read()
+
+    def signed_open(self, method: str, path: str, body: bytes | None = None, timeout: float | None = 30):  # type: ignore[no-untyped-def]
+        """The open response of a SigV4-signed request (read it as it streams; close it);
+        `timeout` None waits for data without limit (a followed log)."""
         request = AWSRequest(method=method, url=self.endpoint + path, data=body)
         if body is not None:
             request.headers["Content-Type"] = "application/json"
         SigV4Auth(Credentials(self.access_key_id, self.secret_access_key), "lambda", self.region).add_auth(request)
         prepared = urllib.request.Request(self.endpoint + path, data=body, method=method, headers=dict(request.headers.items()))
-        with urllib.request.urlopen(prepared, timeout=timeout) as response:
-            return response.read()
+        return urllib.request.urlopen(prepared, timeout=timeout)
 
 
 def default_data_dir() -> Path:

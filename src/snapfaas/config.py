@@ -109,6 +109,7 @@ class ServerConfig:
     advertise_url: str | None = None  # where other nodes reach this one; None: scheme://host:port of the API
     lease_ttl_s: float = 30.0  # publish / GC leases (cluster/leases.py) expire this long after their last renewal
     account_concurrency: int | None = None  # cluster-wide account concurrency limit; None: only --max-environments per node
+    metrics_token_file: Path | None = None  # bearer token reading /metrics; None: <data-dir>/metrics.token
 
     @property
     def store_origin_url(self) -> str:
@@ -117,6 +118,10 @@ class ServerConfig:
     @property
     def store_cache_path(self) -> Path:
         return self.store_cache_dir if self.store_cache_dir is not None else self.data_dir / "store-cache"
+
+    @property
+    def metrics_token_path(self) -> Path:
+        return self.metrics_token_file if self.metrics_token_file is not None else self.data_dir / "metrics.token"
 
     @property
     def store_secret_path(self) -> Path:

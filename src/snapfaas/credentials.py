@@ -53,3 +53,20 @@ client = boto3.client("lambda", endpoint_url="{endpoint}", region_name="{region}
 export AWS_ACCESS_KEY_ID={akid} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region}
 aws lambda list-functions --endpoint-url {endpoint}
 """
+
+
+METRICS_TOKEN_FILE = "metrics.token"
+
+
+def load_or_create_token(path: Path) -> tuple[str, bool]:
+    """The bearer token at `path` that reads ``/metrics`` (and nothing else), created 0600 if
+    absent. Returns ``(token, created)``; raises ValueError for an empty or short file."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        write_atomic(path, token.encode() + b"\n")
+        return token, True
+    if len(token) < 16:
+        raise ValueError(f"metrics token at {path} is shorter than 16 characters")
+    return token, False

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from snapfaas import credentials
+from snapfaas.errors import NotFound
+from snapfaas.metrics import Metrics
 from snapfaas.api.app import build_app
 from snapfaas.api.sites import EnvironmentSites
 from snapfaas.api.auth import SigV4Verifier
@@ -88,6 +90,14 @@ class Server:
         else:
             self.say(f"Access key id {akid} (secret in {self.config.data_dir / credentials.FILE_NAME})")
         return {akid: secret}
+
+    def _metrics_token(self) -> str:
+        """The bearer token of GET /metrics (created at first start, shown never: read the file)."""
+        path = self.config.metrics_token_path
+        token, created = credentials.load_or_create_token(path)
+        self.say(f"{'Generated the' if created else 'The'} metrics token (Authorization: Bearer <token> on GET /metrics) "
+                 f"is in {path}")
+        return token
 
     def _transport(self) -> ssl.SSLContext | None:
         """The TLS context, if configured; a loud warning for a non-loopback bind without it."""
@@ -204,17 +214,22 @@ class Server:
             self.say(f"WARNING: snapshot garbage collection at start-up failed: {exc.message}")
         control.collect_garbage()  # code, then the id slices of deleted functions
         load_sources["worker"], load_sources["store"] = worker, snapshots.vault.store
+        metrics = Metrics()
+        worker.metrics = metrics
+        registry.observers.append(functools.partial(forget_deleted, registry, metrics))
         services = Services(cfg, control, invoker, logs, identity=identity, snapstart=SnapStartOperations(invoker, snapshots),
-                            cluster=cluster)
+                            cluster=cluster, metrics=metrics, metrics_token=self._metrics_token() if cfg.auth else None)
         verifier = SigV4Verifier(keys, temporary=identity.session) if cfg.auth else None
         timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,
-                        limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir)
+                        limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir,
+                        dashboard_keys=keys if cfg.auth else None)
         runner = GuardedRunner(app, timeouts, access_log=None, handle_signals=False)
         await runner.setup()
         # what functions reach inside their own network namespace: always authenticated
         env_runner = GuardedRunner(build_app(services, SigV4Verifier(keys, temporary=identity.session),
-                                             limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir),
+                                             limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir,
+                                             with_dashboard=False),
                                    timeouts, access_log=None, handle_signals=False)
         await env_runner.setup()
         network: NetworkPool | None = None
@@ -351,3 +366,11 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def forget_deleted(registry: Registry, metrics: Metrics, function: str) -> None:
+    """Registry observer: a deleted function's metric series go with it."""
+    try:
+        registry.function_info(function)
+    except NotFound:
+        metrics.forget(function)

@@ -188,7 +188,7 @@ def test_cannot_see_another_functions_code_or_tmp(server: ServerHandle, lam) -> 
     assert len(trees) == 1, trees
     host_code = trees[0]
     assert code_secret in (host_code / "app.py").read_text(), "test premise: this is the holder's code tree"
-    create(lam, "snooper", {"app.py": SNOOPER})
+    create(lam, "snooper", {"app.py": SNOOPER}, Timeout=30)  # it walks the whole filesystem: slow on a busy host
     event = {"secrets": [code_secret, tmp_secret], "host_code": str(host_code),
              "host_zip": str(server.data_dir / "code" / f"{digest}.zip")}
     response, body = invoke_json(lam, "snooper", event)

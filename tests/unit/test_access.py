@@ -18,9 +18,12 @@ def test_every_signed_route_has_an_action() -> None:
     assert access.ACTIONS.keys() - signed == set()  # no stale entries either
 
 
-def test_unsigned_routes_are_only_health_credentials_and_code_links() -> None:
-    assert {path for _, path in routes() if _unsigned_allowed(path)} == {
+def test_unsigned_routes_are_only_health_credentials_code_links_and_the_dashboard() -> None:
+    assert {path for _, path in routes() if _unsigned_allowed(path) and not path.startswith("/dashboard")} == {
         "/snapfaas/v1/health", CREDENTIALS_PATH, "/snapfaas/v1/code/{digest}"}
+    dashboard = {path for _, path in routes() if path.startswith("/dashboard")}
+    assert "/dashboard" in dashboard and "/dashboard/login" in dashboard
+    assert not _unsigned_allowed("/dashboardx") and not _unsigned_allowed("/2015-03-31/dashboard")
 
 
 def test_action_names() -> None:
@@ -32,7 +35,7 @@ def test_action_names() -> None:
 
 
 def test_snapstart_operations_are_operator_only() -> None:
-    """verify and expire are refused to a function's environment before any policy is read,
+    """verify, expire and the metrics are refused to a function's environment before any policy is read,
     even one whose resource policies grant everything; the operator passes."""
     import asyncio
 
@@ -44,10 +47,11 @@ def test_snapstart_operations_are_operator_only() -> None:
 
     app = build_app(object(), None)  # type: ignore[arg-type]
     assert access.OPERATOR_ONLY == {access.action_for("POST", access.VERIFY), access.action_for("POST", access.EXPIRE),
-                                    access.action_for("GET", access.CLUSTER_NODES)}
+                                    access.action_for("GET", access.CLUSTER_NODES),
+                                    access.action_for("GET", "/metrics")}
     principal = FunctionPrincipal("attacker", "arn:aws:iam::000000000000:role/any")
     for method, path in (("POST", "/snapfaas/v1/snapstart/victim:1/verify"), ("POST", "/snapfaas/v1/snapshots/victim:1/expire"),
-                         ("GET", "/snapfaas/v1/cluster-status")):
+                         ("GET", "/snapfaas/v1/cluster-status"), ("GET", "/metrics")):
         request = make_mocked_request(method, path, app=app)
         request._match_info = asyncio.run(app.router.resolve(request))  # what aiohttp's dispatcher sets
         with pytest.raises(AccessDenied, match="reserved to the operator"):

@@ -293,3 +293,12 @@ def test_withdraw_takes_out_a_queued_event_that_another_node_took_over() -> None
     running = b.take(T0 + 100)
     assert running is other and not b.withdraw(other)  # a running event is left to its attempt
     assert len(b) == 1 and b.take(T0 + 100) is None
+def test_oldest_enqueued_at_counts_queued_and_running_events() -> None:
+    b = backlog()
+    assert b.oldest_enqueued_at() is None
+    b.add(event(1, at=T0 + 5))
+    b.add(event(2, "g", at=T0 + 1))
+    b.add(event(3, at=T0 + 9))
+    assert b.oldest_enqueued_at() == T0 + 1
+    running = drain(b, T0 + 10)  # every due event starts: they are running now, no longer queued
+    assert running and b.oldest_enqueued_at() == T0 + 1

@@ -19,6 +19,7 @@ from snapfaas.registry import validation as check
 
 FN = "/2015-03-31/functions/{name}"
 VERIFY = "/snapfaas/v1/snapstart/{name}/verify"
+PUBLISH_PROGRESS = "/snapfaas/v1/snapstart/{name}/publish"
 EXPIRE = "/snapfaas/v1/snapshots/{name}/expire"
 LAYERS = "/2018-10-31/layers"
 LAYER = LAYERS + "/{layer}"
@@ -77,10 +78,14 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", EXPIRE): "snapfaas:ExpireSnapshot",
     ("POST", FORWARDED_INVOKE): policy.INVOKE,  # a forwarded invoke: its asserted caller is authorized again
     ("GET", CLUSTER_NODES): "snapfaas:GetClusterStatus",
+    ("GET", "/metrics"): "snapfaas:GetMetrics",
+    ("GET", PUBLISH_PROGRESS): "snapfaas:GetPublishProgress",
 }
 # Actions only the operator may take, whatever grants a function's policy holds: they create
-# environments outside the pools and inspect them (verify), or drop a snapshot (expire).
-OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot", "snapfaas:GetClusterStatus"})
+# environments outside the pools and inspect them (verify), or drop a snapshot (expire); the
+# cluster status and the metrics are the whole server's (every function's) numbers.
+OPERATOR_ONLY = frozenset({"snapfaas:VerifySnapStart", "snapfaas:ExpireSnapshot", "snapfaas:GetClusterStatus",
+                           "snapfaas:GetMetrics"})
 
 
 def action_for(method: str, canonical: str) -> str:

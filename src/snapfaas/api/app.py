@@ -8,15 +8,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from snapfaas.api import access, aliases, cluster, event_configs, functions, layers, permissions, settings, snapstart, tags
+from snapfaas.api import access, aliases, cluster, event_configs, functions, layers, metrics, permissions, settings, snapstart, tags
 from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
 from snapfaas.api.connections import ClientTimeouts, peer_of
 from snapfaas.api.context import FORWARDED, PRINCIPAL, SERVICES, Services, services
 from snapfaas.api.errors import error_response
-from snapfaas.api.invoke import forwarded_invoke, function_logs, invoke
+from snapfaas.api import logs as log_routes
+from snapfaas.api.invoke import forwarded_invoke, invoke
 from snapfaas.api.links import PATH_PREFIX
+from snapfaas.dashboard import routes as dashboard
 from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
 from snapfaas.errors import InvalidSignature, NotFound, RequestTooLarge, ServiceError, SnapfaasError
@@ -28,7 +30,8 @@ EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 
 def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None,
               limits: Limits | None = None, timeouts: ClientTimeouts | None = None,
-              spool_dir: Path | None = None) -> web.Application:
+              spool_dir: Path | None = None, dashboard_keys: dict[str, str] | None = None,
+              with_dashboard: bool = True) -> web.Application:
     """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
     of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies, whose
     bytes past 256 KiB wait in `spool_dir` (default: the system's temporary directory) until
@@ -39,6 +42,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     streams), payload hash and signature verified, replay checked, the caller authorized
     (`access.authorize_request`), the body loaded into memory, then the handler runs.
     Unsigned routes (health, credentials, code links) read no body.
+    The dashboard (`with_dashboard`) signs in with `dashboard_keys` (None: open, ``--no-auth``).
     """
     body_limits = limits or Limits()
     body_idle_s = (timeouts or ClientTimeouts()).body_s
@@ -84,7 +88,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = str(uuid.uuid4())
         try:
-            if not _unsigned_allowed(request.path):
+            if not _unsigned_allowed(request.path) and not _metrics_token(request):
                 await admit(request)
             response = await handler(request)
         except SnapfaasError as err:
@@ -97,6 +101,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
             return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
         except web.HTTPMethodNotAllowed:
             return error_response(NotFound(f"Unknown operation: {request.method} {request.path}"), request_id)
+        except web.HTTPException:  # a deliberate HTTP answer (the dashboard's redirects and refusals)
+            raise
         except Exception:  # every other failure is ours: log it, answer ServiceException, keep serving
             logger.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(ServiceError("An internal error occurred; see the snapfaas server log."), request_id)
@@ -149,7 +155,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_get("/2019-09-30/functions/{name}/provisioned-concurrency", settings.provisioned_concurrency)
     app.router.add_get("/2015-03-31/event-source-mappings", settings.list_event_source_mappings)
     app.router.add_get("/2015-03-31/event-source-mappings/", settings.list_event_source_mappings)
-    app.router.add_get("/snapfaas/v1/logs/{name}", function_logs)
+    log_routes.install(app)
     app.router.add_get(PATH_PREFIX + "{digest}", download_code)
     app.router.add_get("/snapfaas/v1/health", health)
     app.router.add_get(CREDENTIALS_PATH, container_credentials)
@@ -158,6 +164,10 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_post(access.EXPIRE, snapstart.expire)
     app.router.add_post(access.FORWARDED_INVOKE, forwarded_invoke)
     app.router.add_get(access.CLUSTER_NODES, cluster.nodes)
+    app.router.add_get(access.PUBLISH_PROGRESS, snapstart.publish_progress)
+    app.router.add_get(metrics.PATH, metrics.metrics)
+    if with_dashboard:
+        dashboard.install(app, dashboard_keys)
     return app
 
 
@@ -178,9 +188,17 @@ def _abandon(request: web.Request, aborted: UploadAborted) -> web.Response:
     return web.Response(status=408)
 
 
+def _metrics_token(request: web.Request) -> bool:
+    """A scrape of /metrics presenting the metrics token (it reads no body)."""
+    return (request.path == metrics.PATH and request.method == "GET"
+            and metrics.bearer_allowed(request.headers.get("Authorization"), services(request).metrics_token))
+
+
 def _unsigned_allowed(path: str) -> bool:
-    """Health checks, and code links (which carry their own signature)."""
-    return path in ("/snapfaas/v1/health", CREDENTIALS_PATH) or path.startswith(PATH_PREFIX)
+    """Health checks, code links (which carry their own signature) and the dashboard (which
+    checks its own session cookie: `snapfaas.dashboard.routes`)."""
+    return (path in ("/snapfaas/v1/health", CREDENTIALS_PATH) or path.startswith(PATH_PREFIX)
+            or path == dashboard.PREFIX or path.startswith(dashboard.PREFIX + "/"))
 
 
 async def container_credentials(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from snapfaas.api.bodies import body_of
 from snapfaas.api.links import CodeLinks
 from snapfaas.config import ServerConfig
 from snapfaas.identity import IdentityBroker
+from snapfaas.metrics import Metrics
 from snapfaas.errors import InvalidRequestContent, NotFound
 from snapfaas.registry import validation as check
 from snapfaas.registry.permissions import Permissions
@@ -39,6 +40,8 @@ class Services:
     identity: IdentityBroker = dataclasses.field(default_factory=IdentityBroker)
     snapstart: "SnapStartOperations | None" = None  # operator-only verify / expire (api/snapstart.py)
     cluster: "ClusterNode | None" = None  # this node's membership and invoke routing (cluster/node.py)
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)  # GET /metrics (api/metrics.py)
+    metrics_token: str | None = None  # the bearer token that may read /metrics without SigV4
 
     @property
     def registry(self):  # type: ignore[no-untyped-def]

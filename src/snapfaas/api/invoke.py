@@ -10,8 +10,6 @@ invoke in ``X-Snapfaas-Node``.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from snapfaas.api.bodies import body_of
@@ -87,13 +85,3 @@ async def run_here(request: web.Request, name: str, qualifier: str | None, reque
         headers[NODE_HEADER] = svc.cluster.node_id
     return web.Response(status=result.status, body=result.payload, headers=headers,
                         content_type="application/json" if result.status == 200 else None)
-
-
-async def function_logs(request: web.Request) -> web.Response:
-    """snapfaas extension: the function's execution log (what CloudWatch Logs holds on Lambda)."""
-    svc = services(request)
-    name = request.match_info["name"]
-    svc.registry.function_info(name)
-    limit = int(request.query.get("limit", "0") or 0)
-    lines = await asyncio.to_thread(svc.logs.read, name, limit or None)  # waits for the log writer
-    return web.Response(text="".join(line + "\n" for line in lines))

@@ -6,7 +6,7 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    exit 1. A SnapStart init first drops the variables only a deterministic init needed
    (`drop_init_variables`), runs the module's leading imports first and loads its code compiled
    in a child (`preimport`), so that versions share memory (snapshot/determinism.py on the worker side).
-2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: run before-snapshot hooks
+2. SnapStart (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``) only: send ``hooks``, run before-snapshot hooks
    (LIFO), break TCP connections in place (`sockets.sweep`; UDP and listening sockets stay),
    clear ``ADDR_NO_RANDOMIZE`` (`restore_aslr`), send ``restore_ready`` and block until a ``restore`` frame arrives (the checkpoint is
    taken while blocked); then put broken connections on those fds (`sockets.break_connections`),
@@ -298,6 +298,7 @@ def hook_fault(error_type: str, exc: BaseException) -> dict[str, Any]:
 
 
 def snap_start_barrier(channel: Channel) -> None:
+    channel.send("hooks")  # the publish's progress: init code done, before-snapshot hooks next
     try:
         run_hooks("before")
     except Exception as exc:  # a hook can raise anything

@@ -13,7 +13,8 @@ payload length, possibly 0). A line on stdout that does not start with ``MAGIC``
 it is output some user code wrote to fd 1 directly (a subprocess, say) and the worker logs it.
 
 Kinds, runtime -> worker: ``ready`` (init done, waiting for work: Runtime API ``/next``),
-``init_error``, ``response``, ``error`` (invocation error), ``restore_ready`` (SnapStart: init
+``init_error``, ``response``, ``error`` (invocation error), ``hooks`` (SnapStart: init code done,
+the before-snapshot hooks start; progress only), ``restore_ready`` (SnapStart: init
 and before-snapshot hooks done, blocked in ``/restore/next``; header ``closed``: peers of the TCP
 connections broken for the snapshot, ``kept``: the inet sockets left for CRIU, see
 runtime/sockets.py), ``resumed`` (restored and running again, about to run the after-restore

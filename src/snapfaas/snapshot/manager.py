@@ -54,6 +54,7 @@ from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.registry.packages import package_ids
 from snapfaas.snapshot import engine, memory, sockets
+from snapfaas.snapshot.progress import Progresses
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
 from snapfaas.store import CollectReport, StoreError
 from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
@@ -139,6 +140,7 @@ class SnapshotManager:
         self._memory_modes: dict[str, str] = {}  # snapshot id -> "map" / "copy"
         self._scanned: dict[memory.FileKey, str | None] = {}  # mapped files already searched for jemalloc
         self.scanner: Callable[[FunctionVersion], Awaitable[list[str]]] | None = None
+        self.progress = Progresses()  # where each publish this server runs is (snapshot/progress.py)
         # a slot among --max-environments for the init environment (`Worker.environment_slot`); None: unbounded
         self.environment_slot: Callable[[], AbstractAsyncContextManager[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -232,6 +234,8 @@ class SnapshotManager:
                 await self._release(claim)  # finished by the node that held it before
                 return
         keeper = Keeper(self.leases, [claim]) if self.leases is not None and claim is not None else None
+        key = (version.name, version.version)
+        self.progress.begin(*key)  # this node runs the publish (snapshot/progress.py)
         try:
             with keeper if keeper is not None else contextlib.nullcontext():
                 try:
@@ -242,6 +246,7 @@ class SnapshotManager:
             if failure is not None and await self._still_ours(claim, keeper):
                 self._log(version, f"SnapStart publish failed: {failure.reason}")
                 self._set(version, lambda v: v.move_to(State.FAILED, failure.reason, failure.code))
+            self.progress.end(*key, "failed" if failure is not None else "done", failure.reason if failure else None)
         finally:
             if claim is not None:
                 await self._release(claim)
@@ -298,11 +303,14 @@ class SnapshotManager:
                       claim: Claim | None = None) -> PublishFailure | None:
         if not self.status.available:
             return PublishFailure("InternalError", f"SnapStart is unavailable on this server: {self.status.reason}")
+        key = (version.name, version.version)
         if self.scanner is not None:
+            self.progress.enter(*key, "scan")
             blocking = await self.scanner(version)
             if blocking:
                 return PublishFailure("FunctionError", "Snapshot safety scan blocked the publish: " + "; ".join(blocking))
         # the init environment counts against --max-environments: wait (queued) for a slot
+        self.progress.enter(*key, "queued")
         async with (self.environment_slot() if self.environment_slot else contextlib.nullcontext()):
             taken = await self._snapshot(version, keeper)
         if isinstance(taken, PublishFailure):
@@ -356,6 +364,8 @@ class SnapshotManager:
             env = self.factory.create(version, "snap-start", self.environ_for(identity, version.name, version.role), network)
         init_timeout = max(self.min_init_timeout_s, float(version.timeout))
         started = time.monotonic()
+        key = (version.name, version.version)
+        self.progress.enter(*key, "init")
         env.log(f"INIT_START Runtime Version: {version.runtime}.snapfaas\tPhase: snapshot\n")
         try:
             await env.container.start()
@@ -364,6 +374,9 @@ class SnapshotManager:
                 env.network.started()  # a publish's init may take minutes: do not hold background namespace work
             try:
                 frame = await env.next_frame(init_timeout)
+                if frame.kind == "hooks":  # init code done; the hooks count against the same timeout
+                    self.progress.enter(*key, "hooks")
+                    frame = await env.next_frame(max(0.0, init_timeout - (time.monotonic() - started)))
                 await env.wait_mark("init")
             except TimeoutError:
                 env.log(platform_log.init_report(init_timeout * 1000, "timeout"))
@@ -393,11 +406,13 @@ class SnapshotManager:
                 env.log(f"WARNING SnapStart: restores of this version copy memory: {decision.reason}\n")
             snapshot_id = f"{version.name}-{version.version}-{secrets.token_hex(6)}"
             work = self.vault.work_dir(snapshot_id)
+            self.progress.enter(*key, "checkpoint")
             try:
                 dump_s = await engine.checkpoint(self.factory.runc.argv(), env.container.id, work)
             except engine.CheckpointFailed as exc:
                 self.vault.delete(snapshot_id)
                 return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")
+            self.progress.enter(*key, "upload")
             try:
                 await self._begin_upload(snapshot_id, keeper)
                 manifest = await asyncio.to_thread(
@@ -414,6 +429,9 @@ class SnapshotManager:
                 raise
             self._memory_modes[snapshot_id] = decision.mode
             size = sum(f["size"] for f in manifest["files"])
+            progress = self.progress.get(*key)
+            if progress is not None:
+                progress.snapshot_bytes = size
             env.log(f"SNAPSHOT_REPORT Snapshot: {snapshot_id}\tSize: {size / 1e6:.1f} MB\tCheckpoint Duration: {dump_s * 1000:.2f} ms\n")
         finally:
             self.revoke(identity)

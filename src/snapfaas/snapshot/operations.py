@@ -70,6 +70,17 @@ class SnapStartOperations:
                                         "(SnapStart.ApplyOn is not PublishedVersions).")
         return version
 
+    def publish_progress(self, name: str, qualifier: str | None) -> dict[str, Any]:
+        """Where the version's SnapStart publish is (`snapshot.progress`), with the version's
+        state: a publish this server did not run (or ran over an hour ago) has ``Phase`` None."""
+        version = self._version(name, qualifier, "publish progress")
+        progress = self.snapshots.progress.get(version.name, version.version)
+        out: dict[str, Any] = {"FunctionName": version.name, "Version": version.version, "Phase": None, "Phases": []}
+        if progress is not None:
+            out.update(progress.to_json(self.snapshots.progress.clock()))
+        out.update(State=version.state.value, StateReason=version.state_reason, StateReasonCode=version.state_reason_code)
+        return out
+
     async def verify(self, name: str, qualifier: str | None, copies: int, payload: bytes) -> VerifyReport:
         if isinstance(copies, bool) or not isinstance(copies, int) or not MIN_COPIES <= copies <= MAX_COPIES:
             raise InvalidParameterValue(f"Copies must be an integer from {MIN_COPIES} to {MAX_COPIES}.")

@@ -194,6 +194,12 @@ class Backlog:
         """Events held: queued plus running (what the queue cap counts)."""
         return self._queued + len(self.inflight)
 
+    def oldest_enqueued_at(self) -> float | None:
+        """When the oldest event held (queued or running) was accepted; None when empty."""
+        stamps = [event.enqueued_at for lane in self.lanes.values() for event in lane.events()]
+        stamps.extend(event.enqueued_at for event in self.inflight.values())
+        return min(stamps, default=None)
+
     def __repr__(self) -> str:
         return f"<Backlog {self._queued} queued, {len(self.inflight)} running, {len(self.ring)} functions>"
 

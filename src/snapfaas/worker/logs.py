@@ -16,6 +16,7 @@ thread; the queue holds at most `queue_bytes` (a function flooding stderr cannot
 daemon buffer more), lines that do not fit are dropped and counted, and once the queue has
 drained the writer adds one ``N log lines dropped`` line per function that lost some.
 `read` and `delete` first wait for everything appended before them to be written.
+`follow` hands each function's lines, as written, to readers that follow the log live.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class LogStore:
         self._closed = False
         self._writer: threading.Thread | None = None
         self._files = threading.Lock()  # held while files change: writes, rotation, reads, deletes
+        self._followers: dict[str, list[Callable[[list[str] | None], None]]] = {}  # guarded by _files
 
     def path(self, function: str) -> Path:
         return self.root / f"{function}.log"
@@ -106,10 +109,13 @@ class LogStore:
         file); the last `limit` if given. Sees every line appended before the call."""
         self.flush()
         with self._files:
-            current = self._read_lines(self.path(function))
-            if limit and len(current) >= limit:
-                return current[-limit:]
-            lines = self._read_lines(self.rotated(function)) + current
+            return self._read_locked(function, limit)
+
+    def _read_locked(self, function: str, limit: int | None) -> list[str]:
+        current = self._read_lines(self.path(function))
+        if limit and len(current) >= limit:
+            return current[-limit:]
+        lines = self._read_lines(self.rotated(function)) + current
         return lines[-limit:] if limit else lines
 
     @staticmethod
@@ -121,6 +127,26 @@ class LogStore:
             return []
         lines = text.split("\n")
         return lines[:-1] if lines[-1] == "" else lines
+
+    def follow(self, function: str, deliver: Callable[[list[str] | None], None],
+               limit: int | None = None) -> tuple[list[str], Callable[[], None]]:
+        """The log as `read` gives it, and from then on every batch of `function`'s lines once
+        written, handed to `deliver` on the writer thread (it must only pass them on), then
+        None when the store closes. Every line is either in the returned list or delivered,
+        exactly once. Returns ``(lines, stop)``; `stop` ends the delivery."""
+        self.flush()
+        with self._files:
+            lines = self._read_locked(function, limit)
+            self._followers.setdefault(function, []).append(deliver)
+
+        def stop() -> None:
+            with self._files:
+                listeners = self._followers.get(function, [])
+                if deliver in listeners:
+                    listeners.remove(deliver)
+                if not listeners:
+                    self._followers.pop(function, None)
+        return lines, stop
 
     def delete(self, function: str) -> None:
         self.flush()
@@ -136,6 +162,11 @@ class LogStore:
             writer = self._writer
         if writer is not None:
             writer.join(FLUSH_WAIT_S)
+        with self._files:
+            followers, self._followers = self._followers, {}
+        for listeners in followers.values():
+            for deliver in listeners:
+                deliver(None)
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -173,6 +204,12 @@ class LogStore:
                     self._append_file(function, lines)
                 except OSError as exc:  # a full or broken disk loses these lines, not the daemon
                     logger.warning("log write failed at step 'append' for %s: %s", function, exc)
+                    continue
+                listeners = self._followers.get(function)
+                if listeners:
+                    text = [line.decode(errors="replace").removesuffix("\n") for line in lines]
+                    for deliver in listeners:
+                        deliver(text)
 
     def _append_file(self, function: str, lines: list[bytes]) -> None:
         """Append `lines`, rotating before the file would pass `max_bytes` (a single line

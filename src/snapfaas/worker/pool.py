@@ -32,6 +32,7 @@ from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.snapshot.workingset import WorkingSetKeeper
+from snapfaas import metrics
 from snapfaas.worker import billing, platform_log
 from snapfaas.worker.billing import Phase
 from snapfaas.worker.factory import EnvironmentFactory
@@ -200,6 +201,7 @@ class Worker:
         self.factory = factory
         self.credentials = credentials or NoCredentials()
         self.snapshots: SnapshotSource | None = None  # set by the server when SnapStart is wired
+        self.metrics: metrics.Metrics | None = None  # set by the server: every invocation is recorded
         self.working_sets: WorkingSetKeeper | None = None  # file pages read ahead at restore (set by the server)
         self.reseed_after_restore = False  # --reseed-after-restore: the runtime reseeds RNGs after a restore (AWS does not)
         self.snapstart_connections = DEFAULT_CONNECTION_MODE  # how restored copies see init's TCP connections (runtime/sockets.py)
@@ -636,7 +638,41 @@ class Worker:
     async def invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None) -> InvokeOutcome:
         """Run one invocation; raises only `Throttled`, `ServiceError` (platform faults) or what
         making an environment raises (`RuntimeUnavailable`, `CodeUnavailable`: the version's
-        code package cannot be had)."""
+        code package cannot be had).
+        Every call is recorded in `metrics` (when set): its outcome, start kind and durations."""
+        started = time.monotonic()
+        start: list[bool] = []  # [True] once a new environment was created for this request
+        try:
+            outcome = await self._invoke(version, request, reserved, start)
+        except Throttled as throttled:
+            self._record(version, request, "throttled", started, start, None)
+            if self.metrics is not None:
+                self.metrics.throttle(version.name, throttled.reason)
+            raise
+        except BaseException:
+            self._record(version, request, "error", started, start, None)
+            raise
+        self._record(version, request, "function_error" if outcome.function_error else "success", started, start, outcome)
+        return outcome
+
+    def _record(self, version: FunctionVersion, request: InvokeRequest, outcome: str, started: float,
+                new_environment: list[bool], result: InvokeOutcome | None) -> None:
+        if self.metrics is None:
+            return
+        ran = result is not None
+        self.metrics.invocation(metrics.Invocation(
+            version.name, version.version, outcome,
+            start=metrics.start_of(result.init_ms, result.restore_ms, bool(new_environment)) if ran else None,
+            latency_s=time.monotonic() - started if ran else None,
+            duration_ms=result.duration_ms if ran else None,
+            init_ms=result.init_ms if ran else None,
+            restore_ms=result.restore_ms if ran else None,
+            request_id=request.request_id, at=time.time(), memory_size_mb=version.memory_size,
+            max_memory_used_mb=result.max_memory_mb if ran else None,
+        ))
+
+    async def _invoke(self, version: FunctionVersion, request: InvokeRequest, reserved: int | None,
+                      new_environment: list[bool]) -> InvokeOutcome:
         if self._closing:
             raise ServiceError("invoke failed at step 'admit': the worker is shutting down")
         await self._admission(version.name, reserved)
@@ -647,6 +683,7 @@ class Worker:
             env = placement.env
             phase: Phase | None = None
             if env is None:
+                new_environment.append(True)
                 try:
                     env = await self._new_environment(version)
                 finally:

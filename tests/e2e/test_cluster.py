@@ -4,6 +4,7 @@ signature, and a node killed during a burst."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import os
@@ -50,8 +51,8 @@ def preferred(cluster: Cluster, name: str, version: str = "$LATEST", live: list[
 
 
 def ensure_function(cluster: Cluster, name: str, code: str = ECHO) -> None:
-    """Create `name` through node a. Until the registry is shared (pgreg), each node has its own
-    registry: the function is then created the same way on the nodes that do not know it."""
+    """Create `name` through node a (the registry is shared: the other nodes then know it; the
+    loop only skips them)."""
     for node in cluster.nodes:
         lam = node.client()
         try:
@@ -118,6 +119,46 @@ def test_invokes_run_on_the_rendezvous_node_whichever_node_receives_them(cluster
             assert node_of(response) == target
             forwarded += node.node_id != target
     assert forwarded == 2 * len(names)
+
+
+SNAP_APP = """
+import os, uuid
+INIT = uuid.uuid4().hex  # taken once, at the publish's init
+
+def handler(event, context):
+    return {"init": INIT, "type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE")}
+"""
+
+
+def test_publish_on_a_first_restore_on_c_from_the_origin(cluster: Cluster) -> None:
+    """A SnapStart version published through node a is snapshotted there (its publish lease);
+    invoked through node b, it runs on c (its rendezvous node), whose first restore fetches the
+    snapshot's chunks from the shared origin: c's own /metrics show origin reads."""
+    from snapfaas.client import Connection
+    from snapfaas.metrics import sample_value
+    from tests.conftest import ACCESS_KEY, SECRET_KEY
+
+    name = next(f"snapped{i}" for i in range(1000) if preferred(cluster, f"snapped{i}", "1")[0] == "c")
+    a = cluster["a"].client()
+    a.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE, Handler="app.handler", Timeout=30,
+                      Code={"ZipFile": make_zip({"app.py": SNAP_APP})}, SnapStart={"ApplyOn": "PublishedVersions"})
+    a.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    assert a.publish_version(FunctionName=name)["Version"] == "1"
+    wait_for(lambda: a.get_function_configuration(FunctionName=name, Qualifier="1")["State"] == "Active", 180,
+             what="the version to be published")
+    c_metrics = Connection(cluster["c"].endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+    before = sample_value(c_metrics.signed_get("/metrics").decode(), "snapfaas_store_hits_total", tier="origin") or 0
+    response = cluster["b"].client().invoke(FunctionName=name, Qualifier="1", Payload=b"{}", LogType="Tail")
+    body = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, body
+    assert node_of(response) == "c"
+    tail = base64.b64decode(response["LogResult"]).decode()
+    assert "Restore Duration" in tail and "Init Duration" not in tail, tail
+    assert body["type"] == "snap-start"
+    after = sample_value(c_metrics.signed_get("/metrics").decode(), "snapfaas_store_hits_total", tier="origin") or 0
+    assert after > before  # c had none of the snapshot's chunks: they came from the origin
+    again = cluster["a"].client().invoke(FunctionName=name, Qualifier="1", Payload=b"{}")
+    assert node_of(again) == "c" and json.loads(again["Payload"].read())["init"] == body["init"]  # warm, same snapshot
 
 
 def test_function_errors_and_log_tails_pass_through_a_forward(cluster: Cluster) -> None:

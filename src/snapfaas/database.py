@@ -127,7 +127,9 @@ def unavailable(step: str) -> Iterator[None]:
         if not is_connection_failure(exc):
             raise
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-        raise ServiceUnavailable(f"the database is unavailable (failed at step {step!r}): {reason}") from exc
+        # the driver's reason names the database host and port: the server log has it, callers do not
+        logger.warning("database unavailable at step %r: %s", step, reason)
+        raise ServiceUnavailable(f"the database is unavailable (failed at step {step!r}); retry later") from exc
 
 
 # -- circuit breaker ---------------------------------------------------------------------------
@@ -162,8 +164,8 @@ class CircuitBreaker:
                 self.state = PROBING  # this call is the probe
             elif self.state != CLOSED:
                 self.counters.rejected += 1
-                raise ServiceUnavailable(f"the database is unavailable (failed at step {step!r}): {self._reason} "
-                                         f"(retrying the connection every {self.backoff_s:g} s)")
+                raise ServiceUnavailable(f"the database is unavailable (failed at step {step!r}); the server retries "
+                                         f"the connection every {self.backoff_s:g} s")
             self.counters.attempts += 1
 
     def succeeded(self) -> None:

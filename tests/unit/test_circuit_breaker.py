@@ -36,9 +36,10 @@ def test_a_connection_failure_opens_the_breaker_and_later_calls_fail_at_once() -
     assert breaker.state == OPEN and breaker.counters.attempts == 1 and breaker.counters.opened == 1
     touched = []
     for _ in range(20):
-        with pytest.raises(ServiceUnavailable, match="connection refused"):
+        with pytest.raises(ServiceUnavailable, match="failed at step 'get function'") as refused:
             with breaker.guard("get function"):
                 touched.append(1)  # never reached: the database is not tried
+        assert "connection refused" not in str(refused.value)  # the driver's reason (host, port) stays in the log
     assert touched == []
     assert breaker.counters.attempts == 1 and breaker.counters.rejected == 20
 

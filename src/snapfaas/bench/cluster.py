@@ -12,10 +12,17 @@ node)): an absolute speed-up cannot show on one machine.
 * **Forwarding**: one function; sequential invokes alternate between its rendezvous node
   (run locally) and another node (forwarded there), so load drift hits both alike; p50/p99 of
   each and the difference. The baseline is the local invoke in the same run.
+* **Restore from the origin** (2 nodes): a SnapStart version is published through node 1
+  (snapshotted there), with a name whose rendezvous node is node 2; its first invoke restores on
+  node 2 with none of the snapshot's chunks (lazy, from the shared origin: the cold-cache
+  restore), then a second environment is restored on node 2 while the first is busy (its tiers
+  now hold the chunks: the warm-cache restore, the baseline). `RESTORE_ROUNDS` versions; the
+  REPORT's Restore Duration and the invoke's round trip of each.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.client
 import json
@@ -23,6 +30,7 @@ import os
 import pwd
 import secrets
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -36,10 +44,17 @@ from urllib.parse import urlsplit
 from snapfaas.bench.harness import PrivateServer
 from snapfaas.bench.load import LoadResult, Target
 from snapfaas.client import Connection
+from snapfaas.cluster import routing
+from snapfaas.metrics import sample_value
+from snapfaas.worker.platform_log import fields_of
 
 FUNCTIONS = 6
 CONCURRENCY = 6
 APP = "def handler(event, context):\n    return {'ok': True}\n"
+RESTORE_ROUNDS = 3
+# ~30 MB of heap built at init: a snapshot with real pages to fetch
+RESTORE_APP = ("import time\nHEAP = [str(i) * 8 for i in range(600_000)]\n"
+               "def handler(event, context):\n    time.sleep(event.get('sleep', 0))\n    return {'n': len(HEAP)}\n")
 
 
 class PrivatePostgres:
@@ -105,8 +120,7 @@ def _wait_live(servers: list[PrivateServer], count: int) -> None:
 
 
 def _deploy_everywhere(servers: list[PrivateServer], name: str) -> None:
-    """Create `name` on each node whose registry does not know it (until the registry is
-    shared through PostgreSQL, each node has its own)."""
+    """Create `name` unless the (shared) registry already knows it."""
     for server in servers:
         client = server.client()
         try:
@@ -190,6 +204,69 @@ def _latency(servers: list[PrivateServer], samples: int) -> dict[str, Any]:
     return out
 
 
+def _rendezvous_name(prefix: str, version: str, winner: str, loser: str) -> str:
+    """A function name whose `version` the cluster routes to node `winner` rather than `loser`."""
+    for i in range(10_000):
+        name = f"{prefix}{i}"
+        key = f"arn:aws:lambda:us-east-1:000000000000:function:{name}:{version}"
+        if routing.score(winner, key) > routing.score(loser, key):
+            return name
+    raise RuntimeError("no function name routes to the wanted node")
+
+
+def _timed_restore(server: PrivateServer, name: str, version: str, payload: bytes) -> dict[str, Any]:
+    started = time.perf_counter()
+    response = server.client().invoke(FunctionName=name, Qualifier=version, Payload=payload, LogType="Tail")
+    response["Payload"].read()
+    elapsed = (time.perf_counter() - started) * 1000
+    report = next((line for line in base64.b64decode(response["LogResult"]).decode(errors="replace").splitlines()
+                   if line.startswith("REPORT ")), "")
+    fields = fields_of(report.partition(" ")[2])
+    return {"node": response["ResponseMetadata"]["HTTPHeaders"]["x-snapfaas-node"], "round_trip_ms": round(elapsed, 2),
+            "restore_ms": float(fields["Restore Duration"].split()[0]) if "Restore Duration" in fields else None}
+
+
+def _busy_on(server: PrivateServer, name: str, version: str) -> float:
+    text = server.connection.signed_get("/metrics").decode()
+    return sample_value(text, "snapfaas_environments", function=name, version=version, state="busy") or 0
+
+
+def _restores(servers: list[PrivateServer]) -> dict[str, Any]:
+    """Cold-cache (lazy from the origin) vs warm-cache restores on node 2 of versions published on node 1."""
+    publisher, restorer = servers[0], servers[1]
+    ids = [_node_id(publisher), _node_id(restorer)]
+    rows = []
+    for r in range(RESTORE_ROUNDS):
+        name = _rendezvous_name(f"snapbench{r}x", "1", ids[1], ids[0])
+        publisher.deploy(name, {"app.py": RESTORE_APP}, SnapStart={"ApplyOn": "PublishedVersions"}, Timeout=60)
+        client = publisher.client()
+        version = client.publish_version(FunctionName=name)["Version"]
+        client.get_waiter("published_version_active").wait(FunctionName=name, Qualifier=version,
+                                                           WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        cold = _timed_restore(restorer, name, version, b"{}")
+        holder: dict[str, Any] = {}
+        busy = threading.Thread(target=lambda: holder.update(_timed_restore(restorer, name, version, b'{"sleep": 4}')))
+        busy.start()
+        deadline = time.monotonic() + 30
+        while _busy_on(restorer, name, version) < 1:  # the first environment is taken: the next one restores
+            if time.monotonic() > deadline:
+                raise RuntimeError("the first environment never became busy")
+            time.sleep(0.05)
+        warm = _timed_restore(restorer, name, version, b"{}")
+        busy.join()
+        for sample in (cold, warm):
+            if sample["node"] != ids[1] or sample["restore_ms"] is None:
+                raise RuntimeError(f"expected a restore on {ids[1]}, got {sample}")
+        rows.append({"function": name, "cold_cache": cold, "warm_cache": warm})
+
+    def median(key: str, field: str) -> float:
+        return round(statistics.median(row[key][field] for row in rows), 2)
+
+    summary = {k: {f: median(k, f) for f in ("restore_ms", "round_trip_ms")} for k in ("cold_cache", "warm_cache")}
+    summary["ratio_restore"] = round(summary["cold_cache"]["restore_ms"] / summary["warm_cache"]["restore_ms"], 2)
+    return {"rounds": rows, "median": summary}
+
+
 def _node_id(server: PrivateServer) -> str:
     return json.loads(server.connection.signed_get("/snapfaas/v1/cluster-status"))["NodeId"]
 
@@ -221,6 +298,8 @@ def run(say: Callable[[str], None], registry: str | None = None, seconds: float 
             if count == 2:
                 say(f"[cluster] forwarded vs local latency, {samples} samples each")
                 result["latency"] = _latency(servers, samples)
+                say(f"[cluster] restores from the origin: {RESTORE_ROUNDS} versions published on n1, restored on n2")
+                result["restores"] = _restores(servers)
         one = result["throughput"]["1"]["rps"]
         for count, row in result["throughput"].items():
             row["efficiency_per_node"] = round(row["rps"] / (int(count) * one), 3) if one else None
@@ -257,4 +336,14 @@ def markdown(result: dict[str, Any]) -> str:
                   f"| forwarded (through another node) | {lat['forwarded']['p50_ms']} ms | {lat['forwarded']['p99_ms']} ms | "
                   f"{lat['forwarded']['requests']} |",
                   f"| added by forwarding | {lat['added']['p50_ms']:+} ms | {lat['added']['p99_ms']:+} ms | |"]
+    restores = result.get("restores")
+    if restores:
+        med = restores["median"]
+        lines += ["", f"First restore on a node with an empty cache (lazy from the shared origin) vs a warm one (the "
+                  f"same node's second environment, chunks in its tiers; the baseline), ~30 MB heap, median of "
+                  f"{len(restores['rounds'])} versions:", "",
+                  "| restore on node 2 | Restore Duration | invoke round trip |", "|---|---|---|",
+                  f"| empty cache (from the origin) | {med['cold_cache']['restore_ms']} ms | {med['cold_cache']['round_trip_ms']} ms |",
+                  f"| warm cache (baseline) | {med['warm_cache']['restore_ms']} ms | {med['warm_cache']['round_trip_ms']} ms |",
+                  f"| ratio | {med['ratio_restore']}x | |"]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
 from snapfaas.cluster import routing
+from tests.cluster import wait_for
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server, shared_store_args
 
 STAMPED = """
@@ -107,16 +108,8 @@ def wait_for_a_fresh_view(database: str, node: str) -> None:
             seen.append(current)
         return len(seen) >= 3
 
-    wait_until(advanced, 60, f"{node} exchanging its usage twice")
+    wait_for(advanced, 60, what=f"{node} exchanging its usage twice")
 
-
-def wait_until(predicate, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} not reached within {deadline_s} s")
 
 
 def call(handle: ServerHandle, function: str, sleep: float) -> dict | ClientError:
@@ -154,7 +147,7 @@ def test_reserved_concurrency_holds_across_two_nodes(nodes: dict[str, ServerHand
     a, b = nodes["a"], nodes["b"]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         first = [pool.submit(call, a, "capped", 20) for _ in range(3)]
-        wait_until(lambda: in_use(database, "node-a", "capped") == RESERVED, 60, "node A publishing its 2 admitted invokes")
+        wait_for(lambda: in_use(database, "node-a", "capped") == RESERVED, 60, what="node A publishing its 2 admitted invokes")
         wait_for_a_fresh_view(database, "node-b")  # B's view includes A's count (the documented refresh lag)
         asked = time.time()
         second = [f.result() for f in [pool.submit(call, b, "capped", 20) for _ in range(3)]]
@@ -170,8 +163,8 @@ def test_a_burst_on_both_nodes_stays_within_the_documented_slack(nodes: dict[str
     """Six invokes at once, three per node: each node admits at most its reserved concurrency
     on its own counts, so the cluster runs at most 2 + 2 (over-admission of one refresh
     interval), and every other request gets Lambda's reserved-concurrency throttle."""
-    wait_until(lambda: in_use(database, "node-a", "capped") == 0 and in_use(database, "node-b", "capped") == 0, 60,
-               "both nodes idle")
+    wait_for(lambda: in_use(database, "node-a", "capped") == 0 and in_use(database, "node-b", "capped") == 0, 60,
+             what="both nodes idle")
     wait_for_a_fresh_view(database, "node-a")
     wait_for_a_fresh_view(database, "node-b")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
@@ -186,15 +179,15 @@ def test_a_burst_on_both_nodes_stays_within_the_documented_slack(nodes: dict[str
 def test_the_account_limit_holds_across_two_nodes(nodes: dict[str, ServerHandle], database: str) -> None:
     """--account-concurrency 3: two invokes running on node A leave one slot for node B."""
     a, b = nodes["a"], nodes["b"]
-    wait_until(lambda: in_use(database, "node-a", "") == 0 and in_use(database, "node-b", "") == 0, 60, "both nodes idle")
+    wait_for(lambda: in_use(database, "node-a", "") == 0 and in_use(database, "node-b", "") == 0, 60, what="both nodes idle")
     wait_for_a_fresh_view(database, "node-a")  # A no longer counts B's earlier invokes
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = [pool.submit(call, a, FREE["node-a"], 20) for _ in range(2)]
-        wait_until(lambda: in_use(database, "node-a", "") == 2, 60, "node A publishing its 2 invokes")
+        wait_for(lambda: in_use(database, "node-a", "") == 2, 60, what="node A publishing its 2 invokes")
         wait_for_a_fresh_view(database, "node-b")
         asked = time.time()
         running_on_b = pool.submit(call, b, FREE["node-b"], 20)
-        wait_until(lambda: in_use(database, "node-b", "") == 1, 60, "node B publishing its invoke")
+        wait_for(lambda: in_use(database, "node-b", "") == 1, 60, what="node B publishing its invoke")
         refused = call(b, FREE["node-b"], 0)
         outcomes = [f.result() for f in first] + [running_on_b.result(), refused]
     stamps = [o for o in outcomes if isinstance(o, dict)]

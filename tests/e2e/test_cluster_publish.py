@@ -11,12 +11,12 @@ the lease, its expiry and the take-over are the cluster's, in PostgreSQL.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
+from tests.cluster import wait_for
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, wait_state
 
@@ -52,21 +52,13 @@ def claim_of(database: str, kind: str, key: str) -> str | None:
     return row[0] if row else None
 
 
-def wait_until(predicate, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} not reached within {deadline_s} s")
-
 
 def test_a_publish_of_a_killed_node_is_taken_over(node: ServerHandle, database: str) -> None:
     lam = node.client()
     create(lam, "slowinit", {"app.py": SLOW_INIT}, Timeout=30, SnapStart=SNAPSTART)
     published = lam.publish_version(FunctionName="slowinit")
     assert published["State"] == "Pending"
-    wait_until(lambda: claim_of(database, "publish", "slowinit:1") == "node-a", 60, "node A claiming the publish")
+    wait_for(lambda: claim_of(database, "publish", "slowinit:1") == "node-a", 60, what="node A claiming the publish")
     node.stop(signal.SIGKILL)  # mid-init: node A never renews its lease again
     assert claim_of(database, "publish", "slowinit:1") == "node-a"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -41,8 +42,14 @@ def test_concurrent_claims_never_hand_an_event_to_two_nodes(database: str) -> No
     for i in range(300):
         stores[0].insert(f"r{i}", f"f{i % 5}", None, b"{}", time.time(), claim=False)
 
+    both_started = threading.Barrier(3)
+
     def consume(store: EventStore) -> list[int]:
+        """The three claim their first batch at the same moment (the barrier), then drain."""
         got: list[int] = []
+        both_started.wait(30)
+        got.extend(e.seq for e in store.claim(7, time.time()))
+        both_started.wait(30)
         while batch := store.claim(7, time.time()):
             got.extend(e.seq for e in batch)
         return got

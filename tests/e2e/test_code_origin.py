@@ -148,9 +148,10 @@ def test_a_package_leaves_the_origin_when_nothing_references_it(server: ServerHa
     """Directory origin (grace 0): a package shared by two functions stays until the second one
     is deleted, then a background collection removes it; nothing else is touched."""
     lam = server.client()
-    files = {"app.py": "def handler(e, c):\n    return 'shared'\n"}
-    first = create(lam, "holder-1", files)
-    create(lam, "holder-2", files)
+    package = make_zip({"app.py": "def handler(e, c):\n    return 'shared'\n"})  # one zip: its bytes hold its build time
+    first = create(lam, "holder-1", {}, Code={"ZipFile": package})
+    second = create(lam, "holder-2", {}, Code={"ZipFile": package})
+    assert second["CodeSha256"] == first["CodeSha256"], "test premise: one package shared by two functions"
     manifest = server.data_dir / "store" / "manifests" / package_id(digest_of(first["CodeSha256"]))
     bystander = create(lam, "bystander", {"app.py": "def handler(e, c):\n    return 'still fine'\n"})
     other = server.data_dir / "store" / "manifests" / package_id(digest_of(bystander["CodeSha256"]))

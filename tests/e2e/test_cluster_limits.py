@@ -37,18 +37,9 @@ RESERVED = 2
 ACCOUNT = 3
 
 
-def preferred_by(node: str, other: str, prefix: str) -> str:
-    """A function name whose $LATEST invokes the cluster routes to `node` (rendezvous hashing is
-    deterministic: `cluster.routing`), so a test can make two nodes run invokes at once."""
-    for i in range(1000):
-        name = f"{prefix}{i}"
-        key = f"arn:aws:lambda:us-east-1:000000000000:function:{name}:$LATEST"
-        if routing.score(node, key) > routing.score(other, key):
-            return name
-    raise AssertionError("no name found")
 
-
-FREE = {"node-a": preferred_by("node-a", "node-b", "free-a"), "node-b": preferred_by("node-b", "node-a", "free-b")}
+FREE = {"node-a": routing.name_preferring("free-a", "$LATEST", "node-a", "node-b"),
+        "node-b": routing.name_preferring("free-b", "$LATEST", "node-b", "node-a")}  # so both nodes run invokes
 
 
 @pytest.fixture(scope="module")

@@ -204,16 +204,6 @@ def _latency(servers: list[PrivateServer], samples: int) -> dict[str, Any]:
     return out
 
 
-def _rendezvous_name(prefix: str, version: str, winner: str, loser: str) -> str:
-    """A function name whose `version` the cluster routes to node `winner` rather than `loser`."""
-    for i in range(10_000):
-        name = f"{prefix}{i}"
-        key = f"arn:aws:lambda:us-east-1:000000000000:function:{name}:{version}"
-        if routing.score(winner, key) > routing.score(loser, key):
-            return name
-    raise RuntimeError("no function name routes to the wanted node")
-
-
 def _timed_restore(server: PrivateServer, name: str, version: str, payload: bytes) -> dict[str, Any]:
     started = time.perf_counter()
     response = server.client().invoke(FunctionName=name, Qualifier=version, Payload=payload, LogType="Tail")
@@ -237,7 +227,7 @@ def _restores(servers: list[PrivateServer]) -> dict[str, Any]:
     ids = [_node_id(publisher), _node_id(restorer)]
     rows = []
     for r in range(RESTORE_ROUNDS):
-        name = _rendezvous_name(f"snapbench{r}x", "1", ids[1], ids[0])
+        name = routing.name_preferring(f"snapbench{r}x", "1", ids[1], ids[0])
         publisher.deploy(name, {"app.py": RESTORE_APP}, SnapStart={"ApplyOn": "PublishedVersions"}, Timeout=60)
         client = publisher.client()
         version = client.publish_version(FunctionName=name)["Version"]

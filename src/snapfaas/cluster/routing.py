@@ -46,6 +46,17 @@ def score(node_id: str, key: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+def name_preferring(prefix: str, version: str, winner: str, loser: str,
+                    arn_prefix: str = "arn:aws:lambda:us-east-1:000000000000:function:") -> str:
+    """The first function name ``<prefix><n>`` whose `version` ranks node `winner` above node
+    `loser` (benchmarks and tests use it to place invokes on a chosen node)."""
+    for i in range(10_000):
+        name = f"{prefix}{i}"
+        if score(winner, f"{arn_prefix}{name}:{version}") > score(loser, f"{arn_prefix}{name}:{version}"):
+            return name
+    raise ValueError(f"no name {prefix}<n> routes {version} to {winner} rather than {loser}")
+
+
 def ranking(nodes: Sequence[NodeView], key: str) -> list[NodeView]:
     """`nodes` in decreasing rendezvous weight for `key` (ties by node id)."""
     return sorted(nodes, key=lambda n: (-score(n.node_id, key), n.node_id))

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from snapfaas.errors import ServiceUnavailable
@@ -108,6 +108,15 @@ def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif not options.get("sqlite_autocommit"):
         conn.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that may read then write: on SQLite it takes the write lock up front
+    (``BEGIN IMMEDIATE``), so two writers wait on ``busy_timeout`` instead of one failing at
+    once with "database is locked" when both upgrade from reading; on PostgreSQL a plain one."""
+    with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+        yield conn
 
 
 def is_connection_failure(exc: BaseException) -> bool:

@@ -16,6 +16,8 @@ The eager path (the plaintext RAM cache) is covered by test_snapstart_storage.py
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +152,7 @@ def test_a_bad_chunk_first_touched_after_the_restore_fails_that_invoke_and_recre
     create(lam, "lazy-bus", {"app.py": BUS_APP}, SnapStart=SNAPSTART, MemorySize=256)
     publish(lam, "lazy-bus")
     broken = only(snapshot_dirs(server, "lazy-bus", "1")[0]).name
-    damaged = 0
+    damaged: list[tuple[str, int]] = []
     with origin_store(server) as store:
         for entry in store.manifest(broken).files:
             for index, ref in enumerate(entry.chunks):
@@ -159,12 +161,20 @@ def test_a_bad_chunk_first_touched_after_the_restore_fails_that_invoke_and_recre
                 plain = store.read(broken, entry.path, ref.offset, ref.length)
                 if all(plain[i:i + 8] == b"BUSMARK:" for i in range(0, len(plain), 16)):  # wholly inside BUF
                     damage_at_origin(server, ref.name, "missing")
-                    damaged += 1
-    assert damaged >= 8, "test premise: BUF's chunks are found"
+                    damaged.append((entry.path, ref.offset))
+    assert len(damaged) >= 8, "test premise: BUF's chunks are found"
     drop_page_cache()  # the publish primed the view's page cache with BUF too
+    # A read of a bad chunk that no restore or process needs (what the kernel's readahead does
+    # around a faulted page) fails, and condemns nothing: the version stays Active.
+    path, offset = damaged[0]
+    with open(view_root(server) / broken / path, "rb", buffering=0) as image:
+        with pytest.raises(OSError) as unreadable:
+            os.pread(image.fileno(), 4096, offset)
+    assert unreadable.value.errno == errno.EIO
     response, body = invoke_json(lam, "lazy-bus", {}, Qualifier="1", LogType="Tail")  # the restore never needs them
     assert "FunctionError" not in response, body
     assert_restored(response["LogResult"])
+    assert lam.get_function_configuration(FunctionName="lazy-bus", Qualifier="1")["State"] == "Active"
     response, body = invoke_json(lam, "lazy-bus", {"touch": True}, Qualifier="1")  # the warm environment touches BUF
     assert response.get("FunctionError") == "Unhandled" and body["errorType"] == "Runtime.ExitError", body
     assert "bus error" in body["errorMessage"], body

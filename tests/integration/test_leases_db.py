@@ -100,19 +100,24 @@ def test_racing_claimants_get_exactly_one_winner(engine, pg_url, tmp_path) -> No
     winners: dict[str, list[str]] = {f"race:{k}": [] for k in range(20)}
     lock = threading.Lock()
     barrier = threading.Barrier(len(nodes))
+    errors: list[BaseException] = []
 
     def run(node: Leases) -> None:
         barrier.wait()
-        for key in winners:
-            if node.claim("publish", key) is not None:
-                with lock:
-                    winners[key].append(node.node_id)
+        try:
+            for key in winners:
+                if node.claim("publish", key) is not None:
+                    with lock:
+                        winners[key].append(node.node_id)
+        except Exception as exc:  # a racer that fails (e.g. "database is locked") fails the test
+            errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors
     assert all(len(w) == 1 for w in winners.values()), winners
     for node in nodes:
         node.engine.dispose()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from snapfaas.snapshot.view import SnapshotView, TouchedRange, clear_stale_mount, resident_pages
-from snapfaas.store import CHUNK_SIZE, ChunkStore, DirectoryOrigin, StoreError
+from snapfaas.store import CHUNK_SIZE, ChunkStore, DirectoryOrigin
 from tests.storekit import flip_byte, make_tree
 
 SECRET = bytes(range(32))
@@ -38,20 +38,19 @@ def new_store(tmp_path: Path, name: str) -> ChunkStore:
 
 
 @pytest.fixture
-def view(tmp_path: Path) -> Iterator[tuple[SnapshotView, list[tuple[str, StoreError]]]]:
+def view(tmp_path: Path) -> Iterator[SnapshotView]:
     """A mounted view over an empty-cache store (the snapshot is written by another store)."""
     writer = new_store(tmp_path, "writer")
     writer.put_tree("fn-1-aaaa", make_tree(tmp_path / "src"))
     writer.put_tree("fn-2-bbbb", make_tree(tmp_path / "src2", seed=2))
     writer.close()
     store = new_store(tmp_path, "reader")
-    failures: list[tuple[str, StoreError]] = []
     run = Path(tempfile.mkdtemp(prefix="snapfaas-view-test-", dir="/dev/shm"))  # traversable by other uids
     os.chmod(run, 0o711)
-    mounted = SnapshotView(store, run / "view", on_failure=lambda sid, exc: failures.append((sid, exc)))
+    mounted = SnapshotView(store, run / "view")
     mounted.start()
     try:
-        yield mounted, failures
+        yield mounted
     finally:
         mounted.close()
         store.close()
@@ -67,8 +66,8 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_exposed_snapshot_reads_back_byte_for_byte_with_the_slice_group(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
-    mounted, failures = view
+def test_exposed_snapshot_reads_back_byte_for_byte_with_the_slice_group(tmp_path: Path, view: SnapshotView) -> None:
+    mounted = view
     assert not (mounted.mountpoint / "fn-1-aaaa").exists()  # nothing exists until exposed
     root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
     src = tmp_path / "src"
@@ -83,11 +82,11 @@ def test_exposed_snapshot_reads_back_byte_for_byte_with_the_slice_group(tmp_path
     with pytest.raises(OSError) as denied:
         os.open(root / "core-1.img", os.O_WRONLY)
     assert denied.value.errno in (errno.EROFS, errno.EACCES)
-    assert not failures
+    assert mounted.failure("fn-1-aaaa") is None
 
 
-def test_other_uids_are_refused_by_the_kernel_and_the_slice_group_may_read(view: tuple[SnapshotView, list]) -> None:
-    mounted, _ = view
+def test_other_uids_are_refused_by_the_kernel_and_the_slice_group_may_read(view: SnapshotView) -> None:
+    mounted = view
     root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
 
     def cat_as(uid: int, gid: int) -> subprocess.CompletedProcess[bytes]:
@@ -112,10 +111,10 @@ print(digest, second[0:4] == head, first[0:4] == b"MINE")
 """
 
 
-def test_private_maps_read_the_image_and_writes_stay_private(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
+def test_private_maps_read_the_image_and_writes_stay_private(tmp_path: Path, view: SnapshotView) -> None:
     """In a child process: a page fault on a view file in the serving process itself would
     wait for its own GIL-holding thread (see the view's contract)."""
-    mounted, _ = view
+    mounted = view
     root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
     expected = (tmp_path / "src" / "pages-1.img").read_bytes()
     out = subprocess.run([sys.executable, "-c", MAP_CHECK, str(root / "pages-1.img"), str(len(expected))],
@@ -123,8 +122,8 @@ def test_private_maps_read_the_image_and_writes_stay_private(tmp_path: Path, vie
     assert out == [sha(expected), "True", "True"]
 
 
-def test_reads_fetch_only_the_chunks_they_touch_and_are_recorded(view: tuple[SnapshotView, list]) -> None:
-    mounted, _ = view
+def test_reads_fetch_only_the_chunks_they_touch_and_are_recorded(view: SnapshotView) -> None:
+    mounted = view
     manifest = mounted.store.manifest("fn-1-aaaa")
     root = mounted.expose(manifest, GROUP)
     mounted.record("fn-1-aaaa")
@@ -150,8 +149,8 @@ def test_reads_fetch_only_the_chunks_they_touch_and_are_recorded(view: tuple[Sna
     assert mounted.reads == served
 
 
-def test_a_corrupt_origin_chunk_is_eio_and_reported_and_the_view_keeps_serving(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
-    mounted, failures = view
+def test_a_corrupt_origin_chunk_is_eio_and_reported_and_the_view_keeps_serving(tmp_path: Path, view: SnapshotView) -> None:
+    mounted = view
     manifest = mounted.store.manifest("fn-1-aaaa")
     bad = manifest.file("pages-1.img").chunks[1]
     origin = mounted.store.origin
@@ -162,13 +161,15 @@ def test_a_corrupt_origin_chunk_is_eio_and_reported_and_the_view_keeps_serving(t
         with pytest.raises(OSError) as failed:
             os.pread(image.fileno(), 4096, CHUNK_SIZE + 8192)
     assert failed.value.errno == errno.EIO
-    assert [sid for sid, _ in failures] == ["fn-1-aaaa"]
+    failure = mounted.failure("fn-1-aaaa")
+    assert failure is not None and "corrupt at origin" in str(failure)
+    assert mounted.failure("fn-2-bbbb") is None
     other = mounted.expose(mounted.store.manifest("fn-2-bbbb"), GROUP)
     assert sha((other / "pages-1.img").read_bytes()) == sha((tmp_path / "src2" / "pages-1.img").read_bytes())
 
 
-def test_withdrawn_snapshots_disappear_and_holds_follows_exposure(view: tuple[SnapshotView, list]) -> None:
-    mounted, _ = view
+def test_withdrawn_snapshots_disappear_and_holds_follows_exposure(view: SnapshotView) -> None:
+    mounted = view
     root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
     assert (root / "core-1.img").read_bytes()
     assert mounted.holds(GROUP) and not mounted.holds(GROUP + 1)
@@ -189,8 +190,8 @@ def test_a_dead_mount_left_behind_is_cleared(tmp_path: Path) -> None:
     clear_stale_mount(stale)  # nothing mounted: nothing to do
 
 
-def test_prefetch_pushes_missing_chunks_into_the_page_cache_once(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
-    mounted, _ = view
+def test_prefetch_pushes_missing_chunks_into_the_page_cache_once(tmp_path: Path, view: SnapshotView) -> None:
+    mounted = view
     root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
     image = root / "pages-1.img"
     size = image.stat().st_size
@@ -211,8 +212,8 @@ def test_prefetch_pushes_missing_chunks_into_the_page_cache_once(tmp_path: Path,
     assert (again.pushed, again.resident) == (0, 3)
 
 
-def test_priming_from_the_dump_fills_the_page_cache_without_store_reads(tmp_path: Path, view: tuple[SnapshotView, list]) -> None:
-    mounted, _ = view
+def test_priming_from_the_dump_fills_the_page_cache_without_store_reads(tmp_path: Path, view: SnapshotView) -> None:
+    mounted = view
     manifest = mounted.store.manifest("fn-1-aaaa")
     root = mounted.expose(manifest, GROUP)
     pushed = mounted.prime("fn-1-aaaa", tmp_path / "src")
@@ -227,8 +228,8 @@ def test_priming_from_the_dump_fills_the_page_cache_without_store_reads(tmp_path
     assert mounted.store.counters()["origin"].hits == 0 and mounted.reads == 0
 
 
-def test_a_re_exposed_snapshot_is_prefetched_into_its_new_files_not_the_old_ones(view: tuple[SnapshotView, list]) -> None:
-    mounted, _ = view
+def test_a_re_exposed_snapshot_is_prefetched_into_its_new_files_not_the_old_ones(view: SnapshotView) -> None:
+    mounted = view
     manifest = mounted.store.manifest("fn-1-aaaa")
     old = mounted.expose(manifest, GROUP)
     with open(old / "pages-1.img", "rb"):  # the kernel keeps the first exposure's inode while it is open

@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from snapfaas.database import unavailable
+from snapfaas.database import unavailable, write_transaction
 from snapfaas.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Leases:
 
     @contextmanager
     def _tx(self, step: str) -> Iterator[Connection]:
-        with unavailable(step), self._local, self.engine.begin() as conn:
+        with unavailable(step), self._local, write_transaction(self.engine) as conn:
             yield conn
 
     def now(self) -> float:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapfaas.cluster.leases import db_now
-from snapfaas.database import unavailable
+from snapfaas.database import unavailable, write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class UsageBoard:
 
     def exchange(self, counts: Mapping[str, int]) -> RemoteUsage:
         """Publish this node's in-use counts; return the other live nodes' (one transaction)."""
-        with unavailable("exchange node usage"), self.engine.begin() as conn:
+        with unavailable("exchange node usage"), write_transaction(self.engine) as conn:
             now = float(conn.execute(sa.select(self._now)).scalar_one())
             until = now + self.row_ttl_s
             conn.execute(node_usage.delete().where(node_usage.c.node_id == self.node_id))
@@ -112,7 +112,7 @@ class UsageBoard:
 
     def withdraw(self) -> None:
         """Remove this node's rows (a clean shutdown: its counts stop at once)."""
-        with unavailable("withdraw node usage"), self.engine.begin() as conn:
+        with unavailable("withdraw node usage"), write_transaction(self.engine) as conn:
             conn.execute(node_usage.delete().where(node_usage.c.node_id == self.node_id))
 
 

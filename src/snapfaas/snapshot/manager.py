@@ -56,7 +56,7 @@ from snapfaas.registry.packages import package_ids
 from snapfaas.snapshot import engine, memory, sockets
 from snapfaas.snapshot.progress import Progresses
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
-from snapfaas.store import CollectReport, StoreError
+from snapfaas.store import CollectReport
 from snapfaas.worker.environment import Environment, EnvironmentDied, FrameStreamRejected, decode_error
 from snapfaas.worker import platform_log
 from snapfaas.worker.factory import EnvironmentFactory
@@ -150,7 +150,6 @@ class SnapshotManager:
         self._gc_task: asyncio.Task[None] | None = None
         self._gc_again = False
         self._reaper: asyncio.Task[None] | None = None
-        self._restored_from: dict[str, tuple[str, str]] = {}  # snapshot id -> (function, version) it restores
         self._loop: asyncio.AbstractEventLoop | None = None
         self.code: CodePackages | None = None  # the server's ArtifactStore: packages being ingested
         self.leases: Leases | None = None  # set by the server; None: no coordination (tests, tools)
@@ -163,29 +162,24 @@ class SnapshotManager:
         self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
         if self.leases is not None:
             self._spawn(self._takeover_loop(), "snapshot-takeover")
-        if self.vault.view is not None:
-            self.vault.view.on_failure = self.chunk_failed
         loop = self._loop
         self.vault.on_unpinned_doomed = lambda _snapshot_id: loop.call_soon_threadsafe(self.collect_soon)
 
-    def chunk_failed(self, snapshot_id: str, error: StoreError) -> None:
-        """A lazily loaded chunk of `snapshot_id` cannot be had (missing or corrupt at the
-        origin, or the origin unreachable with no cached copy): the read that wanted it failed
-        (CRIU's restore, or a restored process's page fault: SIGBUS). The snapshot is re-created.
-        Thread-safe: the view calls it from its fetch threads."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._chunk_failed, snapshot_id, public_reason(error))
+    def _lazy_failure(self, version: FunctionVersion) -> str | None:
+        """Why the snapshot view could not serve a read of `version`'s snapshot (a chunk
+        missing or corrupt at the origin, the origin unreachable), as the reason its snapshot
+        is unusable; None if every read was served (or restores are eager)."""
+        view = self.vault.view
+        error = view.failure(version.snapshot_id) if view is not None and version.snapshot_id else None
+        return None if error is None else f"snapshot {version.snapshot_id} failed at step 'load lazily': {public_reason(error)}"
 
-    def _chunk_failed(self, snapshot_id: str, reason: str) -> None:
-        key = self._restored_from.get(snapshot_id)
-        if key is None:
-            return
-        try:
-            version = self.registry.get_version(*key)
-        except NotFound:
-            return  # deleted meanwhile
-        if version.snapshot_id == snapshot_id:
-            self._unusable(version, f"snapshot {snapshot_id} failed at step 'load lazily': {reason}")
+    def environment_died(self, version: FunctionVersion) -> None:
+        """An environment restored from `version`'s snapshot died (e.g. of SIGBUS on a page
+        whose chunk the view could not serve). If a read of the snapshot failed, the snapshot
+        is re-created; any other death is the function's own doing and changes nothing."""
+        reason = self._lazy_failure(version)
+        if reason is not None:
+            self._unusable(version, reason)
 
     async def close(self) -> None:
         """Stop publishing and retention (publishes in flight are cancelled, not failed). The
@@ -491,7 +485,6 @@ class SnapshotManager:
             if version.snapshot_id is None:
                 raise SnapshotCorrupt("the version has no snapshot")
             # restores run in the function's id slice; a snapshot from another one is re-created
-            self._restored_from[version.snapshot_id] = (version.name, version.version)
             lease = await asyncio.to_thread(self.vault.lease, version.snapshot_id, self.registry.id_slice(version.name))
         except SnapshotCorrupt as exc:
             self._unusable(version, str(exc))
@@ -507,6 +500,10 @@ class SnapshotManager:
         snapshot_id = version.snapshot_id
         if snapshot_id in self._broken:
             return  # concurrent restores of one snapshot all fail; handle it once
+        lazy = self._lazy_failure(version)
+        if lazy is not None:  # a chunk the restore read could not be had: no copy to blame
+            self._unusable(version, lazy)
+            return
         if snapshot_id:
             fills = self.vault.materializations(snapshot_id)
             dropped_at = self._dropped_copies.get(snapshot_id)
@@ -529,7 +526,6 @@ class SnapshotManager:
         if version.snapshot_id:
             self._broken.add(version.snapshot_id)
             self._dropped_copies.pop(version.snapshot_id, None)
-            self._restored_from.pop(version.snapshot_id, None)
         logger.warning("snapshot of %s:%s is unusable (%s); re-creating it", version.name, version.version, detail)
         self._log(version, f"SnapStart restore failed ({detail}); the snapshot is being re-created")
         if version.snapshot_id:

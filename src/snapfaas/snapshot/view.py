@@ -26,8 +26,11 @@ Contracts:
   can open them, and read-only.
 * A read that cannot be served (a chunk missing or corrupt at the origin, the origin
   unreachable) answers EIO, never other bytes: CRIU fails the restore, or the restored process
-  dies of SIGBUS on the page it touched. `on_failure(snapshot_id, error)` is called (once per
-  snapshot and failure) so the owner can re-create the snapshot.
+  dies of SIGBUS on the page it touched. The first such error per snapshot is kept:
+  `failure(snapshot_id)` returns it, for the owner to consult when a restore fails or a
+  restored process dies (then the snapshot is unusable). A failed read alone condemns nothing:
+  the kernel's readahead asks for pages no process wants (a read-around spans chunks beyond
+  the faulted page), and a bad chunk only matters if a restore or a process needs it.
 * Reads are recorded per snapshot from its (fresh) exposure until `record(snapshot_id, False)`:
   `touched(snapshot_id)` gives the chunk ranges read through this view meanwhile (the working
   set of a first restore; reads answered by the page cache never reach the view).
@@ -181,12 +184,10 @@ def resident_pages(path: Path, size: int) -> bytes:
 class SnapshotView(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, store: ChunkStore, mountpoint: Path,
-                 on_failure: Callable[[str, StoreError], None] | None = None) -> None:
+    def __init__(self, store: ChunkStore, mountpoint: Path) -> None:
         super().__init__()
         self.store = store
         self.mountpoint = mountpoint
-        self.on_failure = on_failure
         self._guard = threading.Lock()
         self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, None, None, 0)}
         self._snapshots: dict[str, int] = {}  # exposed snapshot id -> its directory's inode
@@ -196,7 +197,7 @@ class SnapshotView(pyfuse3.Operations):
         self._inflight: dict[str, concurrent.futures.Future[bytes]] = {}  # chunk name -> its fetch under way
         self._probes: dict[tuple[str, str], ResidencyProbe] = {}  # (snapshot id, path) -> its mapped probe
         self._recording: set[str] = set()
-        self._failed: set[str] = set()
+        self._failed: dict[str, StoreError] = {}  # snapshot id -> its first failed read's error
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._started = threading.Event()
@@ -281,7 +282,7 @@ class SnapshotView(pyfuse3.Operations):
                     by_path[entry.path] = node
             self._snapshots[snapshot_id] = directory.inode
             self._nodes[pyfuse3.ROOT_INODE].children[snapshot_id.encode()] = directory.inode
-            self._failed.discard(snapshot_id)
+            self._failed.pop(snapshot_id, None)
             self._touched.pop(snapshot_id, None)
             self._recording.add(snapshot_id)  # a fresh exposure's reads are a first restore's working set
         return self.path(snapshot_id)
@@ -638,13 +639,13 @@ class SnapshotView(pyfuse3.Operations):
         snapshot_id = node.snapshot_id or "?"
         logger.warning("snapshot view: %s/%s unreadable: %s", snapshot_id, node.entry.path if node.entry else "", exc)
         with self._guard:
-            first = snapshot_id not in self._failed
-            self._failed.add(snapshot_id)
-        if first and self.on_failure is not None:
-            try:
-                self.on_failure(snapshot_id, exc)
-            except Exception:  # the owner's bookkeeping must not break the file system
-                logger.exception("snapshot view: failure callback for %s failed", snapshot_id)
+            self._failed.setdefault(snapshot_id, exc)
+
+    def failure(self, snapshot_id: str) -> StoreError | None:
+        """The first read of `snapshot_id` this view could not serve since it was exposed (a
+        chunk missing or corrupt at the origin, or the origin unreachable); None if none."""
+        with self._guard:
+            return self._failed.get(snapshot_id)
 
 
 def _ignore_missing(call: Callable[..., object], *args: object) -> None:

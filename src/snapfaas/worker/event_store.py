@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from snapfaas.database import is_postgres_url, open_engine, unavailable
+from snapfaas.database import is_postgres_url, open_engine, unavailable, write_transaction
 from snapfaas.worker import event_leases
 from snapfaas.worker.backlog import Outcome, QueuedEvent
 from snapfaas.worker.event_leases import Holder, LeaseTerms
@@ -137,7 +137,7 @@ class EventStore:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
-        with self._write_lock, self.engine.begin() as conn:
+        with self._write_lock, write_transaction(self.engine) as conn:
             yield conn
 
     def close(self) -> None:

@@ -963,6 +963,8 @@ class Worker:
                 }).encode()
                 function_error, error_type = "Unhandled", "Runtime.ExitError"
         except EnvironmentDied as died:
+            if env.restore_from is not None and self.snapshots is not None:
+                self.snapshots.environment_died(env.version)  # a page its snapshot could not serve?
             kind = "Runtime.OutOfMemory" if died.oom else "Runtime.ExitError"
             payload = json.dumps({
                 "errorType": kind,

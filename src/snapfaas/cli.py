@@ -169,7 +169,7 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(**opts: Any) -> None:
     """Run the platform (API + worker) in the foreground."""
-    from snapfaas.sandbox.ids import IdRangeConflict, IdRange
+    from snapfaas.sandbox.ids import IdRange
     from snapfaas.server import Server
 
     logging.basicConfig(level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

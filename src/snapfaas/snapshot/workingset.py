@@ -199,7 +199,7 @@ def pages_to_ranges(pages: Iterable[int], gap_pages: int = GAP_PAGES) -> list[tu
 
 
 @dataclasses.dataclass(frozen=True)
-class Mapping:
+class FileMapping:
     start: int
     end: int
     offset: int
@@ -207,7 +207,7 @@ class Mapping:
     path: str
 
 
-def file_mappings(maps_text: str) -> Iterator[Mapping]:
+def file_mappings(maps_text: str) -> Iterator[FileMapping]:
     """The file-backed mappings of a ``/proc/PID/maps`` text."""
     for line in maps_text.splitlines():
         match = _MAPS_LINE.match(line)
@@ -216,10 +216,10 @@ def file_mappings(maps_text: str) -> Iterator[Mapping]:
         start, end, _perms, offset, _major, _minor, inode, path = match.groups()
         if int(inode) == 0 or not path.startswith("/") or path.endswith(" (deleted)"):
             continue
-        yield Mapping(int(start, 16), int(end, 16), int(offset, 16), int(inode), path)
+        yield FileMapping(int(start, 16), int(end, 16), int(offset, 16), int(inode), path)
 
 
-def present_pages(pagemap: Any, mapping: Mapping) -> Iterator[int]:
+def present_pages(pagemap: Any, mapping: FileMapping) -> Iterator[int]:
     """File page numbers of `mapping` whose virtual page is present (`pagemap`: an open
     ``/proc/PID/pagemap``)."""
     count = (mapping.end - mapping.start) // PAGE
@@ -253,7 +253,7 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def _visit_mappings(pid: int, visit: Callable[[Path, Any, Mapping], None]) -> None:
+def _visit_mappings(pid: int, visit: Callable[[Path, Any, FileMapping], None]) -> None:
     """Call `visit(its /proc directory, its open pagemap, mapping)` for every file mapping of
     process `pid` and its descendants. Raises OSError if `pid` itself cannot be read; a
     descendant that exits meanwhile is skipped."""
@@ -277,7 +277,7 @@ def record(pid: int) -> WorkingSet:
     pages: dict[tuple[int, int], set[int]] = {}
     identity: dict[tuple[int, int], tuple[str, os.stat_result]] = {}
 
-    def visit(proc: Path, pagemap: Any, mapping: Mapping) -> None:
+    def visit(proc: Path, pagemap: Any, mapping: FileMapping) -> None:
         link = proc / "map_files" / f"{mapping.start:x}-{mapping.end:x}"
         try:
             st = os.stat(link)
@@ -306,7 +306,7 @@ def record_images(pid: int, images: Path) -> dict[str, set[int]]:
     prefix = str(images) + "/"
     pages: dict[str, set[int]] = {}
 
-    def visit(_proc: Path, pagemap: Any, mapping: Mapping) -> None:
+    def visit(_proc: Path, pagemap: Any, mapping: FileMapping) -> None:
         name = mapping.path[len(prefix):]
         if mapping.path.startswith(prefix) and "/" not in name:
             pages.setdefault(name, set()).update(present_pages(pagemap, mapping))

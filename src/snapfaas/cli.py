@@ -470,8 +470,8 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "loading", "network", "events", "clients",
-                                           "load", "cluster"]),
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "blink", "store", "loading", "network", "events",
+                                           "clients", "load", "cluster"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -480,7 +480,8 @@ def _json(data: Any) -> str:
 @click.option("--max-environments", default=None, type=click.IntRange(min=1),
               help="load: the servers' --max-environments (default: each row's concurrency).")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network: samples per figure.")
-@click.option("--only", multiple=True, help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch).")
+@click.option("--only", multiple=True,
+              help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web.")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
@@ -512,6 +513,14 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         result = snapstart.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None,
                                cold_cache=cold_cache)
         _write_results(out, "snapstart-cold-cache" if cold_cache else "snapstart", result, snapstart.markdown(result))
+    if suite in ("all", "blink"):  # every issue-14 target with a verdict per target
+        from snapfaas.bench import blink
+
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = blink.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None,
+                           requests=requests or 400)
+        _write_results(out, "blink", result, blink.markdown(result))
     if suite == "store":  # snapshot store: sizes, dedup across versions, restores by tier (not part of "all": slow)
         from snapfaas.bench import store
 

@@ -48,6 +48,17 @@ def test_median_breakdown_is_per_component() -> None:
         cpu.median_breakdown([])
 
 
+def test_daemon_threads_are_grouped_by_pool_and_exited_threads_kept_apart() -> None:
+    assert cpu.thread_group("view-prefetch_3") == "view-prefetch" and cpu.thread_group("python3") == "python"
+    assert cpu.thread_group("snapshot-view") == "snapshot-view" and cpu.thread_group("123") == "123"
+    before = {1: ("python3", 1_000_000), 2: ("asyncio_0", 5_000_000), 3: ("gone", 9_000_000)}
+    after = {1: ("python3", 41_000_000), 2: ("asyncio_0", 6_000_000), 4: ("asyncio_1", 3_000_000)}
+    assert cpu.thread_delta_ns(before, after) == {"python": 40_000_000, "asyncio": 4_000_000}
+    batch = cpu.Counters(2, 1.0, 0.1, 0, 0, 0, {"python": 40_000_000, "asyncio": 4_000_000})
+    assert cpu.daemon_threads_ms(batch) == {"exited threads": 28.0, "python": 20.0, "asyncio": 2.0}
+    assert cpu.mean_threads([{"a": 2.0}, {"a": 4.0, "b": 2.0}]) == {"a": 3.0, "b": 1.0}
+
+
 def test_meminfo_and_smaps_rollup_are_read_in_bytes() -> None:
     assert density.parse_meminfo("MemTotal:  100 kB\nMemAvailable:   2048 kB\n") == 2 << 20
     with pytest.raises(ValueError):
@@ -114,3 +125,30 @@ def test_the_web_bench_function_is_the_example() -> None:
     assert webfunction.requirements() == (example / "requirements.txt").read_text().split()
     event = webfunction.http_api_event()
     assert event["rawPath"] == "/hello" and event["queryStringParameters"] == {"name": "bench"}
+
+
+def _stats(median: float) -> dict:
+    return {"median": median, "min": median, "max": median, "n": 1}
+
+
+def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
+    parts = {"daemon": 50.0, "runc & helpers": 30.0, "CRIU": 10.0, "runtime": 40.0, "total": 130.0}
+    fn = {"cold_e2e_ms": _stats(3000.0), "restore_e2e_ms": _stats(100.0), "restore_duration_ms": _stats(60.0),
+          "speedup_cold_over_restore": 30.0, "cpu": {"per_restore_ms": parts, "daemon_threads_ms": {"python": 45.0}}}
+    snap = {"environments": 1, "processes": 2, "pss_bytes": 40 << 20, "rss_bytes": 50 << 20, "cgroup_bytes": 8 << 20,
+            "mem_available_drop_bytes": 9 << 20}
+    result = _result(functions={"torch": fn}, timestamp="T", runs=5, page_cache="warm",
+                     burst={"function": "torch", "e2e_ms": _stats(150.0), "p99_e2e_ms": 190.0, "first_burst_p99_e2e_ms": 300.0,
+                            "single_restore_e2e_ms": 100.0, "p99_over_single": 1.9},
+                     density={"1": snap, "16": {**snap, "environments": 16}, "ratios": {"pss_bytes": 1.5, "cgroup_bytes": 16.0,
+                                                                                         "mem_available_drop_bytes": 16.0}},
+                     warm={"1": {"invoke": {"p50_ms": 2.0, "p99_ms": 3.0, "rps": 400}, "echo_baseline": {"p50_ms": 1.0, "p99_ms": 2.0, "rps": 900},
+                                 "p50_overhead_ratio": 2.0, "rps_ratio": 0.44},
+                           "8": {"invoke": {"p50_ms": 9.0, "p99_ms": 20.0, "rps": 800}, "echo_baseline": {"p50_ms": 2.0, "p99_ms": 4.0, "rps": 1600},
+                                 "p50_overhead_ratio": 4.5, "rps_ratio": 0.5}})
+    result["verdicts"] = blink.verdicts(result)
+    text = blink.markdown(result)
+    assert "**6 of 8 targets met.**" in text  # numpy-scipy and web were not measured
+    assert "| torch | 50.0 | 30.0 | 10.0 | 40.0 | **130.0** | 300.0 |" in text
+    assert "| 16 / 1 | **1.5x** |" in text and "- torch: python 45.0" in text
+    assert "NOT MEASURED" in text and "2 CPUs shared" in text

@@ -240,6 +240,11 @@ def markdown(result: dict[str, Any]) -> str:
             parts = r["cpu"]["per_restore_ms"]
             lines.append(f"| {name} | " + " | ".join(f"{parts[c]}" for c in cpu.COMPONENTS) +
                          f" | **{parts['total']}** | {_fmt(result['cpu_before_ms'].get(name))} |")
+        lines += ["", "The daemon's CPU per restore by thread (ms, mean of batches; threads that ended within a batch "
+                  "are \"exited threads\"):", ""]
+        for name, r in result["functions"].items():
+            threads = r["cpu"].get("daemon_threads_ms", {})
+            lines.append(f"- {name}: " + ", ".join(f"{group} {ms}" for group, ms in list(threads.items())[:6]))
     if "burst" in result:
         b = result["burst"]
         lines += ["", f"Bursts ({b['function']}): p99 {b['p99_e2e_ms']} ms over 3 bursts of {result['burst_size']} "

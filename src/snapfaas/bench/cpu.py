@@ -88,6 +88,23 @@ class Counters:
     children_s: float
     cgroup_ns: int
     runtime_ns: int
+    daemon_threads_ns: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def daemon_threads_ms(batch: Counters) -> dict[str, float]:
+    """The daemon's CPU per restore by thread group (ms, largest first), with what threads that
+    exited during the batch spent (and tick rounding) as "exited threads"."""
+    n = batch.restores
+    parts = {group: ns / 1e6 / n for group, ns in batch.daemon_threads_ns.items()}
+    parts["exited threads"] = max(0.0, batch.daemon_s * 1000 / n - sum(parts.values()))
+    return {k: round(v, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if round(v, 2) > 0}
+
+
+def mean_threads(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per thread group, the mean over batches (a group a batch lacks counts 0 there)."""
+    groups = {g for row in rows for g in row}
+    means = {g: sum(row.get(g, 0.0) for row in rows) / len(rows) for g in groups} if rows else {}
+    return {g: round(v, 2) for g, v in sorted(means.items(), key=lambda kv: -kv[1])}
 
 
 def split(batch: Counters, idle_daemon_rate: float) -> dict[str, float]:
@@ -116,6 +133,35 @@ def median_breakdown(batches: list[dict[str, float]]) -> dict[str, float]:
 
 
 # -- reading the host ------------------------------------------------------------------------
+
+def thread_group(comm: str) -> str:
+    """A thread name without its pool index ("view-prefetch_3" -> "view-prefetch",
+    "asyncio_0" -> "asyncio"), so that threads of one pool add up."""
+    return comm.rstrip("0123456789").rstrip("_-") or comm
+
+
+def thread_delta_ns(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, int]:
+    """CPU ns per thread group between two `threads_by_tid` readings: a thread alive at both
+    counts its difference, a thread born in between all of its time; one that exited in
+    between is not seen (the caller reports the rest as "exited threads")."""
+    out: dict[str, int] = {}
+    for tid, (comm, ns) in after.items():
+        spent = ns - before[tid][1] if tid in before else ns
+        group = thread_group(comm)
+        out[group] = out.get(group, 0) + max(0, spent)
+    return out
+
+
+def threads_by_tid(pid: int) -> dict[int, tuple[str, int]]:
+    """{tid: (thread name, CPU ns)} for every live thread of `pid`."""
+    out: dict[int, tuple[str, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = ((task / "comm").read_text().strip(), parse_schedstat((task / "schedstat").read_text()))
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return out
+
 
 def process_cpu(pid: int) -> tuple[float, float]:
     """(own CPU s, waited-for children's CPU s) of a live process."""
@@ -242,6 +288,7 @@ def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[]
     `settled` (every environment torn down) before the next and at the end."""
     wait_for(settled, 120, "the daemon's environments to be torn down")
     own0, children0 = process_cpu(pid)
+    threads0 = threads_by_tid(pid)
     started = time.monotonic()
     cgroup_ns = runtime_ns = 0
     for _ in range(restores):
@@ -252,8 +299,10 @@ def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[]
         cgroup_ns += c
         runtime_ns += r
         wait_for(settled, 120, "the restored environment to be torn down")
+    threads1 = threads_by_tid(pid)
     own1, children1 = process_cpu(pid)
-    return Counters(restores, time.monotonic() - started, own1 - own0, children1 - children0, cgroup_ns, runtime_ns)
+    return Counters(restores, time.monotonic() - started, own1 - own0, children1 - children0, cgroup_ns, runtime_ns,
+                    thread_delta_ns(threads0, threads1))
 
 
 def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Callable[[], bool],
@@ -265,6 +314,8 @@ def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Cal
         wait_for(settled, 120, "the daemon's environments to be torn down")
         rate = idle_rate(pid, idle_window_s)
         batch = measure_batch(pid, state_dir, per_batch, restore, settled)
-        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2)})
-    parts = median_breakdown([{k: v for k, v in row.items() if k != "idle_daemon_ms_per_s"} for row in rows])
-    return {"per_restore_ms": parts, "batches": rows, "restores_per_batch": per_batch}
+        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2),
+                     "daemon_threads_ms": daemon_threads_ms(batch)})
+    parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
+    return {"per_restore_ms": parts, "daemon_threads_ms": mean_threads([row["daemon_threads_ms"] for row in rows]),
+            "batches": rows, "restores_per_batch": per_batch}

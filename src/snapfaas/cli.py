@@ -475,11 +475,11 @@ def _json(data: Any) -> str:
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
-              help="platform: warm requests per path and concurrency (default 400); load: invokes per row (default 10000).")
+              help="platform, blink: warm requests per path and concurrency (default 400); load: invokes per row (default 10000).")
 @click.option("--concurrency", default="8,16,32", show_default=True, help="load: caller processes per row, comma-separated.")
 @click.option("--max-environments", default=None, type=click.IntRange(min=1),
               help="load: the servers' --max-environments (default: each row's concurrency).")
-@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network: samples per figure.")
+@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network, blink (at least 5): samples per figure.")
 @click.option("--only", multiple=True,
               help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web.")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),

@@ -152,3 +152,12 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     assert "| torch | 50.0 | 30.0 | 10.0 | 40.0 | **130.0** | 300.0 |" in text
     assert "| 16 / 1 | **1.5x** |" in text and "- torch: python 45.0" in text
     assert "NOT MEASURED" in text and "2 CPUs shared" in text
+
+
+def test_warm_repetitions_merge_to_median_ratios() -> None:
+    def rep(p50: float, rps: float) -> dict:
+        return {"1": {"invoke": {"p50_ms": p50}, "echo_baseline": {"p50_ms": 1.0}, "p50_overhead_ratio": p50, "rps_ratio": rps}}
+    merged = blink.merge_warm([rep(3.0, 0.2), rep(2.0, 0.4), rep(9.0, 0.3)])["1"]
+    assert merged["p50_overhead_ratio"] == 3.0 and merged["rps_ratio"] == 0.3
+    assert merged["invoke"] == {"p50_ms": 3.0}  # the median repetition's figures
+    assert [r["p50_overhead_ratio"] for r in merged["repetitions"]] == [3.0, 2.0, 9.0]

@@ -314,7 +314,10 @@ def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Cal
         wait_for(settled, 120, "the daemon's environments to be torn down")
         rate = idle_rate(pid, idle_window_s)
         batch = measure_batch(pid, state_dir, per_batch, restore, settled)
-        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2),
+        raw = {"wall_s": round(batch.wall_s, 2), "daemon_ms": round(batch.daemon_s * 1000, 1),
+               "children_ms": round(batch.children_s * 1000, 1), "cgroup_ms": round(batch.cgroup_ns / 1e6, 1),
+               "runtime_ms": round(batch.runtime_ns / 1e6, 1)}
+        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
                      "daemon_threads_ms": daemon_threads_ms(batch)})
     parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
     return {"per_restore_ms": parts, "daemon_threads_ms": mean_threads([row["daemon_threads_ms"] for row in rows]),

@@ -72,6 +72,7 @@ def test_density_ratios_are_many_over_one() -> None:
     one = {"pss_bytes": 100, "cgroup_bytes": 10, "mem_available_drop_bytes": 0}
     many = {"pss_bytes": 180, "cgroup_bytes": 160, "mem_available_drop_bytes": 50}
     assert density.ratios(one, many) == {"pss_bytes": 1.8, "cgroup_bytes": 16.0, "mem_available_drop_bytes": None}
+    assert density.ratios(many, {**one, "mem_available_drop_bytes": -5})["mem_available_drop_bytes"] is None
 
 
 def _result(**overrides: object) -> dict:

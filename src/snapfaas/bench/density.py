@@ -93,10 +93,11 @@ def snapshot(state_dir: Path, available_before: int) -> dict[str, Any]:
 
 
 def ratios(one: dict[str, Any], many: dict[str, Any]) -> dict[str, float | None]:
-    """many / one for each memory figure (None where one's figure is not positive)."""
+    """many / one for each memory figure (None where either figure is not positive: a
+    MemAvailable that rose meanwhile says only that the host was busy)."""
     out: dict[str, float | None] = {}
     for key in ("pss_bytes", "cgroup_bytes", "mem_available_drop_bytes"):
-        out[key] = round(many[key] / one[key], 2) if one[key] > 0 else None
+        out[key] = round(many[key] / one[key], 2) if one[key] > 0 and many[key] > 0 else None
     return out
 
 

@@ -481,7 +481,7 @@ def _json(data: Any) -> str:
               help="load: the servers' --max-environments (default: each row's concurrency).")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network, blink (at least 5): samples per figure.")
 @click.option("--only", multiple=True,
-              help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web.")
+              help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web, web-primed.")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")

@@ -51,6 +51,7 @@ def test_median_breakdown_is_per_component() -> None:
 def test_daemon_threads_are_grouped_by_pool_and_exited_threads_kept_apart() -> None:
     assert cpu.thread_group("view-prefetch_3") == "view-prefetch" and cpu.thread_group("python3") == "python"
     assert cpu.thread_group("snapshot-view") == "snapshot-view" and cpu.thread_group("123") == "123"
+    assert cpu.thread_group("Trio thread 2") == "Trio thread"
     before = {1: ("python3", 1_000_000), 2: ("asyncio_0", 5_000_000), 3: ("gone", 9_000_000)}
     after = {1: ("python3", 41_000_000), 2: ("asyncio_0", 6_000_000), 4: ("asyncio_1", 3_000_000)}
     assert cpu.thread_delta_ns(before, after) == {"python": 40_000_000, "asyncio": 4_000_000}

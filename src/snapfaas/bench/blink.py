@@ -2,7 +2,9 @@
 against its baseline from the same run, with a verdict per target.
 
 One private server (keep-alive 2 s, so each restore sample is a new environment), the reference
-functions torch, numpy-scipy and web (FastAPI + Mangum + Powertools, `bench/webfunction.py`):
+functions torch, numpy-scipy and web (FastAPI + Mangum + Powertools, `bench/webfunction.py`), and
+web-primed (the same web app primed before the snapshot, `functions/web_fastapi/primed.py`;
+shown for comparison, no target):
 
 1. on-demand cold start ($LATEST, a config change per sample) vs SnapStart restore (version 1,
    first invoke of a new environment), samples interleaved, e2e through boto3, warm page cache;
@@ -34,7 +36,9 @@ from snapfaas.bench.snapstart import Bench, _caller_invoke, _caller_start, _depl
 from snapfaas.client import Connection
 
 # name: (package dir under bench/functions, MemorySize); "web" is vendored (bench/webfunction.py)
-FUNCTIONS_BLINK = {"torch": ("torch_mlp", 1024), "numpy-scipy": ("numpy_scipy", 1024), "web": ("web_fastapi", 512)}
+FUNCTIONS_BLINK = {"torch": ("torch_mlp", 1024), "numpy-scipy": ("numpy_scipy", 1024), "web": ("web_fastapi", 512),
+                   "web-primed": ("web_fastapi", 512)}
+WEB_HANDLERS = {"web": "app.handler", "web-primed": "primed.handler"}  # web-primed: informational, no target
 SPEEDUP_TARGETS = {"torch": 30.0, "numpy-scipy": 30.0, "web": 10.0}
 BURST_FUNCTION = DENSITY_FUNCTION = CPU_TARGET_FUNCTION = "torch"
 # CPU per restore (ms, median of batches, total over daemon + runc + CRIU + runtime) measured
@@ -131,12 +135,12 @@ def _restore_once(bench: Bench, name: str) -> Callable[[], None]:
     return restore
 
 
-def _deploy_web(bench: Bench, zipped: bytes) -> None:
-    _, memory = FUNCTIONS_BLINK["web"]
-    bench.client.create_function(FunctionName="web", Role=ROLE, Code={"ZipFile": zipped}, Runtime="python3.11",
-                                 Handler="app.handler", MemorySize=memory, Timeout=120,
+def _deploy_web(bench: Bench, zipped: bytes, name: str = "web") -> None:
+    _, memory = FUNCTIONS_BLINK[name]
+    bench.client.create_function(FunctionName=name, Role=ROLE, Code={"ZipFile": zipped}, Runtime="python3.11",
+                                 Handler=WEB_HANDLERS[name], MemorySize=memory, Timeout=120,
                                  SnapStart={"ApplyOn": "PublishedVersions"})
-    bench.client.get_waiter("function_active_v2").wait(FunctionName="web", WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    bench.client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
 
 
 def measure_density(bench: Bench, connection: Connection, name: str, count: int, hold_s: float = 20.0) -> dict[str, Any]:
@@ -168,18 +172,19 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
     result: dict[str, Any] = {"benchmark": "blink", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "runs": runs, "burst_size": burst, "density_count": density_count, "page_cache": "warm",
                               "cpu_before_ms": dict(BEFORE_CPU_MS), "functions": {}}
-    web_zip = webfunction.deployment_zip(vendor_cache) if "web" in selected else b""
+    web_zip = webfunction.deployment_zip(vendor_cache) if any(n in WEB_HANDLERS for n in selected) else b""
     with PrivateServer(args) as server:
         bench = Bench(server, say)
-        bench.payloads["web"] = webfunction.payload()
+        for web in WEB_HANDLERS:
+            bench.payloads[web] = webfunction.payload()
         pid = server.proc.pid if server.proc else 0
         state_dir = server.data_dir / "runc"
         try:
             for name in selected:
                 package, memory = FUNCTIONS_BLINK[name]
                 say(f"[{name}] deploying (MemorySize {memory} MB, SnapStart on published versions)")
-                if name == "web":
-                    _deploy_web(bench, web_zip)
+                if name in WEB_HANDLERS:
+                    _deploy_web(bench, web_zip, name)
                 else:
                     _deploy(bench, name, package, memory)
                 publish_s = _publish(bench, name)

@@ -137,7 +137,7 @@ def median_breakdown(batches: list[dict[str, float]]) -> dict[str, float]:
 def thread_group(comm: str) -> str:
     """A thread name without its pool index ("view-prefetch_3" -> "view-prefetch",
     "asyncio_0" -> "asyncio"), so that threads of one pool add up."""
-    return comm.rstrip("0123456789").rstrip("_-") or comm
+    return comm.rstrip("0123456789").rstrip("_- ") or comm
 
 
 def thread_delta_ns(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, int]:

@@ -81,5 +81,6 @@ def deployment_zip(cache_root: Path | None = None) -> bytes:
                 if not name.startswith(".snapfaas"):
                     path = Path(root) / name
                     archive.write(path, path.relative_to(tree).as_posix())
-        archive.writestr("app.py", (PACKAGE / "app.py").read_text())
+        for name in ("app.py", "primed.py"):
+            archive.writestr(name, (PACKAGE / name).read_text())
     return buf.getvalue()

@@ -83,6 +83,8 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "SnapStart publish, as on Lambda. --no-snapshot-init-aslr lays init memory out the same way each "
                    "time, so versions of a function share far more snapshot chunks, at the cost of a predictable "
                    "layout for every snapshot (restored and on-demand environments are unaffected).")
+@click.option("--runc", "runc_binary", default="runc", show_default=True, metavar="PATH",
+              help="The runc binary the daemon runs (a name on PATH or a path), e.g. a wrapper that accounts its CPU.")
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
@@ -204,6 +206,7 @@ def serve(**opts: Any) -> None:
         scan_block_on=None if opts["scan_block_on"] == "never" else opts["scan_block_on"],
         snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
         restore_memory=opts["restore_memory"],
+        runc_binary=opts["runc_binary"],
         restore_loading=opts["restore_loading"],
         snapshot_init_aslr=opts["snapshot_init_aslr"],
         sandbox_network=opts["sandbox_network"],

@@ -1,15 +1,17 @@
 """The measuring machinery of `snapfaas bench blink` run once against a real server, real runc
-and CRIU, with a stdlib function: CPU per restore by component (`bench/cpu.py`) and density
+and CRIU, with a stdlib function: CPU per restore by component (`bench/cpu.py`, runc run through the CPU-accounting wrapper
+of `bench/runcwrap.py` given as `--runc`) and density
 (`bench/density.py`). No timing is asserted: the figures must exist and be plausible."""
 
 from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from snapfaas.bench import cpu, density
+from snapfaas.bench import cpu, density, runcwrap
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish, wait_for
 from tests.e2e.test_snapstart_memory import Gate
@@ -31,12 +33,19 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-def blink_server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+def runc_wrapper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the CPU-accounting runc wrapper, its log)"""
+    return runcwrap.build(tmp_path_factory.mktemp("runc-wrap"))
+
+
+@pytest.fixture(scope="module")
+def blink_server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory,
+                 runc_wrapper: tuple[Path, Path]) -> Iterator[ServerHandle]:
     require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("blink"), ["--keep-alive", "1"])
+    yield from run_server(processes, tmp_path_factory.mktemp("blink"), ["--keep-alive", "1", "--runc", str(runc_wrapper[0])])
 
 
-def test_cpu_per_restore_has_every_component(blink_server: ServerHandle) -> None:
+def test_cpu_per_restore_has_every_component(blink_server: ServerHandle, runc_wrapper: tuple[Path, Path]) -> None:
     lam = blink_server.client()
     create(lam, "blink-cpu", {"app.py": APP}, Runtime="python3.11", MemorySize=256, SnapStart=SNAPSTART)
     publish(lam, "blink-cpu")
@@ -48,7 +57,8 @@ def test_cpu_per_restore_has_every_component(blink_server: ServerHandle) -> None
         assert_restored(response["LogResult"])
         assert body["size"] == 16 << 20
 
-    result = cpu.measure(pid, state_dir, restore, cpu.settled(pid, state_dir), batches=1, per_batch=2, idle_window_s=0.5)
+    result = cpu.measure(pid, state_dir, restore, cpu.settled(pid, state_dir), batches=1, per_batch=2, idle_window_s=0.5,
+                         runc_log=runc_wrapper[1])
     parts = result["per_restore_ms"]
     assert set(parts) == {*cpu.COMPONENTS, "total"}
     assert all(value >= 0 for value in parts.values()), parts
@@ -58,6 +68,12 @@ def test_cpu_per_restore_has_every_component(blink_server: ServerHandle) -> None
     assert parts["total"] < 60_000, parts  # a minute of CPU per restore would be a unit mistake
     (batch,) = result["batches"]
     assert batch["idle_daemon_ms_per_s"] >= 0
+    # through the wrapper: each restore ran `runc restore` once, and its container was deleted
+    calls = batch["counters"]["runc_calls"]
+    assert calls["restore"][0] == 2 and calls["delete"][0] >= 2, calls
+    by_command = result["runc_by_command_ms"]
+    assert by_command["runc restore"] > 0 and by_command["runc delete"] > 0, by_command
+    assert sum(by_command.values()) == pytest.approx(parts["runc & helpers"], abs=0.1), (by_command, parts)
 
 
 def test_density_of_held_restored_environments(blink_server: ServerHandle, netpeer: NetPeer) -> None:

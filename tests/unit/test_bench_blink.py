@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapfaas.bench import blink, cpu, density, webfunction
+from snapfaas.bench import blink, cpu, density, runcwrap, webfunction
 
 ROOT = Path(__file__).resolve().parents[2]
 # /proc/<pid>/stat of a process named "a) b": utime 700, stime 300, cutime 40, cstime 2 (ticks)
@@ -163,3 +163,15 @@ def test_warm_repetitions_merge_to_median_ratios() -> None:
     assert merged["p50_overhead_ratio"] == 3.0 and merged["rps_ratio"] == 0.3
     assert merged["invoke"] == {"p50_ms": 3.0}  # the median repetition's figures
     assert [r["p50_overhead_ratio"] for r in merged["repetitions"]] == [3.0, 2.0, 9.0]
+
+
+def test_runc_wrapper_log_and_the_split_by_command() -> None:
+    log = "restore 90000 30000\ndelete 3000 1000\nkill 1500 500\nrestore 70000 10000\nstate 10"  # a torn last line
+    calls = runcwrap.parse_log(log)
+    assert calls == {"restore": (2, 200.0), "delete": (1, 4.0), "kill": (1, 2.0)}
+    batch = cpu.Counters(2, 5.0, 0.1, 0.25, 150_000_000, 100_000_000, {}, calls)
+    by_command = cpu.runc_by_command(batch)
+    # restore without the cgroup's 150 ms (CRIU + runtime it waited for); the unlogged 44 ms are other helpers
+    assert by_command == {"runc delete": 2.0, "runc kill": 1.0, "runc restore": 25.0, "other helpers": 22.0}
+    assert sum(by_command.values()) == cpu.split(batch, 0.0)["runc & helpers"]
+    assert cpu.runc_by_command(cpu.Counters(1, 1.0, 0, 0, 0, 0)) is None

@@ -20,16 +20,19 @@ The verdict logic (`targets`, `verdicts`) is pure; `run` does the I/O.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from snapfaas.bench import cpu, density, webfunction
+from snapfaas.bench import cpu, density, runcwrap, webfunction
 from snapfaas.bench.harness import ROLE, PrivateServer, bench_runtime_args
 from snapfaas.bench.platform import STDLIB_APP, measure_warm
 from snapfaas.bench.snapstart import Bench, _caller_invoke, _caller_start, _deploy, _p99, _publish, _stats
@@ -168,12 +171,17 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
         vendor_cache: Path | None = None) -> dict[str, Any]:
     """Measure every target (see the module doc); the result holds the figures and `verdicts`."""
     selected = [n for n in FUNCTIONS_BLINK if not only or n in only]
-    args = ["--keep-alive", "2", "--max-environments", str(max(32, density_count + 4)), *bench_runtime_args(runtime_python)]
+    scratch = Path(tempfile.mkdtemp(prefix="snapfaas-blink-"))
+    runc_binary, runc_log = runcwrap.build(scratch)  # runc's CPU by subcommand (bench/runcwrap.py)
+    args = ["--keep-alive", "2", "--max-environments", str(max(32, density_count + 4)), "--runc", str(runc_binary),
+            *bench_runtime_args(runtime_python)]
     result: dict[str, Any] = {"benchmark": "blink", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "runs": runs, "burst_size": burst, "density_count": density_count, "page_cache": "warm",
                               "cpu_before_ms": dict(BEFORE_CPU_MS), "functions": {}}
     web_zip = webfunction.deployment_zip(vendor_cache) if any(n in WEB_HANDLERS for n in selected) else b""
-    with PrivateServer(args) as server:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+        server = cleanup.enter_context(PrivateServer(args))
         bench = Bench(server, say)
         for web in WEB_HANDLERS:
             bench.payloads[web] = webfunction.payload()
@@ -206,7 +214,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                         samples[key].append(value)
                 say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores")
                 cpu_figures = cpu.measure(pid, state_dir, _restore_once(bench, name), cpu.settled(pid, state_dir),
-                                          batches=cpu_batches, per_batch=cpu_per_batch)
+                                          batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log)
                 row: dict[str, Any] = {"cold_e2e_ms": _stats(cold), "restore_e2e_ms": _stats(samples["e2e"]),
                                        "restore_duration_ms": _stats(samples["restore"]),
                                        "first_invoke_duration_ms": _stats(samples["first_duration"]),
@@ -281,6 +289,11 @@ def markdown(result: dict[str, Any]) -> str:
             parts = r["cpu"]["per_restore_ms"]
             lines.append(f"| {name} | " + " | ".join(f"{parts[c]}" for c in cpu.COMPONENTS) +
                          f" | **{parts['total']}** | {_fmt(result['cpu_before_ms'].get(name))} |")
+        lines += ["", "\"runc & helpers\" by command (ms per restore, mean of batches; runc runs through a wrapper that "
+                  "records each call's CPU, `bench/runcwrap.py`; `runc restore` without the CRIU and runtime CPU it waits for):", ""]
+        for name, r in result["functions"].items():
+            commands = r["cpu"].get("runc_by_command_ms") or {}
+            lines.append(f"- {name}: " + ", ".join(f"{command} {ms}" for command, ms in commands.items()))
         lines += ["", "The daemon's CPU per restore by thread (ms, mean of batches; threads that ended within a batch "
                   "are \"exited threads\"):", ""]
         for name, r in result["functions"].items():

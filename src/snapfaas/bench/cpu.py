@@ -19,12 +19,15 @@ How each part is measured (no wrapper binaries, no server option, nothing global
   (nanoseconds on CPU), read at the same moment: CRIU's restorer blob running in the task
   (mapping memory, restoring threads), then the runtime's resume hooks and the first invoke.
 - **CRIU** = cgroup − runtime; **runc & helpers** = all children − cgroup.
+- with the runc wrapper (`bench/runcwrap.py`, the server's `--runc`), "runc & helpers" is split
+  further by runc subcommand (`runc_by_command`).
 
 Why not the alternatives: BSD process accounting (`accton`) is host-wide (other users' processes
 too) and stores CPU in 1/100 s units per process, truncated: a runc call of 4 ms reads 0. A runc
-wrapper with `getrusage(RUSAGE_CHILDREN)` per subcommand would fold CRIU and the runtime into
-`runc restore` anyway (both are its waited-for children) and would add an exec per call to the
-path it measures. CRIU's own `stats-restore` holds wall times, not CPU.
+wrapper alone folds CRIU and the runtime into `runc restore` (both are its waited-for children)
+and adds a fork per call, so it only refines the runc part here. CRIU cannot be wrapped the same
+way: it restores the container's process as its parent's child (`--restore-sibling`), which a
+wrapper in between would orphan. CRIU's own `stats-restore` holds wall times, not CPU.
 
 /proc/<pid>/stat counts in clock ticks (1/100 s), so the daemon and children figures are taken
 over a batch of restores and divided; the cgroup and schedstat figures are exact.
@@ -41,6 +44,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from snapfaas.bench import runcwrap
 from snapfaas.sandbox.cgroup import CGROUP_ROOT, daemon_cgroup
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -89,6 +93,7 @@ class Counters:
     cgroup_ns: int
     runtime_ns: int
     daemon_threads_ns: dict[str, int] = dataclasses.field(default_factory=dict)
+    runc_calls: dict[str, tuple[int, float]] | None = None  # the runc wrapper's {subcommand: (calls, ms)}, if used
 
 
 def daemon_threads_ms(batch: Counters) -> dict[str, float]:
@@ -98,6 +103,24 @@ def daemon_threads_ms(batch: Counters) -> dict[str, float]:
     parts = {group: ns / 1e6 / n for group, ns in batch.daemon_threads_ns.items()}
     parts["exited threads"] = max(0.0, batch.daemon_s * 1000 / n - sum(parts.values()))
     return {k: round(v, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if round(v, 2) > 0}
+
+
+def runc_by_command(batch: Counters) -> dict[str, float] | None:
+    """"runc & helpers" per restore by command (ms), from the runc wrapper's log (`bench/runcwrap.py`):
+    `runc restore` without the CRIU and runtime CPU it waited for (the cgroup's), each other runc
+    subcommand, and "other helpers" (every other child of the daemon: `ip`, `nft`, `umount`, the
+    wrapper itself). None without the wrapper. Negative rests are clamped to 0."""
+    if batch.runc_calls is None:
+        return None
+    n = batch.restores
+    out: dict[str, float] = {}
+    logged = 0.0
+    for command, (_, ms) in sorted(batch.runc_calls.items()):
+        logged += ms
+        own = ms - batch.cgroup_ns / 1e6 if command == "restore" else ms
+        out[f"runc {command}"] = max(0.0, own) / n
+    out["other helpers"] = max(0.0, batch.children_s * 1000 - logged) / n
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def mean_threads(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -282,11 +305,13 @@ def idle_rate(pid: int, window_s: float) -> float:
 
 
 def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[], None],
-                  settled: Callable[[], bool]) -> Counters:
+                  settled: Callable[[], bool], runc_log: Path | None = None) -> Counters:
     """Run `restore` (one restore of a new environment, returning after its first invoke)
     `restores` times; after each, read the environment's cgroup and runtime CPU, then wait for
-    `settled` (every environment torn down) before the next and at the end."""
+    `settled` (every environment torn down) before the next and at the end. `runc_log`: the
+    runc wrapper's log (`bench/runcwrap.py`), if the server runs runc through it."""
     wait_for(settled, 120, "the daemon's environments to be torn down")
+    log_start = runc_log.stat().st_size if runc_log is not None else 0
     own0, children0 = process_cpu(pid)
     threads0 = threads_by_tid(pid)
     started = time.monotonic()
@@ -301,24 +326,31 @@ def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[]
         wait_for(settled, 120, "the restored environment to be torn down")
     threads1 = threads_by_tid(pid)
     own1, children1 = process_cpu(pid)
+    calls = None
+    if runc_log is not None:
+        with runc_log.open("rb") as log:
+            log.seek(log_start)
+            calls = runcwrap.parse_log(log.read().decode(errors="replace"))
     return Counters(restores, time.monotonic() - started, own1 - own0, children1 - children0, cgroup_ns, runtime_ns,
-                    thread_delta_ns(threads0, threads1))
+                    thread_delta_ns(threads0, threads1), calls)
 
 
 def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Callable[[], bool],
-            batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0) -> dict[str, Any]:
+            batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0, runc_log: Path | None = None) -> dict[str, Any]:
     """CPU per restore by component: the median over `batches` batches of `per_batch`
     restores, each batch preceded by its own idle-rate window; the batches' figures are kept."""
     rows = []
     for _ in range(batches):
         wait_for(settled, 120, "the daemon's environments to be torn down")
         rate = idle_rate(pid, idle_window_s)
-        batch = measure_batch(pid, state_dir, per_batch, restore, settled)
+        batch = measure_batch(pid, state_dir, per_batch, restore, settled, runc_log)
         raw = {"wall_s": round(batch.wall_s, 2), "daemon_ms": round(batch.daemon_s * 1000, 1),
                "children_ms": round(batch.children_s * 1000, 1), "cgroup_ms": round(batch.cgroup_ns / 1e6, 1),
-               "runtime_ms": round(batch.runtime_ns / 1e6, 1)}
+               "runtime_ms": round(batch.runtime_ns / 1e6, 1), "runc_calls": batch.runc_calls}
         rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
-                     "daemon_threads_ms": daemon_threads_ms(batch)})
+                     "daemon_threads_ms": daemon_threads_ms(batch), "runc_by_command_ms": runc_by_command(batch)})
     parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
+    by_command = [row["runc_by_command_ms"] for row in rows if row["runc_by_command_ms"] is not None]
     return {"per_restore_ms": parts, "daemon_threads_ms": mean_threads([row["daemon_threads_ms"] for row in rows]),
+            "runc_by_command_ms": mean_threads(by_command) if by_command else None,
             "batches": rows, "restores_per_batch": per_batch}

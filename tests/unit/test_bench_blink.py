@@ -29,14 +29,15 @@ def test_schedstat_and_cgroup_counters_are_nanoseconds() -> None:
 def test_split_attributes_each_counter_to_one_component() -> None:
     batch = cpu.Counters(restores=4, wall_s=10.0, daemon_s=0.44, children_s=0.40, cgroup_ns=200_000_000, runtime_ns=120_000_000)
     parts = cpu.split(batch, idle_daemon_rate=0.004)  # 40 ms idle over the batch
-    assert parts == {"daemon": 100.0, "runc & helpers": 50.0, "CRIU": 20.0, "runtime": 30.0, "total": 200.0}
+    # children: runc + CRIU + helpers (the restored process is not runc's child): runc & helpers = 100 - 20
+    assert parts == {"daemon": 100.0, "runc & helpers": 80.0, "CRIU": 20.0, "runtime": 30.0, "total": 230.0}
 
 
 def test_split_clamps_what_tick_rounding_makes_negative() -> None:
     batch = cpu.Counters(restores=2, wall_s=5.0, daemon_s=0.0, children_s=0.01, cgroup_ns=30_000_000, runtime_ns=40_000_000)
     parts = cpu.split(batch, idle_daemon_rate=0.01)
-    assert parts["daemon"] == 0 and parts["runc & helpers"] == 0 and parts["CRIU"] == 0
-    assert parts["runtime"] == 20.0 and parts["total"] == 20.0
+    assert parts["daemon"] == 0 and parts["CRIU"] == 0 and parts["runc & helpers"] == 5.0
+    assert parts["runtime"] == 20.0 and parts["total"] == 25.0
     with pytest.raises(ValueError):
         cpu.split(cpu.Counters(0, 1.0, 0, 0, 0, 0), 0)
 
@@ -171,7 +172,7 @@ def test_runc_wrapper_log_and_the_split_by_command() -> None:
     assert calls == {"restore": (2, 200.0), "delete": (1, 4.0), "kill": (1, 2.0)}
     batch = cpu.Counters(2, 5.0, 0.1, 0.25, 150_000_000, 100_000_000, {}, calls)
     by_command = cpu.runc_by_command(batch)
-    # restore without the cgroup's 150 ms (CRIU + runtime it waited for); the unlogged 44 ms are other helpers
-    assert by_command == {"runc delete": 2.0, "runc kill": 1.0, "runc restore": 25.0, "other helpers": 22.0}
+    # restore without CRIU's 50 ms (cgroup 150 - runtime 100); the unlogged 44 ms are other helpers
+    assert by_command == {"runc delete": 2.0, "runc kill": 1.0, "runc restore": 75.0, "other helpers": 22.0}
     assert sum(by_command.values()) == cpu.split(batch, 0.0)["runc & helpers"]
     assert cpu.runc_by_command(cpu.Counters(1, 1.0, 0, 0, 0, 0)) is None

@@ -290,7 +290,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{parts[c]}" for c in cpu.COMPONENTS) +
                          f" | **{parts['total']}** | {_fmt(result['cpu_before_ms'].get(name))} |")
         lines += ["", "\"runc & helpers\" by command (ms per restore, mean of batches; runc runs through a wrapper that "
-                  "records each call's CPU, `bench/runcwrap.py`; `runc restore` without the CRIU and runtime CPU it waits for):", ""]
+                  "records each call's CPU, `bench/runcwrap.py`; `runc restore` without the CRIU CPU it waits for):", ""]
         for name, r in result["functions"].items():
             commands = r["cpu"].get("runc_by_command_ms") or {}
             lines.append(f"- {name}: " + ", ".join(f"{command} {ms}" for command, ms in commands.items()))
@@ -316,6 +316,9 @@ def markdown(result: dict[str, Any]) -> str:
         ratios = d["ratios"]
         lines.append(f"| {n} / 1 | **{_fmt(ratios['pss_bytes'])}x** | | {_fmt(ratios['cgroup_bytes'])}x | "
                      f"{_fmt(ratios['mem_available_drop_bytes'])}x |")
+        each = (d[n]["pss_bytes"] - d["1"]["pss_bytes"]) / max(1, d[n]["environments"] - 1)
+        lines += ["", f"Each environment beyond the first adds {density.mib(int(each))} MiB (sum of PSS); "
+                  "MemAvailable moves with everything else on this shared host."]
     if "warm" in result:
         lines += ["", f"Warm invokes (stdlib function, $LATEST) vs the echo endpoint: ratios are medians of {WARM_REPEATS} "
                   "repetitions, invoke and echo alternating; the figures are the median repetition's.", "",

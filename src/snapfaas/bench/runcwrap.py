@@ -5,9 +5,9 @@ real runc with the same arguments and environment (stdio inherited), waits for i
 line `<subcommand> <user us> <system us>` to its log (from `wait4`'s rusage: runc plus every
 descendant runc waited for) and exits with runc's status (or re-raises runc's fatal signal).
 
-What runc waits for: for `restore`, CRIU and, at teardown, the restored process (CRIU restores
-it as runc's child), so `bench/cpu.py` takes the environment cgroup's CPU (CRIU + runtime) off
-the `restore` line. The wrapper's own fork/exec/wait (well under 1 ms) is the daemon's child
+What runc waits for: for `restore`, CRIU, so `bench/cpu.py` takes CRIU's CPU (the environment
+cgroup's minus the restored process's) off the `restore` line. The restored process is not
+runc's child by then: its CPU is in none of these lines. The wrapper's own fork/exec/wait (well under 1 ms) is the daemon's child
 too and lands in "other helpers". Log lines are short single `write`s with O_APPEND, so lines
 from concurrent runc calls never interleave.
 """

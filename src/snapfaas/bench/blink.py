@@ -45,9 +45,10 @@ WEB_HANDLERS = {"web": "app.handler", "web-primed": "primed.handler"}  # web-pri
 SPEEDUP_TARGETS = {"torch": 30.0, "numpy-scipy": 30.0, "web": 10.0}
 BURST_FUNCTION = DENSITY_FUNCTION = CPU_TARGET_FUNCTION = "torch"
 # CPU per restore (ms, median of batches, total over daemon + runc + CRIU + runtime) measured
-# with `snapfaas bench blink` on main's code before issue 14 (2026-12-01, this 2-core host,
-# shared with other jobs): the figures issue 14 asks to halve.
-BEFORE_CPU_MS: dict[str, float] = {}
+# with `snapfaas bench blink` on main's code before issue 14 (2026-12-01 06:20Z, this 2-core
+# host, shared with other jobs; the quieter of two runs, the other 147 ms for torch): the
+# figures issue 14 asks to halve. bench-results/blink-before.md holds that run.
+BEFORE_CPU_MS: dict[str, float] = {"torch": 85.35, "numpy-scipy": 94.42, "web": 160.5, "web-primed": 101.33}
 
 
 WARM_REPEATS = 3

@@ -167,6 +167,42 @@ def measure_density(bench: Bench, connection: Connection, name: str, count: int,
         return density.measure(state_dir, cpu.settled(pid, state_dir), start, count, resume_timeout=hold_s * 0.75)
 
 
+def measure_function(bench: Bench, name: str, runs: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """`runs` on-demand cold starts and `runs` restores (each followed by a warm invoke of the
+    restored environment), interleaved: e2e times and the REPORT fields, medians."""
+    say(f"[{name}] {runs} on-demand cold starts and {runs} restores, interleaved")
+    cold: list[float] = []
+    samples: dict[str, list[float]] = {k: [] for k in ("e2e", "restore", "first_duration", "warm_e2e", "warm_duration")}
+    for _ in range(runs):
+        cold += bench.cold(name, 1)
+        bench.wait_idle()
+        elapsed, fields = bench.invoke(name, "1")
+        if "Restore Duration" not in fields:
+            raise RuntimeError(f"{name}:1 did not restore: {fields}")
+        warm_elapsed, warm_fields = bench.invoke(name, "1")
+        for key, value in (("e2e", elapsed), ("restore", fields["Restore Duration"]), ("first_duration", fields["Duration"]),
+                           ("warm_e2e", warm_elapsed), ("warm_duration", warm_fields["Duration"])):
+            samples[key].append(value)
+    row: dict[str, Any] = {"cold_e2e_ms": _stats(cold), "restore_e2e_ms": _stats(samples["e2e"]),
+                           "restore_duration_ms": _stats(samples["restore"]),
+                           "first_invoke_duration_ms": _stats(samples["first_duration"]),
+                           "warm_e2e_ms": _stats(samples["warm_e2e"]), "warm_duration_ms": _stats(samples["warm_duration"])}
+    row["speedup_cold_over_restore"] = round(row["cold_e2e_ms"]["median"] / row["restore_e2e_ms"]["median"], 1)
+    return row
+
+
+def measure_burst(bench: Bench, name: str, size: int, single_ms: float) -> dict[str, Any]:
+    """A first burst of `size` concurrent restores (reported apart: it runs on memory the host
+    has not backed yet), then 3 whose p99 is compared with a single restore (`single_ms`)."""
+    first, _ = bench.burst(name, size)
+    e2e: list[float] = []
+    for _ in range(3):
+        e2e += bench.burst(name, size)[0]
+    p99 = round(_p99(e2e), 1)
+    return {"function": name, "e2e_ms": _stats(e2e), "p99_e2e_ms": p99, "first_burst_p99_e2e_ms": round(_p99(first), 1),
+            "single_restore_e2e_ms": single_ms, "p99_over_single": round(p99 / single_ms, 2)}
+
+
 def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: int = 8, cpu_batches: int = 3,
         cpu_per_batch: int = 4, density_count: int = 16, requests: int = 400, only: list[str] | None = None,
         vendor_cache: Path | None = None) -> dict[str, Any]:
@@ -199,41 +235,15 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                 publish_s = _publish(bench, name)
                 say(f"[{name}] snapshot ready in {publish_s:.1f} s; first restore (records the working set)")
                 bench.invoke(name, "1")
-                say(f"[{name}] {runs} on-demand cold starts and {runs} restores, interleaved")
-                cold: list[float] = []
-                samples: dict[str, list[float]] = {k: [] for k in ("e2e", "restore", "first_duration", "warm_e2e", "warm_duration")}
-                for _ in range(runs):
-                    cold += bench.cold(name, 1)
-                    bench.wait_idle()
-                    elapsed, fields = bench.invoke(name, "1")
-                    if "Restore Duration" not in fields:
-                        raise RuntimeError(f"{name}:1 did not restore: {fields}")
-                    warm_elapsed, warm_fields = bench.invoke(name, "1")
-                    for key, value in (("e2e", elapsed), ("restore", fields["Restore Duration"]),
-                                       ("first_duration", fields["Duration"]), ("warm_e2e", warm_elapsed),
-                                       ("warm_duration", warm_fields["Duration"])):
-                        samples[key].append(value)
+                row = measure_function(bench, name, runs, say)
                 say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores")
-                cpu_figures = cpu.measure(pid, state_dir, _restore_once(bench, name), cpu.settled(pid, state_dir),
-                                          batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log)
-                row: dict[str, Any] = {"cold_e2e_ms": _stats(cold), "restore_e2e_ms": _stats(samples["e2e"]),
-                                       "restore_duration_ms": _stats(samples["restore"]),
-                                       "first_invoke_duration_ms": _stats(samples["first_duration"]),
-                                       "warm_e2e_ms": _stats(samples["warm_e2e"]),
-                                       "warm_duration_ms": _stats(samples["warm_duration"]),
-                                       "publish_s": round(publish_s, 2), "cpu": cpu_figures}
-                row["speedup_cold_over_restore"] = round(row["cold_e2e_ms"]["median"] / row["restore_e2e_ms"]["median"], 1)
+                row["cpu"] = cpu.measure(pid, state_dir, _restore_once(bench, name), cpu.settled(pid, state_dir),
+                                         batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log)
+                row["publish_s"] = round(publish_s, 2)
                 result["functions"][name] = row
                 if name == BURST_FUNCTION:
                     say(f"[{name}] bursts of {burst} concurrent restores (a first one apart, then 3)")
-                    first, _ = bench.burst(name, burst)
-                    burst_e2e: list[float] = []
-                    for _ in range(3):
-                        burst_e2e += bench.burst(name, burst)[0]
-                    result["burst"] = {"function": name, "e2e_ms": _stats(burst_e2e), "p99_e2e_ms": round(_p99(burst_e2e), 1),
-                                       "first_burst_p99_e2e_ms": round(_p99(first), 1),
-                                       "single_restore_e2e_ms": row["restore_e2e_ms"]["median"]}
-                    result["burst"]["p99_over_single"] = round(result["burst"]["p99_e2e_ms"] / row["restore_e2e_ms"]["median"], 2)
+                    result["burst"] = measure_burst(bench, name, burst, row["restore_e2e_ms"]["median"])
                 if name == DENSITY_FUNCTION:
                     say(f"[{name}] density: {density_count} restored environments alive at once vs one")
                     result["density"] = measure_density(bench, server.connection, name, density_count)

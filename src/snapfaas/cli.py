@@ -83,6 +83,8 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "SnapStart publish, as on Lambda. --no-snapshot-init-aslr lays init memory out the same way each "
                    "time, so versions of a function share far more snapshot chunks, at the cost of a predictable "
                    "layout for every snapshot (restored and on-demand environments are unaffected).")
+@click.option("--runc", "runc_binary", default="runc", show_default=True, metavar="PATH",
+              help="The runc binary the daemon runs (a name on PATH or a path), e.g. a wrapper that accounts its CPU.")
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
@@ -204,6 +206,7 @@ def serve(**opts: Any) -> None:
         scan_block_on=None if opts["scan_block_on"] == "never" else opts["scan_block_on"],
         snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
         restore_memory=opts["restore_memory"],
+        runc_binary=opts["runc_binary"],
         restore_loading=opts["restore_loading"],
         snapshot_init_aslr=opts["snapshot_init_aslr"],
         sandbox_network=opts["sandbox_network"],
@@ -470,17 +473,18 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "store", "loading", "network", "events", "clients",
-                                           "load", "cluster"]),
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "blink", "store", "loading", "network", "events",
+                                           "clients", "load", "cluster"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
-              help="platform: warm requests per path and concurrency (default 400); load: invokes per row (default 10000).")
+              help="platform, blink: warm requests per path and concurrency (default 400); load: invokes per row (default 10000).")
 @click.option("--concurrency", default="8,16,32", show_default=True, help="load: caller processes per row, comma-separated.")
 @click.option("--max-environments", default=None, type=click.IntRange(min=1),
               help="load: the servers' --max-environments (default: each row's concurrency).")
-@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network: samples per figure.")
-@click.option("--only", multiple=True, help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch).")
+@click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network, blink (at least 5): samples per figure.")
+@click.option("--only", multiple=True,
+              help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web, web-primed.")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
@@ -512,6 +516,14 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         result = snapstart.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None,
                                cold_cache=cold_cache)
         _write_results(out, "snapstart-cold-cache" if cold_cache else "snapstart", result, snapstart.markdown(result))
+    if suite in ("all", "blink"):  # every issue-14 target with a verdict per target
+        from snapfaas.bench import blink
+
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = blink.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None,
+                           requests=requests or 400)
+        _write_results(out, "blink", result, blink.markdown(result))
     if suite == "store":  # snapshot store: sizes, dedup across versions, restores by tier (not part of "all": slow)
         from snapfaas.bench import store
 

@@ -137,7 +137,7 @@ class Server:
         keys = self._keys() if cfg.auth else {}
         if not cfg.auth:
             self.say("WARNING: authentication is disabled (--no-auth); anyone who can reach the port can run code.")
-        runc = Runc(cfg.data_dir / "runc")
+        runc = Runc(cfg.data_dir / "runc", cfg.runc_binary)
         self.say(f"sandbox dir: {cfg.sandbox_dir}")
         self.say(f"runc: {runc.check()}")
         leftovers = runc.reap_leftovers()

@@ -47,30 +47,39 @@ def measure_cold(server: PrivateServer, name: str, runs: int, say: Callable[[str
             "e2e_ms_max": round(max(e2e), 2), "init_ms_median": round(statistics.median(init), 2) if init else None}
 
 
+def measure_warm(server: PrivateServer, name: str, requests: int, say: Callable[[str], None],
+                 concurrencies: tuple[int, ...] = (1, 8)) -> dict[str, Any]:
+    """Warm invokes of `name` ($LATEST, a stdlib function that answers at once) against the
+    server's echo endpoint, same client, same requests, per concurrency: latency percentiles,
+    requests/s and their ratios (invoke / echo). The function must already be deployed."""
+    conn = server.connection
+    body = json.dumps({"hello": "world"}).encode()
+    invoke = Target(conn.endpoint, f"/2015-03-31/functions/{name}/invocations", body, conn.access_key_id, conn.secret_access_key)
+    echo = Target(conn.endpoint, "/snapfaas/v1/echo", body, conn.access_key_id, conn.secret_access_key)
+    warm: dict[str, Any] = {}
+    for concurrency in concurrencies:
+        per_worker = max(10, requests // concurrency)
+        say(f"warm load at concurrency {concurrency} ({per_worker * concurrency} requests each path)")
+        inv = run_load(invoke, concurrency, per_worker, warmup=3).summary()
+        base = run_load(echo, concurrency, per_worker, warmup=3).summary()
+        warm[str(concurrency)] = {
+            "invoke": inv,
+            "echo_baseline": base,
+            "p50_overhead_ratio": round(inv["p50_ms"] / base["p50_ms"], 2),
+            "p99_overhead_ratio": round(inv["p99_ms"] / base["p99_ms"], 2),
+            "rps_ratio": round(inv["rps"] / base["rps"], 3),
+            "p50_added_ms": round(inv["p50_ms"] - base["p50_ms"], 3),
+        }
+    return warm
+
+
 def run(say: Callable[[str], None], cold_runs: int = 5, requests: int = 200) -> dict[str, Any]:
     with PrivateServer(["--keep-alive", "600"]) as server:
         name = "bench-stdlib"
         server.deploy(name, {"app.py": STDLIB_APP})
         say("cold starts (stdlib-only function, on-demand):")
         cold = measure_cold(server, name, cold_runs, say)
-        conn = server.connection
-        body = json.dumps({"hello": "world"}).encode()
-        invoke = Target(conn.endpoint, f"/2015-03-31/functions/{name}/invocations", body, conn.access_key_id, conn.secret_access_key)
-        echo = Target(conn.endpoint, "/snapfaas/v1/echo", body, conn.access_key_id, conn.secret_access_key)
-        warm: dict[str, Any] = {}
-        for concurrency in (1, 8):
-            per_worker = max(10, requests // concurrency)
-            say(f"warm load at concurrency {concurrency} ({per_worker * concurrency} requests each path)")
-            inv = run_load(invoke, concurrency, per_worker, warmup=3).summary()
-            base = run_load(echo, concurrency, per_worker, warmup=3).summary()
-            warm[str(concurrency)] = {
-                "invoke": inv,
-                "echo_baseline": base,
-                "p50_overhead_ratio": round(inv["p50_ms"] / base["p50_ms"], 2),
-                "p99_overhead_ratio": round(inv["p99_ms"] / base["p99_ms"], 2),
-                "rps_ratio": round(inv["rps"] / base["rps"], 3),
-                "p50_added_ms": round(inv["p50_ms"] - base["p50_ms"], 3),
-            }
+        warm = measure_warm(server, name, requests, say)
     return {"benchmark": "platform", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cold_start": cold, "warm": warm}
 

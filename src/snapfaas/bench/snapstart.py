@@ -43,9 +43,10 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def measured_invoke(client: Any, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
+def measured_invoke(client: Any, name: str, qualifier: str | None = None,
+                    payload: bytes = b"{}") -> tuple[float, dict[str, float]]:
     """One synchronous invoke: (e2e ms, the REPORT line's duration fields); a failed invoke raises."""
-    result = timed_invoke(client, name, qualifier)
+    result = timed_invoke(client, name, qualifier, payload)
     if result.function_error:
         raise RuntimeError(f"{name}:{qualifier} failed: {result.log[-800:]}")
     return result.elapsed_ms, result.durations()
@@ -59,7 +60,7 @@ def _caller_start(connection: Connection) -> None:
     _CALLER_CLIENT = connection.lambda_client()
 
 
-def _caller_invoke(target: tuple[str, str]) -> tuple[float, dict[str, float]]:
+def _caller_invoke(target: tuple[str, str, bytes]) -> tuple[float, dict[str, float]]:
     return measured_invoke(_CALLER_CLIENT, *target)
 
 
@@ -71,6 +72,7 @@ class Bench:
         self.say = say
         self.cold_cache = cold_cache
         self._callers: Any = None  # a process pool, made on the first burst
+        self.payloads: dict[str, bytes] = {}  # the event each function is invoked with (default `{}`)
 
     def close(self) -> None:
         if self._callers is not None:
@@ -82,7 +84,7 @@ class Bench:
             drop_page_cache()
 
     def invoke(self, name: str, qualifier: str | None = None) -> tuple[float, dict[str, float]]:
-        return measured_invoke(self.client, name, qualifier)
+        return measured_invoke(self.client, name, qualifier, self.payloads.get(name, b"{}"))
 
     def containers(self) -> int:
         """Live containers: runc keeps one state directory per container (no `runc list`, which
@@ -131,7 +133,7 @@ class Bench:
         if self._callers is None:
             self._callers = multiprocessing.get_context("fork").Pool(size, _caller_start, (self.server.connection,))
         self.wait_idle()
-        results = self._callers.map(_caller_invoke, [(name, "1")] * size, chunksize=1)
+        results = self._callers.map(_caller_invoke, [(name, "1", self.payloads.get(name, b"{}"))] * size, chunksize=1)
         if any("Restore Duration" not in r[1] for r in results):
             raise RuntimeError(f"{name}:1 burst reused an environment: {[r[1] for r in results]}")
         return [r[0] for r in results], [r[1]["Restore Duration"] for r in results]

@@ -1,5 +1,7 @@
 """Reference function 3: torch (CPU) with a small MLP built and run once at init."""
 
+import time
+
 import torch
 
 torch.set_num_threads(1)
@@ -12,7 +14,10 @@ with torch.no_grad():
 
 
 def handler(event, context):
-    values = (event or {}).get("x", [0.5] * 64)
+    event = event or {}
+    values = event.get("x", [0.5] * 64)
     with torch.no_grad():
         out = MODEL(torch.tensor([values], dtype=torch.float32))
+    if event.get("hold_s"):  # `bench blink` density: keeps many environments busy at once
+        time.sleep(min(float(event["hold_s"]), 60))
     return {"argmax": int(out.argmax()), "logits": [round(float(v), 4) for v in out[0]]}

@@ -1,5 +1,7 @@
-"""The fourth reference function: a web API (FastAPI + Mangum + AWS Lambda Powertools), the
-`examples/powertools-fastapi` example as a bench function (`functions/web_fastapi/`).
+"""The fourth reference function: a web API (FastAPI + Mangum + AWS Lambda Powertools): the
+`examples/powertools-fastapi` example itself (its app.py and requirements.txt, read from the
+repository checkout the benches run in), plus `functions/web_fastapi/primed.py`, the same app
+primed for SnapStart.
 
 Its dependencies are vendored into the deployment zip as a user would (`pip install --target`
 for CPython 3.11 on manylinux x86-64, wheels only, from the configured package index), cached
@@ -17,12 +19,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent / "functions" / "web_fastapi"
+PACKAGE = Path(__file__).resolve().parent / "functions" / "web_fastapi"  # primed.py
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "powertools-fastapi"  # app.py, requirements.txt
 PYTHON_VERSION = "3.11"  # the bench runtime's
 
 
 def requirements() -> list[str]:
-    return (PACKAGE / "requirements.txt").read_text().split()
+    return (EXAMPLE / "requirements.txt").read_text().split()
 
 
 def http_api_event(path: str = "/hello", query: str = "name=bench") -> dict[str, object]:
@@ -81,6 +84,6 @@ def deployment_zip(cache_root: Path | None = None) -> bytes:
                 if not name.startswith(".snapfaas"):
                     path = Path(root) / name
                     archive.write(path, path.relative_to(tree).as_posix())
-        for name in ("app.py", "primed.py"):
-            archive.writestr(name, (PACKAGE / name).read_text())
+        archive.writestr("app.py", (EXAMPLE / "app.py").read_text())
+        archive.writestr("primed.py", (PACKAGE / "primed.py").read_text())
     return buf.getvalue()

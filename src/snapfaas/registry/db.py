@@ -51,7 +51,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from snapfaas.database import CircuitBreaker, is_postgres_url, open_engine
+from snapfaas.database import CircuitBreaker, is_postgres_url, open_engine, write_transaction
 from snapfaas.errors import Conflict, InvalidParameterValue, NotFound, PreconditionFailed, ServiceError
 from snapfaas.registry import schema
 from snapfaas.registry.changes import CHANNEL, ChangeListener
@@ -163,11 +163,10 @@ class Registry:
             yield current
             return
         noted: list[str] = []
-        with self._guard(step), self.engine.connect().execution_options(sqlite_immediate=True) as conn:
+        with self._guard(step), write_transaction(self.engine) as conn:
             self._local.conn, self._local.noted = conn, noted
             try:
-                with conn.begin():
-                    yield conn
+                yield conn
             finally:
                 self._local.conn = self._local.noted = None
         for name in dict.fromkeys(noted):

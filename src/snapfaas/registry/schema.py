@@ -39,6 +39,8 @@ import sqlalchemy
 from sqlalchemy import Column, Float, ForeignKey, Integer, MetaData, Table, Text
 from sqlalchemy.engine import Connection, Engine
 
+from snapfaas.database import write_transaction
+
 METADATA = MetaData()
 # Names sort and compare bytewise on both engines (PostgreSQL's default collation would not:
 # pagination orders and name lookups must be the same as SQLite's).
@@ -155,16 +157,15 @@ def migrate(engine: Engine, migrations: list[tuple[int, Migration]] | None = Non
             raise SchemaError(f"registry open failed at step 'migrate': the database's schema is version {at}, "
                               f"newer than this snapfaas knows ({newest})")
         return at
-    with engine.connect().execution_options(sqlite_immediate=True) as conn:
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            schema_version.create(conn, checkfirst=True)
-            at = current_version(conn) or 0  # a pre-migration state.db: step 1 only adds what is missing
-            for version, step in steps:
-                if version > at:
-                    step(conn)
-                    at = version
-            conn.execute(schema_version.delete())
-            conn.execute(schema_version.insert().values(version=at))
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        schema_version.create(conn, checkfirst=True)
+        at = current_version(conn) or 0  # a pre-migration state.db: step 1 only adds what is missing
+        for version, step in steps:
+            if version > at:
+                step(conn)
+                at = version
+        conn.execute(schema_version.delete())
+        conn.execute(schema_version.insert().values(version=at))
     return at

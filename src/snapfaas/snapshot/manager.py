@@ -150,7 +150,6 @@ class SnapshotManager:
         self._gc_task: asyncio.Task[None] | None = None
         self._gc_again = False
         self._reaper: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.code: CodePackages | None = None  # the server's ArtifactStore: packages being ingested
         self.leases: Leases | None = None  # set by the server; None: no coordination (tests, tools)
         self.takeover_period: float | None = None  # None: half the lease TTL
@@ -158,11 +157,10 @@ class SnapshotManager:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._reaper = asyncio.create_task(self._retention_loop(), name="snapshot-retention")
         if self.leases is not None:
             self._spawn(self._takeover_loop(), "snapshot-takeover")
-        loop = self._loop
         self.vault.on_unpinned_doomed = lambda _snapshot_id: loop.call_soon_threadsafe(self.collect_soon)
 
     def _lazy_failure(self, version: FunctionVersion) -> str | None:

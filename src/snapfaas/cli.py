@@ -85,6 +85,10 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "layout for every snapshot (restored and on-demand environments are unaffected).")
 @click.option("--runc", "runc_binary", default="runc", show_default=True, metavar="PATH",
               help="The runc binary the daemon runs (a name on PATH or a path), e.g. a wrapper that accounts its CPU.")
+@click.option("--restore-engine", type=click.Choice(["runc", "criu"]), default="runc", show_default=True,
+              help="What restores a SnapStart environment: runc (`runc restore`, `runc kill`, `runc delete` per "
+                   "environment) or criu (the daemon drives CRIU's RPC itself, doing runc's cgroup, mount, network "
+                   "and stdio set-up; less CPU per restore; cgroup v1 hosts, elsewhere it falls back to runc).")
 @click.option("--restore-memory", type=click.Choice(["map", "copy"]), default="map", show_default=True,
               help="How a SnapStart restore brings back memory: map the snapshot's pages copy-on-write "
                    "(needs snapfaas's CRIU patch; falls back to copy without it) or copy every page.")
@@ -207,6 +211,7 @@ def serve(**opts: Any) -> None:
         snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
         restore_memory=opts["restore_memory"],
         runc_binary=opts["runc_binary"],
+        restore_engine=opts["restore_engine"],
         restore_loading=opts["restore_loading"],
         snapshot_init_aslr=opts["snapshot_init_aslr"],
         sandbox_network=opts["sandbox_network"],

@@ -45,7 +45,10 @@ from snapfaas.registry.changes import StaleEnvironments
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox import ids
+from snapfaas.sandbox.cgroup import is_v1
 from snapfaas.sandbox.container import Runc
+from snapfaas.sandbox.criu_container import CriuEngine
+from snapfaas.sandbox.restored import RestoredLedger
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
@@ -140,6 +143,10 @@ class Server:
         runc = Runc(cfg.data_dir / "runc", cfg.runc_binary)
         self.say(f"sandbox dir: {cfg.sandbox_dir}")
         self.say(f"runc: {runc.check()}")
+        ledger = RestoredLedger(cfg.data_dir / "restored")
+        ended = ledger.reap_leftovers()  # before runc's cleanup removes the cgroups they run in
+        if ended:
+            self.say(f"Ended {len(ended)} restored container(s) left by a previous run.")
         leftovers = runc.reap_leftovers()
         if leftovers:
             self.say(f"Removed {len(leftovers)} container(s) left by a previous run.")
@@ -158,6 +165,7 @@ class Server:
         identity = IdentityBroker()
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
+        factory.restored_ledger = ledger
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env,
                         admission_wait_s=cfg.admission_wait_s)
         worker.account_limit = cfg.account_concurrency
@@ -337,6 +345,12 @@ class Server:
         self.say(status.describe() if status.available else f"WARNING: {status.describe()} - SnapStart versions will fail to publish; everything else works")
         if status.available and status.binary:
             self.say(engine.prime_kernel_cache(status.binary))
+            if cfg.restore_engine == "criu":
+                if is_v1():
+                    factory.criu_engine = CriuEngine(status.binary, factory.restored_ledger)
+                    self.say("restore engine: criu (the daemon drives CRIU directly, no runc process per restore)")
+                else:
+                    self.say("WARNING: --restore-engine criu sets up cgroup v1 only; this host has cgroup v2: restores use runc")
             if cfg.restore_memory == "map" and not status.maps_pages:
                 self.say("WARNING: this CRIU lacks snapfaas's map-pages patch (scripts/install-system-deps.sh builds it): "
                          "restores copy every page of memory")

@@ -125,3 +125,107 @@ def remove(cgroup: str, root: Path = CGROUP_ROOT) -> list[str]:
             except OSError as exc:
                 failures.append(f"rmdir {dirpath}: {exc.strerror}")
     return failures
+
+
+# -- cgroup v1 containers set up without runc (sandbox/criu_container.py) ----------------------
+
+# runc 1.1's default device rules for a container (libcontainer/specconv AllowedDevices):
+# mknod of anything, and the standard character devices and ptys.
+DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:8 rwm", "c 1:7 rwm", "c 5:0 rwm", "c 1:5 rwm",
+                "c 1:9 rwm", "c 136:* rwm", "c 5:2 rwm")
+
+
+def is_v1(root: Path = CGROUP_ROOT) -> bool:
+    """True on a cgroup v1 (or hybrid) host: per-controller hierarchies under `root`."""
+    return not (root / "cgroup.controllers").exists() and (root / "memory").is_dir()
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What runc's cgroup manager sets for an environment's container (spec.render's resources)."""
+
+    memory_bytes: int
+    swap_bytes: int  # memory + swap (runc's "swap"): equal to memory_bytes means no swap
+    pids: int
+
+
+def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
+    """The v1 hierarchies a container joins: every controller plus the named systemd one (not
+    the hybrid host's unified v2 tree, which runc's v1 manager leaves alone too)."""
+    return [h for h in hierarchies(root) if h.name != "unified"]
+
+
+def _ensure_cpuset(hierarchy: Path, rel: str) -> None:
+    """Create `rel` in the cpuset hierarchy, copying cpus and mems down from the parent into each
+    new level (an empty cpuset accepts no task; runc's cpuset manager does the same)."""
+    current = hierarchy
+    for part in rel.split("/"):
+        parent, current = current, current / part
+        current.mkdir(exist_ok=True)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not (current / name).read_text().strip():
+                (current / name).write_text((parent / name).read_text().strip())
+
+
+def create_v1(cgroup: str, limits: Limits, root: Path = CGROUP_ROOT) -> None:
+    """Create `cgroup` in every v1 hierarchy with runc's settings for a container: the device
+    allow-list (everything else denied), the memory (+swap) and pids limits. Raises OSError
+    naming the file that could not be written."""
+    rel = cgroup.strip("/")
+    for hierarchy in v1_hierarchies(root):
+        if hierarchy.name == "cpuset":
+            _ensure_cpuset(hierarchy, rel)
+            continue
+        (hierarchy / rel).mkdir(parents=True, exist_ok=True)
+    settings: list[tuple[str, str]] = [("devices/devices.deny", "a")]
+    settings += [("devices/devices.allow", rule) for rule in DEVICE_RULES]
+    settings += [("memory/memory.limit_in_bytes", str(limits.memory_bytes))]
+    if (root / "memory" / rel / "memory.memsw.limit_in_bytes").exists():
+        settings.append(("memory/memory.memsw.limit_in_bytes", str(limits.swap_bytes)))
+    settings.append(("pids/pids.max", str(limits.pids)))
+    for name, value in settings:
+        controller, _, filename = name.partition("/")
+        path = root / controller / rel / filename
+        try:
+            path.write_text(value)
+        except OSError as exc:
+            raise OSError(exc.errno, f"writing {value!r} to {path}: {exc.strerror}") from exc
+
+
+def attach_v1(cgroup: str, pid: int, root: Path = CGROUP_ROOT) -> None:
+    """Move process `pid` into `cgroup` in every v1 hierarchy (runc's `Apply`)."""
+    rel = cgroup.strip("/")
+    for hierarchy in v1_hierarchies(root):
+        path = hierarchy / rel / "cgroup.procs"
+        try:
+            path.write_text(str(pid))
+        except OSError as exc:
+            raise OSError(exc.errno, f"moving pid {pid} into {path}: {exc.strerror}") from exc
+
+
+def parse_proc_cgroup(text: str) -> list[tuple[str, str]]:
+    """(controller, path) pairs of a /proc/<pid>/cgroup file, one per controller of a
+    comma-joined hierarchy ("" for the v2 line), as runc's ParseCgroupFile reads it."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out += [(controller, parts[2]) for controller in parts[1].split(",")]
+    return out
+
+
+def procs(cgroup: str, root: Path = CGROUP_ROOT) -> list[int]:
+    """Pids in `cgroup` itself and below (from the pids hierarchy, else memory; v2: the tree)."""
+    rel = cgroup.strip("/")
+    bases = [root / "pids" / rel, root / "memory" / rel] if is_v1(root) else [root / rel]
+    for base in bases:
+        if base.is_dir():
+            out: list[int] = []
+            for dirpath, _, filenames in os.walk(base):
+                if "cgroup.procs" in filenames:
+                    try:
+                        out += [int(p) for p in (Path(dirpath) / "cgroup.procs").read_text().split()]
+                    except (OSError, ValueError):
+                        continue
+            return out
+    return []

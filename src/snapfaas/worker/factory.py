@@ -23,6 +23,8 @@ from snapfaas.runtime import custom, init
 from snapfaas.sandbox import etc
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
 from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
+from snapfaas.sandbox.criu_container import CriuContainer, CriuEngine
+from snapfaas.sandbox.restored import RestoredLedger
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
@@ -157,6 +159,8 @@ class EnvironmentFactory:
         self.runtime_mount = config.sandbox_dir / "runtime"
         self.network_pool: NetworkPool | None = None  # set by the server: every environment gets its own netns
         self.services: EnvironmentServices | None = None
+        self.criu_engine: CriuEngine | None = None  # set by the server under --restore-engine criu: restores without runc
+        self.restored_ledger: RestoredLedger | None = None  # records of containers restored by CRIU directly
         self.store_secret: bytes | None = None  # the deployment secret (set by the server): per-function hash seeds
         self.fixed_layout_launcher: list[str] | None = None if config.snapshot_init_aslr else determinism.fixed_layout_launcher()
         self._sources: dict[str, dict[str, str]] = {}
@@ -298,7 +302,9 @@ class EnvironmentFactory:
         slice_index = self.slice_of(version.name)
         env_id = secrets.token_hex(8)
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
-        container = Container(self.runc, CONTAINER_PREFIX + env_id, self.bundles / env_id)
+        container_id, bundle = CONTAINER_PREFIX + env_id, self.bundles / env_id
+        container = (CriuContainer(self.runc, container_id, bundle, self.criu_engine)
+                     if private_rootfs and self.criu_engine is not None else Container(self.runc, container_id, bundle))
         limits = self.config.limits
         env = Environment(env_id, version, container, self.logs, cgroup,
                           max_frame_bytes=limits.response_bytes, tail_chars=limits.log_tail_bytes)

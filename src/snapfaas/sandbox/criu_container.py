@@ -1,0 +1,350 @@
+"""A container restored by driving CRIU directly (`criu swrk`), without a runc process.
+
+`runc restore` is a Go process per restore (~26 ms of CPU here) plus `runc kill` and
+`runc delete` at teardown; what it does around CRIU is done here instead, the same way
+(runc 1.1 libcontainer's `Restore`, `criuSwrk`, `criuApplyCgroups`):
+
+* cgroup (v1): the container's cgroup is created in every hierarchy with runc's settings
+  (device allow-list, memory + swap and pids limits: `cgroup.create_v1`), and the CRIU
+  process is moved into it before it restores anything, so every restored task starts there
+  and CRIU's own CPU is charged to the environment (bench/cpu.py relies on that). The cgroup
+  roots CRIU restores into are read back from CRIU's /proc/<pid>/cgroup, as runc does.
+* rootfs: the environment's private rootfs skeleton is bind-mounted onto itself (CRIU wants a
+  mount point as root); bind mounts of the spec, /dev/null (masked paths) and runc's default
+  devices are external mounts mapped to their host sources.
+* network: the environment's prepared namespace is handed over as ``extRootNetNS``.
+* stdio: our pipes are CRIU's stdin/stdout/stderr, which stand in for the pipes recorded in the
+  images' descriptors.json (``--inherit-fd``).
+* user namespace, seccomp, capabilities, no-new-privileges, mounts, /tmp: restored from the
+  images, as under runc (runc passes nothing else for them either).
+* lifecycle: ``rst_sibling`` makes the restored init our child; a pidfd is taken on it for
+  kill (SIGKILL to a pid-namespace init ends the namespace), wait and reap. A record under
+  ``<data-dir>/restored/`` (`sandbox.restored`) lets a restarted daemon end what a crashed one
+  restored.
+
+Containers that start from scratch (on-demand environments, a publish's init) still run under
+`runc run`: this class hands them to `Container`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from snapfaas.errors import ServiceError
+from snapfaas.sandbox import criu_rpc
+from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1, parse_proc_cgroup
+from snapfaas.sandbox.cgroup import remove as remove_cgroup
+from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, Runc
+from snapfaas.sandbox.mounts import remove_tree
+from snapfaas.sandbox.restored import RestoredLedger, RestoredRecord, kill_cgroup
+
+logger = logging.getLogger(__name__)
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MNT_DETACH = 2
+# the devices runc 1.1 creates in every container (bind mounts of the host's nodes in a user
+# namespace): external mounts of the checkpoint, keyed by their path
+DEFAULT_DEVICES = ("/dev/null", "/dev/random", "/dev/full", "/dev/tty", "/dev/zero", "/dev/urandom")
+NETNS_KEY = "extRootNetNS"
+CONFIG_ANNOTATION = "org.criu.config"
+RESPONSE_MAX = 64 * 1024
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_bind(source: str, target: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"bind-mounting {source} on {target}: {os.strerror(errno)}")
+
+
+def _unmount(target: str) -> None:
+    _libc.umount2(target.encode(), MNT_DETACH)  # EINVAL (not mounted) is fine: already gone
+
+
+def restore_request(config: Mapping[str, Any], images_fd: int, work_fd: int, root: str,
+                    pipe_keys: list[str], netns_fd: int | None,
+                    cgroup_roots: list[tuple[str, str]]) -> criu_rpc.RestoreRequest:
+    """The CRIU restore request for a container whose runc spec is `config` (pure).
+
+    `pipe_keys`: the images' descriptors.json (stdin, stdout, stderr as recorded); each pipe
+    among them is inherited from CRIU's own descriptor of the same number. `netns_fd`: CRIU's
+    descriptor of the environment's network namespace (None: the spec has none to join).
+    """
+    mounts = [(m["destination"], m["source"]) for m in config.get("mounts", []) if m.get("type") == "bind"]
+    linux = config.get("linux", {})
+    if linux.get("maskedPaths"):
+        mounts.append(("/dev/null", "/dev/null"))
+    mounts += [(dev, dev) for dev in DEFAULT_DEVICES]
+    inherit = [(key, fd) for fd, key in enumerate(pipe_keys) if "pipe:" in key]
+    if netns_fd is not None:
+        inherit.append((NETNS_KEY, netns_fd))
+    annotations = config.get("annotations", {})
+    return criu_rpc.RestoreRequest(
+        images_dir_fd=images_fd, work_dir_fd=work_fd, root=root,
+        config_file=annotations.get(CONFIG_ANNOTATION),
+        external_mounts=mounts, inherit_fds=inherit, cgroup_roots=cgroup_roots,
+    )
+
+
+def limits_of(config: Mapping[str, Any]) -> Limits:
+    """runc's cgroup resources of a spec (`spec.render`'s memory, swap and pids)."""
+    resources = config["linux"]["resources"]
+    return Limits(int(resources["memory"]["limit"]), int(resources["memory"]["swap"]), int(resources["pids"]["limit"]))
+
+
+def netns_path(config: Mapping[str, Any]) -> str | None:
+    for ns in config.get("linux", {}).get("namespaces", []):
+        if ns.get("type") == "network":
+            return ns.get("path")
+    return None
+
+
+def exit_status(wait_status: int) -> int:
+    """A waitpid status as runc reports its container's: the exit code, or 128 + signal."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+class CriuEngine:
+    """What every `CriuContainer` of a daemon shares: the CRIU binary and the records ledger."""
+
+    def __init__(self, binary: str, ledger: RestoredLedger) -> None:
+        self.binary = binary
+        self.ledger = ledger
+
+
+class CriuContainer(Container):
+    """A `Container` whose restores are CRIU's alone (see the module docstring); `start`
+    without images runs `runc run` as `Container` does."""
+
+    def __init__(self, runc: Runc, container_id: str, bundle: Path, engine: CriuEngine) -> None:
+        super().__init__(runc, container_id, bundle)
+        self.engine = engine
+        self.config: dict[str, Any] | None = None
+        self.pid: int | None = None  # the restored init's host pid
+        self._restoring = False
+        self._criu: asyncio.subprocess.Process | None = None
+        self._pidfd: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._streams: tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader] | None = None
+        self._root_mounted: str | None = None
+
+    @property
+    def cgroup(self) -> str:
+        assert self.config is not None
+        return str(self.config["linux"]["cgroupsPath"])
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        return self._streams[0] if self._streams is not None else super().stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        return self._streams[1] if self._streams is not None else super().stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        return self._streams[2] if self._streams is not None else super().stderr
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        super().write_config(config)
+        self.config = config
+
+    async def start(self, restore_from: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
+        """`Container.start` for a fresh container; for a restore, CRIU restores the images in
+        `restore_from` (its environment: ours plus `environ`) and this returns once the
+        restored process runs, or once CRIU failed (the container then reads as exited, with
+        CRIU's exit status, and its log is ``restore.log`` in the bundle, as with runc)."""
+        if restore_from is None:
+            await super().start(None, environ)
+            return
+        if self._killed:
+            raise ServiceError(f"sandbox start failed at step 'restore' for {self.id}: the container was already killed")
+        assert self.config is not None, "write_config comes first"
+        self._restoring = True
+        self._exited = asyncio.get_running_loop().create_future()
+        try:
+            await self._restore(restore_from, environ or {})
+        except BaseException:
+            self._abort()
+            raise
+        if self._killed:
+            self._abort()
+            raise ServiceError(f"sandbox start failed at step 'restore' for {self.id}: killed while restoring")
+
+    async def _restore(self, images: Path, environ: Mapping[str, str]) -> None:
+        assert self.config is not None and self._exited is not None
+        loop = asyncio.get_running_loop()
+        step = "record"
+        self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle)))
+        to_close: list[int] = []
+        ours: list[int] = []
+        try:
+            step = "cgroup"
+            create_v1(self.cgroup, limits_of(self.config))
+            step = "rootfs"
+            root = str(self.config["root"]["path"])
+            _mount_bind(root, root)
+            self._root_mounted = root
+            step = "images"
+            pipe_keys = json.loads((images / "descriptors.json").read_text())
+            images_fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            to_close.append(images_fd)
+            work_fd = os.open(self.bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            to_close.append(work_fd)
+            step = "network"
+            netns = netns_path(self.config)
+            netns_fd = None
+            if netns is not None:
+                netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                to_close.append(netns_fd)
+            step = "stdio"
+            stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+            stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+            stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+            to_close += [stdin_r, stdout_w, stderr_w]
+            ours += [stdin_w, stdout_r, stderr_r]
+            client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            to_close.append(server.detach())
+            client.setblocking(False)
+            step = "exec criu"
+            server_fd = to_close[-1]
+            self._criu = await asyncio.create_subprocess_exec(
+                self.engine.binary, "swrk", str(server_fd),
+                stdin=stdin_r, stdout=stdout_w, stderr=stderr_w,
+                pass_fds=(server_fd, *([netns_fd] if netns_fd is not None else [])),
+                start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},
+            )
+            step = "move criu into the cgroup"
+            attach_v1(self.cgroup, self._criu.pid)
+            roots = parse_proc_cgroup(Path(f"/proc/{self._criu.pid}/cgroup").read_text())
+            request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd, roots)
+            for fd in (stdin_r, stdout_w, stderr_w, server_fd):  # CRIU holds them now
+                os.close(fd)
+                to_close.remove(fd)
+            step = "criu swrk"
+            with client:
+                await loop.sock_sendall(client, request.encode())
+                answer = await loop.sock_recv(client, RESPONSE_MAX)
+            response = criu_rpc.decode_response(answer) if answer else None
+            status = await self._criu.wait()
+            if response is not None and response.success and response.pid:
+                self.pid = response.pid
+                self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle), self.pid))
+                self._pidfd = os.pidfd_open(self.pid)
+                loop.add_reader(self._pidfd, self._reap)
+            else:
+                why = (f"errno {response.errno}: {response.errmsg}" if response is not None else "no answer")
+                logger.info("container %s: CRIU restore failed (%s, exit %s)", self.id, why, status)
+                self._exited.set_result(status or 1)
+        except OSError as exc:
+            raise ServiceError(f"sandbox start failed at step '{step}' for {self.id}: {exc}") from exc
+        except criu_rpc.RpcDecodeError as exc:
+            raise ServiceError(f"sandbox start failed at step 'criu swrk' for {self.id}: {exc}") from exc
+        finally:
+            for fd in to_close:
+                os.close(fd)
+            if self._root_mounted is not None:  # the restored mount namespace holds its own copy
+                _unmount(self._root_mounted)
+                self._root_mounted = None
+        self._streams = await self._open_streams(*ours)
+
+    @staticmethod
+    async def _open_streams(stdin_w: int, stdout_r: int, stderr_r: int
+                            ) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:
+        loop = asyncio.get_running_loop()
+        readers = []
+        for fd in (stdout_r, stderr_r):
+            reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), open(fd, "rb", 0))
+            readers.append(reader)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, open(stdin_w, "wb", 0))
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        return writer, readers[0], readers[1]
+
+    def _reap(self) -> None:
+        """The pidfd is readable: the restored init exited; reap it."""
+        assert self._pidfd is not None and self.pid is not None and self._exited is not None
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8  # reaped elsewhere: its status is lost
+        if pid == 0:
+            return
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        if not self._exited.done():
+            self._exited.set_result(exit_status(status))
+
+    def init_pid(self) -> int | None:
+        return self.pid if self._restoring else super().init_pid()
+
+    async def wait(self) -> int:
+        if not self._restoring:
+            return await super().wait()
+        assert self._exited is not None
+        return await asyncio.shield(self._exited)
+
+    async def kill(self) -> None:
+        """SIGKILL the container and wait until it is gone, its cgroup and bundle removed; idempotent."""
+        if not self._restoring:
+            await super().kill()
+            return
+        if self._killed:
+            return
+        self._killed = True
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        if self._criu is not None and self._criu.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._criu.kill()
+        if self._exited is not None and self.pid is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited), timeout=10)
+            except TimeoutError:
+                logger.warning("container %s: pid %s did not exit within 10 s of SIGKILL", self.id, self.pid)
+        if self._criu is not None:
+            await self._criu.wait()
+        await asyncio.to_thread(self._teardown)
+
+    def _abort(self) -> None:
+        """A restore that raised (or was killed meanwhile): end CRIU and whatever it restored."""
+        self._killed = True
+        if self._criu is not None and self._criu.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._criu.kill()
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        if self._exited is not None and not self._exited.done() and self.pid is None:
+            self._exited.set_result(1)
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Kill what is left in the container's cgroup, remove the cgroup, the bundle and the record."""
+        if self._root_mounted is not None:
+            _unmount(self._root_mounted)
+            self._root_mounted = None
+        survivors = kill_cgroup(self.cgroup)
+        if survivors:
+            logger.warning("container %s: pids %s survived SIGKILL", self.id, survivors)
+        for failure in remove_cgroup(self.cgroup):
+            logger.warning("container %s: cgroup cleanup failed at step %s", self.id, failure)
+        try:
+            remove_tree(self.bundle)
+        except OSError as exc:
+            logger.warning("container %s: bundle cleanup failed: %s", self.id, exc)
+        if not survivors:
+            self.engine.ledger.remove(self.id)

@@ -1,0 +1,184 @@
+"""SnapStart restores with ``--restore-engine criu``: the daemon drives CRIU itself, no runc
+process per restore. Restore and invoke, concurrent restores, teardown leaving no process,
+cgroup or mount behind, a daemon killed with SIGKILL and restarted ending what it restored, and
+the sandbox's isolation (user namespace, seccomp, cgroup limits, own network namespace) intact.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapfaas.sandbox.cgroup import CGROUP_ROOT, daemon_cgroup
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
+from tests.e2e.snapstart_support import SNAPSTART, assert_restored, assert_warm, publish, wait_for
+
+APP = """
+import os, socket, uuid
+from snapshot_restore_py import register_after_restore
+
+ENV = {"id": None}
+with open("/tmp/init-marker", "w") as f:
+    f.write("from init")
+
+
+@register_after_restore
+def fresh_id():
+    ENV["id"] = uuid.uuid4().hex
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].split()
+    return []
+
+
+def handler(event, context):
+    with open("/proc/self/uid_map") as f:
+        uid_map = f.read().split()
+    with open("/proc/self/cgroup") as f:
+        cgroups = f.read()
+    try:
+        socket.create_connection(("127.0.0.1", 9000), timeout=1).close()
+        host_loopback = "reached"
+    except OSError as exc:
+        host_loopback = type(exc).__name__
+    return {
+        "env_id": ENV["id"],
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "uid_map": uid_map,
+        "seccomp": status("Seccomp"),
+        "no_new_privs": status("NoNewPrivs"),
+        "cap_eff": status("CapEff"),
+        "marker": open("/tmp/init-marker").read(),
+        "cgroups": cgroups,
+        "interfaces": sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else None,
+        "host_loopback": host_loopback,
+    }
+"""
+
+
+@pytest.fixture(scope="module")
+def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    require_root()
+    base = tmp_path_factory.mktemp("engine")
+    yield from run_server(processes, base, ["--keep-alive", "60", "--restore-engine", "criu"])
+
+
+@pytest.fixture(scope="module")
+def fn(lam) -> str:  # type: ignore[no-untyped-def]
+    create(lam, "engine", {"app.py": APP}, SnapStart=SNAPSTART, Timeout=15, MemorySize=256)
+    publish(lam, "engine")
+    return "engine"
+
+
+def daemon_tree(server: ServerHandle) -> Path:
+    return CGROUP_ROOT / "pids" / daemon_cgroup(server.data_dir / "runc").lstrip("/")
+
+
+def live_pids(server: ServerHandle) -> list[int]:
+    """Processes in the daemon's environment cgroups."""
+    root = daemon_tree(server)
+    out: list[int] = []
+    if root.is_dir():
+        for dirpath, _, files in os.walk(root):
+            if "cgroup.procs" in files:
+                out += [int(p) for p in (Path(dirpath) / "cgroup.procs").read_text().split()]
+    return out
+
+
+def environment_cgroups(server: ServerHandle) -> list[str]:
+    root = daemon_tree(server)
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def records(server: ServerHandle) -> list[str]:
+    return sorted(p.name for p in (server.data_dir / "restored").glob("*.json"))
+
+
+def bundle_mounts(server: ServerHandle) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if "/bundles/" in line.split()[4] and server.data_dir.name in line]
+
+
+def test_restore_and_invoke_without_runc(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    response, body = invoke_json(lam, fn, {}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    assert body["marker"] == "from init"  # /tmp came back from the snapshot
+    assert body["env_id"]  # the after-restore hook ran
+    assert server.runc_containers() == []  # runc does not know the restored container
+    assert len(records(server)) == 1  # ... the daemon's record does
+    again, second = invoke_json(lam, fn, {}, Qualifier="1", LogType="Tail")
+    assert_warm(again["LogResult"])
+    assert second["env_id"] == body["env_id"]
+
+
+def test_restored_environment_keeps_the_isolation(lam, fn: str) -> None:  # type: ignore[no-untyped-def]
+    _, body = invoke_json(lam, fn, {}, Qualifier="1")
+    assert body["uid"] == 1000
+    assert body["uid_map"][0] == "0" and body["uid_map"][1] != "0"  # an id-mapped user namespace
+    assert body["seccomp"] == ["2"]  # filter mode
+    assert body["no_new_privs"] == ["1"]
+    assert int(body["cap_eff"][0], 16) == 0
+    assert body["pid"] == 1 or body["pid"] < 10  # its own pid namespace
+    assert body["host_loopback"] != "reached"
+    memory = [line for line in body["cgroups"].splitlines() if ":memory:" in line]
+    assert memory  # in a memory cgroup (its path is hidden or relative inside the container)
+
+
+def test_restored_cgroup_has_runcs_limits(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    invoke_json(lam, fn, {}, Qualifier="1")
+    envs = environment_cgroups(server)
+    assert envs
+    memory = CGROUP_ROOT / "memory" / daemon_cgroup(server.data_dir / "runc").lstrip("/")
+    limits = {int((memory / env / "sandbox" / "memory.limit_in_bytes").read_text()) for env in envs
+              if (memory / env / "sandbox").is_dir()}
+    assert limits == {256 * 1024 * 1024}
+    devices = CGROUP_ROOT / "devices" / daemon_cgroup(server.data_dir / "runc").lstrip("/")
+    for env in envs:
+        listed = (devices / env / "sandbox" / "devices.list").read_text().split("\n")
+        assert "a *:* rwm" not in listed  # not everything allowed
+
+
+def test_concurrent_restores(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: invoke_json(lam, fn, {}, Qualifier="1"), range(4)))
+    ids = {body["env_id"] for _, body in results}
+    assert all("FunctionError" not in response for response, _ in results), results
+    assert len(ids) >= 2
+
+
+def test_teardown_leaves_nothing(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    invoke_json(lam, fn, {}, Qualifier="1")
+    lam.delete_function(FunctionName=fn, Qualifier="1")  # retires the version's environments
+    wait_for(lambda: not live_pids(server) and not records(server), 30, "restored environments to end")
+    wait_for(lambda: not environment_cgroups(server), 30, "environment cgroups to be removed")
+    assert bundle_mounts(server) == []
+
+
+def test_daemon_killed_then_restarted_ends_what_it_restored(lam, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    create(lam, "engine2", {"app.py": APP}, SnapStart=SNAPSTART, Timeout=15)
+    publish(lam, "engine2")
+    _, body = invoke_json(lam, "engine2", {}, Qualifier="1")
+    assert body["env_id"]
+    assert records(server)
+    pids = live_pids(server)
+    assert pids
+    server.restart(signal.SIGKILL)
+    assert records(server) == []
+    assert [p for p in pids if os.path.exists(f"/proc/{p}")] == []
+    assert environment_cgroups(server) == []
+    lam2 = server.client()
+    response, again = invoke_json(lam2, "engine2", {}, Qualifier="1", LogType="Tail")
+    assert_restored(response["LogResult"])
+    assert json.dumps(again)

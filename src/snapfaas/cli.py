@@ -478,8 +478,8 @@ def _json(data: Any) -> str:
 
 
 @main.command()
-@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "blink", "store", "loading", "network", "events",
-                                           "clients", "load", "cluster"]),
+@click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "blink", "engine", "store", "loading", "network",
+                                           "events", "clients", "load", "cluster"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -529,6 +529,13 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         result = blink.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None,
                            requests=requests or 400)
         _write_results(out, "blink", result, blink.markdown(result))
+    if suite == "engine":  # --restore-engine runc vs criu, A/B (not part of "all": blink measures the default)
+        from snapfaas.bench import engine as engine_bench
+
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = engine_bench.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None)
+        _write_results(out, "engine", result, engine_bench.markdown(result))
     if suite == "store":  # snapshot store: sizes, dedup across versions, restores by tier (not part of "all": slow)
         from snapfaas.bench import store
 

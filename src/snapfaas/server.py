@@ -48,6 +48,7 @@ from snapfaas.sandbox import ids
 from snapfaas.sandbox.cgroup import is_v1
 from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.criu_container import CriuEngine
+from snapfaas.sandbox import restored
 from snapfaas.sandbox.restored import RestoredLedger
 from snapfaas.sandbox.interpreter import InterpreterRegistry
 from snapfaas.sandbox.network import NetworkPool
@@ -143,7 +144,7 @@ class Server:
         runc = Runc(cfg.data_dir / "runc", cfg.runc_binary)
         self.say(f"sandbox dir: {cfg.sandbox_dir}")
         self.say(f"runc: {runc.check()}")
-        ledger = RestoredLedger(cfg.data_dir / "restored")
+        ledger = RestoredLedger(cfg.data_dir / restored.DIRECTORY)
         ended = ledger.reap_leftovers()  # before runc's cleanup removes the cgroups they run in
         if ended:
             self.say(f"Ended {len(ended)} restored container(s) left by a previous run.")

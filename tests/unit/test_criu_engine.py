@@ -115,3 +115,29 @@ def test_records_round_trip_and_reap(tmp_path: Path) -> None:
     ledger.write(record)
     ledger.remove("sf-1")
     assert ledger.records() == []
+
+
+def _row(e2e: float, restore: float, total: float) -> dict:
+    parts = {"daemon": 1.0, "runc & helpers": 2.0, "CRIU": 3.0, "runtime": 4.0, "total": total}
+    return {"restore_e2e_ms": {"median": e2e}, "restore_duration_ms": {"median": restore},
+            "cpu": {"per_restore_ms": parts, "runc_by_command_ms": {"runc restore": 20.0}}}
+
+
+def test_engine_bench_ratios_and_markdown() -> None:
+    from snapfaas.bench import engine as engine_bench
+
+    rows = {"runc": _row(100.0, 80.0, 90.0), "criu": _row(75.0, 60.0, 45.0)}
+    assert engine_bench.compare(rows) == {"restore_e2e": 0.75, "restore_duration": 0.75, "cpu_total": 0.5}
+    rows["criu_over_runc"] = engine_bench.compare(rows)
+    text = engine_bench.markdown({"timestamp": "T", "runs": 5, "cpu_batches": 3, "cpu_per_batch": 4,
+                                  "functions": {"torch": rows}})
+    assert "| torch | criu / runc | 0.75 | 0.75 | 0.5 |" in text
+    assert "runc restore 20.0" in text
+
+
+def test_cpu_split_takes_a_reaped_runtime_out_of_the_helpers() -> None:
+    from snapfaas.bench import cpu
+
+    batch = cpu.Counters(restores=1, wall_s=1.0, daemon_s=0.02, children_s=0.05, cgroup_ns=40_000_000, runtime_ns=30_000_000)
+    assert cpu.split(batch, 0.0)["runc & helpers"] == 40.0  # runc: the runtime is not the daemon's child
+    assert cpu.split(batch, 0.0, runtime_reaped=True)["runc & helpers"] == 10.0

@@ -48,6 +48,7 @@ from typing import Any
 
 from snapfaas.bench import runcwrap
 from snapfaas.sandbox.cgroup import CGROUP_ROOT, daemon_cgroup
+from snapfaas.sandbox.restored import live_records
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 COMPONENTS = ("daemon", "runc & helpers", "CRIU", "runtime")
@@ -133,9 +134,12 @@ def mean_threads(rows: list[dict[str, float]]) -> dict[str, float]:
     return {g: round(v, 2) for g, v in sorted(means.items(), key=lambda kv: -kv[1])}
 
 
-def split(batch: Counters, idle_daemon_rate: float) -> dict[str, float]:
+def split(batch: Counters, idle_daemon_rate: float, runtime_reaped: bool = False) -> dict[str, float]:
     """ms of CPU per restore by component (`COMPONENTS`) plus "total", from one batch.
     `idle_daemon_rate` is the daemon's CPU seconds per wall second when nothing happens.
+    `runtime_reaped`: the restored process is the daemon's own child (``--restore-engine criu``:
+    CRIU restores it as the daemon's child, which reaps it), so the daemon's children figure
+    holds the runtime's CPU too and it is taken out of "runc & helpers" (there: helpers only).
     A part that comes out negative (tick rounding on a tiny figure) is clamped to 0."""
     n = batch.restores
     if n <= 0:
@@ -144,7 +148,7 @@ def split(batch: Counters, idle_daemon_rate: float) -> dict[str, float]:
     cgroup = batch.cgroup_ns / 1e6 / n
     runtime = batch.runtime_ns / 1e6 / n
     criu = max(0.0, cgroup - runtime)
-    runc = max(0.0, batch.children_s * 1000 / n - criu)
+    runc = max(0.0, batch.children_s * 1000 / n - criu - (runtime if runtime_reaped else 0.0))
     parts = {"daemon": daemon, "runc & helpers": runc, "CRIU": criu, "runtime": runtime}
     parts["total"] = sum(parts.values())
     return {k: round(v, 2) for k, v in parts.items()}
@@ -287,8 +291,10 @@ def daemon_children(pid: int) -> list[int]:
 
 
 def containers(state_dir: Path) -> int:
-    """Live containers: runc keeps one state directory per container."""
-    return sum(1 for entry in state_dir.iterdir() if entry.is_dir()) if state_dir.exists() else 0
+    """Live containers: runc keeps one state directory per container, and the daemon one record
+    per container it restored without runc (`sandbox.restored`, beside the runc state)."""
+    runc = sum(1 for entry in state_dir.iterdir() if entry.is_dir()) if state_dir.exists() else 0
+    return runc + len(live_records(state_dir.parent))
 
 
 def settled(pid: int, state_dir: Path) -> Callable[[], bool]:
@@ -339,9 +345,11 @@ def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[]
 
 
 def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Callable[[], bool],
-            batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0, runc_log: Path | None = None) -> dict[str, Any]:
+            batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0, runc_log: Path | None = None,
+            runtime_reaped: bool = False) -> dict[str, Any]:
     """CPU per restore by component: the median over `batches` batches of `per_batch`
-    restores, each batch preceded by its own idle-rate window; the batches' figures are kept."""
+    restores, each batch preceded by its own idle-rate window; the batches' figures are kept.
+    `runtime_reaped`: see `split`."""
     rows = []
     for _ in range(batches):
         wait_for(settled, 120, "the daemon's environments to be torn down")
@@ -350,7 +358,7 @@ def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Cal
         raw = {"wall_s": round(batch.wall_s, 2), "daemon_ms": round(batch.daemon_s * 1000, 1),
                "children_ms": round(batch.children_s * 1000, 1), "cgroup_ms": round(batch.cgroup_ns / 1e6, 1),
                "runtime_ms": round(batch.runtime_ns / 1e6, 1), "runc_calls": batch.runc_calls}
-        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
+        rows.append({**split(batch, rate, runtime_reaped), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
                      "daemon_threads_ms": daemon_threads_ms(batch), "runc_by_command_ms": runc_by_command(batch)})
     parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
     by_command = [row["runc_by_command_ms"] for row in rows if row["runc_by_command_ms"] is not None]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.config import bundles_for, snapshot_cache_for
+from snapfaas.bench import cpu
 from snapfaas.bench.floor import restore_floor
 from snapfaas.bench.harness import PrivateServer, bench_runtime_args, timed_invoke
 from snapfaas.client import Connection
@@ -89,8 +90,7 @@ class Bench:
     def containers(self) -> int:
         """Live containers: runc keeps one state directory per container (no `runc list`, which
         fails when a container disappears while it reads the states)."""
-        state = self.server.data_dir / "runc"
-        return sum(1 for entry in state.iterdir() if entry.is_dir()) if state.exists() else 0
+        return cpu.containers(self.server.data_dir / "runc")
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Wait until keep-alive reclaimed every environment (so the next invoke is a new one)."""

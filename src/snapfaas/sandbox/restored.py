@@ -24,6 +24,13 @@ from snapfaas.sandbox.cgroup import remove as remove_cgroup
 
 logger = logging.getLogger(__name__)
 KILL_WAIT_S = 10.0
+DIRECTORY = "restored"  # under the data dir
+
+
+def live_records(data_dir: Path) -> list[Path]:
+    """The record files of containers a daemon with `data_dir` restored and has not ended."""
+    directory = data_dir / DIRECTORY
+    return sorted(directory.glob("*.json")) if directory.is_dir() else []
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,9 +130,10 @@ def remove(cgroup: str, root: Path = CGROUP_ROOT) -> list[str]:
 # -- cgroup v1 containers set up without runc (sandbox/criu_container.py) ----------------------
 
 # runc 1.1's default device rules for a container (libcontainer/specconv AllowedDevices):
-# mknod of anything, and the standard character devices and ptys.
+# mknod of anything, the standard character devices, ptys and tun (as devices.list of a runc
+# 1.1.5 container reads here).
 DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:8 rwm", "c 1:7 rwm", "c 5:0 rwm", "c 1:5 rwm",
-                "c 1:9 rwm", "c 136:* rwm", "c 5:2 rwm")
+                "c 1:9 rwm", "c 136:* rwm", "c 5:2 rwm", "c 10:200 rwm")
 
 
 def is_v1(root: Path = CGROUP_ROOT) -> bool:
@@ -150,9 +151,9 @@ class Limits:
 
 
 def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
-    """The v1 hierarchies a container joins: every controller plus the named systemd one (not
-    the hybrid host's unified v2 tree, which runc's v1 manager leaves alone too)."""
-    return [h for h in hierarchies(root) if h.name != "unified"]
+    """The hierarchies a container joins on a v1 host, as runc's v1 manager does: every
+    controller, the named systemd one and, on a hybrid host, the unified v2 tree."""
+    return hierarchies(root)
 
 
 def _ensure_cpuset(hierarchy: Path, rel: str) -> None:

@@ -83,6 +83,52 @@ def memory_stats(cgroup: str) -> MemoryStats | None:
     return None
 
 
+def peak_file(cgroup: str, root: Path = CGROUP_ROOT) -> Path | None:
+    """The file holding `cgroup`'s peak memory (cgroup v1 or v2), or None if the cgroup is gone."""
+    rel = cgroup.lstrip("/")
+    for path in (root / "memory" / rel / "memory.max_usage_in_bytes", root / rel / "memory.peak",
+                 root / "unified" / rel / "memory.peak"):
+        if path.is_file():
+            return path
+    return None
+
+
+class PeakMemory:
+    """The peak memory of one cgroup, read per invoke with one ``pread(2)`` on a descriptor
+    kept open between reads (a cgroup file regenerates its content at offset 0), instead of
+    a lookup, open, read and close each time.
+
+    The file is found and opened at the first read; `bytes` returns None while the cgroup
+    does not exist (yet, or any more: a read of a removed cgroup's file fails and the
+    descriptor is closed). `close` is idempotent; the owner calls it before removing the
+    cgroup. Not thread-safe (one environment, on the event loop)."""
+
+    def __init__(self, cgroup: str, root: Path = CGROUP_ROOT) -> None:
+        self.cgroup = cgroup
+        self.root = root
+        self._fd: int | None = None
+
+    def bytes(self) -> int | None:
+        if self._fd is None:
+            path = peak_file(self.cgroup, self.root)
+            if path is None:
+                return None
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            return int(os.pread(self._fd, 64, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
 def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
     """Every mounted cgroup hierarchy: the v2 root, or each v1 controller (plus systemd/unified)."""
     if (root / "cgroup.controllers").exists():

@@ -34,7 +34,7 @@ from typing import Any
 
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import protocol
-from snapfaas.sandbox.cgroup import MemoryStats, memory_stats
+from snapfaas.sandbox.cgroup import MemoryStats, PeakMemory, memory_stats
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import Container
 from snapfaas.worker.channel import Frame, FrameDecoder, FrameRejected, LineSplitter, TailBuffer
@@ -140,6 +140,7 @@ class Environment:
         self.container = container
         self.logs = logs
         self.cgroup = cgroup
+        self._peak = PeakMemory(cgroup)
         self.clock = clock
         self.state = EnvState.STARTING
         self.stream = log_stream_name(version.version, env_id)
@@ -348,11 +349,12 @@ class Environment:
 
     def max_memory_mb(self) -> int:
         """Peak memory in MB (rounded up), never more than MemorySize (charge batching can
-        push the cgroup's watermark a few pages past the limit); 0 when unknown."""
-        stats = memory_stats(self.cgroup)
-        if stats is None:
+        push the cgroup's watermark a few pages past the limit); 0 when unknown. One pread
+        of the environment's cgroup (`PeakMemory`)."""
+        peak = self._peak.bytes()
+        if peak is None:
             return 0
-        return min((stats.peak_bytes + (1 << 20) - 1) // (1 << 20), self.version.memory_size)
+        return min((peak + (1 << 20) - 1) // (1 << 20), self.version.memory_size)
 
     # -- protocol --------------------------------------------------------------------------
     async def send(self, kind: str, payload: bytes = b"", **fields: Any) -> None:
@@ -390,6 +392,7 @@ class Environment:
         await self.container.kill()
         if self.network is not None:
             await self.network.close()
+        self._peak.close()
         for failure in remove_cgroup(self.cgroup):
             logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)
         for task in self._readers:

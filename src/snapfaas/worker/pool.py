@@ -899,21 +899,23 @@ class Worker:
 
     def _failed(self, env: Environment, request: InvokeRequest, started: float, error_type: str, error: dict[str, object]) -> InvokeOutcome:
         duration = (time.monotonic() - started) * 1000
+        memory_mb = env.max_memory_mb()
         env.log(
             f"START RequestId: {request.request_id} Version: {env.version.version}\n",
             f"END RequestId: {request.request_id}\n",
-            self._report(env, request.request_id, duration, None, status=error_type),
+            self._report(env, request.request_id, duration, None, memory_mb, status=error_type),
         )
         return InvokeOutcome(json.dumps(error).encode(), "Unhandled", env.end_capture(), duration, None,
-                             env.max_memory_mb(), env.id)
+                             memory_mb, env.id)
 
     def _report(self, env: Environment, request_id: str, duration_ms: float, phase: Phase | None,
-                status: str | None = None) -> str:
+                memory_mb: int, status: str | None = None) -> str:
+        """The REPORT line; `memory_mb` is `env.max_memory_mb()`, read once per invoke by the caller."""
         parts = [
             f"REPORT RequestId: {request_id}",
             *billing.report_fields(duration_ms, phase),
             f"Memory Size: {env.version.memory_size} MB",
-            f"Max Memory Used: {env.max_memory_mb()} MB",
+            f"Max Memory Used: {memory_mb} MB",
             *billing.phase_fields(phase),
         ]
         if status is not None:
@@ -974,10 +976,12 @@ class Worker:
         duration = (time.monotonic() - started) * 1000
         if healthy and len(payload) > self.factory.config.limits.response_bytes:  # not read past the limit: defensive
             payload, function_error, healthy = self._too_large(), "Unhandled", False
-        env.log(f"END RequestId: {request.request_id}\n", self._report(env, request.request_id, duration, phase, error_type))
+        memory_mb = env.max_memory_mb()
+        env.log(f"END RequestId: {request.request_id}\n",
+                self._report(env, request.request_id, duration, phase, memory_mb, error_type))
         init_ms = phase.ms if phase is not None and not phase.is_restore else None
         restore_ms = phase.ms if phase is not None and phase.is_restore else None
-        return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, env.max_memory_mb(), env.id,
+        return InvokeOutcome(payload, function_error, env.end_capture(), duration, init_ms, memory_mb, env.id,
                              restore_ms), healthy
 
 

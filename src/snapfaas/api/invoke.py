@@ -47,7 +47,7 @@ async def _forward(request: web.Request, name: str, qualifier: str | None) -> we
     assert cluster is not None
     registry = svc.registry
     try:
-        version, _ = registry.resolve(name, qualifier)
+        version, _ = svc.invoker.lookups.resolve(name, qualifier)
     except SnapfaasError:
         return None  # not found, bad qualifier...: answered here, as a local invoke would
     key = f"{registry.function_arn(name)}:{version.version}"

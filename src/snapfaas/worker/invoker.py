@@ -20,6 +20,7 @@ from pathlib import Path
 from snapfaas.config import Limits
 from snapfaas.errors import Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
 from snapfaas.registry.db import Registry
+from snapfaas.registry.lookups import InvokeLookups
 from snapfaas.registry.model import LATEST, FunctionVersion, State
 from snapfaas.worker.async_invocations import AsyncInvocations, EventSettings
 from snapfaas.worker.environment import InvokeRequest
@@ -46,6 +47,8 @@ class Invoker:
         self.registry = registry
         self.worker = worker
         self.limits = limits
+        self.lookups = InvokeLookups(registry)  # an invoke's registry reads, kept until the function changes
+        self.lookups.attach()
         self.events = AsyncInvocations(self, events_db, logs, event_settings or EventSettings())
 
     async def start(self) -> None:
@@ -53,17 +56,18 @@ class Invoker:
 
     async def close(self) -> None:
         await self.events.close()
+        self.lookups.detach()
 
     def resolve(self, name: str, qualifier: str | None) -> tuple[FunctionVersion, str]:
         """The version to run and the ARN as invoked (alias ARN when called through an alias)."""
         try:
-            version, alias = self.registry.resolve(name, qualifier)
+            version, alias = self.lookups.resolve(name, qualifier)
         except NotFound as exc:
             raise NotFound(f"Function not found: {self.registry.function_arn(name, qualifier or LATEST)}") from exc
         if alias is not None and alias.routing:
             extra, weight = next(iter(alias.routing.items()))
             if random.random() < weight:
-                version = self.registry.get_version(name, extra)
+                version = self.lookups.version(name, extra)
         return version, self.registry.function_arn(name, qualifier)
 
     def check_ready(self, version: FunctionVersion) -> None:
@@ -79,7 +83,7 @@ class Invoker:
     def refuse_failed(self, name: str, qualifier: str | None) -> None:
         """An event is accepted for a Pending, Inactive or re-creating version (it waits until
         the version is ready) but not for a Failed one: refused as a synchronous invoke is."""
-        version, _ = self.registry.resolve(name, qualifier)
+        version, _ = self.lookups.resolve(name, qualifier)
         if version.state == State.FAILED:
             raise Conflict("The operation cannot be performed at this time. The function is currently in the "
                            "following state: " + version.state.value)
@@ -117,12 +121,12 @@ class Invoker:
             await self.events.accept(request_id, name, qualifier, payload)
             return InvokeResult(202, b"", request_id)
         self.check_ready(version)
-        info = self.registry.function_info(name)
+        reserved = self.lookups.reserved_concurrency(name)
         self.touch(version)
         outcome = await self.worker.invoke(
             version,
             InvokeRequest(request_id, payload, invoked_arn, float(version.timeout), context),
-            info.reserved_concurrency,
+            reserved,
         )
         tail_text = None
         if tail:

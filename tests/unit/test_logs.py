@@ -97,3 +97,38 @@ def test_an_entry_spanning_lines_reads_back_as_one(tmp_path: Path) -> None:
     assert lines[0].endswith("\tfailed\rTraceback (most recent call last):\r  x")
     assert lines[1].endswith("\tafter")
     assert store.read("empty") == []
+
+
+def test_lines_are_written_in_one_batch_and_readers_do_not_wait_for_the_batch_delay(tmp_path: Path,
+                                                                                   monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store = LogStore(tmp_path, quiet_s=3600, max_delay_s=3600)  # the writer would batch for an hour
+    writes: list[int] = []
+    real = store._append_file
+    monkeypatch.setattr(store, "_append_file", lambda function, lines: (writes.append(len(lines)), real(function, lines)))
+    for i in range(20):
+        store.append("f", "s", [f"line {i}\n"])
+    lines = store.read("f")  # asks for an immediate write
+    assert [line.split("\t")[2] for line in lines] == [f"line {i}" for i in range(20)]
+    assert writes == [20], "queued appends are written together"
+    store.close()
+
+
+def test_followers_get_every_line_and_close_writes_what_is_queued(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, quiet_s=3600, max_delay_s=3600)
+    got: list[str] = []
+    ended = threading.Event()
+    _, stop = store.follow("f", lambda lines: got.extend(lines) if lines is not None else ended.set())
+    for i in range(5):
+        store.append("f", "s", [f"line {i}\n"])
+    store.close()  # does not wait for the batch delay
+    assert ended.is_set()
+    assert [line.split("\t")[2] for line in got] == [f"line {i}" for i in range(5)]
+    assert len(store.path("f").read_text().splitlines()) == 5
+    stop()
+
+
+def test_utc_stamp_format() -> None:
+    from snapfaas.worker.logs import utc_stamp
+    assert utc_stamp(1_700_000_000.123) == "2023-11-14T22:13:20.123Z"
+    assert utc_stamp(1_700_000_001.5) == "2023-11-14T22:13:21.500Z"
+    assert utc_stamp(1_700_000_000.0) == "2023-11-14T22:13:20.000Z"

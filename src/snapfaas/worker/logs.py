@@ -12,11 +12,18 @@ The log stream is ``YYYY/MM/DD/[<version>]<environment id>`` as on Lambda.
 Bounds: a file is rotated to ``<function>.log.1`` (replacing the previous generation) before
 it would grow past `max_bytes`, so a function's log takes at most twice that on disk.
 Writes leave the caller's thread (the event loop): `append` queues the lines for one writer
-thread; the queue holds at most `queue_bytes` (a function flooding stderr cannot make the
+thread, which writes in batches: once lines are queued it waits until appends have been quiet
+for `quiet_s` (10 ms) or the oldest queued line has waited `max_delay_s` (50 ms), whichever
+comes first, then writes everything queued in one go (one file write per function, one
+thread wake-up per batch instead of per line). So a SIGKILL of the daemon (or a power cut)
+loses at most the last ~50 ms of log lines; a clean shutdown (`close`) writes everything.
+`read`, `follow` and `delete` do not wait for the batch delay (they ask for an immediate
+write). The queue holds at most `queue_bytes` (a function flooding stderr cannot make the
 daemon buffer more), lines that do not fit are dropped and counted, and once the queue has
 drained the writer adds one ``N log lines dropped`` line per function that lost some.
 `read` and `delete` first wait for everything appended before them to be written.
-`follow` hands each function's lines, as written, to readers that follow the log live.
+`follow` hands each function's lines, as written (so up to `max_delay_s` after they were
+appended), to readers that follow the log live: every line reaches them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,12 +43,24 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
 FLUSH_WAIT_S = 30.0  # a reader waits at most this long for the writer (a stuck disk must not hang it forever)
 LINE_OVERHEAD = 64  # bytes counted per queued line beyond its message (timestamp, stream, tabs)
+QUIET_S = 0.010  # the writer writes once appends have paused this long...
+MAX_DELAY_S = 0.050  # ...or once the oldest queued line has waited this long
+
+
+_second: tuple[int, str] = (-1, "")  # (epoch second, its "YYYY-MM-DDTHH:MM:SS." text): one strftime per second
 
 
 def utc_stamp(epoch: float | None = None) -> str:
     """ISO 8601 UTC with milliseconds (``2026-11-30T12:00:00.123Z``) of `epoch`, or of now."""
-    now = dt.datetime.now(dt.timezone.utc) if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    global _second
+    if epoch is None:
+        epoch = time.time()
+    millis = int(epoch * 1000)
+    second, ms = divmod(millis, 1000)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, dt.datetime.fromtimestamp(second, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{ms:03d}Z"
 
 
 @dataclasses.dataclass
@@ -52,10 +72,13 @@ class _Batch:
 
 
 class LogStore:
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES,
+                 quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.queue_bytes = queue_bytes
+        self.quiet_s = quiet_s
+        self.max_delay_s = max_delay_s
         root.mkdir(parents=True, exist_ok=True)
         self._cond = threading.Condition()
         self._pending: collections.deque[_Batch] = collections.deque()
@@ -64,6 +87,10 @@ class LogStore:
         self._queued = 0  # batches accepted so far
         self._written = 0  # batches written (or failed) so far
         self._closed = False
+        self._last_append = 0.0  # monotonic time of the last queued batch
+        self._oldest = 0.0  # monotonic time the oldest queued batch was queued
+        self._idle = True  # the writer waits for a first line (only then does `append` wake it)
+        self._urgent = False  # a reader waits: write what is queued now, without the batch delay
         self._writer: threading.Thread | None = None
         self._files = threading.Lock()  # held while files change: writes, rotation, reads, deletes
         self._followers: dict[str, list[Callable[[list[str] | None], None]]] = {}  # guarded by _files
@@ -89,18 +116,25 @@ class LogStore:
                 count, _ = self._dropped.get(function, (0, stream))
                 self._dropped[function] = (count + len(lines), stream)
                 return
+            self._last_append = time.monotonic()
+            if not self._pending:
+                self._oldest = self._last_append
             self._pending.append(batch)
             self._pending_bytes += size
             self._queued += 1
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run, name="log-writer", daemon=True)
                 self._writer.start()
-            self._cond.notify_all()
+            if self._idle:  # while it batches, the writer wakes up by itself
+                self._cond.notify_all()
 
     def flush(self) -> None:
         """Wait until everything appended before this call is written (bounded by `FLUSH_WAIT_S`)."""
         with self._cond:
             target = self._queued
+            if self._written < target:
+                self._urgent = True
+                self._cond.notify_all()
             if not self._cond.wait_for(lambda: self._written >= target or self._writer is None, FLUSH_WAIT_S):
                 logger.warning("log flush gave up after %.0f s: the log writer is behind", FLUSH_WAIT_S)
 
@@ -172,7 +206,11 @@ class LogStore:
     def _run(self) -> None:
         while True:
             with self._cond:
+                self._idle = True
                 self._cond.wait_for(lambda: self._pending or self._dropped or self._closed)
+                self._idle = False
+                self._wait_batch()
+                self._urgent = False
                 if not self._pending and not self._dropped:  # closed and drained
                     self._writer = None
                     self._cond.notify_all()
@@ -191,6 +229,17 @@ class LogStore:
             with self._cond:
                 self._written = upto
                 self._cond.notify_all()
+
+    def _wait_batch(self) -> None:
+        """With `_cond` held and lines queued: wait until appends were quiet for `quiet_s` or
+        `max_delay_s` passed since the oldest queued line was queued, unless the store closes
+        or a reader asks for a write."""
+        while not (self._closed or self._urgent):
+            now = time.monotonic()
+            due = min(self._last_append + self.quiet_s, self._oldest + self.max_delay_s)
+            if now >= due:
+                return
+            self._cond.wait(due - now)
 
     def _write(self, batches: list[_Batch]) -> None:
         by_function: dict[str, list[bytes]] = {}

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,18 @@ class ServerHandle:
             aws_access_key_id=key, aws_secret_access_key=secret, verify=self.tls_cert,
             config=Config(retries={"total_max_attempts": 1}, read_timeout=120, **config),  # type: ignore[arg-type]
         )
+
+    def flush_logs(self, name: str) -> None:
+        """Have the server write every log line of function `name` appended so far (its log
+        writer batches lines for up to ~50 ms): a signed read of its log through the API does
+        that. For tests that then read the log file directly. An unknown function is fine."""
+        from snapfaas.client import Connection
+        connection = Connection(self.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+        try:
+            connection.signed_get(f"/snapfaas/v1/logs/{name}?limit=1")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
 
     def runc_containers(self) -> list[str]:
         """Container ids in the server's runc state. `runc list` fails when a container's state

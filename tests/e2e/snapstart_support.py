@@ -146,6 +146,7 @@ def assert_warm(log_result: str) -> dict[str, str]:
 def function_log(server: ServerHandle, name: str) -> list[tuple[str, str, str]]:
     """The function's log file as (version, environment id, message) entries; platform lines
     about a version's snapshot (stream ``snapshot/[<version>]``) have an empty environment id."""
+    server.flush_logs(name)
     path = server.data_dir / "logs" / f"{name}.log"
     entries = []
     text = path.read_bytes().decode(errors="replace") if path.exists() else ""

@@ -53,6 +53,7 @@ def lam(server: ServerHandle):  # type: ignore[no-untyped-def]
 
 # -- helpers ------------------------------------------------------------------------------------
 def log_text(server: ServerHandle, name: str) -> str:
+    server.flush_logs(name)
     path = server.data_dir / "logs" / f"{name}.log"
     return path.read_text(errors="replace") if path.exists() else ""
 

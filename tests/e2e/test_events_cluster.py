@@ -73,6 +73,7 @@ def counter(netpeer) -> Iterator[Counter]:  # type: ignore[no-untyped-def]
 
 def runs_on(handle: ServerHandle) -> int:
     """Invocations of the function this node ran (REPORT lines of its own function log)."""
+    handle.flush_logs("tick")
     log = handle.data_dir / "logs" / "tick.log"
     return log.read_text(errors="replace").count("\tREPORT RequestId: ") if log.exists() else 0
 

@@ -89,6 +89,7 @@ def runs(counter: Counter, ids: list[str]) -> list[int]:
 
 
 def log_text(server: ServerHandle, name: str) -> str:
+    server.flush_logs(name)
     path = server.data_dir / "logs" / f"{name}.log"
     return path.read_text(errors="replace") if path.exists() else ""
 

@@ -60,6 +60,7 @@ def intro(lam) -> str:  # type: ignore[no-untyped-def]
 
 
 def read_log(server: ServerHandle, name: str) -> str:
+    server.flush_logs(name)
     path = Path(server.data_dir) / "logs" / f"{name}.log"
     return path.read_text() if path.exists() else ""
 

@@ -492,6 +492,8 @@ def _json(data: Any) -> str:
               help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web, web-primed.")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
+@click.option("--tiers", default=None, metavar="TIER,...",
+              help="loading: only these tiers (memory, memory_cold, disk, origin, origin_cold; default: all).")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--events", "event_count", default=2000, show_default=True, type=int,
               help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
@@ -499,7 +501,7 @@ def _json(data: Any) -> str:
               help="cluster: an existing PostgreSQL database for the nodes (default: a private server is started).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
-          only: tuple[str, ...], runtime_python: Path, cold_cache: bool, event_count: int, registry_url: str | None,
+          only: tuple[str, ...], runtime_python: Path, tiers: str | None, cold_cache: bool, event_count: int, registry_url: str | None,
           out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
     from snapfaas.bench import events, mixed_traffic, network, platform, snapstart
@@ -548,7 +550,10 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
 
         if not runtime_python.exists():
             raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
-        result = loading.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None)
+        chosen = [t.strip() for t in tiers.split(",") if t.strip()] if tiers else None
+        if chosen and set(chosen) - set(loading.TIERS):
+            raise click.BadParameter(f"choose from {', '.join(loading.TIERS)}, got {tiers!r}", param_hint="--tiers")
+        result = loading.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None, tiers=chosen)
         _write_results(out, "loading", result, loading.markdown(result))
     if suite in ("all", "network"):
         result = network.run(say, runs=max(runs, 5))

@@ -193,13 +193,15 @@ def snapshot_dirs(server: ServerHandle, name: str, version: str) -> tuple[list[P
     """(manifests of the version's snapshots at the store origin, plaintext image dirs: the
     eager RAM cache's copies and the view's exposures). A manifest's file name is its snapshot
     id. The view's root is not listable: exposures are found by the ids of manifests and of
-    RAM cache copies."""
+    RAM cache copies. Lazy leases' local copies of the small images (marked ``.lazy``, page
+    images linked into the view) are not image dirs of their own: the exposure stands for them."""
     pattern = re.compile(re.escape(f"{name}-{version}-") + r"[0-9a-f]{12}")
 
     def matching(root: Path) -> list[Path]:
         return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.exists() else []
 
-    manifests, copies = matching(store_root(server) / "manifests"), matching(cache_root(server))
+    manifests = matching(store_root(server) / "manifests")
+    copies = [p for p in matching(cache_root(server)) if not (p / ".lazy").exists()]
     exposed = [view_root(server) / p.name for p in manifests if (view_root(server) / p.name).is_dir()]
     return manifests, sorted(copies + exposed)
 

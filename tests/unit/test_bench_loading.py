@@ -46,3 +46,25 @@ def test_report_fields_are_read_by_exact_name() -> None:
     cold = TimedInvoke(100.0, "REPORT RequestId: x\tDuration: 1.50 ms\tBilled Duration: 1071 ms\tInit Duration: 1069.62 ms\t",
                        "", None)
     assert cold.durations() == {"Init Duration": 1069.62, "Duration": 1.5}
+
+
+def test_markdown_of_a_run_of_some_tiers_has_only_their_columns() -> None:
+    result = _result()
+    chosen = ("memory", "memory_cold")
+    result["tiers"] = {tier: loading.TIER_LABELS[tier] for tier in chosen}
+    for figures in result["functions"]["torch"]["restore_e2e_ms"].values():
+        for tier in set(loading.TIERS) - set(chosen):
+            del figures[tier]
+    result["functions"]["torch"]["chunks_fetched"] = {name: {"median": 0, "min": 0, "max": 0}
+                                                      for name in ("eager", "lazy", "prefetch")}
+    table = loading.markdown(result)
+    assert loading.TIER_LABELS["origin"] not in table
+    rows = [line for line in table.splitlines() if line.startswith("| torch |")]
+    assert all(row.count(" | ") == len(chosen) + 2 and row.endswith("| – |") for row in rows)
+
+
+def test_a_run_refuses_an_unknown_tier() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown tier"):
+        loading.run(lambda _: None, "/nonexistent", tiers=["memory", "ram"])

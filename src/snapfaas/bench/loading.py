@@ -23,8 +23,9 @@ environment alive: nothing maps the snapshot). Before a sample, from outside the
   view's pages): the snapshot is still in RAM (eager: the tmpfs RAM cache; lazy: the chunk
   memory tier), as on a host that restored it before and whose page cache was reclaimed
   since. This is the situation the issue's "247 ms cold page cache" figure was measured in;
-* ``disk``: each server restarted (process memory and the view's page cache go; eager: its RAM
-  cache directory removed, as the vault evicts): chunks come from the local disk cache;
+* ``disk``: each server restarted (process memory and the view's page cache go; its RAM cache
+  directory removed, as the vault evicts: eager's whole copy, lazy's local copy of the small
+  images): chunks come from the local disk cache;
 * ``origin``: as ``disk``, and the disk cache's blobs unlinked: every chunk comes from the
   origin (a directory on the same disk); the blobs the disk cache holds after the sample are
   the distinct chunks that restore fetched ("chunks fetched");
@@ -33,6 +34,9 @@ environment alive: nothing maps the snapshot). Before a sample, from outside the
 
 After a restart each server answers one on-demand invoke of a small warm-up function first
 (runtimes prepared, network namespaces made), so the sample measures the restore, not start-up.
+
+``tiers`` (``snapfaas bench loading --tiers memory,memory_cold``) runs only some tiers: a
+torch run of the two memory tiers takes a few minutes instead of ~15 for everything.
 
 The machine this runs on has 2 cores shared with other work: absolute figures are noisy;
 compare the ratios of one run.
@@ -80,25 +84,26 @@ def ratios(restore: dict[str, dict[str, dict[str, float]]], base: str = "eager")
 
 
 def markdown(result: dict[str, Any]) -> str:
+    tiers = tuple(result.get("tiers") or TIER_LABELS)
     lines = [
         f"Restore loading benchmark ({result['timestamp']}, one run, {result['runs']} samples per cell, interleaved; "
         "median e2e ms of the first invoke of a new environment through boto3, min–max in brackets; "
         "ratio = cell / eager for the same tier; 2 shared cores, other work running)",
         "",
-        "| function | loading | " + " | ".join(TIER_LABELS[t] for t in TIERS) + " | chunks fetched from the origin |",
-        "|---|---|" + "---|" * (len(TIERS) + 1),
+        "| function | loading | " + " | ".join(TIER_LABELS[t] for t in tiers) + " | chunks fetched from the origin |",
+        "|---|---|" + "---|" * (len(tiers) + 1),
     ]
     for name, r in result["functions"].items():
         for loading in LOADINGS:
             cells = []
-            for tier in TIERS:
+            for tier in tiers:
                 figures = r["restore_e2e_ms"][loading][tier]
                 ratio = r["ratios_over_eager"].get(loading, {}).get(tier)
                 cells.append(f"{figures['median']} ({figures['min']}–{figures['max']})"
                              + (f" **{ratio}x**" if ratio is not None else ""))
             fetched = r["chunks_fetched"][loading]
             lines.append(f"| {name} | {LOADING_LABELS[loading]} | " + " | ".join(cells)
-                         + f" | {fetched['median']} of {r['chunks']} |")
+                         + (f" | {fetched['median']} of {r['chunks']} |" if fetched["max"] else " | – |"))
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +122,7 @@ def _sample(bench: Bench, name: str, snapshot_id: str, loading: str, tier: str) 
     bench.wait_idle()
     if tier in RESTARTED:
         server.stop()
-        if loading == "eager":
-            drop_ram_cache(server.sandbox, snapshot_id)
+        drop_ram_cache(server.sandbox, snapshot_id)  # eager: the snapshot; lazy: the local copy of its small images
         if tier.startswith("origin"):
             drop_disk_cache(cache_dir)
         server.start()
@@ -132,7 +136,13 @@ def _sample(bench: Bench, name: str, snapshot_id: str, loading: str, tier: str) 
     return elapsed, len(disk_blobs(cache_dir)) if tier.startswith("origin") else None
 
 
-def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: list[str] | None = None) -> dict[str, Any]:
+def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: list[str] | None = None,
+        tiers: list[str] | None = None) -> dict[str, Any]:
+    """Every reference function (or those in `only`), each tier of `TIERS` (or those in `tiers`)."""
+    unknown = set(tiers or ()) - set(TIERS)
+    if unknown:
+        raise ValueError(f"unknown tier(s) {', '.join(sorted(unknown))}: choose from {', '.join(TIERS)}")
+    chosen = tuple(tier for tier in TIERS if not tiers or tier in tiers)
     results: dict[str, Any] = {}
     with _servers(runtime_python) as servers:
         benches = {loading: Bench(server, say) for loading, server in servers.items()}
@@ -150,9 +160,9 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: li
                     bench.invoke(name, "1")
                     ids[loading] = _snapshot_ids(bench.server, name)["1"]
                 with_catalog = _snapshot_chunks(benches["eager"].server, ids["eager"])
-                e2e: dict[str, dict[str, list[float]]] = {loading: {tier: [] for tier in TIERS} for loading in LOADINGS}
+                e2e: dict[str, dict[str, list[float]]] = {loading: {tier: [] for tier in chosen} for loading in LOADINGS}
                 fetched: dict[str, list[int]] = {loading: [] for loading in LOADINGS}
-                for tier in TIERS:
+                for tier in chosen:
                     say(f"[{name}] {runs} restores per loading, {TIER_LABELS[tier]}")
                     for _ in range(runs):
                         for loading, bench in benches.items():
@@ -175,7 +185,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: li
             for bench in benches.values():
                 bench.close()
     return {"benchmark": "loading", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs,
-            "loadings": {k: " ".join(v) for k, v in LOADINGS.items()}, "tiers": dict(TIER_LABELS), "functions": results}
+            "loadings": {k: " ".join(v) for k, v in LOADINGS.items()}, "tiers": {t: TIER_LABELS[t] for t in chosen},
+            "functions": results}
 
 
 def _snapshot_chunks(server: PrivateServer, snapshot_id: str) -> int:

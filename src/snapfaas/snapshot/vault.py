@@ -6,14 +6,26 @@ Where a snapshot lives::
                                                                      manifest + 512 KiB chunks
                                                                           │
     lazy (default): lease = SnapshotView.expose ─► <view>/<snapshot-id>/ ◄┤ page faults and reads:
-                    (CRIU maps the pages images; nothing is copied first)  │ memory → disk → origin
+                    + <cache>/<snapshot-id>/ (small images; pages-*.img  │ memory → disk → origin
+                      are symlinks into the view, mapped by CRIU)        │
     eager:          lease = ChunkStore.materialize ─► <cache>/<snapshot-id>/ (plaintext RAM cache)
 
 The store (`snapfaas.store`) owns chunking, dedup, convergent encryption, the tiers and the
 origin; nothing else of a snapshot is kept on persistent disk. This vault owns the *plaintext*
 side CRIU reads. By default (``loading="lazy"``) that is the snapshot view
 (`snapshot.view`): a restore starts at once and pages come from the store's tiers when the
-restored process touches them; the kernel's page cache of the view is the warm tier. A
+restored process touches them; the kernel's page cache of the view is the warm tier. CRIU's
+small image files (everything but page images and files over 1 MiB: `view.read_through_view`)
+are read whole at every restore: a lazy lease keeps them as real files in a *local copy*,
+``<cache>/<snapshot-id>/`` on the same root-owned tmpfs as the eager RAM cache, where each page
+image is a relative symlink to the snapshot's file in the view (CRIU follows it and maps the
+view's file).
+So a restore sends FUSE only the page images' faults and reads: no open, read, flush and
+release of ~30 small files through the daemon, and, like eager's copy, the small images
+survive a dropped page cache. The local copy is built from the store at the snapshot's first
+lease in this process (a few hundred KB, usually from the memory tier), is marked by a
+``.lazy`` file (eager leases never use one, lazy leases nothing else), and is counted, pinned,
+evicted and collected like an eager cache entry. A
 stored snapshot is exposed and its page cache primed from the dump directory (`seal`), which is
 then dropped: the first restores after a publish read nothing from the store. A lazy lease pins
 the snapshot until the environment restored from it is destroyed (`CacheLease.mapped`). ``loading="eager"`` (an operator
@@ -60,13 +72,15 @@ from typing import Any
 
 from snapfaas.errors import ServiceError
 from snapfaas.snapshot.catalog import write_counters
-from snapfaas.snapshot.view import SnapshotView
+from snapfaas.snapshot.view import SnapshotView, read_through_view
 from snapfaas.store import ChunkStore, ChunkUnavailable, CollectReport, Manifest, ManifestInvalid, SnapshotMissing, StoreError
+from snapfaas.store.manifest import DIR, SYMLINK
 
 logger = logging.getLogger(__name__)
 FORMAT_KEY = "snapfaas_vault"  # in the store manifest's meta: which vault format wrote it
 FORMAT = 2
 NOT_IMAGES = ("dump.log", ".complete")  # in a dump directory, never stored
+LAZY_MARK = ".lazy"  # in a cache entry: a lazy lease's local copy (small images, page images linked into the view)
 
 
 class SnapshotCorrupt(ServiceError):
@@ -269,17 +283,70 @@ class SnapshotVault:
         return CacheLease(self, snapshot_id, plain, manifest, materialized)
 
     def _expose(self, stored: Manifest, manifest: dict[str, Any], group: int) -> CacheLease:
+        """A lazy lease: the snapshot exposed in the view for `group`, and its local copy (see
+        the module docstring), built if missing; the lease's path is the local copy."""
         assert self.view is not None
         snapshot_id = stored.snapshot_id
-        with self._lock(snapshot_id):
-            fresh = self.view.exposed().get(snapshot_id) != group
-            path = self.view.expose(stored, group)
-            if fresh:
-                with self._cache_guard:
-                    self._materialized[snapshot_id] += 1
+        plain = self.cache / snapshot_id
         with self._cache_guard:
-            self._pins[snapshot_id] += 1
-        return CacheLease(self, snapshot_id, path, manifest, fresh, mapped=True)
+            self._pins[snapshot_id] += 1  # from here on no eviction takes the local copy
+        try:
+            with self._lock(snapshot_id):
+                fresh = self.view.exposed().get(snapshot_id) != group
+                self.view.expose(stored, group)
+                if fresh:
+                    with self._cache_guard:
+                        self._materialized[snapshot_id] += 1
+                if not self._ready(plain, group, lazy=True):
+                    self._link_view(stored, plain, group)
+            self._admit(snapshot_id, plain)
+        except BaseException:
+            self._unpin(snapshot_id)
+            raise
+        return CacheLease(self, snapshot_id, plain, manifest, fresh, mapped=True)
+
+    def _link_view(self, stored: Manifest, plain: Path, group: int) -> None:
+        """Build the lazy local copy of `stored` at `plain` (staged, then renamed into place):
+        directories and symlinks of the tree, the small files' bytes from the store, and a
+        symlink into the view for every file read through it. Raises `SnapshotCorrupt` if a
+        small file cannot be read back from the store."""
+        assert self.view is not None
+        snapshot_id = stored.snapshot_id
+        # relative links: CRIU opens images relative to the image directory's descriptor, partly
+        # from the restored tasks, whose root is the container's (an absolute link would miss)
+        exposed = self.view.mountpoint.resolve() / snapshot_id
+        home = self.cache.resolve() / snapshot_id
+        staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
+        try:
+            staging.mkdir(mode=0o700)
+            (staging / LAZY_MARK).touch()
+            for entry in stored.files:
+                target = staging / entry.path
+                if entry.type == DIR:
+                    target.mkdir(mode=0o700)
+                elif entry.type == SYMLINK:
+                    os.symlink(entry.target, target)
+                elif read_through_view(entry):
+                    os.symlink(os.path.relpath(exposed / entry.path, (home / entry.path).parent), target)
+                else:
+                    data = self.store.read(snapshot_id, entry.path, 0, entry.size)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                    try:
+                        if os.write(fd, data) != len(data):
+                            raise OSError(f"short write to {target}")
+                    finally:
+                        os.close(fd)
+            self._own(staging, group)
+            with self._cache_guard:
+                self._cached.pop(snapshot_id, None)  # a leftover's size is stale
+            shutil.rmtree(plain, ignore_errors=True)  # a leftover (an eager copy, another group's): nobody restores from it
+            os.rename(staging, plain)
+        except StoreError as exc:
+            logger.warning("snapshot %s: %s", snapshot_id, exc.message)
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'copy small images from the store': "
+                                  f"{public_reason(exc)}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def materializations(self, snapshot_id: str) -> int:
         """How often this process filled the cache with `snapshot_id` from the store (lazy:
@@ -288,10 +355,12 @@ class SnapshotVault:
             return self._materialized[snapshot_id]
 
     @staticmethod
-    def _ready(plain: Path, group: int) -> bool:
-        """A complete cached copy readable by the slice whose mapped root's gid is `group`."""
+    def _ready(plain: Path, group: int, lazy: bool = False) -> bool:
+        """A complete cached copy readable by the slice whose mapped root's gid is `group`: a
+        lazy local copy if `lazy`, else a whole (eager) one."""
         try:
-            return (plain / ".complete").exists() and plain.lstat().st_gid == group
+            return ((plain / ".complete").exists() and (plain / LAZY_MARK).exists() == lazy
+                    and plain.lstat().st_gid == group)
         except FileNotFoundError:
             return False
 

@@ -40,7 +40,9 @@ Contracts:
   those ranges that are not in the kernel's page cache (``mincore`` over a map of the file,
   which faults nothing) are fetched in parallel and pushed into the page cache
   (``notify_store``), so the restored process finds them there instead of faulting them in
-  one at a time. Best effort: a chunk that cannot be had is left to the fault that needs it.
+  one at a time. Only files restores read through the view count (`read_through_view`: page
+  images and large files; the small images come from the lease's local copy). Best effort: a
+  chunk that cannot be had is left to the fault that needs it.
 * The file system runs on its own thread and trio loop; chunk fetches run on a bounded thread
   pool, so the kernel's concurrent read requests (readahead, several restores) fetch in
   parallel. Nothing in this process may touch a mapping of a view file while holding the GIL
@@ -79,6 +81,7 @@ ATTR_TIMEOUT_S = 86400.0  # names and attributes never change while a snapshot i
 DECODED_CHUNKS = 24  # plaintext chunks kept for the next read of the same chunk (12 MiB)
 FETCH_THREADS = 8
 PREFETCH_THREADS = 4
+LOCAL_IMAGE_MAX = 1 << 20  # image files up to this size (and not page images) are read from a lease's local copy
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -87,6 +90,14 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
 _LOW_BIT = bytes(i & 1 for i in range(256))  # mincore's byte per page -> 1 if resident, else 0
+
+
+def read_through_view(entry: FileEntry) -> bool:
+    """Whether restores read this snapshot file through the view: CRIU's page images (mapped,
+    faulted in page by page) and any file over `LOCAL_IMAGE_MAX`. The other files (CRIU's small
+    images, read whole at every restore) come from a local copy beside the lease (see
+    `snapshot.vault`), never through this file system."""
+    return entry.type == FILE and (entry.path.rpartition("/")[2].startswith("pages-") or entry.size > LOCAL_IMAGE_MAX)
 
 
 @dataclass
@@ -429,7 +440,7 @@ class SnapshotView(pyfuse3.Operations):
         wanted: dict[tuple[str, int], None] = {}  # (path, chunk index), in the order given
         for item in ranges:
             node = files.get(item.path)
-            if node is not None and node.entry is not None:
+            if node is not None and node.entry is not None and read_through_view(node.entry):
                 wanted.update(dict.fromkeys((item.path, index) for index, ref in node.entry.covering(item.offset, item.length)
                                             if not ref.is_hole))
         present: dict[str, bytes] = {}

@@ -24,8 +24,9 @@ So a restore sends FUSE only the page images' faults and reads: no open, read, f
 release of ~30 small files through the daemon, and, like eager's copy, the small images
 survive a dropped page cache. The local copy is built from the store at the snapshot's first
 lease in this process (a few hundred KB, usually from the memory tier), is marked by a
-``.lazy`` file (eager leases never use one, lazy leases nothing else), and is counted, pinned,
-evicted and collected like an eager cache entry. A
+``.lazy`` file (eager leases never use one, lazy leases nothing else), and lives as long as
+the snapshot's exposure in the view: not counted against the RAM cache's budget (eager's whole
+copies), removed by `evict`, `delete` and `collect_garbage` with the exposure. A
 stored snapshot is exposed and its page cache primed from the dump directory (`seal`), which is
 then dropped: the first restores after a publish read nothing from the store. A lazy lease pins
 the snapshot until the environment restored from it is destroyed (`CacheLease.mapped`). ``loading="eager"`` (an operator
@@ -299,7 +300,6 @@ class SnapshotVault:
                         self._materialized[snapshot_id] += 1
                 if not self._ready(plain, group, lazy=True):
                     self._link_view(stored, plain, group)
-            self._admit(snapshot_id, plain)
         except BaseException:
             self._unpin(snapshot_id)
             raise
@@ -421,7 +421,8 @@ class SnapshotVault:
 
     def _adopt_cached(self) -> None:
         """Count complete snapshots left in the cache by a previous run (oldest first)."""
-        found = sorted((p for p in self.cache.iterdir() if not p.name.startswith(".") and (p / ".complete").exists()),
+        found = sorted((p for p in self.cache.iterdir() if not p.name.startswith(".") and (p / ".complete").exists()
+                        and not (p / LAZY_MARK).exists()),  # lazy local copies are not budgeted
                        key=lambda p: p.stat().st_mtime)
         for path in found:
             self._admit(path.name, path)

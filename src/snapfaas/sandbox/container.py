@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox.mounts import remove_tree
@@ -35,6 +35,35 @@ CONTAINER_PREFIX = "sf-"  # container id = prefix + environment id
 # starts fewer threads and schedules less. Measured: ~10% less CPU in a burst of 8 restores
 # on 2 CPUs (what bounds the burst's p99). Passed to `runc run` / `runc restore` only.
 RUNC_ENVIRON = {"GOMAXPROCS": "1"}
+
+
+class OutputSink(Protocol):
+    """Receives a container's stdout (fd 1) and stderr (fd 2) in the event loop's read
+    callbacks (`Container.output`): no reader task, no stream buffer in between."""
+
+    def output_received(self, fd: int, data: bytes) -> None: ...
+
+    def output_ended(self, fd: int, exc: Exception | None) -> None: ...
+
+
+class _SinkProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's subprocess protocol, except that stdout and stderr data go to a sink as the
+    loop reads them (the process's ``stdout``/``stderr`` readers only ever see EOF)."""
+
+    def __init__(self, sink: OutputSink, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._sink = sink
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd in (1, 2):
+            self._sink.output_received(fd, data)
+        else:
+            super().pipe_data_received(fd, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in (1, 2):
+            self._sink.output_ended(fd, exc)
+        super().pipe_connection_lost(fd, exc)
 
 
 def runc_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -84,6 +113,13 @@ class Container:
         self.id = container_id
         self.bundle = bundle
         self.process: asyncio.subprocess.Process | None = None
+        # Set before `start` to receive stdout/stderr in the loop's read callbacks (`OutputSink`)
+        # instead of through the `stdout`/`stderr` stream readers; `feeds_output` tells whether
+        # `start` did so (a subclass that starts its process otherwise leaves it False, and its
+        # readers are used).
+        self.output: OutputSink | None = None
+        self.feeds_output = False
+        self._transport: asyncio.SubprocessTransport | None = None  # when `output` is fed
         self._killed = False
         # argv prefix for `runc run` (not restore), e.g. `setarch ... --addr-no-randomize`: runc
         # and the container's process inherit the personality (snapshot/determinism.py)
@@ -140,21 +176,38 @@ class Container:
             argv = self.runc.argv(*log, "restore", "--image-path", str(restore_from), "--work-path", str(self.bundle),
                                   "--bundle", str(self.bundle), self.id)
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=STREAM_LIMIT,
-                start_new_session=True,
-                umask=RUNC_UMASK,
-                env=runc_environ(environ),
-            )
+            self.process = await self._spawn(argv, runc_environ(environ))
         except OSError as exc:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc
         if self._killed:
             await self._terminate()
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: killed while starting")
+
+    async def _spawn(self, argv: list[str], environ: dict[str, str]) -> asyncio.subprocess.Process:
+        """runc with piped stdio; stdout/stderr go to `output` when set (see `OutputSink`)."""
+        pipes: dict[str, Any] = dict(stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                     stderr=asyncio.subprocess.PIPE, start_new_session=True, umask=RUNC_UMASK,
+                                     env=environ)
+        sink = self.output
+        if sink is None:
+            return await asyncio.create_subprocess_exec(*argv, limit=STREAM_LIMIT, **pipes)
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(lambda: _SinkProtocol(sink, STREAM_LIMIT, loop), *argv, **pipes)
+        self._transport, self.feeds_output = transport, True
+        return asyncio.subprocess.Process(transport, protocol, loop)
+
+    def pause_output(self, fd: int, paused: bool) -> None:
+        """Stop (or resume) reading stdout (1) or stderr (2) when `output` receives it: the
+        sink's back-pressure (the process's writes block once the pipe is full)."""
+        if self._transport is None:
+            return
+        pipe = self._transport.get_pipe_transport(fd)
+        if not isinstance(pipe, asyncio.ReadTransport) or pipe.is_closing():
+            return
+        if paused:
+            pipe.pause_reading()
+        else:
+            pipe.resume_reading()
 
     def init_pid(self) -> int | None:
         """The host pid of the container's first process (from `runc state`), or None."""

@@ -9,11 +9,19 @@ State machine (checked on every move; anything else is a bug)::
 An environment that raised anything is destroyed (OpenLambda's destroy-on-error): a DEAD
 environment never serves again. `destroy` is idempotent.
 
+Output is read where the event loop reads it: the environment is its container's
+`OutputSink`, so each chunk of stdout goes through the `FrameDecoder` and each chunk of stderr
+through the `LineSplitter` in the loop's read callback, and a complete frame wakes the invoke
+waiting in `next_frame` directly (no reader task, no stream buffer or queue hop in between).
+A container that does not feed its output that way (`Container.feeds_output` False) is read
+by one task per stream that hands the chunks to the same methods.
+
 Memory the daemon spends on one environment is bounded whatever the function writes (see
-`channel`): stdout is read in chunks by a `FrameDecoder` (a frame over the response limit or
+`channel`): stdout is decoded in chunks by a `FrameDecoder` (a frame over the response limit or
 with a malformed header ends the frame stream: `next_frame` raises `FrameStreamRejected`), stderr by a
 `LineSplitter`; the LogType=Tail capture and the output held during a restore are
-`TailBuffer`s; the frame and log-mark queues are bounded.
+`TailBuffer`s; the log-mark queue is bounded, and once `FRAME_QUEUE` frames are unread, stdout
+is not read any more until the worker takes one (the runtime's writes then block).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ FRAME_QUEUE = 8  # frames read ahead of the worker; beyond that the reader stops
 MARK_QUEUE = 64  # log marks kept unconsumed (a function can forge marks; the oldest go first)
 HELD_OUTPUT_CHARS = 64 * 1024  # stderr kept while a restore runs (runc's and CRIU's errors)
 DEFAULT_TAIL_CHARS = 4096
+LOG_MARK_BYTES = protocol.LOG_MARK.encode()
 SHUTDOWN_MS = 2000  # Lambda's Shutdown phase with external extensions registered
 
 
@@ -148,16 +157,25 @@ class Environment:
         self.invocations = 0
         self.max_frame_bytes = max_frame_bytes
         self.tail_chars = tail_chars
-        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue(FRAME_QUEUE)
+        self._frames: collections.deque[Frame | None] = collections.deque()  # None: the stream ended
+        self._frame_waiter: asyncio.Future[None] | None = None  # `next_frame` waiting for one
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._stray = LineSplitter()  # stdout output that is not a frame, logged by lines
+        self._log_lines = LineSplitter()  # stderr
+        self._stdout_paused = False  # FRAME_QUEUE frames unread: stdout is not read
+        self._room = asyncio.Event()  # set while stdout may be read (the reader task's back-pressure)
+        self._room.set()
         self._marks: collections.deque[str] = collections.deque(maxlen=MARK_QUEUE)
         self._mark_arrived = asyncio.Event()
         self._rejected: FrameRejected | None = None
         self._discarding = False  # set by `destroy`: frames read from now on are dropped
         self._capture: TailBuffer | None = None
         self._held: TailBuffer | None = None  # stderr lines held back while a restore runs
-        self._readers: list[asyncio.Task[None]] = []
-        self._log_reader: asyncio.Task[None] | None = None
+        self._readers: list[asyncio.Task[None]] = []  # only for a container that does not feed its output
+        self._reading = False  # `start_readers` ran
+        self._logs_ended = asyncio.Event()  # stderr reached EOF
         self._stream_ended = False
+        container.output = self  # stdout/stderr arrive in `output_received` once it starts
         self.restore_from: Path | None = None  # images, for an environment restored from a snapshot
         self.id_slice: int | None = None  # the host id slice it runs in (set by the factory)
         self.release_images: Callable[[], None] = lambda: None  # unpins `restore_from` in the cache (idempotent)
@@ -213,44 +231,96 @@ class Environment:
         lines, self._capture = (self._capture.lines() if self._capture else []), None
         return lines
 
-    # -- readers ---------------------------------------------------------------------------
+    # -- output: frames on stdout, log lines on stderr ----------------------------------------
     def start_readers(self) -> None:
-        self._log_reader = asyncio.create_task(self._read_logs(), name=f"{self.id}-logs")
-        self._readers = [asyncio.create_task(self._read_frames(), name=f"{self.id}-frames"), self._log_reader]
+        """Start reading the container's output (call right after `Container.start`). Nothing
+        to start when the container feeds it to `output_received` from the loop's read
+        callbacks; otherwise one task per stream hands its chunks to the same methods."""
+        self._reading = True
+        if getattr(self.container, "feeds_output", False):
+            return
+        self._readers = [asyncio.create_task(self._pump(1, self.container.stdout), name=f"{self.id}-frames"),
+                         asyncio.create_task(self._pump(2, self.container.stderr), name=f"{self.id}-logs")]
 
-    async def _read_frames(self) -> None:
-        """Decode stdout into frames (at most `FRAME_QUEUE` read ahead: beyond that the
-        runtime's writes block) and stray output (logged by lines).
+    async def _pump(self, fd: int, stream: asyncio.StreamReader) -> None:
+        """Read `stream` in chunks into `output_received`, then `output_ended` (the reader task
+        of a container that does not feed its output); stdout waits while frames are unread."""
+        failure: Exception | None = None
+        try:
+            while chunk := await stream.read(READ_CHUNK):
+                self.output_received(fd, chunk)
+                if fd == 1:
+                    await self._room.wait()
+        except ConnectionError as exc:
+            failure = exc
+        self.output_ended(fd, failure)
+
+    def output_received(self, fd: int, data: bytes) -> None:
+        """`OutputSink`: a chunk of the container's stdout (1) or stderr (2), on the loop."""
+        if fd == 1:
+            self._stdout_received(data)
+        else:
+            self._stderr_lines(self._log_lines.feed(data))
+
+    def output_ended(self, fd: int, exc: Exception | None) -> None:
+        """`OutputSink`: stdout (1) or stderr (2) reached EOF (or failed with `exc`)."""
+        if fd == 1:
+            if exc is not None:
+                logger.info("environment %s: frame stream ended: %s", self.id, exc)
+            elif self._rejected is None:
+                self._log_raw(self._stray.flush())
+            self._finish_frames()
+        else:
+            if exc is not None:
+                logger.info("environment %s: log stream ended: %s", self.id, exc)
+            self._stderr_lines(self._log_lines.flush())
+            self._logs_ended.set()
+
+    def _stdout_received(self, data: bytes) -> None:
+        """Decode stdout into frames (for `next_frame`) and stray output (logged by lines).
 
         After a rejected frame (or once `destroy` began) the rest of stdout is read and
         discarded until EOF: asyncio reports a subprocess's exit only once its pipes are
         closed, so a pipe left unread would keep `Container.kill` waiting forever."""
-        stream = self.container.stdout
-        decoder = FrameDecoder(self.max_frame_bytes)
-        stray = LineSplitter()
+        if self._rejected is not None:
+            return
         try:
-            while chunk := await stream.read(READ_CHUNK):
-                for item in decoder.feed(chunk):
-                    if isinstance(item, Frame):
-                        self._log_raw(stray.flush())  # output right before a frame is a line of its own
-                        if item.kind == "ready" and isinstance(item.header.get("extensions"), int):
-                            self.extensions = item.header["extensions"]
-                        if not self._discarding:
-                            await self._frames.put(item)
-                    else:
-                        self._log_raw(stray.feed(item))
-            self._log_raw(stray.flush())
+            items = self._decoder.feed(data)
         except FrameRejected as exc:
             self._rejected = exc
             logger.warning("environment %s: frame stream ended: the runtime sent %s", self.id, exc.reason)
             self._finish_frames()
-            with contextlib.suppress(ConnectionError):
-                while await stream.read(READ_CHUNK):
-                    pass
-        except ConnectionError as exc:
-            logger.info("environment %s: frame stream ended: %s", self.id, exc)
-        finally:
-            self._finish_frames()
+            self._pause_stdout(False)
+            return
+        for item in items:
+            if isinstance(item, Frame):
+                self._log_raw(self._stray.flush())  # output right before a frame is a line of its own
+                if item.kind == "ready" and isinstance(item.header.get("extensions"), int):
+                    self.extensions = item.header["extensions"]
+                if not self._discarding:
+                    self._frames.append(item)
+                    self._wake_frame_waiter()
+                    if len(self._frames) >= FRAME_QUEUE:
+                        self._pause_stdout(True)
+            else:
+                self._log_raw(self._stray.feed(item))
+
+    def _pause_stdout(self, paused: bool) -> None:
+        """Stop (or resume) reading stdout: back-pressure once `FRAME_QUEUE` frames are unread."""
+        if paused == self._stdout_paused:
+            return
+        self._stdout_paused = paused
+        if paused:
+            self._room.clear()
+        else:
+            self._room.set()
+        if getattr(self.container, "feeds_output", False):
+            self.container.pause_output(1, paused)
+
+    def _wake_frame_waiter(self) -> None:
+        waiter = self._frame_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _finish_frames(self) -> None:
         if not self._stream_ended:
@@ -258,55 +328,54 @@ class Environment:
             self._end_frames()
 
     def _end_frames(self) -> None:
-        """Queue the end-of-stream marker, dropping the oldest unread frame if the queue is full."""
-        while True:
-            try:
-                self._frames.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self._frames.get_nowait()
+        """Queue the end-of-stream marker, dropping the oldest unread frames beyond the bound."""
+        while len(self._frames) >= FRAME_QUEUE:
+            self._frames.popleft()
+        self._frames.append(None)
+        self._wake_frame_waiter()
 
     def _log_raw(self, lines: list[bytes]) -> None:
         if lines:
             self._append([line.decode(errors="replace") for line in lines])
 
-    async def _read_logs(self) -> None:
-        """Read stderr in chunks, split it into bounded lines, and log them (or hold them
-        back during a restore); marks (`protocol.LOG_MARK`) go to `wait_mark`."""
-        stream = self.container.stderr
-        splitter = LineSplitter()
-        mark = protocol.LOG_MARK.encode()
-        while True:
-            try:
-                chunk = await stream.read(READ_CHUNK)
-            except ConnectionError as exc:
-                logger.info("environment %s: log stream ended: %s", self.id, exc)
-                chunk = b""
-            lines = splitter.feed(chunk) if chunk else splitter.flush()
-            text: list[str] = []
-            for line in lines:
-                if line.startswith(mark):
-                    self._marks.append(line[len(mark) :].decode(errors="replace").strip())
-                    self._mark_arrived.set()
-                else:
-                    text.append(line.decode(errors="replace"))
-            if text:
-                if self._held is not None:
-                    self._held.extend(text)
-                else:
-                    self._append(text)
-            if not chunk:
-                return
+    def _stderr_lines(self, lines: list[bytes]) -> None:
+        """Log stderr lines (or hold them back during a restore); marks (`protocol.LOG_MARK`)
+        go to `wait_mark`."""
+        if not lines:
+            return
+        mark = LOG_MARK_BYTES
+        text: list[str] = []
+        for line in lines:
+            if line.startswith(mark):
+                self._marks.append(line[len(mark) :].decode(errors="replace").strip())
+                self._mark_arrived.set()
+            else:
+                text.append(line.decode(errors="replace"))
+        if text:
+            if self._held is not None:
+                self._held.extend(text)
+            else:
+                self._append(text)
 
     async def next_frame(self, timeout: float | None) -> Frame:
         """The next frame from the runtime; raises EnvironmentDied (`FrameStreamRejected` if
-        the runtime sent a frame the worker refused to read) or TimeoutError."""
-        frame = await asyncio.wait_for(self._frames.get(), timeout)
+        the runtime sent a frame the worker refused to read) or TimeoutError. One caller at a
+        time (the environment's invoke)."""
+        if not self._frames:
+            waiter = self._frame_waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            finally:
+                self._frame_waiter = None
+        frame = self._frames.popleft()
         if frame is None:
-            self._end_frames()  # keep EOF sticky
+            self._frames.appendleft(None)  # keep EOF sticky
             if self._rejected is not None:
                 raise FrameStreamRejected(self._rejected)
             raise await self._death()
+        if self._stdout_paused and len(self._frames) < FRAME_QUEUE and not self._stream_ended:
+            self._pause_stdout(False)
         return frame
 
     async def wait_mark(self, tag: str) -> None:
@@ -331,8 +400,9 @@ class Environment:
             status = await asyncio.wait_for(self.container.wait(), 10)
         except TimeoutError:
             status = None
-        if self._log_reader is not None:  # keep what the runtime logged right before it died
-            await asyncio.wait([self._log_reader], timeout=MARK_WAIT_S)
+        if self._reading:  # keep what the runtime logged right before it died
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._logs_ended.wait(), MARK_WAIT_S)
         stats = memory_stats(self.cgroup)
         return EnvironmentDied(status, self._oom_killed(status, stats))
 
@@ -384,9 +454,9 @@ class Environment:
             self.move(EnvState.DEAD)
         while self.on_destroy:
             self.on_destroy.pop()()
-        self._discarding = True  # unblock a frame reader waiting on a full queue: stdout must be read to EOF
-        while not self._frames.empty():
-            self._frames.get_nowait()
+        self._discarding = True  # frames are dropped from now on: stdout must be read to EOF
+        self._frames.clear()
+        self._pause_stdout(False)
         if graceful:
             await self.shut_down()
         await self.container.kill()

@@ -13,7 +13,7 @@ from snapfaas.api.auth import SigV4Verifier
 from snapfaas.api.bodies import MAX_REQUEST_BYTES, UploadAborted, body_of, keep_body, receive, route_limit
 from snapfaas.api.code import download_code
 from snapfaas.api.connections import ClientTimeouts, peer_of
-from snapfaas.api.context import FORWARDED, PRINCIPAL, SERVICES, Services, services
+from snapfaas.api.context import FORWARDED, PRINCIPAL, REQUEST_ID, SERVICES, Services, services
 from snapfaas.api.errors import error_response
 from snapfaas.api import logs as log_routes
 from snapfaas.api.invoke import forwarded_invoke, invoke
@@ -86,7 +86,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
 
     @web.middleware
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        request_id = str(uuid.uuid4())
+        request_id = request[REQUEST_ID] = str(uuid.uuid4())
         try:
             if not _unsigned_allowed(request.path) and not _metrics_token(request):
                 await admit(request)

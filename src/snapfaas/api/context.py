@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 SERVICES = web.AppKey("services", object)
 PRINCIPAL = web.RequestKey("principal", object)  # who the verified caller is (absent with --no-auth)
 FORWARDED = web.RequestKey("forwarded", object)  # the cluster assertion of a forwarded invoke
+REQUEST_ID = web.RequestKey("request_id", str)  # the id the middleware gave the request (an invoke's too)
 
 
 @dataclasses.dataclass

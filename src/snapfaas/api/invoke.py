@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from snapfaas.api.bodies import body_of
-from snapfaas.api.context import FORWARDED, PRINCIPAL, function_ref, services
+from snapfaas.api.context import FORWARDED, PRINCIPAL, REQUEST_ID, function_ref, services
 from snapfaas.cluster.forwarding import internal_path
 from snapfaas.cluster.node import NODE_HEADER
 from snapfaas.errors import SnapfaasError
@@ -72,7 +72,7 @@ async def run_here(request: web.Request, name: str, qualifier: str | None, reque
         invocation_type=request.headers.get("X-Amz-Invocation-Type", "RequestResponse"),
         tail=request.headers.get("X-Amz-Log-Type") == "Tail",
         client_context=request.headers.get("X-Amz-Client-Context"),
-        request_id=request_id,
+        request_id=request_id or request.get(REQUEST_ID),  # the id an error answer would carry: one uuid per request
     )
     headers = {"x-amzn-RequestId": result.request_id}
     if result.executed_version is not None and result.status != 202:

@@ -362,12 +362,15 @@ class Environment:
         the runtime sent a frame the worker refused to read) or TimeoutError. One caller at a
         time (the environment's invoke)."""
         if not self._frames:
-            waiter = self._frame_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._frame_waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    await waiter
+                await waiter
             finally:
                 self._frame_waiter = None
+                if timer is not None:
+                    timer.cancel()
         frame = self._frames.popleft()
         if frame is None:
             self._frames.appendleft(None)  # keep EOF sticky
@@ -379,7 +382,11 @@ class Environment:
         return frame
 
     async def wait_mark(self, tag: str) -> None:
-        """Wait (bounded) until all log output of phase `tag` has been read."""
+        """Wait (bounded) until all log output of phase `tag` has been read (usually it has:
+        the runtime writes the mark before its response frame, so no timer is set then)."""
+        while self._marks:
+            if self._marks.popleft() == tag:
+                return
         try:
             async with asyncio.timeout(MARK_WAIT_S):
                 while True:
@@ -483,6 +490,12 @@ class Environment:
             await asyncio.wait_for(self.container.wait(), SHUTDOWN_MS / 1000 + 1)
         except (TimeoutError, EnvironmentDied) as exc:  # it is killed next either way
             logger.info("environment %s: shutdown phase ended early: %s", self.id, exc)
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    """`next_frame`'s deadline (a bare timer: cheaper per invoke than `asyncio.timeout`)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def decode_error(payload: bytes) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from botocore.config import Config
 from snapfaas.bench.harness import zip_files
 from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
+from snapfaas.sandbox.restored import live_records
 from tests.cluster import Cluster, run_cluster
 from tests.netpeer import NetPeer
 from tests.pgserver import PostgresCluster
@@ -155,15 +156,29 @@ class ServerHandle:
             if exc.code != 404:
                 raise
 
+    def restored_records(self) -> list[dict]:
+        """The records of containers the server restored without runc (``--restore-engine criu``,
+        `snapfaas.sandbox.restored`): container_id, cgroup, bundle, pid. A record removed while
+        it is read is skipped."""
+        out = []
+        for path in live_records(self.data_dir):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (FileNotFoundError, ValueError):
+                continue
+        return out
+
     def runc_containers(self) -> list[str]:
-        """Container ids in the server's runc state. `runc list` fails when a container's state
+        """Container ids in the server's runc state, then those of the containers it restored
+        without runc (`restored_records`). `runc list` fails when a container's state
         disappears while it reads it (a deletion in progress): such a run is repeated."""
         deadline = time.monotonic() + 10
         while True:
             out = subprocess.run(["runc", "--root", str(self.data_dir / "runc"), "list", "--format", "json"],
                                  capture_output=True, text=True)
             if out.returncode == 0:
-                return [c["id"] for c in json.loads(out.stdout or "null") or []]
+                restored = [r["container_id"] for r in self.restored_records()]
+                return [c["id"] for c in json.loads(out.stdout or "null") or []] + restored
             if time.monotonic() > deadline:
                 raise RuntimeError(f"runc list kept failing: {out.stderr.strip()}")
 

@@ -192,6 +192,15 @@ def containers(server: ServerHandle) -> list[dict]:
         out.append({"id": cid, "pid": info["pid"], "function": env["AWS_LAMBDA_FUNCTION_NAME"],
                     "version": env["AWS_LAMBDA_FUNCTION_VERSION"], "uids": {int(u) for u in uids},
                     "config": config})
+    for record in server.restored_records():  # restored without runc (--restore-engine criu)
+        if record.get("pid") is None:
+            continue
+        config = json.loads((Path(record["bundle"]) / "config.json").read_text())
+        env = dict(item.split("=", 1) for item in config["process"]["env"])
+        uids = next(line.split()[1:] for line in Path(f"/proc/{record['pid']}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+        out.append({"id": record["container_id"], "pid": record["pid"], "function": env["AWS_LAMBDA_FUNCTION_NAME"],
+                    "version": env["AWS_LAMBDA_FUNCTION_VERSION"], "uids": {int(u) for u in uids}, "config": config})
     return out
 
 

@@ -42,7 +42,9 @@ def runc_wrapper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def blink_server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory,
                  runc_wrapper: tuple[Path, Path]) -> Iterator[ServerHandle]:
     require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("blink"), ["--keep-alive", "1", "--runc", str(runc_wrapper[0])])
+    # runc's restores: the wrapper accounts them (the criu engine's figures: test_snapstart_engine.py)
+    yield from run_server(processes, tmp_path_factory.mktemp("blink"),
+                          ["--keep-alive", "1", "--runc", str(runc_wrapper[0]), "--restore-engine", "runc"])
 
 
 def test_cpu_per_restore_has_every_component(blink_server: ServerHandle, runc_wrapper: tuple[Path, Path]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from snapfaas.bench import cpu
 from snapfaas.sandbox.cgroup import CGROUP_ROOT, daemon_cgroup
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, assert_warm, publish, wait_for
@@ -72,7 +73,7 @@ def handler(event, context):
 def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     require_root()
     base = tmp_path_factory.mktemp("engine")
-    yield from run_server(processes, base, ["--keep-alive", "60", "--restore-engine", "criu"])
+    yield from run_server(processes, base, ["--keep-alive", "3", "--restore-engine", "criu"])
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,25 @@ def test_restored_cgroup_has_runcs_limits(lam, fn: str, server: ServerHandle) ->
     for env in envs:
         listed = (devices / env / "sandbox" / "devices.list").read_text().split("\n")
         assert "a *:* rwm" not in listed  # not everything allowed
+
+
+def test_cpu_per_restore_is_accounted(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    """bench/cpu.py under the criu engine: CRIU runs in the environment's cgroup (so its CPU is
+    read there), the restored runtime is the daemon's reaped child (taken out of the helpers)."""
+    assert server.proc is not None
+    pid, state_dir = server.proc.pid, server.data_dir / "runc"
+    settled = cpu.settled(pid, state_dir)
+    wait_for(settled, 60, "idle environments to be reclaimed")  # a new environment per restore
+
+    def restore() -> None:
+        response, _ = invoke_json(lam, fn, {}, Qualifier="1", LogType="Tail")
+        assert_restored(response["LogResult"])
+
+    result = cpu.measure(pid, state_dir, restore, settled, batches=1, per_batch=2, idle_window_s=0.5, runtime_reaped=True)
+    parts = result["per_restore_ms"]
+    assert all(value >= 0 for value in parts.values()), parts
+    assert parts["CRIU"] > 0 and parts["runtime"] > 0 and parts["daemon"] > 0, parts
+    assert result["runc_by_command_ms"] is None
 
 
 def test_concurrent_restores(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]

@@ -37,6 +37,7 @@ from snapfaas.bench.harness import ROLE, PrivateServer, bench_runtime_args
 from snapfaas.bench.platform import STDLIB_APP, measure_warm
 from snapfaas.bench.snapstart import Bench, _caller_invoke, _caller_start, _deploy, _p99, _publish, _stats
 from snapfaas.client import Connection
+from snapfaas.config import ServerConfig
 
 # name: (package dir under bench/functions, MemorySize); "web" is vendored (bench/webfunction.py)
 FUNCTIONS_BLINK = {"torch": ("torch_mlp", 1024), "numpy-scipy": ("numpy_scipy", 1024), "web": ("web_fastapi", 512),
@@ -205,15 +206,17 @@ def measure_burst(bench: Bench, name: str, size: int, single_ms: float) -> dict[
 
 def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: int = 8, cpu_batches: int = 3,
         cpu_per_batch: int = 4, density_count: int = 16, requests: int = 400, only: list[str] | None = None,
-        vendor_cache: Path | None = None) -> dict[str, Any]:
-    """Measure every target (see the module doc); the result holds the figures and `verdicts`."""
+        vendor_cache: Path | None = None, engine: str = ServerConfig.restore_engine) -> dict[str, Any]:
+    """Measure every target (see the module doc); the result holds the figures and `verdicts`.
+    `engine`: the server's ``--restore-engine`` (the default's, unless asked)."""
     selected = [n for n in FUNCTIONS_BLINK if not only or n in only]
     scratch = Path(tempfile.mkdtemp(prefix="snapfaas-blink-"))
     runc_binary, runc_log = runcwrap.build(scratch)  # runc's CPU by subcommand (bench/runcwrap.py)
     args = ["--keep-alive", "2", "--max-environments", str(max(32, density_count + 4)), "--runc", str(runc_binary),
+            "--restore-engine", engine,
             *bench_runtime_args(runtime_python)]
     result: dict[str, Any] = {"benchmark": "blink", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "runs": runs, "burst_size": burst, "density_count": density_count, "page_cache": "warm",
+                              "runs": runs, "restore_engine": engine, "burst_size": burst, "density_count": density_count, "page_cache": "warm",
                               "cpu_before_ms": dict(BEFORE_CPU_MS), "functions": {}}
     web_zip = webfunction.deployment_zip(vendor_cache) if any(n in WEB_HANDLERS for n in selected) else b""
     with contextlib.ExitStack() as cleanup:
@@ -238,7 +241,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                 row = measure_function(bench, name, runs, say)
                 say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores")
                 row["cpu"] = cpu.measure(pid, state_dir, _restore_once(bench, name), cpu.settled(pid, state_dir),
-                                         batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log)
+                                         batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log,
+                                         runtime_reaped=engine == "criu")
                 row["publish_s"] = round(publish_s, 2)
                 result["functions"][name] = row
                 if name == BURST_FUNCTION:

@@ -337,7 +337,7 @@ class CriuContainer(Container):
         if self._root_mounted is not None:
             _unmount(self._root_mounted)
             self._root_mounted = None
-        survivors = kill_cgroup(self.cgroup)
+        survivors = kill_cgroup(self.cgroup, reap_except=frozenset([self._criu.pid] if self._criu is not None else []))
         if survivors:
             logger.warning("container %s: pids %s survived SIGKILL", self.id, survivors)
         for failure in remove_cgroup(self.cgroup):

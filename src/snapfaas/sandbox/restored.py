@@ -10,6 +10,7 @@ cgroup while it restores, so nothing it made escapes it), then the cgroup is rem
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -56,10 +57,14 @@ class RestoredRecord:
                    pid if isinstance(pid, int) else None)
 
 
-def kill_cgroup(cgroup: str, timeout_s: float = KILL_WAIT_S) -> list[int]:
+def kill_cgroup(cgroup: str, timeout_s: float = KILL_WAIT_S, reap_except: frozenset[int] | None = None) -> list[int]:
     """SIGKILL every process in `cgroup` and wait (bounded) until each has exited; returns the
     pids that were still running after `timeout_s`. Processes are signalled through pidfds taken
-    while they are listed in the cgroup, so a recycled pid is never signalled."""
+    while they are listed in the cgroup, so a recycled pid is never signalled.
+
+    With `reap_except`, each one that exited and is the caller's own child is reaped too (CRIU
+    restores a container's first process as its client's child), except the pids named (a
+    child someone else waits for)."""
     deadline = time.monotonic() + timeout_s
     left: list[int] = []
     while True:
@@ -86,6 +91,11 @@ def kill_cgroup(cgroup: str, timeout_s: float = KILL_WAIT_S) -> list[int]:
                     pending.discard(fd)
                     poller.unregister(fd)
             left = [pidfds[fd] for fd in pending]
+            if reap_except is not None:
+                for fd, pid in pidfds.items():
+                    if fd not in pending and pid not in reap_except:
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(pid, os.WNOHANG)  # a zombie of ours (not ours: nothing happens)
         finally:
             for fd in pidfds:
                 os.close(fd)

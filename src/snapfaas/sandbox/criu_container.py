@@ -44,7 +44,7 @@ from snapfaas.errors import ServiceError
 from snapfaas.sandbox import criu_rpc
 from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1, parse_proc_cgroup
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
-from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, Runc
+from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, OutputSink, Runc
 from snapfaas.sandbox.mounts import remove_tree
 from snapfaas.sandbox.restored import RestoredLedger, RestoredRecord, kill_cgroup
 
@@ -115,6 +115,23 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+class _PipeToSink(asyncio.Protocol):
+    """A read pipe whose data goes to an `OutputSink` as the loop reads it (`Container.output`)."""
+
+    def __init__(self, sink: OutputSink, fd: int) -> None:
+        self.sink = sink
+        self.fd = fd
+
+    def data_received(self, data: bytes) -> None:
+        self.sink.output_received(self.fd, data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; `connection_lost` reports the end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sink.output_ended(self.fd, exc)
+
+
 class CriuEngine:
     """What every `CriuContainer` of a daemon shares: the CRIU binary and the records ledger."""
 
@@ -137,6 +154,7 @@ class CriuContainer(Container):
         self._pidfd: int | None = None
         self._exited: asyncio.Future[int] | None = None
         self._streams: tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader] | None = None
+        self._read_transports: dict[int, asyncio.ReadTransport] = {}  # stdout/stderr when `output` is fed
         self._root_mounted: str | None = None
 
     @property
@@ -150,11 +168,15 @@ class CriuContainer(Container):
 
     @property
     def stdout(self) -> asyncio.StreamReader:
-        return self._streams[1] if self._streams is not None else super().stdout
+        if self._streams is not None and self._streams[1] is not None:
+            return self._streams[1]
+        return super().stdout
 
     @property
     def stderr(self) -> asyncio.StreamReader:
-        return self._streams[2] if self._streams is not None else super().stderr
+        if self._streams is not None and self._streams[2] is not None:
+            return self._streams[2]
+        return super().stderr
 
     def write_config(self, config: dict[str, Any]) -> None:
         super().write_config(config)
@@ -257,20 +279,41 @@ class CriuContainer(Container):
             if self._root_mounted is not None:  # the restored mount namespace holds its own copy
                 _unmount(self._root_mounted)
                 self._root_mounted = None
-        self._streams = await self._open_streams(*ours)
+        await self._open_stdio(*ours)
 
-    @staticmethod
-    async def _open_streams(stdin_w: int, stdout_r: int, stderr_r: int
-                            ) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:
+    async def _open_stdio(self, stdin_w: int, stdout_r: int, stderr_r: int) -> None:
+        """Our ends of the container's stdio: stdin as a stream writer; stdout and stderr fed to
+        `output` from the loop's read callbacks when it is set (`feeds_output`), else as stream
+        readers."""
         loop = asyncio.get_running_loop()
-        readers = []
-        for fd in (stdout_r, stderr_r):
-            reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), open(fd, "rb", 0))
-            readers.append(reader)
+        readers: list[asyncio.StreamReader] = []
+        sink = self.output
+        for number, fd in ((1, stdout_r), (2, stderr_r)):
+            pipe = open(fd, "rb", 0)
+            if sink is not None:
+                transport, _ = await loop.connect_read_pipe(lambda n=number: _PipeToSink(sink, n), pipe)
+                self._read_transports[number] = transport
+            else:
+                reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+                await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), pipe)
+                readers.append(reader)
+        self.feeds_output = sink is not None
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, open(stdin_w, "wb", 0))
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
-        return writer, readers[0], readers[1]
+        self._streams = (writer, *readers) if readers else (writer, None, None)  # type: ignore[assignment]
+
+    def pause_output(self, fd: int, paused: bool) -> None:
+        """`Container.pause_output` for a restored container's pipes."""
+        if not self._restoring:
+            super().pause_output(fd, paused)
+            return
+        transport = self._read_transports.get(fd)
+        if transport is None or transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _reap(self) -> None:
         """The pidfd is readable: the restored init exited; reap it."""

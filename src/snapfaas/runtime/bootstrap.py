@@ -345,11 +345,39 @@ def private_inbound() -> BinaryIO:
     return os.fdopen(channel_fd, "rb")
 
 
+CHANNEL_FDS_VARIABLE = "_SNAPFAAS_CHANNEL_FDS"  # sandbox.container's name for it (not imported here)
+
+
+def direct_channel(fds: str) -> tuple[BinaryIO, BinaryIO, TextIO]:
+    """The channel and the log on the pipes the worker passed into the container beside its
+    stdio (``<in>,<out>,<log>`` fd numbers: runc copies stdio through its own process, these go
+    straight to the worker). They move to private, non-inheritable fds; fd 0 becomes /dev/null
+    and fds 1 and 2 the log pipe, so whatever user code or its subprocesses write to either is
+    logged, in order with the log mark."""
+    numbers = [int(fd) for fd in fds.split(",")]
+    inbound_fd, outbound_fd, log_fd = (os.dup(fd) for fd in numbers)  # os.dup: non-inheritable
+    for fd in numbers:
+        os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    log = open(2, "w", buffering=1, encoding=sys.stderr.encoding, errors=sys.stderr.errors, closefd=False)
+    sys.stderr = log
+    return os.fdopen(inbound_fd, "rb"), os.fdopen(outbound_fd, "wb", buffering=0), log
+
+
 def main() -> None:
-    # fd 1 carries frames; everything user code prints goes to stderr (the log stream).
-    outbound = os.fdopen(1, "wb", buffering=0, closefd=False)
-    inbound = private_inbound()
-    log = sys.stderr
+    direct = os.environ.pop(CHANNEL_FDS_VARIABLE, "")
+    if direct:
+        inbound, outbound, log = direct_channel(direct)
+    else:
+        # fd 1 carries frames; everything user code prints goes to stderr (the log stream).
+        outbound = os.fdopen(1, "wb", buffering=0, closefd=False)
+        inbound = private_inbound()
+        log = sys.stderr
     sys.stdout = log
     sys.stdin = open(os.devnull)
     channel = Channel(inbound, outbound, log)

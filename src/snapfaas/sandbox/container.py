@@ -9,6 +9,7 @@ left (runc deletes a foreground container when it exits; `_force_delete` covers 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -46,24 +47,51 @@ class OutputSink(Protocol):
     def output_ended(self, fd: int, exc: Exception | None) -> None: ...
 
 
+# With a direct channel (`Container.direct_channel`) the runtime's frames and log reach the sink
+# as fds 1 and 2, and what runc itself writes to its stdout/stderr (its fatal errors) as these:
+RUNC_STDOUT, RUNC_STDERR = 11, 12
+CHANNEL_FDS = (3, 4, 5)  # in the container: channel in (worker -> runtime), channel out, log
+CHANNEL_FDS_VARIABLE = "_SNAPFAAS_CHANNEL_FDS"  # tells the runtime (it removes it) to use them
+
+
 class _SinkProtocol(asyncio.subprocess.SubprocessStreamProtocol):
     """asyncio's subprocess protocol, except that stdout and stderr data go to a sink as the
-    loop reads them (the process's ``stdout``/``stderr`` readers only ever see EOF)."""
+    loop reads them, as the sink fds `fds` maps them to (the process's ``stdout``/``stderr``
+    readers only ever see EOF)."""
 
-    def __init__(self, sink: OutputSink, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sink: OutputSink, limit: int, loop: asyncio.AbstractEventLoop,
+                 fds: Mapping[int, int] | None = None) -> None:
         super().__init__(limit=limit, loop=loop)
         self._sink = sink
+        self._fds = fds or {1: 1, 2: 2}
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd in (1, 2):
-            self._sink.output_received(fd, data)
+            self._sink.output_received(self._fds[fd], data)
         else:
             super().pipe_data_received(fd, data)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd in (1, 2):
-            self._sink.output_ended(fd, exc)
+            self._sink.output_ended(self._fds[fd], exc)
         super().pipe_connection_lost(fd, exc)
+
+
+class _PipeSink(asyncio.Protocol):
+    """One direct channel pipe read into a sink as fd `fd`, in the loop's read callback."""
+
+    def __init__(self, sink: OutputSink, fd: int) -> None:
+        self._sink = sink
+        self._fd = fd
+
+    def data_received(self, data: bytes) -> None:
+        self._sink.output_received(self._fd, data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sink.output_ended(self._fd, exc)
 
 
 def runc_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -119,6 +147,13 @@ class Container:
         # readers are used).
         self.output: OutputSink | None = None
         self.feeds_output = False
+        # Set before `start` (with `output`, for `runc run`): the runtime's channel and log go
+        # over pipes passed straight into the container (``runc run --preserve-fds``, fds
+        # `CHANNEL_FDS`) instead of the container's stdio, which a foreground runc copies
+        # through its own process (three process hops per invoke). Not for a container that
+        # will be checkpointed: runc re-attaches only stdio at restore.
+        self.direct_channel = False
+        self._direct: tuple[asyncio.StreamWriter, list[asyncio.ReadTransport]] | None = None
         self._transport: asyncio.SubprocessTransport | None = None  # when `output` is fed
         self._killed = False
         # argv prefix for `runc run` (not restore), e.g. `setarch ... --addr-no-randomize`: runc
@@ -136,6 +171,9 @@ class Container:
 
     @property
     def stdin(self) -> asyncio.StreamWriter:
+        """The channel to the runtime (the direct channel's pipe, or the container's stdin)."""
+        if self._direct is not None:
+            return self._direct[0]
         assert self.process is not None and self.process.stdin is not None
         return self.process.stdin
 
@@ -176,7 +214,12 @@ class Container:
             argv = self.runc.argv(*log, "restore", "--image-path", str(restore_from), "--work-path", str(self.bundle),
                                   "--bundle", str(self.bundle), self.id)
         try:
-            self.process = await self._spawn(argv, runc_environ(environ))
+            if restore_from is None and self.direct_channel and self.output is not None:
+                argv = [*self.launcher, *self.runc.argv(*log, "run", "--preserve-fds", str(len(CHANNEL_FDS)),
+                                                        "--bundle", str(self.bundle), self.id)]
+                self.process = await self._spawn_direct(argv, runc_environ(environ), self.output)
+            else:
+                self.process = await self._spawn(argv, runc_environ(environ))
         except OSError as exc:
             raise ServiceError(f"sandbox start failed at step 'exec runc' for {self.id}: {exc}") from exc
         if self._killed:
@@ -196,12 +239,58 @@ class Container:
         self._transport, self.feeds_output = transport, True
         return asyncio.subprocess.Process(transport, protocol, loop)
 
+    async def _spawn_direct(self, argv: list[str], environ: dict[str, str], sink: OutputSink) -> asyncio.subprocess.Process:
+        """runc with the direct channel: three pipes whose container ends become fds
+        `CHANNEL_FDS` of runc (bash moves them there: a spawned process's fds beyond stdio keep
+        their numbers) and are preserved into the container; their worker ends are read into
+        `sink` as fds 1 (frames) and 2 (log), and written as `stdin`. runc's own stdout and
+        stderr reach the sink as `RUNC_STDOUT` and `RUNC_STDERR`."""
+        loop = asyncio.get_running_loop()
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            for reader_is_ours in (False, True, True):  # channel in, channel out, log
+                r, w = os.pipe()
+                ours.append(r if reader_is_ours else w)
+                theirs.append(w if reader_is_ours else r)
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in theirs]
+            for fd in theirs:
+                os.close(fd)
+            theirs = high
+            moves = " ".join(f"{target}{'<' if i == 0 else '>'}&{fd} {fd}<&-"
+                             for i, (target, fd) in enumerate(zip(CHANNEL_FDS, theirs)))
+            wrapper = ["bash", "-c", f'exec {moves}; exec "$@"', "bash"]
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _SinkProtocol(sink, STREAM_LIMIT, loop, {1: RUNC_STDOUT, 2: RUNC_STDERR}),
+                *wrapper, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, umask=RUNC_UMASK, env=environ, pass_fds=theirs)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self._transport, self.feeds_output = transport, True
+        channel_in, frames, logs = (os.fdopen(fd, "wb" if i == 0 else "rb", buffering=0) for i, fd in enumerate(ours))
+        readers: list[asyncio.ReadTransport] = []
+        for fd, pipe in ((1, frames), (2, logs)):
+            reader, _ = await loop.connect_read_pipe(lambda fd=fd: _PipeSink(sink, fd), pipe)
+            readers.append(reader)  # type: ignore[arg-type]
+        writer_transport, writer_protocol = await loop.connect_write_pipe(
+            lambda: asyncio.streams.FlowControlMixin(loop=loop), channel_in)  # type: ignore[attr-defined]
+        self._direct = (asyncio.StreamWriter(writer_transport, writer_protocol, None, loop), readers)
+        return asyncio.subprocess.Process(transport, protocol, loop)
+
     def pause_output(self, fd: int, paused: bool) -> None:
         """Stop (or resume) reading stdout (1) or stderr (2) when `output` receives it: the
         sink's back-pressure (the process's writes block once the pipe is full)."""
-        if self._transport is None:
+        if self._direct is not None:
+            pipe: Any = self._direct[1][0] if fd == 1 else self._direct[1][1]
+        elif self._transport is not None:
+            pipe = self._transport.get_pipe_transport(fd)
+        else:
             return
-        pipe = self._transport.get_pipe_transport(fd)
         if not isinstance(pipe, asyncio.ReadTransport) or pipe.is_closing():
             return
         if paused:
@@ -242,6 +331,8 @@ class Container:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        if self._direct is not None:
+            self._direct[0].close()  # the readers close at EOF, once the container's processes are gone
         await self._force_delete()
 
     async def _force_delete(self) -> None:

@@ -162,6 +162,7 @@ class Environment:
         self._decoder = FrameDecoder(max_frame_bytes)
         self._stray = LineSplitter()  # stdout output that is not a frame, logged by lines
         self._log_lines = LineSplitter()  # stderr
+        self._runc_output: dict[int, LineSplitter] = {}  # runc's own output, with a direct channel
         self._stdout_paused = False  # FRAME_QUEUE frames unread: stdout is not read
         self._room = asyncio.Event()  # set while stdout may be read (the reader task's back-pressure)
         self._room.set()
@@ -256,11 +257,17 @@ class Environment:
         self.output_ended(fd, failure)
 
     def output_received(self, fd: int, data: bytes) -> None:
-        """`OutputSink`: a chunk of the container's stdout (1) or stderr (2), on the loop."""
+        """`OutputSink`: a chunk of the runtime's frames (1) or log (2), or with a direct
+        channel of what runc itself wrote (`RUNC_STDOUT`, `RUNC_STDERR`), on the loop."""
         if fd == 1:
             self._stdout_received(data)
-        else:
+        elif fd == 2:
             self._stderr_lines(self._log_lines.feed(data))
+        else:
+            self._log_raw(self._runc_lines(fd).feed(data))
+
+    def _runc_lines(self, fd: int) -> LineSplitter:
+        return self._runc_output.setdefault(fd, LineSplitter())
 
     def output_ended(self, fd: int, exc: Exception | None) -> None:
         """`OutputSink`: stdout (1) or stderr (2) reached EOF (or failed with `exc`)."""
@@ -270,11 +277,13 @@ class Environment:
             elif self._rejected is None:
                 self._log_raw(self._stray.flush())
             self._finish_frames()
-        else:
+        elif fd == 2:
             if exc is not None:
                 logger.info("environment %s: log stream ended: %s", self.id, exc)
             self._stderr_lines(self._log_lines.flush())
             self._logs_ended.set()
+        else:
+            self._log_raw(self._runc_lines(fd).flush())
 
     def _stdout_received(self, data: bytes) -> None:
         """Decode stdout into frames (for `next_frame`) and stray output (logged by lines).

@@ -22,7 +22,7 @@ from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import custom, init
 from snapfaas.sandbox import etc
 from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
-from snapfaas.sandbox.container import CONTAINER_PREFIX, Container, Runc
+from snapfaas.sandbox.container import CHANNEL_FDS, CHANNEL_FDS_VARIABLE, CONTAINER_PREFIX, Container, Runc
 from snapfaas.sandbox.criu_container import CriuContainer, CriuEngine
 from snapfaas.sandbox.restored import RestoredLedger
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
@@ -278,8 +278,12 @@ class EnvironmentFactory:
             seed = determinism.hash_seed(self.store_secret, version.name) if self.store_secret is not None else None
             environ.update(determinism.init_environ(seed, fixed, version.environment))
             launcher = list(self.fixed_layout_launcher or [])
+        direct = init_type == "on-demand" and not is_custom(version.runtime)  # never checkpointed: see Container.direct_channel
+        if direct:
+            environ[CHANNEL_FDS_VARIABLE] = ",".join(map(str, CHANNEL_FDS))
         env = self._build(version, init_type, environ, self.criu_dump_config, network=network)
         env.container.launcher = launcher
+        env.container.direct_channel = direct
         return env
 
     def restored(self, version: FunctionVersion, images: Path, network: NetworkLease | None = None) -> Environment:

@@ -67,14 +67,23 @@ def tail(response: dict) -> str:
 
 # -- frames ----------------------------------------------------------------------------------
 FORGED_FRAME = """
-import os, uuid
+import gc, os, uuid
 ENV_ID = uuid.uuid4().hex
-MAGIC = b"\\x1esnapfaas "  # the runtime's frame marker; fd 1 is the runtime's frame channel
+MAGIC = b"\\x1esnapfaas "  # the runtime's frame marker
+
+def channel_fd():
+    # the runtime's frame channel: a private pipe fd of this process (an on-demand environment's
+    # direct channel; fd 1 is the log there), or fd 1 (stdio channel); code in the process can find it
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "Channel" and hasattr(obj, "outbound"):
+            return obj.outbound.fileno()
+    return 1
 
 def handler(event, context):
     if event.get("n") is not None:
-        os.write(1, MAGIC + ('{"t":"response","n":%s}' % event["n"]).encode() + b"\\n")
-        os.write(1, b"x" * 65536)  # some payload bytes follow, as if it were being sent
+        fd = channel_fd()
+        os.write(fd, MAGIC + ('{"t":"response","n":%s}' % event["n"]).encode() + b"\\n")
+        os.write(fd, b"x" * 65536)  # some payload bytes follow, as if it were being sent
     return {"env_id": ENV_ID}
 """
 

@@ -155,7 +155,7 @@ def test_restored_cgroup_has_runcs_limits(lam, fn: str, server: ServerHandle) ->
 
 def test_cpu_per_restore_is_accounted(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
     """bench/cpu.py under the criu engine: CRIU runs in the environment's cgroup (so its CPU is
-    read there), the restored runtime is the daemon's reaped child (taken out of the helpers)."""
+    read there); no runc call is accounted."""
     assert server.proc is not None
     pid, state_dir = server.proc.pid, server.data_dir / "runc"
     settled = cpu.settled(pid, state_dir)
@@ -165,7 +165,7 @@ def test_cpu_per_restore_is_accounted(lam, fn: str, server: ServerHandle) -> Non
         response, _ = invoke_json(lam, fn, {}, Qualifier="1", LogType="Tail")
         assert_restored(response["LogResult"])
 
-    result = cpu.measure(pid, state_dir, restore, settled, batches=1, per_batch=2, idle_window_s=0.5, runtime_reaped=True)
+    result = cpu.measure(pid, state_dir, restore, settled, batches=1, per_batch=2, idle_window_s=0.5)
     parts = result["per_restore_ms"]
     assert all(value >= 0 for value in parts.values()), parts
     assert parts["CRIU"] > 0 and parts["runtime"] > 0 and parts["daemon"] > 0, parts

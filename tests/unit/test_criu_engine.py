@@ -134,10 +134,3 @@ def test_engine_bench_ratios_and_markdown() -> None:
     assert "| torch | criu / runc | 0.75 | 0.75 | 0.5 |" in text
     assert "runc restore 20.0" in text
 
-
-def test_cpu_split_takes_a_reaped_runtime_out_of_the_helpers() -> None:
-    from snapfaas.bench import cpu
-
-    batch = cpu.Counters(restores=1, wall_s=1.0, daemon_s=0.02, children_s=0.05, cgroup_ns=40_000_000, runtime_ns=30_000_000)
-    assert cpu.split(batch, 0.0)["runc & helpers"] == 40.0  # runc: the runtime is not the daemon's child
-    assert cpu.split(batch, 0.0, runtime_reaped=True)["runc & helpers"] == 10.0

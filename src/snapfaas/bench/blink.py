@@ -241,8 +241,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                 row = measure_function(bench, name, runs, say)
                 say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores")
                 row["cpu"] = cpu.measure(pid, state_dir, _restore_once(bench, name), cpu.settled(pid, state_dir),
-                                         batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log,
-                                         runtime_reaped=engine == "criu")
+                                         batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log)
                 row["publish_s"] = round(publish_s, 2)
                 result["functions"][name] = row
                 if name == BURST_FUNCTION:

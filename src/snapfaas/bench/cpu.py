@@ -11,11 +11,15 @@ How each part is measured (no wrapper binaries, no server option, nothing global
   it) and the daemon's other helpers (`ip`/`nft` refilling the prepared network namespaces,
   `umount`). Not the restored process: it is not runc's child once CRIU is done, so its CPU
   never reaches runc's or the daemon's rusage (checked: a handler that burns 0.6 s of CPU
-  changes the cgroup's figure by 0.6 s and the daemon's children figure by nothing).
+  changes the cgroup's figure by 0.6 s and the daemon's children figure by nothing). Under
+  ``--restore-engine criu`` CRIU restores it as the daemon's own child, which reaps it, and its
+  CPU does not reach the daemon's children figure either (checked the same way: a 1 s burn
+  moved the cgroup by 1.0 s and the children by 0.04 s, as without the burn).
 - **CRIU + runtime**: the environment cgroup's CPU counter (cgroup v1 `cpuacct.usage`, v2
   `cpu.stat usage_usec`), read after the first invoke, before teardown. runc moves the CRIU
-  process into the container's cgroup before it restores (`criuApplyCgroups`), so the cgroup
-  holds CRIU's restore work plus the restored process's.
+  process into the container's cgroup before it restores (`criuApplyCgroups`; the criu engine,
+  `sandbox/criu_container.py`, does the same), so the cgroup holds CRIU's restore work plus the
+  restored process's.
 - **runtime**: the restored process's threads, summed from /proc/<pid>/task/*/schedstat
   (nanoseconds on CPU), read at the same moment: CRIU's restorer blob running in the task
   (mapping memory, restoring threads), then the runtime's resume hooks and the first invoke.
@@ -134,12 +138,9 @@ def mean_threads(rows: list[dict[str, float]]) -> dict[str, float]:
     return {g: round(v, 2) for g, v in sorted(means.items(), key=lambda kv: -kv[1])}
 
 
-def split(batch: Counters, idle_daemon_rate: float, runtime_reaped: bool = False) -> dict[str, float]:
+def split(batch: Counters, idle_daemon_rate: float) -> dict[str, float]:
     """ms of CPU per restore by component (`COMPONENTS`) plus "total", from one batch.
     `idle_daemon_rate` is the daemon's CPU seconds per wall second when nothing happens.
-    `runtime_reaped`: the restored process is the daemon's own child (``--restore-engine criu``:
-    CRIU restores it as the daemon's child, which reaps it), so the daemon's children figure
-    holds the runtime's CPU too and it is taken out of "runc & helpers" (there: helpers only).
     A part that comes out negative (tick rounding on a tiny figure) is clamped to 0."""
     n = batch.restores
     if n <= 0:
@@ -148,7 +149,7 @@ def split(batch: Counters, idle_daemon_rate: float, runtime_reaped: bool = False
     cgroup = batch.cgroup_ns / 1e6 / n
     runtime = batch.runtime_ns / 1e6 / n
     criu = max(0.0, cgroup - runtime)
-    runc = max(0.0, batch.children_s * 1000 / n - criu - (runtime if runtime_reaped else 0.0))
+    runc = max(0.0, batch.children_s * 1000 / n - criu)
     parts = {"daemon": daemon, "runc & helpers": runc, "CRIU": criu, "runtime": runtime}
     parts["total"] = sum(parts.values())
     return {k: round(v, 2) for k, v in parts.items()}
@@ -345,11 +346,9 @@ def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[]
 
 
 def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Callable[[], bool],
-            batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0, runc_log: Path | None = None,
-            runtime_reaped: bool = False) -> dict[str, Any]:
+            batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0, runc_log: Path | None = None) -> dict[str, Any]:
     """CPU per restore by component: the median over `batches` batches of `per_batch`
-    restores, each batch preceded by its own idle-rate window; the batches' figures are kept.
-    `runtime_reaped`: see `split`."""
+    restores, each batch preceded by its own idle-rate window; the batches' figures are kept."""
     rows = []
     for _ in range(batches):
         wait_for(settled, 120, "the daemon's environments to be torn down")
@@ -358,7 +357,7 @@ def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Cal
         raw = {"wall_s": round(batch.wall_s, 2), "daemon_ms": round(batch.daemon_s * 1000, 1),
                "children_ms": round(batch.children_s * 1000, 1), "cgroup_ms": round(batch.cgroup_ns / 1e6, 1),
                "runtime_ms": round(batch.runtime_ns / 1e6, 1), "runc_calls": batch.runc_calls}
-        rows.append({**split(batch, rate, runtime_reaped), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
+        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
                      "daemon_threads_ms": daemon_threads_ms(batch), "runc_by_command_ms": runc_by_command(batch)})
     parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
     by_command = [row["runc_by_command_ms"] for row in rows if row["runc_by_command_ms"] is not None]

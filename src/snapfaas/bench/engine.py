@@ -100,7 +100,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 7, cpu_batc
                     restore = lambda b=benches[engine]: _restore(b, name) and None  # noqa: E731
                     batches[engine].append(cpu.measure(
                         pid, state_dir, restore, cpu.settled(pid, state_dir), batches=1, per_batch=cpu_per_batch,
-                        runc_log=runc_log if engine == "runc" else None, runtime_reaped=engine == "criu"))
+                        runc_log=runc_log if engine == "runc" else None))
             rows: dict[str, Any] = {}
             for engine in ENGINES:
                 per_batch = [b["batches"][0] for b in batches[engine]]
@@ -142,7 +142,7 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = rows["criu_over_runc"]
         lines.append(f"| {name} | criu / runc | {ratio['restore_e2e']} | {ratio['restore_duration']} | {ratio['cpu_total']} | | | | |")
     lines += ["", "With the criu engine \"runc & helpers\" holds the daemon's other helper processes only (no runc runs "
-              "for a restore); the restored runtime is the daemon's child there and is taken out of it (`bench/cpu.py`).", ""]
+              "for a restore).", ""]
     for name, rows in result["functions"].items():
         by_command = rows["runc"]["cpu"]["runc_by_command_ms"]
         if by_command:

@@ -121,6 +121,12 @@ def test_a_tampered_copy_in_a_cache_tier_is_evicted_and_read_from_below(tmp_path
     reader.memory.put(ref.name, bytes(bad))
     assert reader.read("fn-1-aaaa", "pages-2.img", 0, CHUNK_SIZE) == expected[:CHUNK_SIZE]
     assert reader.counters()["memory"].corrupt == 1 and reader.counters()["disk"].hits == 1
+    assert reader.memory.lookup(ref.name) == (expected[:CHUNK_SIZE], True)  # decoded from a verified blob
+    # a right copy put there unverified is hashed at its first hit, then trusted
+    reader.memory.put(ref.name, bytes(expected[:CHUNK_SIZE]))
+    assert reader.read("fn-1-aaaa", "pages-2.img", 0, CHUNK_SIZE) == expected[:CHUNK_SIZE]
+    assert reader.memory.lookup(ref.name) == (expected[:CHUNK_SIZE], True)
+    assert reader.counters()["memory"].corrupt == 1
     # disk tier: every region of the blob (header, nonce, ciphertext, tag)
     for position in (0, 5, 10, 40, ref.stored // 2, ref.stored - 1):
         reader.memory.discard(ref.name)

@@ -34,6 +34,26 @@ def test_memory_tier_with_no_budget_holds_nothing() -> None:
     assert tier.get("a") is None
 
 
+def test_memory_tier_marks_only_the_copy_that_was_verified() -> None:
+    tier = MemoryTier(100)
+    tier.put("a", b"x" * 10, verified=True)
+    assert tier.lookup("a") == (b"x" * 10, True)
+    tier.put("a", b"y" * 10)  # another copy under the name: not verified, whatever came before
+    assert tier.lookup("a") == (b"y" * 10, False)
+    tier.mark_verified("a", b"z" * 10)  # not the copy held: no mark
+    assert tier.lookup("a") == (b"y" * 10, False)
+    held = tier.get("a")
+    assert held is not None
+    tier.mark_verified("a", held)
+    assert tier.lookup("a") == (b"y" * 10, True)
+    tier.discard("a")
+    tier.put("a", b"w" * 10)
+    assert tier.lookup("a") == (b"w" * 10, False) and tier.lookup("b") is None
+    tier.put("b", b"v" * 95, verified=True)  # evicts "a"; its mark goes with it
+    tier.put("a", b"w" * 4)
+    assert tier.lookup("a") == (b"w" * 4, False)
+
+
 def test_disk_tier_keeps_its_budget_and_files_match_its_index(tmp_path: Path) -> None:
     tier = DiskTier(tmp_path / "cache", budget=3000)
     names = [f"{index:02x}" * 32 for index in range(5)]

@@ -15,9 +15,13 @@ Contracts:
   write themselves at their offsets.
 * `read(snapshot_id, path, offset, length)` returns exactly the bytes of that range (short at
   end of file) through the tiers: the basis of lazy restore.
-* A chunk comes from the first tier that holds a *verified* copy. Memory hits are re-hashed
-  (``verify_memory``; ~0.3 ms per 512 KiB here); disk and origin blobs are authenticated and
-  hashed by `ChunkCodec.open`. A cache tier's bad copy is evicted (counted as ``corrupt``) and
+* A chunk comes from the first tier that holds a *verified* copy. Disk and origin blobs are
+  authenticated and hashed by `ChunkCodec.open`. A memory-tier copy is verified once: the
+  store puts a chunk there only from a blob it just verified (or from the bytes it just
+  sealed), marked verified; a copy put there any other way is hashed at its first hit
+  (``verify_memory``) and marked once it matches. A marked copy (immutable ``bytes``) is
+  trusted on later hits: re-hashing every hit cost ~0.4 ms per 512 KiB here, ~30 ms of daemon
+  CPU per torch restore with a cold page cache (the working-set push re-reads ~200 chunks). A cache tier's bad copy is evicted (counted as ``corrupt``) and
   the chunk read from below; a hit below promotes it into every tier above. At the origin a
   missing or bad chunk raises `ChunkUnavailable` naming the snapshot, file and chunk; a bad
   one (twice in a row) is also deleted there, so re-creating the snapshot uploads it afresh
@@ -274,7 +278,7 @@ class ChunkStore:
             self.disk.put(sealed.name, sealed.blob)
             self._count("disk", bytes_written=len(sealed.blob))
         if warm_cache:
-            self.memory.put(sealed.name, data)  # the publishing host restores it next (LRU-bounded)
+            self.memory.put(sealed.name, data, verified=True)  # the publishing host restores it next (LRU-bounded)
         return ChunkRef(offset, len(data), sealed.name, sealed.digest, len(sealed.blob))
 
     def delete(self, snapshot_id: str) -> None:
@@ -494,16 +498,20 @@ class ChunkStore:
 
     def _from_memory(self, ref: ChunkRef, count: bool = True) -> bytes | None:
         assert ref.name is not None
-        data = self.memory.get(ref.name)
-        if data is None:
+        found = self.memory.lookup(ref.name)
+        if found is None:
             if count:
                 self._count("memory", misses=1)
             return None
-        if len(data) != ref.length or (self.verify_memory and hashlib.sha256(data).digest() != ref.digest):
+        data, verified = found
+        check = self.verify_memory and not verified
+        if len(data) != ref.length or (check and hashlib.sha256(data).digest() != ref.digest):
             logger.warning("store: memory copy of chunk %s failed verification; evicted, reading from below", ref.name)
             self.memory.discard(ref.name)
             self._count("memory", misses=1, corrupt=1)
             return None
+        if check:
+            self.memory.mark_verified(ref.name, data)
         if count:
             self._count("memory", hits=1, bytes_read=len(data))
         return data
@@ -523,7 +531,7 @@ class ChunkStore:
                     self._count("disk", misses=1, corrupt=1)
                 else:
                     self._count("disk", hits=1, bytes_read=len(blob))
-                    self.memory.put(ref.name, plain)
+                    self.memory.put(ref.name, plain, verified=True)
                     return plain
         blob, plain = self._from_origin(ref)
         self._count("origin", hits=1, bytes_read=len(blob))
@@ -533,7 +541,7 @@ class ChunkStore:
                 self._count("disk", bytes_written=len(blob))
             except OSError as exc:  # a full or broken cache disk must not fail a restore
                 logger.warning("store: could not cache chunk %s on disk: %s", ref.name, exc)
-        self.memory.put(ref.name, plain)
+        self.memory.put(ref.name, plain, verified=True)
         return plain
 
     def _from_origin(self, ref: ChunkRef) -> tuple[bytes, bytes]:

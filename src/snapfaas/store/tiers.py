@@ -1,8 +1,10 @@
 """Cache tiers above the origin: process memory and a local disk directory, each LRU under a
 byte budget, plus the per-tier counters.
 
-* `MemoryTier` holds verified *plaintext* chunks (``bytes``, immutable) by name. A restore
-  reading from it pays no decryption.
+* `MemoryTier` holds *plaintext* chunks (``bytes``, immutable) by name, each marked whether
+  `ChunkStore` verified that very copy against its content address (`put(..., verified=True)`
+  when it decoded the chunk from a verified blob or sealed it itself; `mark_verified` after
+  hashing a copy put unverified). A restore reading from it pays no decryption.
 * `DiskTier` holds *sealed* blobs (encrypted, as at the origin) as files
   ``<root>/<name[0:2]>/<name>``; plaintext never reaches persistent disk. Writes go to a unique
   temporary sibling and are renamed into place, so a reader sees a whole blob or none. The LRU
@@ -68,17 +70,26 @@ class MemoryTier:
         self.budget = budget
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._verified: set[str] = set()  # names whose current copy was verified (see the module docstring)
         self._bytes = 0
         self.evictions = 0
 
     def get(self, name: str) -> bytes | None:
+        found = self.lookup(name)
+        return None if found is None else found[0]
+
+    def lookup(self, name: str) -> tuple[bytes, bool] | None:
+        """(the copy held under `name`, whether that copy is marked verified), or None."""
         with self._lock:
             data = self._entries.get(name)
-            if data is not None:
-                self._entries.move_to_end(name)
-            return data
+            if data is None:
+                return None
+            self._entries.move_to_end(name)
+            return data, name in self._verified
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, verified: bool = False) -> None:
+        """Hold `data` under `name` (replacing any copy); `verified`: the caller checked this
+        very copy against the chunk's content address."""
         if len(data) > self.budget:
             return
         with self._lock:
@@ -86,15 +97,27 @@ class MemoryTier:
             if old is not None:
                 self._bytes -= len(old)
             self._entries[name] = data
+            if verified:
+                self._verified.add(name)
+            else:
+                self._verified.discard(name)
             self._bytes += len(data)
             while self._bytes > self.budget:
-                _, evicted = self._entries.popitem(last=False)
+                evicted_name, evicted = self._entries.popitem(last=False)
+                self._verified.discard(evicted_name)
                 self._bytes -= len(evicted)
                 self.evictions += 1
+
+    def mark_verified(self, name: str, data: bytes) -> None:
+        """Mark the copy under `name` verified if it is still `data` (the object just hashed)."""
+        with self._lock:
+            if self._entries.get(name) is data:
+                self._verified.add(name)
 
     def discard(self, name: str) -> None:
         with self._lock:
             old = self._entries.pop(name, None)
+            self._verified.discard(name)
             if old is not None:
                 self._bytes -= len(old)
 

@@ -239,3 +239,23 @@ def test_a_re_exposed_snapshot_is_prefetched_into_its_new_files_not_the_old_ones
         page = os.sysconf("SC_PAGE_SIZE")
         present = resident_pages(new / "pages-1.img", CHUNK_SIZE)
         assert len(present) == CHUNK_SIZE // page and all(flag & 1 for flag in present)
+
+
+def test_a_working_set_records_runs_of_touched_pages_and_a_prefetch_pushes_only_those(view: SnapshotView) -> None:
+    mounted = view
+    root = mounted.expose(mounted.store.manifest("fn-1-aaaa"), GROUP)
+    page = os.sysconf("SC_PAGE_SIZE")
+    per_chunk = CHUNK_SIZE // page
+    # pages 0-2 and 5 (gap of 2: one run), 40 alone, and the last page of chunk 0 with the first of chunk 1 (cut there)
+    touched = {0, 1, 2, 5, 40, per_chunk - 1, per_chunk}
+    ranges = [r for r in mounted.chunk_ranges("fn-1-aaaa", {"pages-1.img": touched}) if r.path == "pages-1.img"]
+    assert ranges == [TouchedRange("pages-1.img", 0, 6 * page), TouchedRange("pages-1.img", 40 * page, page),
+                      TouchedRange("pages-1.img", (per_chunk - 1) * page, page),
+                      TouchedRange("pages-1.img", CHUNK_SIZE, page)]
+    assert {r.path for r in mounted.chunk_ranges("fn-1-aaaa", {})} == {"core-1.img", "tmp/cache/model.bin"}  # small files: whole, always
+    report = mounted.prefetch("fn-1-aaaa", ranges)
+    assert (report.pushed, report.failed, report.bytes) == (2, 0, 9 * page)  # two chunks fetched, nine pages pushed
+    image = root / "pages-1.img"
+    present = resident_pages(image, 2 * CHUNK_SIZE)
+    assert [i for i, flag in enumerate(present) if flag & 1] == [0, 1, 2, 3, 4, 5, 40, per_chunk - 1, per_chunk]
+    assert mounted.prefetch("fn-1-aaaa", ranges).resident == 2

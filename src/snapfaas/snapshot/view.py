@@ -36,11 +36,12 @@ Contracts:
   set of a first restore; reads answered by the page cache never reach the view).
 * `prime(snapshot_id, dump)` pushes a freshly stored snapshot into the page cache from its
   dump directory (the publish's first restores find it in memory; no store reads).
-* `prefetch(snapshot_id, ranges)` (blocking, from any thread but the view's): the chunks of
+* `prefetch(snapshot_id, ranges)` (blocking, from any thread but the view's): the pages of
   those ranges that are not in the kernel's page cache (``mincore`` over a map of the file,
-  which faults nothing) are fetched in parallel and pushed into the page cache
-  (``notify_store``), so the restored process finds them there instead of faulting them in
-  one at a time. Only files restores read through the view count (`read_through_view`: page
+  which faults nothing) are fetched in parallel, a chunk at a time, and pushed into the page
+  cache (``notify_store``), so the restored process finds them there instead of faulting them
+  in one at a time. A working set records the runs of pages a restore touched
+  (`chunk_ranges`), so a prefetch pushes those, not the untouched rest of their chunks. Only files restores read through the view count (`read_through_view`: page
   images and large files; the small images come from the lease's local copy). Best effort: a
   chunk that cannot be had is left to the fault that needs it.
 * The file system runs on its own thread and trio loop; chunk fetches run on a bounded thread
@@ -81,6 +82,7 @@ ATTR_TIMEOUT_S = 86400.0  # names and attributes never change while a snapshot i
 DECODED_CHUNKS = 24  # plaintext chunks kept for the next read of the same chunk (12 MiB)
 FETCH_THREADS = 8
 PREFETCH_THREADS = 4
+RUN_GAP_PAGES = 4  # touched pages at most this many pages apart are recorded as one run (fewer, larger pushes)
 LOCAL_IMAGE_MAX = 1 << 20  # image files up to this size (and not page images) are read from a lease's local copy
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -389,23 +391,38 @@ class SnapshotView(pyfuse3.Operations):
         return pushed
 
     def chunk_ranges(self, snapshot_id: str, pages: dict[str, set[int]]) -> list[TouchedRange]:
-        """The chunks of exposed `snapshot_id` holding the given file pages (image file name ->
-        page numbers), plus every chunk of its small image files (CRIU reads those whole at every
-        restore); holes left out. Chunks may have any length (a manifest says where each is)."""
+        """The ranges of exposed `snapshot_id` holding the given file pages (image file name ->
+        page numbers): for files read through the view (`read_through_view`), the runs of those
+        pages (neighbours up to `RUN_GAP_PAGES` apart joined), cut at chunk boundaries, so a
+        prefetch pushes those pages and not the rest of their chunks; for the small image files,
+        every chunk whole (CRIU reads those whole at every restore). Holes left out. Chunks may
+        have any length (a manifest says where each is)."""
         out = []
         for _, node in sorted(self._files(snapshot_id).items()):
             entry = node.entry
             assert entry is not None
-            whole = not entry.path.startswith("pages-")
+            whole = not read_through_view(entry)
             offsets = sorted(page * PAGE for page in pages.get(entry.path, ()))
             if not whole and not offsets:
                 continue
             for ref in entry.chunks:
                 if ref.is_hole:
                     continue
-                first = bisect.bisect_left(offsets, ref.offset)
-                if whole or (first < len(offsets) and offsets[first] < ref.offset + ref.length):
+                end = ref.offset + ref.length
+                if whole:
                     out.append(TouchedRange(entry.path, ref.offset, ref.length))
+                    continue
+                first, last = bisect.bisect_left(offsets, ref.offset), bisect.bisect_left(offsets, end)
+                run_start = run_end = None
+                for offset in offsets[first:last]:
+                    if run_end is not None and offset <= run_end + RUN_GAP_PAGES * PAGE:
+                        run_end = offset + PAGE
+                        continue
+                    if run_start is not None and run_end is not None:
+                        out.append(TouchedRange(entry.path, run_start, min(run_end, end) - run_start))
+                    run_start, run_end = offset, offset + PAGE
+                if run_start is not None and run_end is not None:
+                    out.append(TouchedRange(entry.path, run_start, min(run_end, end) - run_start))
         return out
 
     def _probe(self, snapshot_id: str, path: str, size: int) -> ResidencyProbe:
@@ -433,16 +450,23 @@ class SnapshotView(pyfuse3.Operations):
             probe.close()
 
     def prefetch(self, snapshot_id: str, ranges: Iterable[TouchedRange]) -> PrefetchReport:
-        """Push the chunks covering `ranges` of exposed `snapshot_id` that the page cache lacks
-        (see the module docstring). Blocking; never call it on the view's own thread."""
+        """Push the pages of `ranges` of exposed `snapshot_id` that the page cache lacks (see the
+        module docstring): each chunk they fall in is fetched once, and only the ranges' pages
+        of it are pushed (a range of whole chunks pushes those chunks). Counts are in chunks.
+        Blocking; never call it on the view's own thread."""
         report = PrefetchReport()
         files = self._files(snapshot_id)
-        wanted: dict[tuple[str, int], None] = {}  # (path, chunk index), in the order given
+        wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}  # (path, chunk index) -> byte spans, in the order given
         for item in ranges:
             node = files.get(item.path)
-            if node is not None and node.entry is not None and read_through_view(node.entry):
-                wanted.update(dict.fromkeys((item.path, index) for index, ref in node.entry.covering(item.offset, item.length)
-                                            if not ref.is_hole))
+            if node is None or node.entry is None or not read_through_view(node.entry):
+                continue
+            for index, ref in node.entry.covering(item.offset, item.length):
+                if not ref.is_hole:
+                    lo = max(item.offset, ref.offset) // PAGE * PAGE
+                    hi = min(item.offset + item.length, ref.offset + ref.length)
+                    hi = min(-(-hi // PAGE) * PAGE, ref.offset + ref.length)
+                    wanted.setdefault((item.path, index), []).append((lo, hi))
         present: dict[str, bytes] = {}
         for path in {path for path, _ in wanted}:
             entry = files[path].entry
@@ -452,24 +476,25 @@ class SnapshotView(pyfuse3.Operations):
             except OSError as exc:
                 logger.debug("snapshot view: residency of %s/%s unknown: %s", snapshot_id, path, exc)
                 present[path] = b""
-        missing: list[tuple[Node, int, ChunkRef]] = []
-        for path, index in wanted:
+        missing: list[tuple[Node, int, ChunkRef, list[tuple[int, int]]]] = []
+        for (path, index), spans in wanted.items():
             node = files[path]
             assert node.entry is not None
             ref = node.entry.chunks[index]
-            pages = present[path][ref.offset // PAGE:(ref.offset + ref.length + PAGE - 1) // PAGE]
-            if pages and not pages.translate(_LOW_BIT).count(0):  # every page resident (bit 0 of each byte)
-                report.resident += 1
+            absent = [span for span in _merged(spans) if not _resident(present[path], *span)]
+            if absent:
+                missing.append((node, index, ref, absent))
             else:
-                missing.append((node, index, ref))
+                report.resident += 1
         if not missing:
             return report
 
-        def push(node: Node, index: int, ref: ChunkRef) -> int:
+        def push(node: Node, index: int, ref: ChunkRef, spans: list[tuple[int, int]]) -> int:
             assert node.entry is not None and node.snapshot_id is not None
-            data = self._plaintext(node.snapshot_id, node.entry.path, index, ref)
-            pyfuse3.notify_store(node.inode, ref.offset, data)
-            return len(data)
+            data = memoryview(self._plaintext(node.snapshot_id, node.entry.path, index, ref))
+            for lo, hi in spans:
+                pyfuse3.notify_store(node.inode, lo, data[lo - ref.offset:hi - ref.offset])
+            return sum(hi - lo for lo, hi in spans)
 
         with concurrent.futures.ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="view-prefetch") as pool:
             futures = [pool.submit(push, *item) for item in missing]
@@ -657,6 +682,24 @@ class SnapshotView(pyfuse3.Operations):
         chunk missing or corrupt at the origin, or the origin unreachable); None if none."""
         with self._guard:
             return self._failed.get(snapshot_id)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Byte spans sorted, overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _resident(pages: bytes, lo: int, hi: int) -> bool:
+    """Whether every page of byte span [lo, hi) is in the page cache (`pages`: one mincore
+    byte per page of the file; empty when unknown: not resident)."""
+    window = pages[lo // PAGE:(hi + PAGE - 1) // PAGE]
+    return bool(window) and not window.translate(_LOW_BIT).count(0)
 
 
 def _ignore_missing(call: Callable[..., object], *args: object) -> None:

@@ -85,7 +85,7 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "layout for every snapshot (restored and on-demand environments are unaffected).")
 @click.option("--runc", "runc_binary", default="runc", show_default=True, metavar="PATH",
               help="The runc binary the daemon runs (a name on PATH or a path), e.g. a wrapper that accounts its CPU.")
-@click.option("--restore-engine", type=click.Choice(["runc", "criu"]), default="runc", show_default=True,
+@click.option("--restore-engine", type=click.Choice(["runc", "criu"]), default="criu", show_default=True,
               help="What restores a SnapStart environment: runc (`runc restore`, `runc kill`, `runc delete` per "
                    "environment) or criu (the daemon drives CRIU's RPC itself, doing runc's cgroup, mount, network "
                    "and stdio set-up; less CPU per restore; cgroup v1 hosts, elsewhere it falls back to runc).")

@@ -219,9 +219,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+_RESULT_ENCODER = json.JSONEncoder(default=_json_default)  # built once: json.dumps with `default` builds one per call
+
+
 def encode_result(result: Any) -> bytes:
     try:
-        return json.dumps(result, default=_json_default).encode()
+        return _RESULT_ENCODER.encode(result).encode()
     except (TypeError, ValueError, OverflowError) as exc:
         raise Fault(Fault.MARSHAL, f"Unable to marshal response: {exc}") from exc
 

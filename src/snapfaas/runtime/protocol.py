@@ -37,9 +37,12 @@ MAGIC = b"\x1esnapfaas"
 LOG_MARK = "\x1esnapfaas-end "
 
 
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
+
+
 def encode(kind: str, payload: bytes = b"", **fields: Any) -> bytes:
     header = {"t": kind, "n": len(payload), **fields}
-    return MAGIC + b" " + json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
+    return MAGIC + b" " + _HEADER_ENCODER.encode(header).encode() + b"\n" + payload
 
 
 def parse_header(line: bytes) -> dict[str, Any] | None:

@@ -62,6 +62,7 @@ one finds no manifest and re-creates its snapshot, as for any broken snapshot.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import secrets
@@ -316,8 +317,7 @@ class SnapshotVault:
         # from the restored tasks, whose root is the container's (an absolute link would miss)
         exposed = self.view.mountpoint.resolve() / snapshot_id
         home = self.cache.resolve() / snapshot_id
-        staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
-        try:
+        with self._installing(snapshot_id, plain, group, "copy small images from the store") as staging:
             staging.mkdir(mode=0o700)
             (staging / LAZY_MARK).touch()
             for entry in stored.files:
@@ -336,17 +336,6 @@ class SnapshotVault:
                             raise OSError(f"short write to {target}")
                     finally:
                         os.close(fd)
-            self._own(staging, group)
-            with self._cache_guard:
-                self._cached.pop(snapshot_id, None)  # a leftover's size is stale
-            shutil.rmtree(plain, ignore_errors=True)  # a leftover (an eager copy, another group's): nobody restores from it
-            os.rename(staging, plain)
-        except StoreError as exc:
-            logger.warning("snapshot %s: %s", snapshot_id, exc.message)
-            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'copy small images from the store': "
-                                  f"{public_reason(exc)}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def materializations(self, snapshot_id: str) -> int:
         """How often this process filled the cache with `snapshot_id` from the store (lazy:
@@ -366,20 +355,28 @@ class SnapshotVault:
 
     def _materialize(self, snapshot_id: str, plain: Path, group: int) -> None:
         """Rebuild the snapshot from the store into `plain` (staged, then renamed into place)."""
+        with self._installing(snapshot_id, plain, group, "materialize from the store") as staging:
+            self.store.materialize(snapshot_id, staging)
+        with self._cache_guard:
+            self._materialized[snapshot_id] += 1
+
+    @contextlib.contextmanager
+    def _installing(self, snapshot_id: str, plain: Path, group: int, step: str) -> Iterator[Path]:
+        """Yield a fresh staging path beside `plain` (not created) for the caller to fill; then
+        give it to `group`, and rename it over `plain` (whatever was there is a leftover nobody
+        restores from), so `plain` is complete or absent. A `StoreError` while filling becomes
+        `SnapshotCorrupt` naming `step`; the staging path never outlives the call."""
         staging = self.cache / f".{snapshot_id}.{secrets.token_hex(4)}"
         try:
-            self.store.materialize(snapshot_id, staging)
+            yield staging
             self._own(staging, group)
             with self._cache_guard:
                 self._cached.pop(snapshot_id, None)  # a leftover's size is stale
-            shutil.rmtree(plain, ignore_errors=True)  # an incomplete leftover: nobody restores from it
+            shutil.rmtree(plain, ignore_errors=True)
             os.rename(staging, plain)
-            with self._cache_guard:
-                self._materialized[snapshot_id] += 1
         except StoreError as exc:
             logger.warning("snapshot %s: %s", snapshot_id, exc.message)
-            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step 'materialize from the store': "
-                                  f"{public_reason(exc)}") from exc
+            raise SnapshotCorrupt(f"snapshot {snapshot_id} failed at step '{step}': {public_reason(exc)}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

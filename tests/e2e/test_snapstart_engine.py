@@ -168,7 +168,9 @@ def test_cpu_per_restore_is_accounted(lam, fn: str, server: ServerHandle) -> Non
     result = cpu.measure(pid, state_dir, restore, settled, batches=1, per_batch=2, idle_window_s=0.5)
     parts = result["per_restore_ms"]
     assert all(value >= 0 for value in parts.values()), parts
-    assert parts["CRIU"] > 0 and parts["runtime"] > 0 and parts["daemon"] > 0, parts
+    # the daemon's part is its CPU minus an idle rate sampled just before (clamped at 0): noise on a
+    # busy host can eat a 2-restore batch's share, so it is not what this test checks
+    assert parts["CRIU"] > 0 and parts["runtime"] > 0, parts
     assert result["runc_by_command_ms"] is None
 
 

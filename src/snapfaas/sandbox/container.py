@@ -77,8 +77,9 @@ class _SinkProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         super().pipe_connection_lost(fd, exc)
 
 
-class _PipeSink(asyncio.Protocol):
-    """One direct channel pipe read into a sink as fd `fd`, in the loop's read callback."""
+class PipeSink(asyncio.Protocol):
+    """A read pipe whose data goes to an `OutputSink` as fd `fd`, in the loop's read callback
+    (direct channel pipes here, a restored container's stdio in `criu_container`)."""
 
     def __init__(self, sink: OutputSink, fd: int) -> None:
         self._sink = sink
@@ -275,7 +276,7 @@ class Container:
         channel_in, frames, logs = (os.fdopen(fd, "wb" if i == 0 else "rb", buffering=0) for i, fd in enumerate(ours))
         readers: list[asyncio.ReadTransport] = []
         for fd, pipe in ((1, frames), (2, logs)):
-            reader, _ = await loop.connect_read_pipe(lambda fd=fd: _PipeSink(sink, fd), pipe)
+            reader, _ = await loop.connect_read_pipe(lambda fd=fd: PipeSink(sink, fd), pipe)
             readers.append(reader)  # type: ignore[arg-type]
         writer_transport, writer_protocol = await loop.connect_write_pipe(
             lambda: asyncio.streams.FlowControlMixin(loop=loop), channel_in)  # type: ignore[attr-defined]

@@ -44,7 +44,7 @@ from snapfaas.errors import ServiceError
 from snapfaas.sandbox import criu_rpc
 from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1, parse_proc_cgroup
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
-from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, OutputSink, Runc
+from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, PipeSink, Runc
 from snapfaas.sandbox.mounts import remove_tree
 from snapfaas.sandbox.restored import RestoredLedger, RestoredRecord, kill_cgroup
 
@@ -113,23 +113,6 @@ def exit_status(wait_status: int) -> int:
     """A waitpid status as runc reports its container's: the exit code, or 128 + signal."""
     code = os.waitstatus_to_exitcode(wait_status)
     return 128 - code if code < 0 else code
-
-
-class _PipeToSink(asyncio.Protocol):
-    """A read pipe whose data goes to an `OutputSink` as the loop reads it (`Container.output`)."""
-
-    def __init__(self, sink: OutputSink, fd: int) -> None:
-        self.sink = sink
-        self.fd = fd
-
-    def data_received(self, data: bytes) -> None:
-        self.sink.output_received(self.fd, data)
-
-    def eof_received(self) -> bool:
-        return False  # the transport closes; `connection_lost` reports the end
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.sink.output_ended(self.fd, exc)
 
 
 class CriuEngine:
@@ -291,7 +274,7 @@ class CriuContainer(Container):
         for number, fd in ((1, stdout_r), (2, stderr_r)):
             pipe = open(fd, "rb", 0)
             if sink is not None:
-                transport, _ = await loop.connect_read_pipe(lambda n=number: _PipeToSink(sink, n), pipe)
+                transport, _ = await loop.connect_read_pipe(lambda n=number: PipeSink(sink, n), pipe)
                 self._read_transports[number] = transport
             else:
                 reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)

@@ -169,8 +169,11 @@ def test_cpu_per_restore_is_accounted(lam, fn: str, server: ServerHandle) -> Non
     parts = result["per_restore_ms"]
     assert all(value >= 0 for value in parts.values()), parts
     # the daemon's part is its CPU minus an idle rate sampled just before (clamped at 0): noise on a
-    # busy host can eat a 2-restore batch's share, so it is not what this test checks
+    # busy host can eat a 2-restore batch's share. That the daemon's CPU is read at all is shown by
+    # its raw counter (unadjusted, over the batch), which two restores always move.
     assert parts["CRIU"] > 0 and parts["runtime"] > 0, parts
+    raw_daemon = [batch["counters"]["daemon_ms"] for batch in result["batches"]]
+    assert raw_daemon and all(ms > 0 for ms in raw_daemon), result["batches"]
     assert result["runc_by_command_ms"] is None
 
 

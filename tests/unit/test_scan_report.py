@@ -97,7 +97,7 @@ def test_sarif_uris(tmp_path: Path) -> None:
 
 
 def test_table_lists_findings_rules_and_summary(result: ScanResult) -> None:
-    text = render_table(result)
+    text = render_table(result, width=400)  # the location column shows the full temporary path: no cut
     for needle in ("SNAP001", "SNAP003", "app.py:4:6", "ID = uuid.uuid4()", "why:", "fix:",
                    "3 findings (1 error, 1 warning, 1 info) in 2 files", "2 suppressed"):
         assert needle in text, needle

@@ -8,7 +8,9 @@ runtime, reaps children, and exits with the runtime's status: its exit code, or 
 signal number when a signal ended it (what runc reports for a signalled container, too).
 
 Imports nothing beyond ``os`` before forking, so the parent shares almost every page with the
-runtime and adds next to nothing to the function's memory use.
+runtime and adds next to nothing to the function's memory use. The one exception: in a
+deterministic SnapStart init (``_SNAPFAAS_POINTER_GUARD`` set, see `snapshot.determinism`) it
+first re-keys glibc's pointer guard (`pointerguard`), which the runtime then inherits.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def supervise(runtime_pid: int) -> int:
             return exit_code(status)
 
 
+POINTER_GUARD = "_SNAPFAAS_POINTER_GUARD"  # snapshot.determinism.POINTER_GUARD (this module imports no snapfaas code)
 CUSTOM = "custom"  # argv[1] for a provided.* runtime: the Runtime API supervisor (`custom`) instead of Python's
 
 
@@ -41,6 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     custom = (sys.argv[1:] if argv is None else argv) == [CUSTOM]
+    guard = os.environ.get(POINTER_GUARD)
+    if guard:
+        from .pointerguard import rekey
+
+        try:
+            rekey(int(guard, 16))
+        except ValueError:  # not hex: the init is just less deterministic
+            pass
     runtime_pid = os.fork()
     if runtime_pid == 0:
         if custom:

@@ -27,9 +27,17 @@ The runtime removes the variables it was given for this (`INIT_VARS` lists them)
 ``os.environ`` before user code runs; the process's initial environment block
 (``/proc/self/environ``) still holds them, as it holds every variable the process started with.
 
-What stays random: AT_RANDOM (the stack protector canary and glibc's pointer guard, so mangled
-function pointers such as atexit entries differ), the state of RNGs seeded from the kernel at
-import (``random``), pids. Those are scattered pages; the bench measures what is left.
+* **glibc's pointer guard** (from the kernel's AT_RANDOM at exec; it mangles every function
+  pointer glibc keeps in memory, e.g. the atexit entries torch's C++ libraries register by the
+  thousand): with the fixed layout, pid 1 replaces it before it forks the runtime
+  (`snapfaas.runtime.pointerguard`) with a value fixed per function, derived like the hash
+  seed (`pointer_guard`, variable ``_SNAPFAAS_POINTER_GUARD``). Restored clones of one
+  snapshot share their guard anyway (it is in the snapshot's memory).
+
+What stays random: the stack protector canary (the rest of AT_RANDOM: every active C frame
+holds a copy, so it cannot be changed under a running interpreter), the state of RNGs seeded
+from the kernel at import (``random``), per-environment credentials in the environment, pids.
+Those are scattered pages; the bench measures what is left.
 
 The runtime also imports the handler module's leading import statements before compiling the
 handler (`snapfaas.runtime.preimport`), so a code change does not shift the libraries' memory.
@@ -47,6 +55,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 INIT_VARS = "_SNAPFAAS_INIT_VARS"  # names the runtime removes from its environment at start (and itself)
+POINTER_GUARD = "_SNAPFAAS_POINTER_GUARD"  # 16 hex digits: pid 1 re-keys glibc's pointer guard to it (runtime.pointerguard)
 NO_TCACHE = "glibc.malloc.tcache_count=0"
 
 
@@ -57,15 +66,26 @@ def hash_seed(secret: bytes, function: str) -> int:
     return int.from_bytes(hmac.new(key, function.encode(), hashlib.sha256).digest()[:4], "big")
 
 
-def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, str]) -> dict[str, str]:
+def pointer_guard(secret: bytes, function: str) -> int:
+    """The function's glibc pointer guard for a deterministic init (64 bits): HMAC-SHA256 under
+    its own HKDF subkey of the deployment `secret`, stable across versions."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"snapfaas snapstart pointer guard").derive(secret)
+    return int.from_bytes(hmac.new(key, function.encode(), hashlib.sha256).digest()[:8], "big")
+
+
+def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, str],
+                 guard: int | None = None) -> dict[str, str]:
     """Variables for the init environment of a SnapStart publish: the hash seed (if `seed` is
-    known), the tcache switch (with `fixed_layout`), skipping any the function's configuration
-    sets, plus `INIT_VARS` naming what the runtime must remove again."""
+    known), the tcache switch and the pointer guard (with `fixed_layout`, the guard if known),
+    skipping any the function's configuration sets, plus `INIT_VARS` naming what the runtime
+    must remove again."""
     wanted: dict[str, str] = {}
     if seed is not None:
         wanted["PYTHONHASHSEED"] = str(seed)
     if fixed_layout:
         wanted["GLIBC_TUNABLES"] = NO_TCACHE
+        if guard is not None:
+            wanted[POINTER_GUARD] = f"{guard:016x}"
     added = {name: value for name, value in wanted.items() if name not in configured}
     if added:
         added[INIT_VARS] = ",".join(sorted(added))

@@ -275,8 +275,11 @@ class EnvironmentFactory:
         launcher: list[str] = []
         if init_type == "snap-start":
             fixed = self.fixed_layout_launcher is not None
-            seed = determinism.hash_seed(self.store_secret, version.name) if self.store_secret is not None else None
-            environ.update(determinism.init_environ(seed, fixed, version.environment))
+            seed = guard = None
+            if self.store_secret is not None:
+                seed = determinism.hash_seed(self.store_secret, version.name)
+                guard = determinism.pointer_guard(self.store_secret, version.name)
+            environ.update(determinism.init_environ(seed, fixed, version.environment, guard))
             launcher = list(self.fixed_layout_launcher or [])
         direct = init_type == "on-demand" and not is_custom(version.runtime)  # never checkpointed: see Container.direct_channel
         if direct:

@@ -660,9 +660,21 @@ CODE_LOADER = type(__loader__).__name__
 def handler(event, context):
     child = subprocess.run(["cat", "/proc/self/personality"], capture_output=True, text=True).stdout.strip()
     return {"value": VALUE, "order": ORDER, "file": __file__, "loader": CODE_LOADER,
-            "env": {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "GLIBC_TUNABLES", "_SNAPFAAS_INIT_VARS", "KEEP")},
+            "env": {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "GLIBC_TUNABLES", "_SNAPFAAS_INIT_VARS",
+                                                  "_SNAPFAAS_POINTER_GUARD", "KEEP")},
+            "guard": pointer_guard(),
             "hash": hash("snapfaas"), "personality": open("/proc/self/personality").read().strip(),
             "child_personality": child}
+
+def pointer_guard():
+    # glibc's pointer guard: bytes 8..16 of AT_RANDOM (an auxv entry of type 25)
+    import struct
+    with open("/proc/self/auxv", "rb") as auxv:
+        data = auxv.read()
+    address = dict(struct.iter_unpack("<QQ", data[: len(data) // 16 * 16]))[25]
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(address + 8)
+        return mem.read(8)[::-1].hex()
 
 def fail(event, context):
     raise ValueError("from the handler")
@@ -671,13 +683,14 @@ HELPER = "import json\nVALUE = json.dumps([1, 2])\n"
 
 
 def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(start) -> None:  # type: ignore[no-untyped-def]
-    """What the worker adds for a SnapStart init (the hash seed, glibc tunables, a layout
-    without ASLR) is gone before user code runs or restored copies start programs; the
+    """What the worker adds for a SnapStart init (the hash seed, glibc tunables, the pointer
+    guard, a layout without ASLR) is gone before user code runs or restored copies start programs; the
     handler module, loaded from code compiled in a child after its leading imports ran, is
     the module an ordinary import gives."""
     setarch = [shutil.which("setarch") or "setarch", platform.machine(), "--addr-no-randomize"]
     env = {"PYTHONHASHSEED": "12345", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "KEEP": "user",
-           "_SNAPFAAS_INIT_VARS": "GLIBC_TUNABLES,PYTHONHASHSEED"}
+           "_SNAPFAAS_POINTER_GUARD": "0123456789abcdef",
+           "_SNAPFAAS_INIT_VARS": "GLIBC_TUNABLES,PYTHONHASHSEED,_SNAPFAAS_POINTER_GUARD"}
 
     def restored(handler: str = "app.handler"):  # type: ignore[no-untyped-def]
         """A deterministic SnapStart init of the app, through the restore barrier, ready."""
@@ -694,7 +707,10 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     body = json.loads(rt.expect("response")[1])
     assert body["value"] == "[1, 2]" and body["order"] == ["json", "helper"]
     assert body["file"].endswith("/app.py") and body["loader"] == "CompiledLoader"
-    assert body["env"] == {"PYTHONHASHSEED": None, "GLIBC_TUNABLES": None, "_SNAPFAAS_INIT_VARS": None, "KEEP": "user"}
+    assert body["env"] == {"PYTHONHASHSEED": None, "GLIBC_TUNABLES": None, "_SNAPFAAS_INIT_VARS": None,
+                           "_SNAPFAAS_POINTER_GUARD": None, "KEEP": "user"}
+    if platform.machine() == "x86_64":  # pid 1 re-keyed glibc's pointer guard before forking the runtime
+        assert body["guard"] == "0123456789abcdef"
     seeded = subprocess.run([sys.executable, "-c", "print(hash('snapfaas'))"], capture_output=True, text=True,
                             env={"PYTHONHASHSEED": "12345"}, check=True).stdout
     assert body["hash"] == int(seeded)  # the interpreter started with the seed

@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from snapfaas.runtime import bootstrap
+from snapfaas.runtime import bootstrap, init
 from snapfaas.runtime.preimport import leading_imports
 from snapfaas.snapshot import determinism
 
@@ -57,3 +57,14 @@ def test_the_launcher_is_setarch_without_randomization() -> None:
 ])
 def test_leading_imports_are_the_import_statements_before_anything_else(source: str, expected: str) -> None:
     assert leading_imports(source.encode()) == expected
+
+
+def test_the_pointer_guard_is_stable_per_function_and_secret_and_set_only_with_the_fixed_layout() -> None:
+    guard = determinism.pointer_guard(SECRET, "fn")
+    assert guard == determinism.pointer_guard(SECRET, "fn") and 0 <= guard < 2**64
+    assert guard != determinism.pointer_guard(SECRET, "other") and guard != determinism.pointer_guard(bytes(32), "fn")
+    assert determinism.init_environ(7, True, {}, guard) == {
+        "PYTHONHASHSEED": "7", "GLIBC_TUNABLES": determinism.NO_TCACHE, determinism.POINTER_GUARD: f"{guard:016x}",
+        determinism.INIT_VARS: f"GLIBC_TUNABLES,PYTHONHASHSEED,{determinism.POINTER_GUARD}"}
+    assert determinism.init_environ(7, False, {}, guard) == {"PYTHONHASHSEED": "7", determinism.INIT_VARS: "PYTHONHASHSEED"}
+    assert init.POINTER_GUARD == determinism.POINTER_GUARD

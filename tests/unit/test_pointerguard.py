@@ -1,0 +1,73 @@
+"""glibc pointer guard re-keying (runtime/pointerguard.py): mangling arithmetic, what a scan
+finds, and a real re-key of a child interpreter whose C atexit entry must still run."""
+
+from __future__ import annotations
+
+import platform
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from snapfaas.runtime import pointerguard
+
+GUARD = 0x0123456789ABCDEF
+
+
+def test_mangle_and_demangle_are_inverse_and_match_glibc_x86_64() -> None:
+    pointer = 0x7FFFF7A12345
+    word = pointerguard.mangle(pointer, GUARD)
+    value = pointer ^ GUARD
+    assert word == ((value << 17) | (value >> 47)) & pointerguard.MASK
+    assert pointerguard.demangle(word, GUARD) == pointer
+
+
+def test_auxv_and_maps_parsing() -> None:
+    auxv = struct.pack("<QQQQQQ", 6, 4096, pointerguard.AT_RANDOM, 0x7FFFFFFFE123, 0, 0)
+    assert pointerguard.at_random_address(auxv) == 0x7FFFFFFFE123
+    assert pointerguard.at_random_address(struct.pack("<QQ", 0, 0)) is None
+    maps = textwrap.dedent("""\
+        555555554000-555555556000 r--p 00000000 00:1f 12 /usr/bin/python3
+        555555556000-555555558000 r-xp 00002000 00:1f 12 /usr/bin/python3
+        7ffff7fc0000-7ffff7fc4000 rw-p 00000000 00:00 0
+        7ffff7fc4000-7ffff7fc8000 rw-s 00000000 00:01 7 /dev/shm/x
+        7ffff7fc8000-7ffff7fc9000 ---p 00000000 00:00 0
+        7ffff7fc9000-7ffff7fcb000 r--p 00000000 00:00 0 [vvar]
+        7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]
+        """)
+    scan, code = pointerguard.mappings(maps)
+    assert scan == [(0x555555554000, 0x555555556000), (0x7FFFF7FC0000, 0x7FFFF7FC4000), (0x7FFFFFFDE000, 0x7FFFFFFFF000)]
+    assert code == [(0x555555556000, 0x555555558000)]
+
+
+def test_a_scan_finds_guard_copies_and_mangled_code_pointers_only() -> None:
+    code = [(0x555555556000, 0x555555558000)]
+    words = [7, GUARD, pointerguard.mangle(0x555555556100, GUARD), pointerguard.mangle(0x1000, GUARD),
+             pointerguard.mangle(0x555555556100, GUARD ^ (1 << 40))]
+    data = b"\0\0\0" + struct.pack("<5Q", *words)  # misaligned copies are not words: nothing found
+    assert pointerguard.find_words(data, 0x10000, GUARD, code) == {}
+    found = pointerguard.find_words(data[3:], 0x10000, GUARD, code)
+    assert found == {0x10008: ("guard", GUARD), 0x10010: ("mangled", 0x555555556100)}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 only")
+def test_a_rekeyed_interpreter_keeps_working_and_runs_an_atexit_entry_registered_before() -> None:
+    script = textwrap.dedent(f"""
+        import ctypes, sys
+        from snapfaas.runtime import pointerguard
+        libc = ctypes.CDLL(None)
+        message = ctypes.create_string_buffer(b"registered before the re-key")
+        libc.__cxa_atexit(ctypes.cast(libc.puts, ctypes.c_void_p), message, None)
+        print(pointerguard.rekey({GUARD}), pointerguard.rekey({GUARD}), flush=True)
+        with open("/proc/self/auxv", "rb") as auxv:
+            address = pointerguard.at_random_address(auxv.read())
+        with open("/proc/self/mem", "rb") as mem:
+            mem.seek(address + 8)
+            print(int.from_bytes(mem.read(8), "little") == {GUARD}, flush=True)
+        libc.exit(0)  # runs the C atexit list now, before the interpreter is finalized
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True True", "True", "registered before the re-key"]

@@ -53,7 +53,7 @@ from snapfaas.errors import InvalidParameterValue, NotFound, ServiceUnavailable,
 from snapfaas.registry.db import Registry
 from snapfaas.registry.model import FunctionVersion, State
 from snapfaas.registry.packages import package_ids
-from snapfaas.snapshot import engine, memory, sockets
+from snapfaas.snapshot import engine, memory, sockets, timestamps
 from snapfaas.snapshot.progress import Progresses
 from snapfaas.snapshot.vault import CacheLease, SnapshotCorrupt, SnapshotVault, public_reason
 from snapfaas.store import CollectReport
@@ -399,6 +399,8 @@ class SnapshotManager:
             snapshot_id = f"{version.name}-{version.version}-{secrets.token_hex(6)}"
             work = self.vault.work_dir(snapshot_id)
             self.progress.enter(*key, "checkpoint")
+            if env.container.launcher:  # a deterministic init (snapshot/determinism.py): its tmpfs images too
+                await asyncio.to_thread(self._settle_timestamps, env)
             try:
                 dump_s = await engine.checkpoint(self.factory.runc.argv(), env.container.id, work)
             except engine.CheckpointFailed as exc:
@@ -429,6 +431,18 @@ class SnapshotManager:
             self.revoke(identity)
             await env.destroy()
         return snapshot_id
+
+    @staticmethod
+    def _settle_timestamps(env: Environment) -> None:
+        """Fixed mtimes for the container's empty tmpfs mounts before the checkpoint
+        (`snapshot.timestamps`); a failure costs only dedup, so it is logged, not raised."""
+        pid = env.container.init_pid()
+        if pid is None:
+            return
+        try:
+            timestamps.settle(pid)
+        except OSError as exc:
+            logger.warning("tmpfs timestamps of %s not settled before its checkpoint: %s", env.container.id, exc)
 
     async def _memory_decision(self, env: Environment) -> memory.MemoryDecision:
         """How restores of the snapshot about to be taken of `env` bring memory back."""

@@ -499,10 +499,13 @@ def _json(data: Any) -> str:
               help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
 @click.option("--registry", "registry_url", default=None, metavar="postgresql://...",
               help="cluster: an existing PostgreSQL database for the nodes (default: a private server is started).")
+@click.option("--baseline-rev", default="05747f3", show_default=True, metavar="REV|none",
+              help="blink: the revision (of this git checkout) whose code measures the 'before issue 14' CPU per restore "
+                   "in the same run, as a second server; 'none': the figures recorded on another day.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
           only: tuple[str, ...], runtime_python: Path, tiers: str | None, cold_cache: bool, event_count: int, registry_url: str | None,
-          out: Path) -> None:
+          baseline_rev: str, out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
     from snapfaas.bench import events, mixed_traffic, network, platform, snapstart
 
@@ -529,7 +532,7 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
         if not runtime_python.exists():
             raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
         result = blink.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None,
-                           requests=requests or 400)
+                           requests=requests or 400, baseline_rev=None if baseline_rev == "none" else baseline_rev)
         _write_results(out, "blink", result, blink.markdown(result))
     if suite == "engine":  # --restore-engine runc vs criu, A/B (not part of "all": blink measures the default)
         from snapfaas.bench import engine as engine_bench

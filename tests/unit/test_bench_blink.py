@@ -176,3 +176,41 @@ def test_runc_wrapper_log_and_the_split_by_command() -> None:
     assert by_command == {"runc delete": 2.0, "runc kill": 1.0, "runc restore": 75.0, "other helpers": 22.0}
     assert sum(by_command.values()) == cpu.split(batch, 0.0)["runc & helpers"]
     assert cpu.runc_by_command(cpu.Counters(1, 1.0, 0, 0, 0, 0)) is None
+
+
+def _row(total: float, daemon: float) -> dict:
+    return {"daemon": daemon, "runc & helpers": 1.0, "CRIU": 1.0, "runtime": total - daemon - 2.0, "total": total,
+            "daemon_threads_ms": {"python": daemon}, "runc_by_command_ms": None}
+
+
+def test_summarize_takes_medians_over_batches_and_keeps_them() -> None:
+    rows = [_row(100.0, 50.0), _row(90.0, 40.0), _row(120.0, 60.0)]
+    out = cpu.summarize(rows, per_batch=4)
+    assert out["per_restore_ms"]["total"] == 100.0 and out["per_restore_ms"]["daemon"] == 50.0
+    assert out["daemon_threads_ms"] == {"python": 50.0} and out["runc_by_command_ms"] is None
+    assert out["batches"] == rows and out["restores_per_batch"] == 4
+
+
+def test_cpu_batches_alternate_between_the_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def measure(pid: int, *args: object, **kwargs: object) -> dict:
+        calls.append(pid)
+        assert kwargs["batches"] == 1 and kwargs["per_batch"] == 2
+        return {"batches": [_row(10.0 * pid, 1.0)]}
+
+    monkeypatch.setattr(cpu, "measure", measure)
+    monkeypatch.setattr(cpu, "settled", lambda pid, state_dir: lambda: True)
+    sides = {"now": (1, Path("/x"), lambda: None, None), "before": (2, Path("/y"), lambda: None, None)}
+    out = blink.measure_cpu_alternating(sides, batches=3, per_batch=2)
+    assert calls == [1, 2, 2, 1, 1, 2]  # the first side of each round alternates
+    assert out["now"]["per_restore_ms"]["total"] == 10.0 and out["before"]["per_restore_ms"]["total"] == 20.0
+
+
+def test_baseline_source_is_that_revisions_src(tmp_path: Path) -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    src = blink.baseline_source("HEAD", tmp_path / "base", repo=ROOT)
+    assert (src / "snapfaas" / "bench" / "blink.py").is_file()
+    with pytest.raises(RuntimeError, match="git archive no-such-rev"):
+        blink.baseline_source("no-such-rev", tmp_path / "bad", repo=ROOT)

@@ -11,8 +11,12 @@ shown for comparison, no target):
 2. bursts of 8 concurrent restores from 8 caller processes (torch): p99 vs a single restore
    (the first burst runs on memory the host has not backed yet and is reported apart);
 3. warm invokes of a stdlib function vs the server's echo endpoint (`platform.measure_warm`);
-4. CPU per restore by component (`bench/cpu.py`) against the figure measured before issue 14
-   (`BEFORE_CPU_MS`, main's code on this machine);
+4. CPU per restore by component (`bench/cpu.py`) against the code before issue 14 in the same
+   run: `BEFORE_REV`'s src/ (`git archive` of this checkout) runs as a second private server
+   (PYTHONPATH, its own runc wrapper, its default engine: runc), the same functions are
+   published there, and CPU batches of the same size alternate between the two servers
+   (`measure_cpu_alternating`). Without a git checkout (or with ``baseline_rev=None``) the
+   figure recorded on another day (`BEFORE_CPU_MS`) stands in, and the result says so;
 5. density: 16 restored environments of torch:1 alive at once vs one (`bench/density.py`).
 
 The verdict logic (`targets`, `verdicts`) is pure; `run` does the I/O.
@@ -24,8 +28,11 @@ import contextlib
 import dataclasses
 import json
 import multiprocessing
+import io
 import shutil
 import statistics
+import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,6 +57,10 @@ BURST_FUNCTION = DENSITY_FUNCTION = CPU_TARGET_FUNCTION = "torch"
 # host, shared with other jobs; the quieter of two runs, the other 147 ms for torch): the
 # figures issue 14 asks to halve. bench-results/blink-before.md holds that run.
 BEFORE_CPU_MS: dict[str, float] = {"torch": 85.35, "numpy-scipy": 94.42, "web": 160.5, "web-primed": 101.33}
+# main's code when those figures were taken (the blink bench itself and the runc wrapper landed;
+# no issue-14 change to the platform yet): the same-run baseline runs this revision's src/
+BEFORE_REV = "05747f3"
+REPO = Path(__file__).resolve().parents[3]
 
 
 WARM_REPEATS = 3
@@ -132,6 +143,38 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 # -- measuring ---------------------------------------------------------------------------------
 
+def baseline_source(rev: str, into: Path, repo: Path = REPO) -> Path:
+    """`rev`'s src/ extracted from the git checkout `repo` into `into` (`git archive`, no
+    worktree); returns the directory to put on the baseline server's PYTHONPATH. Raises
+    RuntimeError naming the step that failed (no git, not a checkout, unknown revision)."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev, "src"], capture_output=True)
+    except OSError as exc:
+        raise RuntimeError(f"baseline source failed at step 'git archive': {exc}") from exc
+    if out.returncode != 0:
+        raise RuntimeError(f"baseline source failed at step 'git archive {rev}': {out.stderr.decode(errors='replace').strip()[-300:]}")
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as archive:
+        archive.extractall(into, filter="data")
+    return into / "src"
+
+
+def measure_cpu_alternating(sides: dict[str, tuple[int, Path, Callable[[], None], Path | None]], batches: int,
+                            per_batch: int) -> dict[str, dict[str, Any]]:
+    """CPU per restore (`cpu.summarize`) for each side, {label: (daemon pid, runc state dir,
+    one restore, runc wrapper log)}: `batches` batches of `per_batch` restores per side, the
+    sides taking turns batch by batch (the first side of each round alternates), so load on
+    the shared host falls on both alike."""
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label in sides}
+    order = list(sides)
+    for round_ in range(batches):
+        for label in order if round_ % 2 == 0 else order[::-1]:
+            pid, state_dir, restore, runc_log = sides[label]
+            rows[label] += cpu.measure(pid, state_dir, restore, cpu.settled(pid, state_dir), batches=1,
+                                       per_batch=per_batch, runc_log=runc_log)["batches"]
+    return {label: cpu.summarize(label_rows, per_batch) for label, label_rows in rows.items()}
+
+
 def _restore_once(bench: Bench, name: str) -> Callable[[], None]:
     def restore() -> None:
         _, fields = bench.invoke(name, "1")
@@ -206,9 +249,12 @@ def measure_burst(bench: Bench, name: str, size: int, single_ms: float) -> dict[
 
 def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: int = 8, cpu_batches: int = 3,
         cpu_per_batch: int = 4, density_count: int = 16, requests: int = 400, only: list[str] | None = None,
-        vendor_cache: Path | None = None, engine: str = ServerConfig.restore_engine) -> dict[str, Any]:
+        vendor_cache: Path | None = None, engine: str = ServerConfig.restore_engine,
+        baseline_rev: str | None = BEFORE_REV) -> dict[str, Any]:
     """Measure every target (see the module doc); the result holds the figures and `verdicts`.
-    `engine`: the server's ``--restore-engine`` (the default's, unless asked)."""
+    `engine`: the server's ``--restore-engine`` (the default's, unless asked); `baseline_rev`:
+    the revision whose code measures target 4's "before" in the same run (None: the recorded
+    `BEFORE_CPU_MS`)."""
     selected = [n for n in FUNCTIONS_BLINK if not only or n in only]
     scratch = Path(tempfile.mkdtemp(prefix="snapfaas-blink-"))
     runc_binary, runc_log = runcwrap.build(scratch)  # runc's CPU by subcommand (bench/runcwrap.py)
@@ -217,7 +263,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
             *bench_runtime_args(runtime_python)]
     result: dict[str, Any] = {"benchmark": "blink", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "runs": runs, "restore_engine": engine, "burst_size": burst, "density_count": density_count, "page_cache": "warm",
-                              "cpu_before_ms": dict(BEFORE_CPU_MS), "functions": {}}
+                              "cpu_before_ms": dict(BEFORE_CPU_MS), "cpu_before_source": "recorded 2026-12-01 06:20Z on another day's host",
+                              "functions": {}}
     web_zip = webfunction.deployment_zip(vendor_cache) if any(n in WEB_HANDLERS for n in selected) else b""
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
@@ -227,6 +274,23 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
             bench.payloads[web] = webfunction.payload()
         pid = server.proc.pid if server.proc else 0
         state_dir = server.data_dir / "runc"
+        baseline: Bench | None = None
+        baseline_log: Path | None = None
+        if baseline_rev:
+            try:
+                source = baseline_source(baseline_rev, scratch / "baseline-src")
+            except RuntimeError as exc:
+                say(f"[baseline] {exc}: using the recorded 'before' figures")
+            else:
+                baseline_runc, baseline_log = runcwrap.build(scratch / "baseline-runc")
+                baseline_args = ["--keep-alive", "2", "--max-environments", str(max(32, density_count + 4)),
+                                 "--runc", str(baseline_runc), *bench_runtime_args(runtime_python)]
+                baseline_server = cleanup.enter_context(PrivateServer(baseline_args, {"PYTHONPATH": str(source)}))
+                baseline = Bench(baseline_server, say)
+                for web in WEB_HANDLERS:
+                    baseline.payloads[web] = webfunction.payload()
+                result["cpu_before_ms"] = {}
+                result["cpu_before_source"] = f"same run: {baseline_rev}'s code as a second server, batches alternating"
         try:
             for name in selected:
                 package, memory = FUNCTIONS_BLINK[name]
@@ -239,9 +303,25 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                 say(f"[{name}] snapshot ready in {publish_s:.1f} s; first restore (records the working set)")
                 bench.invoke(name, "1")
                 row = measure_function(bench, name, runs, say)
-                say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores")
-                row["cpu"] = cpu.measure(pid, state_dir, _restore_once(bench, name), cpu.settled(pid, state_dir),
-                                         batches=cpu_batches, per_batch=cpu_per_batch, runc_log=runc_log)
+                sides = {"now": (pid, state_dir, _restore_once(bench, name), runc_log)}
+                if baseline is not None:
+                    say(f"[{name}] baseline ({baseline_rev}): deploying, publishing, first restore")
+                    if name in WEB_HANDLERS:
+                        _deploy_web(baseline, web_zip, name)
+                    else:
+                        _deploy(baseline, name, package, memory)
+                    _publish(baseline, name)
+                    baseline.invoke(name, "1")
+                    baseline_pid = baseline.server.proc.pid if baseline.server.proc else 0
+                    sides["before"] = (baseline_pid, baseline.server.data_dir / "runc", _restore_once(baseline, name), baseline_log)
+                say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores" +
+                    (", alternating with the baseline's" if baseline is not None else ""))
+                measured = measure_cpu_alternating(sides, cpu_batches, cpu_per_batch)
+                row["cpu"] = measured["now"]
+                if "before" in measured:
+                    row["cpu_before"] = measured["before"]
+                    result["cpu_before_ms"][name] = measured["before"]["per_restore_ms"]["total"]
+                    baseline.client.delete_function(FunctionName=name)
                 row["publish_s"] = round(publish_s, 2)
                 result["functions"][name] = row
                 if name == BURST_FUNCTION:
@@ -260,6 +340,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
             result["warm"] = merge_warm(reps)
         finally:
             bench.close()
+            if baseline is not None:
+                baseline.close()
     result["verdicts"] = verdicts(result)
     return result
 
@@ -303,6 +385,11 @@ def markdown(result: dict[str, Any]) -> str:
             parts = r["cpu"]["per_restore_ms"]
             lines.append(f"| {name} | " + " | ".join(f"{parts[c]}" for c in cpu.COMPONENTS) +
                          f" | **{parts['total']}** | {_fmt(result['cpu_before_ms'].get(name))} |")
+            if "cpu_before" in r:
+                before = r["cpu_before"]["per_restore_ms"]
+                lines.append(f"| {name} (before) | " + " | ".join(f"{before[c]}" for c in cpu.COMPONENTS) +
+                             f" | {before['total']} | |")
+        lines += ["", f"\"before issue 14\": {result.get('cpu_before_source', 'recorded')}."]
         lines += ["", "\"runc & helpers\" by command (ms per restore, mean of batches; runc runs through a wrapper that "
                   "records each call's CPU, `bench/runcwrap.py`; `runc restore` without the CRIU CPU it waits for):", ""]
         for name, r in result["functions"].items():

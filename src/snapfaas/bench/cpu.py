@@ -345,6 +345,25 @@ def measure_batch(pid: int, state_dir: Path, restores: int, restore: Callable[[]
                     thread_delta_ns(threads0, threads1), calls)
 
 
+def batch_row(batch: Counters, idle_daemon_rate: float) -> dict[str, Any]:
+    """One batch's figures per restore (`split`), its idle rate, raw counters and breakdowns."""
+    raw = {"wall_s": round(batch.wall_s, 2), "daemon_ms": round(batch.daemon_s * 1000, 1),
+           "children_ms": round(batch.children_s * 1000, 1), "cgroup_ms": round(batch.cgroup_ns / 1e6, 1),
+           "runtime_ms": round(batch.runtime_ns / 1e6, 1), "runc_calls": batch.runc_calls}
+    return {**split(batch, idle_daemon_rate), "idle_daemon_ms_per_s": round(idle_daemon_rate * 1000, 2), "counters": raw,
+            "daemon_threads_ms": daemon_threads_ms(batch), "runc_by_command_ms": runc_by_command(batch)}
+
+
+def summarize(rows: list[dict[str, Any]], per_batch: int) -> dict[str, Any]:
+    """CPU per restore by component over batches (`batch_row`s): the median per component, the
+    mean per daemon thread group and runc command; the batches' rows are kept (pure)."""
+    parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
+    by_command = [row["runc_by_command_ms"] for row in rows if row["runc_by_command_ms"] is not None]
+    return {"per_restore_ms": parts, "daemon_threads_ms": mean_threads([row["daemon_threads_ms"] for row in rows]),
+            "runc_by_command_ms": mean_threads(by_command) if by_command else None,
+            "batches": rows, "restores_per_batch": per_batch}
+
+
 def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Callable[[], bool],
             batches: int = 3, per_batch: int = 4, idle_window_s: float = 3.0, runc_log: Path | None = None) -> dict[str, Any]:
     """CPU per restore by component: the median over `batches` batches of `per_batch`
@@ -353,14 +372,5 @@ def measure(pid: int, state_dir: Path, restore: Callable[[], None], settled: Cal
     for _ in range(batches):
         wait_for(settled, 120, "the daemon's environments to be torn down")
         rate = idle_rate(pid, idle_window_s)
-        batch = measure_batch(pid, state_dir, per_batch, restore, settled, runc_log)
-        raw = {"wall_s": round(batch.wall_s, 2), "daemon_ms": round(batch.daemon_s * 1000, 1),
-               "children_ms": round(batch.children_s * 1000, 1), "cgroup_ms": round(batch.cgroup_ns / 1e6, 1),
-               "runtime_ms": round(batch.runtime_ns / 1e6, 1), "runc_calls": batch.runc_calls}
-        rows.append({**split(batch, rate), "idle_daemon_ms_per_s": round(rate * 1000, 2), "counters": raw,
-                     "daemon_threads_ms": daemon_threads_ms(batch), "runc_by_command_ms": runc_by_command(batch)})
-    parts = median_breakdown([{k: v for k, v in row.items() if k in (*COMPONENTS, "total")} for row in rows])
-    by_command = [row["runc_by_command_ms"] for row in rows if row["runc_by_command_ms"] is not None]
-    return {"per_restore_ms": parts, "daemon_threads_ms": mean_threads([row["daemon_threads_ms"] for row in rows]),
-            "runc_by_command_ms": mean_threads(by_command) if by_command else None,
-            "batches": rows, "restores_per_batch": per_batch}
+        rows.append(batch_row(measure_batch(pid, state_dir, per_batch, restore, settled, runc_log), rate))
+    return summarize(rows, per_batch)

@@ -79,8 +79,11 @@ def zip_files(files: dict[str, str]) -> bytes:
 class PrivateServer:
     """A daemon on a free port with throwaway data and sandbox dirs; a context manager."""
 
-    def __init__(self, extra_args: list[str] | None = None) -> None:
+    def __init__(self, extra_args: list[str] | None = None, environ: dict[str, str] | None = None) -> None:
+        """`environ`: variables added to the daemon's environment (e.g. PYTHONPATH pointing at
+        another revision's source, for a same-run baseline)."""
         self.extra_args = extra_args or []
+        self.environ = dict(environ or {})
         self.tmp = Path(tempfile.mkdtemp(prefix="snapfaas-run-"))
         self.sandbox = Path("/var/lib/snapfaas/run") / self.tmp.name
         with socket.socket() as s:
@@ -101,7 +104,7 @@ class PrivateServer:
     def start(self) -> None:
         """Start the daemon (again, after `stop`: same data dir, sandbox dir, port and keys)."""
         env = dict(os.environ, SNAPFAAS_ACCESS_KEY_ID=self.connection.access_key_id,
-                   SNAPFAAS_SECRET_ACCESS_KEY=self.connection.secret_access_key)
+                   SNAPFAAS_SECRET_ACCESS_KEY=self.connection.secret_access_key, **self.environ)
         argv = [sys.executable, "-m", "snapfaas", "serve", "--port", str(self.port), "--data-dir", str(self.tmp / "data"),
                 "--sandbox-dir", str(self.sandbox), "--log-level", "WARNING", *self.extra_args]
         log = open(self.tmp / "server.log", "ab")

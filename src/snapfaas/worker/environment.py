@@ -479,7 +479,8 @@ class Environment:
         if self.network is not None:
             await self.network.close()
         self._peak.close()
-        for failure in remove_cgroup(self.cgroup):
+        # rmdir across every cgroup hierarchy blocks in the kernel for a few ms: off the loop
+        for failure in await asyncio.to_thread(remove_cgroup, self.cgroup):
             logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)
         for task in self._readers:
             task.cancel()

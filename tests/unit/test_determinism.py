@@ -22,12 +22,13 @@ def test_the_hash_seed_is_stable_per_function_and_secret_and_differs_otherwise()
 
 
 def test_init_variables_skip_what_the_function_configures_and_name_what_they_add() -> None:
+    pid = str(determinism.FIXED_RUNTIME_PID)
     assert determinism.init_environ(7, True, {}) == {
-        "PYTHONHASHSEED": "7", "GLIBC_TUNABLES": determinism.NO_TCACHE,
-        determinism.INIT_VARS: "GLIBC_TUNABLES,PYTHONHASHSEED"}
+        "PYTHONHASHSEED": "7", "GLIBC_TUNABLES": determinism.NO_TCACHE, determinism.RUNTIME_PID: pid,
+        determinism.INIT_VARS: f"GLIBC_TUNABLES,PYTHONHASHSEED,{determinism.RUNTIME_PID}"}
     assert determinism.init_environ(7, False, {"PYTHONHASHSEED": "0"}) == {}
-    assert determinism.init_environ(None, True, {}) == {"GLIBC_TUNABLES": determinism.NO_TCACHE,
-                                                        determinism.INIT_VARS: "GLIBC_TUNABLES"}
+    assert determinism.init_environ(None, True, {}) == {"GLIBC_TUNABLES": determinism.NO_TCACHE, determinism.RUNTIME_PID: pid,
+                                                        determinism.INIT_VARS: f"GLIBC_TUNABLES,{determinism.RUNTIME_PID}"}
 
 
 def test_the_runtime_drops_exactly_the_variables_the_worker_added() -> None:
@@ -65,6 +66,18 @@ def test_the_pointer_guard_is_stable_per_function_and_secret_and_set_only_with_t
     assert guard != determinism.pointer_guard(SECRET, "other") and guard != determinism.pointer_guard(bytes(32), "fn")
     assert determinism.init_environ(7, True, {}, guard) == {
         "PYTHONHASHSEED": "7", "GLIBC_TUNABLES": determinism.NO_TCACHE, determinism.POINTER_GUARD: f"{guard:016x}",
-        determinism.INIT_VARS: f"GLIBC_TUNABLES,PYTHONHASHSEED,{determinism.POINTER_GUARD}"}
+        determinism.RUNTIME_PID: str(determinism.FIXED_RUNTIME_PID),
+        determinism.INIT_VARS: f"GLIBC_TUNABLES,PYTHONHASHSEED,{determinism.POINTER_GUARD},{determinism.RUNTIME_PID}"}
     assert determinism.init_environ(7, False, {}, guard) == {"PYTHONHASHSEED": "7", determinism.INIT_VARS: "PYTHONHASHSEED"}
-    assert init.POINTER_GUARD == determinism.POINTER_GUARD
+    assert init.POINTER_GUARD == determinism.POINTER_GUARD and init.RUNTIME_PID == determinism.RUNTIME_PID
+
+
+def test_burning_pids_stops_at_the_target_or_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pids handed out in order from 4: the last burnt child has target - 1."""
+    forked: list[int] = []
+    monkeypatch.setattr(init.os, "fork", lambda: forked.append(4 + len(forked)) or forked[-1])
+    monkeypatch.setattr(init.os, "waitpid", lambda pid, options: (pid, 0))
+    assert init.burn_pids_before(16) and forked[-1] == 15
+    forked.clear()
+    monkeypatch.setattr(init.os, "fork", lambda: forked.append(20 + len(forked)) or forked[-1])
+    assert not init.burn_pids_before(16) and forked == [20]

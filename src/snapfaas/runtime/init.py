@@ -10,7 +10,8 @@ signal number when a signal ended it (what runc reports for a signalled containe
 Imports nothing beyond ``os`` before forking, so the parent shares almost every page with the
 runtime and adds next to nothing to the function's memory use. The one exception: in a
 deterministic SnapStart init (``_SNAPFAAS_POINTER_GUARD`` set, see `snapshot.determinism`) it
-first re-keys glibc's pointer guard (`pointerguard`), which the runtime then inherits.
+first re-keys glibc's pointer guard (`pointerguard`), which the runtime then inherits, and
+(``_SNAPFAAS_RUNTIME_PID``) forks the runtime at a fixed pid (`burn_pids_before`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,26 @@ def supervise(runtime_pid: int) -> int:
 
 
 POINTER_GUARD = "_SNAPFAAS_POINTER_GUARD"  # snapshot.determinism.POINTER_GUARD (this module imports no snapfaas code)
+RUNTIME_PID = "_SNAPFAAS_RUNTIME_PID"  # snapshot.determinism.RUNTIME_PID
+
+
+def burn_pids_before(target: int) -> bool:
+    """Fork children that exit at once until the next pid of this (fresh) pid namespace is
+    `target`, so that the runtime forked next gets it: True if so.
+
+    runc's init is a Go program whose threads take the namespace's first pids before it
+    execs this process, a number that varies from start to start; the runtime's pid then
+    varies too, and with it CRIU's per-process images and the pid in the runtime's memory.
+    Pids are handed out in order in a namespace nobody else creates processes in, so the
+    last child's pid tells where the counter is. False (nothing more done) if it is already
+    past `target`."""
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        if pid >= target - 1:
+            return pid == target - 1
 CUSTOM = "custom"  # argv[1] for a provided.* runtime: the Runtime API supervisor (`custom`) instead of Python's
 
 
@@ -52,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
             rekey(int(guard, 16))
         except ValueError:  # not hex: the init is just less deterministic
             pass
+    target = os.environ.get(RUNTIME_PID, "")
+    if target.isdigit() and os.getpid() == 1:
+        burn_pids_before(int(target))
     runtime_pid = os.fork()
     if runtime_pid == 0:
         if custom:

@@ -34,6 +34,11 @@ The runtime removes the variables it was given for this (`INIT_VARS` lists them)
   seed (`pointer_guard`, variable ``_SNAPFAAS_POINTER_GUARD``). Restored clones of one
   snapshot share their guard anyway (it is in the snapshot's memory).
 
+* **The runtime's pid**: runc's init (Go) takes a varying number of pids for its threads
+  before it execs pid 1, so the runtime's pid, CRIU's per-process images and the pid in the
+  runtime's memory varied per init. With the fixed layout pid 1 forks children that exit at
+  once until the runtime gets pid `FIXED_RUNTIME_PID` (variable ``_SNAPFAAS_RUNTIME_PID``).
+
 What stays random: the stack protector canary (the rest of AT_RANDOM: every active C frame
 holds a copy, so it cannot be changed under a running interpreter), the state of RNGs seeded
 from the kernel at import (``random``), per-environment credentials in the environment, pids.
@@ -56,6 +61,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 INIT_VARS = "_SNAPFAAS_INIT_VARS"  # names the runtime removes from its environment at start (and itself)
 POINTER_GUARD = "_SNAPFAAS_POINTER_GUARD"  # 16 hex digits: pid 1 re-keys glibc's pointer guard to it (runtime.pointerguard)
+RUNTIME_PID = "_SNAPFAAS_RUNTIME_PID"  # pid 1 forks the runtime at this pid (runtime.init.burn_pids_before)
+FIXED_RUNTIME_PID = 16  # past the pids runc's init threads take (3 or 4 here)
 NO_TCACHE = "glibc.malloc.tcache_count=0"
 
 
@@ -76,7 +83,8 @@ def pointer_guard(secret: bytes, function: str) -> int:
 def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, str],
                  guard: int | None = None) -> dict[str, str]:
     """Variables for the init environment of a SnapStart publish: the hash seed (if `seed` is
-    known), the tcache switch and the pointer guard (with `fixed_layout`, the guard if known),
+    known), the tcache switch, the runtime's pid and the pointer guard (with `fixed_layout`;
+    the guard if known),
     skipping any the function's configuration sets, plus `INIT_VARS` naming what the runtime
     must remove again."""
     wanted: dict[str, str] = {}
@@ -84,6 +92,7 @@ def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, 
         wanted["PYTHONHASHSEED"] = str(seed)
     if fixed_layout:
         wanted["GLIBC_TUNABLES"] = NO_TCACHE
+        wanted[RUNTIME_PID] = str(FIXED_RUNTIME_PID)
         if guard is not None:
             wanted[POINTER_GUARD] = f"{guard:016x}"
     added = {name: value for name, value in wanted.items() if name not in configured}

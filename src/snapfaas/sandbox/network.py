@@ -26,7 +26,7 @@ prefix by holding an flock on ``<lock_dir>/block-<n>.lock`` for its lifetime, so
 on one host never collide, and whatever a dead server left in its block (namespaces, veths,
 its nftables table) is removed by the next server that claims it.
 
-`plan` and `ruleset` are pure; `NetworkPool` does the I/O (ip, nft, setns) in threads.
+`plan` and `ruleset` are pure; `NetworkPool` does the I/O (rtnetlink, nft, setns) in threads.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from snapfaas.errors import ServiceError
+from snapfaas.sandbox import netlink
 
 logger = logging.getLogger(__name__)
 SUBNET = ipaddress.ip_network("10.200.0.0/16")
@@ -140,6 +141,13 @@ def _run(step: str, argv: list[str], stdin: str | None = None, background: bool 
     out = subprocess.run(["nice", "-n", "19", *argv] if background else argv, input=stdin, capture_output=True, text=True)
     if out.returncode != 0:
         raise NetworkError(f"network setup failed at step '{step}': {' '.join(argv[:4])}: {out.stderr.strip()[-300:]}")
+
+
+def _netlink_step(route: netlink.Route, step: str, request: tuple[int, int, bytes]) -> None:
+    try:
+        route.request(step, request)
+    except OSError as exc:
+        raise NetworkError(f"network setup failed at step '{step}': {exc.strerror or exc}") from exc
 
 
 def _libc_call(step: str, result: int) -> None:
@@ -388,22 +396,32 @@ class NetworkPool:
 
     @staticmethod
     def _prepare(slot: NetSlot, background: bool) -> socket.socket:
-        """Create the namespace and veth pair, address both ends, and open the listener."""
+        """Create the namespace and veth pair, address both ends, and open the listener: rtnetlink
+        requests from this thread (`sandbox.netlink`), in the host's namespace and then in the
+        new one, instead of two `ip` processes (~3 ms of CPU each, plus `nice`'s exec).
+        `background` is kept for the callers: the requests cost too little to need a lower
+        priority."""
         create_namespace(slot.path)
-        _run("create veth", ["ip", "-batch", "-"],
-             f"link add {slot.host_if} type veth peer name eth0 netns {slot.name}\n"
-             f"addr add {slot.host_ip}/{SLOT_PREFIX} dev {slot.host_if}\n"
-             f"link set {slot.host_if} up\n", background)
+        netns_fd = os.open(slot.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with netlink.Route() as host:
+                _netlink_step(host, "create veth", netlink.veth_pair(slot.host_if, "eth0", netns_fd))
+                host_index = socket.if_nametoindex(slot.host_if)
+                _netlink_step(host, "address host veth", netlink.ipv4_address(host_index, slot.host_ip, SLOT_PREFIX))
+                _netlink_step(host, "host veth up", netlink.link_up(host_index))
+        finally:
+            os.close(netns_fd)
 
         def inside() -> socket.socket:
             for knob in ("default", "eth0"):
                 with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as f:
                     f.write("1")
-            _run("configure namespace", ["ip", "-batch", "-"],
-                 "link set lo up\n"
-                 f"addr add {slot.env_ip}/{SLOT_PREFIX} dev eth0\n"
-                 "link set eth0 up\n"
-                 f"route add default via {slot.host_ip}\n", background)
+            with netlink.Route() as route:
+                _netlink_step(route, "loopback up", netlink.link_up(socket.if_nametoindex("lo")))
+                index = socket.if_nametoindex("eth0")
+                _netlink_step(route, "address eth0", netlink.ipv4_address(index, slot.env_ip, SLOT_PREFIX))
+                _netlink_step(route, "eth0 up", netlink.link_up(index))
+                _netlink_step(route, "default route", netlink.default_route(slot.host_ip))
             return _listen_loopback(SERVICE_PORT)
 
         return in_namespace(slot.path, inside)  # type: ignore[return-value]

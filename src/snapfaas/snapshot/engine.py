@@ -6,7 +6,9 @@ it to CRIU), one for dump and one for restore.
 
 CRIU is built with snapfaas's patches (scripts/criu-patches/); `criu --version` names them.
 With the map-pages patch and ``CRIU_MAP_PAGES=1`` in its environment (`restore_environ`), a
-restore maps private memory copy-on-write from the page images instead of copying it.
+restore maps private memory copy-on-write from the page images instead of copying it; with
+the no-cow-pairs patch too, that includes the memory a restored child (the runtime) shares with
+its parent (pid 1): CRIU no longer copies it to keep the two processes sharing it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ DUMP_CONFIG = "file-locks\n" + NETWORK_LOCK
 # dumps keep the full log for publish diagnostics.
 RESTORE_CONFIG = "file-locks\nverbosity=2\n" + NETWORK_LOCK
 MAP_PAGES_PATCH = "map-pages-copy-on-write"
+NO_COW_PAIRS_PATCH = "map-pages-without-cow-pairs"  # parent and child VMAs mapped, not paired and copied
 EXTERNAL_NETNS_PATCHES = ("network-lock-in-rpc-config", "external-netns-of-another-userns")
 KERNDAT_CACHE = Path("/run/criu.kdat")  # CRIU's compiled-in cache path (RUNDIR=/run)
 
@@ -63,6 +66,12 @@ class CriuStatus:
     def maps_pages(self) -> bool:
         """True if restores can map memory copy-on-write (see `restore_environ`)."""
         return MAP_PAGES_PATCH in self.patches
+
+    @property
+    def maps_inherited_pages(self) -> bool:
+        """True if map-pages restores also map the memory a child shares with its parent
+        (pid 1's whole memory, the runtime's inherited VMAs) instead of copying it."""
+        return self.maps_pages and NO_COW_PAIRS_PATCH in self.patches
 
     def requiring_netns_patches(self) -> CriuStatus:
         """This status, made unavailable if the binary lacks the patches that checkpoint and

@@ -494,6 +494,9 @@ def _json(data: Any) -> str:
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--tiers", default=None, metavar="TIER,...",
               help="loading: only these tiers (memory, memory_cold, disk, origin, origin_cold; default: all).")
+@click.option("--parts", default=None, metavar="PART,...",
+              help="blink: only these parts (speedup, cpu, burst, density, warm; default: all); the results go to "
+                   "OUT/blink-<parts>.*, not OUT/blink.*.")
 @click.option("--cold-cache", is_flag=True, help="snapstart: drop the page cache before every cold/restore sample.")
 @click.option("--events", "event_count", default=2000, show_default=True, type=int,
               help="events: Event invokes sent (reserved concurrency 1, 0.2 s handler).")
@@ -504,8 +507,8 @@ def _json(data: Any) -> str:
                    "in the same run, as a second server; 'none': the figures recorded on another day.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, max_environments: int | None, runs: int,
-          only: tuple[str, ...], runtime_python: Path, tiers: str | None, cold_cache: bool, event_count: int, registry_url: str | None,
-          baseline_rev: str, out: Path) -> None:
+          only: tuple[str, ...], runtime_python: Path, tiers: str | None, parts: str | None, cold_cache: bool, event_count: int,
+          registry_url: str | None, baseline_rev: str, out: Path) -> None:
     """Measure against baselines in the same run; results go to OUT/*.json and OUT/*.md."""
     from snapfaas.bench import events, mixed_traffic, network, platform, snapstart
 
@@ -531,9 +534,15 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
 
         if not runtime_python.exists():
             raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        chosen_parts = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+        unknown = sorted(set(chosen_parts or ()) - set(blink.PARTS))
+        if unknown:
+            raise click.BadParameter(f"unknown parts {unknown} (known: {', '.join(blink.PARTS)})", param_hint="--parts")
         result = blink.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None,
-                           requests=requests or 400, baseline_rev=None if baseline_rev == "none" else baseline_rev)
-        _write_results(out, "blink", result, blink.markdown(result))
+                           requests=requests or 400, baseline_rev=None if baseline_rev == "none" else baseline_rev,
+                           parts=chosen_parts)
+        subset = chosen_parts and set(chosen_parts) != set(blink.PARTS)
+        _write_results(out, "blink-" + "-".join(result["parts"]) if subset else "blink", result, blink.markdown(result))
     if suite == "engine":  # --restore-engine runc vs criu, A/B (not part of "all": blink measures the default)
         from snapfaas.bench import engine as engine_bench
 

@@ -116,6 +116,10 @@ def test_density_of_held_restored_environments(blink_server: ServerHandle, netpe
         assert figures["rss_bytes"] >= figures["pss_bytes"] > 0, figures
         assert figures["pss_bytes"] >= 16 << 20, figures  # the block restored from the snapshot is mapped
         assert figures["cgroup_bytes"] > 0, figures
+        assert figures["kernel_bytes"] > 0 and figures["footprint_bytes"] == figures["pss_bytes"] + figures["kernel_bytes"], figures
+        per = figures["per_environment"]  # every environment has an init and a runtime with private pages
+        assert per["init_private_bytes"] > 0 and per["runtime_private_bytes"] > 0, figures
     assert three["pss_bytes"] > one["pss_bytes"]  # each environment adds its private pages
     assert three["rss_bytes"] > 2 * one["rss_bytes"]  # RSS counts the shared pages in each
     assert result["ratios"]["pss_bytes"] == round(three["pss_bytes"] / one["pss_bytes"], 2)
+    assert result["ratios"]["footprint_bytes"] == round(three["footprint_bytes"] / one["footprint_bytes"], 2)

@@ -71,10 +71,24 @@ def test_meminfo_and_smaps_rollup_are_read_in_bytes() -> None:
 
 
 def test_density_ratios_are_many_over_one() -> None:
-    one = {"pss_bytes": 100, "cgroup_bytes": 10, "mem_available_drop_bytes": 0}
-    many = {"pss_bytes": 180, "cgroup_bytes": 160, "mem_available_drop_bytes": 50}
-    assert density.ratios(one, many) == {"pss_bytes": 1.8, "cgroup_bytes": 16.0, "mem_available_drop_bytes": None}
+    one = {"footprint_bytes": 110, "pss_bytes": 100, "cgroup_bytes": 10, "mem_available_drop_bytes": 0}
+    many = {"footprint_bytes": 220, "pss_bytes": 180, "cgroup_bytes": 160, "mem_available_drop_bytes": 50}
+    assert density.ratios(one, many) == {"footprint_bytes": 2.0, "pss_bytes": 1.8, "cgroup_bytes": 16.0,
+                                         "mem_available_drop_bytes": None}
     assert density.ratios(many, {**one, "mem_available_drop_bytes": -5})["mem_available_drop_bytes"] is None
+
+
+def test_an_environments_init_is_the_process_whose_parent_is_outside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    parents = {10: 1, 11: 10, 12: 11}
+    monkeypatch.setattr(density, "parent_of", parents.__getitem__)
+    assert density.roles([10, 11, 12]) == {"init": [10], "runtime": [11, 12]}
+
+
+def test_parent_of_reads_a_live_process_and_a_gone_one_is_zero() -> None:
+    import os
+
+    assert density.parent_of(os.getpid()) == os.getppid()
+    assert density.parent_of(2 ** 22 + 1) == 0  # above pid_max
 
 
 def _result(**overrides: object) -> dict:
@@ -87,7 +101,7 @@ def _result(**overrides: object) -> dict:
         },
         "burst": {"p99_over_single": 2.0},
         "warm": {"1": {"p50_overhead_ratio": 2.5}, "8": {"rps_ratio": 0.5}},
-        "density": {"ratios": {"pss_bytes": 1.4}},
+        "density": {"ratios": {"footprint_bytes": 1.4, "pss_bytes": 1.3}},
     }
     result.update(overrides)
     return result
@@ -114,6 +128,11 @@ def test_a_target_the_run_did_not_measure_is_not_measured() -> None:
     assert rows[3]["verdict"] == "MET" and rows[7]["verdict"] == "MET"
 
 
+def test_blink_refuses_unknown_parts_before_measuring_anything() -> None:
+    with pytest.raises(ValueError, match="unknown blink parts"):
+        blink.run(print, "/nonexistent/python", parts=["density", "dencity"])
+
+
 def test_target_bounds() -> None:
     at_least = blink.Target(1, "x", 30.0, True)
     at_most = blink.Target(2, "y", 2.0, False)
@@ -138,13 +157,15 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     parts = {"daemon": 50.0, "runc & helpers": 30.0, "CRIU": 10.0, "runtime": 40.0, "total": 130.0}
     fn = {"cold_e2e_ms": _stats(3000.0), "restore_e2e_ms": _stats(100.0), "restore_duration_ms": _stats(60.0),
           "speedup_cold_over_restore": 30.0, "cpu": {"per_restore_ms": parts, "daemon_threads_ms": {"python": 45.0}}}
-    snap = {"environments": 1, "processes": 2, "pss_bytes": 40 << 20, "rss_bytes": 50 << 20, "cgroup_bytes": 8 << 20,
-            "mem_available_drop_bytes": 9 << 20}
+    snap = {"environments": 1, "processes": 2, "footprint_bytes": 41 << 20, "pss_bytes": 40 << 20, "kernel_bytes": 1 << 20,
+            "rss_bytes": 50 << 20, "cgroup_bytes": 8 << 20, "mem_available_drop_bytes": 9 << 20}
+    many = {**snap, "environments": 16, "footprint_bytes": 71 << 20, "pss_bytes": 55 << 20, "kernel_bytes": 16 << 20,
+            "per_environment": {"init_private_bytes": 64 << 10, "runtime_private_bytes": 1 << 20, "kernel_bytes": 1 << 20}}
     result = _result(functions={"torch": fn}, timestamp="T", runs=5, page_cache="warm",
                      burst={"function": "torch", "e2e_ms": _stats(150.0), "p99_e2e_ms": 190.0, "first_burst_p99_e2e_ms": 300.0,
                             "single_restore_e2e_ms": 100.0, "p99_over_single": 1.9},
-                     density={"1": snap, "16": {**snap, "environments": 16}, "ratios": {"pss_bytes": 1.5, "cgroup_bytes": 16.0,
-                                                                                         "mem_available_drop_bytes": 16.0}},
+                     density={"1": snap, "16": many, "ratios": {"footprint_bytes": 1.73, "pss_bytes": 1.38, "cgroup_bytes": 16.0,
+                                                                 "mem_available_drop_bytes": 16.0}},
                      warm={"1": {"invoke": {"p50_ms": 2.0, "p99_ms": 3.0, "rps": 400}, "echo_baseline": {"p50_ms": 1.0, "p99_ms": 2.0, "rps": 900},
                                  "p50_overhead_ratio": 2.0, "rps_ratio": 0.44},
                            "8": {"invoke": {"p50_ms": 9.0, "p99_ms": 20.0, "rps": 800}, "echo_baseline": {"p50_ms": 2.0, "p99_ms": 4.0, "rps": 1600},
@@ -153,7 +174,9 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     text = blink.markdown(result)
     assert "**6 of 8 targets met.**" in text  # numpy-scipy and web were not measured
     assert "| torch | 50.0 | 30.0 | 10.0 | 40.0 | **130.0** | 300.0 |" in text
-    assert "| 16 / 1 | **1.5x** |" in text and "- torch: python 45.0" in text
+    assert "| 16 / 1 | **1.73x** | 1.38x |" in text and "- torch: python 45.0" in text
+    assert "adds 2.0 MiB of footprint (sum of PSS alone: 1.0 MiB)" in text
+    assert "init (pid 1) 0.1 MiB, of its runtime 1.0 MiB" in text
     assert "NOT MEASURED" in text and "2 CPUs shared" in text
 
 

@@ -126,8 +126,8 @@ def targets(result: dict[str, Any]) -> list[tuple[Target, float | None]]:
     now = _get(result, "functions", CPU_TARGET_FUNCTION, "cpu", "per_restore_ms", "total")
     rows.append((Target(4, f"CPU per restore ({CPU_TARGET_FUNCTION}), before issue 14 / now (at least halved)", 2.0, True),
                  round(before / now, 2) if before and now else None))
-    rows.append((Target(5, f"{result.get('density_count', 16)} restored environments / one, memory (sum of PSS)", 2.0, False),
-                 _get(result, "density", "ratios", "pss_bytes")))
+    rows.append((Target(5, f"{result.get('density_count', 16)} restored environments / one, memory (PSS + kernel memory)",
+                        2.0, False), _get(result, "density", "ratios", "footprint_bytes")))
     return rows
 
 
@@ -247,15 +247,31 @@ def measure_burst(bench: Bench, name: str, size: int, single_ms: float) -> dict[
             "single_restore_e2e_ms": single_ms, "p99_over_single": round(p99 / single_ms, 2)}
 
 
+PARTS = ("speedup", "cpu", "burst", "density", "warm")  # `run`'s parts; each measures its targets (module doc)
+
+
 def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: int = 8, cpu_batches: int = 3,
         cpu_per_batch: int = 4, density_count: int = 16, requests: int = 400, only: list[str] | None = None,
         vendor_cache: Path | None = None, engine: str = ServerConfig.restore_engine,
-        baseline_rev: str | None = BEFORE_REV) -> dict[str, Any]:
+        baseline_rev: str | None = BEFORE_REV, parts: list[str] | None = None) -> dict[str, Any]:
     """Measure every target (see the module doc); the result holds the figures and `verdicts`.
     `engine`: the server's ``--restore-engine`` (the default's, unless asked); `baseline_rev`:
     the revision whose code measures target 4's "before" in the same run (None: the recorded
-    `BEFORE_CPU_MS`)."""
-    selected = [n for n in FUNCTIONS_BLINK if not only or n in only]
+    `BEFORE_CPU_MS`). `parts`: a subset of `PARTS` (default: all); targets of parts not run are
+    NOT MEASURED. "burst" also runs "speedup" (its baseline is the single restore), the
+    baseline server starts only with "cpu", and a function with none of the chosen parts to
+    measure (density and burst are torch's only) is not deployed."""
+    unknown = set(parts or ()) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown blink parts {sorted(unknown)} (known: {', '.join(PARTS)})")
+    want = set(parts or PARTS)
+    if "burst" in want:
+        want.add("speedup")
+
+    def measured_for(name: str) -> bool:
+        return bool(want & {"speedup", "cpu"}) or (name == DENSITY_FUNCTION and "density" in want)
+
+    selected = [n for n in FUNCTIONS_BLINK if (not only or n in only) and measured_for(n)]
     scratch = Path(tempfile.mkdtemp(prefix="snapfaas-blink-"))
     runc_binary, runc_log = runcwrap.build(scratch)  # runc's CPU by subcommand (bench/runcwrap.py)
     args = ["--keep-alive", "2", "--max-environments", str(max(32, density_count + 4)), "--runc", str(runc_binary),
@@ -263,6 +279,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
             *bench_runtime_args(runtime_python)]
     result: dict[str, Any] = {"benchmark": "blink", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "runs": runs, "restore_engine": engine, "burst_size": burst, "density_count": density_count, "page_cache": "warm",
+                              "parts": [p for p in PARTS if p in want],
                               "cpu_before_ms": dict(BEFORE_CPU_MS), "cpu_before_source": "recorded 2026-12-01 06:20Z on another day's host",
                               "functions": {}}
     web_zip = webfunction.deployment_zip(vendor_cache) if any(n in WEB_HANDLERS for n in selected) else b""
@@ -276,7 +293,7 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
         state_dir = server.data_dir / "runc"
         baseline: Bench | None = None
         baseline_log: Path | None = None
-        if baseline_rev:
+        if baseline_rev and "cpu" in want:
             try:
                 source = baseline_source(baseline_rev, scratch / "baseline-src")
             except RuntimeError as exc:
@@ -302,42 +319,44 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                 publish_s = _publish(bench, name)
                 say(f"[{name}] snapshot ready in {publish_s:.1f} s; first restore (records the working set)")
                 bench.invoke(name, "1")
-                row = measure_function(bench, name, runs, say)
-                sides = {"now": (pid, state_dir, _restore_once(bench, name), runc_log)}
-                if baseline is not None:
-                    say(f"[{name}] baseline ({baseline_rev}): deploying, publishing, first restore")
-                    if name in WEB_HANDLERS:
-                        _deploy_web(baseline, web_zip, name)
-                    else:
-                        _deploy(baseline, name, package, memory)
-                    _publish(baseline, name)
-                    baseline.invoke(name, "1")
-                    baseline_pid = baseline.server.proc.pid if baseline.server.proc else 0
-                    sides["before"] = (baseline_pid, baseline.server.data_dir / "runc", _restore_once(baseline, name), baseline_log)
-                say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores" +
-                    (", alternating with the baseline's" if baseline is not None else ""))
-                measured = measure_cpu_alternating(sides, cpu_batches, cpu_per_batch)
-                row["cpu"] = measured["now"]
-                if "before" in measured:
-                    row["cpu_before"] = measured["before"]
-                    result["cpu_before_ms"][name] = measured["before"]["per_restore_ms"]["total"]
-                    baseline.client.delete_function(FunctionName=name)
+                row: dict[str, Any] = measure_function(bench, name, runs, say) if "speedup" in want else {}
+                if "cpu" in want:
+                    sides = {"now": (pid, state_dir, _restore_once(bench, name), runc_log)}
+                    if baseline is not None:
+                        say(f"[{name}] baseline ({baseline_rev}): deploying, publishing, first restore")
+                        if name in WEB_HANDLERS:
+                            _deploy_web(baseline, web_zip, name)
+                        else:
+                            _deploy(baseline, name, package, memory)
+                        _publish(baseline, name)
+                        baseline.invoke(name, "1")
+                        baseline_pid = baseline.server.proc.pid if baseline.server.proc else 0
+                        sides["before"] = (baseline_pid, baseline.server.data_dir / "runc", _restore_once(baseline, name), baseline_log)
+                    say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores" +
+                        (", alternating with the baseline's" if baseline is not None else ""))
+                    measured = measure_cpu_alternating(sides, cpu_batches, cpu_per_batch)
+                    row["cpu"] = measured["now"]
+                    if "before" in measured:
+                        row["cpu_before"] = measured["before"]
+                        result["cpu_before_ms"][name] = measured["before"]["per_restore_ms"]["total"]
+                        baseline.client.delete_function(FunctionName=name)
                 row["publish_s"] = round(publish_s, 2)
                 result["functions"][name] = row
-                if name == BURST_FUNCTION:
+                if name == BURST_FUNCTION and "burst" in want:
                     say(f"[{name}] bursts of {burst} concurrent restores (a first one apart, then 3)")
                     result["burst"] = measure_burst(bench, name, burst, row["restore_e2e_ms"]["median"])
-                if name == DENSITY_FUNCTION:
+                if name == DENSITY_FUNCTION and "density" in want:
                     say(f"[{name}] density: {density_count} restored environments alive at once vs one")
                     result["density"] = measure_density(bench, server.connection, name, density_count)
                 bench.client.delete_function(FunctionName=name)
-            say("[warm] stdlib function vs the echo endpoint")
-            server.deploy("warm-stdlib", {"app.py": STDLIB_APP})
-            reps = []
-            for i in range(WARM_REPEATS):  # invoke and echo alternate within each repetition
-                say(f"[warm] repetition {i + 1}/{WARM_REPEATS}")
-                reps.append(measure_warm(server, "warm-stdlib", requests, say))
-            result["warm"] = merge_warm(reps)
+            if "warm" in want:
+                say("[warm] stdlib function vs the echo endpoint")
+                server.deploy("warm-stdlib", {"app.py": STDLIB_APP})
+                reps = []
+                for i in range(WARM_REPEATS):  # invoke and echo alternate within each repetition
+                    say(f"[warm] repetition {i + 1}/{WARM_REPEATS}")
+                    reps.append(measure_warm(server, "warm-stdlib", requests, say))
+                result["warm"] = merge_warm(reps)
         finally:
             bench.close()
             if baseline is not None:
@@ -350,6 +369,40 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
 
 def _fmt(value: Any) -> str:
     return "—" if value is None else f"{value}"
+
+
+def density_markdown(d: dict[str, Any], n: str) -> list[str]:
+    """The density section: the table, what "the memory of one" is, and where each further
+    environment's memory goes."""
+    lines = ["", f"Density ({DENSITY_FUNCTION}:1, environments alive at once). The verdict's figure is the footprint: "
+             "the sum of PSS over every process of the environments plus the kernel memory charged to their cgroups "
+             "(page tables, kernel stacks, slab). \"The memory of one\" is one restored environment alone: every page "
+             "its processes map (libraries and the snapshot pages it touched counted in full: it is their only user) "
+             f"and its kernel memory; {n} count each shared page once and each environment's private pages and kernel "
+             "memory each. cgroup charges count only what each environment adds (pages it wrote or first brought in, "
+             f"kernel memory), so their {n} / 1 ratio is ~{n}x by construction; MemAvailable moves with everything else "
+             "on this shared host.", "",
+             "| environments | **footprint** | sum of PSS | kernel memory | sum of RSS | cgroup charges | MemAvailable drop |",
+             "|---|---|---|---|---|---|---|"]
+    for key in ("1", n):
+        s = d[key]
+        lines.append(f"| {s['environments']} | **{density.mib(s.get('footprint_bytes', 0))} MiB** | "
+                     f"{density.mib(s['pss_bytes'])} MiB | {density.mib(s.get('kernel_bytes', 0))} MiB | "
+                     f"{density.mib(s['rss_bytes'])} MiB | {density.mib(s['cgroup_bytes'])} MiB | "
+                     f"{density.mib(s['mem_available_drop_bytes'])} MiB |")
+    ratios = d["ratios"]
+    lines.append(f"| {n} / 1 | **{_fmt(ratios.get('footprint_bytes'))}x** | {_fmt(ratios.get('pss_bytes'))}x | | | "
+                 f"{_fmt(ratios.get('cgroup_bytes'))}x | {_fmt(ratios.get('mem_available_drop_bytes'))}x |")
+    further = max(1, d[n]["environments"] - 1)
+    each = (d[n].get("footprint_bytes", 0) - d["1"].get("footprint_bytes", 0)) / further
+    lines += ["", f"Each environment beyond the first adds {density.mib(int(each))} MiB of footprint "
+              f"(sum of PSS alone: {density.mib(int((d[n]['pss_bytes'] - d['1']['pss_bytes']) / further))} MiB)."]
+    per = d[n].get("per_environment")
+    if per:
+        lines[-1] += (f" Per environment of the {n}: private pages of its init (pid 1) {density.mib(per['init_private_bytes'])} "
+                      f"MiB, of its runtime {density.mib(per['runtime_private_bytes'])} MiB (snapshot pages it wrote, "
+                      f"memory it allocated), kernel memory {density.mib(per['kernel_bytes'])} MiB.")
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -372,16 +425,19 @@ def markdown(result: dict[str, Any]) -> str:
               "warm invoke (e2e / Duration) | cold / restore |",
               "|---|---|---|---|---|---|---|"]
     for name, r in result["functions"].items():
+        if "cold_e2e_ms" not in r:  # the run's parts did not include "speedup"
+            continue
         lines.append(f"| {name} | {r['cold_e2e_ms']['median']} ms | {r['restore_e2e_ms']['median']} ms | "
                      f"{r['restore_duration_ms']['median']} ms | {_get(r, 'first_invoke_duration_ms', 'median')} ms | "
                      f"{_get(r, 'warm_e2e_ms', 'median')} / {_get(r, 'warm_duration_ms', 'median')} ms | "
                      f"{r['speedup_cold_over_restore']}x |")
-    if result["functions"]:
+    with_cpu = {name: r for name, r in result["functions"].items() if "cpu" in r}
+    if with_cpu:
         lines += ["", "CPU per restore (ms; median over batches, each batch's figure divided by its restores; one restore = "
                   "runc restore + CRIU + resume + first invoke + teardown; `bench/cpu.py` says how each part is read):", "",
                   "| function | " + " | ".join(cpu.COMPONENTS) + " | total | before issue 14 |",
                   "|---|" + "---|" * (len(cpu.COMPONENTS) + 2)]
-        for name, r in result["functions"].items():
+        for name, r in with_cpu.items():
             parts = r["cpu"]["per_restore_ms"]
             lines.append(f"| {name} | " + " | ".join(f"{parts[c]}" for c in cpu.COMPONENTS) +
                          f" | **{parts['total']}** | {_fmt(result['cpu_before_ms'].get(name))} |")
@@ -392,12 +448,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"\"before issue 14\": {result.get('cpu_before_source', 'recorded')}."]
         lines += ["", "\"runc & helpers\" by command (ms per restore, mean of batches; runc runs through a wrapper that "
                   "records each call's CPU, `bench/runcwrap.py`; `runc restore` without the CRIU CPU it waits for):", ""]
-        for name, r in result["functions"].items():
+        for name, r in with_cpu.items():
             commands = r["cpu"].get("runc_by_command_ms") or {}
             lines.append(f"- {name}: " + ", ".join(f"{command} {ms}" for command, ms in commands.items()))
         lines += ["", "The daemon's CPU per restore by thread (ms, mean of batches; threads that ended within a batch "
                   "are \"exited threads\"):", ""]
-        for name, r in result["functions"].items():
+        for name, r in with_cpu.items():
             threads = r["cpu"].get("daemon_threads_ms", {})
             lines.append(f"- {name}: " + ", ".join(f"{group} {ms}" for group, ms in list(threads.items())[:6]))
     if "burst" in result:
@@ -406,20 +462,7 @@ def markdown(result: dict[str, Any]) -> str:
                   f"(median {b['e2e_ms']['median']} ms) vs a single restore {b['single_restore_e2e_ms']} ms; "
                   f"the first burst (not counted) p99 {b['first_burst_p99_e2e_ms']} ms."]
     if "density" in result:
-        d = result["density"]
-        n = str(result["density_count"])
-        lines += ["", f"Density ({DENSITY_FUNCTION}:1, environments alive at once):", "",
-                  "| environments | sum of PSS | sum of RSS | cgroup charges | MemAvailable drop |", "|---|---|---|---|---|"]
-        for key in ("1", n):
-            s = d[key]
-            lines.append(f"| {s['environments']} | {density.mib(s['pss_bytes'])} MiB | {density.mib(s['rss_bytes'])} MiB | "
-                         f"{density.mib(s['cgroup_bytes'])} MiB | {density.mib(s['mem_available_drop_bytes'])} MiB |")
-        ratios = d["ratios"]
-        lines.append(f"| {n} / 1 | **{_fmt(ratios['pss_bytes'])}x** | | {_fmt(ratios['cgroup_bytes'])}x | "
-                     f"{_fmt(ratios['mem_available_drop_bytes'])}x |")
-        each = (d[n]["pss_bytes"] - d["1"]["pss_bytes"]) / max(1, d[n]["environments"] - 1)
-        lines += ["", f"Each environment beyond the first adds {density.mib(int(each))} MiB (sum of PSS); "
-                  "MemAvailable moves with everything else on this shared host."]
+        lines += density_markdown(result["density"], str(result["density_count"]))
     if "warm" in result:
         lines += ["", f"Warm invokes (stdlib function, $LATEST) vs the echo endpoint: ratios are medians of {WARM_REPEATS} "
                   "repetitions, invoke and echo alternating; the figures are the median repetition's.", "",

@@ -1,20 +1,28 @@
 """Density: what N restored environments of one version cost in memory, against one.
 
-Three figures for a set of live environments (each read while they are all alive):
+Figures for a set of live environments (each read while they are all alive):
 
-- **PSS** (the headline): the proportional set size summed over every process of the
-  environments (/proc/<pid>/smaps_rollup). A page mapped by k processes counts 1/k in each,
-  so the sum is the memory the set holds, shared library and snapshot pages counted once;
-  for one environment alone it is its whole footprint. Precise and immune to other load.
+- **footprint** (the verdict's figure): the sum of PSS over every process of the environments
+  (/proc/<pid>/smaps_rollup; a page mapped by k processes counts 1/k in each, so shared
+  library and snapshot pages count once) plus the kernel memory charged to their cgroups (page
+  tables, kernel stacks, slab: what PSS does not see). For **one environment alone** ("the
+  memory of one") that is its whole footprint: every page it maps, the shared ones counted in
+  full because it is their only user, and its kernel memory. For N it is the shared pages once
+  plus each environment's private pages and kernel memory.
+- **sum of PSS**: the footprint without the kernel memory (what this bench reported before).
 - **cgroup charges**: the sum of the environments' memory cgroup charges (v1
-  `memory.usage_in_bytes`, v2 `memory.current`). A page is charged to the cgroup that first
-  faulted it, so pages already resident before (the page cache of libraries and the snapshot's
-  images) are charged to none of them: this counts the memory each environment adds.
+  `memory.usage_in_bytes`, v2 `memory.current`; both include kernel memory). A page is charged
+  to the cgroup that first faulted it, so pages already resident before (the page cache of
+  libraries and the snapshot's images) are charged to none of them: this counts what each
+  environment adds, and its N-vs-1 ratio is ~N by construction.
 - **MemAvailable drop**: the host's MemAvailable before the environments exist minus while they
   are alive. The same increment as the charges, as the host sees it; noisy on a shared host.
+- **per environment, by process**: private bytes (Private_Clean + Private_Dirty) of the
+  environment's init (pid 1 in its namespace, the process whose parent is outside it) and of
+  its other processes (the runtime), averaged over the environments: where the increment goes.
 
-The ratio 16-vs-1 of the PSS sum answers "16 environments use <= 2x the memory of one"; the
-other two show the per-environment increment.
+The ratio N-vs-1 of the footprint answers "16 environments use <= 2x the memory of one"; the
+others show the per-environment increment.
 """
 
 from __future__ import annotations
@@ -64,9 +72,31 @@ def memory_charge(cgroup: str) -> int:
     return 0
 
 
+def kernel_charge(cgroup: str) -> int:
+    """Bytes of kernel memory (page tables, kernel stacks, slab) charged to `cgroup` and below:
+    v1 `memory.kmem.usage_in_bytes`, v2 `memory.stat`'s kernel (0 if it is gone)."""
+    rel = cgroup.strip("/")
+    try:
+        return int((CGROUP_ROOT / "memory" / rel / "memory.kmem.usage_in_bytes").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        pass
+    for top in (CGROUP_ROOT, CGROUP_ROOT / "unified"):
+        try:
+            stat = dict(line.split() for line in (top / rel / "memory.stat").read_text().splitlines())
+        except (FileNotFoundError, ValueError):
+            continue
+        if "kernel" in stat:
+            return int(stat["kernel"])
+        return sum(int(stat.get(key, 0)) for key in ("kernel_stack", "pagetables", "slab"))
+    return 0
+
+
+ROLLUP_FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous")
+
+
 def rollup(pids: Iterable[int]) -> dict[str, int]:
-    """Rss and Pss summed over `pids` (processes that exited meanwhile are skipped)."""
-    total = {"Rss": 0, "Pss": 0}
+    """`ROLLUP_FIELDS` summed over `pids` (processes that exited meanwhile are skipped)."""
+    total = dict.fromkeys(ROLLUP_FIELDS, 0)
     for pid in pids:
         try:
             fields = parse_smaps_rollup(Path(f"/proc/{pid}/smaps_rollup").read_text())
@@ -77,18 +107,50 @@ def rollup(pids: Iterable[int]) -> dict[str, int]:
     return total
 
 
+def parent_of(pid: int) -> int:
+    """The parent pid of `pid` (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def roles(pids: list[int]) -> dict[str, list[int]]:
+    """{"init": the processes whose parent is outside `pids` (an environment's pid 1),
+    "runtime": the others (the runtime and whatever it started)}."""
+    inside = set(pids)
+    out: dict[str, list[int]] = {"init": [], "runtime": []}
+    for pid in pids:
+        out["init" if parent_of(pid) not in inside else "runtime"].append(pid)
+    return out
+
+
 def snapshot(state_dir: Path, available_before: int) -> dict[str, Any]:
     """The memory figures of the daemon's live environments right now (see the module doc)."""
     cgroups = [c for c in environment_cgroups(state_dir) if cgroup_pids(c)]
-    pids = [p for c in cgroups for p in cgroup_pids(c)]
+    by_cgroup = {c: cgroup_pids(c) for c in cgroups}
+    pids = [p for c in cgroups for p in by_cgroup[c]]
     sizes = rollup(pids)
+    kernel = sum(kernel_charge(c) for c in cgroups)
+    private: dict[str, int] = {"init": 0, "runtime": 0}
+    for c in cgroups:
+        for role, members in roles(by_cgroup[c]).items():
+            part = rollup(members)
+            private[role] += part["Private_Clean"] + part["Private_Dirty"]
+    count = max(1, len(cgroups))
     return {
         "environments": len(cgroups),
         "processes": len(pids),
+        "footprint_bytes": sizes["Pss"] + kernel,
         "pss_bytes": sizes["Pss"],
+        "kernel_bytes": kernel,
         "rss_bytes": sizes["Rss"],
         "cgroup_bytes": sum(memory_charge(c) for c in cgroups),
         "mem_available_drop_bytes": available_before - mem_available(),
+        # per environment (mean): private pages of its init and of its runtime, its kernel memory
+        "per_environment": {"init_private_bytes": private["init"] // count,
+                            "runtime_private_bytes": private["runtime"] // count, "kernel_bytes": kernel // count},
     }
 
 
@@ -96,8 +158,9 @@ def ratios(one: dict[str, Any], many: dict[str, Any]) -> dict[str, float | None]
     """many / one for each memory figure (None where either figure is not positive: a
     MemAvailable that rose meanwhile says only that the host was busy)."""
     out: dict[str, float | None] = {}
-    for key in ("pss_bytes", "cgroup_bytes", "mem_available_drop_bytes"):
-        out[key] = round(many[key] / one[key], 2) if one[key] > 0 and many[key] > 0 else None
+    for key in ("footprint_bytes", "pss_bytes", "cgroup_bytes", "mem_available_drop_bytes"):
+        if key in one and key in many:
+            out[key] = round(many[key] / one[key], 2) if one[key] > 0 and many[key] > 0 else None
     return out
 
 

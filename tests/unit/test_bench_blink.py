@@ -3,6 +3,7 @@ aggregation, density ratios and the per-target verdicts."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,33 @@ def test_density_ratios_are_many_over_one() -> None:
     assert density.ratios(one, many) == {"footprint_bytes": 2.0, "pss_bytes": 1.8, "cgroup_bytes": 16.0,
                                          "mem_available_drop_bytes": None}
     assert density.ratios(many, {**one, "mem_available_drop_bytes": -5})["mem_available_drop_bytes"] is None
+
+
+def test_only_mappings_with_resident_pages_are_read_from_pagemap() -> None:
+    smaps = ("00400000-00452000 r-xp 00000000 08:01 123 /usr/bin/python3\nSize:  328 kB\nRss:  300 kB\n"
+             "VmFlags: rd ex mr mw me dw\n"
+             "7f0000000000-7f0000100000 rw-p 00000000 00:00 0\nSize:  1024 kB\nRss:  0 kB\n"
+             "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\nRss:  8 kB\n")
+    assert density.mapped_ranges(smaps) == [(0x400000, 0x452000), (0x7FFD00000000, 0x7FFD00021000)]
+
+
+def test_distinct_resident_pages_count_a_shared_page_once() -> None:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("pagemap shows page frame numbers to root only")
+    page = os.sysconf("SC_PAGE_SIZE")
+    # a process blocked reading stdin once it said "ready": its pages do not change meanwhile
+    with subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as idle:
+        try:
+            assert idle.stdout is not None and idle.stdout.readline() == b"ready\n"
+            alone = density.unique_resident_bytes([idle.pid])
+            assert alone > 0 and alone % page == 0
+            assert density.unique_resident_bytes([idle.pid, idle.pid]) == alone  # the same pages: once
+        finally:
+            idle.kill()
 
 
 def test_an_environments_init_is_the_process_whose_parent_is_outside_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,14 +2,17 @@
 
 Figures for a set of live environments (each read while they are all alive):
 
-- **footprint** (the verdict's figure): the sum of PSS over every process of the environments
-  (/proc/<pid>/smaps_rollup; a page mapped by k processes counts 1/k in each, so shared
-  library and snapshot pages count once) plus the kernel memory charged to their cgroups (page
-  tables, kernel stacks, slab: what PSS does not see). For **one environment alone** ("the
-  memory of one") that is its whole footprint: every page it maps, the shared ones counted in
-  full because it is their only user, and its kernel memory. For N it is the shared pages once
-  plus each environment's private pages and kernel memory.
-- **sum of PSS**: the footprint without the kernel memory (what this bench reported before).
+- **footprint** (the verdict's figure): every resident page the environments' processes map,
+  each counted once however many of them map it (distinct page frames, read from
+  /proc/<pid>/pagemap), plus the kernel memory charged to their cgroups (page tables, kernel
+  stacks, slab: what no page count sees). For **one environment alone** ("the memory of one")
+  that is its whole footprint: every page it maps (libraries and the snapshot pages it touched
+  in full, as if nothing else on the host used them) and its kernel memory. For N it is the
+  shared pages once plus each environment's private pages and kernel memory. Unlike PSS it does
+  not depend on other processes of the host mapping the same libraries.
+- **sum of PSS** (/proc/<pid>/smaps_rollup; a page mapped by k processes counts 1/k in each):
+  what this bench reported before; smaller than the page count when processes outside the
+  environments (another function's environments, on this shared host) map the same files.
 - **cgroup charges**: the sum of the environments' memory cgroup charges (v1
   `memory.usage_in_bytes`, v2 `memory.current`; both include kernel memory). A page is charged
   to the cgroup that first faulted it, so pages already resident before (the page cache of
@@ -27,6 +30,7 @@ others show the per-environment increment.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,52 @@ def kernel_charge(cgroup: str) -> int:
     return 0
 
 
+PFN_MASK = (1 << 55) - 1  # /proc/<pid>/pagemap entry: bits 0-54 the page frame, bit 63 present
+PRESENT = 1 << 63
+
+
+def mapped_ranges(smaps: str) -> list[tuple[int, int]]:
+    """(start, end) of every mapping with resident pages, from a /proc/<pid>/smaps text."""
+    out: list[tuple[int, int]] = []
+    current: tuple[int, int] | None = None
+    for line in smaps.splitlines():
+        head = line.split(maxsplit=1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            start, _, end = head.partition("-")
+            current = (int(start, 16), int(end, 16))
+        elif head == "Rss:" and current is not None and int(line.split()[1]) > 0:
+            out.append(current)
+    return out
+
+
+def resident_frames(pid: int, page_size: int) -> set[int]:
+    """The page frames of every resident page `pid` maps (empty if it is gone). Needs root:
+    to anyone else pagemap hides the frame numbers (all read as 0)."""
+    frames: set[int] = set()
+    try:
+        ranges = mapped_ranges(Path(f"/proc/{pid}/smaps").read_text())
+        with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+            for start, end in ranges:
+                pagemap.seek(start // page_size * 8)
+                entries = memoryview(pagemap.read((end - start) // page_size * 8)).cast("Q")
+                frames.update(entry & PFN_MASK for entry in entries if entry & PRESENT)
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
+    if 0 in frames:
+        raise PermissionError(f"/proc/{pid}/pagemap hides page frame numbers (root is needed to count shared pages once)")
+    return frames
+
+
+def unique_resident_bytes(pids: Iterable[int]) -> int:
+    """Bytes of the distinct resident pages that `pids` map: a page mapped by several of them
+    (or by other processes too) counts once."""
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    frames: set[int] = set()
+    for pid in pids:
+        frames |= resident_frames(pid, page_size)
+    return len(frames) * page_size
+
+
 ROLLUP_FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous")
 
 
@@ -142,7 +192,7 @@ def snapshot(state_dir: Path, available_before: int) -> dict[str, Any]:
     return {
         "environments": len(cgroups),
         "processes": len(pids),
-        "footprint_bytes": sizes["Pss"] + kernel,
+        "footprint_bytes": unique_resident_bytes(pids) + kernel,
         "pss_bytes": sizes["Pss"],
         "kernel_bytes": kernel,
         "rss_bytes": sizes["Rss"],

@@ -51,6 +51,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -212,6 +213,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         self._series: dict[str, set[tuple[object, tuple[str, ...]]]] = {}  # function -> (metric, labels)
+        # (metric, labels) -> the labelled child: `labels()` rebuilds and checks the key each call
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.invocations = Counter("snapfaas_invocations", "Invocations by function, version and outcome.",
                                    ["function", "version", "outcome"], registry=self.registry)
         self.latency = Histogram("snapfaas_invocation_latency_seconds",
@@ -231,9 +234,15 @@ class Metrics:
         self.registry.register(self._state)
 
     def _labels(self, function: str, metric: Counter | Histogram, *values: str):  # type: ignore[no-untyped-def]
-        with self._lock:
-            self._series.setdefault(function, set()).add((metric, (function, *values)))
-        return metric.labels(function, *values)
+        """The child of `metric` for (`function`, *`values`), registered as one of `function`'s
+        series (for `forget`); looked up once per series, then kept until `forget`."""
+        key = (metric, (function, *values))
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                self._series.setdefault(function, set()).add(key)
+                child = self._children[key] = metric.labels(function, *values)
+        return child
 
     def invocation(self, event: Invocation) -> None:
         """Record one invocation (see `Invocation`)."""
@@ -264,6 +273,8 @@ class Metrics:
         """Drop every series of `function` (it was deleted), and its recent invocations."""
         with self._lock:
             series = self._series.pop(function, set())
+            for key in series:
+                self._children.pop(key, None)
             kept = [e for e in self._recent if e.function != function]
             self._recent.clear()
             self._recent.extend(kept)

@@ -123,9 +123,9 @@ class FrameDecoder:
     def parse(self, text: bytes) -> dict[str, Any]:
         """The header after `FRAME_PREFIX`, validated: a JSON object with a string ``t`` and an
         integer ``n`` in [0, max_payload]."""
-        try:
-            header = json.loads(text)
-        except ValueError:
+        try:  # decoded first: json.loads of bytes sniffs their encoding in Python code on every frame
+            header = json.loads(text.decode())
+        except ValueError:  # UnicodeDecodeError included
             header = None
         if not isinstance(header, dict) or not isinstance(header.get("t"), str):
             raise FrameRejected(f"a malformed frame header ({text[:100]!r})")

@@ -82,6 +82,8 @@ ATTR_TIMEOUT_S = 86400.0  # names and attributes never change while a snapshot i
 DECODED_CHUNKS = 24  # plaintext chunks kept for the next read of the same chunk (12 MiB)
 FETCH_THREADS = 8
 PREFETCH_THREADS = 4
+PROBE_GAP = 64 << 10  # working-set spans closer than this are probed with one mincore call (a call costs about 16 pages)
+PROBE_WINDOWS = 2048  # more probe windows than this: the whole file in one call
 RUN_GAP_PAGES = 4  # touched pages at most this many pages apart are recorded as one run (fewer, larger pushes)
 LOCAL_IMAGE_MAX = 1 << 20  # image files up to this size (and not page images) are read from a lease's local copy
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -89,7 +91,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
 _LOW_BIT = bytes(i & 1 for i in range(256))  # mincore's byte per page -> 1 if resident, else 0
 
@@ -166,13 +168,23 @@ class ResidencyProbe:
                 raise OSError(error, f"mmap of {path} failed")
             self._address = address
 
-    def pages(self) -> bytes:
-        """One byte per page: bit 0 set if the page is in the page cache."""
+    def pages(self, windows: Iterable[tuple[int, int]] | None = None) -> bytes:
+        """One byte per page of the file: bit 0 set if the page is in the page cache. With
+        `windows` (byte spans), only their pages are asked about (the others read as not
+        resident): mincore costs ~8 ms of CPU per 160 MB asked, whatever the answer."""
         if self._address is None:
             return b""
-        vector = ctypes.create_string_buffer((self.size + PAGE - 1) // PAGE)
-        if _libc.mincore(self._address, self.size, vector) != 0:
-            raise OSError(ctypes.get_errno(), "mincore failed")
+        count = (self.size + PAGE - 1) // PAGE
+        if windows is None:
+            windows = [(0, self.size)]
+        vector = ctypes.create_string_buffer(count)
+        for lo, hi in windows:
+            first, end = max(0, lo // PAGE), min(count, -(-hi // PAGE))
+            if end <= first:
+                continue
+            length = min(self.size, end * PAGE) - first * PAGE
+            if _libc.mincore(self._address + first * PAGE, length, ctypes.addressof(vector) + first) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
         return vector.raw
 
     def close(self) -> None:
@@ -468,11 +480,14 @@ class SnapshotView(pyfuse3.Operations):
                     hi = min(-(-hi // PAGE) * PAGE, ref.offset + ref.length)
                     wanted.setdefault((item.path, index), []).append((lo, hi))
         present: dict[str, bytes] = {}
-        for path in {path for path, _ in wanted}:
+        spans_by_path: dict[str, list[tuple[int, int]]] = {}
+        for (path, _), spans in wanted.items():
+            spans_by_path.setdefault(path, []).extend(spans)
+        for path, spans in spans_by_path.items():
             entry = files[path].entry
             assert entry is not None
             try:
-                present[path] = self._probe(snapshot_id, path, entry.size).pages()
+                present[path] = self._probe(snapshot_id, path, entry.size).pages(probe_windows(spans))
             except OSError as exc:
                 logger.debug("snapshot view: residency of %s/%s unknown: %s", snapshot_id, path, exc)
                 present[path] = b""
@@ -682,6 +697,18 @@ class SnapshotView(pyfuse3.Operations):
         chunk missing or corrupt at the origin, or the origin unreachable); None if none."""
         with self._guard:
             return self._failed.get(snapshot_id)
+
+
+def probe_windows(spans: list[tuple[int, int]], gap: int = PROBE_GAP, most: int = PROBE_WINDOWS) -> list[tuple[int, int]] | None:
+    """The byte windows to ask the page cache about for `spans`: merged when less than `gap`
+    apart (one mincore call per window), or None (the whole file) past `most` windows."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + gap:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out if len(out) <= most else None
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -493,7 +493,8 @@ def _json(data: Any) -> str:
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--tiers", default=None, metavar="TIER,...",
-              help="loading: only these tiers (memory, memory_cold, disk, origin, origin_cold; default: all).")
+              help="loading: only these tiers (memory, memory_cold, disk, origin, origin_cold; default: all). "
+                   "store: 'none' skips the timed restores (sizes and version deltas only).")
 @click.option("--parts", default=None, metavar="PART,...",
               help="blink: only these parts (speedup, cpu, burst, density, warm; default: all); the results go to "
                    "OUT/blink-<parts>.*, not OUT/blink.*.")
@@ -555,7 +556,9 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
 
         if not runtime_python.exists():
             raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
-        result = store.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None)
+        if tiers not in (None, "none"):
+            raise click.BadParameter(f"store takes --tiers none or no --tiers, got {tiers!r}", param_hint="--tiers")
+        result = store.run(say, str(runtime_python.absolute()), runs=runs, only=list(only) or None, restores=tiers is None)
         _write_results(out, "store", result, store.markdown(result))
     if suite == "loading":  # eager vs lazy vs lazy + prefetch restores by tier (not part of "all": slow)
         from snapfaas.bench import loading

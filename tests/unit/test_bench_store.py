@@ -60,6 +60,7 @@ def _result() -> dict:
     restore = {tier: bench_store.stats([v]) for tier, v in zip(bench_store.TIERS, [50.0, 100.0, 150.0, 400.0])}
     return {"timestamp": "2026-01-01T00:00:00Z", "runs": 1, "functions": {"stdlib": {
         "size": size, "version_2": bench_store.version_delta(_manifest("s1", ["a", "b"]), _manifest("s2", ["a", "c"])),
+        "version_3": bench_store.version_delta(_manifest("s1", ["a", "b"]), _manifest("s3", ["a", "b"])),
         "restore_e2e_ms": restore, "ratios_over_ram": bench_store.tier_ratios(restore),
         "chunks_fetched": {"disk": {"reads": 2, "distinct": 2}, "origin": {"median": 2, "distinct": 2}},
     }}}
@@ -76,6 +77,15 @@ def test_markdown_rows_have_as_many_cells_as_their_header() -> None:
     assert "| stdlib | 1.5 MiB |" in text
     assert "1 / 2 (**50.0%**)" in text
     assert "| 50.0 ms | 100.0 ms | 150.0 ms | 400.0 ms | 2.0x | 3.0x | 8.0x |" in text
+    assert "| 0 / 2 (0.0%) |" in text  # version 3: a comment only
+
+
+def test_markdown_without_restores_has_only_the_size_table() -> None:
+    result = _result()
+    for name in ("restore_e2e_ms", "ratios_over_ram", "chunks_fetched"):
+        del result["functions"]["stdlib"][name]
+    text = bench_store.markdown(result)
+    assert "1 / 2 (**50.0%**)" in text and "Restore e2e" not in text
 
 
 def test_drop_disk_cache_removes_blobs_and_keeps_the_lock(tmp_path: Path) -> None:

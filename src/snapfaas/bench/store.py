@@ -9,7 +9,9 @@ Per reference function (stdlib, numpy-scipy, torch), on one private server:
    bytes; stored / raw is the issue's "≤ 35 % of raw" figure (`ChunkStore.snapshot_stats`).
 2. **Dedup across versions.** Version 2 is published after a one-line change to the handler
    module (a constant appended); new chunks = distinct chunks of version 2 no version-1 chunk
-   has, over version 2's distinct chunks, and their stored bytes (`version_delta`).
+   has, over version 2's distinct chunks, and their stored bytes (`version_delta`). Version 3
+   changes only a comment (the same code objects as version 1): what it adds over version 1 is
+   the floor set by what differs between any two inits (per-exec randomness, CRIU's metadata).
 3. **Restore e2e by tier, eager.** Medians over `runs` first invokes of new environments of
    version 1 (through boto3, as `snapstart.Bench.restores`: wait until keep-alive reclaimed the
    last environment, then invoke), with the snapshot's images coming from:
@@ -21,7 +23,9 @@ Per reference function (stdlib, numpy-scipy, torch), on one private server:
    * ``origin_cold``: as ``origin``, and the host's page cache dropped before each sample
      (`drop_page_cache`: the origin's files, the libraries and the runtime come from disk).
 
-   ``ram``, ``disk`` and ``origin`` run with the page cache warm.
+   ``ram``, ``disk`` and ``origin`` run with the page cache warm. ``restores=False``
+   (``--tiers none``) skips this part: the run then times nothing, only publishes and reads
+   manifests.
 
 How each tier is dropped, from outside the server (no server change, no private API):
 
@@ -78,6 +82,7 @@ TIER_LABELS = {
     "origin_cold": "origin only, page cache dropped",
 }
 REVISION_LINE = "\nSTORE_BENCH_REVISION = 2  # the one-line change of version 2\n"
+COMMENT_LINE = "\n# version 3: a comment only (the code of version 1)\n"
 
 
 # -- pure helpers (unit-tested) ----------------------------------------------------------------
@@ -134,6 +139,12 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _delta_cell(delta: dict[str, Any] | None) -> str:
+    if not delta:
+        return "-"
+    return f"{delta['new_chunks']} / {delta['chunks']} ({delta['new_chunk_fraction'] * 100:.1f}%)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     functions = result["functions"]
     lines = [
@@ -145,8 +156,8 @@ def markdown(result: dict[str, Any]) -> str:
         "handler change, adds (deterministic init: `--no-snapshot-init-aslr`):",
         "",
         "| function | raw images | stored | stored / raw | chunks (distinct / refs) | hole chunks | "
-        "v2: new chunks / chunks | v2: new bytes |",
-        "|---|---|---|---|---|---|---|---|",
+        "v2: new chunks / chunks | v2: new bytes | v3 (comment only): new chunks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in functions.items():
         size, delta = r["size"], r["version_2"]
@@ -154,7 +165,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {_mib(size['raw_bytes'])} | {_mib(size['stored_bytes'])} | **{size['stored_over_raw'] * 100:.1f}%** | "
             f"{size['chunks']} / {size['chunk_refs']} | {size['hole_chunks']} | "
             f"{delta['new_chunks']} / {delta['chunks']} (**{delta['new_chunk_fraction'] * 100:.1f}%**) | "
-            f"{_mib(delta['new_bytes'])} ({delta['new_byte_fraction'] * 100:.1f}%) |")
+            f"{_mib(delta['new_bytes'])} ({delta['new_byte_fraction'] * 100:.1f}%) | {_delta_cell(r.get('version_3'))} |")
+    timed = {name: r for name, r in functions.items() if r.get("restore_e2e_ms")}
+    if not timed:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "Restore e2e (version 1) by the tier the snapshot's images come from; ratio = tier median / RAM-cache-warm median; "
@@ -164,7 +178,7 @@ def markdown(result: dict[str, Any]) -> str:
         "chunks fetched: disk | chunks fetched: origin |",
         "|---|" + "---|" * (len(TIERS) + 5),
     ]
-    for name, r in functions.items():
+    for name, r in timed.items():
         restore, ratios, fetched = r["restore_e2e_ms"], r["ratios_over_ram"], r["chunks_fetched"]
         lines.append(
             f"| {name} | " + " | ".join(f"{restore[t]['median']} ms" for t in TIERS) + " | "
@@ -219,15 +233,16 @@ def _manifests(server: PrivateServer, ids: list[str]) -> list[Manifest]:
         catalog.close()
 
 
-def _publish_version_2(bench: Bench, name: str, package: str) -> None:
+def _publish_changed(bench: Bench, name: str, package: str, line: str, expected: str) -> None:
+    """Publish version `expected` of `name` with `line` appended to the reference app.py."""
     files = _files(FUNCTIONS / package)
-    files["app.py"] += REVISION_LINE
+    files["app.py"] += line
     bench.client.update_function_code(FunctionName=name, ZipFile=zip_files(files))
     bench.client.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1})
     version = bench.client.publish_version(FunctionName=name)["Version"]
-    if version != "2":
-        raise RuntimeError(f"{name}: publish after the code change made version {version}, not 2")
-    bench.client.get_waiter("published_version_active").wait(FunctionName=name, Qualifier="2",
+    if version != expected:
+        raise RuntimeError(f"{name}: publish after the code change made version {version}, not {expected}")
+    bench.client.get_waiter("published_version_active").wait(FunctionName=name, Qualifier=expected,
                                                                WaiterConfig={"Delay": 1, "MaxAttempts": 600})
 
 
@@ -257,8 +272,10 @@ def _restores(bench: Bench, name: str, snapshot_id: str, tier: str, runs: int) -
     return e2e, fetched
 
 
-def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: list[str] | None = None) -> dict[str, Any]:
-    """Every figure for each reference function, on one server (see the module docstring)."""
+def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: list[str] | None = None,
+        restores: bool = True) -> dict[str, Any]:
+    """Every figure for each reference function, on one server (see the module docstring);
+    without `restores` only the sizes and version deltas (nothing timed)."""
     results: dict[str, Any] = {}
     # eager restores (the RAM cache is the "ram" tier; lazy loading is `bench loading`'s subject) and
     # deterministic publish inits (the dedup figures are for that switch)
@@ -273,26 +290,35 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: li
                 say(f"[{name}] deploying and publishing version 1")
                 _deploy(bench, name, package, memory)
                 publish_s = _publish(bench, name)
-                bench.invoke(name, "1")  # the first restore records the snapshot's file working set
                 snapshot_id = _snapshot_ids(server, name)["1"]
                 (manifest_1,) = _manifests(server, [snapshot_id])
                 restore: dict[str, dict[str, float]] = {}
                 fetched: list[int] = []
-                for tier in TIERS:
+                if restores:
+                    bench.invoke(name, "1")  # the first restore records the snapshot's file working set
+                for tier in TIERS if restores else ():
                     say(f"[{name}] {runs} restores, {TIER_LABELS[tier]}")
                     e2e, counts = _restores(bench, name, snapshot_id, tier, runs)
                     restore[tier] = stats(e2e)
                     fetched += counts
                 say(f"[{name}] version 2 (one-line code change)")
-                _publish_version_2(bench, name, package)
+                _publish_changed(bench, name, package, REVISION_LINE, "2")
+                say(f"[{name}] version 3 (a comment only)")
+                _publish_changed(bench, name, package, COMMENT_LINE, "3")
                 ids = _snapshot_ids(server, name)
-                (manifest_2,) = _manifests(server, [ids["2"]])
+                manifest_2, manifest_3 = _manifests(server, [ids["2"], ids["3"]])
                 size = image_summary(manifest_1)
                 results[name] = {
                     "snapshot": snapshot_id,
                     "publish_s": round(publish_s, 2),
                     "size": size,
                     "version_2": version_delta(manifest_1, manifest_2),
+                    "version_3": version_delta(manifest_1, manifest_3),
+                }
+                if not restores:
+                    bench.client.delete_function(FunctionName=name)
+                    continue
+                results[name] |= {
                     "restore_e2e_ms": restore,
                     "ratios_over_ram": tier_ratios(restore),
                     "chunks_fetched": {

@@ -147,13 +147,16 @@ def _delta_cell(delta: dict[str, Any] | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     functions = result["functions"]
+    timed = {name: r for name, r in functions.items() if r.get("restore_e2e_ms")}
+    restores = (f"restores: medians of {result['runs']} first invokes of new environments, e2e through boto3, eager restores"
+                if timed else "no restores timed (--tiers none)")
     lines = [
-        f"Snapshot store benchmark ({result['timestamp']}, one run; restores: medians of {result['runs']} first invokes "
-        "of new environments, e2e through boto3, eager restores; 2 shared cores, other work running)",
+        f"Snapshot store benchmark ({result['timestamp']}, one run; {restores}; 2 shared cores, other work running)",
         "",
         "Size of the version-1 snapshot in the store (stored = compressed + encrypted distinct chunks of at most 512 KiB, "
         "page images cut along 512 KiB memory windows; holes = all-zero chunks, not stored) and what version 2, a one-line "
-        "handler change, adds (deterministic init: `--no-snapshot-init-aslr`):",
+        "handler change, adds, and version 3, a comment only (the code of version 1), adds (deterministic init: "
+        "`--no-snapshot-init-aslr`):",
         "",
         "| function | raw images | stored | stored / raw | chunks (distinct / refs) | hole chunks | "
         "v2: new chunks / chunks | v2: new bytes | v3 (comment only): new chunks |",
@@ -166,7 +169,6 @@ def markdown(result: dict[str, Any]) -> str:
             f"{size['chunks']} / {size['chunk_refs']} | {size['hole_chunks']} | "
             f"{delta['new_chunks']} / {delta['chunks']} (**{delta['new_chunk_fraction'] * 100:.1f}%**) | "
             f"{_mib(delta['new_bytes'])} ({delta['new_byte_fraction'] * 100:.1f}%) | {_delta_cell(r.get('version_3'))} |")
-    timed = {name: r for name, r in functions.items() if r.get("restore_e2e_ms")}
     if not timed:
         return "\n".join(lines) + "\n"
     lines += [

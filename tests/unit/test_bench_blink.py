@@ -229,6 +229,13 @@ def test_runc_wrapper_log_and_the_split_by_command() -> None:
     assert cpu.runc_by_command(cpu.Counters(1, 1.0, 0, 0, 0, 0)) is None
 
 
+def test_under_the_criu_engine_crius_own_cpu_is_not_an_other_helper() -> None:
+    # no runc restore: CRIU (cgroup 150 - runtime 100 = 50 ms) is the daemon's child, in children's 80 ms
+    batch = cpu.Counters(2, 5.0, 0.1, 0.08, 150_000_000, 100_000_000, {}, {})
+    assert cpu.runc_by_command(batch) == {"other helpers": 15.0}
+    assert cpu.split(batch, 0.0)["runc & helpers"] == 15.0
+
+
 def _row(total: float, daemon: float) -> dict:
     return {"daemon": daemon, "runc & helpers": 1.0, "CRIU": 1.0, "runtime": total - daemon - 2.0, "total": total,
             "daemon_threads_ms": {"python": daemon}, "runc_by_command_ms": None}

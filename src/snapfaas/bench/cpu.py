@@ -115,8 +115,10 @@ def daemon_threads_ms(batch: Counters) -> dict[str, float]:
 def runc_by_command(batch: Counters) -> dict[str, float] | None:
     """"runc & helpers" per restore by command (ms), from the runc wrapper's log (`bench/runcwrap.py`):
     `runc restore` without the CRIU CPU it waited for (cgroup − runtime), each other runc
-    subcommand, and "other helpers" (every other child of the daemon: `ip`, `nft`, `umount`, the
-    wrapper itself). None without the wrapper. Negative rests are clamped to 0."""
+    subcommand, and "other helpers" (every other child of the daemon: `nft`, `umount`, the
+    wrapper itself, CRIU's start-up before it joins the environment's cgroup; under the criu
+    engine CRIU is the daemon's own child, and its cgroup CPU is taken off this rest as it is
+    off `runc restore`). None without the wrapper. Negative rests are clamped to 0."""
     if batch.runc_calls is None:
         return None
     n = batch.restores
@@ -127,7 +129,10 @@ def runc_by_command(batch: Counters) -> dict[str, float] | None:
         logged += ms
         own = ms - criu_ms if command == "restore" else ms
         out[f"runc {command}"] = max(0.0, own) / n
-    out["other helpers"] = max(0.0, batch.children_s * 1000 - logged) / n
+    # without a `runc restore` line CRIU ran as the daemon's own child (the criu engine): its
+    # CPU is in the children figure too, and is the CRIU part, not a helper's
+    criu_child = 0.0 if "restore" in batch.runc_calls else criu_ms
+    out["other helpers"] = max(0.0, batch.children_s * 1000 - logged - criu_child) / n
     return {k: round(v, 2) for k, v in out.items()}
 
 

@@ -196,7 +196,8 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
                                                                  "mem_available_drop_bytes": 16.0}},
                      warm={"1": {"invoke": {"p50_ms": 2.0, "p99_ms": 3.0, "rps": 400}, "echo_baseline": {"p50_ms": 1.0, "p99_ms": 2.0, "rps": 900},
                                  "p50_overhead_ratio": 2.0, "rps_ratio": 0.44},
-                           "8": {"invoke": {"p50_ms": 9.0, "p99_ms": 20.0, "rps": 800}, "echo_baseline": {"p50_ms": 2.0, "p99_ms": 4.0, "rps": 1600},
+                           "8": {"invoke": {"p50_ms": 9.0, "p99_ms": 20.0, "rps": 800, "daemon_cpu_ms": 1.1},
+                                 "echo_baseline": {"p50_ms": 2.0, "p99_ms": 4.0, "rps": 1600, "daemon_cpu_ms": 0.5},
                                  "p50_overhead_ratio": 4.5, "rps_ratio": 0.5}})
     result["verdicts"] = blink.verdicts(result)
     text = blink.markdown(result)
@@ -206,6 +207,7 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     assert "adds 2.0 MiB of footprint (sum of PSS alone: 1.0 MiB)" in text
     assert "init (pid 1) 0.1 MiB, of its runtime 1.0 MiB" in text
     assert "NOT MEASURED" in text and "2 CPUs shared" in text
+    assert "| 0.44 | — / — ms |" in text and "| 0.5 | 1.1 / 0.5 ms |" in text  # the daemon's CPU per request, when measured
 
 
 def test_warm_repetitions_merge_to_median_ratios() -> None:
@@ -215,6 +217,14 @@ def test_warm_repetitions_merge_to_median_ratios() -> None:
     assert merged["p50_overhead_ratio"] == 3.0 and merged["rps_ratio"] == 0.3
     assert merged["invoke"] == {"p50_ms": 3.0}  # the median repetition's figures
     assert [r["p50_overhead_ratio"] for r in merged["repetitions"]] == [3.0, 2.0, 9.0]
+    assert merged["daemon_cpu_ratio"] is None  # not measured
+
+
+def test_warm_daemon_cpu_ratio_is_the_median_of_the_measured_ones() -> None:
+    def rep(cpu_ratio: float | None) -> dict:
+        return {"8": {"invoke": {"p50_ms": 2.0}, "echo_baseline": {"p50_ms": 1.0}, "p50_overhead_ratio": 2.0, "rps_ratio": 0.4,
+                      "daemon_cpu_ratio": cpu_ratio}}
+    assert blink.merge_warm([rep(2.4), rep(None), rep(2.0), rep(2.2)])["8"]["daemon_cpu_ratio"] == 2.2
 
 
 def test_runc_wrapper_log_and_the_split_by_command() -> None:

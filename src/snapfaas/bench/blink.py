@@ -77,8 +77,14 @@ def merge_warm(repetitions: list[dict[str, Any]]) -> dict[str, Any]:
         merged[c] = {**middle,
                      "p50_overhead_ratio": round(statistics.median(r["p50_overhead_ratio"] for r in rows), 2),
                      "rps_ratio": round(statistics.median(r["rps_ratio"] for r in rows), 3),
+                     "daemon_cpu_ratio": _median_or_none([r.get("daemon_cpu_ratio") for r in rows]),
                      "repetitions": [{"p50_overhead_ratio": r["p50_overhead_ratio"], "rps_ratio": r["rps_ratio"]} for r in rows]}
     return merged
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 2) if known else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,11 +472,14 @@ def markdown(result: dict[str, Any]) -> str:
     if "warm" in result:
         lines += ["", f"Warm invokes (stdlib function, $LATEST) vs the echo endpoint: ratios are medians of {WARM_REPEATS} "
                   "repetitions, invoke and echo alternating; the figures are the median repetition's.", "",
-                  "| warm, concurrency | invoke p50 / p99 | echo p50 / p99 | p50 ratio | invoke req/s | echo req/s | req/s ratio |",
-                  "|---|---|---|---|---|---|---|"]
+                  "The daemon's CPU per request (all its threads, from /proc) is steadier than req/s on a shared host.", "",
+                  "| warm, concurrency | invoke p50 / p99 | echo p50 / p99 | p50 ratio | invoke req/s | echo req/s | req/s ratio "
+                  "| daemon CPU / request, invoke / echo |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c, row in result["warm"].items():
             inv, base = row["invoke"], row["echo_baseline"]
             lines.append(f"| {c} | {inv['p50_ms']} / {inv['p99_ms']} ms | {base['p50_ms']} / {base['p99_ms']} ms | "
-                         f"{row['p50_overhead_ratio']}x | {inv['rps']} | {base['rps']} | {row['rps_ratio']} |")
+                         f"{row['p50_overhead_ratio']}x | {inv['rps']} | {base['rps']} | {row['rps_ratio']} "
+                         f"| {_fmt(inv.get('daemon_cpu_ms'))} / {_fmt(base.get('daemon_cpu_ms'))} ms |")
     return "\n".join(lines) + "\n"
 

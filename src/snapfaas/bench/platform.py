@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from snapfaas.bench.cpu import process_cpu
 from snapfaas.bench.harness import PrivateServer
 from snapfaas.bench.load import Target, run_load
 
@@ -53,6 +54,7 @@ def measure_warm(server: PrivateServer, name: str, requests: int, say: Callable[
     server's echo endpoint, same client, same requests, per concurrency: latency percentiles,
     requests/s and their ratios (invoke / echo). The function must already be deployed."""
     conn = server.connection
+    pid = server.proc.pid if server.proc else None
     body = json.dumps({"hello": "world"}).encode()
     invoke = Target(conn.endpoint, f"/2015-03-31/functions/{name}/invocations", body, conn.access_key_id, conn.secret_access_key)
     echo = Target(conn.endpoint, "/snapfaas/v1/echo", body, conn.access_key_id, conn.secret_access_key)
@@ -60,17 +62,31 @@ def measure_warm(server: PrivateServer, name: str, requests: int, say: Callable[
     for concurrency in concurrencies:
         per_worker = max(10, requests // concurrency)
         say(f"warm load at concurrency {concurrency} ({per_worker * concurrency} requests each path)")
+        sent = (per_worker + 3) * concurrency  # the warm-up requests count: the daemon served them too
+        cpu_at = [_daemon_cpu_s(pid)]
         inv = run_load(invoke, concurrency, per_worker, warmup=3).summary()
+        cpu_at.append(_daemon_cpu_s(pid))
         base = run_load(echo, concurrency, per_worker, warmup=3).summary()
+        cpu_at.append(_daemon_cpu_s(pid))
+        inv["daemon_cpu_ms"] = round((cpu_at[1] - cpu_at[0]) * 1000 / sent, 3)
+        base["daemon_cpu_ms"] = round((cpu_at[2] - cpu_at[1]) * 1000 / sent, 3)
         warm[str(concurrency)] = {
             "invoke": inv,
             "echo_baseline": base,
+            "daemon_cpu_ratio": round(inv["daemon_cpu_ms"] / base["daemon_cpu_ms"], 2) if base["daemon_cpu_ms"] else None,
             "p50_overhead_ratio": round(inv["p50_ms"] / base["p50_ms"], 2),
             "p99_overhead_ratio": round(inv["p99_ms"] / base["p99_ms"], 2),
             "rps_ratio": round(inv["rps"] / base["rps"], 3),
             "p50_added_ms": round(inv["p50_ms"] - base["p50_ms"], 3),
         }
     return warm
+
+
+def _daemon_cpu_s(pid: int | None) -> float:
+    """The server's CPU seconds so far (every thread; 0 when it is not ours to read). Per request
+    it is steadier than req/s on a shared host: other jobs delay the daemon, they do not make
+    its work per request larger."""
+    return process_cpu(pid)[0] if pid else 0.0
 
 
 def run(say: Callable[[str], None], cold_runs: int = 5, requests: int = 200) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def targets(result: dict[str, Any]) -> list[tuple[Target, float | None]]:
     now = _get(result, "functions", CPU_TARGET_FUNCTION, "cpu", "per_restore_ms", "total")
     rows.append((Target(4, f"CPU per restore ({CPU_TARGET_FUNCTION}), before issue 14 / now (at least halved)", 2.0, True),
                  round(before / now, 2) if before and now else None))
-    rows.append((Target(5, f"{result.get('density_count', 16)} restored environments / one, memory (PSS + kernel memory)",
+    rows.append((Target(5, f"{result.get('density_count', 16)} restored environments / one, memory (distinct pages + kernel memory)",
                         2.0, False), _get(result, "density", "ratios", "footprint_bytes")))
     return rows
 
@@ -381,11 +381,13 @@ def density_markdown(d: dict[str, Any], n: str) -> list[str]:
     """The density section: the table, what "the memory of one" is, and where each further
     environment's memory goes."""
     lines = ["", f"Density ({DENSITY_FUNCTION}:1, environments alive at once). The verdict's figure is the footprint: "
-             "the sum of PSS over every process of the environments plus the kernel memory charged to their cgroups "
-             "(page tables, kernel stacks, slab). \"The memory of one\" is one restored environment alone: every page "
-             "its processes map (libraries and the snapshot pages it touched counted in full: it is their only user) "
-             f"and its kernel memory; {n} count each shared page once and each environment's private pages and kernel "
-             "memory each. cgroup charges count only what each environment adds (pages it wrote or first brought in, "
+             "every resident page the environments' processes map, each counted once however many map it (page frames "
+             "from /proc/<pid>/pagemap), plus the kernel memory charged to their cgroups (page tables, kernel stacks, "
+             "slab). \"The memory of one\" is one restored environment alone: every page its processes map (libraries "
+             "and the snapshot pages it touched counted in full, as if nothing else on the host used them) and its "
+             f"kernel memory; {n} count each shared page once and each environment's private pages and kernel "
+             "memory each. The sum of PSS splits library pages with processes outside the environments (other "
+             "functions' environments on this host), so it is shown but not judged. cgroup charges count only what each environment adds (pages it wrote or first brought in, "
              f"kernel memory), so their {n} / 1 ratio is ~{n}x by construction; MemAvailable moves with everything else "
              "on this shared host.", "",
              "| environments | **footprint** | sum of PSS | kernel memory | sum of RSS | cgroup charges | MemAvailable drop |",
@@ -425,14 +427,14 @@ def markdown(result: dict[str, Any]) -> str:
     for v in result["verdicts"]:
         figure = "—" if v["figure"] is None else f"{v['figure']}x"
         lines.append(f"| {v['number']} | {v['target']} | {figure} | {v['bound']} | **{v['verdict']}** |")
-    lines += ["", "Where a restore's time goes: the e2e figure is the platform's Restore Duration, then the first invoke's "
-              "Duration (REPORT fields), then the API and the client; a warm invoke of the same environment follows.", "",
-              "| function | on-demand cold (e2e) | SnapStart restore (e2e) | Restore Duration | first invoke Duration | "
-              "warm invoke (e2e / Duration) | cold / restore |",
-              "|---|---|---|---|---|---|---|"]
-    for name, r in result["functions"].items():
-        if "cold_e2e_ms" not in r:  # the run's parts did not include "speedup"
-            continue
+    timed = {name: r for name, r in result["functions"].items() if "cold_e2e_ms" in r}  # the "speedup" part ran
+    if timed:
+        lines += ["", "Where a restore's time goes: the e2e figure is the platform's Restore Duration, then the first invoke's "
+                  "Duration (REPORT fields), then the API and the client; a warm invoke of the same environment follows.", "",
+                  "| function | on-demand cold (e2e) | SnapStart restore (e2e) | Restore Duration | first invoke Duration | "
+                  "warm invoke (e2e / Duration) | cold / restore |",
+                  "|---|---|---|---|---|---|---|"]
+    for name, r in timed.items():
         lines.append(f"| {name} | {r['cold_e2e_ms']['median']} ms | {r['restore_e2e_ms']['median']} ms | "
                      f"{r['restore_duration_ms']['median']} ms | {_get(r, 'first_invoke_duration_ms', 'median')} ms | "
                      f"{_get(r, 'warm_e2e_ms', 'median')} / {_get(r, 'warm_duration_ms', 'median')} ms | "

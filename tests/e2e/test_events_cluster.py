@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import re
 import signal
 from collections.abc import Iterator
 
@@ -38,7 +39,7 @@ import os, time, urllib.request
 
 def handler(event, context):
     urllib.request.urlopen(os.environ["COUNTER_URL"] + "/run/" + event["id"], timeout=10).read()
-    time.sleep(0.3)
+    time.sleep(0.1)  # long enough that events wait in the nodes' backlogs when b is killed
     return {"id": event["id"]}
 """
 
@@ -165,9 +166,15 @@ def test_a_thousand_events_on_three_nodes_with_one_killed_midway(
     per_node = {n: runs_on(nodes[n]) for n in NODES}
     assert all(per_node.values()), per_node  # every node ran events (b before it died)
     repeated = sum(1 for i in ids if ran(i) > 1)
-    # at least once: only events the dead node held can have run twice
-    assert repeated <= len(orphans), (repeated, len(orphans))
-    print(f"runs per node: {per_node}; held by the killed node: {len(orphans)}; ran twice: {repeated}")
+    # at least once: an event runs twice only when its lease lapsed and another node took it over.
+    # Those are the dead node's (`orphans`), and on a loaded host also a live node's whose renewal
+    # came late (seen in a full-suite run: node c's first event, held 3 s while c started its first
+    # environments, was taken over by b and ran on both). Every takeover is logged with its count.
+    logs = "".join(nodes[n].log_path.read_text(errors="replace") for n in NODES)
+    taken_over = sum(int(n) for n in re.findall(r"took over (\d+) event\(s\) whose claim had lapsed", logs))
+    assert repeated <= taken_over, (repeated, taken_over, len(orphans))
+    print(f"runs per node: {per_node}; held by the killed node: {len(orphans)}; taken over: {taken_over}; "
+          f"ran twice: {repeated}")
 
     killed.start()  # the same node id again: reaps its containers, has nothing left to recover
     assert "event(s) claimed by this node's previous run released" not in killed.log_path.read_text().split(

@@ -479,7 +479,7 @@ def _json(data: Any) -> str:
 
 @main.command()
 @click.argument("suite", type=click.Choice(["all", "platform", "snapstart", "blink", "engine", "store", "loading", "network",
-                                           "events", "clients", "load", "cluster"]),
+                                           "events", "clients", "load", "cluster", "template"]),
                 default="all")
 @click.option("--cold-runs", default=5, show_default=True, type=int, help="platform: cold-start samples.")
 @click.option("--requests", default=None, type=click.IntRange(min=1),
@@ -489,7 +489,7 @@ def _json(data: Any) -> str:
               help="load: the servers' --max-environments (default: each row's concurrency).")
 @click.option("--runs", default=3, show_default=True, type=int, help="snapstart, store, loading, network, blink (at least 5): samples per figure.")
 @click.option("--only", multiple=True,
-              help="snapstart, store, loading: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web, web-primed.")
+              help="snapstart, store, loading, template: reference functions to run (stdlib, numpy-scipy, torch); blink: torch, numpy-scipy, web, web-primed.")
 @click.option("--runtime-python", type=click.Path(path_type=Path), default=Path(".bench-runtime/py311/bin/python"),
               show_default=True, help="snapstart, store: Python 3.11 with numpy, scipy, torch (scripts/make-bench-runtime.sh).")
 @click.option("--tiers", default=None, metavar="TIER,...",
@@ -551,6 +551,13 @@ def bench(suite: str, cold_runs: int, requests: int | None, concurrency: str, ma
             raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
         result = engine_bench.run(say, str(runtime_python.absolute()), runs=max(runs, 5), only=list(only) or None)
         _write_results(out, "engine", result, engine_bench.markdown(result))
+    if suite == "template":  # the fork floor of a template tier (not part of "all": a design question, answered)
+        from snapfaas.bench import template
+
+        if not runtime_python.exists():
+            raise click.ClickException(f"{runtime_python} is missing: run scripts/make-bench-runtime.sh (or make bench)")
+        result = template.run(say, str(runtime_python.absolute()), runs=max(runs, 21), only=list(only) or None)
+        _write_results(out, "template", result, template.markdown(result))
     if suite == "store":  # snapshot store: sizes, dedup across versions, restores by tier (not part of "all": slow)
         from snapfaas.bench import store
 

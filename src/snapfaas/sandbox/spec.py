@@ -78,6 +78,49 @@ def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
         os.chmod(dirpath, 0o755)
 
 
+def rootfs_layout(interpreters: list[Interpreter]) -> tuple[list[str], list[tuple[str, str]]] | None:
+    """The directories (relative, parents first) and merged-/usr links of `prepare_rootfs`'s
+    skeleton for `interpreters` (pure), or None when an interpreter's prefix lies under one of
+    the links (only `prepare_rootfs`, which creates through them, handles that)."""
+    dirs: list[str] = []
+    seen: set[str] = set()
+
+    def add(rel: str) -> None:
+        parts = rel.strip("/").split("/")
+        for end in range(1, len(parts) + 1):
+            sub = "/".join(parts[:end])
+            if sub not in seen:
+                seen.add(sub)
+                dirs.append(sub)
+
+    for rel in BASE_DIRS:
+        add(rel)
+    for interp in interpreters:
+        for prefix in interp.mount_sources():
+            if prefix.strip("/").split("/")[0] in MERGED_USR_LINKS:
+                return None
+            add(prefix)
+    return dirs, list(MERGED_USR_LINKS.items())
+
+
+def make_private_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:
+    """A new rootfs skeleton at `rootfs` (which must not exist yet; its parents are created),
+    the same as `prepare_rootfs` makes, with one mkdir and chmod per directory: no existence
+    checks, no walk (`prepare_rootfs` took ~6 ms of CPU on the event loop per restore)."""
+    layout = rootfs_layout(interpreters)
+    if layout is None:
+        prepare_rootfs(rootfs, interpreters)
+        return
+    dirs, links = layout
+    rootfs.parent.mkdir(parents=True, exist_ok=True)
+    root = str(rootfs)
+    for path in (root, *(os.path.join(root, rel) for rel in dirs)):
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)  # whatever the umask
+    for name, target in links:
+        os.symlink(target, os.path.join(root, name))
+
+
 def _namespaces(spec: SandboxSpec) -> list[dict[str, str]]:
     out = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "user")]
     if not spec.host_network:

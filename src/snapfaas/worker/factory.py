@@ -29,7 +29,7 @@ from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
 from snapfaas.snapshot import determinism, engine
-from snapfaas.sandbox.spec import HOSTNAME, OPT_DIR, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, prepare_rootfs, render
+from snapfaas.sandbox.spec import HOSTNAME, OPT_DIR, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, make_private_rootfs, prepare_rootfs, render
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
 
@@ -340,6 +340,6 @@ class EnvironmentFactory:
         rootfs = self.rootfs
         if private_rootfs:
             rootfs = container.bundle / "rootfs"
-            prepare_rootfs(rootfs, [interp])
+            make_private_rootfs(rootfs, [interp])
         container.write_config(render(spec, rootfs, runtime_args(version.runtime)))
         return env

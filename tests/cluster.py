@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from snapfaas.config import bundles_for, run_dir_for, snapshot_cache_for
 from snapfaas.sandbox.mounts import remove_tree
+from tests.reaper import REAPER
 
 if TYPE_CHECKING:
     from tests.conftest import ProcessFactory
@@ -180,7 +181,7 @@ def run_cluster(processes: "ProcessFactory", postgres: "PostgresCluster", base: 
                 proc.kill()
                 proc.wait()
             _delete_containers(node)
-            remove_tree(node.sandbox)
+            REAPER.retire(node.sandbox)
             remove_tree(bundles_for(node.sandbox))
             shutil.rmtree(snapshot_cache_for(node.sandbox), ignore_errors=True)
             remove_tree(run_dir_for(node.sandbox))

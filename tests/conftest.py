@@ -30,6 +30,7 @@ from snapfaas.sandbox.restored import live_records
 from tests.cluster import Cluster, run_cluster
 from tests.netpeer import NetPeer
 from tests.pgserver import PostgresCluster
+from tests.reaper import REAPER
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "SFIATESTKEY000000001"
@@ -69,6 +70,11 @@ class ProcessFactory:
         for proc in self.procs:
             if proc.poll() is None:
                 self.stop(proc, signal.SIGKILL)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every sandbox tree retired during the session is deleted before it ends."""
+    REAPER.close()
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +222,7 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str], aws_snaps
             handle.stop()
             assert handle.runc_containers() == [], "containers survived server shutdown"
     finally:
-        remove_tree(sandbox)
+        REAPER.retire(sandbox)  # its interpreter mirrors take seconds to unlink: in the background
         remove_tree(bundles_for(sandbox))
         shutil.rmtree(snapshot_cache_for(sandbox), ignore_errors=True)  # snapshot RAM cache
         remove_tree(run_dir_for(sandbox))  # the server's directory under /run/snapfaas

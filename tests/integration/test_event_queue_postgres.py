@@ -87,7 +87,10 @@ def test_a_lapsed_lease_is_taken_over_and_counted_as_a_retry(database: str) -> N
 
 
 def make_queue(url: str, node: str, ran: collections.Counter[str], finished: list[Finished],
-               lease_s: float = 3.0, by_node: collections.Counter[str] | None = None) -> EventQueue:
+               lease_s: float = 3.0, by_node: collections.Counter[str] | None = None,
+               gate: asyncio.Event | None = None) -> EventQueue:
+    """A queue whose "function" counts each run (`ran`, and `by_node` per node), then waits for
+    `gate` (if given) and runs for 10 ms."""
     queue: EventQueue
 
     async def run(event: QueuedEvent) -> Attempt:
@@ -99,6 +102,8 @@ def make_queue(url: str, node: str, ran: collections.Counter[str], finished: lis
         ran[event.request_id] += 1
         if by_node is not None:
             by_node[node] += 1
+        if gate is not None:
+            await gate.wait()
         await asyncio.sleep(0.01)  # the "function" runs for a moment
         return Attempt(Outcome.SUCCESS, "", "$LATEST", None, b"{}")
 
@@ -126,12 +131,17 @@ def test_three_dispatchers_drain_one_queue_through_a_postgres_restart(database: 
         ran: collections.Counter[str] = collections.Counter()
         finished: list[Finished] = []
         by_node: collections.Counter[str] = collections.Counter()
-        queues = [make_queue(database, f"node{i}", ran, finished, by_node=by_node) for i in range(3)]
+        gate = asyncio.Event()  # the runs wait until every node has claimed some: node0 alone
+        # (4 at a time, 10 ms each) can keep up with the inserts on a slow host and leave the
+        # other two nothing to claim, and three nodes draining one queue is the premise here
+        queues = [make_queue(database, f"node{i}", ran, finished, by_node=by_node, gate=gate) for i in range(3)]
         for queue in queues:
             await queue.start()
         ids = [f"e{i}" for i in range(600)]
         for i, request_id in enumerate(ids):  # all accepted on node0: it claims what it has room for
             await queues[0].put(request_id, f"fn{i % 3}", None, b'{"x": 1}')
+        await wait_until(lambda: len(by_node) == 3, 60, "every node to claim and start an event")
+        gate.set()
         await wait_until(lambda: len(ran) >= 150, 120, "a quarter of the events to run")
         await asyncio.to_thread(postgres.stop, "fast")
         try:

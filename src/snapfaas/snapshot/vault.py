@@ -76,7 +76,7 @@ from snapfaas.errors import ServiceError
 from snapfaas.snapshot.catalog import write_counters
 from snapfaas.snapshot.view import SnapshotView, read_through_view
 from snapfaas.store import ChunkStore, ChunkUnavailable, CollectReport, Manifest, ManifestInvalid, SnapshotMissing, StoreError
-from snapfaas.store.manifest import DIR, SYMLINK
+from snapfaas.store.manifest import DIR, FILE, SYMLINK
 
 logger = logging.getLogger(__name__)
 FORMAT_KEY = "snapfaas_vault"  # in the store manifest's meta: which vault format wrote it
@@ -273,9 +273,9 @@ class SnapshotVault:
             self._pins[snapshot_id] += 1  # from here on no eviction takes it
         materialized = False
         try:
-            if not self._ready(plain, group):
+            if not self._usable(plain, group, stored):
                 with self._lock(snapshot_id):
-                    if not self._ready(plain, group):  # else another thread materialized it while we waited
+                    if not self._usable(plain, group, stored):  # else another thread materialized it while we waited
                         self._materialize(snapshot_id, plain, group)
                         materialized = True
             self._admit(snapshot_id, plain)
@@ -352,6 +352,27 @@ class SnapshotVault:
                     and plain.lstat().st_gid == group)
         except FileNotFoundError:
             return False
+
+    def _usable(self, plain: Path, group: int, stored: Manifest) -> bool:
+        """`_ready` (eager), and every image file of the copy has the size the verified manifest
+        gives it. The copy's bytes are not re-hashed on a hit, but a truncated or extended image
+        is caught here, before a restore meets it: mapped copy-on-write (CRIU's map mode), a
+        page past a truncated end would fault with SIGBUS in the restored process, and the
+        restore would hang until its timeout instead of failing. ~30 lstat calls per restore."""
+        if not self._ready(plain, group):
+            return False
+        for entry in stored.files:
+            if entry.type != FILE:
+                continue
+            try:
+                size = os.lstat(plain / entry.path).st_size
+            except FileNotFoundError:
+                size = -1
+            if size != entry.size:
+                logger.warning("cached images of %s: %s is %d bytes, the manifest says %d; reading the snapshot "
+                               "again from the store", stored.snapshot_id, entry.path, size, entry.size)
+                return False
+        return True
 
     def _materialize(self, snapshot_id: str, plain: Path, group: int) -> None:
         """Rebuild the snapshot from the store into `plain` (staged, then renamed into place)."""

@@ -17,7 +17,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from snapfaas.sandbox.mounts import mounts_below, unmount_below
+from snapfaas.sandbox.mounts import unmounted_tree
 
 
 class TreeReaper:
@@ -28,12 +28,8 @@ class TreeReaper:
     def retire(self, path: Path) -> None:
         """Free `path` now (renamed aside) and delete it in the background; a missing path is
         fine. Refuses, like `remove_tree`, when something stays mounted below it."""
-        if not path.exists() and not path.is_symlink():
+        if not unmounted_tree(path):
             return
-        unmount_below(path)
-        left = mounts_below(path)
-        if left:
-            raise OSError(f"refusing to delete {path}: still mounted below it: {', '.join(left)}")
         aside = path.with_name(f".retired-{path.name}-{secrets.token_hex(4)}")
         os.rename(path, aside)
         self._pending.append((path, self._pool.submit(shutil.rmtree, aside)))

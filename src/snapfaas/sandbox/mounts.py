@@ -62,12 +62,19 @@ def unmount_below(path: Path) -> list[str]:
     return done
 
 
-def remove_tree(path: Path) -> None:
-    """`rm -rf path`, but only once nothing is mounted below it (never deletes through a bind)."""
+def unmounted_tree(path: Path) -> bool:
+    """Make `path` safe to delete: unmount everything below it. False if there is no `path`;
+    raises OSError naming what stays mounted below it (never delete through a bind)."""
     if not path.exists() and not path.is_symlink():
-        return
+        return False
     unmount_below(path)
     left = mounts_below(path)
     if left:
         raise OSError(f"refusing to delete {path}: still mounted below it: {', '.join(left)}")
-    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def remove_tree(path: Path) -> None:
+    """`rm -rf path`, but only once nothing is mounted below it (never deletes through a bind)."""
+    if unmounted_tree(path):
+        shutil.rmtree(path, ignore_errors=True)

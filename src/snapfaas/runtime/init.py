@@ -70,12 +70,14 @@ def main(argv: list[str] | None = None) -> None:
         from .pointerguard import rekey
 
         try:
-            rekey(int(guard, 16))
+            rekeyed = rekey(int(guard, 16))
         except ValueError:  # not hex: the init is just less deterministic
-            pass
+            rekeyed = False
+        if not rekeyed:  # said, so a snapshot that dedups badly against its other versions can be explained
+            os.write(2, b"snapfaas init: glibc's pointer guard was not re-keyed (deterministic init)\n")
     target = os.environ.get(RUNTIME_PID, "")
-    if target.isdigit() and os.getpid() == 1:
-        burn_pids_before(int(target))
+    if target.isdigit() and os.getpid() == 1 and not burn_pids_before(int(target)):
+        os.write(2, f"snapfaas init: the runtime could not get pid {target} (deterministic init)\n".encode())
     runtime_pid = os.fork()
     if runtime_pid == 0:
         if custom:

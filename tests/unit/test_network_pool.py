@@ -16,7 +16,7 @@ class RecordingPool(NetworkPool):
         self.made = 0
         self.claim.block = 0
 
-    def _prepare_next(self, background: bool = True) -> PreparedNet:
+    def _prepare_next(self) -> PreparedNet:
         self.made += 1
         return PreparedNet(plan(0, self.made), socket.socket())
 

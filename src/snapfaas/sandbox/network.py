@@ -135,10 +135,9 @@ def ruleset(block: int) -> str:
 """
 
 
-def _run(step: str, argv: list[str], stdin: str | None = None, background: bool = False) -> None:
-    """Run a network tool; `background` work (preparing ahead, removing) yields the CPU to
-    environments starting meanwhile (nice 19)."""
-    out = subprocess.run(["nice", "-n", "19", *argv] if background else argv, input=stdin, capture_output=True, text=True)
+def _run(step: str, argv: list[str], stdin: str | None = None) -> None:
+    """Run a network tool (the host's one-time set-up: forwarding, the firewall)."""
+    out = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if out.returncode != 0:
         raise NetworkError(f"network setup failed at step '{step}': {' '.join(argv[:4])}: {out.stderr.strip()[-300:]}")
 
@@ -339,7 +338,7 @@ class NetworkPool:
         if self._ready:
             net = self._ready.popleft()
         else:
-            net = await asyncio.to_thread(self._prepare_next, False)  # someone is waiting: full priority
+            net = await asyncio.to_thread(self._prepare_next)  # someone is waiting
         self._in_use[net.slot.name] = net
         if len(self._ready) < LOW_WATER:
             self._wake.set()  # else refilled once nothing is starting (`started`), not while this one starts
@@ -383,11 +382,11 @@ class NetworkPool:
                 raise NetworkError(f"network setup failed at step 'allocate slot': all {SLOTS_PER_BLOCK} slots of block {self.block} are in use")
             return self._free.popleft()
 
-    def _prepare_next(self, background: bool = True) -> PreparedNet:
+    def _prepare_next(self) -> PreparedNet:
         index = self._take_index()
         slot = plan(self.block, index)
         try:
-            return PreparedNet(slot, self._prepare(slot, background))
+            return PreparedNet(slot, self._prepare(slot))
         except (NetworkError, OSError) as exc:
             self._free_slot(slot)
             if isinstance(exc, NetworkError):
@@ -395,12 +394,11 @@ class NetworkPool:
             raise NetworkError(f"network setup failed at step 'configure namespace' for {slot.name}: {exc}") from exc
 
     @staticmethod
-    def _prepare(slot: NetSlot, background: bool) -> socket.socket:
+    def _prepare(slot: NetSlot) -> socket.socket:
         """Create the namespace and veth pair, address both ends, and open the listener: rtnetlink
         requests from this thread (`sandbox.netlink`), in the host's namespace and then in the
-        new one, instead of two `ip` processes (~3 ms of CPU each, plus `nice`'s exec).
-        `background` is kept for the callers: the requests cost too little to need a lower
-        priority."""
+        new one, instead of two `ip` processes (~3 ms of CPU each, plus `nice`'s exec); they
+        cost too little to need the lower priority those ran at ahead of demand."""
         create_namespace(slot.path)
         netns_fd = os.open(slot.path, os.O_RDONLY | os.O_CLOEXEC)
         try:

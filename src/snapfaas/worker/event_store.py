@@ -118,7 +118,9 @@ class EventStore:
         self.statements += 1
 
     def _create(self, now: float) -> None:
-        with self.engine.begin() as conn:
+        # a write transaction from the start: on SQLite a deferred BEGIN that reads the schema and
+        # then writes fails at once with "database is locked" if another writer got in between
+        with self._write_lock, write_transaction(self.engine) as conn:
             if self.shared:
                 conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
             metadata.create_all(conn)

@@ -273,7 +273,7 @@ class SnapshotVault:
             self._pins[snapshot_id] += 1  # from here on no eviction takes it
         materialized = False
         try:
-            if not self._usable(plain, group, stored):
+            if not self._usable(plain, group, stored, quiet=True):
                 with self._lock(snapshot_id):
                     if not self._usable(plain, group, stored):  # else another thread materialized it while we waited
                         self._materialize(snapshot_id, plain, group)
@@ -353,12 +353,13 @@ class SnapshotVault:
         except FileNotFoundError:
             return False
 
-    def _usable(self, plain: Path, group: int, stored: Manifest) -> bool:
+    def _usable(self, plain: Path, group: int, stored: Manifest, quiet: bool = False) -> bool:
         """`_ready` (eager), and every image file of the copy has the size the verified manifest
         gives it. The copy's bytes are not re-hashed on a hit, but a truncated or extended image
         is caught here, before a restore meets it: mapped copy-on-write (CRIU's map mode), a
         page past a truncated end would fault with SIGBUS in the restored process, and the
-        restore would hang until its timeout instead of failing. ~30 lstat calls per restore."""
+        restore would hang until its timeout instead of failing. ~30 lstat calls per restore.
+        A mismatch is logged unless `quiet` (the unlocked first look: the locked second one logs)."""
         if not self._ready(plain, group):
             return False
         for entry in stored.files:
@@ -369,8 +370,9 @@ class SnapshotVault:
             except FileNotFoundError:
                 size = -1
             if size != entry.size:
-                logger.warning("cached images of %s: %s is %d bytes, the manifest says %d; reading the snapshot "
-                               "again from the store", stored.snapshot_id, entry.path, size, entry.size)
+                if not quiet:
+                    logger.warning("cached images of %s: %s is %d bytes, the manifest says %d; reading the snapshot "
+                                   "again from the store", stored.snapshot_id, entry.path, size, entry.size)
                 return False
         return True
 

@@ -132,16 +132,22 @@ class PeakMemory:
 
 def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
     """Every mounted cgroup hierarchy: the v2 root, or each v1 controller (plus systemd/unified).
-    The host's (`CGROUP_ROOT`) are listed once per process and kept (a directory listing and a
-    realpath per entry, ~0.7 ms, four times per restore otherwise): the hierarchies mounted
-    there do not change under a running daemon. Another root is listed at every call."""
+    The host's (`CGROUP_ROOT`) are listed again only when that directory changes (one `stat`
+    instead of a listing and a realpath per entry, ~0.7 ms, four times per restore): a v1
+    hierarchy mounted later gets its directory created there first, which moves the mtime.
+    Another root is listed at every call."""
     if root == CGROUP_ROOT:
-        return list(_host_hierarchies())
+        try:
+            st = os.stat(root)
+        except OSError:
+            return []
+        return list(_host_hierarchies((st.st_dev, st.st_ino, st.st_mtime_ns)))
     return _list_hierarchies(root)
 
 
-@functools.cache
-def _host_hierarchies() -> tuple[Path, ...]:
+@functools.lru_cache(maxsize=1)
+def _host_hierarchies(_version: tuple[int, int, int]) -> tuple[Path, ...]:
+    """The host's hierarchies while `CGROUP_ROOT` is at `_version` (its device, inode, mtime)."""
     return tuple(_list_hierarchies(CGROUP_ROOT))
 
 

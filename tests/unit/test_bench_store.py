@@ -39,13 +39,15 @@ def test_version_delta_counts_only_chunks_the_old_version_lacks() -> None:
     new = _manifest("v2", ["a", "b", "d", "d", None], stored=50)
     delta = bench_store.version_delta(old, new)
     assert delta == {"chunks": 3, "new_chunks": 1, "new_chunk_fraction": round(1 / 3, 4),
-                     "stored_bytes": 150, "new_bytes": 50, "new_byte_fraction": round(50 / 150, 4)}
+                     "stored_bytes": 150, "new_bytes": 50, "new_byte_fraction": round(50 / 150, 4),
+                     "by_file": {"img/pages-1.img": 1}}
 
 
 def test_version_delta_of_identical_versions_is_zero() -> None:
     old = _manifest("v1", ["a", "b"])
     delta = bench_store.version_delta(old, _manifest("v2", ["a", "b"]))
     assert delta["new_chunks"] == 0 and delta["new_bytes"] == 0 and delta["new_chunk_fraction"] == 0.0
+    assert delta["by_file"] == {}
 
 
 def test_tier_ratios_are_medians_over_the_ram_tier() -> None:

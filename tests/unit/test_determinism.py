@@ -72,6 +72,18 @@ def test_the_pointer_guard_is_stable_per_function_and_secret_and_set_only_with_t
     assert init.POINTER_GUARD == determinism.POINTER_GUARD and init.RUNTIME_PID == determinism.RUNTIME_PID
 
 
+def test_the_stack_canary_is_stable_per_function_has_a_zero_low_byte_and_goes_with_the_guard() -> None:
+    canary = determinism.stack_canary(SECRET, "fn")
+    assert canary == determinism.stack_canary(SECRET, "fn") and 0 <= canary < 2**64 and canary & 0xFF == 0
+    assert canary != determinism.stack_canary(SECRET, "other") and canary != determinism.pointer_guard(SECRET, "fn") & ~0xFF
+    environ = determinism.init_environ(7, True, {}, 1, canary)
+    assert environ[determinism.STACK_CANARY] == f"{canary:016x}"
+    assert determinism.STACK_CANARY in environ[determinism.INIT_VARS].split(",")
+    assert determinism.STACK_CANARY not in determinism.init_environ(7, True, {}, None, canary)
+    assert determinism.STACK_CANARY not in determinism.init_environ(7, False, {}, 1, canary)
+    assert init.STACK_CANARY == determinism.STACK_CANARY
+
+
 def test_burning_pids_stops_at_the_target_or_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pids handed out in order from 4: the last burnt child has target - 1."""
     forked: list[int] = []

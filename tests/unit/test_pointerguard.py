@@ -52,6 +52,42 @@ def test_a_scan_finds_guard_copies_and_mangled_code_pointers_only() -> None:
     assert found == {0x10008: ("guard", GUARD), 0x10010: ("mangled", 0x555555556100)}
 
 
+def test_a_scan_finds_aligned_canary_copies_only() -> None:
+    canary = 0x1122334455667700
+    data = struct.pack("<4Q", 7, canary, canary + 0x100, canary) + b"\0" + struct.pack("<Q", canary)
+    assert pointerguard.find_canaries(data, 0x10000, canary) == {0x10008: ("canary", canary), 0x10018: ("canary", canary)}
+    assert pointerguard.canary_value(0xFFFFFFFFFFFFFFFF) == 0xFFFFFFFFFFFFFF00
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 only")
+def test_an_interpreter_with_its_canary_rekeyed_under_live_frames_returns_through_them() -> None:
+    """The re-key runs under frames of the interpreter's C stack (the script's own call chain
+    and a recursion through C calls); every one returns after it, past its canary check."""
+    canary = 0x0F1E2D3C4B5A6900
+    script = textwrap.dedent(f"""
+        import sys
+        from snapfaas.runtime import pointerguard
+
+        def deep(n):
+            if n == 0:
+                return pointerguard.rekey({GUARD}, {canary})
+            return sorted([1], key=lambda _: deep(n - 1))[0] and True
+        sys.setrecursionlimit(10000)
+        print(deep(50), flush=True)
+        with open("/proc/self/auxv", "rb") as auxv:
+            address = pointerguard.at_random_address(auxv.read())
+        with open("/proc/self/mem", "rb") as mem:
+            mem.seek(address)
+            words = mem.read(16)
+        print(int.from_bytes(words[:8], "little") == {canary}, int.from_bytes(words[8:], "little") == {GUARD}, flush=True)
+        import json, subprocess
+        print(json.dumps(subprocess.run(["true"]).returncode), flush=True)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True", "True True", "0"]
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 only")
 def test_a_rekeyed_interpreter_keeps_working_and_runs_an_atexit_entry_registered_before() -> None:
     script = textwrap.dedent(f"""

@@ -107,9 +107,19 @@ def image_summary(manifest: Manifest) -> dict[str, Any]:
 
 def version_delta(old: Manifest, new: Manifest) -> dict[str, Any]:
     """What `new` adds to a store holding `old`: its distinct chunks `old` lacks, over all of
-    its distinct chunks, and their stored bytes."""
+    its distinct chunks, and their stored bytes; ``by_file``: how many of those new chunks each
+    file of `new` holds (a chunk two files share is counted at its first file), most first."""
     new_refs = {ref.name: ref for ref in new.chunk_refs()}
-    added = [ref for name, ref in new_refs.items() if name not in old.names()]
+    old_names = old.names()
+    added = [ref for name, ref in new_refs.items() if name not in old_names]
+    by_file: dict[str, int] = {}
+    seen: set[str] = set()
+    for entry in new.files:
+        for ref in entry.chunks:
+            if ref.name is None or ref.name in old_names or ref.name in seen:
+                continue
+            seen.add(ref.name)
+            by_file[entry.path] = by_file.get(entry.path, 0) + 1
     total_bytes = sum(ref.stored for ref in new_refs.values())
     added_bytes = sum(ref.stored for ref in added)
     return {
@@ -119,6 +129,7 @@ def version_delta(old: Manifest, new: Manifest) -> dict[str, Any]:
         "stored_bytes": total_bytes,
         "new_bytes": added_bytes,
         "new_byte_fraction": round(added_bytes / total_bytes, 4) if total_bytes else 0.0,
+        "by_file": dict(sorted(by_file.items(), key=lambda item: (-item[1], item[0]))),
     }
 
 

@@ -10,7 +10,8 @@ signal number when a signal ended it (what runc reports for a signalled containe
 Imports nothing beyond ``os`` before forking, so the parent shares almost every page with the
 runtime and adds next to nothing to the function's memory use. The one exception: in a
 deterministic SnapStart init (``_SNAPFAAS_POINTER_GUARD`` set, see `snapshot.determinism`) it
-first re-keys glibc's pointer guard (`pointerguard`), which the runtime then inherits, and
+first re-keys glibc's pointer guard and (``_SNAPFAAS_STACK_CANARY``) its stack canary
+(`pointerguard`), which the runtime then inherits, and
 (``_SNAPFAAS_RUNTIME_PID``) forks the runtime at a fixed pid (`burn_pids_before`).
 """
 
@@ -39,6 +40,7 @@ def supervise(runtime_pid: int) -> int:
 
 POINTER_GUARD = "_SNAPFAAS_POINTER_GUARD"  # snapshot.determinism.POINTER_GUARD (this module imports no snapfaas code)
 RUNTIME_PID = "_SNAPFAAS_RUNTIME_PID"  # snapshot.determinism.RUNTIME_PID
+STACK_CANARY = "_SNAPFAAS_STACK_CANARY"  # snapshot.determinism.STACK_CANARY
 
 
 def burn_pids_before(target: int) -> bool:
@@ -70,11 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         from .pointerguard import rekey
 
         try:
-            rekeyed = rekey(int(guard, 16))
+            canary = os.environ.get(STACK_CANARY)
+            rekeyed = rekey(int(guard, 16), int(canary, 16) if canary else None)
         except ValueError:  # not hex: the init is just less deterministic
             rekeyed = False
         if not rekeyed:  # said, so a snapshot that dedups badly against its other versions can be explained
-            os.write(2, b"snapfaas init: glibc's pointer guard was not re-keyed (deterministic init)\n")
+            os.write(2, b"snapfaas init: glibc's pointer guard and stack canary were not re-keyed (deterministic init)\n")
     target = os.environ.get(RUNTIME_PID, "")
     if target.isdigit() and os.getpid() == 1 and not burn_pids_before(int(target)):
         os.write(2, f"snapfaas init: the runtime could not get pid {target} (deterministic init)\n".encode())

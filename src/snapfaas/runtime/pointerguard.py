@@ -1,4 +1,4 @@
-"""Re-key glibc's pointer guard of this process (deterministic SnapStart init only).
+"""Re-key glibc's pointer guard and stack canary of this process (deterministic SnapStart init only).
 
 glibc mangles the function pointers it keeps in writable memory (``atexit``/``__cxa_atexit``
 entries, ``setjmp`` buffers, gconv steps...)::
@@ -29,10 +29,18 @@ interpreter's start-up has run and the process has one thread:
    8..16 with the new guard.
 
 Between the scan and the last write the process does nothing (one thread, waiting for the
-child), so no pointer is mangled or demangled meanwhile. The stack canary is
-left alone: every active C frame holds a copy that its epilogue compares with ``fs:0x28``, so
-it cannot be changed under a running interpreter; it stays random (a few stack pages per
-process). Only x86-64 is handled; elsewhere `rekey` does nothing.
+child), so no pointer is mangled or demangled meanwhile.
+
+The **stack canary** (``fs:0x28``: AT_RANDOM's bytes 0..8 with the low byte zeroed) is
+re-keyed the same way when `rekey` is given a new one: every active C frame compiled with a
+stack protector holds a copy of it, which its epilogue compares with ``fs:0x28``, so every
+aligned word equal to the old canary (found by the same scan: the stacks and every other
+private mapping; a random word matches with probability 2^-56) is rewritten with the new value
+together with the thread control block's and AT_RANDOM's bytes 0..8. The waiting process's
+registers hold no copy: compilers load the canary into a register only within a prologue or
+epilogue, and clear it after the store. Left random, the canary made a few stack pages and the
+control block's page differ in every init (README, "Snapshot store"). Only x86-64 is handled;
+elsewhere `rekey` does nothing.
 """
 
 from __future__ import annotations
@@ -103,6 +111,19 @@ def find_words(data: bytes, base: int, old: int, code: list[tuple[int, int]]) ->
     return found
 
 
+def find_canaries(data: bytes, base: int, canary: int) -> dict[int, tuple[str, int]]:
+    """Address -> (``canary``, `canary`) of every aligned word in `data` (read at `base`) equal
+    to the stack canary `canary`: the copies active frames hold, and the thread control block's."""
+    found: dict[int, tuple[str, int]] = {}
+    needle = WORD.pack(canary)
+    at = data.find(needle)
+    while at >= 0:
+        if at % 8 == 0:
+            found[base + at] = ("canary", canary)
+        at = data.find(needle, at + 1)
+    return found
+
+
 def rotated_low(guard: int) -> int:
     return guard >> 47
 
@@ -122,9 +143,16 @@ def count_thread_blocks(data: bytes, base: int, pair: bytes) -> int:
     return count
 
 
-def rekey(new_guard: int) -> bool:
-    """Replace this process's pointer guard with `new_guard` (see the module doc); True if it
-    was replaced, False if this platform or process does not allow it (nothing written).
+def canary_value(word: int) -> int:
+    """A stack canary as glibc makes one of 8 random bytes: the low byte zeroed (so that a
+    string overflow of a frame cannot write the canary back)."""
+    return word & ~0xFF & MASK
+
+
+def rekey(new_guard: int, new_canary: int | None = None) -> bool:
+    """Replace this process's pointer guard with `new_guard`, and with `new_canary` its stack
+    canary (its low byte is zeroed: `canary_value`), see the module doc; True if done, False if
+    this platform or process does not allow it (nothing written).
 
     The scan and the writes run in a forked child, on this process's memory through
     ``/proc/<pid>/mem``, while this process waits for it: the buffers, dicts and integers of
@@ -136,7 +164,7 @@ def rekey(new_guard: int) -> bool:
     child = os.fork()
     if child == 0:
         try:
-            code = 0 if _rekey(parent, new_guard) else 1
+            code = 0 if _rekey(parent, new_guard, new_canary) else 1
         except BaseException:  # never let the child return into the caller's code
             code = 2
         os._exit(code)
@@ -144,7 +172,7 @@ def rekey(new_guard: int) -> bool:
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def _rekey(pid: int, new_guard: int) -> bool:
+def _rekey(pid: int, new_guard: int, new_canary: int | None = None) -> bool:
     """`rekey` of process `pid` (stopped in a wait for the caller), from outside it."""
     try:
         with open(f"/proc/{pid}/auxv", "rb") as auxv:
@@ -160,7 +188,7 @@ def _rekey(pid: int, new_guard: int) -> bool:
         at_random = os.pread(fd, 16, address)
         if len(at_random) != 16:
             return False
-        canary = WORD.unpack_from(at_random, 0)[0] & ~0xFF & MASK
+        canary = canary_value(WORD.unpack_from(at_random, 0)[0])
         (old,) = WORD.unpack_from(at_random, 8)
         found: dict[int, tuple[str, int]] = {}
         tcb = 0
@@ -171,13 +199,21 @@ def _rekey(pid: int, new_guard: int) -> bool:
             except OSError:  # a mapping that cannot be read (e.g. PROT_NONE guard pages)
                 continue
             found.update(find_words(data, start, old, code))
+            if new_canary is not None:
+                found.update(find_canaries(data, start, canary))
             tcb += count_thread_blocks(data, start, pair)
         at_random_words = range(address, address + 16)
         found = {where: item for where, item in found.items() if where not in at_random_words and where + 7 not in at_random_words}
         if tcb != 1:
             return False
         for where, (kind, value) in found.items():
-            os.pwrite(fd, WORD.pack(new_guard if kind == "guard" else mangle(value, new_guard)), where)
+            if kind == "canary":
+                word = canary_value(new_canary or 0)
+            else:
+                word = new_guard if kind == "guard" else mangle(value, new_guard)
+            os.pwrite(fd, WORD.pack(word), where)
+        if new_canary is not None:
+            os.pwrite(fd, WORD.pack(canary_value(new_canary)), address)
         os.pwrite(fd, WORD.pack(new_guard), address + 8)
         return True
     finally:

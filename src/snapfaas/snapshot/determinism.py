@@ -39,8 +39,11 @@ The runtime removes the variables it was given for this (`INIT_VARS` lists them)
   runtime's memory varied per init. With the fixed layout pid 1 forks children that exit at
   once until the runtime gets pid `FIXED_RUNTIME_PID` (variable ``_SNAPFAAS_RUNTIME_PID``).
 
-What stays random: the stack protector canary (the rest of AT_RANDOM: every active C frame
-holds a copy, so it cannot be changed under a running interpreter), the state of RNGs seeded
+* **The stack protector canary** (the rest of AT_RANDOM; every active C frame holds a copy):
+  re-keyed with the pointer guard, every copy with it (`stack_canary`, variable
+  ``_SNAPFAAS_STACK_CANARY``).
+
+What stays random: the state of RNGs seeded
 from the kernel at import (``random``), per-environment credentials in the environment, pids.
 Those are scattered pages; the bench measures what is left.
 
@@ -62,6 +65,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 INIT_VARS = "_SNAPFAAS_INIT_VARS"  # names the runtime removes from its environment at start (and itself)
 POINTER_GUARD = "_SNAPFAAS_POINTER_GUARD"  # 16 hex digits: pid 1 re-keys glibc's pointer guard to it (runtime.pointerguard)
 RUNTIME_PID = "_SNAPFAAS_RUNTIME_PID"  # pid 1 forks the runtime at this pid (runtime.init.burn_pids_before)
+STACK_CANARY = "_SNAPFAAS_STACK_CANARY"  # 16 hex digits: pid 1 re-keys the stack canary to it, with the guard
 FIXED_RUNTIME_PID = 16  # past the pids runc's init threads take (3 or 4 here)
 NO_TCACHE = "glibc.malloc.tcache_count=0"
 
@@ -80,11 +84,18 @@ def pointer_guard(secret: bytes, function: str) -> int:
     return int.from_bytes(hmac.new(key, function.encode(), hashlib.sha256).digest()[:8], "big")
 
 
+def stack_canary(secret: bytes, function: str) -> int:
+    """The function's stack protector canary for a deterministic init (64 bits, the low byte
+    zero as glibc's): HMAC-SHA256 under its own HKDF subkey of the deployment `secret`."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"snapfaas snapstart stack canary").derive(secret)
+    return int.from_bytes(hmac.new(key, function.encode(), hashlib.sha256).digest()[:8], "big") & ~0xFF
+
+
 def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, str],
-                 guard: int | None = None) -> dict[str, str]:
+                 guard: int | None = None, canary: int | None = None) -> dict[str, str]:
     """Variables for the init environment of a SnapStart publish: the hash seed (if `seed` is
-    known), the tcache switch, the runtime's pid and the pointer guard (with `fixed_layout`;
-    the guard if known),
+    known), the tcache switch, the runtime's pid, the pointer guard and the stack canary (with
+    `fixed_layout`; the canary only with a guard; each if known),
     skipping any the function's configuration sets, plus `INIT_VARS` naming what the runtime
     must remove again."""
     wanted: dict[str, str] = {}
@@ -95,6 +106,8 @@ def init_environ(seed: int | None, fixed_layout: bool, configured: Mapping[str, 
         wanted[RUNTIME_PID] = str(FIXED_RUNTIME_PID)
         if guard is not None:
             wanted[POINTER_GUARD] = f"{guard:016x}"
+            if canary is not None:
+                wanted[STACK_CANARY] = f"{canary:016x}"
     added = {name: value for name, value in wanted.items() if name not in configured}
     if added:
         added[INIT_VARS] = ",".join(sorted(added))

@@ -275,11 +275,12 @@ class EnvironmentFactory:
         launcher: list[str] = []
         if init_type == "snap-start":
             fixed = self.fixed_layout_launcher is not None
-            seed = guard = None
+            seed = guard = canary = None
             if self.store_secret is not None:
                 seed = determinism.hash_seed(self.store_secret, version.name)
                 guard = determinism.pointer_guard(self.store_secret, version.name)
-            environ.update(determinism.init_environ(seed, fixed, version.environment, guard))
+                canary = determinism.stack_canary(self.store_secret, version.name)
+            environ.update(determinism.init_environ(seed, fixed, version.environment, guard, canary))
             launcher = list(self.fixed_layout_launcher or [])
         direct = init_type == "on-demand" and not is_custom(version.runtime)  # never checkpointed: see Container.direct_channel
         if direct:

@@ -661,19 +661,19 @@ def handler(event, context):
     child = subprocess.run(["cat", "/proc/self/personality"], capture_output=True, text=True).stdout.strip()
     return {"value": VALUE, "order": ORDER, "file": __file__, "loader": CODE_LOADER,
             "env": {k: os.environ.get(k) for k in ("PYTHONHASHSEED", "GLIBC_TUNABLES", "_SNAPFAAS_INIT_VARS",
-                                                  "_SNAPFAAS_POINTER_GUARD", "KEEP")},
-            "guard": pointer_guard(),
+                                                  "_SNAPFAAS_POINTER_GUARD", "_SNAPFAAS_STACK_CANARY", "KEEP")},
+            "guard": at_random(8), "canary": at_random(0),
             "hash": hash("snapfaas"), "personality": open("/proc/self/personality").read().strip(),
             "child_personality": child}
 
-def pointer_guard():
-    # glibc's pointer guard: bytes 8..16 of AT_RANDOM (an auxv entry of type 25)
+def at_random(at):
+    # glibc's stack canary (at 0) and pointer guard (at 8) come from AT_RANDOM (an auxv entry of type 25)
     import struct
     with open("/proc/self/auxv", "rb") as auxv:
         data = auxv.read()
     address = dict(struct.iter_unpack("<QQ", data[: len(data) // 16 * 16]))[25]
     with open("/proc/self/mem", "rb") as mem:
-        mem.seek(address + 8)
+        mem.seek(address + at)
         return mem.read(8)[::-1].hex()
 
 def fail(event, context):
@@ -689,8 +689,8 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     the module an ordinary import gives."""
     setarch = [shutil.which("setarch") or "setarch", platform.machine(), "--addr-no-randomize"]
     env = {"PYTHONHASHSEED": "12345", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "KEEP": "user",
-           "_SNAPFAAS_POINTER_GUARD": "0123456789abcdef",
-           "_SNAPFAAS_INIT_VARS": "GLIBC_TUNABLES,PYTHONHASHSEED,_SNAPFAAS_POINTER_GUARD"}
+           "_SNAPFAAS_POINTER_GUARD": "0123456789abcdef", "_SNAPFAAS_STACK_CANARY": "0f1e2d3c4b5a6900",
+           "_SNAPFAAS_INIT_VARS": "GLIBC_TUNABLES,PYTHONHASHSEED,_SNAPFAAS_POINTER_GUARD,_SNAPFAAS_STACK_CANARY"}
 
     def restored(handler: str = "app.handler"):  # type: ignore[no-untyped-def]
         """A deterministic SnapStart init of the app, through the restore barrier, ready."""
@@ -708,9 +708,9 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     assert body["value"] == "[1, 2]" and body["order"] == ["json", "helper"]
     assert body["file"].endswith("/app.py") and body["loader"] == "CompiledLoader"
     assert body["env"] == {"PYTHONHASHSEED": None, "GLIBC_TUNABLES": None, "_SNAPFAAS_INIT_VARS": None,
-                           "_SNAPFAAS_POINTER_GUARD": None, "KEEP": "user"}
-    if platform.machine() == "x86_64":  # pid 1 re-keyed glibc's pointer guard before forking the runtime
-        assert body["guard"] == "0123456789abcdef"
+                           "_SNAPFAAS_POINTER_GUARD": None, "_SNAPFAAS_STACK_CANARY": None, "KEEP": "user"}
+    if platform.machine() == "x86_64":  # pid 1 re-keyed glibc's pointer guard and stack canary before forking the runtime
+        assert body["guard"] == "0123456789abcdef" and body["canary"] == "0f1e2d3c4b5a6900"
     seeded = subprocess.run([sys.executable, "-c", "print(hash('snapfaas'))"], capture_output=True, text=True,
                             env={"PYTHONHASHSEED": "12345"}, check=True).stdout
     assert body["hash"] == int(seeded)  # the interpreter started with the seed

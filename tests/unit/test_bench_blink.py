@@ -3,6 +3,7 @@ aggregation, density ratios and the per-target verdicts."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -244,6 +245,15 @@ def test_under_the_criu_engine_crius_own_cpu_is_not_an_other_helper() -> None:
     batch = cpu.Counters(2, 5.0, 0.1, 0.08, 150_000_000, 100_000_000, {}, {})
     assert cpu.runc_by_command(batch) == {"other helpers": 15.0}
     assert cpu.split(batch, 0.0)["runc & helpers"] == 15.0
+
+
+def test_a_restored_process_the_daemon_reaps_is_counted_once() -> None:
+    # the criu engine's restored pid 1 (20 ms over the batch) is in the runtime and, reaped by the
+    # daemon, in its children's 80 ms: it stays in the runtime only
+    batch = cpu.Counters(2, 5.0, 0.1, 0.08, 150_000_000, 100_000_000, {}, {}, reaped_ns=20_000_000)
+    assert cpu.runc_by_command(batch) == {"other helpers": 5.0}
+    assert cpu.split(batch, 0.0) == {"daemon": 50.0, "runc & helpers": 5.0, "CRIU": 25.0, "runtime": 50.0, "total": 130.0}
+    assert cpu.parent_pid(os.getpid()) == os.getppid() and cpu.parent_pid(2**22 + 1) is None
 
 
 def _row(total: float, daemon: float) -> dict:

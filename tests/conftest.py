@@ -222,7 +222,7 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str], aws_snaps
             handle.stop()
             assert handle.runc_containers() == [], "containers survived server shutdown"
     finally:
-        REAPER.retire(sandbox)  # its interpreter mirrors take seconds to unlink: in the background
+        REAPER.retire(sandbox)  # deleted in the background
         remove_tree(bundles_for(sandbox))
         shutil.rmtree(snapshot_cache_for(sandbox), ignore_errors=True)  # snapshot RAM cache
         remove_tree(run_dir_for(sandbox))  # the server's directory under /run/snapfaas

@@ -1,13 +1,12 @@
 """Deleting a test server's sandbox tree without the suite waiting for it.
 
-A server's sandbox dir holds its hard-linked interpreter mirrors (`snapfaas.sandbox.interpreter.
-mirror_source`: ~80,000 links for the python3.11-3.13 trees of a pyenv host), and unlinking them
-takes seconds per server (5.6 s of a 7.1 s teardown measured on the 2-core CI host), about
-a hundred times per suite. `TreeReaper.retire` does what `remove_tree` checks first (nothing
-mounted below, unmounting what a killed server left), then renames the tree aside on the same
-filesystem, so its path is free at once, and deletes it on a background thread while the next
-tests run. `drain` waits for every deletion and raises the first failure naming the tree.
-"""
+A server's sandbox dir holds its code trees, layers, runtime copy and rootfs skeleton (the
+interpreter mirrors, ~80,000 links that took seconds per server to unlink, are host-wide now:
+`snapfaas.sandbox.mirrors`), about a hundred of them per suite. `TreeReaper.retire` does what
+`remove_tree` checks first (nothing mounted below, unmounting what a killed server left), then
+renames the tree aside on the same filesystem, so its path is free at once, and deletes it on a
+background thread while the next tests run. `drain` waits for every deletion and raises the
+first failure naming the tree."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ RAM_ROOT = Path("/run/snapfaas")  # root-owned, on a tmpfs: per-server state tha
 ENV_SERVICES = "127.0.0.1:9001"  # inside every environment's own network namespace (see sandbox/network.py)
 CREDENTIALS_PATH = "/2021-04-23/credentials"  # Lambda's container-credentials path
 SECRET_KEY_ENV = "SNAPFAAS_SECRET_ACCESS_KEY"
+INTERPRETER_MIRRORS = Path("/var/lib/snapfaas/interpreters")  # host-wide, shared by every daemon (sandbox/mirrors.py)
 STORE_SHARED_GRACE_S = 600.0  # GC spares younger unreferenced objects of an origin other hosts may write
 
 
@@ -170,6 +171,12 @@ class ServerConfig:
             return self.sandbox_root
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return Path("/var/lib/snapfaas/sandbox") / digest
+
+    @property
+    def interpreter_mirrors(self) -> Path:
+        """Where interpreter trees the sandbox's mapped root cannot reach are mirrored: one
+        host-wide directory every daemon shares and reuses (`snapfaas.sandbox.mirrors`)."""
+        return INTERPRETER_MIRRORS
 
     @property
     def tls(self) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
-import shutil
 import json
 import os
 import subprocess
@@ -14,6 +12,7 @@ from pathlib import Path
 
 from snapfaas.config import is_custom
 from snapfaas.errors import InvalidParameterValue
+from snapfaas.sandbox.mirrors import ensure_mirror
 
 PROBE = (
     "import json, sys, sysconfig; print(json.dumps({'executable': sys.executable, "
@@ -128,26 +127,10 @@ def mirror_source(prefix: str, mirrors: Path) -> str:
 
     CRIU restores bind mounts by opening their sources as the container's mapped root, which
     cannot search e.g. a mode-0700 home directory holding a pyenv install. Such a prefix is
-    mirrored once per daemon start with hard links (same files, no copy) under `mirrors`;
-    a prefix that is already reachable is used as it is.
+    bound from its host-wide hard-link mirror under `mirrors` (`snapfaas.sandbox.mirrors`:
+    made once, reused by every daemon while the prefix is unchanged); a prefix that is
+    already reachable is used as it is.
     """
     if traversable_by_others(prefix):
         return prefix
-    target = mirrors / hashlib.sha256(prefix.encode()).hexdigest()[:16]
-    staging = target.with_name(target.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    mirrors.mkdir(parents=True, exist_ok=True)
-    os.chmod(mirrors, 0o711)
-    done = subprocess.run(["cp", "-al", prefix, str(staging)], capture_output=True, text=True)
-    if done.returncode != 0:  # another filesystem: hard links impossible, copy instead
-        shutil.rmtree(staging, ignore_errors=True)
-        done = subprocess.run(["cp", "-a", prefix, str(staging)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise InvalidParameterValue(f"cannot mirror interpreter tree {prefix}: {done.stderr.strip()}")
-    os.chmod(staging, os.stat(prefix).st_mode & 0o777 | 0o005)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        os.rename(target, old)
-    os.rename(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return str(target)
+    return str(ensure_mirror(prefix, mirrors))

@@ -202,7 +202,7 @@ class EnvironmentFactory:
             path = path.parent
 
     def prepare(self, runtimes: list[str]) -> None:
-        """Prepare runtimes ahead of the first invoke (mirroring a pyenv tree takes ~1 s);
+        """Prepare runtimes ahead of the first invoke (mirroring a pyenv tree the first time on a host takes seconds);
         meant to run in a thread at startup. Unavailable runtimes are skipped."""
         for runtime in runtimes:
             try:
@@ -220,7 +220,7 @@ class EnvironmentFactory:
         if runtime not in self._sources:
             interp = self.interpreters.resolve(runtime)
             prepare_rootfs(self.rootfs, [interp])
-            mirrors = self.config.sandbox_dir / "interpreters"
+            mirrors = self.config.interpreter_mirrors
             self._sources[runtime] = {p: mirror_source(p, mirrors) for p in interp.mount_sources()}
         return self._sources[runtime]
 

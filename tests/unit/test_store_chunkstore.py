@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from snapfaas.store import CHUNK_SIZE, ChunkStore, ChunkUnavailable, DirectoryOrigin, SnapshotExists, SnapshotMissing, StoreError
+from snapfaas.store.manifest import decode, encode
 from tests.storekit import flip_byte, make_tree, tree_digest
 
 SECRET = bytes(range(32))
@@ -371,3 +372,35 @@ def test_a_tampered_cached_manifest_is_refused_when_the_origin_is_gone(tmp_path:
             restarted.manifest("snap-1")
     finally:
         restarted.close()
+
+
+def _small_images(path: Path, stamp: bytes) -> Path:
+    """A dump's small images (several, one with a per-dump timestamp) beside a page image."""
+    path.mkdir()
+    (path / "pages-1.img").write_bytes(os.urandom(2 * CHUNK_SIZE))  # two fixed chunks
+    for index in range(12):
+        (path / f"core-{index}.img").write_bytes(bytes([index]) * (100 + 50 * index))
+    (path / "stats-dump").write_bytes(b"dump took " + stamp)
+    (path / "zeros.img").write_bytes(bytes(300))
+    return path
+
+
+def test_small_files_share_one_packed_chunk_and_read_back_exactly(tmp_path: Path, stores: StoreFactory) -> None:
+    v1 = _small_images(tmp_path / "v1", b"12 ms")
+    v2 = tmp_path / "v2"
+    shutil.copytree(v1, v2)
+    (v2 / "stats-dump").write_bytes(b"dump took 13 ms")
+    store = stores(memory=1)  # every read goes to the disk cache: slices are cut from the whole chunk each time
+    one, two = store.put_tree("fn-1-aaaa", v1), store.put_tree("fn-2-bbbb", v2)
+    small = [entry for entry in two.files if entry.path != "pages-1.img"]
+    assert len({entry.chunks[0].name for entry in small}) == 1 and all(entry.chunks[0].packed for entry in small)
+    assert not two.file("pages-1.img").chunks[0].packed
+    assert two.names() - one.names() == {small[0].chunks[0].name}  # one changed small file: one new chunk
+    assert len(two.names()) == 3  # two page-image chunks and the pack
+    for entry in small:
+        assert store.read("fn-2-bbbb", entry.path, 0, entry.size) == (v2 / entry.path).read_bytes()
+        assert store.read("fn-2-bbbb", entry.path, 3, 5) == (v2 / entry.path).read_bytes()[3:8]
+    assert decode("fn-2-bbbb", encode(two, store.codec.manifest_key), store.codec.manifest_key) == two
+    store.materialize("fn-2-bbbb", tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == tree_digest(v2)
+    assert stores("other").snapshot_stats("fn-2-bbbb").chunks == 3

@@ -11,7 +11,7 @@ import pytest
 
 from snapfaas.store import CHUNK_SIZE, ChunkStore, DirectoryOrigin
 from snapfaas.store.layout import (
-    PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, LayoutError, fixed_pieces, page_image_pieces, parse_pagemap, plan,
+    PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, LayoutError, fixed_pieces, pack_groups, page_image_pieces, parse_pagemap, plan,
 )
 
 KiB = 1024
@@ -104,18 +104,19 @@ def _image_dir(path: Path, runs: list[tuple[int, int]]) -> Path:
 
 def test_a_page_added_low_in_memory_changes_only_its_own_chunk(tmp_path: Path) -> None:
     heap, libs = 0x555555560000, 0x7FFFF0000000
-    v1 = _image_dir(tmp_path / "v1", [(heap, 100), (libs, 2000)])
-    v2 = _image_dir(tmp_path / "v2", [(heap, 101), (libs, 2000)])  # the heap grew by a page: the rest moved in the file
+    v1 = _image_dir(tmp_path / "v1", [(heap, 100), (libs, 3000)])
+    v2 = _image_dir(tmp_path / "v2", [(heap, 101), (libs, 3000)])  # the heap grew by a page: the rest moved in the file
     store = ChunkStore(DirectoryOrigin(tmp_path / "origin"), bytes(range(32)), cache_dir=None)
     try:
         one, two = store.put_tree("fn-1-a", v1), store.put_tree("fn-2-b", v2)
         new = two.names() - one.names()
         pages = two.file("pages-1.img")
-        assert pages is not None and pages.size == 2101 * PAGE_SIZE
+        assert pages is not None and pages.size == 3101 * PAGE_SIZE
         assert [ref.length for ref in pages.chunks[:3]] == [(0x555555580000 - heap), 101 * PAGE_SIZE - (0x555555580000 - heap), CHUNK_SIZE]
         pagemap_entry = two.file("pagemap-1.img")
         assert pagemap_entry is not None
-        assert new == {pages.chunks[1].name, pagemap_entry.chunks[0].name}  # the window that grew, and the pagemap
+        # the window that grew, and the pagemap's chunk (packed with the other small image)
+        assert new == {pages.chunks[1].name, pagemap_entry.chunks[0].name}
         assert len(new) / len(two.names()) <= 0.1
         rebuilt = tmp_path / "rebuilt"
         store.materialize("fn-2-b", rebuilt)
@@ -135,3 +136,9 @@ def test_a_page_image_that_disagrees_with_its_pagemap_is_cut_fixed(tmp_path: Pat
         assert entry is not None and [ref.length for ref in entry.chunks] == [CHUNK_SIZE, CHUNK_SIZE, 300 * PAGE_SIZE + 1 - 2 * CHUNK_SIZE]
     finally:
         store.close()
+
+
+def test_pack_groups_are_consecutive_runs_of_at_most_a_chunk() -> None:
+    assert pack_groups([]) == []
+    assert pack_groups([10, 20, 30], chunk=60) == [[0, 1, 2]]
+    assert pack_groups([10, 20, 31, 60, 1], chunk=60) == [[0, 1], [2], [3], [4]]

@@ -122,3 +122,18 @@ def test_a_format_1_body_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.undo()
     with pytest.raises(ManifestInvalid, match="unsupported body format 1"):
         decode("s", data, KEY)
+
+
+def test_packed_references_round_trip_and_a_bad_slice_is_refused() -> None:
+    packed = [FileEntry("core-1.img", FILE, mode=0o600, size=100, chunks=[ChunkRef(0, 100, NAME, DIGEST, 90, 0, 350)]),
+              FileEntry("stats-dump", FILE, mode=0o600, size=250, chunks=[ChunkRef(0, 250, NAME, DIGEST, 90, 100, 350)])]
+    manifest = Manifest("fn-3-9f2c", packed, created=1.0)
+    again = decode("fn-3-9f2c", encode(manifest, KEY), KEY)
+    assert again == manifest and [entry.chunks[0].at for entry in again.files] == [0, 100]
+    ref = again.files[1].chunks[0]
+    assert ref.packed and ref.chunk_length == 350 and ref.whole() == ChunkRef(0, 350, NAME, DIGEST, 90)
+    assert ref.cut(bytes(range(256)) + bytes(94)) == (bytes(range(256)) + bytes(94))[100:350]
+    for bad in (ChunkRef(0, 250, NAME, DIGEST, 90, 101, 350), ChunkRef(0, 250, NAME, DIGEST, 90, 0, CHUNK_SIZE + 1)):
+        broken = Manifest("fn-3-9f2c", [FileEntry("stats-dump", FILE, mode=0o600, size=250, chunks=[bad])])
+        with pytest.raises(ManifestInvalid, match="packed"):
+            decode("fn-3-9f2c", encode(broken, KEY), KEY)

@@ -656,9 +656,10 @@ class SnapshotView(pyfuse3.Operations):
     def _plaintext(self, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> bytes:
         """One chunk's plaintext: from the small decoded LRU (a chunk is usually read in
         several requests, and a prefetch may be pushing it), else through the store's tiers
-        (verified there); concurrent wants of one chunk share one fetch."""
-        name = ref.name
-        assert name is not None
+        (verified there); concurrent wants of one chunk share one fetch. A packed reference
+        (a small file's slice of a shared chunk) is cached as that slice, under its own key."""
+        assert ref.name is not None
+        name = f"{ref.name}@{ref.at}+{ref.length}" if ref.packed else ref.name
         with self._guard:
             data = self._decoded.get(name)
             if data is not None:

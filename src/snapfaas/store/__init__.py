@@ -42,10 +42,12 @@ Manifest envelope (`manifest`)::
     | SFMANIFT | ver 1 | nonce (12)  | n u32  | AES-256-GCM(JSON body)+tag | SHA-256 |
     +----------+-------+-------------+--------+----------------------------+---------+
       AAD = header || snapshot id; GCM tag = the MAC; SHA-256 = checksum of all before it
-    body: {format: 2, snapshot, chunk_size (the maximum), created, meta,
+    body: {format: 3, snapshot, chunk_size (the maximum), created, meta,
            files: [{path, type: file|dir|symlink, mode, size,
                     chunks: [[offset, length, name|null, h|null, stored bytes], ...]}]}
                                             (name = null: a hole, read back as zeros)
+           a packed small file: chunks: [[0, size, name, h, stored, at, chunk length]]
+                                            (its bytes: chunk[at:at + size], see `layout`)
 
 Attachment envelope (`attachment`)::
 

@@ -3,8 +3,8 @@
 Contracts:
 
 * `put_tree(snapshot_id, directory)` cuts every regular file into chunks of at most 512 KiB
-  (`layout`: CRIU page images along the memory they hold, other files at fixed 512 KiB
-  offsets), records
+  (`layout`: CRIU page images along the memory they hold, small files packed several to a
+  shared chunk, other files at fixed 512 KiB offsets), records
   all-zero chunks as holes, seals the rest (`codec`), uploads those the origin lacks, and
   writes the manifest last: a snapshot without a manifest does not exist, so a crash mid-way
   leaves only unreferenced chunks for `collect`. Directories and symlinks are recorded;
@@ -218,7 +218,8 @@ class ChunkStore:
         token = self._fence.open(snapshot_id)
         outstanding: collections.deque[concurrent.futures.Future[ChunkRef]] = collections.deque()
         try:
-            files: list[tuple[FileEntry, list[ChunkRef | concurrent.futures.Future[ChunkRef]]]] = []
+            files: list[tuple[FileEntry, list[_Pending]]] = []
+            small: list[tuple[int, bytes]] = []  # (index in files, bytes) of the files to pack
             tree = _walk(directory)  # checks that `directory` is one
             pieces = _page_image_plan(directory)
             for rel, path, st in tree:
@@ -228,9 +229,16 @@ class ChunkStore:
                 elif stat.S_ISLNK(st.st_mode):
                     files.append((FileEntry(rel, SYMLINK, target=os.readlink(path)), []))
                 elif stat.S_ISREG(st.st_mode):
-                    refs: list[ChunkRef | concurrent.futures.Future[ChunkRef]] = []
+                    refs: list[_Pending] = []
                     size = 0
                     with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as source:
+                        if rel not in pieces and st.st_size <= layout.PACK_MAX:
+                            whole = source.read(layout.PACK_MAX + 1)
+                            if 0 < len(whole) <= layout.PACK_MAX:
+                                files.append((FileEntry(rel, FILE, mode=mode, size=len(whole)), refs))
+                                small.append((len(files) - 1, whole))
+                                continue
+                            source.seek(0)
                         for data in _pieces(source, pieces.get(rel)):
                             if data == ZERO[:len(data)]:
                                 refs.append(ChunkRef(size, len(data), None, None, 0))
@@ -245,11 +253,22 @@ class ChunkStore:
                 else:
                     raise StoreError(f"snapshot store failed at step 'read tree' of snapshot {snapshot_id}: {rel} is "
                                      f"neither a regular file, a directory nor a symlink")
+            for group in layout.pack_groups([len(data) for _, data in small]):
+                blob = b"".join(small[member][1] for member in group)
+                shared = None
+                if blob != ZERO[:len(blob)]:
+                    shared = self._pool.submit(self._put_chunk, token, blob, 0, warm_cache)
+                    outstanding.append(shared)
+                at = 0
+                for member in group:
+                    index, data = small[member]
+                    files[index][1].append(ChunkRef(0, len(data), None, None, 0) if shared is None
+                                           else _Slice(shared, at, len(data), len(group) > 1))
+                    at += len(data)
             entries = []
             for entry, refs in files:
                 if entry.type == FILE:
-                    entry = FileEntry(entry.path, FILE, mode=entry.mode, size=entry.size,
-                                      chunks=[ref.result() if isinstance(ref, concurrent.futures.Future) else ref for ref in refs])
+                    entry = FileEntry(entry.path, FILE, mode=entry.mode, size=entry.size, chunks=[_resolve(ref) for ref in refs])
                 entries.append(entry)
             manifest = Manifest(snapshot_id, entries, meta=dict(meta or {}), created=time.time())
             sealed_manifest = encode(manifest, self.codec.manifest_key)
@@ -465,8 +484,11 @@ class ChunkStore:
 
     def chunk(self, snapshot_id: str, path: str, index: int, ref: ChunkRef) -> bytes:
         """The verified plaintext of one stored chunk (`ref`, chunk `index` of `path` in the
-        manifest of `snapshot_id`), from the highest tier that has it; raises `ChunkUnavailable`."""
+        manifest of `snapshot_id`), from the highest tier that has it; raises `ChunkUnavailable`.
+        For a packed reference: its slice of the shared chunk (the tiers hold the whole chunk)."""
         assert ref.name is not None and ref.digest is not None
+        if ref.packed:
+            return ref.cut(self.chunk(snapshot_id, path, index, ref.whole()))
         plain = self._from_memory(ref)
         if plain is not None:
             return plain
@@ -743,7 +765,7 @@ class ChunkStore:
             for ref in manifest.chunk_refs():
                 logical += ref.length
                 distinct.setdefault(ref.name, ref)
-        unique = sum(ref.length for ref in distinct.values())
+        unique = sum(ref.chunk_length for ref in distinct.values())
         stored = sum(ref.stored for ref in distinct.values())
         origin_chunks = list(self.origin.list_chunks())
         usage = {
@@ -773,6 +795,28 @@ def open_store(origin: str, secret_path: Path, *, s3_endpoint_url: str | None = 
     needs the same one)."""
     return ChunkStore(origin_from_url(origin, s3_endpoint_url), load_or_create_secret(secret_path), cache_dir=cache_dir,
                       cache_bytes=cache_bytes, memory_bytes=memory_bytes, workers=workers)
+
+
+class _Slice:
+    """A packed file's place in a shared chunk whose upload (`future`) may still be running."""
+
+    def __init__(self, future: concurrent.futures.Future[ChunkRef], at: int, length: int, shared: bool) -> None:
+        self.future, self.at, self.length, self.shared = future, at, length, shared
+
+
+_Pending = ChunkRef | concurrent.futures.Future[ChunkRef] | _Slice
+
+
+def _resolve(ref: _Pending) -> ChunkRef:
+    """The manifest reference for a piece `put_tree` planned (waiting for its upload)."""
+    if isinstance(ref, _Slice):
+        whole = ref.future.result()
+        if not ref.shared:  # a group of one file: an ordinary whole-chunk reference
+            return whole
+        return ChunkRef(0, ref.length, whole.name, whole.digest, whole.stored, ref.at, whole.length)
+    if isinstance(ref, concurrent.futures.Future):
+        return ref.result()
+    return ref
 
 
 def _page_image_plan(directory: Path) -> dict[str, list[tuple[int, int]]]:

@@ -36,9 +36,20 @@ The body is canonical JSON (sorted keys, no whitespace)::
 A file's chunks are ordered, contiguous and cover ``[0, size)`` exactly; each is 1..`CHUNK_SIZE`
 bytes long (``chunk_size`` is that maximum). Where the cuts fall is the writer's choice
 (`layout`): CRIU page images (``pages-*.img``) are cut along the memory they hold, so their
-chunks vary in length; every other file is cut every `CHUNK_SIZE` bytes. Body format 2 is this
-variable-length layout; a format-1 body (every chunk but a file's last `CHUNK_SIZE` long) is
-rejected as unsupported, so a snapshot written before is re-created like any unusable one. An
+chunks vary in length; other files are cut every `CHUNK_SIZE` bytes, except *packed* small
+files (`layout.PACK_MAX`): several of them share one chunk, each a slice of it, so a snapshot's
+~30 small CRIU images (a few of which differ in every dump: timestamps, pids, cgroup paths)
+make one or two new chunks per version instead of one per changed file. A packed file has a
+single chunk reference of seven fields, the last two its slice's start in the chunk and the
+chunk's whole length::
+
+       [0, 3804, "<name hex>", "<h hex>", 9120, 11264, 57638]     <- offset, length, name, h,
+                                                                    stored, at, chunk length
+       chunk plaintext:  [ file A | file B | ...  cgroup.img (3804 bytes at 11264) ... ]
+
+Body format 3 adds packed references; format 2 (none) is still read; a format-1 body (every
+chunk but a file's last `CHUNK_SIZE` long) is rejected as unsupported, so a snapshot written
+before is re-created like any unusable one. An
 all-zero chunk is a *hole*: recorded, never stored, materialized as a sparse hole. Paths are relative, ``/``-separated, without ``.``/``..``
 components; a directory is listed before anything inside it.
 """
@@ -62,7 +73,8 @@ from snapfaas.store.errors import ManifestInvalid, StoreError
 
 MAGIC = b"SFMANIFT"
 VERSION = 1
-FORMAT = 2  # 2: chunks are variable length (page images cut along memory, see `layout`); 1 is not read
+FORMAT = 3  # 3: small files may be packed (slices of a shared chunk); 2: variable-length chunks, read too; 1 is not read
+READABLE_FORMATS = (2, 3)
 HEADER = struct.Struct(">8sB12sI")  # magic, version, nonce, body length
 CHECKSUM_BYTES = 32
 MAX_BODY = 256 << 20
@@ -94,10 +106,30 @@ class ChunkRef:
     name: str | None
     digest: bytes | None
     stored: int  # blob bytes at the origin when written (0 for a hole)
+    at: int = 0  # packed: where this file's bytes start in the chunk's plaintext
+    span: int = 0  # packed: the chunk's whole plaintext length (0: not packed, the chunk is `length` long)
 
     @property
     def is_hole(self) -> bool:
         return self.name is None
+
+    @property
+    def packed(self) -> bool:
+        """Whether this reference is a slice of a chunk that packs several small files."""
+        return self.span != 0
+
+    @property
+    def chunk_length(self) -> int:
+        """The plaintext length of the chunk this reference names (its slice's for a packed one)."""
+        return self.span or self.length
+
+    def whole(self) -> ChunkRef:
+        """The reference to the whole chunk a packed reference is a slice of (itself otherwise)."""
+        return ChunkRef(0, self.span, self.name, self.digest, self.stored) if self.packed else self
+
+    def cut(self, chunk: bytes) -> bytes:
+        """This reference's bytes of the whole chunk's plaintext `chunk`."""
+        return chunk[self.at:self.at + self.length] if self.packed else chunk
 
 
 @dataclass
@@ -163,6 +195,7 @@ def _body(manifest: Manifest) -> dict[str, Any]:
         if entry.type == FILE:
             item.update(mode=entry.mode, size=entry.size, chunks=[
                 [ref.offset, ref.length, ref.name, ref.digest.hex() if ref.digest else None, ref.stored]
+                + ([ref.at, ref.span] if ref.packed else [])
                 for ref in entry.chunks])
         elif entry.type == DIR:
             item["mode"] = entry.mode
@@ -215,7 +248,7 @@ def decode(snapshot_id: str, data: bytes, key: bytes) -> Manifest:
 
 def _parse(snapshot_id: str, body: dict[str, Any]) -> Manifest:
     """Structural checks: an authenticated manifest is still only trusted as far as it is sane."""
-    if body["format"] != FORMAT:
+    if body["format"] not in READABLE_FORMATS:
         raise ValueError(f"unsupported body format {body['format']}")
     if body["snapshot"] != snapshot_id:
         raise ValueError(f"names snapshot {body['snapshot']!r}")
@@ -246,24 +279,35 @@ def _parse(snapshot_id: str, body: dict[str, Any]) -> Manifest:
                 raise ValueError(f"bad symlink target for {path!r}")
             files.append(FileEntry(path, SYMLINK, target=target))
         elif kind == FILE:
-            files.append(_parse_file(path, item))
+            files.append(_parse_file(path, item, packing=body["format"] >= 3))
         else:
             raise ValueError(f"unknown entry type {kind!r}")
     return Manifest(snapshot_id, files, meta=meta, created=float(body["created"]), chunk_size=chunk_size)
 
 
-def _parse_file(path: str, item: dict[str, Any]) -> FileEntry:
+def _parse_file(path: str, item: dict[str, Any], packing: bool = True) -> FileEntry:
     size = int(item["size"])
     refs: list[ChunkRef] = []
     expected = 0
-    for offset, length, name, digest, stored in item["chunks"]:
+    chunks = item["chunks"]
+    for fields in chunks:
+        if len(fields) == 7 and packing:
+            offset, length, name, digest, stored, at, span = fields
+            if len(chunks) != 1 or name is None or not (0 <= at and 0 < span <= CHUNK_SIZE and at + length <= span):
+                raise ValueError(f"packed chunk of {path!r} is not one slice of a stored chunk of 1..{CHUNK_SIZE} bytes")
+        elif len(fields) == 5:
+            offset, length, name, digest, stored = fields
+            at = span = 0
+        else:
+            raise ValueError(f"chunk of {path!r} has {len(fields)} fields")
         if offset != expected or not 0 < length <= CHUNK_SIZE:
             raise ValueError(f"chunks of {path!r} are not contiguous pieces of 1..{CHUNK_SIZE} bytes")
         if (name is None) != (digest is None):
             raise ValueError(f"chunk at {offset} of {path!r} is half a hole")
         if name is not None and not (re.fullmatch(r"[0-9a-f]{64}", name) and re.fullmatch(r"[0-9a-f]{64}", digest)):
             raise ValueError(f"chunk at {offset} of {path!r} has a malformed name or hash")
-        refs.append(ChunkRef(int(offset), int(length), name, bytes.fromhex(digest) if digest else None, int(stored)))
+        refs.append(ChunkRef(int(offset), int(length), name, bytes.fromhex(digest) if digest else None, int(stored),
+                             int(at), int(span)))
         expected = offset + length
     if expected != size:
         raise ValueError(f"chunks of {path!r} cover {expected} bytes, the file has {size}")

@@ -13,7 +13,15 @@ reach (the store then shares those chunks; snapshot/determinism.py has the rest)
   98% with.
 * **Compiled in a child.** A forked child parses the module (for its leading imports) and
   compiles it; the parent loads the compiled code (``marshal``) after the leading imports ran,
-  so the parse and compile leave nothing behind here.
+  so the parse and compile leave nothing behind here. The marshalled code is padded with zeros
+  to a multiple of `CODE_QUANTUM` (``marshal.loads`` ignores bytes after the object): the
+  parent reads and holds it while the module body runs, and a buffer a few bytes longer than
+  the previous version's moved the top of glibc's heap, so everything the body allocated there
+  afterwards, and every page pointing at it (the stdlib reference function: ~35,000 words of
+  one heap window). Between loading the code and running the module body, an allocation
+  barrier (`allocation.barrier`) fills every free block of CPython's small-object allocator,
+  so the body's objects start in fresh pools instead of one block further on for each block
+  the new code took.
 
 Semantics: only the module's *leading* statements that are absolute ``import`` / ``from ...
 import`` statements run early (after an optional docstring and ``from __future__`` imports),
@@ -36,6 +44,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 MAX_SOURCE = 1 << 20  # a bigger handler module is imported the ordinary way
+CODE_QUANTUM = 64 << 10  # the marshalled code is padded to a multiple of this (see the module doc)
 LENGTH = 4
 
 
@@ -74,6 +83,7 @@ def _child(module_path: str, path: str, out: int) -> None:
             data = source.read()
         try:
             code = marshal.dumps(compile(data, path, "exec", dont_inherit=True))
+            code += bytes(-len(code) % CODE_QUANTUM)
             statements = leading_imports(data).encode()
         except (SyntaxError, ValueError):  # the ordinary import reports it
             code = b""
@@ -111,11 +121,15 @@ class _CompiledFinder:
         import importlib.util
         import marshal
 
+        from .allocation import barrier
+
         code = self.code
 
         class CompiledLoader(importlib.machinery.SourceFileLoader):
             def get_code(self, fullname: str) -> Any:
-                return marshal.loads(code)
+                loaded = marshal.loads(code)
+                barrier()  # what the module body allocates no longer depends on the code's size
+                return loaded
 
         return importlib.util.spec_from_file_location(name, self.path, loader=CompiledLoader(name, self.path))
 

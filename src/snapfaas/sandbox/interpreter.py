@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import glob
 import json
@@ -98,14 +99,18 @@ class InterpreterRegistry:
         return interp
 
     def available(self, runtimes: tuple[str, ...]) -> dict[str, Interpreter | str]:
-        """Each runtime's interpreter, or the reason it is unavailable (for the startup banner)."""
-        out: dict[str, Interpreter | str] = {}
-        for name in runtimes:
+        """Each runtime's interpreter, or the reason it is unavailable (for the startup banner),
+        in the order of `runtimes`. The runtimes are probed at once, one thread each (every
+        probe starts an interpreter: ~0.2-0.4 s each, one after another, at every daemon start)."""
+
+        def one(name: str) -> Interpreter | str:
             try:
-                out[name] = self.resolve(name)
+                return self.resolve(name)
             except InvalidParameterValue as exc:
-                out[name] = exc.message
-        return out
+                return exc.message
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(runtimes)), thread_name_prefix="interpreter-probe") as pool:
+            return dict(zip(runtimes, pool.map(one, runtimes)))
 
 
 def traversable_by_others(path: str) -> bool:

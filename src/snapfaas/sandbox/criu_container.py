@@ -21,7 +21,8 @@
 * user namespace, seccomp, capabilities, no-new-privileges, mounts, /tmp: restored from the
   images, as under runc (runc passes nothing else for them either).
 * lifecycle: ``rst_sibling`` makes the restored init our child; a pidfd is taken on it for
-  kill (SIGKILL to a pid-namespace init ends the namespace), wait and reap. A record under
+  kill (SIGKILL to a pid-namespace init ends the namespace), wait and reap; CRIU itself is
+  waited for the same way (`ChildProcess`: a pidfd on the event loop, no watcher thread). A record under
   ``<data-dir>/restored/`` (`sandbox.restored`) lets a restarted daemon end what a crashed one
   restored.
 
@@ -40,6 +41,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,6 +96,48 @@ def _join_cgroup(cgroup: str, pid: int) -> list[tuple[str, str]]:
     is in now (its /proc/<pid>/cgroup), which CRIU restores into."""
     attach_v1(cgroup, pid)
     return parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+
+
+class ChildProcess:
+    """A child process started with `subprocess.Popen` on the event loop's thread and waited for
+    through a pidfd registered with the loop: no child-watcher thread per process and no
+    subprocess transport, which asyncio's `create_subprocess_exec` adds (CRIU's stdio are
+    descriptors the caller made; nothing is read from it here). Create it on the loop's
+    thread; `wait` returns the exit code as `Popen.returncode` gives it."""
+
+    def __init__(self, argv: list[str], **popen: Any) -> None:
+        self._popen = subprocess.Popen(argv, **popen)
+        self.pid = self._popen.pid
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd: int | None = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._exited)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def _exited(self) -> None:
+        if self._popen.poll() is None:  # woken early: not a zombie yet
+            return
+        self._close_pidfd()
+        if not self._done.done():
+            self._done.set_result(self._popen.returncode)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def kill(self) -> None:
+        """SIGKILL it (through its pidfd, so a recycled pid is never signalled) unless reaped."""
+        if self._pidfd is not None and self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)
 
 
 def restore_request(config: Mapping[str, Any], images_fd: int, work_fd: int, root: str,
@@ -158,7 +202,7 @@ class CriuContainer(Container):
         self.config: dict[str, Any] | None = None
         self.pid: int | None = None  # the restored init's host pid
         self._restoring = False
-        self._criu: asyncio.subprocess.Process | None = None
+        self._criu: ChildProcess | None = None
         self._pidfd: int | None = None
         self._exited: asyncio.Future[int] | None = None
         self._streams: tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader] | None = None
@@ -249,8 +293,8 @@ class CriuContainer(Container):
             client.setblocking(False)
             step = "exec criu"
             server_fd = to_close[-1]
-            self._criu = await asyncio.create_subprocess_exec(
-                self.engine.binary, "swrk", str(server_fd),
+            self._criu = ChildProcess(
+                [self.engine.binary, "swrk", str(server_fd)],
                 stdin=stdin_r, stdout=stdout_w, stderr=stderr_w,
                 pass_fds=(server_fd, *([netns_fd] if netns_fd is not None else [])),
                 start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},

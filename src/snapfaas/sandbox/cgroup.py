@@ -7,6 +7,10 @@ another daemon's environments)::
     /snapfaas/<daemon key>/<env id>/         `environment_cgroup`: owned by one environment
     /snapfaas/<daemon key>/<env id>/sandbox  `container_cgroup`: created and removed by runc
 
+A container the daemon restores by driving CRIU itself (`sandbox.criu_container`) has no runc
+to remove its cgroup under it: it runs in its environment's cgroup directly, which the daemon
+creates with the container's settings and removes when the container is gone.
+
 runc removes the container's cgroup before `runc run` exits, i.e. before the worker sees the
 container die; the environment's cgroup survives it and its usage counters are hierarchical,
 so the worker can still read the container's peak memory (and, on cgroup v2, its OOM kills).

@@ -487,8 +487,9 @@ class SnapshotManager:
         if version.state == State.PENDING and version.state_reason == RECREATING:
             raise SnapStartNotReady(NOT_READY)
 
-    async def images(self, version: FunctionVersion) -> CacheLease:
-        """The version's snapshot images, pinned in the RAM cache until the caller releases
+    async def images(self, version: FunctionVersion, slice_index: int | None = None) -> CacheLease:
+        """The version's snapshot images for a restore into id slice `slice_index` (the
+        function's, looked up if None), pinned in the RAM cache until the caller releases
         the lease (cache, or materialized from the store in a thread; the manifest is
         authenticated every time);
         a broken or tampered snapshot sends the version back to Pending for re-creation and
@@ -497,7 +498,9 @@ class SnapshotManager:
             if version.snapshot_id is None:
                 raise SnapshotCorrupt("the version has no snapshot")
             # restores run in the function's id slice; a snapshot from another one is re-created
-            lease = await asyncio.to_thread(self.vault.lease, version.snapshot_id, self.registry.id_slice(version.name))
+            if slice_index is None:
+                slice_index = self.registry.id_slice(version.name)
+            lease = await asyncio.to_thread(self.vault.lease, version.snapshot_id, slice_index)
         except SnapshotCorrupt as exc:
             self._unusable(version, str(exc))
             raise SnapStartNotReady(NOT_READY) from exc

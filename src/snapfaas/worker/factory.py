@@ -251,12 +251,14 @@ class EnvironmentFactory:
                 await lease.close()
             raise
 
-    async def stage_code(self, version: FunctionVersion) -> None:
-        """Make the version's code tree and merged layers exist for its id slice, in a worker
+    async def stage_code(self, version: FunctionVersion, slice_index: int | None = None) -> None:
+        """Make the version's code tree and merged layers exist for its id slice (`slice_index`,
+        looked up if None), in a worker
         thread: on a node that has not run the version yet the packages come from the store
         origin. Raises `CodeUnavailable` (missing or corrupt there: Invoke answers Lambda's
         InvalidZipFileException) or `ServiceUnavailable` (the origin cannot be reached)."""
-        slice_index = self.slice_of(version.name)
+        if slice_index is None:
+            slice_index = self.slice_of(version.name)
         await asyncio.to_thread(self.artifacts.tree, version.code_digest, slice_index)
         if version.opt_tree is not None:
             await asyncio.to_thread(self.artifacts.merged, version.opt_tree, version.layer_digests, slice_index)
@@ -290,24 +292,34 @@ class EnvironmentFactory:
         env.container.direct_channel = direct
         return env
 
-    def restored(self, version: FunctionVersion, images: Path, network: NetworkLease | None = None) -> Environment:
-        """A new, not yet started environment that `start` will restore from `images`.
+    def restored(self, version: FunctionVersion, images: Path, network: NetworkLease | None = None,
+                 slice_index: int | None = None) -> Environment:
+        """A new, not yet started environment that `start` will restore from `images`, in id
+        slice `slice_index` (the function's, looked up if None).
 
         The bundle repeats the checkpointed container's mounts and namespaces (CRIU requires
         the same layout) under a new container id and cgroup; the process, its environment
         and /tmp come from the images.
         """
-        env = self._build(version, "snap-start", {}, self.criu_restore_config, private_rootfs=True, network=network)
+        env = self._build(version, "snap-start", {}, self.criu_restore_config, private_rootfs=True, network=network,
+                          slice_index=slice_index)
         env.restore_from = images
         return env
 
     def _build(self, version: FunctionVersion, init_type: str, extra_environ: Mapping[str, str],
-               criu_config: Path, private_rootfs: bool = False, network: NetworkLease | None = None) -> Environment:
+               criu_config: Path, private_rootfs: bool = False, network: NetworkLease | None = None,
+               slice_index: int | None = None) -> Environment:
         """`private_rootfs`: `runc restore` bind-mounts the container's mounts onto its rootfs
         in the host's mount namespace while CRIU works, so concurrent restores must not share
-        one rootfs directory (the skeleton is a few empty directories and links)."""
+        one rootfs directory (the skeleton is a few empty directories and links).
+
+        A container CRIU restores directly (`CriuContainer`) runs in the environment's cgroup
+        itself: the daemon creates and removes that cgroup, so there is no runc-made container
+        cgroup below it that the environment must outlive (one level to create and remove per
+        hierarchy instead of two)."""
         sources = self._prepare(version.runtime)
-        slice_index = self.slice_of(version.name)
+        if slice_index is None:
+            slice_index = self.slice_of(version.name)
         env_id = secrets.token_hex(8)
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
         container_id, bundle = CONTAINER_PREFIX + env_id, self.bundles / env_id
@@ -329,7 +341,7 @@ class EnvironmentFactory:
             tmp_mb=version.ephemeral_storage,
             uid=self.config.sandbox_uid,
             host_id_base=self.id_range.slice_base(slice_index),
-            cgroup=container_cgroup(cgroup),
+            cgroup=cgroup if isinstance(container, CriuContainer) else container_cgroup(cgroup),
             netns=network.path if network is not None else None,
             host_network=self.config.sandbox_network == "host",
             etc_dir=self.etc_dir,

@@ -78,7 +78,7 @@ CREDENTIALS_MARGIN_S = 60.0  # an on-demand environment is retired when its cred
 class SnapshotSource(Protocol):
     """What the worker needs from the snapshot manager."""
 
-    async def images(self, version: FunctionVersion) -> CacheLease: ...
+    async def images(self, version: FunctionVersion, slice_index: int | None = None) -> CacheLease: ...
 
     def restore_environ(self, version: FunctionVersion) -> Mapping[str, str]: ...
 
@@ -766,12 +766,13 @@ class Worker:
 
     async def _new_environment(self, version: FunctionVersion, on_demand: bool = False) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot (unless `on_demand`)."""
-        await self.factory.stage_code(version)  # off the event loop: the code may come from the store origin
+        slice_index = self.factory.slice_of(version.name)  # one registry lookup for the code, images and bundle
+        await self.factory.stage_code(version, slice_index)  # off the event loop: the code may come from the store origin
         async with self.factory.network_for_new_environment() as network:
             if version.uses_snapshot and self.snapshots is not None and not on_demand:
-                lease = await self.snapshots.images(version)  # pinned until the restore is over (lazy: until destroyed)
+                lease = await self.snapshots.images(version, slice_index)  # pinned until the restore is over (lazy: until destroyed)
                 try:
-                    env = self.factory.restored(version, lease.path, network)
+                    env = self.factory.restored(version, lease.path, network, slice_index)
                 except BaseException:
                     lease.release()
                     raise

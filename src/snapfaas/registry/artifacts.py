@@ -114,6 +114,23 @@ class ArtifactStore:
         trees.mkdir(parents=True, exist_ok=True)
         os.chmod(trees, 0o711)
 
+    def has_tree(self, digest: str, slice_index: int) -> bool:
+        """Whether `tree(digest, slice_index)` would return at once (one lstat, never blocks on
+        the origin): the tree exists, a directory owned by the slice's uid."""
+        return self._present(self.trees / str(slice_index) / digest, slice_index)
+
+    def has_merged(self, name: str, slice_index: int) -> bool:
+        """Whether `merged(name, ..., slice_index)` would return at once (one lstat)."""
+        return self._present(self.trees / str(slice_index) / name, slice_index)
+
+    def _present(self, path: Path, slice_index: int) -> bool:
+        try:
+            current = path.lstat()
+        except FileNotFoundError:
+            return False
+        owner = self.owner_of(slice_index) if self.owner_of is not None else None
+        return stat.S_ISDIR(current.st_mode) and (owner is None or current.st_uid == owner)
+
     def tree(self, digest: str, slice_index: int) -> Path:
         """The extracted tree of `digest` for id slice `slice_index`, extracted from the stored
         zip (fetched from the origin if this node has no copy) if missing or owned by another

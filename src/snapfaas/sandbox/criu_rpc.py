@@ -10,6 +10,7 @@ sub-messages) rather than a protobuf dependency. Pure: no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 
 REQ_RESTORE = 2
@@ -41,6 +42,8 @@ class RpcDecodeError(ValueError):
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:  # keys, flags, fds and most lengths: one byte
+        return _BYTES[value]
     if value < 0:
         value &= (1 << 64) - 1  # protobuf encodes negative int32 as a 10-byte two's complement varint
     out = bytearray()
@@ -54,6 +57,10 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+_BYTES = tuple(bytes((n,)) for n in range(0x80))
+
+
+@functools.cache
 def _key(field: int, wire: int) -> bytes:
     return _varint(field << 3 | wire)
 

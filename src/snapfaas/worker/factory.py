@@ -259,8 +259,10 @@ class EnvironmentFactory:
         InvalidZipFileException) or `ServiceUnavailable` (the origin cannot be reached)."""
         if slice_index is None:
             slice_index = self.slice_of(version.name)
-        await asyncio.to_thread(self.artifacts.tree, version.code_digest, slice_index)
-        if version.opt_tree is not None:
+        # the common case, trees already here, costs one lstat each: no thread hand-off for it
+        if not self.artifacts.has_tree(version.code_digest, slice_index):
+            await asyncio.to_thread(self.artifacts.tree, version.code_digest, slice_index)
+        if version.opt_tree is not None and not self.artifacts.has_merged(version.opt_tree, slice_index):
             await asyncio.to_thread(self.artifacts.merged, version.opt_tree, version.layer_digests, slice_index)
 
     def create(self, version: FunctionVersion, init_type: str = "on-demand",

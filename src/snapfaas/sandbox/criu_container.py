@@ -9,7 +9,8 @@
   process is moved into it before it restores anything, so every restored task starts there
   and CRIU's own CPU is charged to the environment (bench/cpu.py relies on that). The cgroup
   roots CRIU restores into are read back from CRIU's /proc/<pid>/cgroup, as runc does.
-  Both steps run in a worker thread (`_off_loop`): cgroupfs writes block in the kernel
+  Both steps run in a worker thread (the cgroup is made while the loop prepares and starts
+  CRIU, which waits for its request meanwhile): cgroupfs writes block in the kernel
   (moving a task waits for the cgroup locks, ~8 ms here; creating ~6 ms across 9
   hierarchies), and on the event loop they held up every other restore of a burst.
 * rootfs: the environment's private rootfs skeleton is bind-mounted onto itself (CRIU wants a
@@ -263,9 +264,10 @@ class CriuContainer(Container):
         self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle)))
         to_close: list[int] = []
         ours: list[int] = []
+        # the cgroup is made in a worker thread while the loop prepares and starts CRIU, which
+        # waits for its request: CRIU joins the cgroup (below) before it restores anything
+        cgroup_made = loop.run_in_executor(None, functools.partial(create_v1, self.cgroup, limits_of(self.config)))
         try:
-            step = "cgroup"
-            await _off_loop(functools.partial(create_v1, self.cgroup, limits_of(self.config)))
             step = "rootfs"
             root = str(self.config["root"]["path"])
             _mount_bind(root, root)
@@ -299,6 +301,8 @@ class CriuContainer(Container):
                 pass_fds=(server_fd, *([netns_fd] if netns_fd is not None else [])),
                 start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},
             )
+            step = "cgroup"
+            await asyncio.shield(cgroup_made)
             step = "move criu into the cgroup"
             roots = await _off_loop(functools.partial(_join_cgroup, self.cgroup, self._criu.pid))
             request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd, roots)
@@ -325,6 +329,11 @@ class CriuContainer(Container):
         except criu_rpc.RpcDecodeError as exc:
             raise ServiceError(f"sandbox start failed at step 'criu swrk' for {self.id}: {exc}") from exc
         finally:
+            if not cgroup_made.done():  # a step before it failed or was cancelled: never race the teardown
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(cgroup_made)
+            elif not cgroup_made.cancelled():
+                cgroup_made.exception()  # retrieved: a failure is reported by the step that awaited it
             for fd in to_close:
                 os.close(fd)
             if self._root_mounted is not None:  # the restored mount namespace holds its own copy

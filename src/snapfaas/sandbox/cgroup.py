@@ -186,8 +186,13 @@ def remove(cgroup: str, root: Path = CGROUP_ROOT) -> list[str]:
         raise ValueError("refusing to remove the root cgroup")
     for hierarchy in hierarchies(root):
         top = hierarchy / rel
-        if not top.is_dir():
+        try:
+            os.rmdir(top)  # the common case, a leaf without tasks: no listing of its files
             continue
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass  # cgroups below it (or tasks in it): remove bottom-up, reporting what stays
         for dirpath, _, _ in os.walk(top, topdown=False):
             try:
                 os.rmdir(dirpath)

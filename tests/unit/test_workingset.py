@@ -217,3 +217,24 @@ def test_the_directory_of_the_previous_format_is_removed(tmp_path: Path) -> None
     (tmp_path / "workingsets" / "fn-1-aaaa.json").write_text("{}")
     (tmp_path / "workingsets" / "fn-2-bbbb.json").write_text("{}")
     assert remove_legacy(tmp_path) == 2 and not (tmp_path / "workingsets").exists()
+
+
+def test_a_snapshot_read_ahead_moments_ago_is_not_read_ahead_again(store: ChunkStore) -> None:
+    from snapfaas.snapshot import workingset
+    from snapfaas.snapshot.view import TouchedRange
+    keeper = WorkingSetKeeper(WorkingSets(store))
+    keeper._remember(SNAPSHOT, workingset._Known(None, True, [TouchedRange("pages-1.img", 0, PAGE)]))
+    started: list[int] = []
+
+    async def run() -> None:
+        for _ in range(3):  # a burst: one read-ahead
+            keeper.prefetch(SNAPSHOT)
+            started.append(len(keeper._tasks))
+        keeper._prefetched[SNAPSHOT] -= workingset.PREFETCH_REPEAT_S  # that one is old now
+        keeper.prefetch(SNAPSHOT)
+        started.append(len(keeper._tasks))
+        await asyncio.gather(*keeper._tasks)
+        await keeper.close()
+
+    asyncio.run(run())
+    assert started == [1, 1, 1, 2]

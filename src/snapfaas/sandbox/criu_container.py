@@ -232,8 +232,24 @@ class CriuContainer(Container):
         return super().stderr
 
     def write_config(self, config: dict[str, Any]) -> None:
-        super().write_config(config)
+        """Keep the spec and make the bundle directory; its ``config.json`` (which a CRIU restore
+        does not read: it records the environment for operators and tests) is written by
+        `start`, for a restore in the worker thread that makes the cgroup meanwhile."""
+        self.bundle.mkdir(parents=True, exist_ok=True)
+        self.bundle.chmod(0o711)  # a private rootfs inside must be reachable by the mapped root
         self.config = config
+
+    def _write_config_file(self) -> None:
+        assert self.config is not None
+        (self.bundle / "config.json").write_text(json.dumps(self.config))
+
+    def _prepare_host(self) -> None:
+        """The container's record (`sandbox.restored`), the environment's cgroup with the
+        container's settings, and ``config.json`` (blocking)."""
+        assert self.config is not None
+        self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle)))
+        create_v1(self.cgroup, limits_of(self.config))
+        self._write_config_file()
 
     async def start(self, restore_from: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
         """`Container.start` for a fresh container; for a restore, CRIU restores the images in
@@ -241,6 +257,7 @@ class CriuContainer(Container):
         restored process runs, or once CRIU failed (the container then reads as exited, with
         CRIU's exit status, and its log is ``restore.log`` in the bundle, as with runc)."""
         if restore_from is None:
+            self._write_config_file()  # runc reads it
             await super().start(None, environ)
             return
         if self._killed:
@@ -260,13 +277,14 @@ class CriuContainer(Container):
     async def _restore(self, images: Path, environ: Mapping[str, str]) -> None:
         assert self.config is not None and self._exited is not None
         loop = asyncio.get_running_loop()
-        step = "record"
-        self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle)))
         to_close: list[int] = []
         ours: list[int] = []
-        # the cgroup is made in a worker thread while the loop prepares and starts CRIU, which
-        # waits for its request: CRIU joins the cgroup (below) before it restores anything
-        cgroup_made = loop.run_in_executor(None, functools.partial(create_v1, self.cgroup, limits_of(self.config)))
+        # the record and the cgroup are made in a worker thread while the loop prepares and
+        # starts CRIU, which waits for its request: CRIU joins the cgroup (below) before it
+        # restores anything. Files written in threads are waited for before this returns or
+        # raises, so a teardown never races them.
+        cgroup_made = loop.run_in_executor(None, self._prepare_host)
+        recorded: asyncio.Future[None] | None = None
         try:
             step = "rootfs"
             root = str(self.config["root"]["path"])
@@ -301,7 +319,7 @@ class CriuContainer(Container):
                 pass_fds=(server_fd, *([netns_fd] if netns_fd is not None else [])),
                 start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},
             )
-            step = "cgroup"
+            step = "record, cgroup and config.json"
             await asyncio.shield(cgroup_made)
             step = "move criu into the cgroup"
             roots = await _off_loop(functools.partial(_join_cgroup, self.cgroup, self._criu.pid))
@@ -314,11 +332,16 @@ class CriuContainer(Container):
                 await loop.sock_sendall(client, request.encode())
                 answer = await loop.sock_recv(client, RESPONSE_MAX)
             response = criu_rpc.decode_response(answer) if answer else None
+            restored_pid = response.pid if response is not None and response.success and response.pid else None
+            if restored_pid is not None:  # recorded while CRIU exits
+                recorded = loop.run_in_executor(None, self.engine.ledger.write,
+                                                RestoredRecord(self.id, self.cgroup, str(self.bundle), restored_pid))
             status = await self._criu.wait()
-            if response is not None and response.success and response.pid:
-                self.pid = response.pid
-                self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle), self.pid))
-                self._pidfd = os.pidfd_open(self.pid)
+            if recorded is not None and restored_pid is not None:
+                step = "record"
+                await asyncio.shield(recorded)
+                self.pid = restored_pid
+                self._pidfd = os.pidfd_open(restored_pid)
                 loop.add_reader(self._pidfd, self._reap)
             else:
                 why = (f"errno {response.errno}: {response.errmsg}" if response is not None else "no answer")
@@ -329,11 +352,14 @@ class CriuContainer(Container):
         except criu_rpc.RpcDecodeError as exc:
             raise ServiceError(f"sandbox start failed at step 'criu swrk' for {self.id}: {exc}") from exc
         finally:
-            if not cgroup_made.done():  # a step before it failed or was cancelled: never race the teardown
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(cgroup_made)
-            elif not cgroup_made.cancelled():
-                cgroup_made.exception()  # retrieved: a failure is reported by the step that awaited it
+            for pending in (cgroup_made, recorded):
+                if pending is None:
+                    continue
+                if not pending.done():  # a step before it failed or was cancelled: never race the teardown
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pending)
+                elif not pending.cancelled():
+                    pending.exception()  # retrieved: a failure is reported by the step that awaited it
             for fd in to_close:
                 os.close(fd)
             if self._root_mounted is not None:  # the restored mount namespace holds its own copy

@@ -18,7 +18,8 @@ interpreter's start-up has run and the process has one thread:
 1. AT_RANDOM's address comes from ``/proc/self/auxv``; the old guard from its bytes 8..16.
 2. Every private, non-executable mapping is read through ``/proc/<pid>/mem`` (by a forked
    child, see `rekey`). A word that
-   demangles under the old guard to an address inside an executable mapping is a mangled
+   demangles under the old guard to an address inside an executable mapping or the stack
+   (``setjmp`` buffers mangle stack pointers too) is a mangled
    pointer (a random word does so with probability ~2^-38 per word here); a word equal to the
    old guard is a copy of it (the thread control block's ``fs:0x30``, the loader's own copy).
 3. Unless the thread control block (canary and guard at 0x28, pointers to itself at 0 and
@@ -73,7 +74,12 @@ def at_random_address(auxv: bytes) -> int | None:
 
 
 def mappings(maps: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(private non-executable mappings to scan, executable mappings) of a maps listing."""
+    """(private non-executable mappings to scan, what a mangled pointer may point into: the
+    executable mappings and the main thread's stack) of a maps listing. ``setjmp`` buffers
+    (e.g. the one ``__libc_start_main`` keeps on the stack for thread cancellation) mangle the
+    stack and frame pointers as well as the return address: left mangled under the old guard,
+    a ``longjmp`` to them would land on a wrong stack, and they made the stack differ in every
+    init."""
     scan, code = [], []
     for line in maps.splitlines():
         fields = line.split(None, 5)
@@ -81,9 +87,9 @@ def mappings(maps: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
             continue
         start, end = (int(part, 16) for part in fields[0].split("-"))
         perms, name = fields[1], fields[5].strip() if len(fields) > 5 else ""
-        if "x" in perms:
+        if "x" in perms or name == "[stack]":
             code.append((start, end))
-        elif perms[3] == "p" and "r" in perms and name not in SKIP:
+        if "x" not in perms and perms[3] == "p" and "r" in perms and name not in SKIP:
             scan.append((start, end))
     return scan, code
 

@@ -21,7 +21,8 @@ reach (the store then shares those chunks; snapshot/determinism.py has the rest)
   one heap window). Between loading the code and running the module body, an allocation
   barrier (`allocation.barrier`) fills every free block of CPython's small-object allocator,
   so the body's objects start in fresh pools instead of one block further on for each block
-  the new code took.
+  the new code took; and the global dict version counter is moved to a round value
+  (`versions.realign`), so the dicts the body changes get the same version tags.
 
 Semantics: only the module's *leading* statements that are absolute ``import`` / ``from ...
 import`` statements run early (after an optional docstring and ``from __future__`` imports),
@@ -122,6 +123,7 @@ class _CompiledFinder:
         import marshal
 
         from .allocation import barrier
+        from .versions import realign
 
         code = self.code
 
@@ -129,6 +131,7 @@ class _CompiledFinder:
             def get_code(self, fullname: str) -> Any:
                 loaded = marshal.loads(code)
                 barrier()  # what the module body allocates no longer depends on the code's size
+                realign()  # nor the version tags of the dicts it changes
                 return loaded
 
         return importlib.util.spec_from_file_location(name, self.path, loader=CompiledLoader(name, self.path))

@@ -22,7 +22,9 @@ reach (the store then shares those chunks; snapshot/determinism.py has the rest)
   barrier (`allocation.barrier`) fills every free block of CPython's small-object allocator,
   so the body's objects start in fresh pools instead of one block further on for each block
   the new code took; and the global dict version counter is moved to a round value
-  (`versions.realign`), so the dicts the body changes get the same version tags.
+  (`versions.realign`), so the dicts the body changes get the same version tags; again after
+  the module is loaded, for what the rest of init changes (a line appended to a module changes
+  one dict more at its end).
 
 Semantics: only the module's *leading* statements that are absolute ``import`` / ``from ...
 import`` statements run early (after an optional docstring and ``from __future__`` imports),
@@ -166,3 +168,7 @@ def prepared(module_path: str, task_root: str) -> Iterator[None]:
     finally:
         if finder is not None:
             sys.meta_path.remove(finder)
+            from .versions import realign
+
+            realign()  # the rest of init: dict tags again independent of what the module body changed
+

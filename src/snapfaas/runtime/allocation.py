@@ -16,8 +16,9 @@ in a memfd) and allocates exactly that many filler objects of each class, kept f
 the process. After it, each class's next allocation takes a fresh pool, whatever the code
 loaded before took; the pools come from the arenas in a fixed order, so they are the same
 pools as long as the code did not need a pool more (a few hundred bytes of code objects
-rarely do). The filling loop allocates nothing but fillers in obmalloc (its list's item array
-is over 512 bytes from the start, so it grows outside obmalloc).
+rarely do). The filling loops allocate nothing in obmalloc but fillers and their counters
+(the lists that keep the fillers are made first, at sizes that do not depend on the counts'
+last digits).
 
 Cost: the fillers take the free blocks of partly used pools (the holes earlier frees left;
 `Barrier.bytes`), memory the body would otherwise have reused: ~0.4 MB (3% of the runtime's
@@ -30,13 +31,12 @@ cannot be read or parsed (e.g. ``PYTHONMALLOC=malloc``).
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 
 CLASSES = 32
 ALIGNMENT = 16
-FIRST_ITEMS = 128  # the fillers' list starts with an item array over 512 bytes (outside obmalloc)
+SLOTS = 512  # a class's list of fillers is a multiple of this long (4 KiB of pointers)
 MAX_FILLERS = 1 << 22  # a statistics line asking for more is not believed
 MAX_BYTES = 32 << 20  # more free blocks than this and the barrier is not worth its memory: nothing is filled
 
@@ -45,7 +45,7 @@ class Barrier:
     """The fillers one `barrier` allocated (kept alive by this object) and their bytes."""
 
     def __init__(self) -> None:
-        self.fillers: list[object] = [None] * FIRST_ITEMS
+        self.fillers: list[list[object]] = []  # one list per size class
         self.count = 0
         self.bytes = 0
 
@@ -129,22 +129,25 @@ def barrier() -> Barrier | None:
     done.bytes = sum(count * ALIGNMENT * (size_class + 1) for size_class, count in counts.items())
     if done.bytes > MAX_BYTES:
         return None
-    kept = done.fillers
-    for count, template, operand, kind in plans:  # from here on only fillers are allocated in obmalloc
-        _fill(kept, count, template, operand, kind)
+    # each class's fillers go into a list made first, its length rounded up to SLOTS: a list
+    # grown one filler at a time (or one exactly as long) would be a buffer whose size, and so
+    # glibc's heap or the mmap layout after it, differs with the code by a few blocks
+    done.fillers = [[None] * (-(-count // SLOTS) * SLOTS) for count, *_ in plans]
+    for (count, template, operand, kind), slots in zip(plans, done.fillers):  # from here on only fillers (and loop counters)
+        _fill(slots, count, template, operand, kind)
     _KEPT.append(done)
     return done
 
 
-def _fill(kept: list[object], count: int, template: object, operand: object, kind: int) -> None:
-    """Append `count` new objects made from (`template`, `operand`, `kind`: `fillers`) to `kept`."""
-    append = kept.append
+def _fill(slots: list[object], count: int, template: object, operand: object, kind: int) -> None:
+    """Put `count` new objects made from (`template`, `operand`, `kind`: `fillers`) into the
+    first `count` of `slots`."""
     if kind == 0:
-        for _ in itertools.repeat(None, count):
-            append(template())  # type: ignore[operator]
+        for index in range(count):
+            slots[index] = template()  # type: ignore[operator]
     elif kind == 1:
-        for _ in itertools.repeat(None, count):
-            append(template + operand)  # type: ignore[operator]
+        for index in range(count):
+            slots[index] = template + operand  # type: ignore[operator]
     else:
-        for _ in itertools.repeat(None, count):
-            append(bytes(operand))  # type: ignore[call-overload]
+        for index in range(count):
+            slots[index] = bytes(operand)  # type: ignore[call-overload]

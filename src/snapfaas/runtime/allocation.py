@@ -38,7 +38,7 @@ CLASSES = 32
 ALIGNMENT = 16
 SLOTS = 512  # a class's list of fillers is a multiple of this long (4 KiB of pointers)
 MAX_FILLERS = 1 << 22  # a statistics line asking for more is not believed
-MAX_BYTES = 32 << 20  # more free blocks than this and the barrier is not worth its memory: nothing is filled
+MAX_BYTES = 8 << 20  # more free blocks than this and the barrier is not worth its memory: nothing is filled
 
 
 class Barrier:

@@ -51,10 +51,12 @@ after a restore should feed that OpenSSL fresh entropy in an after-restore hook:
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
 import sys
+import termios
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, BinaryIO, NoReturn, TextIO
 
@@ -88,6 +90,20 @@ class Channel:
         self.log.flush()
         self.log.write(protocol.LOG_MARK + tag + "\n")
         self.log.flush()
+
+    def logs_read(self) -> bool:
+        """Whether everything logged so far (Python's buffers flushed first) has already left
+        the log pipe. Only meaningful when the worker reads that pipe itself (the invoke
+        frame's ``log_direct``): the worker has then logged it all, and a response sent with
+        ``logs_read`` needs no log mark before it (one write and one worker wake-up less per
+        invocation). False when it cannot tell."""
+        sys.stdout.flush()
+        self.log.flush()
+        try:
+            unread = fcntl.ioctl(self.log.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):  # not a pipe (or closed): mark as always
+            return False
+        return int.from_bytes(unread, sys.byteorder) == 0
 
 
 def load_handler(spec: str, early_imports: bool = False) -> Handler:
@@ -261,6 +277,9 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str]) -> Non
             channel.log.write(applog.error_entry(error, environ))
             channel.mark_logs(request_id)
             channel.send("error", json.dumps(error).encode(), id=request_id, error_type=error["errorType"])
+            continue
+        if header.get("log_direct") and channel.logs_read():
+            channel.send("response", body, id=request_id, logs_read=True)
             continue
         channel.mark_logs(request_id)
         channel.send("response", body, id=request_id)

@@ -86,6 +86,11 @@ class ExtensionChannel(Channel):
             return
         super().mark_logs(tag)
 
+    def logs_read(self) -> bool:
+        """Never: the extensions' log output may still be on its way (marks go out with the
+        gateway's frames)."""
+        return False
+
     def send(self, kind: str, payload: bytes = b"", **fields: Any) -> None:
         if kind == "ready":
             self.gateway.runtime_ready()

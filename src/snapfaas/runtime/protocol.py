@@ -26,6 +26,9 @@ back, ``--snapstart-connections``), ``inspect`` (``snapfaas snapstart verify`` o
 
 After every init and every invocation the runtime also writes `LOG_MARK` + ``<tag>\\n`` to
 stderr, after flushing it, so that the worker knows it has read all of that phase's log output.
+Except for a successful invocation when the ``invoke`` frame says ``log_direct`` (the worker
+reads the log pipe itself, nothing relays it) and the pipe is empty once flushed: the worker has
+then read every log byte already, and the ``response`` frame says ``logs_read`` instead.
 """
 
 from __future__ import annotations

@@ -171,6 +171,13 @@ class Container:
         return self.bundle / "runc.log"
 
     @property
+    def log_read_directly(self) -> bool:
+        """Whether the runtime's log pipe is read by this process itself with nothing relaying
+        it (the direct channel): a byte the runtime wrote there is then either still in the
+        pipe or already handed to `output`."""
+        return self._direct is not None
+
+    @property
     def stdin(self) -> asyncio.StreamWriter:
         """The channel to the runtime (the direct channel's pipe, or the container's stdin)."""
         if self._direct is not None:

@@ -216,6 +216,14 @@ class CriuContainer(Container):
         return str(self.config["linux"]["cgroupsPath"])
 
     @property
+    def log_read_directly(self) -> bool:
+        """A restored container's stderr is our own pipe (CRIU gives the restored process
+        our ends' peers; nothing relays them) when `output` is fed from it."""
+        if self._restoring:
+            return 2 in self._read_transports
+        return super().log_read_directly
+
+    @property
     def stdin(self) -> asyncio.StreamWriter:
         return self._streams[0] if self._streams is not None else super().stdin
 

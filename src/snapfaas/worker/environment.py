@@ -184,6 +184,7 @@ class Environment:
         self.credentials_expire_at: float | None = None  # epoch s; on-demand credentials variables expire then
         self.network: Any = None  # its `NetworkLease`, closed once the container is gone
         self.extensions = 0  # extensions its runtime reported at init (custom runtimes): they get a Shutdown phase
+        self._log_direct = False  # the last invoke frame said ``log_direct`` (`send_invoke`)
 
     def __repr__(self) -> str:
         return f"<Environment {self.id} {self.version.name}:{self.version.version} {self.state.value} invocations={self.invocations}>"
@@ -451,6 +452,10 @@ class Environment:
             raise await self._death() from exc
 
     async def send_invoke(self, request: InvokeRequest, deadline_ms: int) -> None:
+        """Send an invocation. When this process reads the runtime's log pipe itself, the
+        frame says ``log_direct``: the runtime may then answer with ``logs_read`` instead of
+        writing a log mark (`logs_read`)."""
+        self._log_direct = getattr(self.container, "log_read_directly", False)
         await self.send(
             "invoke",
             request.payload,
@@ -459,7 +464,14 @@ class Environment:
             deadline_ms=deadline_ms,
             client_context=request.client_context,
             trace_id=request.trace_id,
+            **_LOG_DIRECT if self._log_direct else {},
         )
+
+    def logs_read(self, frame: Frame) -> bool:
+        """Whether the invocation's answer `frame` says the runtime's log pipe was empty when
+        it was sent, on a channel whose log pipe this process reads itself (`send_invoke`):
+        every line the invocation logged is then logged already and no mark follows."""
+        return self._log_direct and frame.header.get("logs_read") is True
 
     async def destroy(self) -> None:
         """Kill the container, stop the readers and remove the environment's cgroup; idempotent.
@@ -500,6 +512,9 @@ class Environment:
             await asyncio.wait_for(self.container.wait(), SHUTDOWN_MS / 1000 + 1)
         except (TimeoutError, EnvironmentDied) as exc:  # it is killed next either way
             logger.info("environment %s: shutdown phase ended early: %s", self.id, exc)
+
+
+_LOG_DIRECT = {"log_direct": True}
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:

@@ -943,7 +943,8 @@ class Worker:
         try:
             await env.send_invoke(request, deadline_ms)
             frame = await env.next_frame(request.timeout_s)
-            await env.wait_mark(request.request_id)
+            if not env.logs_read(frame):
+                await env.wait_mark(request.request_id)
             if frame.kind == "response":
                 payload, function_error, healthy = frame.payload, None, True
             elif frame.kind == "error":

@@ -115,6 +115,9 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_post("/2015-03-31/functions/", functions.create_function)
     app.router.add_get("/2015-03-31/functions/", functions.list_functions)
     app.router.add_get("/2015-03-31/functions", functions.list_functions)
+    # first of the routes under /2015-03-31/functions/{name}: the router tries those in this
+    # order for every request under that prefix, and invokes are nearly all of them
+    app.router.add_post(FN + "/invocations", invoke)
     app.router.add_get(FN, functions.get_function)
     app.router.add_delete(FN, functions.delete_function)
     app.router.add_get(FN + "/configuration", functions.get_configuration)
@@ -127,7 +130,6 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     app.router.add_get(FN + "/aliases/{alias}", aliases.get_alias)
     app.router.add_put(FN + "/aliases/{alias}", aliases.update_alias)
     app.router.add_delete(FN + "/aliases/{alias}", aliases.delete_alias)
-    app.router.add_post(FN + "/invocations", invoke)
     app.router.add_post(FN + "/policy", permissions.add_permission)
     app.router.add_get(FN + "/policy", permissions.get_policy)
     app.router.add_delete(FN + "/policy/{sid}", permissions.remove_permission)

@@ -96,3 +96,15 @@ def test_the_worker_honours_logs_read_only_on_a_channel_it_reads_itself(direct: 
     assert header is not None and header.get("log_direct", False) is direct
     assert env.logs_read(Frame("response", {"t": "response", "n": 0, "logs_read": True}, b"")) is direct
     assert not env.logs_read(Frame("response", {"t": "response", "n": 0}, b""))
+
+
+def test_an_unfinished_line_is_logged_before_the_invocation_ends() -> None:
+    env, container, logs = make_env()
+    container.stdin = Sent()  # type: ignore[attr-defined]
+    container.log_read_directly = True  # type: ignore[attr-defined]
+    request = InvokeRequest("req-1", b"{}", "arn:aws:lambda:us-east-1:000000000000:function:f", 3.0)
+    asyncio.run(env.send_invoke(request, 2**40))
+    env.output_received(2, b"whole line\nno newline")
+    assert logs.lines == ["whole line\n"]
+    assert env.logs_read(Frame("response", {"t": "response", "n": 0, "logs_read": True}, b""))
+    assert logs.lines == ["whole line\n", "no newline\n"]

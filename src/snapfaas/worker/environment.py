@@ -470,8 +470,12 @@ class Environment:
     def logs_read(self, frame: Frame) -> bool:
         """Whether the invocation's answer `frame` says the runtime's log pipe was empty when
         it was sent, on a channel whose log pipe this process reads itself (`send_invoke`):
-        every line the invocation logged is then logged already and no mark follows."""
-        return self._log_direct and frame.header.get("logs_read") is True
+        everything the invocation logged has then been read and no mark follows. An
+        unfinished last line (written without a newline) is then logged as it is."""
+        if not (self._log_direct and frame.header.get("logs_read") is True):
+            return False
+        self._stderr_lines(self._log_lines.flush())
+        return True
 
     async def destroy(self) -> None:
         """Kill the container, stop the readers and remove the environment's cgroup; idempotent.

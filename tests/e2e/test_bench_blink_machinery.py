@@ -120,6 +120,9 @@ def test_density_of_held_restored_environments(blink_server: ServerHandle, netpe
         assert figures["kernel_bytes"] > 0 and figures["pss_bytes"] <= pages <= figures["rss_bytes"], figures
         per = figures["per_environment"]  # every environment has an init and a runtime with private pages
         assert per["init_private_bytes"] > 0 and per["runtime_private_bytes"] > 0, figures
+        # the kernel memory by kind: the runtime's page tables and its threads' kernel stacks at least
+        assert per["page_tables_bytes"] > 0 and per["kernel_stack_bytes"] > 0, figures
+        assert per["page_tables_bytes"] + per["kernel_stack_bytes"] + per["slab_bytes"] <= per["kernel_bytes"] * 1.05, figures
     assert three["pss_bytes"] > one["pss_bytes"]  # each environment adds its private pages
     assert three["rss_bytes"] > 2 * one["rss_bytes"]  # RSS counts the shared pages in each
     assert result["ratios"]["pss_bytes"] == round(three["pss_bytes"] / one["pss_bytes"], 2)

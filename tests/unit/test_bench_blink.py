@@ -107,6 +107,21 @@ def test_distinct_resident_pages_count_a_shared_page_once() -> None:
             idle.kill()
 
 
+def test_charged_pages_are_classified_by_their_kpageflags() -> None:
+    import io
+    import struct
+
+    cgroups = [7, 0, 9, 7, 7, 3, 7, 9]  # frame -> memory cgroup inode (/proc/kpagecgroup)
+    flags = [1 << density.KPF_PGTABLE, 0, 1 << density.KPF_ANON, 1 << density.KPF_LRU, 0, 0,
+             1 << density.KPF_SLAB, 1 << density.KPF_PGTABLE]
+    kpagecgroup = io.BytesIO(b"".join(struct.pack("<Q", c) for c in cgroups))
+    kpageflags = io.BytesIO(b"".join(struct.pack("<Q", f) for f in flags))
+    assert density.charged_pages({7: "a", 9: "b", 11: "a"}, kpagecgroup, kpageflags) == {
+        "a": {"page_tables": 1, "user": 1, "kernel_stack": 1, "slab": 1}, "b": {"user": 1, "page_tables": 1}}
+    misaligned = io.BytesIO(b"\x00" + struct.pack("<Q", 7) + b"\x00" * 7)  # the inode's bytes across two entries
+    assert density.charged_pages({7: "a"}, misaligned, io.BytesIO(bytes(16))) == {}
+
+
 def test_an_environments_init_is_the_process_whose_parent_is_outside_it(monkeypatch: pytest.MonkeyPatch) -> None:
     parents = {10: 1, 11: 10, 12: 11}
     monkeypatch.setattr(density, "parent_of", parents.__getitem__)
@@ -189,7 +204,8 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     snap = {"environments": 1, "processes": 2, "footprint_bytes": 41 << 20, "pss_bytes": 40 << 20, "kernel_bytes": 1 << 20,
             "rss_bytes": 50 << 20, "cgroup_bytes": 8 << 20, "mem_available_drop_bytes": 9 << 20}
     many = {**snap, "environments": 16, "footprint_bytes": 71 << 20, "pss_bytes": 55 << 20, "kernel_bytes": 16 << 20,
-            "per_environment": {"init_private_bytes": 64 << 10, "runtime_private_bytes": 1 << 20, "kernel_bytes": 1 << 20}}
+            "per_environment": {"init_private_bytes": 64 << 10, "runtime_private_bytes": 1 << 20, "kernel_bytes": 1 << 20,
+                                "page_tables_bytes": 464 << 10, "kernel_stack_bytes": 68 << 10, "slab_bytes": 276 << 10}}
     result = _result(functions={"torch": fn}, timestamp="T", runs=5, page_cache="warm",
                      burst={"function": "torch", "e2e_ms": _stats(150.0), "p99_e2e_ms": 190.0, "first_burst_p99_e2e_ms": 300.0,
                             "single_restore_e2e_ms": 100.0, "p99_over_single": 1.9},
@@ -207,6 +223,7 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     assert "| 16 / 1 | **1.73x** | 1.38x |" in text and "- torch: python 45.0" in text
     assert "adds 2.0 MiB of footprint (sum of PSS alone: 1.0 MiB)" in text
     assert "init (pid 1) 0.1 MiB, of its runtime 1.0 MiB" in text
+    assert "kernel memory 1.0 MiB (page tables 464 KiB, kernel stacks 68 KiB, slab 276 KiB)." in text
     assert "NOT MEASURED" in text and "2 CPUs shared" in text
     assert "| 0.44 | — / — ms |" in text and "| 0.5 | 1.1 / 0.5 ms |" in text  # the daemon's CPU per request, when measured
 

@@ -197,7 +197,7 @@ def _deploy_web(bench: Bench, zipped: bytes, name: str = "web") -> None:
     bench.client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
 
 
-def measure_density(bench: Bench, connection: Connection, name: str, count: int, hold_s: float = 20.0) -> dict[str, Any]:
+def measure_density(bench: Bench, connection: Connection, name: str, count: int, hold_s: float = 30.0) -> dict[str, Any]:
     """Memory of `count` restored environments of `name`:1 alive at once vs one (`density.measure`),
     kept alive by concurrent invokes from as many caller processes, each handler holding for
     `hold_s` (the torch function's `hold_s` event field)."""
@@ -410,6 +410,9 @@ def density_markdown(d: dict[str, Any], n: str) -> list[str]:
         lines[-1] += (f" Per environment of the {n}: private pages of its init (pid 1) {density.mib(per['init_private_bytes'])} "
                       f"MiB, of its runtime {density.mib(per['runtime_private_bytes'])} MiB (snapshot pages it wrote, "
                       f"memory it allocated), kernel memory {density.mib(per['kernel_bytes'])} MiB.")
+        if "page_tables_bytes" in per:
+            lines[-1] = lines[-1][:-1] + (f" (page tables {per['page_tables_bytes'] >> 10} KiB, kernel stacks "
+                                          f"{per['kernel_stack_bytes'] >> 10} KiB, slab {per['slab_bytes'] >> 10} KiB).")
     return lines
 
 

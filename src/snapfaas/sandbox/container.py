@@ -157,6 +157,7 @@ class Container:
         self._direct: tuple[asyncio.StreamWriter, list[asyncio.ReadTransport]] | None = None
         self._transport: asyncio.SubprocessTransport | None = None  # when `output` is fed
         self._killed = False
+        self.removed_cgroup: str | None = None  # a cgroup `kill` removed (with all below it), if it did
         # argv prefix for `runc run` (not restore), e.g. `setarch ... --addr-no-randomize`: runc
         # and the container's process inherit the personality (snapshot/determinism.py)
         self.launcher: list[str] = []

@@ -477,8 +477,11 @@ class CriuContainer(Container):
         survivors = kill_cgroup(self.cgroup, reap_except=frozenset([self._criu.pid] if self._criu is not None else []))
         if survivors:
             logger.warning("container %s: pids %s survived SIGKILL", self.id, survivors)
-        for failure in remove_cgroup(self.cgroup):
+        failures = remove_cgroup(self.cgroup)
+        for failure in failures:
             logger.warning("container %s: cgroup cleanup failed at step %s", self.id, failure)
+        if not failures:
+            self.removed_cgroup = self.cgroup
         try:
             remove_tree(self.bundle)
         except OSError as exc:

@@ -495,9 +495,11 @@ class Environment:
         if self.network is not None:
             await self.network.close()
         self._peak.close()
-        # rmdir across every cgroup hierarchy blocks in the kernel for a few ms: off the loop
-        for failure in await asyncio.to_thread(remove_cgroup, self.cgroup):
-            logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)
+        # rmdir across every cgroup hierarchy blocks in the kernel for a few ms: off the loop;
+        # a container restored by CRIU runs in this cgroup and its kill removed it already
+        if getattr(self.container, "removed_cgroup", None) != self.cgroup:
+            for failure in await asyncio.to_thread(remove_cgroup, self.cgroup):
+                logger.warning("environment %s: cgroup cleanup failed at step %s", self.id, failure)
         for task in self._readers:
             task.cancel()
         for task in self._readers:

@@ -100,3 +100,18 @@ def test_concurrent_daemons_make_one_mirror(prefix: Path, tmp_path: Path) -> Non
         made = set(pool.map(lambda _: mirror_source(str(prefix), mirrors), range(4)))
     assert len(made) == 1
     assert [p.name for p in mirrors.iterdir() if p.is_dir()] == [Path(made.pop()).name]
+
+
+def test_a_daemon_deletes_the_per_daemon_mirrors_of_earlier_versions(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from snapfaas.worker.factory import EnvironmentFactory
+
+    legacy = tmp_path / "sandbox" / "interpreters" / "0123456789abcdef" / "lib"
+    legacy.mkdir(parents=True)
+    (legacy / "os.py").write_text("sep = '/'\n")
+    factory = EnvironmentFactory.__new__(EnvironmentFactory)  # only prepare's clean-up is exercised
+    factory.config = SimpleNamespace(sandbox_dir=tmp_path / "sandbox")  # type: ignore[assignment]
+    factory.prepare([])
+    assert not (tmp_path / "sandbox" / "interpreters").exists()
+    factory.prepare([])  # nothing left: fine

@@ -203,7 +203,14 @@ class EnvironmentFactory:
 
     def prepare(self, runtimes: list[str]) -> None:
         """Prepare runtimes ahead of the first invoke (mirroring a pyenv tree the first time on a host takes seconds);
-        meant to run in a thread at startup. Unavailable runtimes are skipped."""
+        meant to run in a thread at startup. Unavailable runtimes are skipped. The per-daemon
+        mirrors of earlier versions (``<sandbox-dir>/interpreters``, now host-wide:
+        `snapfaas.sandbox.mirrors`) are deleted first."""
+        legacy = self.config.sandbox_dir / "interpreters"
+        try:
+            remove_tree(legacy)
+        except OSError as exc:
+            logger.warning("deleting the previous per-daemon interpreter mirrors %s failed: %s", legacy, exc)
         for runtime in runtimes:
             try:
                 self._prepare(runtime)

@@ -565,13 +565,16 @@ def test_inspect_frame_answers_fingerprints_not_values(start) -> None:  # type: 
 
 
 def test_snapstart_without_hooks_module(start) -> None:  # type: ignore[no-untyped-def]
-    rt = start({"app.py": "def handler(e, c):\n    return 'plain'\n"}, init_type="snap-start")
+    """A function that never imported snapshot_restore_py registered no hook: the runtime does
+    not import it either (not before the snapshot, not in each restored copy)."""
+    app = "import sys\ndef handler(e, c):\n    return ['plain', 'snapshot_restore_py' in sys.modules]\n"
+    rt = start({"app.py": app}, init_type="snap-start")
     rt.expect("restore_ready")
     rt.send("restore", b"")
     rt.expect("resumed")
     rt.expect("ready")
     rt.invoke({}, "p")
-    assert json.loads(rt.expect("response")[1]) == "plain"
+    assert json.loads(rt.expect("response")[1]) == ["plain", False]
 
 
 def test_snapstart_eof_at_barrier_exits_cleanly(start) -> None:  # type: ignore[no-untyped-def]
@@ -750,3 +753,46 @@ def test_a_package_handler_module_is_imported_the_ordinary_way_in_a_snapstart_in
     rt.expect("ready")
     rt.invoke({}, "p")
     assert json.loads(rt.expect("response")[1]) == [["pkg", "inner"], "SourceFileLoader"]
+
+
+# -- the phases debug switch -------------------------------------------------------------------
+def _phase_names(line: str) -> list[str]:
+    """The phase names of a ``SNAPFAAS_PHASES <kind>: <name> cpu ... | ...`` line."""
+    return [part.strip().split(" cpu ")[0] for part in line.split(": ", 1)[1].split("|")]
+
+
+def test_phases_switch_logs_a_restore_and_its_first_invoke_once(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": SNAP_APP}, init_type="snap-start", env={"SNAPFAAS_RUNTIME_PHASES": "1"})
+    rt.expect("restore_ready")
+    assert "SNAPFAAS_PHASES" not in rt.wait_mark("init")
+    rt.send("restore", b"{}")
+    rt.expect("resumed")
+    rt.wait_mark("restore")
+    rt.expect("ready")
+    rt.invoke({}, "r1")
+    rt.expect("response")
+    lines = [line for line in rt.wait_mark("r1").splitlines() if line.startswith("SNAPFAAS_PHASES")]
+    assert len(lines) == 1, rt.log
+    assert lines[0].startswith("SNAPFAAS_PHASES restore: ")
+    assert _phase_names(lines[0]) == ["restored", "hooks", "first invoke"]
+    assert " faults " in lines[0] and " wall " in lines[0]
+    rt.invoke({}, "r2")
+    rt.expect("response")
+    assert "SNAPFAAS_PHASES" not in rt.wait_mark("r2")
+
+
+def test_phases_switch_logs_an_on_demand_init_even_when_the_first_invoke_fails(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP}, handler="app.fail", env={"SNAPFAAS_RUNTIME_PHASES": "1"})
+    rt.expect("ready")
+    rt.invoke({}, "r1")
+    rt.expect("error")
+    lines = [line for line in rt.wait_mark("r1").splitlines() if line.startswith("SNAPFAAS_PHASES")]
+    assert len(lines) == 1 and _phase_names(lines[0]) == ["init", "first invoke"], rt.log
+
+
+def test_without_the_phases_switch_nothing_is_sampled(start) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP})
+    rt.expect("ready")
+    rt.invoke({}, "r1")
+    rt.expect("response")
+    assert "SNAPFAAS_PHASES" not in rt.wait_mark("r1")

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import struct
+import time
 import zipfile
 from pathlib import Path
 
@@ -340,3 +341,49 @@ def test_merged_layers_later_files_win_and_trees_are_shared(store: ArtifactStore
     # garbage collection keeps only the referenced trees
     store.collect_garbage({base.digest, top.digest}, {(2, base.digest), (2, top.digest)})
     assert not merged.exists()
+
+
+# -- file times ------------------------------------------------------------------------------
+def test_extracted_files_keep_the_zip_entries_mtime(store: ArtifactStore) -> None:
+    """As unzip (and Lambda) extract: a shipped .pyc is only used when its source's mtime is
+    the one it was compiled against."""
+    data = make_zip({"app.py": "x = 1\n", "lib/util.py": "y = 2\n"})
+    tree = store.tree(store.ingest(data).digest, 0)
+    expected = time.mktime((2024, 1, 1, 0, 0, 0, 0, 0, -1))  # make_zip's DOS date_time, local time
+    assert (tree / "app.py").stat().st_mtime == (tree / "lib" / "util.py").stat().st_mtime == expected
+
+
+def test_the_extended_timestamp_field_wins_over_the_dos_time(store: ArtifactStore) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        info = zipfile.ZipInfo("app.py", date_time=(2024, 1, 1, 0, 0, 0))
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        info.extra = struct.pack("<HHBi", artifacts_module.EXTENDED_TIMESTAMP, 5, 1, 1_700_000_001)  # an odd second
+        archive.writestr(info, "x = 1\n")
+    tree = store.tree(store.ingest(buf.getvalue()).digest, 0)
+    assert (tree / "app.py").stat().st_mtime == 1_700_000_001
+
+
+def test_a_shipped_pyc_is_used_after_extraction(store: ArtifactStore, tmp_path: Path) -> None:
+    """A module compiled before zipping imports from its .pyc: the source is never compiled."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    source = b"VALUE = 'from source'\n"
+    mtime = 1_700_000_001
+    code = compile("VALUE = 'from bytecode'\n", "mod.py", "exec")  # differs from the source: shows which ran
+    import marshal
+
+    pyc = importlib.util.MAGIC_NUMBER + struct.pack("<III", 0, mtime, len(source)) + marshal.dumps(code)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, content in (("mod.py", source), (f"__pycache__/mod.{sys.implementation.cache_tag}.pyc", pyc)):
+            info = zipfile.ZipInfo(name, date_time=(2023, 11, 14, 22, 13, 20))
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.extra = struct.pack("<HHBi", artifacts_module.EXTENDED_TIMESTAMP, 5, 1, mtime)
+            archive.writestr(info, content)
+    tree = store.tree(store.ingest(buf.getvalue()).digest, 0)
+    out = subprocess.run([sys.executable, "-B", "-c", "import mod; print(mod.VALUE)"], cwd=tree, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "from bytecode"

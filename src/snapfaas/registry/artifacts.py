@@ -60,6 +60,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import threading
 import time
@@ -75,6 +76,24 @@ logger = logging.getLogger(__name__)
 
 UNZIP_ERROR = "Could not unzip uploaded file. Please check your file, then try to upload again."
 TREE_MTIME = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry
+EXTENDED_TIMESTAMP = 0x5455  # Info-ZIP's "UT" extra field (what `zip` writes): flags, then the mtime in Unix seconds
+
+
+def entry_mtime(info: zipfile.ZipInfo) -> float:
+    """The modification time a zip entry records: Info-ZIP's extended timestamp when it has
+    one (whole seconds, UTC), else the DOS date and time every entry carries (2-second steps,
+    local time, read the way zip tools write it)."""
+    extra = info.extra
+    while len(extra) >= 4:
+        kind, size = struct.unpack("<HH", extra[:4])
+        body = extra[4:4 + size]
+        if kind == EXTENDED_TIMESTAMP and len(body) >= 5 and body[0] & 1:  # bit 0: the mtime is present
+            return float(struct.unpack("<i", body[1:5])[0])
+        extra = extra[4 + size:]
+    try:
+        return time.mktime((*info.date_time, 0, 0, -1))
+    except (OverflowError, ValueError):  # a date no clock can hold: the earliest a zip can say
+        return float(TREE_MTIME)
 TEMPORARY_DIGEST = re.compile(r"\.(?:ingest|fetch)-([0-9a-f]{64})[.-]")  # staging dirs of `ingest` and fetches
 
 
@@ -448,7 +467,12 @@ class ArtifactStore:
             raise InvalidParameterValue(UNZIP_ERROR) from exc
 
     def _extract(self, data: bytes, infos: Iterable[zipfile.ZipInfo], dest: Path, owner: int | None) -> None:
-        """Extract with a hard byte budget, so a zip that lies about its sizes still stops."""
+        """Extract with a hard byte budget, so a zip that lies about its sizes still stops.
+        Each file gets the modification time its entry records (`entry_mtime`), as unzip and
+        Lambda give it: Python checks a shipped ``__pycache__/*.pyc`` against its source's
+        mtime and size, and with the extraction time as mtime every one was stale, so each
+        import compiled its source again (every on-demand init, and in every restored copy
+        each module a SnapStart function first imports after the restore)."""
         budget = self.limits.unzipped_bytes
         archive = zipfile.ZipFile(io.BytesIO(data))
         try:
@@ -468,6 +492,8 @@ class ArtifactStore:
                         out.write(chunk)
                 executable = (info.external_attr >> 16) & 0o111
                 os.chmod(target, 0o500 if executable else 0o400)
+                mtime = entry_mtime(info)
+                os.utime(target, (mtime, mtime))
             self._seal(dest, owner)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
             raise InvalidParameterValue(UNZIP_ERROR) from exc

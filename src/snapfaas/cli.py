@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import struct
 import sys
 import time
 import urllib.error
@@ -309,14 +310,30 @@ def parse_duration(text: str) -> float:
         raise click.BadParameter(f"not a duration: {text!r} (use e.g. 14d, 6h, 30m, 90s)") from exc
 
 
+EXTENDED_TIMESTAMP = 0x5455  # Info-ZIP's "UT" extra field (registry.artifacts reads it back)
+
+
 def zip_directory(path: Path) -> bytes:
+    """`path` zipped for CreateFunction / UpdateFunctionCode (a .zip file is sent as it is).
+
+    Bytecode in ``__pycache__`` goes along (what ``pip install --target`` compiled), and each
+    entry records its file's mtime to the second in Info-ZIP's extended timestamp, as ``zip -r``
+    writes it: Python uses a shipped .pyc only if its source's mtime is the one it was compiled
+    against (the extracted tree keeps the entries' times), and the DOS time alone moves in
+    2-second steps. A stale or foreign-version .pyc is harmless: Python compiles the source."""
     if path.is_file() and path.suffix == ".zip":
         return path.read_bytes()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(path.rglob("*")):
-            if file.is_file() and "__pycache__" not in file.parts:
-                archive.write(file, file.relative_to(path).as_posix())
+            if not file.is_file():
+                continue
+            info = zipfile.ZipInfo.from_file(file, file.relative_to(path).as_posix(), strict_timestamps=False)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            mtime = int(file.stat().st_mtime)
+            if 0 <= mtime < 2**31:  # the field's signed 32-bit seconds
+                info.extra = struct.pack("<HHBi", EXTENDED_TIMESTAMP, 5, 1, mtime)
+            archive.writestr(info, file.read_bytes())
     return buf.getvalue()
 
 

@@ -387,3 +387,31 @@ def test_a_shipped_pyc_is_used_after_extraction(store: ArtifactStore, tmp_path: 
     out = subprocess.run([sys.executable, "-B", "-c", "import mod; print(mod.VALUE)"], cwd=tree, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "from bytecode"
+
+
+def test_deploy_zips_ship_bytecode_that_the_extracted_tree_uses(store: ArtifactStore, tmp_path: Path) -> None:
+    """`snapfaas deploy DIR`: __pycache__ goes along and every entry keeps its mtime to the
+    second (an odd one here: the DOS time alone would round it), so the .pyc stays valid."""
+    import py_compile
+    import subprocess
+    import sys
+
+    from snapfaas.cli import zip_directory
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "mod.py").write_text("VALUE = 'source'\n")
+    os.utime(source / "mod.py", (1_700_000_001, 1_700_000_001))
+    py_compile.compile(str(source / "mod.py"), doraise=True)
+    pyc = source / "__pycache__" / f"mod.{sys.implementation.cache_tag}.pyc"
+    # the same header (mtime, size: sources of one length), other code: shows which one an import ran
+    (source / "other.py").write_text("VALUE = 'pyc!!!'\n")
+    os.utime(source / "other.py", (1_700_000_001, 1_700_000_001))
+    other = py_compile.compile(str(source / "other.py"), cfile=str(tmp_path / "other.pyc"), doraise=True)
+    pyc.write_bytes(Path(other).read_bytes())
+    (source / "other.py").unlink()
+    tree = store.tree(store.ingest(zip_directory(source)).digest, 0)
+    assert (tree / "mod.py").stat().st_mtime == 1_700_000_001
+    out = subprocess.run([sys.executable, "-B", "-c", "import mod; print(mod.VALUE)"], cwd=tree, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "pyc!!!"

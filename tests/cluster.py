@@ -16,6 +16,7 @@ killed process left) or its containers are deleted at the end.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import secrets
@@ -23,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,14 +167,9 @@ def run_cluster(processes: "ProcessFactory", postgres: "PostgresCluster", base: 
             handle.netns, handle.address = netns, address
             (base / node_id).mkdir()
             nodes.append(Node(handle, node_id, netns, address, sandbox))  # type: ignore[arg-type]
-        for node in nodes:
-            node.start()
+        _on_every_node(nodes, Node.start)  # together, as a cluster's nodes may start (schema work is locked)
         yield Cluster(nodes, registry, origin, secret_file, network)
-        for node in nodes:
-            if node.killed:
-                node.start()  # reaps what the killed process left
-            node.stop()
-            assert node.handle.runc_containers() == [], f"containers of node {node.node_id} survived its shutdown"
+        _on_every_node(nodes, _stop_checked)
     finally:
         for node in nodes:
             proc = node.handle.proc
@@ -186,6 +182,22 @@ def run_cluster(processes: "ProcessFactory", postgres: "PostgresCluster", base: 
             shutil.rmtree(snapshot_cache_for(node.sandbox), ignore_errors=True)
             remove_tree(run_dir_for(node.sandbox))
         network.close()
+
+
+def _on_every_node(nodes: list[Node], step: Callable[[Node], object]) -> None:
+    """Run `step` for every node at once (one thread each); the first failure is raised."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(nodes))) as pool:
+        for future in [pool.submit(step, node) for node in nodes]:
+            future.result()
+
+
+def _stop_checked(node: Node) -> None:
+    """Stop `node` (started again first if a test killed it: that reaps what it left) and check
+    that none of its containers survived."""
+    if node.killed:
+        node.start()
+    node.stop()
+    assert node.handle.runc_containers() == [], f"containers of node {node.node_id} survived its shutdown"
 
 
 def _delete_containers(node: Node) -> None:

@@ -97,13 +97,7 @@ def mappings(maps: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
 def find_words(data: bytes, base: int, old: int, code: list[tuple[int, int]]) -> dict[int, tuple[str, int]]:
     """Address -> (kind, value) of every aligned word in `data` (read at `base`) that is a copy
     of the guard `old` (``guard``) or a pointer into `code` mangled with it (``mangled``)."""
-    found: dict[int, tuple[str, int]] = {}
-    guard_bytes = WORD.pack(old)
-    at = data.find(guard_bytes)
-    while at >= 0:
-        if at % 8 == 0:
-            found[base + at] = ("guard", old)
-        at = data.find(guard_bytes, at + 1)
+    found = aligned_copies(data, base, old, "guard")
     # a pointer below 2**47 XOR the guard has the guard's top 17 bits, which rol 17 puts at the bottom
     low = WORD.pack(rotated_low(old))[:2]
     for match in re.finditer(re.escape(low), data):
@@ -120,12 +114,18 @@ def find_words(data: bytes, base: int, old: int, code: list[tuple[int, int]]) ->
 def find_canaries(data: bytes, base: int, canary: int) -> dict[int, tuple[str, int]]:
     """Address -> (``canary``, `canary`) of every aligned word in `data` (read at `base`) equal
     to the stack canary `canary`: the copies active frames hold, and the thread control block's."""
+    return aligned_copies(data, base, canary, "canary")
+
+
+def aligned_copies(data: bytes, base: int, value: int, kind: str) -> dict[int, tuple[str, int]]:
+    """Address -> (`kind`, `value`) of every 8-byte aligned word in `data` (read at `base`)
+    equal to `value`."""
     found: dict[int, tuple[str, int]] = {}
-    needle = WORD.pack(canary)
+    needle = WORD.pack(value)
     at = data.find(needle)
     while at >= 0:
         if at % 8 == 0:
-            found[base + at] = ("canary", canary)
+            found[base + at] = (kind, value)
         at = data.find(needle, at + 1)
     return found
 

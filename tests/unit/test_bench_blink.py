@@ -200,7 +200,8 @@ def _stats(median: float) -> dict:
 def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     parts = {"daemon": 50.0, "runc & helpers": 30.0, "CRIU": 10.0, "runtime": 40.0, "total": 130.0}
     fn = {"cold_e2e_ms": _stats(3000.0), "restore_e2e_ms": _stats(100.0), "restore_duration_ms": _stats(60.0),
-          "speedup_cold_over_restore": 30.0, "cpu": {"per_restore_ms": parts, "daemon_threads_ms": {"python": 45.0}}}
+          "speedup_cold_over_restore": 30.0, "cpu": {"per_restore_ms": parts, "daemon_threads_ms": {"python": 45.0}},
+          "cold_check": {"rev": "05747f3", "now_ms": _stats(3000.0), "before_ms": _stats(2900.0), "now_over_before": 1.03}}
     snap = {"environments": 1, "processes": 2, "footprint_bytes": 41 << 20, "pss_bytes": 40 << 20, "kernel_bytes": 1 << 20,
             "rss_bytes": 50 << 20, "cgroup_bytes": 8 << 20, "mem_available_drop_bytes": 9 << 20}
     many = {**snap, "environments": 16, "footprint_bytes": 71 << 20, "pss_bytes": 55 << 20, "kernel_bytes": 16 << 20,
@@ -225,6 +226,7 @@ def test_markdown_reports_every_section_and_the_count_of_targets_met() -> None:
     assert "init (pid 1) 0.1 MiB, of its runtime 1.0 MiB" in text
     assert "kernel memory 1.0 MiB (page tables 464 KiB, kernel stacks 68 KiB, slab 276 KiB)." in text
     assert "NOT MEASURED" in text and "2 CPUs shared" in text
+    assert "- torch: 3000.0 ms now vs 2900.0 ms on 05747f3 (1.03x)" in text  # the cold start the ratio divides, checked
     assert "| 0.44 | — / — ms |" in text and "| 0.5 | 1.1 / 0.5 ms |" in text  # the daemon's CPU per request, when measured
 
 

@@ -64,6 +64,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 WARM_REPEATS = 3
+COLD_CHECK_RUNS = 3  # on-demand cold starts per side, alternating with the baseline's (see `check_cold`)
 
 
 def merge_warm(repetitions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -241,6 +242,20 @@ def measure_function(bench: Bench, name: str, runs: int, say: Callable[[str], No
     return row
 
 
+def check_cold(bench: Bench, baseline: Bench, name: str, rev: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """`COLD_CHECK_RUNS` on-demand cold starts of `name` on this code and on the baseline
+    revision's server, alternating: target 1 divides by the restore, so a ratio must not grow
+    because the cold start got slower. Reported beside the speedup, not judged."""
+    say(f"[{name}] on-demand cold starts, {COLD_CHECK_RUNS} alternating with the baseline's ({rev})")
+    now: list[float] = []
+    before: list[float] = []
+    for _ in range(COLD_CHECK_RUNS):
+        now += bench.cold(name, 1)
+        before += baseline.cold(name, 1)
+    return {"rev": rev, "now_ms": _stats(now), "before_ms": _stats(before),
+            "now_over_before": round(_stats(now)["median"] / _stats(before)["median"], 2)}
+
+
 def measure_burst(bench: Bench, name: str, size: int, single_ms: float) -> dict[str, Any]:
     """A first burst of `size` concurrent restores (reported apart: it runs on memory the host
     has not backed yet), then 3 whose p99 is compared with a single restore (`single_ms`)."""
@@ -340,6 +355,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, burst: i
                         sides["before"] = (baseline_pid, baseline.server.data_dir / "runc", _restore_once(baseline, name), baseline_log)
                     say(f"[{name}] CPU per restore: {cpu_batches} batches of {cpu_per_batch} restores" +
                         (", alternating with the baseline's" if baseline is not None else ""))
+                    if baseline is not None and "speedup" in want:
+                        row["cold_check"] = check_cold(bench, baseline, name, baseline_rev, say)
                     measured = measure_cpu_alternating(sides, cpu_batches, cpu_per_batch)
                     row["cpu"] = measured["now"]
                     if "before" in measured:
@@ -442,6 +459,14 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['restore_duration_ms']['median']} ms | {_get(r, 'first_invoke_duration_ms', 'median')} ms | "
                      f"{_get(r, 'warm_e2e_ms', 'median')} / {_get(r, 'warm_duration_ms', 'median')} ms | "
                      f"{r['speedup_cold_over_restore']}x |")
+    checked = {name: r["cold_check"] for name, r in timed.items() if "cold_check" in r}
+    if checked:
+        lines += ["", "The cold starts the ratios divide, checked against the baseline revision's server in the same run "
+                  f"({COLD_CHECK_RUNS} on-demand cold starts each, alternating; a ratio near 1 means the speedup did not "
+                  "grow from a slower cold start):", ""]
+        for name, c in checked.items():
+            lines.append(f"- {name}: {c['now_ms']['median']} ms now vs {c['before_ms']['median']} ms on {c['rev']} "
+                         f"({c['now_over_before']}x)")
     with_cpu = {name: r for name, r in result["functions"].items() if "cpu" in r}
     if with_cpu:
         lines += ["", "CPU per restore (ms; median over batches, each batch's figure divided by its restores; one restore = "

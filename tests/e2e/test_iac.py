@@ -7,6 +7,7 @@ Plus Terraform itself where the machine has it and its AWS provider (skipped oth
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -59,36 +60,52 @@ def cli_reader(server: ServerHandle, home: Path) -> Read:
 
 
 def read_state(read: Read, name: str) -> dict[str, Any]:
-    """What Terraform's aws_lambda_function (and its sibling resources) read, as one state."""
+    """What Terraform's aws_lambda_function (and its sibling resources) read, as one state.
+    Reads that do not depend on each other are made concurrently, as Terraform's refresh does
+    (through the AWS CLI each is a process start of its own)."""
     state: dict[str, Any] = {}
     error, function = read("get_function", FunctionName=name)
     if error is not None:
         return {"error": error}
     config = function["Configuration"]
-    error, signing = read("get_function_code_signing_config", FunctionName=name)
+    by_name = {"FunctionName": name}
+    reads: dict[str, tuple[str, dict[str, Any]]] = {
+        "signing": ("get_function_code_signing_config", by_name), "versions": ("list_versions_by_function", by_name),
+        "tags": ("list_tags", {"Resource": config["FunctionArn"]}), "concurrency": ("get_function_concurrency", by_name),
+        "runtime_management": ("get_runtime_management_config", by_name),
+        "recursion": ("get_function_recursion_config", by_name),
+        **{operation: (operation, by_name) for operation in (
+            "get_function_url_config", "get_function_event_invoke_config", "get_policy")},
+        "provisioned": ("list_provisioned_concurrency_configs", by_name), "urls": ("list_function_url_configs", by_name),
+        "mappings": ("list_event_source_mappings", by_name),
+    }
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = {key: pool.submit(read, operation, **params) for key, (operation, params) in reads.items()}
+        answers = {key: future.result() for key, future in futures.items()}
+    error, signing = answers["signing"]
     assert error is None and signing == {**signing, "FunctionName": name, "CodeSigningConfigArn": ""}, (error, signing)
-    error, versions = read("list_versions_by_function", FunctionName=name)
+    error, versions = answers["versions"]
     assert error is None
     latest = max(int(v["Version"]) for v in versions["Versions"] if v["Version"] != "$LATEST")
     error, published = read("get_function", FunctionName=name, Qualifier=str(latest))
     assert error is None
-    error, tags = read("list_tags", Resource=config["FunctionArn"])
+    error, tags = answers["tags"]
     assert error is None
-    error, concurrency = read("get_function_concurrency", FunctionName=name)
+    error, concurrency = answers["concurrency"]
     assert error is None
-    error, runtime_management = read("get_runtime_management_config", FunctionName=name)
+    error, runtime_management = answers["runtime_management"]
     assert (error, runtime_management.get("UpdateRuntimeOn"), runtime_management.get("FunctionArn")) == (
         None, "Auto", config["FunctionArn"])
-    error, recursion = read("get_function_recursion_config", FunctionName=name)
+    error, recursion = answers["recursion"]
     assert (error, recursion.get("RecursiveLoop")) == (None, "Terminate")
     for operation in ("get_function_url_config", "get_function_event_invoke_config", "get_policy"):
-        error, _ = read(operation, FunctionName=name)
+        error, _ = answers[operation]
         assert error == "ResourceNotFoundException", (operation, error)
-    error, provisioned = read("list_provisioned_concurrency_configs", FunctionName=name)
+    error, provisioned = answers["provisioned"]
     assert (error, provisioned.get("ProvisionedConcurrencyConfigs")) == (None, [])
-    error, urls = read("list_function_url_configs", FunctionName=name)
+    error, urls = answers["urls"]
     assert (error, urls.get("FunctionUrlConfigs")) == (None, [])
-    error, mappings = read("list_event_source_mappings", FunctionName=name)
+    error, mappings = answers["mappings"]
     assert (error, mappings.get("EventSourceMappings")) == (None, [])
     state.update(
         runtime=config["Runtime"], handler=config["Handler"], role=config["Role"], memory_size=config["MemorySize"],

@@ -50,6 +50,7 @@ CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 15_000
 POOL_SIZE = 8
 POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+TABLES_LOCK = 0x736E_6170_7462  # pg_advisory_xact_lock key: nodes starting together create tables in turn
 
 
 def is_postgres_url(target: str | Path) -> bool:
@@ -117,6 +118,17 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     once with "database is locked" when both upgrade from reading; on PostgreSQL a plain one."""
     with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
         yield conn
+
+
+def create_tables(engine: Engine, metadata: sqlalchemy.MetaData) -> None:
+    """Create `metadata`'s missing tables, safely against other processes doing the same: on
+    PostgreSQL two nodes starting together would both find a table missing and the second
+    ``CREATE TABLE`` would fail (duplicate table), so they take turns on an advisory lock; on
+    SQLite the write transaction serializes them."""
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_xact_lock(TABLES_LOCK)))
+        metadata.create_all(conn)
 
 
 def is_connection_failure(exc: BaseException) -> bool:

@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from snapfaas.database import unavailable, write_transaction
+from snapfaas.database import create_tables, unavailable, write_transaction
 from snapfaas.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Leases:
         # SQLite (one host): serialize this process's read-then-write steps; the CAS does the rest
         self._local = threading.Lock()
         with unavailable("create claims table"):
-            metadata.create_all(engine)
+            create_tables(engine, metadata)
 
     @contextmanager
     def _tx(self, step: str) -> Iterator[Connection]:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 
 from snapfaas.cluster import schema
 from snapfaas.cluster.nodes import SUSPECT_S, NodeLoad, NodeRecord, NodeView, classify
-from snapfaas.database import unavailable
+from snapfaas.database import create_tables, unavailable
 from snapfaas.errors import SnapfaasError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Membership:
     def join(self, store_secret: bytes) -> None:
         """Create the tables, agree on the secrets, read the nodes."""
         with unavailable("join the cluster"):
-            schema.metadata.create_all(self.engine)
+            create_tables(self.engine, schema.metadata)
             with self.engine.begin() as conn:
                 key = secrets.token_hex(32)
                 fingerprint = store_fingerprint(store_secret)

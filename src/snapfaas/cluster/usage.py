@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from snapfaas.cluster.leases import db_now
-from snapfaas.database import unavailable, write_transaction
+from snapfaas.database import create_tables, unavailable, write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class UsageBoard:
         self.row_ttl_s = row_ttl_s
         self._now = db_now(engine)
         with unavailable("create node_usage table"):
-            metadata.create_all(engine)
+            create_tables(engine, metadata)
 
     def exchange(self, counts: Mapping[str, int]) -> RemoteUsage:
         """Publish this node's in-use counts; return the other live nodes' (one transaction)."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 
 import sqlalchemy
@@ -19,20 +20,14 @@ def test_nodes_creating_the_tables_together_all_succeed(postgres) -> None:  # ty
         url = postgres.create_database(f"create_tables_{attempt}")
         engines = [open_engine(url) for _ in range(NODES)]
         start = threading.Barrier(NODES)
-        failures: list[BaseException] = []
 
         def node(engine: sqlalchemy.Engine) -> None:
             start.wait()
-            try:
-                create_tables(engine, schema.metadata)
-            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
-                failures.append(exc)
+            create_tables(engine, schema.metadata)
 
-        threads = [threading.Thread(target=node, args=(engine,)) for engine in engines]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with concurrent.futures.ThreadPoolExecutor(NODES) as pool:
+            outcomes = [pool.submit(node, engine) for engine in engines]
+        failures = [future.exception() for future in outcomes if future.exception() is not None]
         for engine in engines:
             engine.dispose()
         assert failures == []

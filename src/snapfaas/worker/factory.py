@@ -191,10 +191,7 @@ class EnvironmentFactory:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(RUNTIME_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for dirpath, _, filenames in os.walk(self.runtime_mount):
-            os.chmod(dirpath, 0o755)
-            for name in filenames:
-                os.chmod(os.path.join(dirpath, name), 0o644)
+        _world_readable(self.runtime_mount)
         path = self.config.sandbox_dir
         while path != path.parent:
             if path.exists():
@@ -248,11 +245,7 @@ class EnvironmentFactory:
             return
         if done.returncode != 0:
             logger.warning("byte-compiling the runtime with %s failed: %s", executable, done.stdout.strip()[-300:])
-        for dirpath, _, filenames in os.walk(package):
-            if os.path.basename(dirpath) == "__pycache__":
-                os.chmod(dirpath, 0o755)
-                for name in filenames:
-                    os.chmod(os.path.join(dirpath, name), 0o644)
+        _world_readable(package)
 
     async def network(self) -> NetworkLease | None:
         """A fresh network namespace for one environment, with the daemon's services listening
@@ -388,3 +381,11 @@ class EnvironmentFactory:
             make_private_rootfs(rootfs, [interp])
         container.write_config(render(spec, rootfs, runtime_args(version.runtime)))
         return env
+
+
+def _world_readable(tree: Path) -> None:
+    """Directories 0755 and files 0644 below (and at) `tree`: what the sandbox's users read."""
+    for dirpath, _, filenames in os.walk(tree):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)

@@ -86,6 +86,9 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
                    "layout for every snapshot (restored and on-demand environments are unaffected).")
 @click.option("--runc", "runc_binary", default="runc", show_default=True, metavar="PATH",
               help="The runc binary the daemon runs (a name on PATH or a path), e.g. a wrapper that accounts its CPU.")
+@click.option("--invoke-timeline", is_flag=True,
+              help="Debug: log each invoke's steps (arrival, auth, pool, restore steps, response) with their "
+                   "wall times, one INFO line per invoke (logger snapfaas.timeline).")
 @click.option("--restore-engine", type=click.Choice(["runc", "criu"]), default="criu", show_default=True,
               help="What restores a SnapStart environment: runc (`runc restore`, `runc kill`, `runc delete` per "
                    "environment) or criu (the daemon drives CRIU's RPC itself, doing runc's cgroup, mount, network "
@@ -180,6 +183,8 @@ def serve(**opts: Any) -> None:
     from snapfaas.server import Server
 
     logging.basicConfig(level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if opts["invoke_timeline"]:  # the switch asks for these lines whatever the log level
+        logging.getLogger("snapfaas.timeline").setLevel(logging.INFO)
     try:
         overrides = parse_runtime_overrides(opts["runtimes"])
         log_cap = parse_size(opts["log_max_bytes"])
@@ -213,6 +218,7 @@ def serve(**opts: Any) -> None:
         restore_memory=opts["restore_memory"],
         runc_binary=opts["runc_binary"],
         restore_engine=opts["restore_engine"],
+        invoke_timeline=opts["invoke_timeline"],
         restore_loading=opts["restore_loading"],
         snapshot_init_aslr=opts["snapshot_init_aslr"],
         sandbox_network=opts["sandbox_network"],

@@ -232,7 +232,7 @@ class Server:
         timeouts = ClientTimeouts(cfg.client_header_timeout_s, cfg.client_body_timeout_s, cfg.client_idle_timeout_s)
         app = build_app(services, verifier, ReplayCache() if cfg.replay_cache and cfg.auth else None,
                         limits=cfg.limits, timeouts=timeouts, spool_dir=cfg.uploads_dir,
-                        dashboard_keys=keys if cfg.auth else None)
+                        dashboard_keys=keys if cfg.auth else None, invoke_timeline=cfg.invoke_timeline)
         runner = GuardedRunner(app, timeouts, access_log=None, handle_signals=False)
         await runner.setup()
         # what functions reach inside their own network namespace: always authenticated

@@ -19,6 +19,7 @@ from snapfaas.api import logs as log_routes
 from snapfaas.api.invoke import forwarded_invoke, invoke
 from snapfaas.api.links import PATH_PREFIX
 from snapfaas.dashboard import routes as dashboard
+from snapfaas import timeline
 from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
 from snapfaas.errors import InvalidSignature, NotFound, RequestTooLarge, ServiceError, SnapfaasError
@@ -31,7 +32,7 @@ EVENT_CONFIG = "/2019-09-25/functions/{name}/event-invoke-config"
 def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache | None = None,
               limits: Limits | None = None, timeouts: ClientTimeouts | None = None,
               spool_dir: Path | None = None, dashboard_keys: dict[str, str] | None = None,
-              with_dashboard: bool = True) -> web.Application:
+              with_dashboard: bool = True, invoke_timeline: bool = False) -> web.Application:
     """`verifier` None disables authentication (``--no-auth``); `replay` refuses a second use
     of a signature (``--replay-cache``); `limits` and `timeouts` bound request bodies, whose
     bytes past 256 KiB wait in `spool_dir` (default: the system's temporary directory) until
@@ -43,6 +44,8 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     (`access.authorize_request`), the body loaded into memory, then the handler runs.
     Unsigned routes (health, credentials, code links) read no body.
     The dashboard (`with_dashboard`) signs in with `dashboard_keys` (None: open, ``--no-auth``).
+    `invoke_timeline` (``--invoke-timeline``): each invoke's steps are marked and logged
+    (`snapfaas.timeline`).
     """
     body_limits = limits or Limits()
     body_idle_s = (timeouts or ClientTimeouts()).body_s
@@ -87,9 +90,11 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
     @web.middleware
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         request_id = request[REQUEST_ID] = str(uuid.uuid4())
+        timed = timeline.begin(request_id) if invoke_timeline and request.path.endswith("/invocations") else None
         try:
             if not _unsigned_allowed(request.path) and not _metrics_token(request):
                 await admit(request)
+                timeline.mark("authenticated")
             response = await handler(request)
         except SnapfaasError as err:
             return error_response(err, request_id)
@@ -106,6 +111,9 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
         except Exception:  # every other failure is ours: log it, answer ServiceException, keep serving
             logger.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(ServiceError("An internal error occurred; see the snapfaas server log."), request_id)
+        finally:
+            if timed is not None:
+                timeline.end(timed)
         response.headers.setdefault("x-amzn-RequestId", request_id)
         return response
 

@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from snapfaas import timeline
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox import criu_rpc
 from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1, parse_proc_cgroup
@@ -256,8 +257,11 @@ class CriuContainer(Container):
         container's settings, and ``config.json`` (blocking)."""
         assert self.config is not None
         self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle)))
+        timeline.mark("record written [thread]")
         create_v1(self.cgroup, limits_of(self.config))
+        timeline.mark("cgroup made [thread]")
         self._write_config_file()
+        timeline.mark("config.json written [thread]")
 
     async def start(self, restore_from: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
         """`Container.start` for a fresh container; for a restore, CRIU restores the images in
@@ -291,13 +295,14 @@ class CriuContainer(Container):
         # starts CRIU, which waits for its request: CRIU joins the cgroup (below) before it
         # restores anything. Files written in threads are waited for before this returns or
         # raises, so a teardown never races them.
-        cgroup_made = loop.run_in_executor(None, self._prepare_host)
+        cgroup_made = loop.run_in_executor(None, timeline.carried(self._prepare_host))
         recorded: asyncio.Future[None] | None = None
         try:
             step = "rootfs"
             root = str(self.config["root"]["path"])
             _mount_bind(root, root)
             self._root_mounted = root
+            timeline.mark("rootfs bind-mounted")
             step = "images"
             pipe_keys = json.loads((images / "descriptors.json").read_text())
             images_fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -319,6 +324,7 @@ class CriuContainer(Container):
             client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             to_close.append(server.detach())
             client.setblocking(False)
+            timeline.mark("images, netns, pipes opened")
             step = "exec criu"
             server_fd = to_close[-1]
             self._criu = ChildProcess(
@@ -327,10 +333,13 @@ class CriuContainer(Container):
                 pass_fds=(server_fd, *([netns_fd] if netns_fd is not None else [])),
                 start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},
             )
+            timeline.mark("criu spawned")
             step = "record, cgroup and config.json"
             await asyncio.shield(cgroup_made)
+            timeline.mark("host prepared (awaited)")
             step = "move criu into the cgroup"
             roots = await _off_loop(functools.partial(_join_cgroup, self.cgroup, self._criu.pid))
+            timeline.mark("criu moved into the cgroup")
             request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd, roots)
             for fd in (stdin_r, stdout_w, stderr_w, server_fd):  # CRIU holds them now
                 os.close(fd)
@@ -338,13 +347,16 @@ class CriuContainer(Container):
             step = "criu swrk"
             with client:
                 await loop.sock_sendall(client, request.encode())
+                timeline.mark("criu request sent")
                 answer = await loop.sock_recv(client, RESPONSE_MAX)
+                timeline.mark("criu answered")
             response = criu_rpc.decode_response(answer) if answer else None
             restored_pid = response.pid if response is not None and response.success and response.pid else None
             if restored_pid is not None:  # recorded while CRIU exits
                 recorded = loop.run_in_executor(None, self.engine.ledger.write,
                                                 RestoredRecord(self.id, self.cgroup, str(self.bundle), restored_pid))
             status = await self._criu.wait()
+            timeline.mark("criu exited")
             if recorded is not None and restored_pid is not None:
                 step = "record"
                 await asyncio.shield(recorded)

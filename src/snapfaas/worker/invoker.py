@@ -17,6 +17,7 @@ import random
 import uuid
 from pathlib import Path
 
+from snapfaas import timeline
 from snapfaas.config import Limits
 from snapfaas.errors import Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
 from snapfaas.registry.db import Registry
@@ -123,6 +124,7 @@ class Invoker:
         self.check_ready(version)
         reserved = self.lookups.reserved_concurrency(name)
         self.touch(version)
+        timeline.mark("resolved")
         outcome = await self.worker.invoke(
             version,
             InvokeRequest(request_id, payload, invoked_arn, float(version.timeout), context),
@@ -132,6 +134,7 @@ class Invoker:
         if tail:
             raw = "".join(outcome.log_lines).encode()
             tail_text = base64.b64encode(raw[-self.limits.log_tail_bytes :]).decode()
+        timeline.mark("outcome")
         return InvokeResult(200, outcome.payload, request_id, version.version, outcome.function_error, tail_text)
 
     def touch(self, version: FunctionVersion) -> None:

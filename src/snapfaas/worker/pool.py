@@ -32,7 +32,7 @@ from snapfaas.snapshot.engine import criu_errors
 from snapfaas.snapshot.sockets import DEFAULT_CONNECTION_MODE
 from snapfaas.snapshot.vault import CacheLease
 from snapfaas.snapshot.workingset import WorkingSetKeeper
-from snapfaas import metrics
+from snapfaas import metrics, timeline
 from snapfaas.worker import billing, platform_log
 from snapfaas.worker.billing import Phase
 from snapfaas.worker.factory import EnvironmentFactory
@@ -676,10 +676,12 @@ class Worker:
         if self._closing:
             raise ServiceError("invoke failed at step 'admit': the worker is shutting down")
         await self._admission(version.name, reserved)
+        timeline.mark("admitted")
         env: Environment | None = None
         healthy = False
         try:
             placement = await self._place(pool_key(version))
+            timeline.mark("placed")
             env = placement.env
             phase: Phase | None = None
             if env is None:
@@ -696,6 +698,7 @@ class Worker:
                 env.move(EnvState.BUSY)
                 if self._closing:  # close() ran while idle ones were being evicted
                     raise ServiceError("invoke failed at step 'create environment': the worker is shutting down")
+                timeline.mark("environment built")
                 started = await self._start(env, request)
                 if isinstance(started, InvokeOutcome):
                     return started
@@ -768,9 +771,13 @@ class Worker:
         """An on-demand environment, or one restored from the version's snapshot (unless `on_demand`)."""
         slice_index = self.factory.slice_of(version.name)  # one registry lookup for the code, images and bundle
         await self.factory.stage_code(version, slice_index)  # off the event loop: the code may come from the store origin
+        timeline.mark("code staged")
         async with self.factory.network_for_new_environment() as network:
+            timeline.mark("network leased")
             if version.uses_snapshot and self.snapshots is not None and not on_demand:
+                timeline.set_kind("restore")
                 lease = await self.snapshots.images(version, slice_index)  # pinned until the restore is over (lazy: until destroyed)
+                timeline.mark("images leased")
                 try:
                     env = self.factory.restored(version, lease.path, network, slice_index)
                 except BaseException:
@@ -781,6 +788,7 @@ class Worker:
                 env.on_destroy.append(lease.release)  # lazy: the process reads them until it is gone
                 env.on_destroy.append(lambda: self.credentials.revoke(env.id))
                 return env
+            timeline.set_kind("init")
             identity = "env-" + secrets.token_hex(8)
             env = self.factory.create(version, extra_environ=self.credentials.environ(identity, version.name, version.role), network=network)
             env.credentials_expire_at = self.credentials.expires(identity)
@@ -826,19 +834,25 @@ class Worker:
             async with asyncio.timeout(RESTORE_TIMEOUT_S):
                 async with self._restore_slots:  # bound a huge burst: queued restores count against the timeout
                     slot = time.monotonic()
+                    timeline.mark("restore slot")
                     env.hold_output()
                     criu_environ = self.snapshots.restore_environ(env.version)
                     await env.container.start(restore_from=env.restore_from, environ=criu_environ)
+                    timeline.mark("container restored")
                     env.start_readers()
                     await env.send("restore", json.dumps(updates).encode(), reseed=self.reseed_after_restore,
                                    connections=self.snapstart_connections)
+                    timeline.mark("restore sent")
                     frame = await env.next_frame(None)  # "resumed": the process runs again
+                    timeline.mark("resumed frame")
                 env.release_output(to_function_log=True)
                 resumed = time.monotonic()
                 if frame.kind == "resumed":  # hooks run outside the slot
                     frame = await env.next_frame(None)
                 ready = time.monotonic()
+                timeline.mark("ready frame")
                 await env.wait_mark("restore")
+                timeline.mark("restore logs read")
                 logger.debug("environment %s restore phases: queued %.1f ms, runc+criu to resumed %.1f ms, "
                              "hooks %.1f ms, logs %.1f ms", env.id, (slot - started) * 1000, (resumed - slot) * 1000,
                              (ready - resumed) * 1000, (time.monotonic() - ready) * 1000)
@@ -876,6 +890,7 @@ class Worker:
         env.log(f"INIT_START Runtime Version: {env.version.runtime}.snapfaas\n")
         env.begin_capture()
         await env.container.start()
+        timeline.mark("container started")
         env.start_readers()
         init_timeout = max(10.0, float(env.version.timeout))
         try:
@@ -942,9 +957,12 @@ class Worker:
         error_type: str | None = None
         try:
             await env.send_invoke(request, deadline_ms)
+            timeline.mark("invoke sent")
             frame = await env.next_frame(request.timeout_s)
+            timeline.mark("response frame")
             if not env.logs_read(frame):
                 await env.wait_mark(request.request_id)
+                timeline.mark("invoke logs read")
             if frame.kind == "response":
                 payload, function_error, healthy = frame.payload, None, True
             elif frame.kind == "error":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from snapfaas import timeline
 from snapfaas.bench import cpu
 from snapfaas.sandbox.cgroup import CGROUP_ROOT, daemon_cgroup
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
@@ -73,7 +74,7 @@ def handler(event, context):
 def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     require_root()
     base = tmp_path_factory.mktemp("engine")
-    yield from run_server(processes, base, ["--keep-alive", "3", "--restore-engine", "criu"])
+    yield from run_server(processes, base, ["--keep-alive", "3", "--restore-engine", "criu", "--invoke-timeline"])
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,23 @@ def test_restore_and_invoke_without_runc(lam, fn: str, server: ServerHandle) -> 
     again, second = invoke_json(lam, fn, {}, Qualifier="1", LogType="Tail")
     assert_warm(again["LogResult"])
     assert second["env_id"] == body["env_id"]
+
+
+def test_invoke_timeline_names_each_restore_step(lam, fn: str, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
+    """``--invoke-timeline``: one log line per invoke with its steps, the criu engine's among them."""
+    wait_for(cpu.settled(server.proc.pid, server.data_dir / "runc"), 60, "idle environments to be reclaimed")
+    response, _ = invoke_json(lam, fn, {}, Qualifier="1", LogType="Tail")
+    assert_restored(response["LogResult"])
+    request_id = response["ResponseMetadata"]["RequestId"]
+    lines = [line for line in server.log_path.read_text().splitlines() if f"invoke timeline {request_id} " in line]
+    assert len(lines) == 1, lines
+    kind, steps = timeline.parse(lines[0])
+    assert kind == "restore"
+    names = [name for name, _ in steps]
+    for step in ("parsed", "authenticated", "images leased", "criu spawned", "criu moved into the cgroup",
+                 "criu answered", "resumed frame", "invoke sent", "response frame", "answered"):
+        assert step in names, names
+    assert names.index("criu spawned") < names.index("criu answered") < names.index("response frame")
 
 
 def test_restored_environment_keeps_the_isolation(lam, fn: str) -> None:  # type: ignore[no-untyped-def]

@@ -45,7 +45,7 @@ from snapfaas.registry.changes import StaleEnvironments
 from snapfaas.registry.db import Registry
 from snapfaas.registry.service import ControlPlane
 from snapfaas.sandbox import ids
-from snapfaas.sandbox.cgroup import is_v1
+from snapfaas.sandbox.cgroup import AttachPrimer, is_v1
 from snapfaas.sandbox.container import Runc
 from snapfaas.sandbox.criu_container import CriuEngine
 from snapfaas.sandbox import restored
@@ -167,6 +167,7 @@ class Server:
         credentials_env = EndpointCredentials(identity, cfg.credentials_uri, cfg.account_id)
         factory = EnvironmentFactory(cfg, runc, artifacts, interpreters, logs, registry.id_slice)
         factory.restored_ledger = ledger
+        factory.attach_primer = AttachPrimer()
         worker = Worker(factory, cfg.max_environments, cfg.keep_alive_s, credentials=credentials_env,
                         admission_wait_s=cfg.admission_wait_s)
         worker.account_limit = cfg.account_concurrency

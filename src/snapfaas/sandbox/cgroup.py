@@ -20,12 +20,15 @@ removes its whole subtree at start (after reaping leftover containers) and at sh
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
 import logging
 import os
 from pathlib import Path
+
+from snapfaas import timeline
 
 logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -278,6 +281,67 @@ def attach_v1(cgroup: str, pid: int, root: Path = CGROUP_ROOT) -> None:
             path.write_text(str(pid))
         except OSError as exc:
             raise OSError(exc.errno, f"moving pid {pid} into {path}: {exc.strerror}") from exc
+
+
+def prime_attach(root: Path = CGROUP_ROOT) -> None:
+    """Take the kernel's cgroup attach lock once without moving anything: write this process's
+    pid into the cgroup it is in already (its ``pids`` cgroup on v1, its cgroup on v2).
+
+    Why: every write to a ``cgroup.procs`` takes the global ``cgroup_threadgroup_rwsem`` for
+    writing, and the first writer after a quiet spell waits for an RCU grace period (the
+    semaphore's rcu_sync; 10-20 ms here, longer under load) while writers that come within
+    about one grace period of the previous one do not wait. Moving a restore's CRIU into its
+    cgroup was that first writer, on the restore's critical path; a no-op move started when
+    the restore begins (in a worker thread) waits out the grace period while the daemon
+    prepares the rest. Raises OSError (no such hierarchy, or not allowed)."""
+    if is_v1(root):
+        pairs = parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+        path = next((p for controller, p in pairs if controller == "pids"), None)
+        if path is None:
+            raise OSError("priming the cgroup attach lock: no pids hierarchy in /proc/self/cgroup")
+        procs = root / "pids" / path.lstrip("/") / "cgroup.procs"
+    else:
+        path = Path("/proc/self/cgroup").read_text().strip().rpartition(":")[2]
+        procs = root / path.lstrip("/") / "cgroup.procs"
+    try:
+        procs.write_text(str(os.getpid()))
+    except OSError as exc:
+        raise OSError(exc.errno, f"priming the cgroup attach lock through {procs}: {exc.strerror}") from exc
+
+
+class AttachPrimer:
+    """Starts `prime_attach` in a worker thread when a new environment is about to be made,
+    so the grace period its container's first cgroup move would wait for passes meanwhile.
+
+    At most one priming runs at a time (the environments of a burst share it: their moves
+    follow each other within a grace period). The first failure is logged and turns priming
+    off for the process (a cgroup tree this daemon may not write to: nothing else breaks).
+    Use on the event loop's thread."""
+
+    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+        self.root = root
+        self.enabled = True
+        self._running = False
+
+    def start(self) -> asyncio.Future[None] | None:
+        """Start a priming unless one runs or priming is off; its future (None: not started)."""
+        if self._running or not self.enabled:
+            return None
+        self._running = True
+        future = asyncio.get_running_loop().run_in_executor(None, timeline.carried(self._prime))
+        future.add_done_callback(self._done)
+        return future
+
+    def _prime(self) -> None:
+        prime_attach(self.root)
+        timeline.mark("cgroup attach lock primed [thread]")
+
+    def _done(self, future: asyncio.Future[None]) -> None:
+        self._running = False
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self.enabled = False
+            logger.warning("cgroup attach priming turned off: %s", error)
 
 
 def parse_proc_cgroup(text: str) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import custom, init
 from snapfaas.sandbox import etc
-from snapfaas.sandbox.cgroup import container_cgroup, environment_cgroup
+from snapfaas.sandbox.cgroup import AttachPrimer, container_cgroup, environment_cgroup
 from snapfaas.sandbox.container import CHANNEL_FDS, CHANNEL_FDS_VARIABLE, CONTAINER_PREFIX, Container, Runc
 from snapfaas.sandbox.criu_container import CriuContainer, CriuEngine
 from snapfaas.sandbox.restored import RestoredLedger
@@ -163,6 +163,7 @@ class EnvironmentFactory:
         self.services: EnvironmentServices | None = None
         self.criu_engine: CriuEngine | None = None  # set by the server under --restore-engine criu: restores without runc
         self.restored_ledger: RestoredLedger | None = None  # records of containers restored by CRIU directly
+        self.attach_primer: AttachPrimer | None = None  # set by the server: see `prime_cgroup_attach`
         self.store_secret: bytes | None = None  # the deployment secret (set by the server): per-function hash seeds
         self.fixed_layout_launcher: list[str] | None = None if config.snapshot_init_aslr else determinism.fixed_layout_launcher()
         self._sources: dict[str, dict[str, str]] = {}
@@ -246,6 +247,12 @@ class EnvironmentFactory:
         if done.returncode != 0:
             logger.warning("byte-compiling the runtime with %s failed: %s", executable, done.stdout.strip()[-300:])
         _world_readable(package)
+
+    def prime_cgroup_attach(self) -> None:
+        """An environment is about to be made: let the grace period its container's first cgroup
+        move waits for (`cgroup.prime_attach`) pass while the rest is prepared."""
+        if self.attach_primer is not None:
+            self.attach_primer.start()
 
     async def network(self) -> NetworkLease | None:
         """A fresh network namespace for one environment, with the daemon's services listening

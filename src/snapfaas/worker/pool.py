@@ -769,6 +769,7 @@ class Worker:
 
     async def _new_environment(self, version: FunctionVersion, on_demand: bool = False) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot (unless `on_demand`)."""
+        self.factory.prime_cgroup_attach()  # in a thread: its container's cgroup move will not wait for a grace period
         slice_index = self.factory.slice_of(version.name)  # one registry lookup for the code, images and bundle
         await self.factory.stage_code(version, slice_index)  # off the event loop: the code may come from the store origin
         timeline.mark("code staged")

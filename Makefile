@@ -13,9 +13,11 @@ sysdeps:
 
 pydeps: $(STAMP)
 
+# --no-compile: Python compiles the modules a run imports on first use (root writes __pycache__);
+# compiling every installed file up front (botocore, awscli, moto, sqlalchemy...) cost ~40 s CPU
 $(STAMP): pyproject.toml
 	@bash scripts/make-venv.sh $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -368,3 +368,81 @@ def test_temporary_credentials_resolve_to_their_function() -> None:
     assert verifier.verify("GET", "/2015-03-31/functions/", headers, b"") == principal
     headers["X-Amz-Security-Token"] = "forged"
     reject(verifier, "GET", "/2015-03-31/functions/", headers, b"", UnrecognizedClient)
+
+
+# -- the cached canonicalization is botocore's ---------------------------------------------------
+def botocore_signature(method: str, url: str, headers: dict[str, str], payload_sha256: str, secret: str,
+                       amz_date: str, region: str, service: str = "lambda") -> str:
+    """The signature botocore's whole `SigV4Auth` path computes (what every request used)."""
+    from snapfaas.api.auth import _ExactSigner
+
+    request = AWSRequest(method=method, url=url, headers=dict(headers))
+    request.context["timestamp"] = amz_date
+    signer = _ExactSigner(Credentials("AKID", secret), service, region, payload_sha256)
+    return signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+
+
+EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+EQUIVALENCE = [
+    ("POST", f"http://{HOST}{INVOKE_PATH}", {"host": HOST, "x-amz-date": "20261127T120000Z"}),
+    ("post", f"http://{HOST}{INVOKE_PATH}?Qualifier=1", {"host": HOST}),
+    ("GET", f"http://{HOST}/2015-03-31/functions/?Marker=x&Qualifier=1&MaxItems=10&Marker=a", {"host": HOST}),
+    ("GET", f"http://{HOST}/2015-03-31/functions/?b&a=&c=%2F%3D", {"host": HOST}),
+    ("GET", f"http://{HOST}/a/./b/../c//d/%7Etilde~/sp%20ace", {"host": HOST}),
+    ("GET", f"http://{HOST}/raw path/with:colon?q=a b", {"host": HOST}),
+    ("GET", f"http://{HOST}", {"host": HOST}),
+    ("GET", "http://localhost/2015-03-31/functions/f", {"x-amz-date": "20261127T120000Z"}),  # host not signed
+    ("PUT", f"http://{HOST}/f#frag", {"host": HOST, "content-type": "  application/json ;  charset=utf-8  "}),
+    ("POST", f"http://{HOST}/f", {"host": HOST, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}),
+    ("POST", f"http://{HOST}/f", {"host": HOST, "x-amz-content-sha256": EMPTY_SHA, "user-agent": "a\tb  c"}),
+    ("POST", f"http://{HOST}/f", {"host": HOST, "x-amz-meta": ""}),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "headers"), EQUIVALENCE)
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-3"])
+def test_cached_canonicalization_signs_as_botocore_does(method: str, url: str, headers: dict[str, str],
+                                                        region: str) -> None:
+    from snapfaas.api.auth import CanonicalParts
+
+    parts = CanonicalParts(capacity=2)
+    for attempt in range(3):  # first computed, then from the caches (a capacity of 2 also evicts)
+        for secret, date in ((SECRET, "20261127T120000Z"), ("other", "20261128T000001Z")):
+            canonical = parts.canonical_request(method, url, headers, EMPTY_SHA)
+            assert parts.signature(canonical, secret, date, region, "lambda") == \
+                botocore_signature(method, url, headers, EMPTY_SHA, secret, date, region), (attempt, secret)
+
+
+def test_non_ascii_requests_go_through_botocore() -> None:
+    from snapfaas.api.auth import expected_signature
+
+    url = f"http://{HOST}/f"
+    for headers in ({"host": HOST, "x-amz-meta": "caf\u00e9"}, {"host": HOST, "x-amz-meta": "bad\udcff"}):
+        try:
+            reference: object = botocore_signature("POST", url, headers, EMPTY_SHA, SECRET, "20261127T120000Z", "us-east-1")
+        except Exception as exc:  # noqa: BLE001 - the same failure must come out of both
+            reference = type(exc)
+        try:
+            ours: object = expected_signature("POST", url, headers, EMPTY_SHA, "AKID", SECRET, "20261127T120000Z",
+                                              "us-east-1", "lambda")
+        except Exception as exc:  # noqa: BLE001
+            ours = type(exc)
+        assert ours == reference
+
+
+@pytest.mark.parametrize("value", ["20261127T120000Z", "20240229T235959Z", "20230229T120000Z", "20261127T126000Z",
+                                   "20261127T120060Z", "20261327T120000Z", "2026112T1200000Z", "20261127T120000",
+                                   "20261127t120000Z", "2026-11-27T12:00:00Z", "", "\u0662\u0660261127T120000Z",
+                                   "20261127T120000Z ", "00001127T120000Z"])
+def test_amz_date_parses_as_strptime_does(value: str) -> None:
+    from snapfaas.api.auth import AMZ_DATE_FORMAT, parse_amz_date
+
+    try:
+        reference: object = dt.datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        reference = ValueError
+    try:
+        ours: object = parse_amz_date(value)
+    except ValueError:
+        ours = ValueError
+    assert ours == reference

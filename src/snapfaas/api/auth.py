@@ -13,6 +13,13 @@ before the body is read; `PendingSignature.verify` then checks the payload hash 
 to disk is verified before it is loaded into memory).
 The result is the caller's `Principal`: the operator, or the function whose environment holds
 the temporary credentials.
+
+Per request, only what differs between requests is computed (`CanonicalParts`): the URL's
+canonical path and query come from botocore's own functions once per URL, the signing key
+(four HMACs) once per secret, date, region and service, and the canonical headers from
+botocore's canonicalization over a plain mapping of the signed headers. A request whose signed
+headers, host or path are not all ASCII goes through botocore's whole `SigV4Auth` path, as
+every request did before (its header mapping treats such values specially).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from botocore.auth import UNSIGNED_PAYLOAD, SigV4Auth
@@ -68,12 +76,124 @@ class _ExactSigner(SigV4Auth):
         return out
 
 
+class _SignedHeaders(dict):  # type: ignore[type-arg]
+    """The signed headers (lowercased names, one value each) as botocore's `canonical_headers`
+    reads its header map: names by iteration, values by `get_all`."""
+
+    def get_all(self, name: str) -> list[str]:
+        return [self[name]]
+
+
+class CanonicalParts:
+    """What a SigV4 signature is made of that repeats between requests, computed once and kept
+    (bounded, least recently used dropped first): the canonical path and query of a URL, and
+    the signing key of a secret, date, region and service. `canonical_request` and
+    `signature` give the strings and signature botocore's `SigV4Auth` gives for the same input.
+    Used from the event loop's thread only (not locked)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._urls: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # url -> (path, query, netloc)
+        self._keys: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
+        self._canonicalizer = SigV4Auth(None, "lambda", "us-east-1")  # its canonicalization needs no key
+
+    def url(self, url: str) -> tuple[str, str, str]:
+        """The canonical path, the canonical query and the host (netloc) of `url`, as botocore's
+        `canonical_request` and `headers_to_sign` derive them."""
+        parts = self._urls.get(url)
+        if parts is None:
+            split = urlsplit(url)
+            parts = (self._canonicalizer._normalize_url_path(split.path),
+                     self._canonicalizer._canonical_query_string_url(split), split.netloc)
+            _keep(self._urls, url, parts, self.capacity)
+        else:
+            self._urls.move_to_end(url)
+        return parts
+
+    def signing_key(self, secret: str, date: str, region: str, service: str) -> bytes:
+        """botocore's ``k_signing``: HMAC chain over the date, region, service and aws4_request."""
+        cache_key = (secret, date, region, service)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = f"AWS4{secret}".encode()
+            for part in (date, region, service, "aws4_request"):
+                key = hmac.digest(key, part.encode("utf-8"), "sha256")
+            _keep(self._keys, cache_key, key, self.capacity)
+        else:
+            self._keys.move_to_end(cache_key)
+        return key
+
+    def canonical_request(self, method: str, url: str, headers: Mapping[str, str], payload_sha256: str) -> str:
+        """botocore's canonical request (`SigV4Auth.canonical_request` with `_ExactSigner`'s
+        headers and payload): `headers` are the signed ones, lowercased; a missing host is the
+        URL's, and a signed ``x-amz-content-sha256`` stands for the payload's hash."""
+        path, query, netloc = self.url(url)
+        signed = _SignedHeaders(headers)
+        if "host" not in signed:
+            signed["host"] = netloc
+        canonicalizer = self._canonicalizer
+        checksum = signed.get("x-amz-content-sha256", payload_sha256)
+        return "\n".join((method.upper(), path, query, canonicalizer.canonical_headers(signed) + "\n",
+                          canonicalizer.signed_headers(signed), checksum))
+
+    def signature(self, canonical_request: str, secret: str, amz_date: str, region: str, service: str) -> str:
+        """botocore's hex signature of `canonical_request` (`string_to_sign`, then `signature`)."""
+        date = amz_date[0:8]
+        string_to_sign = "\n".join(("AWS4-HMAC-SHA256", amz_date, f"{date}/{region}/{service}/aws4_request",
+                                     hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()))
+        key = self.signing_key(secret, date, region, service)
+        return hmac.digest(key, string_to_sign.encode("utf-8"), "sha256").hex()
+
+
+def _keep(cache: OrderedDict, key: object, value: object, capacity: int) -> None:  # type: ignore[type-arg]
+    cache[key] = value
+    while len(cache) > capacity:
+        cache.popitem(last=False)
+
+
+def _ascii(method: str, url: str, headers: Mapping[str, str]) -> bool:
+    return method.isascii() and url.isascii() and all(value.isascii() for value in headers.values())
+
+
+_PARTS = CanonicalParts()
+
+
+def expected_signature(method: str, url: str, headers: Mapping[str, str], payload_sha256: str, access_key_id: str,
+                       secret: str, amz_date: str, region: str, service: str) -> str:
+    """The signature botocore's `SigV4Auth` (as `_ExactSigner`) computes for this request:
+    through `CanonicalParts` for ASCII requests, through botocore itself otherwise."""
+    if _ascii(method, url, headers):
+        canonical = _PARTS.canonical_request(method, url, headers, payload_sha256)
+        return _PARTS.signature(canonical, secret, amz_date, region, service)
+    request = AWSRequest(method=method, url=url, headers=dict(headers))
+    request.context["timestamp"] = amz_date
+    signer = _ExactSigner(Credentials(access_key_id, secret), service, region, payload_sha256)
+    canonical = signer.canonical_request(request)
+    return signer.signature(signer.string_to_sign(request, canonical), request)
+
+
 TemporaryLookup = Callable[[str, "str | None"], "TemporarySession | None"]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 UNSIGNED_REFUSED = (
     "x-amz-content-sha256 UNSIGNED-PAYLOAD is not accepted for requests with a body: "
     "sign the payload (send its SHA-256, or omit the header)."
 )
+
+
+AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z", re.ASCII)
+
+
+def parse_amz_date(amz_date: str) -> dt.datetime:
+    """``X-Amz-Date`` (``20261201T120000Z``) as an aware UTC datetime; raises ValueError as
+    ``strptime(amz_date, AMZ_DATE_FORMAT)`` does (which it is, for anything but the strict form)."""
+    if _AMZ_DATE.fullmatch(amz_date):
+        try:
+            return dt.datetime(int(amz_date[0:4]), int(amz_date[4:6]), int(amz_date[6:8]), int(amz_date[9:11]),
+                               int(amz_date[11:13]), int(amz_date[13:15]), tzinfo=dt.timezone.utc)
+        except ValueError:
+            pass  # strptime decides (and words) the refusal
+    return dt.datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
 
 
 def skew_error(amz_date: str, stamp: dt.datetime, now: dt.datetime) -> str | None:
@@ -122,15 +242,9 @@ class PendingSignature:
                 raise InvalidSignature(UNSIGNED_REFUSED)
         elif self.content_sha and self.content_sha != payload_sha256:
             raise InvalidSignature("The provided 'x-amz-content-sha256' header does not match what was computed.")
-        request = AWSRequest(
-            method=self.method,
-            url=f"http://{self.headers.get('host', 'localhost')}{self.raw_path}",
-            headers=dict(self.headers),
-        )
-        request.context["timestamp"] = self.amz_date
-        signer = _ExactSigner(Credentials(self.access_key_id, self.secret), self.service, self.region, payload_sha256)
-        canonical = signer.canonical_request(request)
-        expected = signer.signature(signer.string_to_sign(request, canonical), request)
+        expected = expected_signature(self.method, f"http://{self.headers.get('host', 'localhost')}{self.raw_path}",
+                                      self.headers, payload_sha256, self.access_key_id, self.secret, self.amz_date,
+                                      self.region, self.service)
         if not hmac.compare_digest(expected, self.signature):
             raise InvalidSignature(SIGNATURE_MISMATCH)
         return self.principal
@@ -173,7 +287,7 @@ class SigV4Verifier:
             raise UnrecognizedClient("The security token included in the request is invalid.")
         amz_date = headers.get("X-Amz-Date", "")
         try:
-            stamp = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+            stamp = parse_amz_date(amz_date)
         except ValueError as exc:
             raise InvalidSignature("X-Amz-Date header is missing or malformed") from exc
         skewed = skew_error(amz_date, stamp, self.clock.now(dt.timezone.utc))

@@ -131,12 +131,16 @@ async def receive(request: web.BaseRequest, limit: RouteLimit, idle_s: float, sp
     (before reading anything when ``Content-Length`` says so) or `UploadAborted`."""
     check_declared_length(request, limit)
     expected = request.content_length
+    content = request.content
     upload = Upload(spool_dir)
     try:
         while True:
             try:
-                async with asyncio.timeout(idle_s):
-                    chunk = await request.content.readany()
+                if content.is_eof():  # the whole body has arrived (a small one usually has): no wait, no timer
+                    chunk = content.read_nowait()
+                else:
+                    async with asyncio.timeout(idle_s):
+                        chunk = await content.readany()
             except TimeoutError as exc:
                 raise UploadAborted(f"no body data for {idle_s:g} s", upload.size, expected) from exc
             except (ConnectionError, web.RequestPayloadError) as exc:  # aborted, or ended short of Content-Length

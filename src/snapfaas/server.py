@@ -190,6 +190,8 @@ class Server:
         worker.snapstart_connections = snapshots.connections = cfg.snapstart_connections
         snapshots.shared_network = cfg.sandbox_network == "host"
         working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store), view=snapshots.vault.view)  # attachments of the snapshots
+        if snapshots.status.binary:  # CRIU runs at every restore, whichever engine drives it
+            working_sets.platform = workingset.whole_files([snapshots.status.binary])
         if cfg.restore_prefetch:
             worker.working_sets = working_sets
         snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments

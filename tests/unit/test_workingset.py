@@ -4,6 +4,7 @@ kept as the snapshot's store attachment (a real store over a directory origin)."
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -82,7 +83,33 @@ def test_prefetch_skips_files_that_changed_or_vanished(tmp_path: Path) -> None:
     symlink = tmp_path / "link"
     symlink.symlink_to(same)
     through_link = FileRanges(str(symlink), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, ((0, PAGE),))
-    assert prefetch(WorkingSet((unchanged, changed, gone, through_link))) == 2 * PAGE
+    # the two ranges are one request (the page between them is read too)
+    assert prefetch(WorkingSet((unchanged, changed, gone, through_link))) == 3 * PAGE
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the same requests from a pool's threads
+        assert prefetch(WorkingSet((unchanged, changed, gone, through_link)), pool) == 3 * PAGE
+
+
+def test_read_ahead_merges_near_ranges_into_one_request_and_cuts_a_large_file_into_tasks() -> None:
+    from snapfaas.snapshot.workingset import read_ahead_tasks
+    entry = FileRanges("/lib/big.so", 1, 2, 1 << 30, 4,
+                       ((0, PAGE), (2 * PAGE, PAGE),  # a page apart: one request
+                        (1 << 20, PAGE),  # 1 MiB on: a request of its own
+                        (8 << 20, 3 << 20), ((11 << 20) + (32 << 10), 1 << 20)))  # 32 KiB apart: one request
+    small = FileRanges("/lib/small.so", 1, 3, 1 << 20, 4, ((0, PAGE),))
+    tasks = read_ahead_tasks(WorkingSet((entry, small)), gap=64 << 10, task_bytes=2 << 20, head=0)
+    assert [(e.path, ranges) for e, ranges in tasks] == [
+        ("/lib/big.so", ((0, 3 * PAGE), (1 << 20, PAGE), (8 << 20, (4 << 20) + (32 << 10)))),  # 2 MiB reached in the last
+        ("/lib/small.so", ((0, PAGE),)),
+    ]
+    tasks = read_ahead_tasks(WorkingSet((entry,)), gap=64 << 10, task_bytes=PAGE, head=0)
+    assert [ranges for _, ranges in tasks] == [((0, 3 * PAGE),), ((1 << 20, PAGE),), ((8 << 20, (4 << 20) + (32 << 10)),)]
+    # every file's start (CRIU reads its ELF header and notes at restore) is asked for first
+    tasks = read_ahead_tasks(WorkingSet((entry, small)), gap=64 << 10, task_bytes=2 << 20, head=16 << 10)
+    assert [(e.path, ranges) for e, ranges in tasks] == [
+        ("/lib/big.so", ((0, 16 << 10),)),  # the header took in the pages near it
+        ("/lib/small.so", ((0, 16 << 10),)),
+        ("/lib/big.so", ((1 << 20, PAGE), (8 << 20, (4 << 20) + (32 << 10)))),
+    ]
 
 
 @pytest.fixture
@@ -223,14 +250,14 @@ def test_a_snapshot_read_ahead_moments_ago_is_not_read_ahead_again(store: ChunkS
     from snapfaas.snapshot import workingset
     from snapfaas.snapshot.view import TouchedRange
     keeper = WorkingSetKeeper(WorkingSets(store))
-    keeper._remember(SNAPSHOT, workingset._Known(None, True, [TouchedRange("pages-1.img", 0, PAGE)]))
+    keeper._remember(SNAPSHOT, workingset._Known(LIBC, True, [TouchedRange("pages-1.img", 0, PAGE)]))
     started: list[int] = []
 
     async def run() -> None:
         for _ in range(3):  # a burst: one read-ahead
             keeper.prefetch(SNAPSHOT)
             started.append(len(keeper._tasks))
-        keeper._prefetched[SNAPSHOT] -= workingset.PREFETCH_REPEAT_S  # that one is old now
+        keeper._prefetched[(SNAPSHOT, "files")] -= workingset.PREFETCH_REPEAT_S  # that one is old now
         keeper.prefetch(SNAPSHOT)
         started.append(len(keeper._tasks))
         await asyncio.gather(*keeper._tasks)
@@ -238,3 +265,46 @@ def test_a_snapshot_read_ahead_moments_ago_is_not_read_ahead_again(store: ChunkS
 
     asyncio.run(run())
     assert started == [1, 1, 1, 2]
+
+
+def test_a_restore_reads_the_files_ahead_first_and_the_images_later_each_once(store: ChunkStore) -> None:
+    """The worker asks for the library pages when a restore is decided and for the view's
+    pages once the snapshot is exposed: each part is read ahead once, in its own task."""
+    from snapfaas.snapshot import workingset
+    from snapfaas.snapshot.view import PrefetchReport, TouchedRange
+
+    class View:  # what the keeper uses of a SnapshotView
+        def __init__(self) -> None:
+            self.pushed: list[str] = []
+
+        def prefetch(self, snapshot_id: str, ranges: list[TouchedRange]) -> PrefetchReport:
+            self.pushed.append(snapshot_id)
+            return PrefetchReport()
+
+    view = View()
+    keeper = WorkingSetKeeper(WorkingSets(store), view=view)  # type: ignore[arg-type]
+    keeper._remember(SNAPSHOT, workingset._Known(LIBC, True, [TouchedRange("pages-1.img", 0, PAGE)]))
+    started: list[int] = []
+
+    async def run() -> None:
+        for files, images in ((True, False), (True, False), (False, True), (False, True), (True, True)):
+            keeper.prefetch(SNAPSHOT, files=files, images=images)
+            started.append(len(keeper._tasks))
+        await asyncio.gather(*keeper._tasks)
+        await keeper.close()
+
+    asyncio.run(run())
+    assert started == [1, 1, 2, 2, 2]
+    assert view.pushed == [SNAPSHOT]
+
+
+def test_the_programs_every_restore_runs_are_read_ahead_whole_and_first(tmp_path: Path) -> None:
+    from snapfaas.snapshot.workingset import read_ahead_tasks, whole_files
+    program = tmp_path / "criu"
+    program.write_bytes(b"\x7fELF" + b"x" * (3 * PAGE))
+    platform = whole_files([str(program), str(tmp_path / "absent")])
+    [entry] = platform.files
+    assert entry.ranges == ((0, 3 * PAGE + 4),) and entry.size == 3 * PAGE + 4
+    tasks = read_ahead_tasks(WorkingSet(platform.files + LIBC.files))
+    assert [e.path for e, _ in tasks] == [str(program), "/usr/lib/x.so"]
+    assert prefetch(platform) == 3 * PAGE + 4

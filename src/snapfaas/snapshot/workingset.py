@@ -16,8 +16,10 @@ as the daemon reads it (the sandbox's view, e.g. ``/var/task/...``) is not the s
 host.
 
 Prefetching: `prefetch` asks the kernel to read the ranges ahead (``posix_fadvise(WILLNEED)``,
-asynchronous readahead) at the start of a restore, so the reads run in parallel with runc and
-CRIU instead of one page fault at a time afterwards. A file whose identity changed is skipped.
+asynchronous readahead) as soon as a restore is decided (before the environment is prepared),
+in merged requests from several threads, so the reads run in parallel with the preparation,
+runc and CRIU instead of one page fault at a time afterwards. A file whose identity changed is
+skipped.
 What a function maps only decides which pages of files it can already read are cached: the
 daemon never reads them itself, and the totals are capped (`MAX_RANGES`, `MAX_BYTES`).
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -64,6 +67,10 @@ logger = logging.getLogger(__name__)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 GAP_PAGES = 16  # pages between two touched ones that are read too, to make fewer, larger ranges
 MAX_RANGES = 8192
+READ_AHEAD_THREADS = 4  # threads submitting a working set's readahead (several requests in flight)
+READ_AHEAD_GAP = 256 << 10  # a file's ranges closer than this are read ahead as one request
+READ_AHEAD_TASK_BYTES = 2 << 20  # a file's requests are cut into tasks of about this size, shared by the threads
+READ_AHEAD_HEAD = 16 << 10  # the start of every file is read ahead first: CRIU reads ELF headers and notes at restore
 MAX_BYTES = 2 << 30
 ATTACHMENT = "workingset"  # the store attachment name
 VERSION = 1  # of the document; changes only with an incompatible change
@@ -338,27 +345,94 @@ def _working_set(pages: dict[tuple[int, int], set[int]],
     return WorkingSet(tuple(files))
 
 
-def prefetch(working_set: WorkingSet) -> int:
-    """Start readahead of every range whose file is unchanged; returns the bytes asked for.
-    Never raises for a file that is gone or changed (it is skipped)."""
-    asked = 0
-    for entry in working_set.files:
+def whole_files(paths: Iterable[str]) -> WorkingSet:
+    """`paths` as a working set of whole files, with the identity they have now (a file that
+    cannot be stat'ed is left out; one replaced later is skipped by `prefetch`)."""
+    files = []
+    for path in paths:
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            st = os.stat(path)
         except OSError:
             continue
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (entry.dev, entry.ino, entry.size, entry.mtime_ns):
+        if st.st_size > 0:
+            files.append(FileRanges(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, ((0, st.st_size),)))
+    return WorkingSet(tuple(files))
+
+
+def read_ahead_tasks(working_set: WorkingSet, gap: int = READ_AHEAD_GAP, task_bytes: int = READ_AHEAD_TASK_BYTES,
+                     head: int = READ_AHEAD_HEAD) -> list[tuple[FileRanges, tuple[tuple[int, int], ...]]]:
+    """The read-ahead requests of `working_set`, as tasks for `prefetch`'s threads. Each file's
+    first `head` bytes come first (CRIU checks the build id of every mapped ELF file at restore
+    by mapping its start and reading the header and notes: on a cold page cache that one
+    page fault reads a whole readahead window, 8 MiB of libtorch_cpu.so, while the restore
+    waits), then its ranges, neighbours at most `gap` bytes apart merged into one request (a
+    virtio disk serves one large request faster than several small ones; the bytes between
+    are few), cut into tasks of about `task_bytes`, so the threads share a large library.
+    Every file's first task (its header) precedes any file's second."""
+    per_file: list[list[tuple[FileRanges, tuple[tuple[int, int], ...]]]] = []
+    for entry in working_set.files:
+        merged: list[tuple[int, int]] = []
+        for offset, length in [(0, min(head, entry.size)), *entry.ranges]:
+            if length <= 0:
                 continue
-            for offset, length in entry.ranges:
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-                asked += length
-        except OSError as exc:
-            logger.debug("prefetch of %s failed at step 'fadvise': %s", entry.path, exc)
-        finally:
-            os.close(fd)
+            if merged and offset - (merged[-1][0] + merged[-1][1]) <= gap:
+                start = merged[-1][0]
+                merged[-1] = (start, max(merged[-1][1], offset + length - start))
+            else:
+                merged.append((offset, length))
+        tasks: list[tuple[FileRanges, tuple[tuple[int, int], ...]]] = []
+        batch: list[tuple[int, int]] = []
+        size = 0
+        for item in merged:
+            batch.append(item)
+            size += item[1]
+            if size >= task_bytes or head > 0 and not tasks and item[0] == 0:  # the header alone, at once
+                tasks.append((entry, tuple(batch)))
+                batch, size = [], 0
+        if batch:
+            tasks.append((entry, tuple(batch)))
+        per_file.append(tasks)
+    rounds = max((len(tasks) for tasks in per_file), default=0)
+    return [tasks[i] for i in range(rounds) for tasks in per_file if i < len(tasks)]
+
+
+def _read_ahead(entry: FileRanges, ranges: tuple[tuple[int, int], ...]) -> int:
+    """Ask for readahead of `ranges` of `entry`'s file if it is unchanged; the bytes asked for."""
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    asked = 0
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (entry.dev, entry.ino, entry.size, entry.mtime_ns):
+            return 0
+        for offset, length in ranges:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            asked += length
+    except OSError as exc:
+        logger.debug("prefetch of %s failed at step 'fadvise': %s", entry.path, exc)
+    finally:
+        os.close(fd)
     return asked
+
+
+def submit_read_ahead(working_set: WorkingSet, pool: concurrent.futures.Executor) -> list[concurrent.futures.Future[int]]:
+    """Submit the readahead of `working_set` (`read_ahead_tasks`) to `pool`'s threads; each
+    future gives the bytes one task asked for. Returns at once."""
+    return [pool.submit(_read_ahead, entry, ranges) for entry, ranges in read_ahead_tasks(working_set)]
+
+
+def prefetch(working_set: WorkingSet, pool: concurrent.futures.Executor | None = None) -> int:
+    """Start readahead of every range whose file is unchanged (`read_ahead_tasks`), on `pool`'s
+    threads (else in this thread; never from one of `pool`'s own); returns the bytes asked for
+    once every request is submitted. Several threads keep the disk's queue full: opening a
+    file whose inode and directory left the cache, and mapping a large file's extents, are
+    synchronous reads of their own. Never raises for a file that is gone or changed (it is
+    skipped)."""
+    if pool is None:
+        return sum(_read_ahead(entry, ranges) for entry, ranges in read_ahead_tasks(working_set))
+    return sum(future.result() for future in submit_read_ahead(working_set, pool))
 
 
 class WorkingSets:
@@ -449,7 +523,11 @@ class WorkingSetKeeper:
         self._known: collections.OrderedDict[str, _Known] = collections.OrderedDict()
         self._known_lock = threading.Lock()
         self._recording: set[str] = set()
-        self._prefetched: dict[str, float] = {}  # snapshot id -> monotonic time of its last read-ahead
+        self._prefetched: dict[tuple[str, str], float] = {}  # (snapshot id, part) -> monotonic time of its last read-ahead
+        self._read_ahead_pool = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="read-ahead")
+        # the programs every restore executes (CRIU): read ahead whole, first, with each
+        # snapshot's files (on a cold page cache CRIU's exec read its 6 MB while the restore waited)
+        self.platform = WorkingSet(())
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -506,42 +584,52 @@ class WorkingSetKeeper:
         self._remember(snapshot_id, known)
         return known
 
-    def prefetch(self, snapshot_id: str | None) -> None:
-        """Start reading the snapshot's file working set ahead (nothing if none is recorded, or
-        if it was read ahead less than `PREFETCH_REPEAT_S` ago)."""
+    def prefetch(self, snapshot_id: str | None, *, files: bool = True, images: bool = True) -> None:
+        """Start reading the snapshot's working set ahead: the library pages (`files`; call it
+        as soon as a restore is decided: nothing needs the snapshot exposed) and the view's
+        pages (`images`; once the snapshot is exposed). A part is skipped if none is recorded,
+        or if it was read ahead less than `PREFETCH_REPEAT_S` ago."""
         if not snapshot_id:
             return
         known = self._cached(snapshot_id)
         if known is not None and known.files is None and known.images is None:
             return  # none recorded (yet): no thread for nothing
-        now = time.monotonic()
+        parts = {part for part, wanted in ((FILES, files), (IMAGES, images and self.view is not None)) if wanted}
         if known is not None:
-            if now - self._prefetched.get(snapshot_id, -PREFETCH_REPEAT_S) < PREFETCH_REPEAT_S:
-                return  # a burst, or restores in quick succession: the first one's pages are there
-            self._prefetched[snapshot_id] = now
-            if len(self._prefetched) > KNOWN_MAX:
+            parts -= {FILES} if known.files is None or not known.files.files else set()
+            parts -= set() if known.images else {IMAGES}
+            now = time.monotonic()
+            # a burst, or restores in quick succession: the first one's pages are there
+            parts = {part for part in parts
+                     if now - self._prefetched.get((snapshot_id, part), -PREFETCH_REPEAT_S) >= PREFETCH_REPEAT_S}
+            for part in parts:
+                self._prefetched[(snapshot_id, part)] = now
+            if len(self._prefetched) > 2 * KNOWN_MAX:
                 for stale in [k for k, at in self._prefetched.items() if now - at >= PREFETCH_REPEAT_S]:
                     del self._prefetched[stale]
+        if not parts:
+            return
 
         def work() -> None:
             known = self._lookup(snapshot_id)
             if known is None:
                 return
             started = time.monotonic()
-            files = known.files if known.files is not None and known.files.files else None
-            # Submitting the files' readahead takes a while (one fadvise per range); the image
-            # chunks CRIU is about to read are pushed meanwhile, not after it.
-            submitter = threading.Thread(target=prefetch, args=(files,), name=f"prefetch-files-{snapshot_id}") if files else None
-            if submitter is not None:
-                submitter.start()
-            if known.images and self.view is not None:
-                report = self.view.prefetch(snapshot_id, known.images)
+            working_set = None
+            if FILES in parts and known.files is not None and known.files.files:
+                working_set = WorkingSet(self.platform.files + known.files.files)
+            push = known.images if IMAGES in parts and known.images and self.view is not None else None
+            # Submitting the files' readahead takes a while; the image chunks CRIU is about to
+            # read are pushed meanwhile, not after it.
+            submitted = submit_read_ahead(working_set, self._read_ahead_pool) if working_set is not None else []
+            if push is not None and self.view is not None:
+                report = self.view.prefetch(snapshot_id, push)
                 logger.debug("snapshot %s: prefetch: images %.1f ms: pushed %d chunks (%.1f MB), %d resident, %d failed",
                              snapshot_id, (time.monotonic() - started) * 1000, report.pushed, report.bytes / 1e6,
                              report.resident, report.failed)
-            if submitter is not None:
-                submitter.join()
-                logger.debug("snapshot %s: prefetch: files submitted in %.1f ms", snapshot_id,
+            if submitted:
+                asked = sum(future.result() for future in submitted)
+                logger.debug("snapshot %s: prefetch: files (%.1f MB) submitted in %.1f ms", snapshot_id, asked / 1e6,
                              (time.monotonic() - started) * 1000)
 
         self._spawn(work, f"prefetch-{snapshot_id}")
@@ -605,9 +693,10 @@ class WorkingSetKeeper:
         """Wait for the prefetches and recordings under way; start none after."""
         self._closed = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._read_ahead_pool.shutdown(wait=False)  # nothing is submitted any more
 
 
 __all__ = [
     "ATTACHMENT", "FileRanges", "WorkingSet", "WorkingSetDocument", "WorkingSetKeeper", "WorkingSets", "pages_to_ranges",
-    "prefetch", "record", "remove_legacy",
+    "prefetch", "read_ahead_tasks", "record", "remove_legacy", "whole_files",
 ]

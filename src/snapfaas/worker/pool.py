@@ -769,16 +769,23 @@ class Worker:
 
     async def _new_environment(self, version: FunctionVersion, on_demand: bool = False) -> Environment:
         """An on-demand environment, or one restored from the version's snapshot (unless `on_demand`)."""
+        restoring = version.uses_snapshot and self.snapshots is not None and not on_demand
+        if restoring and self.working_sets is not None:
+            # the library pages the snapshot's first restore used: read ahead from now on, while
+            # the code, network, images and bundle are prepared and runc and CRIU work
+            self.working_sets.prefetch(version.snapshot_id, images=False)
         self.factory.prime_cgroup_attach()  # in a thread: its container's cgroup move will not wait for a grace period
         slice_index = self.factory.slice_of(version.name)  # one registry lookup for the code, images and bundle
         await self.factory.stage_code(version, slice_index)  # off the event loop: the code may come from the store origin
         timeline.mark("code staged")
         async with self.factory.network_for_new_environment() as network:
             timeline.mark("network leased")
-            if version.uses_snapshot and self.snapshots is not None and not on_demand:
+            if restoring and self.snapshots is not None:
                 timeline.set_kind("restore")
                 lease = await self.snapshots.images(version, slice_index)  # pinned until the restore is over (lazy: until destroyed)
                 timeline.mark("images leased")
+                if lease.mapped and self.working_sets is not None:  # the view's pages it used: pushed once exposed
+                    self.working_sets.prefetch(version.snapshot_id, files=False)
                 try:
                     env = self.factory.restored(version, lease.path, network, slice_index)
                 except BaseException:
@@ -827,8 +834,6 @@ class Worker:
         assert env.restore_from is not None and self.snapshots is not None
         started = time.monotonic()
         env.log(f"RESTORE_START Runtime Version: {env.version.runtime}.snapfaas\n")
-        if self.working_sets is not None:  # library pages the snapshot's first restore used, read ahead meanwhile
-            self.working_sets.prefetch(env.version.snapshot_id)
         env.begin_capture()
         updates = self._restored_environ(env)
         try:

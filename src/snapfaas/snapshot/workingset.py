@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from snapfaas import timeline
 from snapfaas.snapshot.view import SnapshotView, TouchedRange
 from snapfaas.store import ChunkStore, StoreError
 
@@ -624,11 +625,13 @@ class WorkingSetKeeper:
             submitted = submit_read_ahead(working_set, self._read_ahead_pool) if working_set is not None else []
             if push is not None and self.view is not None:
                 report = self.view.prefetch(snapshot_id, push)
+                timeline.mark("working set images pushed [thread]")
                 logger.debug("snapshot %s: prefetch: images %.1f ms: pushed %d chunks (%.1f MB), %d resident, %d failed",
                              snapshot_id, (time.monotonic() - started) * 1000, report.pushed, report.bytes / 1e6,
                              report.resident, report.failed)
             if submitted:
                 asked = sum(future.result() for future in submitted)
+                timeline.mark("working set files read ahead [thread]")
                 logger.debug("snapshot %s: prefetch: files (%.1f MB) submitted in %.1f ms", snapshot_id, asked / 1e6,
                              (time.monotonic() - started) * 1000)
 

@@ -4,6 +4,7 @@ daemon (real runc sandboxes) on a free port with its own data dir, shared by a t
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -226,6 +227,24 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str], aws_snaps
         remove_tree(bundles_for(sandbox))
         shutil.rmtree(snapshot_cache_for(sandbox), ignore_errors=True)  # snapshot RAM cache
         remove_tree(run_dir_for(sandbox))  # the server's directory under /run/snapfaas
+
+
+def run_servers(processes: ProcessFactory, specs: dict[str, tuple[Path, list[str]]]) -> Iterator[dict[str, ServerHandle]]:
+    """`run_server` for several servers (name -> (base, args)), started together and stopped
+    together, one thread each (a daemon's start and stop are mostly waiting on its own
+    processes). Yields the handles by name; each server's own checks run at its stop, the first
+    failure is raised after every server was stopped."""
+    runs = {name: run_server(processes, base, args) for name, (base, args) in specs.items()}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(runs))) as pool:
+            started = {name: pool.submit(next, run) for name, run in runs.items()}
+            handles = {name: future.result() for name, future in started.items()}
+        yield handles
+    finally:
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(runs))) as pool:
+            stopped = [pool.submit(next, run, None) for run in runs.values()]
+        for future in stopped:
+            future.result()
 
 
 def shared_store_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:

@@ -15,6 +15,7 @@ nodes admitted within about two refresh intervals, never more than the limit on 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -24,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from snapfaas.cluster import routing
 from tests.cluster import wait_for
-from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server, shared_store_args
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_servers, shared_store_args
 
 STAMPED = """
 import time
@@ -50,24 +51,18 @@ def database(postgres) -> str:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[dict[str, ServerHandle]]:
     require_root()
-    runs = {}
-    handles = {}
     store = shared_store_args(tmp_path_factory)
-    try:
-        for name in ("a", "b"):
-            runs[name] = run_server(processes, tmp_path_factory.mktemp(f"limits-{name}"),
-                                    ["--registry", database, "--node-id", f"node-{name}", "--admission-wait", "0",
-                                     "--account-concurrency", str(ACCOUNT), "--keep-alive", "60", *store])
-            handles[name] = next(runs[name])
+    specs = {name: (tmp_path_factory.mktemp(f"limits-{name}"),
+                    ["--registry", database, "--node-id", f"node-{name}", "--admission-wait", "0",
+                     "--account-concurrency", str(ACCOUNT), "--keep-alive", "60", *store]) for name in ("a", "b")}
+    with contextlib.closing(run_servers(processes, specs)) as servers:  # both nodes start (and stop) together
+        handles = next(servers)
         lam = handles["a"].client()  # one registry: both nodes see the functions
         create(lam, "capped", {"app.py": STAMPED}, Timeout=60)
         lam.put_function_concurrency(FunctionName="capped", ReservedConcurrentExecutions=RESERVED)
         for node in ("node-a", "node-b"):
             create(lam, FREE[node], {"app.py": STAMPED}, Timeout=60)
         yield handles
-    finally:
-        for run in runs.values():
-            next(run, None)
 
 
 def usage_row(database: str, node: str, function: str) -> tuple[int, float]:

@@ -17,7 +17,6 @@ killed node, restarted, finds nothing left to do.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import re
 import signal
@@ -28,7 +27,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy import select
 
 from snapfaas.worker.event_store import EventStore, events
-from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_server, shared_store_args
+from tests.conftest import ProcessFactory, ServerHandle, create, require_root, run_servers, shared_store_args
 from tests.e2e.snapstart_support import Counter, wait_for
 
 NODES = ("a", "b", "c")
@@ -54,15 +53,11 @@ def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory,
           database: str) -> Iterator[dict[str, ServerHandle]]:
     require_root()
     store = shared_store_args(tmp_path_factory)
-    with contextlib.ExitStack() as stack:
-        handles = {}
-        for node in NODES:
-            base = tmp_path_factory.mktemp(f"cluster-{node}")
-            args = ["--keep-alive", "60", "--max-environments", "2", "--event-retry-base", "0.05",
-                    "--registry", database, "--node-id", f"node-{node}", "--event-lease", str(LEASE_S),
-                    *store]
-            handles[node] = stack.enter_context(contextlib.contextmanager(run_server)(processes, base, args))
-        yield handles
+    specs = {node: (tmp_path_factory.mktemp(f"cluster-{node}"),
+                    ["--keep-alive", "60", "--max-environments", "2", "--event-retry-base", "0.05",
+                     "--registry", database, "--node-id", f"node-{node}", "--event-lease", str(LEASE_S), *store])
+             for node in NODES}
+    yield from run_servers(processes, specs)  # the three nodes start (and stop) together
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 
 from aiohttp import web
@@ -19,7 +18,7 @@ from snapfaas.api import logs as log_routes
 from snapfaas.api.invoke import forwarded_invoke, invoke
 from snapfaas.api.links import PATH_PREFIX
 from snapfaas.dashboard import routes as dashboard
-from snapfaas import timeline
+from snapfaas import request_ids, timeline
 from snapfaas.config import CREDENTIALS_PATH, Limits
 from snapfaas.api.replay import ReplayCache
 from snapfaas.errors import InvalidSignature, NotFound, RequestTooLarge, ServiceError, SnapfaasError
@@ -89,7 +88,7 @@ def build_app(svc: Services, verifier: SigV4Verifier | None, replay: ReplayCache
 
     @web.middleware
     async def lambda_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        request_id = request[REQUEST_ID] = str(uuid.uuid4())
+        request_id = request[REQUEST_ID] = request_ids.new()
         timed = timeline.begin(request_id) if invoke_timeline and request.path.endswith("/invocations") else None
         try:
             if not _unsigned_allowed(request.path) and not _metrics_token(request):

@@ -34,6 +34,7 @@ then read every log byte already, and the ``response`` frame says ``logs_read`` 
 from __future__ import annotations
 
 import json
+import json.encoder as json_encoder
 from typing import Any, BinaryIO
 
 MAGIC = b"\x1esnapfaas"
@@ -41,11 +42,22 @@ LOG_MARK = "\x1esnapfaas-end "
 
 
 _HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
+# The C encoder `_HEADER_ENCODER.encode` builds on every call, built once (no circular-reference
+# markers: a header is a flat dict the platform builds); None where json has no C accelerator.
+_C_HEADER_ENCODER = (json_encoder.c_make_encoder(None, _HEADER_ENCODER.default, json_encoder.encode_basestring_ascii,
+                                                 None, ":", ",", False, False, True)
+                     if json_encoder.c_make_encoder is not None else None)
+_FRAME_START = MAGIC + b" "
 
 
 def encode(kind: str, payload: bytes = b"", **fields: Any) -> bytes:
+    """One frame: the same bytes as ``MAGIC + b" " + compact JSON header + b"\\n" + payload``."""
     header = {"t": kind, "n": len(payload), **fields}
-    return MAGIC + b" " + _HEADER_ENCODER.encode(header).encode() + b"\n" + payload
+    if _C_HEADER_ENCODER is not None:
+        text = "".join(_C_HEADER_ENCODER(header, 0))
+    else:
+        text = _HEADER_ENCODER.encode(header)
+    return b"".join((_FRAME_START, text.encode(), b"\n", payload))
 
 
 def parse_header(line: bytes) -> dict[str, Any] | None:

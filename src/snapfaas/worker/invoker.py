@@ -14,10 +14,9 @@ import dataclasses
 import json
 import logging
 import random
-import uuid
 from pathlib import Path
 
-from snapfaas import timeline
+from snapfaas import request_ids, timeline
 from snapfaas.config import Limits
 from snapfaas.errors import Conflict, InvalidParameterValue, InvalidRequestContent, NotFound, RequestTooLarge
 from snapfaas.registry.db import Registry
@@ -106,7 +105,7 @@ class Invoker:
                 f"1 validation error detected: Value '{invocation_type}' at 'invocationType' failed to satisfy constraint: "
                 "Member must satisfy enum value set: [Event, RequestResponse, DryRun]"
             )
-        request_id = request_id or str(uuid.uuid4())
+        request_id = request_id or request_ids.new()
         version, invoked_arn = self.resolve(name, qualifier)
         limit = self.limits.event_payload_bytes if invocation_type == "Event" else self.limits.sync_payload_bytes
         if len(payload) > limit:
@@ -146,6 +145,11 @@ def check_json(payload: bytes) -> None:
     """Lambda requires the event to be JSON; reject anything else before running code."""
     if not payload:
         return
+    try:  # UTF-8 text first: json.loads of bytes detects their encoding in Python code on every call
+        json.loads(str(payload, "utf-8"))
+        return
+    except ValueError:  # UnicodeDecodeError included: the bytes decide (UTF-16/32, a BOM) and word the refusal
+        pass
     try:
         json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -373,7 +373,9 @@ class Worker:
         The caller must not be among the pool's waiters while it asks."""
         if self._closing:
             raise ServiceError("invoke failed at step 'place': the worker is shutting down")
-        pool = self.pools.setdefault(key, Pool(key))
+        pool = self.pools.get(key)
+        if pool is None:  # (not setdefault: that builds a Pool for every request, to throw it away)
+            pool = self.pools[key] = Pool(key)
         now = self.clock()
         for other in self.pools.values():
             other.demand_average.sample(other.demand() + (other is pool), now)

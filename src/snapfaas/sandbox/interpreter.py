@@ -46,17 +46,24 @@ def custom_candidates() -> list[str]:
 
 
 def candidate_commands(runtime: str, environ: Mapping[str, str]) -> list[str]:
-    """Every ``python3.X`` on PATH in order, then pyenv installs (whose shims may refuse to run)."""
+    """Every ``python3.X`` on PATH in order, then pyenv installs (whose shims may refuse to run).
+    Where PATH has pyenv's shims directory, the pyenv installs of that runtime (newest first) come
+    before its shim: a shim only runs one of them, through pyenv's shell scripts (~0.5-1 s per
+    probe, at every daemon start)."""
     if is_custom(runtime):
         return custom_candidates()
+    pyenv_root = environ.get("PYENV_ROOT") or os.path.join(environ.get("HOME", "/root"), ".pyenv")
+    minor = runtime.removeprefix("python")
+    installs = sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{minor}.*", "bin", runtime)), reverse=True)
+    shims = os.path.join(pyenv_root, "shims")
     found: list[str] = []
     for entry in environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
         path = os.path.join(entry, runtime)
+        if entry and os.path.normpath(entry) == shims:
+            found.extend(install for install in installs if install not in found)
         if entry and os.access(path, os.X_OK) and path not in found:
             found.append(path)
-    pyenv_root = environ.get("PYENV_ROOT") or os.path.join(environ.get("HOME", "/root"), ".pyenv")
-    minor = runtime.removeprefix("python")
-    found.extend(sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{minor}.*", "bin", runtime)), reverse=True))
+    found.extend(install for install in installs if install not in found)
     return found
 
 

@@ -63,7 +63,7 @@ def utc_stamp(epoch: float | None = None) -> str:
     return f"{cached[1]}{ms:03d}Z"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Batch:
     function: str
     stream: str
@@ -80,7 +80,8 @@ class LogStore:
         self.quiet_s = quiet_s
         self.max_delay_s = max_delay_s
         root.mkdir(parents=True, exist_ok=True)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # `_cond`'s lock: `append` takes it directly (Condition.__enter__ is Python code)
+        self._cond = threading.Condition(self._lock)
         self._pending: collections.deque[_Batch] = collections.deque()
         self._pending_bytes = 0
         self._dropped: dict[str, tuple[int, str]] = {}  # function -> (lines dropped, last stream)
@@ -107,8 +108,8 @@ class LogStore:
         if not lines:
             return
         batch = _Batch(function, stream, utc_stamp(), lines)
-        size = sum(len(line) for line in lines) + LINE_OVERHEAD * len(lines)
-        with self._cond:
+        size = sum(map(len, lines)) + LINE_OVERHEAD * len(lines)
+        with self._lock:  # = with self._cond
             if self._closed:  # after close (shutdown): write in the caller's thread
                 self._write([batch])
                 return

@@ -300,7 +300,7 @@ def create(lam, name: str, files: dict[str, str], handler: str = "app.handler", 
     params.update(kwargs)
     response = lam.create_function(**params)
     if wait:
-        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     return response
 
 

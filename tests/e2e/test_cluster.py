@@ -62,7 +62,7 @@ def ensure_function(cluster: Cluster, name: str, code: str = ECHO) -> None:
             pass
         lam.create_function(FunctionName=name, Runtime="python3.12", Role=ROLE, Handler="app.handler",
                             Code={"ZipFile": make_zip({"app.py": code})}, Timeout=30)
-        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
 
 
 def invoke(node, name: str, payload: object) -> tuple[dict, object]:  # type: ignore[no-untyped-def, type-arg]
@@ -142,7 +142,7 @@ def test_publish_on_a_first_restore_on_c_from_the_origin(cluster: Cluster) -> No
     a = cluster["a"].client()
     a.create_function(FunctionName=name, Runtime="python3.11", Role=ROLE, Handler="app.handler", Timeout=30,
                       Code={"ZipFile": make_zip({"app.py": SNAP_APP})}, SnapStart={"ApplyOn": "PublishedVersions"})
-    a.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    a.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     assert a.publish_version(FunctionName=name)["Version"] == "1"
     wait_for(lambda: a.get_function_configuration(FunctionName=name, Qualifier="1")["State"] == "Active", 180,
              what="the version to be published")
@@ -355,7 +355,7 @@ def test_a_function_invoking_another_is_forwarded_with_its_own_identity(cluster:
         except lam.exceptions.ResourceNotFoundException:
             lam.create_function(FunctionName=caller, Runtime="python3.11", Role=CALLER_ROLE, Handler="app.handler",
                                 Code={"ZipFile": make_zip({"app.py": CALLER_APP})}, Timeout=30)
-            lam.get_waiter("function_active_v2").wait(FunctionName=caller, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+            lam.get_waiter("function_active_v2").wait(FunctionName=caller, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     home = cluster[preferred(cluster, caller)[0]]
     _, body = invoke(home, caller, {"target": callee})
     assert body["ok"] is False and body["code"] == "AccessDeniedException", body  # type: ignore[index]

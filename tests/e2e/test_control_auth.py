@@ -119,7 +119,7 @@ def test_no_auth_server_accepts_unsigned_requests(open_server: ServerHandle) -> 
                                   {"Content-Type": "application/json"})
     assert (status, json.loads(body)["FunctionName"]) == (201, "open")
     anyone = open_server.client(secret="whatever", key="ANYKEY")
-    anyone.get_waiter("function_active_v2").wait(FunctionName="open", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    anyone.get_waiter("function_active_v2").wait(FunctionName="open", WaiterConfig={"Delay": 0.1, "MaxAttempts": 300})
     assert invoke_json(anyone, "open", {"x": 1})[1]["event"] == {"x": 1}
 
 

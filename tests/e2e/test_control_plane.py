@@ -29,7 +29,7 @@ ALWAYS_PRESENT = {
     "PackageType": "Zip",
     "Architectures": ["x86_64"],
 }
-FAST = {"Delay": 1, "MaxAttempts": 30}
+FAST = {"Delay": 0.1, "MaxAttempts": 300}
 
 ECHO = """
 import os, sys
@@ -137,7 +137,7 @@ def test_create_function_with_every_option_echoes_it_and_settles(lam) -> None:
     assert config["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"}  # never On for $LATEST
     assert {k: config[k] for k in expected} == expected
 
-    lam.get_waiter("published_version_active").wait(FunctionName="full", Qualifier="1", WaiterConfig={"Delay": 1, "MaxAttempts": 180})  # a SnapStart publish: init + checkpoint, slow on a busy host
+    lam.get_waiter("published_version_active").wait(FunctionName="full", Qualifier="1", WaiterConfig={"Delay": 0.1, "MaxAttempts": 1800})  # a SnapStart publish: init + checkpoint, slow on a busy host
     version = lam.get_function_configuration(FunctionName="full", Qualifier="1")
     assert (version["FunctionArn"], version["Version"], version["State"]) == (ARN + "full:1", "1", "Active")
     assert version["CodeSha256"] == created["CodeSha256"]

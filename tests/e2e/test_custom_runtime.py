@@ -96,7 +96,7 @@ def create_custom(lam, name: str, code: bytes, runtime: str = "provided.al2023",
                   **kwargs: object) -> dict:
     response = lam.create_function(FunctionName=name, Runtime=runtime, Role=ROLE, Handler=handler,
                                    Code={"ZipFile": code}, **kwargs)
-    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     return response
 
 
@@ -245,5 +245,5 @@ def test_extension_gates_invocations_and_gets_a_shutdown_phase(lam, server) -> N
     assert "EXTENSION\tName: in-process\tState: Ready\tEvents: [INVOKE]" in text
     assert text.index(f"extension saw INVOKE {request_id}") < text.index(f"END RequestId: {request_id}")
     lam.update_function_configuration(FunctionName="internal-ext", Description="retire the environment")
-    lam.get_waiter("function_updated_v2").wait(FunctionName="internal-ext", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="internal-ext", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     wait_for_log(server, "internal-ext", ["runtime got SIGTERM"], deadline_s=30)  # the Shutdown phase's SIGTERM

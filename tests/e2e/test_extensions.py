@@ -54,12 +54,12 @@ def extension_layer(lam) -> str:  # type: ignore[no-untyped-def]
 def create_with_layers(lam, name: str, runtime: str, code: bytes, layers: list[str], handler: str = "app.handler") -> None:  # type: ignore[no-untyped-def]
     lam.create_function(FunctionName=name, Runtime=runtime, Role=ROLE, Handler=handler, Code={"ZipFile": code},
                         Layers=layers)
-    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
 
 
 def retire(lam, name: str) -> None:  # type: ignore[no-untyped-def]
     lam.update_function_configuration(FunctionName=name, Description="retire its environments")
-    lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
 
 
 def check_lifecycle(lam, server, name: str) -> dict:  # type: ignore[no-untyped-def]

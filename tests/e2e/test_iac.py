@@ -147,7 +147,7 @@ def run_cycle(lam, read: Read, name: str) -> None:  # type: ignore[no-untyped-de
         Layers=[layers[0]], SnapStart=SNAPSTART, EphemeralStorage={"Size": 512}, Tags=desired["tags"],
         Code={"ZipFile": package}, Publish=True)
     assert created["Version"] == "1"
-    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     wait_published(lam, name, "1")
     state = read_state(read, name)
     assert plan(desired, state) == {}
@@ -159,7 +159,7 @@ def run_cycle(lam, read: Read, name: str) -> None:  # type: ignore[no-untyped-de
     # update: configuration, layers and tags change, and a new version is published
     lam.update_function_configuration(FunctionName=name, MemorySize=512, Environment={"Variables": {"STAGE": "two"}},
                                       Layers=[layers[1]])
-    lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     arn = PREFIX + f"function:{name}"
     lam.tag_resource(Resource=arn, Tags={"team": "platform"})
     lam.untag_resource(Resource=arn, TagKeys=["managed-by"])

@@ -109,9 +109,9 @@ def test_version_and_alias_qualifiers(lam) -> None:
     create(lam, "versioned", {"app.py": INTROSPECT}, Environment={"Variables": {"GREETING": "v1"}})
     assert lam.publish_version(FunctionName="versioned")["Version"] == "1"
     lam.get_waiter("published_version_active").wait(FunctionName="versioned", Qualifier="1",
-                                                    WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+                                                    WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     lam.update_function_configuration(FunctionName="versioned", Environment={"Variables": {"GREETING": "latest"}})
-    lam.get_waiter("function_updated_v2").wait(FunctionName="versioned", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="versioned", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     lam.create_alias(FunctionName="versioned", Name="live", FunctionVersion="1")
 
     response, body = invoke_json(lam, "versioned", Qualifier="1")

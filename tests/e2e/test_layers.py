@@ -157,11 +157,11 @@ def test_function_imports_from_layers_in_order(lam) -> None:  # type: ignore[no-
 
     # the other order: the base layer's module wins
     lam.update_function_configuration(FunctionName="layered", Layers=list(reversed(arns)))
-    lam.get_waiter("function_updated_v2").wait(FunctionName="layered", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="layered", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     assert invoke_json(lam, "layered")[1]["shared"] == "from-base"
     # no layers: the import fails as on Lambda
     lam.update_function_configuration(FunctionName="layered", Layers=[])
-    lam.get_waiter("function_updated_v2").wait(FunctionName="layered", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="layered", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     assert "Layers" not in lam.get_function_configuration(FunctionName="layered")
     response, body = invoke_json(lam, "layered")
     assert response.get("FunctionError") == "Unhandled" and body["errorType"] == "Runtime.ImportModuleError", body

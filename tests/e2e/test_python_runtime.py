@@ -167,7 +167,7 @@ def test_json_format_with_levels(lam, server: ServerHandle) -> None:  # type: ig
 
     # stricter levels: WARN application logs, WARN system logs (no lifecycle records)
     lam.update_function_configuration(FunctionName="pyjson", LoggingConfig={"ApplicationLogLevel": "WARN", "SystemLogLevel": "WARN"})
-    lam.get_waiter("function_updated_v2").wait(FunctionName="pyjson", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="pyjson", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     config = lam.get_function_configuration(FunctionName="pyjson")["LoggingConfig"]
     assert config == {"LogFormat": "JSON", "ApplicationLogLevel": "WARN", "SystemLogLevel": "WARN", "LogGroup": "/aws/lambda/pyjson"}
     response, body = invoke_json(lam, "pyjson", {})
@@ -188,11 +188,11 @@ def test_logging_config_validation_and_round_trip(lam) -> None:  # type: ignore[
     created = create(lam, "pyround", {"app.py": APP}, Runtime="python3.11", LoggingConfig={"LogGroup": "/custom/group"})
     assert created["LoggingConfig"] == {"LogFormat": "Text", "LogGroup": "/custom/group"}
     lam.update_function_configuration(FunctionName="pyround", LoggingConfig={"LogFormat": "JSON", "SystemLogLevel": "DEBUG"})
-    lam.get_waiter("function_updated_v2").wait(FunctionName="pyround", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="pyround", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     assert lam.get_function(FunctionName="pyround")["Configuration"]["LoggingConfig"] == {
         "LogFormat": "JSON", "ApplicationLogLevel": "INFO", "SystemLogLevel": "DEBUG", "LogGroup": "/custom/group"}
     lam.update_function_configuration(FunctionName="pyround", LoggingConfig={"LogFormat": "Text"})
-    lam.get_waiter("function_updated_v2").wait(FunctionName="pyround", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="pyround", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     assert lam.get_function_configuration(FunctionName="pyround")["LoggingConfig"] == {"LogFormat": "Text", "LogGroup": "/custom/group"}
     _, body = invoke_json(lam, "pyround", {})
     assert body["env"]["AWS_LAMBDA_LOG_GROUP_NAME"] == "/custom/group"

@@ -47,7 +47,7 @@ def publish_and_invoke_concurrently(lam, name: str, app: str) -> list[dict]:  # 
     create(lam, name, {"app.py": app}, SnapStart={"ApplyOn": "PublishedVersions"}, Timeout=15)
     version = lam.publish_version(FunctionName=name)["Version"]
     lam.get_waiter("published_version_active").wait(FunctionName=name, Qualifier=version,
-                                                    WaiterConfig={"Delay": 1, "MaxAttempts": 180})
+                                                    WaiterConfig={"Delay": 0.1, "MaxAttempts": 1800})
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: invoke_json(lam, name, {}, Qualifier=version, LogType="Tail"), range(2)))

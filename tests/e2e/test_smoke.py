@@ -12,7 +12,7 @@ def handler(event, context):
 def test_create_and_invoke(lam) -> None:
     created = create(lam, "smoke", {"app.py": APP}, wait=False)
     assert created["State"] == "Pending"
-    lam.get_waiter("function_active_v2").wait(FunctionName="smoke", WaiterConfig={"Delay": 1})
+    lam.get_waiter("function_active_v2").wait(FunctionName="smoke", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     response, body = invoke_json(lam, "smoke", {"k": 1})
     assert response["StatusCode"] == 200
     assert "FunctionError" not in response

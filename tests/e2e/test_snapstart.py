@@ -128,7 +128,7 @@ def test_publish_is_pending_then_active_with_optimization_on(lam, hooks_fn, serv
     assert final["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}
     # the botocore waiter agrees
     lam.get_waiter("published_version_active").wait(FunctionName=name, Qualifier="1",
-                                                    WaiterConfig={"Delay": 1, "MaxAttempts": 5})
+                                                    WaiterConfig={"Delay": 0.1, "MaxAttempts": 50})
     latest = lam.get_function_configuration(FunctionName=name)
     assert latest["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"}
     stored, cached = snapshot_dirs(server, name, "1")

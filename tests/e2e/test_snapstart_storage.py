@@ -64,7 +64,7 @@ def test_deleting_a_version_then_the_function_deletes_their_snapshots(lam, serve
     create_snap(lam, "doomed")
     publish(lam, "doomed")
     lam.update_function_configuration(FunctionName="doomed", Environment={"Variables": {"GREETING": "v2"}})
-    lam.get_waiter("function_updated_v2").wait(FunctionName="doomed", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="doomed", WaiterConfig={"Delay": 0.1, "MaxAttempts": 300})
     publish(lam, "doomed")
     for version in ("1", "2"):
         response, body = invoke_json(lam, "doomed", {}, Qualifier=version, LogType="Tail")
@@ -91,7 +91,7 @@ def test_deleting_a_version_then_the_function_deletes_their_snapshots(lam, serve
 
     # version 3 is deleted while its snapshot is still being taken: the finished snapshot is dropped
     lam.update_function_configuration(FunctionName="doomed", Environment={"Variables": {"GREETING": "v3"}})
-    lam.get_waiter("function_updated_v2").wait(FunctionName="doomed", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="doomed", WaiterConfig={"Delay": 0.1, "MaxAttempts": 300})
     assert lam.publish_version(FunctionName="doomed")["State"] == "Pending"
     lam.delete_function(FunctionName="doomed", Qualifier="3")
     wait_for(lambda: [m for v, _, m in function_log(server, "doomed") if v == "3" and m.startswith("SNAPSHOT_REPORT")],

@@ -141,7 +141,7 @@ def test_a_one_line_code_change_adds_at_most_a_tenth_new_chunks(lam, server: Ser
     publish(lam, "dedup")
     lam.update_function_code(FunctionName="dedup", ZipFile=_zip({"app.py": DEDUP_APP.replace('"answer": 1', '"answer": 2'),
                                                                             "model.py": DEDUP_MODEL}))
-    lam.get_waiter("function_updated_v2").wait(FunctionName="dedup", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="dedup", WaiterConfig={"Delay": 0.1, "MaxAttempts": 300})
     publish(lam, "dedup")
     [v1], _ = snapshot_dirs(server, "dedup", "1")
     [v2], _ = snapshot_dirs(server, "dedup", "2")
@@ -165,7 +165,7 @@ def test_operator_tools_report_snapshots_tiers_and_sharing_and_collect_orphans(l
     create(lam, "tools", {"app.py": APP}, SnapStart=SNAPSTART)
     publish(lam, "tools")
     lam.update_function_code(FunctionName="tools", ZipFile=_zip({"app.py": APP.replace("LINE = 1", "LINE = 2")}))
-    lam.get_waiter("function_updated_v2").wait(FunctionName="tools", WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="tools", WaiterConfig={"Delay": 0.1, "MaxAttempts": 300})
     publish(lam, "tools")
     [v1], _ = snapshot_dirs(server, "tools", "1")
     [v2], _ = snapshot_dirs(server, "tools", "2")

@@ -90,7 +90,7 @@ def test_updating_code_retires_the_warm_environment(lam) -> None:
     create(lam, "updated", {"app.py": SLEEPER})
     _, before = invoke_json(lam, "updated")
     lam.update_function_code(FunctionName="updated", ZipFile=make_zip({"app.py": SLEEPER + "\nVERSION_TAG = 2\n"}))
-    lam.get_waiter("function_updated_v2").wait(FunctionName="updated", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="updated", WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
     _, after = invoke_json(lam, "updated")
     assert after["env_id"] != before["env_id"]
 

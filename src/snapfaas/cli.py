@@ -89,6 +89,10 @@ def connect(endpoint_url: str, data_dir: Path, region: str) -> Any:
 @click.option("--invoke-timeline", is_flag=True,
               help="Debug: log each invoke's steps (arrival, auth, pool, restore steps, response) with their "
                    "wall times, one INFO line per invoke (logger snapfaas.timeline).")
+@click.option("--criu", "criu_binary", default="criu", show_default=True, metavar="PATH",
+              help="The CRIU binary SnapStart uses (a path, or a name looked up in /usr/local/sbin, /usr/sbin and "
+                   "the other system directories), e.g. a candidate build to compare against the installed one. "
+                   "runc (publishes, --restore-engine runc) runs the `criu` on PATH.")
 @click.option("--restore-engine", type=click.Choice(["runc", "criu"]), default="criu", show_default=True,
               help="What restores a SnapStart environment: runc (`runc restore`, `runc kill`, `runc delete` per "
                    "environment) or criu (the daemon drives CRIU's RPC itself, doing runc's cgroup, mount, network "
@@ -217,6 +221,7 @@ def serve(**opts: Any) -> None:
         snapshot_init_floor_s=parse_duration(opts["snapshot_init_floor"]),
         restore_memory=opts["restore_memory"],
         runc_binary=opts["runc_binary"],
+        criu_binary=opts["criu_binary"],
         restore_engine=opts["restore_engine"],
         invoke_timeline=opts["invoke_timeline"],
         restore_loading=opts["restore_loading"],

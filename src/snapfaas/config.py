@@ -85,6 +85,7 @@ class ServerConfig:
     snapshot_init_aslr: bool = True  # False: a publish's init runs without ASLR and glibc's tcache (more dedup; snapshot/determinism.py)
     runc_binary: str = "runc"  # the runc the daemon runs: a name on PATH or a path (`bench blink` gives a CPU-accounting wrapper)
     invoke_timeline: bool = False  # debug: log every invoke's steps with their wall times (snapfaas/timeline.py)
+    criu_binary: str = "criu"  # the CRIU SnapStart probes and the criu engine runs: a path, or a name in the system directories
     restore_engine: str = "criu"  # "criu": the daemon drives CRIU itself (sandbox/criu_container.py; cgroup v1 hosts, else runc); "runc": `runc restore`
     restore_memory: str = "map"  # "map": restores map page images copy-on-write (patched CRIU); "copy": CRIU copies them
     restore_loading: str = "lazy"  # "lazy": restore through the snapshot view (FUSE, pages on demand); "eager": materialize first

@@ -343,7 +343,7 @@ class Server:
     def _snapshots(self, registry: Registry, factory: EnvironmentFactory, creds: EndpointCredentials,
                    store: ChunkStore) -> SnapshotManager:
         cfg = self.config
-        status = engine.probe() if cfg.snapstart else engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
+        status = engine.probe(cfg.criu_binary) if cfg.snapstart else engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
         if cfg.sandbox_network == "isolated":
             status = status.requiring_netns_patches()
         self.say(status.describe() if status.available else f"WARNING: {status.describe()} - SnapStart versions will fail to publish; everything else works")

@@ -36,3 +36,15 @@ def test_snapstart_in_own_network_namespaces_needs_the_netns_patches() -> None:
     assert patched.requiring_netns_patches() is patched
     off = engine.CriuStatus(False, None, None, "disabled with --no-snapstart")
     assert off.requiring_netns_patches() is off
+
+
+def test_probe_uses_a_criu_given_by_path(tmp_path) -> None:
+    """`serve --criu PATH` (a candidate build beside the installed one) probes that binary."""
+    fake = tmp_path / "criu-candidate"
+    fake.write_text("#!/bin/sh\n"
+                    "[ \"$1\" = --version ] && { printf 'Version: 4.1.1\\nPatches: snapfaas map-pages-copy-on-write sha:0\\n'; exit 0; }\n"
+                    "[ \"$1\" = check ] && { echo 'Looks good.'; exit 0; }\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    status = engine.probe(str(fake))
+    assert status.available and status.binary == str(fake) and status.maps_pages

@@ -198,7 +198,10 @@ def test_prefetch_pushes_missing_chunks_into_the_page_cache_once(tmp_path: Path,
     assert not any(flag & 1 for flag in resident_pages(image, size))
     wanted = [TouchedRange("pages-1.img", 0, CHUNK_SIZE), TouchedRange("pages-1.img", 3 * CHUNK_SIZE, 2 * CHUNK_SIZE),
               TouchedRange("pages-1.img", 2 * CHUNK_SIZE, CHUNK_SIZE)]  # chunk 2 is a hole: nothing to push
+    assert not mounted.resident("fn-1-aaaa", wanted[1])
     report = mounted.prefetch("fn-1-aaaa", wanted)
+    assert mounted.resident("fn-1-aaaa", wanted[1]) and not mounted.resident("fn-1-aaaa", wanted[2])
+    assert not mounted.resident("fn-1-aaaa", TouchedRange("absent.img", 0, 1))
     assert (report.pushed, report.resident, report.failed, report.bytes) == (3, 0, 0, 3 * CHUNK_SIZE)
     present = resident_pages(image, size)
     per_chunk = CHUNK_SIZE // os.sysconf("SC_PAGE_SIZE")

@@ -246,28 +246,57 @@ def test_the_directory_of_the_previous_format_is_removed(tmp_path: Path) -> None
     assert remove_legacy(tmp_path) == 2 and not (tmp_path / "workingsets").exists()
 
 
-def test_a_snapshot_read_ahead_moments_ago_is_not_read_ahead_again(store: ChunkStore) -> None:
+def test_a_snapshot_read_ahead_moments_ago_is_read_ahead_again_only_if_the_page_cache_lost_it(
+        store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from snapfaas.snapshot import workingset
     from snapfaas.snapshot.view import TouchedRange
     keeper = WorkingSetKeeper(WorkingSets(store))
     keeper._remember(SNAPSHOT, workingset._Known(LIBC, True, [TouchedRange("pages-1.img", 0, PAGE)]))
-    started: list[int] = []
+    submitted: list[int] = []
+    cached = [True]
+    monkeypatch.setattr(workingset, "submit_read_ahead", lambda ws, pool: submitted.append(len(ws.files)) or [])
+    monkeypatch.setattr(workingset, "still_cached", lambda ws: cached[0])
 
     async def run() -> None:
-        for _ in range(3):  # a burst: one read-ahead
+        for _ in range(3):  # a burst: one read-ahead, the others find its sentinel page cached
             keeper.prefetch(SNAPSHOT)
-            started.append(len(keeper._tasks))
-        keeper._prefetched[(SNAPSHOT, "files")] -= workingset.PREFETCH_REPEAT_S  # that one is old now
+            await asyncio.gather(*keeper._tasks)
+        cached[0] = False  # the page cache was dropped: read ahead again at once
         keeper.prefetch(SNAPSHOT)
-        started.append(len(keeper._tasks))
+        await asyncio.gather(*keeper._tasks)
+        cached[0] = True
+        keeper.prefetch(SNAPSHOT)
+        await asyncio.gather(*keeper._tasks)
+        keeper._prefetched[(SNAPSHOT, "files")] -= workingset.PREFETCH_REPEAT_S  # that one is old now
+        keeper.prefetch(SNAPSHOT)  # not recent: read ahead whatever the sentinel says
         await asyncio.gather(*keeper._tasks)
         await keeper.close()
 
     asyncio.run(run())
-    assert started == [1, 1, 1, 2]
+    assert submitted == [1, 1, 1]
 
 
-def test_a_restore_reads_the_files_ahead_first_and_the_images_later_each_once(store: ChunkStore) -> None:
+def test_the_sentinel_page_of_a_working_set_tells_whether_the_page_cache_still_holds_it(tmp_path: Path) -> None:
+    from snapfaas.snapshot.workingset import still_cached
+    data = tmp_path / "lib.so"
+    data.write_bytes(b"x" * 4 * PAGE)  # just written: in the page cache
+    st = data.stat()
+    entry = FileRanges(str(data), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, ((0, PAGE), (2 * PAGE, PAGE)))
+    assert still_cached(WorkingSet((entry,)))
+    os.sync()
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    finally:
+        os.close(fd)
+    if os.major(os.stat(tmp_path).st_dev) != 0:  # a real disk (tmpfs pages cannot be dropped)
+        assert not still_cached(WorkingSet((entry,)))
+    assert not still_cached(WorkingSet(()))
+    assert not still_cached(WorkingSet((FileRanges(str(tmp_path / "gone"), 1, 2, 3, 4, ((0, PAGE),)),)))
+
+
+def test_a_restore_reads_the_files_ahead_first_and_the_images_later_each_once(
+        store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker asks for the library pages when a restore is decided and for the view's
     pages once the snapshot is exposed: each part is read ahead once, in its own task."""
     from snapfaas.snapshot import workingset
@@ -281,21 +310,24 @@ def test_a_restore_reads_the_files_ahead_first_and_the_images_later_each_once(st
             self.pushed.append(snapshot_id)
             return PrefetchReport()
 
+        def resident(self, snapshot_id: str, item: TouchedRange) -> bool:
+            return True  # what was pushed is still there
+
     view = View()
+    submitted: list[int] = []
+    monkeypatch.setattr(workingset, "submit_read_ahead", lambda ws, pool: submitted.append(len(ws.files)) or [])
+    monkeypatch.setattr(workingset, "still_cached", lambda ws: True)
     keeper = WorkingSetKeeper(WorkingSets(store), view=view)  # type: ignore[arg-type]
     keeper._remember(SNAPSHOT, workingset._Known(LIBC, True, [TouchedRange("pages-1.img", 0, PAGE)]))
-    started: list[int] = []
 
     async def run() -> None:
         for files, images in ((True, False), (True, False), (False, True), (False, True), (True, True)):
             keeper.prefetch(SNAPSHOT, files=files, images=images)
-            started.append(len(keeper._tasks))
-        await asyncio.gather(*keeper._tasks)
+            await asyncio.gather(*keeper._tasks)
         await keeper.close()
 
     asyncio.run(run())
-    assert started == [1, 1, 2, 2, 2]
-    assert view.pushed == [SNAPSHOT]
+    assert submitted == [1] and view.pushed == [SNAPSHOT]
 
 
 def test_the_programs_every_restore_runs_are_read_ahead_whole_and_first(tmp_path: Path) -> None:

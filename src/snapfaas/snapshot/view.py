@@ -461,6 +461,20 @@ class SnapshotView(pyfuse3.Operations):
         for probe in probes:
             probe.close()
 
+    def resident(self, snapshot_id: str, item: TouchedRange) -> bool:
+        """Whether the first page of `item` (a range of exposed `snapshot_id`) is in the page
+        cache (``mincore``, which faults nothing); False when it cannot be told. Blocking; never
+        call it on the view's own thread."""
+        node = self._files(snapshot_id).get(item.path)
+        if node is None or node.entry is None or item.offset >= node.entry.size:
+            return False
+        span = (item.offset // PAGE * PAGE, item.offset // PAGE * PAGE + PAGE)
+        try:
+            present = self._probe(snapshot_id, item.path, node.entry.size).pages([span])
+        except OSError:
+            return False
+        return _resident(present, *span)
+
     def prefetch(self, snapshot_id: str, ranges: Iterable[TouchedRange]) -> PrefetchReport:
         """Push the pages of `ranges` of exposed `snapshot_id` that the page cache lacks (see the
         module docstring): each chunk they fall in is fetched once, and only the ranges' pages

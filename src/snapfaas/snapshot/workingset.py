@@ -79,10 +79,12 @@ FILES = "files"  # the section of host file ranges
 IMAGES = "images"  # the section of snapshot image chunk ranges (lazy restores: memory pages and image files)
 KNOWN_MAX = 1024  # snapshots whose working set a keeper keeps in memory
 # A restore within this many seconds of the last read-ahead of its snapshot's working set does
-# not read it ahead again: the pages that one pushed (charged to the daemon) are still in the
-# page cache, and asking again costs a residency probe of every image window and an fadvise per
-# file range (~1.5 ms of CPU per torch restore, 8 times over in a burst of 8). A page evicted
-# meanwhile is read on demand, as without a read-ahead: slower, never wrong.
+# not read it ahead again if a sentinel page of it is still in the page cache: the pages that
+# one pushed (charged to the daemon) are most likely still there, and asking again costs a
+# residency probe of every image window and an fadvise per file range (~1.5 ms of CPU per torch
+# restore, 8 times over in a burst of 8). A page evicted meanwhile is read on demand, as
+# without a read-ahead: slower, never wrong. A dropped page cache (the sentinel gone) is read
+# ahead again at once.
 PREFETCH_REPEAT_S = 5.0
 LEGACY_DIR = "workingsets"  # <data-dir>/workingsets/: where working sets lived before the store
 PRESENT = 1 << 63
@@ -360,6 +362,25 @@ def whole_files(paths: Iterable[str]) -> WorkingSet:
     return WorkingSet(tuple(files))
 
 
+def still_cached(working_set: WorkingSet) -> bool:
+    """Whether the sentinel page of `working_set` is in the page cache: the start of the last
+    range of its largest file (``preadv2(RWF_NOWAIT)`` of one byte: answers from the cache or
+    fails at once, never waits for the disk). False if it cannot be told or there is none."""
+    if not working_set.files:
+        return False
+    entry = max(working_set.files, key=lambda f: f.bytes)
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.preadv(fd, [bytearray(1)], entry.ranges[-1][0], os.RWF_NOWAIT) == 1
+    except OSError:  # BlockingIOError: not in the page cache
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_ahead_tasks(working_set: WorkingSet, gap: int = READ_AHEAD_GAP, task_bytes: int = READ_AHEAD_TASK_BYTES,
                      head: int = READ_AHEAD_HEAD) -> list[tuple[FileRanges, tuple[tuple[int, int], ...]]]:
     """The read-ahead requests of `working_set`, as tasks for `prefetch`'s threads. Each file's
@@ -589,21 +610,23 @@ class WorkingSetKeeper:
         """Start reading the snapshot's working set ahead: the library pages (`files`; call it
         as soon as a restore is decided: nothing needs the snapshot exposed) and the view's
         pages (`images`; once the snapshot is exposed). A part is skipped if none is recorded,
-        or if it was read ahead less than `PREFETCH_REPEAT_S` ago."""
+        or if it was read ahead less than `PREFETCH_REPEAT_S` ago and its sentinel page is
+        still in the page cache (`still_cached`, `SnapshotView.resident`)."""
         if not snapshot_id:
             return
         known = self._cached(snapshot_id)
         if known is not None and known.files is None and known.images is None:
             return  # none recorded (yet): no thread for nothing
         parts = {part for part, wanted in ((FILES, files), (IMAGES, images and self.view is not None)) if wanted}
+        recent: set[str] = set()  # read ahead moments ago: again only if its sentinel page is gone
         if known is not None:
             parts -= {FILES} if known.files is None or not known.files.files else set()
             parts -= set() if known.images else {IMAGES}
             now = time.monotonic()
-            # a burst, or restores in quick succession: the first one's pages are there
-            parts = {part for part in parts
-                     if now - self._prefetched.get((snapshot_id, part), -PREFETCH_REPEAT_S) >= PREFETCH_REPEAT_S}
-            for part in parts:
+            # a burst, or restores in quick succession: the first one's pages are most likely there
+            recent = {part for part in parts
+                      if now - self._prefetched.get((snapshot_id, part), -PREFETCH_REPEAT_S) < PREFETCH_REPEAT_S}
+            for part in parts - recent:
                 self._prefetched[(snapshot_id, part)] = now
             if len(self._prefetched) > 2 * KNOWN_MAX:
                 for stale in [k for k, at in self._prefetched.items() if now - at >= PREFETCH_REPEAT_S]:
@@ -618,8 +641,15 @@ class WorkingSetKeeper:
             started = time.monotonic()
             working_set = None
             if FILES in parts and known.files is not None and known.files.files:
-                working_set = WorkingSet(self.platform.files + known.files.files)
-            push = known.images if IMAGES in parts and known.images and self.view is not None else None
+                if FILES not in recent or not still_cached(known.files):
+                    working_set = WorkingSet(self.platform.files + known.files.files)
+            push = None
+            if IMAGES in parts and known.images and self.view is not None:
+                if IMAGES not in recent or not self.view.resident(snapshot_id, known.images[0]):
+                    push = known.images
+            for part, going in ((FILES, working_set), (IMAGES, push)):
+                if part in recent and going is not None:  # the page cache lost it meanwhile
+                    self._prefetched[(snapshot_id, part)] = started
             # Submitting the files' readahead takes a while; the image chunks CRIU is about to
             # read are pushed meanwhile, not after it.
             submitted = submit_read_ahead(working_set, self._read_ahead_pool) if working_set is not None else []
@@ -701,5 +731,5 @@ class WorkingSetKeeper:
 
 __all__ = [
     "ATTACHMENT", "FileRanges", "WorkingSet", "WorkingSetDocument", "WorkingSetKeeper", "WorkingSets", "pages_to_ranges",
-    "prefetch", "read_ahead_tasks", "record", "remove_legacy", "whole_files",
+    "prefetch", "read_ahead_tasks", "record", "remove_legacy", "still_cached", "whole_files",
 ]

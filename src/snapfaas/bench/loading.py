@@ -20,7 +20,8 @@ environment alive: nothing maps the snapshot). Before a sample, from outside the
   kernel's page cache of the view does, from the previous sample, and the store's chunk memory
   tier (process memory, ``--store-memory-bytes``, 256 MiB) holds the chunks read before;
 * ``memory_cold``: the host's page cache dropped (``drop_caches``: libraries, the runtime, the
-  view's pages): the snapshot is still in RAM (eager: the tmpfs RAM cache; lazy: the chunk
+  view's pages; once no environment of any of the servers is alive, since the pages a live
+  process maps survive the drop): the snapshot is still in RAM (eager: the tmpfs RAM cache; lazy: the chunk
   memory tier), as on a host that restored it before and whose page cache was reclaimed
   since. This is the situation the issue's "247 ms cold page cache" figure was measured in;
 * ``disk``: each server restarted (process memory and the view's page cache go; its RAM cache
@@ -114,12 +115,18 @@ def _servers(runtime_python: str) -> Iterator[dict[str, PrivateServer]]:
         yield {loading: stack.enter_context(PrivateServer(base + args)) for loading, args in LOADINGS.items()}
 
 
-def _sample(bench: Bench, name: str, snapshot_id: str, loading: str, tier: str) -> tuple[float, int | None]:
+def _sample(bench: Bench, name: str, snapshot_id: str, loading: str, tier: str,
+            others: tuple[Bench, ...] = ()) -> tuple[float, int | None]:
     """One first invoke of a new environment after dropping what `tier` says; (e2e ms, distinct
-    chunks fetched from the origin or None)."""
+    chunks fetched from the origin or None). `others`: the other servers of the run, whose
+    environments must be gone too before the page cache is dropped (`drop_caches` keeps the
+    pages a live process maps: another server's torch environment kept its libraries cached)."""
     server = bench.server
     cache_dir = server.data_dir / "store-cache"
     bench.wait_idle()
+    if tier in ("memory_cold", "origin_cold"):
+        for other in others:
+            other.wait_idle()
     if tier in RESTARTED:
         server.stop()
         drop_ram_cache(server.sandbox, snapshot_id)  # eager: the snapshot; lazy: the local copy of its small images
@@ -166,7 +173,8 @@ def run(say: Callable[[str], None], runtime_python: str, runs: int = 5, only: li
                     say(f"[{name}] {runs} restores per loading, {TIER_LABELS[tier]}")
                     for _ in range(runs):
                         for loading, bench in benches.items():
-                            elapsed, count = _sample(bench, name, ids[loading], loading, tier)
+                            others = tuple(b for b in benches.values() if b is not bench)
+                            elapsed, count = _sample(bench, name, ids[loading], loading, tier, others)
                             e2e[loading][tier].append(elapsed)
                             if count is not None:
                                 fetched[loading].append(count)

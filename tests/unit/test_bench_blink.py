@@ -311,3 +311,30 @@ def test_baseline_source_is_that_revisions_src(tmp_path: Path) -> None:
     assert (src / "snapfaas" / "bench" / "blink.py").is_file()
     with pytest.raises(RuntimeError, match="git archive no-such-rev"):
         blink.baseline_source("no-such-rev", tmp_path / "bad", repo=ROOT)
+
+
+class _SlowToStart:
+    """A caller connection whose client takes long to make in every other process."""
+
+    def lambda_client(self) -> object:
+        import os
+        import time
+        if os.getpid() % 2:
+            time.sleep(0.3)  # a caller still making its client (not synchronization: the barrier is)
+        return object()
+
+
+def test_burst_callers_each_send_one_invoke(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every caller's invoke waits for the others' (`_caller_invoke`'s barrier): 4 invokes of a
+    burst come from 4 processes, however slowly some of them started."""
+    import multiprocessing
+    import os
+
+    from snapfaas.bench import snapstart
+
+    monkeypatch.setattr(snapstart, "measured_invoke", lambda client, name, qualifier, payload: (float(os.getpid()), {}))
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4, snapstart._caller_start, (_SlowToStart(), context.Barrier(4))) as callers:
+        for _ in range(2):
+            results = callers.map(snapstart._caller_invoke, [("f", "1", b"{}")] * 4, chunksize=1)
+            assert len({pid for pid, _ in results}) == 4

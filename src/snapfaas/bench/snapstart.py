@@ -54,14 +54,24 @@ def measured_invoke(client: Any, name: str, qualifier: str | None = None,
 
 
 _CALLER_CLIENT: Any = None  # in each burst caller process: its own boto3 client
+_CALLER_BARRIER: Any = None  # in each burst caller process: every caller's invoke starts together
+CALLER_BARRIER_TIMEOUT_S = 120.0
 
 
-def _caller_start(connection: Connection) -> None:
-    global _CALLER_CLIENT
+def _caller_start(connection: Connection, barrier: Any = None) -> None:
+    """A caller process's start: its boto3 client, and the barrier (a `multiprocessing`
+    Barrier with one party per caller, or None) its invokes wait on."""
+    global _CALLER_CLIENT, _CALLER_BARRIER
     _CALLER_CLIENT = connection.lambda_client()
+    _CALLER_BARRIER = barrier
 
 
 def _caller_invoke(target: tuple[str, str, bytes]) -> tuple[float, dict[str, float]]:
+    """One invoke from this caller; with a barrier, only once every caller holds one (a
+    caller still making its client, on a loaded host, would otherwise leave its invoke to a
+    caller that is done with its first and finds that environment idle)."""
+    if _CALLER_BARRIER is not None:
+        _CALLER_BARRIER.wait(CALLER_BARRIER_TIMEOUT_S)
     return measured_invoke(_CALLER_CLIENT, *target)
 
 
@@ -129,9 +139,12 @@ class Bench:
 
         The invokes come from `size` caller processes, each with its own boto3 client (started
         once, before the first burst), as `size` independent callers would send them: threads
-        of one process would queue on its GIL to sign requests and parse responses."""
+        of one process would queue on its GIL to sign requests and parse responses. Each
+        caller's invoke waits at a barrier until every caller holds one, so they start together
+        and none is sent by a caller that is done with its first (which would reuse it)."""
         if self._callers is None:
-            self._callers = multiprocessing.get_context("fork").Pool(size, _caller_start, (self.server.connection,))
+            context = multiprocessing.get_context("fork")
+            self._callers = context.Pool(size, _caller_start, (self.server.connection, context.Barrier(size)))
         self.wait_idle()
         results = self._callers.map(_caller_invoke, [(name, "1", self.payloads.get(name, b"{}"))] * size, chunksize=1)
         if any("Restore Duration" not in r[1] for r in results):

@@ -77,6 +77,46 @@ def test_build(tmp_path: Path, host_etc: Path) -> None:
     assert sorted(p.name for p in sandbox.iterdir()) == ["etc"]
 
 
+def _tree(root: Path) -> dict[str, object]:
+    """Every entry below `root`: a link's target, a file's content and mode, or "dir"."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[rel] = ("dir", stat.S_IMODE(path.stat().st_mode))
+        else:
+            out[rel] = ("file", path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+    return out
+
+
+def test_linked_from_host_wide_templates_the_same_tree_is_built(tmp_path: Path, host_etc: Path) -> None:
+    plain, linked, again = (tmp_path / name for name in ("plain", "linked", "again"))
+    for sandbox in (plain, linked, again):
+        sandbox.mkdir()
+    templates = tmp_path / "templates"
+    etc.build(plain, 1000, "sandbox", host_etc)
+    etc.build(linked, 1000, "sandbox", host_etc, templates)
+    assert _tree(linked / "etc") == _tree(plain / "etc")
+    assert len(list(templates.iterdir())) == 2  # the CA directory's and the alternatives' copies
+    # a second daemon reuses them: its entries are hard links to the same inodes
+    etc.build(again, 1000, "sandbox", host_etc, templates)
+    assert _tree(again / "etc") == _tree(plain / "etc") and len(list(templates.iterdir())) == 2
+    for rel in ("ssl/certs/abcd1234.0", "ssl/certs/local.pem", "alternatives/awk"):
+        assert os.lstat(again / "etc" / rel).st_ino == os.lstat(linked / "etc" / rel).st_ino, rel
+    # a changed host file gives a new template; a damaged template is not used
+    (tmp_path / "outside.pem").write_text("ANOTHER LOCAL CA")
+    for template in templates.iterdir():
+        for entry in template.iterdir():
+            if entry.name == "awk":
+                entry.unlink()
+    etc.build(again, 1000, "sandbox", host_etc, templates)
+    assert (again / "etc" / "ssl" / "certs" / "local.pem").read_text() == "ANOTHER LOCAL CA"
+    assert os.readlink(again / "etc" / "alternatives" / "awk") == "/usr/bin/mawk"
+    assert sorted(p.name for p in again.iterdir()) == ["etc"]
+
+
 def test_resolv_conf_keeps_non_loopback_nameservers_and_options() -> None:
     text = ("# comment\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 10.1.2.3 # office\n"
             "nameserver fe80::1%eth0\nnameserver bogus\nsearch corp.example\ndomain corp.example\noptions edns0 trust-ad\n")

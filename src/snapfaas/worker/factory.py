@@ -170,7 +170,7 @@ class EnvironmentFactory:
         self._prepare_lock = threading.Lock()
         self._clear_bundles()
         self._install_runtime()
-        self.etc_dir = etc.build(config.sandbox_dir, config.sandbox_uid, HOSTNAME)
+        self.etc_dir = etc.build(config.sandbox_dir, config.sandbox_uid, HOSTNAME, templates=etc.LINK_TEMPLATES)
         self.criu_dump_config, self.criu_restore_config = engine.write_configs(config.sandbox_dir / "criu")
 
     def _clear_bundles(self) -> None:

@@ -136,6 +136,10 @@ def test_reads_fetch_only_the_chunks_they_touch_and_are_recorded(view: SnapshotV
     assert 1 <= fetched < stored
     touched = mounted.touched("fn-1-aaaa")
     assert [(t.path, t.offset) for t in touched] == [("pages-1.img", 4 * CHUNK_SIZE)]
+    with open(root / "pages-1.img", "rb", buffering=0) as image:  # chunk 2 is a hole: read, not recorded
+        os.posix_fadvise(image.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(image.fileno(), 4096, 2 * CHUNK_SIZE) == bytes(4096)
+    assert mounted.touched("fn-1-aaaa") == touched
 
     def read_head() -> bytes:
         with open(root / "pages-1.img", "rb", buffering=0) as image:

@@ -370,14 +370,15 @@ class SnapshotView(pyfuse3.Operations):
 
     def touched(self, snapshot_id: str) -> list[TouchedRange]:
         """The chunk ranges read through the view while recording `snapshot_id`, in the order
-        they were first read (the order a prefetch should push them in)."""
+        they were first read (the order a prefetch should push them in). Holes are left out:
+        they are no chunks (a read of one is answered with zeros, and a prefetch skips them)."""
         with self._guard:
             keys = list(self._touched.get(snapshot_id, ()))
         files = self._files(snapshot_id)
         out = []
         for path, index in keys:
             entry = files[path].entry if path in files else None
-            if entry is not None and index < len(entry.chunks):
+            if entry is not None and index < len(entry.chunks) and not entry.chunks[index].is_hole:
                 ref = entry.chunks[index]
                 out.append(TouchedRange(path, ref.offset, ref.length))
         return out

@@ -294,13 +294,18 @@ def lam(server: ServerHandle):  # type: ignore[no-untyped-def]
     return server.client()
 
 
-def create(lam, name: str, files: dict[str, str], handler: str = "app.handler", wait: bool = True, **kwargs: object) -> dict:  # type: ignore[no-untyped-def]
+def create(lam, name: str, files: dict[str, str], handler: str = "app.handler", wait: bool = True,  # type: ignore[no-untyped-def]
+           poll_s: float = 0.1, **kwargs: object) -> dict:
+    """Create a function and (`wait`) poll until it is Active, every `poll_s` seconds for up to a minute.
+
+    A server with `--replay-cache` refuses a byte-identical request within the same second, which
+    is what a waiter's polls within one second are: such tests poll at more than 1 s."""
     params: dict[str, object] = dict(FunctionName=name, Runtime="python3.12", Role=ROLE, Handler=handler,
                                      Code={"ZipFile": make_zip(files)})
     params.update(kwargs)
     response = lam.create_function(**params)
     if wait:
-        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+        lam.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": poll_s, "MaxAttempts": max(1, round(60 / poll_s))})
     return response
 
 

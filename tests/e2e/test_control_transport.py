@@ -130,7 +130,7 @@ def tls_server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFacto
 def test_boto3_over_tls_with_the_servers_certificate(tls_server: ServerHandle) -> None:
     assert tls_server.endpoint.startswith("https://")
     lam = tls_server.client()
-    create(lam, "tls-echo", echo_code())
+    create(lam, "tls-echo", echo_code(), poll_s=1.1)  # --replay-cache: identical polls within a second are replays
     _, body = invoke_json(lam, "tls-echo", {"over": "tls"})
     assert body["event"] == {"over": "tls"}
     untrusting = boto3.client("lambda", endpoint_url=tls_server.endpoint, region_name="us-east-1",
@@ -150,7 +150,7 @@ def test_plain_http_to_the_tls_port_fails(tls_server: ServerHandle) -> None:
 
 def test_replay_is_refused_with_the_cache(tls_server: ServerHandle) -> None:
     lam = tls_server.client()
-    create(lam, "replay-target", echo_code())
+    create(lam, "replay-target", echo_code(), poll_s=1.1)  # --replay-cache, as above
     raw = signed_raw(tls_server.port, "POST", "/2015-03-31/functions/replay-target/invocations", b'{"n": 2}')
     status, _, body = send_raw(tls_server.port, raw, tls_server.ssl_context())
     assert (status, json.loads(body)["event"]) == (200, {"n": 2})

@@ -279,7 +279,7 @@ def test_a_snapshot_read_ahead_moments_ago_is_read_ahead_again_only_if_the_page_
 def test_the_sentinel_page_of_a_working_set_tells_whether_the_page_cache_still_holds_it(tmp_path: Path) -> None:
     from snapfaas.snapshot.workingset import still_cached
     data = tmp_path / "lib.so"
-    data.write_bytes(b"x" * 4 * PAGE)  # just written: in the page cache
+    data.write_bytes(os.urandom(64 * PAGE))  # just written: in the page cache
     st = data.stat()
     entry = FileRanges(str(data), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, ((0, PAGE), (2 * PAGE, PAGE)))
     assert still_cached(WorkingSet((entry,)))
@@ -291,6 +291,7 @@ def test_the_sentinel_page_of_a_working_set_tells_whether_the_page_cache_still_h
         os.close(fd)
     if os.major(os.stat(tmp_path).st_dev) != 0:  # a real disk (tmpfs pages cannot be dropped)
         assert not still_cached(WorkingSet((entry,)))
+        assert not still_cached(WorkingSet((entry,)))  # asking reads nothing in
     assert not still_cached(WorkingSet(()))
     assert not still_cached(WorkingSet((FileRanges(str(tmp_path / "gone"), 1, 2, 3, 4, ((0, PAGE),)),)))
 

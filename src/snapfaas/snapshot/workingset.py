@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas import timeline
-from snapfaas.snapshot.view import SnapshotView, TouchedRange
+from snapfaas.snapshot.view import ResidencyProbe, SnapshotView, TouchedRange
 from snapfaas.store import ChunkStore, StoreError
 
 logger = logging.getLogger(__name__)
@@ -363,22 +363,26 @@ def whole_files(paths: Iterable[str]) -> WorkingSet:
 
 
 def still_cached(working_set: WorkingSet) -> bool:
-    """Whether the sentinel page of `working_set` is in the page cache: the start of the last
-    range of its largest file (``preadv2(RWF_NOWAIT)`` of one byte: answers from the cache or
-    fails at once, never waits for the disk). False if it cannot be told or there is none."""
+    """Whether the sentinel page of `working_set` is in the page cache: the page holding the
+    start of the last range of its largest file (``mincore`` over a map of the file, which
+    reads nothing: a ``preadv2(RWF_NOWAIT)`` probe is no good, recent kernels read a page the
+    cache lacks from a fast disk within the call). False if it cannot be told or there is none."""
     if not working_set.files:
         return False
     entry = max(working_set.files, key=lambda f: f.bytes)
+    offset = entry.ranges[-1][0] // PAGE * PAGE if entry.ranges else 0
+    if offset >= entry.size:
+        return False
     try:
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        probe = ResidencyProbe(Path(entry.path), entry.size)
+    except OSError:  # gone, unreadable, or not mappable
+        return False
+    try:
+        return bool(probe.pages([(offset, offset + PAGE)])[offset // PAGE] & 1)
     except OSError:
         return False
-    try:
-        return os.preadv(fd, [bytearray(1)], entry.ranges[-1][0], os.RWF_NOWAIT) == 1
-    except OSError:  # BlockingIOError: not in the page cache
-        return False
     finally:
-        os.close(fd)
+        probe.close()
 
 
 def read_ahead_tasks(working_set: WorkingSet, gap: int = READ_AHEAD_GAP, task_bytes: int = READ_AHEAD_TASK_BYTES,

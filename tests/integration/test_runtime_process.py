@@ -774,8 +774,8 @@ def test_phases_switch_logs_a_restore_and_its_first_invoke_once(start) -> None: 
     lines = [line for line in rt.wait_mark("r1").splitlines() if line.startswith("SNAPFAAS_PHASES")]
     assert len(lines) == 1, rt.log
     assert lines[0].startswith("SNAPFAAS_PHASES restore: ")
-    assert _phase_names(lines[0]) == ["restored", "hooks", "first invoke"]
-    assert " faults " in lines[0] and " wall " in lines[0]
+    assert _phase_names(lines[0]) == ["restored", "credentials", "hooks", "log mark", "invoke read", "first invoke"]
+    assert " faults " in lines[0] and " wall " in lines[0] and " anon " in lines[0]
     rt.invoke({}, "r2")
     rt.expect("response")
     assert "SNAPFAAS_PHASES" not in rt.wait_mark("r2")
@@ -787,7 +787,7 @@ def test_phases_switch_logs_an_on_demand_init_even_when_the_first_invoke_fails(s
     rt.invoke({}, "r1")
     rt.expect("error")
     lines = [line for line in rt.wait_mark("r1").splitlines() if line.startswith("SNAPFAAS_PHASES")]
-    assert len(lines) == 1 and _phase_names(lines[0]) == ["init", "first invoke"], rt.log
+    assert len(lines) == 1 and _phase_names(lines[0]) == ["init", "invoke read", "first invoke"], rt.log
 
 
 def test_without_the_phases_switch_nothing_is_sampled(start) -> None:  # type: ignore[no-untyped-def]

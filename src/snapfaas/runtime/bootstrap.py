@@ -282,7 +282,10 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str], clock:
             os.environ.pop("_X_AMZN_TRACE_ID", None)
         try:
             event = json.loads(payload) if payload else None
-            result = handler(event, LambdaContext(header, environ))
+            context = LambdaContext(header, environ)
+            if clock is not None:
+                clock.mark("invoke read")
+            result = handler(event, context)
             body = encode_result(result)
         except Exception as exc:  # user code may raise anything; it becomes Lambda's error object
             error = error_of(exc, request_id)
@@ -383,6 +386,8 @@ def snap_start_barrier(channel: Channel, clock: PhaseClock | None = None) -> Non
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    if clock is not None:
+        clock.mark("credentials")
     try:
         if header.get("reseed"):
             reseed()
@@ -392,6 +397,8 @@ def snap_start_barrier(channel: Channel, clock: PhaseClock | None = None) -> Non
     if clock is not None:
         clock.mark("hooks")
     channel.mark_logs("restore")
+    if clock is not None:
+        clock.mark("log mark")
 
 
 def private_inbound() -> BinaryIO:

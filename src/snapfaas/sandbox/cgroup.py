@@ -235,16 +235,85 @@ def v1_hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
     return hierarchies(root)
 
 
-def _ensure_cpuset(hierarchy: Path, rel: str) -> None:
-    """Create `rel` in the cpuset hierarchy, copying cpus and mems down from the parent into each
-    new level (an empty cpuset accepts no task; runc's cpuset manager does the same)."""
+def _write(path: Path, *values: str) -> None:
+    """Write each of `values` to cgroup file `path` with its own write(2) (a cgroup file takes
+    one setting per write: a device rule, a pid, a limit) through one descriptor, without a
+    Python file object: ~0.08 ms of CPU per value less than `Path.write_text` each. Raises
+    OSError naming the file and the value."""
+    value = ""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for value in values:
+                os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"writing {value or values[0]!r} to {path}: {exc.strerror}") from exc
+
+
+def _read(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode().strip()
+    finally:
+        os.close(fd)
+
+
+# cpuset levels above an environment's cgroup known to hold cpus and mems, per hierarchy: a
+# restore's cgroup needs one mkdir and its parent's two values there, not a walk reading and
+# writing every level from the root (~0.9 ms of CPU per restore)
+_cpuset_parents: set[tuple[Path, str]] = set()
+
+
+def _ensure_cpuset_levels(hierarchy: Path, rel: str) -> None:
+    """Create every level of `rel` in the cpuset hierarchy, copying cpus and mems down from the
+    parent into each level that has none (an empty cpuset accepts no task; runc's cpuset
+    manager does the same)."""
     current = hierarchy
     for part in rel.split("/"):
         parent, current = current, current / part
         current.mkdir(exist_ok=True)
         for name in ("cpuset.cpus", "cpuset.mems"):
-            if not (current / name).read_text().strip():
-                (current / name).write_text((parent / name).read_text().strip())
+            if not _read(current / name):
+                _write(current / name, _read(parent / name))
+
+
+def _ensure_cpuset(hierarchy: Path, rel: str) -> None:
+    """`_ensure_cpuset_levels`, walking the levels above the leaf only the first time (or once
+    they are found gone or empty): the leaf is made and given its parent's cpus and mems."""
+    parent_rel, _, leaf = rel.rpartition("/")
+    key = (hierarchy, parent_rel)
+    if not parent_rel or key not in _cpuset_parents:
+        _ensure_cpuset_levels(hierarchy, rel)
+        if parent_rel:
+            _cpuset_parents.add(key)
+        return
+    parent = hierarchy / parent_rel
+    current = parent / leaf
+    try:
+        os.mkdir(current)
+        fresh = True
+    except FileExistsError:
+        fresh = False
+    except FileNotFoundError:  # the levels above were removed meanwhile
+        _cpuset_parents.discard(key)
+        _ensure_cpuset(hierarchy, rel)
+        return
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if fresh or not _read(current / name):
+            value = _read(parent / name)
+            if not value:  # a parent emptied since: walk every level again
+                _cpuset_parents.discard(key)
+                _ensure_cpuset_levels(hierarchy, rel)
+                return
+            _write(current / name, value)
+
+
+@functools.lru_cache(maxsize=8)
+def _has_memsw(memory_hierarchy: Path) -> bool:
+    """Whether the host accounts swap in the memory hierarchy (a boot-time setting)."""
+    return (memory_hierarchy / "memory.memsw.limit_in_bytes").exists()
 
 
 def create_v1(cgroup: str, limits: Limits, root: Path = CGROUP_ROOT) -> None:
@@ -257,28 +326,23 @@ def create_v1(cgroup: str, limits: Limits, root: Path = CGROUP_ROOT) -> None:
             _ensure_cpuset(hierarchy, rel)
             continue
         (hierarchy / rel).mkdir(parents=True, exist_ok=True)
-    settings: list[tuple[str, str]] = [("devices/devices.deny", "a")]
-    settings += [("devices/devices.allow", rule) for rule in DEVICE_RULES]
-    settings += [("memory/memory.limit_in_bytes", str(limits.memory_bytes))]
-    if (root / "memory" / rel / "memory.memsw.limit_in_bytes").exists():
-        settings.append(("memory/memory.memsw.limit_in_bytes", str(limits.swap_bytes)))
-    settings.append(("pids/pids.max", str(limits.pids)))
-    for name, value in settings:
-        controller, _, filename = name.partition("/")
-        path = root / controller / rel / filename
-        try:
-            path.write_text(value)
-        except OSError as exc:
-            raise OSError(exc.errno, f"writing {value!r} to {path}: {exc.strerror}") from exc
+    _write(root / "devices" / rel / "devices.deny", "a")
+    _write(root / "devices" / rel / "devices.allow", *DEVICE_RULES)
+    memory = root / "memory" / rel
+    _write(memory / "memory.limit_in_bytes", str(limits.memory_bytes))
+    if _has_memsw(root / "memory"):
+        _write(memory / "memory.memsw.limit_in_bytes", str(limits.swap_bytes))
+    _write(root / "pids" / rel / "pids.max", str(limits.pids))
 
 
 def attach_v1(cgroup: str, pid: int, root: Path = CGROUP_ROOT) -> None:
     """Move process `pid` into `cgroup` in every v1 hierarchy (runc's `Apply`)."""
     rel = cgroup.strip("/")
+    value = str(pid)
     for hierarchy in v1_hierarchies(root):
         path = hierarchy / rel / "cgroup.procs"
         try:
-            path.write_text(str(pid))
+            _write(path, value)
         except OSError as exc:
             raise OSError(exc.errno, f"moving pid {pid} into {path}: {exc.strerror}") from exc
 

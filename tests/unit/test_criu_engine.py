@@ -39,11 +39,16 @@ def test_restore_request_encodes_type_and_options() -> None:
     assert by_field[1] == [7] and by_field[17] == [8]
     assert by_field[13] == [b"/r"] and by_field[51] == [b"/c.conf"]
     assert by_field[26] == [1]  # rst_sibling
-    assert by_field[24] == [1]  # manage_cgroups
+    assert by_field[24] == [0]  # cgroups left to the caller
     assert by_field[12] == [0]  # no notifications
     assert fields(by_field[23][0]) == [(1, b"/usr"), (2, b"/usr")]  # type: ignore[arg-type]
     assert fields(by_field[27][0]) == [(1, b"pipe:[5]"), (2, 0)]  # type: ignore[arg-type]
-    assert [fields(v) for v in by_field[25]] == [[(1, b"memory"), (2, b"/a/b")], [(2, b"/")]]  # type: ignore[arg-type]
+    assert 25 not in by_field  # no cgroup roots without cgroup management
+    managed = criu_rpc.RestoreRequest(images_dir_fd=7, work_dir_fd=8, root="/r", manage_cgroups=True,
+                                      cgroup_roots=[("memory", "/a/b"), ("", "/")])
+    managed_opts = fields(fields(managed.encode())[1][1])  # type: ignore[arg-type]
+    assert [v for f, v in managed_opts if f == 24] == [1]
+    assert [fields(v) for f, v in managed_opts if f == 25] == [[(1, b"memory"), (2, b"/a/b")], [(2, b"/")]]  # type: ignore[arg-type]
 
 
 def test_response_decodes_success_pid_and_errors() -> None:
@@ -76,13 +81,14 @@ SPEC = {
 
 
 def test_restore_request_from_a_runc_spec() -> None:
-    request = restore_request(SPEC, 10, 11, "/b/rootfs", ["pipe:[1]", "pipe:[2]", "/dev/null"], 4, [("", "/x")])
+    request = restore_request(SPEC, 10, 11, "/b/rootfs", ["pipe:[1]", "pipe:[2]", "/dev/null"], 4)
     assert list(request.external_mounts) == [("/usr", "/usr"), ("/var/task", "/code/x"), ("/dev/null", "/dev/null"),
                                             *((d, d) for d in DEFAULT_DEVICES)]
     assert list(request.inherit_fds) == [("pipe:[1]", 0), ("pipe:[2]", 1), (NETNS_KEY, 4)]  # stderr was not a pipe
     assert request.config_file == "/etc/criu-restore.conf"
     assert request.root == "/b/rootfs" and request.images_dir_fd == 10 and request.work_dir_fd == 11
-    without_net = restore_request(SPEC, 10, 11, "/b/rootfs", ["pipe:[1]"], None, [])
+    assert not request.manage_cgroups and not request.cgroup_roots
+    without_net = restore_request(SPEC, 10, 11, "/b/rootfs", ["pipe:[1]"], None)
     assert NETNS_KEY not in dict(without_net.inherit_fds)
 
 

@@ -7,8 +7,11 @@
 * cgroup (v1): the container's cgroup is created in every hierarchy with runc's settings
   (device allow-list, memory + swap and pids limits: `cgroup.create_v1`), and the CRIU
   process is moved into it before it restores anything, so every restored task starts there
-  and CRIU's own CPU is charged to the environment (bench/cpu.py relies on that). The cgroup
-  roots CRIU restores into are read back from CRIU's /proc/<pid>/cgroup, as runc does.
+  and CRIU's own CPU is charged to the environment (bench/cpu.py relies on that). Unlike
+  runc, CRIU is asked to leave cgroups alone (`criu_rpc.RestoreRequest.manage_cgroups`):
+  the restored tasks inherit CRIU's cgroups, which are the environment's in every hierarchy
+  already; runc's "soft" mode re-did that move per hierarchy, mounted every hierarchy in a
+  scratch yard and started a helper process, ~2 ms of each restore.
   Both steps run in a worker thread (the cgroup is made while the loop prepares and starts
   CRIU, which waits for its request meanwhile): cgroupfs writes block in the kernel
   (moving a task waits for the cgroup locks, ~8 ms here; creating ~6 ms across 9
@@ -50,7 +53,7 @@ from typing import Any, TypeVar
 from snapfaas import timeline
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox import criu_rpc
-from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1, parse_proc_cgroup
+from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, PipeSink, Runc
 from snapfaas.sandbox.mounts import remove_tree
@@ -91,13 +94,6 @@ async def _off_loop(action: Callable[[], T]) -> T:
         with contextlib.suppress(Exception):
             await future
         raise
-
-
-def _join_cgroup(cgroup: str, pid: int) -> list[tuple[str, str]]:
-    """Move process `pid` into `cgroup` (every v1 hierarchy) and return the cgroup roots it
-    is in now (its /proc/<pid>/cgroup), which CRIU restores into."""
-    attach_v1(cgroup, pid)
-    return parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
 
 
 class ChildProcess:
@@ -143,13 +139,13 @@ class ChildProcess:
 
 
 def restore_request(config: Mapping[str, Any], images_fd: int, work_fd: int, root: str,
-                    pipe_keys: list[str], netns_fd: int | None,
-                    cgroup_roots: list[tuple[str, str]]) -> criu_rpc.RestoreRequest:
+                    pipe_keys: list[str], netns_fd: int | None) -> criu_rpc.RestoreRequest:
     """The CRIU restore request for a container whose runc spec is `config` (pure).
 
     `pipe_keys`: the images' descriptors.json (stdin, stdout, stderr as recorded); each pipe
     among them is inherited from CRIU's own descriptor of the same number. `netns_fd`: CRIU's
     descriptor of the environment's network namespace (None: the spec has none to join).
+    Cgroups are left to the caller, which moves CRIU into the container's before the request.
     """
     mounts = [(m["destination"], m["source"]) for m in config.get("mounts", []) if m.get("type") == "bind"]
     linux = config.get("linux", {})
@@ -163,7 +159,7 @@ def restore_request(config: Mapping[str, Any], images_fd: int, work_fd: int, roo
     return criu_rpc.RestoreRequest(
         images_dir_fd=images_fd, work_dir_fd=work_fd, root=root,
         config_file=annotations.get(CONFIG_ANNOTATION),
-        external_mounts=mounts, inherit_fds=inherit, cgroup_roots=cgroup_roots,
+        external_mounts=mounts, inherit_fds=inherit,
     )
 
 
@@ -341,9 +337,9 @@ class CriuContainer(Container):
             await asyncio.shield(cgroup_made)
             timeline.mark("host prepared (awaited)")
             step = "move criu into the cgroup"
-            roots = await _off_loop(functools.partial(_join_cgroup, self.cgroup, self._criu.pid))
+            await _off_loop(functools.partial(attach_v1, self.cgroup, self._criu.pid))
             timeline.mark("criu moved into the cgroup")
-            request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd, roots)
+            request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd)
             for fd in (stdin_r, stdout_w, stderr_w, server_fd):  # CRIU holds them now
                 os.close(fd)
                 to_close.remove(fd)

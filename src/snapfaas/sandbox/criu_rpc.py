@@ -88,7 +88,12 @@ class RestoreRequest:
     Descriptor numbers are the CRIU process's own. `external_mounts` maps a mount point in the
     container (the key the checkpoint recorded) to its host source; `inherit_fds` maps a key the
     checkpoint recorded (``pipe:[ino]``, ``extRootNetNS``) to the descriptor standing in for it;
-    `cgroup_roots` maps a controller ("" for the rest) to the cgroup the restored tasks go to.
+    `manage_cgroups`: False (the default) leaves cgroups to the caller: CRIU neither mounts the
+    hierarchies in a scratch yard nor starts its cgroup helper process nor moves the restored
+    tasks, which stay in the cgroups CRIU itself was moved into before the request (and which
+    the image's cgroup sets are then not compared with). True is runc's "soft" mode: tasks are
+    moved into the image's cgroup sets under `cgroup_roots`, which maps a controller ("" for
+    the rest) to the cgroup the restored tasks go to.
     """
 
     images_dir_fd: int
@@ -99,6 +104,7 @@ class RestoreRequest:
     config_file: str | None = None
     external_mounts: Sequence[tuple[str, str]] = ()
     inherit_fds: Sequence[tuple[str, int]] = ()
+    manage_cgroups: bool = False
     cgroup_roots: Sequence[tuple[str, str]] = ()
 
     def opts(self) -> bytes:
@@ -111,8 +117,9 @@ class RestoreRequest:
             _str(_ROOT, self.root),
             _int(_WORK_DIR_FD, self.work_dir_fd),
             *(_bytes(_EXT_MNT, _str(1, key) + _str(2, val)) for key, val in self.external_mounts),
-            _bool(_MANAGE_CGROUPS, True),
-            *(_bytes(_CG_ROOT, (_str(1, ctrl) if ctrl else b"") + _str(2, path)) for ctrl, path in self.cgroup_roots),
+            _bool(_MANAGE_CGROUPS, self.manage_cgroups),
+            *(_bytes(_CG_ROOT, (_str(1, ctrl) if ctrl else b"") + _str(2, path))
+              for ctrl, path in (self.cgroup_roots if self.manage_cgroups else ())),
             _bool(_RST_SIBLING, True),
             *(_bytes(_INHERIT_FD, _str(1, key) + _int(2, fd)) for key, fd in self.inherit_fds),
         ]

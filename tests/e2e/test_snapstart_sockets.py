@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ProcessFactory, ServerHandle, create, free_port, invoke_json, run_server
+from tests.conftest import ProcessFactory, ServerHandle, create, free_port, invoke_json, require_root, run_servers
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, assert_warm, function_log, publish, wait_for
 from tests.netpeer import NetPeer
 
@@ -142,6 +142,29 @@ def peer(netpeer: NetPeer) -> Iterator[Peer]:
     p.close()
 
 
+CONNECTION_MODES = ("reset", "closed", "blackhole")
+
+
+@pytest.fixture(scope="module")
+def own_servers(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerHandle]]:
+    """The module's servers, one per test, started (and stopped) together: the module's `server`
+    (defaults), one per ``--snapstart-connections`` mode (reset: the default, no flag) and one
+    with ``--sandbox-network host``."""
+    require_root()
+    specs = {"server": (tmp_path_factory.mktemp("server"), ["--keep-alive", "60"])}
+    specs.update({mode: (tmp_path_factory.mktemp(f"conn-{mode}"),
+                         ["--keep-alive", "60"] + ([] if mode == "reset" else ["--snapstart-connections", mode]))
+                  for mode in CONNECTION_MODES})
+    specs["host-net"] = (tmp_path_factory.mktemp("host-net"), ["--sandbox-network", "host"])
+    yield from run_servers(processes, specs)
+
+
+@pytest.fixture(scope="module")
+def server(own_servers: dict[str, ServerHandle]) -> ServerHandle:
+    """The suite's usual module server (`tests.conftest.server`: ``--keep-alive 60``), started with the others."""
+    return own_servers["server"]
+
+
 def still_serving(lam, name: str) -> None:  # type: ignore[no-untyped-def]
     """The platform keeps serving: an on-demand function answers."""
     with contextlib.suppress(lam.exceptions.ResourceConflictException):
@@ -181,24 +204,23 @@ def test_udp_and_listening_sockets_survive_the_restore(lam, server: ServerHandle
     ("closed", {"send": "ok", "recv": ""}),
     ("blackhole", {"send": "ok", "recv_error": "TimeoutError"}),
 ])
-def test_init_connection_is_broken_per_mode(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory,
-                                            peer: Peer, mode: str, expected: dict[str, str]) -> None:
-    args = ["--keep-alive", "60"] + ([] if mode == "reset" else ["--snapstart-connections", mode])  # reset: the default
-    for handle in run_server(processes, tmp_path_factory.mktemp(f"conn-{mode}"), args):
-        lam = handle.client()
-        variables = {"PEER_HOST": peer.netpeer.ip, "PEER_PORT": str(peer.port)}
-        create(lam, "held", {"app.py": CONNECTION_APP}, SnapStart=SNAPSTART, Timeout=15, Environment={"Variables": variables})
-        publish(lam, "held")
-        warnings = [m for v, _, m in function_log(handle, "held") if v == "1" and m.startswith("WARNING SnapStart")]
-        assert any(f"TCP connection to {peer.netpeer.ip}:{peer.port}" in m and f"--snapstart-connections {mode}" in m
-                   for m in warnings), warnings
-        wait_for(lambda: b"init;" in peer.everything(), 30, "the peer to see init's connection and bytes")
-        response, body = invoke_json(lam, "held", {"timeout": 2}, Qualifier="1", LogType="Tail")
-        assert "FunctionError" not in response, body
-        assert_restored(response["LogResult"])
-        assert body == expected
-        assert all(b"after-restore" not in data for data in peer.everything()), peer.everything()
-        still_serving(lam, "plain")
+def test_init_connection_is_broken_per_mode(own_servers: dict[str, ServerHandle], peer: Peer, mode: str,
+                                            expected: dict[str, str]) -> None:
+    handle = own_servers[mode]
+    lam = handle.client()
+    variables = {"PEER_HOST": peer.netpeer.ip, "PEER_PORT": str(peer.port)}
+    create(lam, "held", {"app.py": CONNECTION_APP}, SnapStart=SNAPSTART, Timeout=15, Environment={"Variables": variables})
+    publish(lam, "held")
+    warnings = [m for v, _, m in function_log(handle, "held") if v == "1" and m.startswith("WARNING SnapStart")]
+    assert any(f"TCP connection to {peer.netpeer.ip}:{peer.port}" in m and f"--snapstart-connections {mode}" in m
+               for m in warnings), warnings
+    wait_for(lambda: b"init;" in peer.everything(), 30, "the peer to see init's connection and bytes")
+    response, body = invoke_json(lam, "held", {"timeout": 2}, Qualifier="1", LogType="Tail")
+    assert "FunctionError" not in response, body
+    assert_restored(response["LogResult"])
+    assert body == expected
+    assert all(b"after-restore" not in data for data in peer.everything()), peer.everything()
+    still_serving(lam, "plain")
 
 
 
@@ -212,17 +234,15 @@ def handler(event, context):
 """
 
 
-def test_host_network_refuses_a_socket_bound_to_a_port(processes: ProcessFactory,
-                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_host_network_refuses_a_socket_bound_to_a_port(own_servers: dict[str, ServerHandle]) -> None:
     """With --sandbox-network host every restored copy would share the host's ports: the publish
     fails naming the socket (Runtime.SnapshotUnsupportedSocket), and the server keeps serving."""
-    for handle in run_server(processes, tmp_path_factory.mktemp("host-net"), ["--sandbox-network", "host"]):
-        lam = handle.client()
-        port = free_port()
-        create(lam, "listener", {"app.py": LISTEN_APP}, SnapStart=SNAPSTART, Timeout=15,
-               Environment={"Variables": {"PORT": str(port)}})
-        _, final = publish(lam, "listener", expect="Failed")
-        assert final["StateReasonCode"] == "FunctionError.RuntimeInitError", final
-        assert "Runtime.SnapshotUnsupportedSocket" in final["StateReason"], final["StateReason"]
-        assert f"listening TCP socket 127.0.0.1:{port}" in final["StateReason"], final["StateReason"]
-        still_serving(lam, "plain")
+    lam = own_servers["host-net"].client()
+    port = free_port()
+    create(lam, "listener", {"app.py": LISTEN_APP}, SnapStart=SNAPSTART, Timeout=15,
+           Environment={"Variables": {"PORT": str(port)}})
+    _, final = publish(lam, "listener", expect="Failed")
+    assert final["StateReasonCode"] == "FunctionError.RuntimeInitError", final
+    assert "Runtime.SnapshotUnsupportedSocket" in final["StateReason"], final["StateReason"]
+    assert f"listening TCP socket 127.0.0.1:{port}" in final["StateReason"], final["StateReason"]
+    still_serving(lam, "plain")

@@ -128,3 +128,26 @@ def test_read_frame_from_pipe() -> None:
 def test_read_frame_eof_inside_header() -> None:
     frame = encode("invoke", b"abc", id="x")
     assert read_frame(io.BytesIO(frame[:12])) is None
+
+
+# -- decode_json: json.loads's value or exception ------------------------------------------------
+JSON_CASES = [
+    b"{}", b"[]", b"1", b"-0.5e3", b'"text"', b"null", b"true", b" \t\r\n{\"a\": [1, 2.5, null]} \n",
+    b'{"a": "\\u00e9\\ud83d\\ude00", "b": {"c": NaN, "d": Infinity}}', '{"é": "ü"}'.encode(),
+    '\ufeff{"bom": 1}'.encode(), '{"utf16": 1}'.encode("utf-16"), '{"utf16le": 1}'.encode("utf-16-le"),
+    '[1]'.encode("utf-32-be"), b"1 2", b"{", b"", b"   ", b"[1,]", b'"\x00"', b"\xff\xfe", b"\x80",
+    b'{"a": 1} x', b"12345678901234567890", b'{"a": 1, "a": 2}',
+]
+
+
+@pytest.mark.parametrize("data", JSON_CASES)
+def test_decode_json_is_json_loads(data: bytes) -> None:
+    try:
+        expected: object = ("value", json.loads(data))
+    except Exception as exc:  # noqa: BLE001 - the exception itself is what is compared
+        expected = ("error", type(exc), str(exc))
+    try:
+        got: object = ("value", protocol.decode_json(data))
+    except Exception as exc:  # noqa: BLE001
+        got = ("error", type(exc), str(exc))
+    assert repr(got) == repr(expected)  # repr: NaN != NaN

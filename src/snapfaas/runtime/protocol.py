@@ -48,6 +48,26 @@ _C_HEADER_ENCODER = (json_encoder.c_make_encoder(None, _HEADER_ENCODER.default, 
                                                  None, ":", ",", False, False, True)
                      if json_encoder.c_make_encoder is not None else None)
 _FRAME_START = MAGIC + b" "
+_DECODER = json.JSONDecoder()
+_SCAN = _DECODER.scan_once  # the C scanner where json has its accelerator
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def decode_json(data: bytes) -> Any:
+    """``json.loads(data)``, the same value or the same exception, with fewer Python calls for
+    UTF-8 text: json.loads of bytes runs `json.detect_encoding`, then the decoder's Python
+    methods, on every call. Fewer calls touch fewer objects, which matters after a restore:
+    each object touched has its reference count written, a private copy of its page per
+    restored environment. Anything the fast path does not take (not UTF-8, a BOM, NUL bytes,
+    invalid JSON: json.loads decides and words the error) goes to json.loads."""
+    try:
+        text = str(data, "utf-8")
+        value, end = _SCAN(text, len(text) - len(text.lstrip(_JSON_WHITESPACE)))
+        if end == len(text) or not text[end:].strip(_JSON_WHITESPACE):
+            return value
+    except (ValueError, StopIteration):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        pass
+    return json.loads(data)
 
 
 def encode(kind: str, payload: bytes = b"", **fields: Any) -> bytes:
@@ -64,7 +84,7 @@ def parse_header(line: bytes) -> dict[str, Any] | None:
     """Return the header of a frame line, or None if `line` is not a frame."""
     if not line.startswith(MAGIC + b" "):
         return None
-    header = json.loads(line[len(MAGIC) + 1 :])
+    header = decode_json(line[len(MAGIC) + 1 :])
     if not isinstance(header, dict) or "t" not in header or "n" not in header:
         raise ValueError(f"malformed frame header: {line[:200]!r}")
     return header

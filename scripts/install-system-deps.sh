@@ -28,6 +28,10 @@ readonly CRIU_MIN_MAJOR=4
 readonly CRIU_MIN_MINOR=1
 readonly CRIU_PREFIX_BIN="/usr/local/sbin/criu"
 readonly CACHE_DIR="/var/cache/snapfaas/criu-${CRIU_VERSION}"
+# CRIU's kernel-feature cache (/run/criu.kdat) carries its build's time as a magic number
+# (SOURCE_DATE_EPOCH, else `date +%s` at make time) and a build ignores another build's cache:
+# one fixed time for every build of this version lets a rebuilt or A/B binary share the cache.
+readonly CRIU_SOURCE_DATE_EPOCH=1735689600
 readonly TMP_SRC_FILE="/etc/apt/sources.list.d/snapfaas-trixie-src.sources"
 readonly PATCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/criu-patches"
 readonly CRIU_BUILD_DEPS=(
@@ -461,7 +465,7 @@ build_criu() {
     # NO_GNUTLS: snapfaas never uses CRIU's TLS page server, and not loading GnuTLS (and the
     # eight libraries it pulls in) saves a millisecond on each of the two criu runs per restore.
     log "make -j$(nproc) NO_GNUTLS=1 criu (in ${src})"
-    if ! make -C "${src}" -j"$(nproc)" NO_GNUTLS=1 criu >"${CACHE_DIR}/build.log" 2>&1; then
+    if ! SOURCE_DATE_EPOCH="${CRIU_SOURCE_DATE_EPOCH}" make -C "${src}" -j"$(nproc)" NO_GNUTLS=1 criu >"${CACHE_DIR}/build.log" 2>&1; then
         tail -n 30 "${CACHE_DIR}/build.log" >&2
         die "make criu failed (full log: ${CACHE_DIR}/build.log)"
     fi

@@ -82,6 +82,58 @@ class Counter:
         self.httpd.server_close()
 
 
+class Gate:
+    """Holds a function's invoke until the test lets it finish: a GET of ``/<key>`` is answered
+    only once `release(key)` was called (or after `hold_s`, a bound for a failing test), so an
+    invoke stays in flight exactly as long as the test needs instead of for a fixed sleep.
+    Serves in the suite's network peer, like `Counter`."""
+
+    def __init__(self, peer: NetPeer, hold_s: float = 120) -> None:
+        self.peer = peer
+        self.lock = threading.Lock()
+        self.opened: dict[str, threading.Event] = {}
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                released = gate.event(self.path.lstrip("/")).wait(hold_s)
+                body = b"released" if released else b"held-too-long"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
+                return None
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.httpd.socket.close()
+        self.httpd.socket = peer.listen()
+        self.httpd.server_address = self.httpd.socket.getsockname()
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="gate", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.peer.ip}:{int(self.httpd.server_address[1])}"
+
+    def event(self, key: str) -> threading.Event:
+        with self.lock:
+            return self.opened.setdefault(key, threading.Event())
+
+    def release(self, key: str) -> None:
+        """Answer every held and later GET of ``/<key>``."""
+        self.event(key).set()
+
+    def close(self) -> None:
+        with self.lock:
+            for event in self.opened.values():
+                event.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout

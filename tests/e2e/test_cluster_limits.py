@@ -26,11 +26,14 @@ from botocore.exceptions import ClientError
 from snapfaas.cluster import routing
 from tests.cluster import wait_for
 from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_servers, shared_store_args
+from tests.e2e.snapstart_support import Gate
 
 STAMPED = """
-import time
+import os, time, urllib.request
 def handler(event, context):
     start = time.time()
+    if "gate" in event:  # in flight until the test releases the gate
+        urllib.request.urlopen(os.environ["GATE_URL"] + "/" + event["gate"], timeout=120).read()
     time.sleep(event.get("sleep", 0))
     return {"start": start, "end": time.time()}
 """
@@ -49,7 +52,15 @@ def database(postgres) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[dict[str, ServerHandle]]:
+def gate(netpeer) -> Iterator[Gate]:  # type: ignore[no-untyped-def]
+    g = Gate(netpeer)
+    yield g
+    g.close()
+
+
+@pytest.fixture(scope="module")
+def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory, database: str,
+          gate: Gate) -> Iterator[dict[str, ServerHandle]]:
     require_root()
     store = shared_store_args(tmp_path_factory)
     specs = {name: (tmp_path_factory.mktemp(f"limits-{name}"),
@@ -58,10 +69,11 @@ def nodes(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory, d
     with contextlib.closing(run_servers(processes, specs)) as servers:  # both nodes start (and stop) together
         handles = next(servers)
         lam = handles["a"].client()  # one registry: both nodes see the functions
-        create(lam, "capped", {"app.py": STAMPED}, Timeout=60)
+        variables = {"Variables": {"GATE_URL": gate.url}}
+        create(lam, "capped", {"app.py": STAMPED}, Timeout=60, Environment=variables)
         lam.put_function_concurrency(FunctionName="capped", ReservedConcurrentExecutions=RESERVED)
         for node in ("node-a", "node-b"):
-            create(lam, FREE[node], {"app.py": STAMPED}, Timeout=60)
+            create(lam, FREE[node], {"app.py": STAMPED}, Timeout=60, Environment=variables)
         yield handles
 
 
@@ -98,9 +110,11 @@ def wait_for_a_fresh_view(database: str, node: str) -> None:
 
 
 
-def call(handle: ServerHandle, function: str, sleep: float) -> dict | ClientError:
+def call(handle: ServerHandle, function: str, sleep: float = 0, gate: str | None = None) -> dict | ClientError:
+    """Invoke `function` on `handle`'s node: it runs `sleep` s, after waiting at the module's
+    `Gate` key `gate` when one is given (in flight until the test releases it)."""
     try:
-        response, body = invoke_json(handle.client(), function, {"sleep": sleep})
+        response, body = invoke_json(handle.client(), function, {"sleep": sleep} | ({"gate": gate} if gate else {}))
     except ClientError as exc:
         return exc
     assert "FunctionError" not in response, body
@@ -127,16 +141,22 @@ def reasons(outcomes: list) -> list[str]:  # type: ignore[type-arg]
     return out
 
 
-def test_reserved_concurrency_holds_across_two_nodes(nodes: dict[str, ServerHandle], database: str) -> None:
-    """Reserved concurrency 2; six slow invokes, three per node: node A admits two, and once its
-    count is published node B admits none of its three."""
+def test_reserved_concurrency_holds_across_two_nodes(nodes: dict[str, ServerHandle], database: str, gate: Gate) -> None:
+    """Reserved concurrency 2; six held invokes, three per node: node A admits two, and once its
+    count is published node B admits none of its three. The admitted ones stay in flight (held
+    at the gate) until B has answered all of its three."""
     a, b = nodes["a"], nodes["b"]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        first = [pool.submit(call, a, "capped", 20) for _ in range(3)]
-        wait_for(lambda: in_use(database, "node-a", "capped") == RESERVED, 60, what="node A publishing its 2 admitted invokes")
-        wait_for_a_fresh_view(database, "node-b")  # B's view includes A's count (the documented refresh lag)
-        asked = time.time()
-        second = [f.result() for f in [pool.submit(call, b, "capped", 20) for _ in range(3)]]
+        try:
+            first = [pool.submit(call, a, "capped", gate="reserved") for _ in range(3)]
+            wait_for(lambda: in_use(database, "node-a", "capped") == RESERVED, 60, what="node A publishing its 2 admitted invokes")
+            wait_for_a_fresh_view(database, "node-b")  # B's view includes A's count (the documented refresh lag)
+            asked = time.time()
+            on_b = [pool.submit(call, b, "capped", gate="reserved") for _ in range(3)]
+            concurrent.futures.wait(on_b, timeout=30)  # refusals answer at once; one B wrongly admitted is held
+        finally:
+            gate.release("reserved")
+        second = [f.result() for f in on_b]
         outcomes = [f.result() for f in first] + second
     stamps = [o for o in outcomes if isinstance(o, dict)]
     assert reasons(second) == ["ReservedFunctionConcurrentInvocationLimitExceeded"] * 3
@@ -162,19 +182,23 @@ def test_a_burst_on_both_nodes_stays_within_the_documented_slack(nodes: dict[str
     assert overlap(stamps) <= 2 * RESERVED
 
 
-def test_the_account_limit_holds_across_two_nodes(nodes: dict[str, ServerHandle], database: str) -> None:
-    """--account-concurrency 3: two invokes running on node A leave one slot for node B."""
+def test_the_account_limit_holds_across_two_nodes(nodes: dict[str, ServerHandle], database: str, gate: Gate) -> None:
+    """--account-concurrency 3: two invokes running on node A leave one slot for node B (the
+    three admitted ones are held at the gate until B has refused the fourth)."""
     a, b = nodes["a"], nodes["b"]
     wait_for(lambda: in_use(database, "node-a", "") == 0 and in_use(database, "node-b", "") == 0, 60, what="both nodes idle")
     wait_for_a_fresh_view(database, "node-a")  # A no longer counts B's earlier invokes
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        first = [pool.submit(call, a, FREE["node-a"], 20) for _ in range(2)]
-        wait_for(lambda: in_use(database, "node-a", "") == 2, 60, what="node A publishing its 2 invokes")
-        wait_for_a_fresh_view(database, "node-b")
-        asked = time.time()
-        running_on_b = pool.submit(call, b, FREE["node-b"], 20)
-        wait_for(lambda: in_use(database, "node-b", "") == 1, 60, what="node B publishing its invoke")
-        refused = call(b, FREE["node-b"], 0)
+        try:
+            first = [pool.submit(call, a, FREE["node-a"], gate="account") for _ in range(2)]
+            wait_for(lambda: in_use(database, "node-a", "") == 2, 60, what="node A publishing its 2 invokes")
+            wait_for_a_fresh_view(database, "node-b")
+            asked = time.time()
+            running_on_b = pool.submit(call, b, FREE["node-b"], gate="account")
+            wait_for(lambda: in_use(database, "node-b", "") == 1, 60, what="node B publishing its invoke")
+            refused = call(b, FREE["node-b"])
+        finally:
+            gate.release("account")
         outcomes = [f.result() for f in first] + [running_on_b.result(), refused]
     stamps = [o for o in outcomes if isinstance(o, dict)]
     assert all(s["end"] > asked for s in stamps), "test premise: the first invokes still ran"

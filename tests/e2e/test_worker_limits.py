@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from snapfaas.config import bundles_for
-from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_server
+from tests.conftest import ProcessFactory, ServerHandle, create, invoke_json, require_root, run_servers
 
 SLEEPER = """
 import threading, time, uuid
@@ -29,19 +29,32 @@ def handler(event, context):
 CGROUP_MEMORY = Path("/sys/fs/cgroup/memory/snapfaas")
 
 
-def custom_server(processes: ProcessFactory, factory: pytest.TempPathFactory, name: str, args: list[str]) -> Iterator[ServerHandle]:
+SHARED_SERVERS = {
+    "keepalive": ["--keep-alive", "2"],
+    "twoenvs": ["--max-environments", "2", "--keep-alive", "60"],
+    "queued": ["--max-environments", "2", "--keep-alive", "60", "--admission-wait", "120"],
+}
+DEDICATED_SERVERS = ("shutdown", "busyshutdown", "crashed", "durable")  # each stopped or killed by its own test
+
+
+@pytest.fixture(scope="module")
+def servers(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerHandle]]:
+    """Every server of the module, started (and stopped) together: the shared ones and one per
+    test that stops its server itself (`dedicated_server`), each with its own data and sandbox dirs."""
     require_root()
-    yield from run_server(processes, factory.mktemp(name), args)
+    specs = {name: (tmp_path_factory.mktemp(name), args) for name, args in SHARED_SERVERS.items()}
+    specs.update({name: (tmp_path_factory.mktemp(name), ["--keep-alive", "300"]) for name in DEDICATED_SERVERS})
+    yield from run_servers(processes, specs)
 
 
 @pytest.fixture(scope="module")
-def short_keep_alive(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    yield from custom_server(processes, tmp_path_factory, "keepalive", ["--keep-alive", "2"])
+def short_keep_alive(servers: dict[str, ServerHandle]) -> ServerHandle:
+    return servers["keepalive"]
 
 
 @pytest.fixture(scope="module")
-def two_envs(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    yield from custom_server(processes, tmp_path_factory, "twoenvs", ["--max-environments", "2", "--keep-alive", "60"])
+def two_envs(servers: dict[str, ServerHandle]) -> ServerHandle:
+    return servers["twoenvs"]
 
 
 def wait_until(predicate, deadline_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -97,9 +110,8 @@ def test_global_limit_throttles_the_third_concurrent_invoke(two_envs: ServerHand
 
 
 @pytest.fixture(scope="module")
-def queued(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    yield from custom_server(processes, tmp_path_factory, "queued",
-                             ["--max-environments", "2", "--keep-alive", "60", "--admission-wait", "120"])
+def queued(servers: dict[str, ServerHandle]) -> ServerHandle:
+    return servers["queued"]
 
 
 def test_requests_beyond_the_limit_wait_for_a_slot_and_reuse_the_environments(queued: ServerHandle) -> None:
@@ -123,11 +135,10 @@ def test_full_pool_evicts_idle_environments_of_other_functions(two_envs: ServerH
     assert len(two_envs.runc_containers()) <= 2
 
 
-def dedicated_server(processes: ProcessFactory, factory: pytest.TempPathFactory, name: str) -> tuple[ServerHandle, Iterator[ServerHandle]]:
-    """A server this test alone stops; advance the returned generator once more to clean up."""
-    require_root()
-    servers = run_server(processes, factory.mktemp(name), ["--keep-alive", "300"])
-    return next(servers), servers
+def dedicated_server(servers: dict[str, ServerHandle], name: str) -> ServerHandle:
+    """A server (``--keep-alive 300``) this test alone uses and stops; the `servers` fixture
+    deletes its dirs at the module's end."""
+    return servers[name]
 
 
 def assert_nothing_left(server: ServerHandle, containers: list[str]) -> None:
@@ -160,8 +171,8 @@ def warm_up(server: ServerHandle, name: str, count: int, linger: bool = False) -
     assert len(server.runc_containers()) == count
 
 
-def test_sigterm_with_warm_environments_leaves_nothing(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> None:
-    server, servers = dedicated_server(processes, tmp_path_factory, "shutdown")
+def test_sigterm_with_warm_environments_leaves_nothing(servers: dict[str, ServerHandle]) -> None:
+    server = dedicated_server(servers, "shutdown")
     try:
         warm_up(server, "lingering", 3)
         containers = server.runc_containers()
@@ -170,11 +181,10 @@ def test_sigterm_with_warm_environments_leaves_nothing(processes: ProcessFactory
         assert "stopped" in server.log_path.read_text()
     finally:
         force_cleanup(server)
-        next(servers, None)
 
 
-def test_sigterm_during_an_invocation_is_prompt_and_leaves_nothing(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> None:
-    server, servers = dedicated_server(processes, tmp_path_factory, "busyshutdown")
+def test_sigterm_during_an_invocation_is_prompt_and_leaves_nothing(servers: dict[str, ServerHandle]) -> None:
+    server = dedicated_server(servers, "busyshutdown")
     try:
         warm_up(server, "busy", 2)
         lam = server.client()
@@ -191,11 +201,10 @@ def test_sigterm_during_an_invocation_is_prompt_and_leaves_nothing(processes: Pr
         assert_nothing_left(server, containers)
     finally:
         force_cleanup(server)
-        next(servers, None)
 
 
-def test_restart_after_sigkill_reaps_leftover_containers(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> None:
-    server, servers = dedicated_server(processes, tmp_path_factory, "crashed")
+def test_restart_after_sigkill_reaps_leftover_containers(servers: dict[str, ServerHandle]) -> None:
+    server = dedicated_server(servers, "crashed")
     try:
         warm_up(server, "survivor", 2, linger=True)
         create(server.client(), "quitter", {"app.py": SLEEPER})
@@ -214,12 +223,11 @@ def test_restart_after_sigkill_reaps_leftover_containers(processes: ProcessFacto
         assert_nothing_left(server, containers)
     finally:
         force_cleanup(server)
-        next(servers, None)
 
 
-def test_accepted_event_survives_a_daemon_crash(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_accepted_event_survives_a_daemon_crash(servers: dict[str, ServerHandle]) -> None:
     """An Event accepted (202) but not yet run when the daemon dies runs after the restart."""
-    server, servers = dedicated_server(processes, tmp_path_factory, "durable")
+    server = dedicated_server(servers, "durable")
     try:
         lam = server.client()
         create(lam, "durable", {"app.py": SLEEPER + "\nprint('module loaded')\n"}, Timeout=30)
@@ -240,4 +248,3 @@ def test_accepted_event_survives_a_daemon_crash(processes: ProcessFactory, tmp_p
         server.stop()
     finally:
         force_cleanup(server)
-        next(servers, None)

@@ -229,12 +229,14 @@ def run_server(processes: ProcessFactory, base: Path, args: list[str], aws_snaps
         remove_tree(run_dir_for(sandbox))  # the server's directory under /run/snapfaas
 
 
-def run_servers(processes: ProcessFactory, specs: dict[str, tuple[Path, list[str]]]) -> Iterator[dict[str, ServerHandle]]:
+def run_servers(processes: ProcessFactory, specs: dict[str, tuple[Path, list[str]]],
+                aws_snapstart_runtimes: frozenset[str] = frozenset()) -> Iterator[dict[str, ServerHandle]]:
     """`run_server` for several servers (name -> (base, args)), started together and stopped
     together, one thread each (a daemon's start and stop are mostly waiting on its own
     processes). Yields the handles by name; each server's own checks run at its stop, the first
-    failure is raised after every server was stopped."""
-    runs = {name: run_server(processes, base, args) for name, (base, args) in specs.items()}
+    failure is raised after every server was stopped. The servers named in
+    `aws_snapstart_runtimes` keep the default SnapStart runtime list (`run_server`)."""
+    runs = {name: run_server(processes, base, args, name in aws_snapstart_runtimes) for name, (base, args) in specs.items()}
     try:
         with concurrent.futures.ThreadPoolExecutor(max(1, len(runs))) as pool:
             started = {name: pool.submit(next, run) for name, run in runs.items()}

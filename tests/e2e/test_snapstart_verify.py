@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROLE, ProcessFactory, ServerHandle, create, invoke_json, make_zip, require_root, run_server
+from tests.conftest import ROLE, ProcessFactory, ServerHandle, create, invoke_json, make_zip, require_root, run_servers
 from tests.e2e.snapstart_support import SNAPSTART, assert_restored, publish, wait_state
 
 ENTROPY_APP = """
@@ -53,22 +53,29 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-def server(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+def servers(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerHandle]]:
+    """The module's three servers, started (and stopped) together."""
     require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("verify"), ["--keep-alive", "60"])
+    specs = {"verify": (tmp_path_factory.mktemp("verify"), ["--keep-alive", "60"]),
+             "reseed": (tmp_path_factory.mktemp("reseed"), ["--keep-alive", "60", "--reseed-after-restore"]),
+             "awslist": (tmp_path_factory.mktemp("awslist"), ["--keep-alive", "30"])}
+    yield from run_servers(processes, specs, aws_snapstart_runtimes=frozenset({"awslist"}))
 
 
 @pytest.fixture(scope="module")
-def reseeding(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("reseed"), ["--keep-alive", "60", "--reseed-after-restore"])
+def server(servers: dict[str, ServerHandle]) -> ServerHandle:
+    return servers["verify"]
 
 
 @pytest.fixture(scope="module")
-def aws_default(processes: ProcessFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+def reseeding(servers: dict[str, ServerHandle]) -> ServerHandle:
+    return servers["reseed"]
+
+
+@pytest.fixture(scope="module")
+def aws_default(servers: dict[str, ServerHandle]) -> ServerHandle:
     """A server with the default SnapStart runtime list (AWS's)."""
-    require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("awslist"), ["--keep-alive", "30"], aws_snapstart_runtimes=True)
+    return servers["awslist"]
 
 
 def cli(server: ServerHandle, *args: str) -> subprocess.CompletedProcess[str]:

@@ -138,6 +138,12 @@ class ChildProcess:
         return await asyncio.shield(self._done)
 
 
+def make_cgroup(cgroup: str, limits: Limits) -> None:
+    """Create a restored container's cgroup with runc's settings (blocking; `begin_cgroup`)."""
+    create_v1(cgroup, limits)
+    timeline.mark("cgroup made [thread]")
+
+
 def restore_request(config: Mapping[str, Any], images_fd: int, work_fd: int, root: str,
                     pipe_keys: list[str], netns_fd: int | None) -> criu_rpc.RestoreRequest:
     """The CRIU restore request for a container whose runc spec is `config` (pure).
@@ -207,6 +213,10 @@ class CriuContainer(Container):
         self._read_transports: dict[int, asyncio.ReadTransport] = {}  # stdout/stderr when `output` is fed
         self._root_mounted: str | None = None
         self._settling: asyncio.Future[None] | None = None  # `_settle_host` after a restore, in a worker thread
+        # the environment's cgroup, being made in a worker thread since the restore was decided
+        # (`begin_cgroup`): None if `start` makes it
+        self._cgroup_made: asyncio.Future[None] | None = None
+        self._cgroup_limits: Limits | None = None
 
     @property
     def cgroup(self) -> str:
@@ -249,14 +259,31 @@ class CriuContainer(Container):
         assert self.config is not None
         (self.bundle / "config.json").write_text(json.dumps(self.config))
 
+    def begin_cgroup(self, made: asyncio.Future[None], limits: Limits) -> None:
+        """The environment's cgroup (`cgroup`, with `limits`) is being made in a worker thread
+        (`made`, from `make_cgroup`), started when the restore was decided so that its cgroupfs
+        work (~1.5 ms of CPU; its mkdirs wait for the cgroup lock a concurrent attach or priming
+        holds, 2-8 ms here) runs while the code, network, images and bundle are prepared. `start`
+        waits for it before CRIU joins the cgroup and makes it again if the spec's limits differ;
+        `kill` waits for it before removing the cgroup."""
+        self._cgroup_made = made
+        self._cgroup_limits = limits
+
+    async def _cgroup_settled(self) -> None:
+        """Wait for a `begin_cgroup` thread, if any, whatever its outcome."""
+        if self._cgroup_made is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._cgroup_made)
+
     def _prepare_host(self) -> None:
         """The container's record (`sandbox.restored`), the environment's cgroup with the
-        container's settings, and ``config.json`` (blocking)."""
+        container's settings unless `begin_cgroup` makes it, and ``config.json`` (blocking)."""
         assert self.config is not None
         self.engine.ledger.write(RestoredRecord(self.id, self.cgroup, str(self.bundle)))
         timeline.mark("record written [thread]")
-        create_v1(self.cgroup, limits_of(self.config))
-        timeline.mark("cgroup made [thread]")
+        if self._cgroup_made is None:
+            create_v1(self.cgroup, limits_of(self.config))
+            timeline.mark("cgroup made [thread]")
         self._write_config_file()
         timeline.mark("config.json written [thread]")
 
@@ -335,6 +362,11 @@ class CriuContainer(Container):
             timeline.mark("criu spawned")
             step = "record, cgroup and config.json"
             await asyncio.shield(cgroup_made)
+            if self._cgroup_made is not None:
+                step = "cgroup"
+                await asyncio.shield(self._cgroup_made)  # raises what making it raised
+                if self._cgroup_limits != limits_of(self.config):  # not the spec's settings: make it so
+                    await _off_loop(functools.partial(create_v1, self.cgroup, limits_of(self.config)))
             timeline.mark("host prepared (awaited)")
             step = "move criu into the cgroup"
             await _off_loop(functools.partial(attach_v1, self.cgroup, self._criu.pid))
@@ -375,6 +407,7 @@ class CriuContainer(Container):
                     await asyncio.shield(cgroup_made)
             elif not cgroup_made.cancelled():
                 cgroup_made.exception()  # retrieved: a failure is reported by the step that awaited it
+            await self._cgroup_settled()
             for fd in to_close:
                 os.close(fd)
             if self._root_mounted is not None:  # the restored mount namespace holds its own copy
@@ -460,6 +493,7 @@ class CriuContainer(Container):
 
     async def kill(self) -> None:
         """SIGKILL the container and wait until it is gone, its cgroup and bundle removed; idempotent."""
+        await self._cgroup_settled()  # made in a thread since the restore was decided: never removed before
         if not self._restoring:
             await super().kill()
             return

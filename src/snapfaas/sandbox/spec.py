@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfaas.sandbox import seccomp
+from snapfaas.sandbox.cgroup import Limits
 from snapfaas.sandbox.interpreter import Interpreter
 
 TASK_ROOT = "/var/task"
@@ -33,6 +34,7 @@ MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "s
 BASE_DIRS = ("usr", "etc", "proc", "dev", "tmp", "opt", "var/task", "var/runtime", "sys/devices/system/cpu")
 RO = ["rbind", "ro", "nosuid", "nodev"]
 HOSTNAME = "sandbox"
+PIDS_LIMIT = 1024  # processes and threads per environment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +54,16 @@ class SandboxSpec:
     etc_dir: Path  # the synthesized /etc (sandbox/etc.py), bound read-only
     netns: Path | None = None  # the environment's own network namespace (None: runc makes an empty one)
     host_network: bool = False  # share the host's network namespace (--sandbox-network host: unsafe)
-    pids_limit: int = 1024
+    pids_limit: int = PIDS_LIMIT
     mount_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)  # prefix -> reachable bind source
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     opt_dir: Path | None = None  # the version's merged layers (None: no layers, /opt stays empty)
+
+
+def limits(memory_mb: int, pids_limit: int = PIDS_LIMIT) -> Limits:
+    """The cgroup settings `render` gives a spec with `memory_mb` (memory, no swap) and `pids_limit`."""
+    memory = memory_mb * 1024 * 1024
+    return Limits(memory, memory, pids_limit)
 
 
 def prepare_rootfs(rootfs: Path, interpreters: list[Interpreter]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -22,15 +23,18 @@ from snapfaas.registry.artifacts import ArtifactStore
 from snapfaas.registry.model import FunctionVersion
 from snapfaas.runtime import custom, init
 from snapfaas.sandbox import etc
-from snapfaas.sandbox.cgroup import AttachPrimer, container_cgroup, environment_cgroup
+from snapfaas import timeline
+from snapfaas.sandbox.cgroup import AttachPrimer, Limits, container_cgroup, environment_cgroup
+from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import CHANNEL_FDS, CHANNEL_FDS_VARIABLE, CONTAINER_PREFIX, Container, Runc
-from snapfaas.sandbox.criu_container import CriuContainer, CriuEngine
+from snapfaas.sandbox.criu_container import CriuContainer, CriuEngine, make_cgroup
 from snapfaas.sandbox.restored import RestoredLedger
 from snapfaas.sandbox.mounts import remove_tree, unmount_below
 from snapfaas.sandbox.network import NetworkPool, PreparedNet
 from snapfaas.sandbox.interpreter import InterpreterRegistry, mirror_source
 from snapfaas.snapshot import determinism, engine
 from snapfaas.sandbox.spec import HOSTNAME, OPT_DIR, RUNTIME_DIR, RUNTIME_PACKAGE, TASK_ROOT, SandboxSpec, make_private_rootfs, prepare_rootfs, render
+from snapfaas.sandbox.spec import limits as spec_limits
 from snapfaas.worker.environment import Environment
 from snapfaas.worker.logs import LogStore
 
@@ -133,6 +137,28 @@ class NetworkLease:
                 await self.services.close(self.handle)
         finally:
             self.pool.release(self.net)
+
+
+@dataclasses.dataclass
+class EarlyCgroup:
+    """A restored environment's id and cgroup, the cgroup being made in a worker thread since
+    the restore was decided (`EnvironmentFactory.begin_restore`)."""
+
+    env_id: str
+    cgroup: str
+    limits: Limits
+    made: asyncio.Future[None]
+    taken: bool = False  # handed to an environment's container, which owns it from then on
+
+    async def discard(self) -> None:
+        """Not taken by an environment (its build failed): wait for the thread, remove the cgroup."""
+        if self.taken:
+            return
+        self.taken = True
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.made)
+        for failure in await asyncio.to_thread(remove_cgroup, self.cgroup):
+            logger.warning("environment %s: cgroup cleanup failed at step %s", self.env_id, failure)
 
 
 class EnvironmentFactory:
@@ -324,23 +350,37 @@ class EnvironmentFactory:
         env.container.direct_channel = direct
         return env
 
+    def begin_restore(self, version: FunctionVersion) -> EarlyCgroup | None:
+        """A restore of `version` is decided: under the criu engine, pick the environment's id
+        and start making its cgroup in a worker thread (`restored` hands it to the container;
+        if no environment takes it, `EarlyCgroup.discard`). None under the runc engine (runc
+        makes its container's cgroup). Call on the event loop."""
+        if self.criu_engine is None:
+            return None
+        env_id = secrets.token_hex(8)
+        cgroup = environment_cgroup(self.runc.cgroup, env_id)
+        limits = spec_limits(version.memory_size)
+        made = asyncio.get_running_loop().run_in_executor(None, timeline.carried(functools.partial(make_cgroup, cgroup, limits)))
+        return EarlyCgroup(env_id, cgroup, limits, made)
+
     def restored(self, version: FunctionVersion, images: Path, network: NetworkLease | None = None,
-                 slice_index: int | None = None) -> Environment:
+                 slice_index: int | None = None, early: EarlyCgroup | None = None) -> Environment:
         """A new, not yet started environment that `start` will restore from `images`, in id
-        slice `slice_index` (the function's, looked up if None).
+        slice `slice_index` (the function's, looked up if None); `early`: its id and cgroup
+        from `begin_restore` (the environment owns that cgroup once this returns).
 
         The bundle repeats the checkpointed container's mounts and namespaces (CRIU requires
         the same layout) under a new container id and cgroup; the process, its environment
         and /tmp come from the images.
         """
         env = self._build(version, "snap-start", {}, self.criu_restore_config, private_rootfs=True, network=network,
-                          slice_index=slice_index)
+                          slice_index=slice_index, early=early)
         env.restore_from = images
         return env
 
     def _build(self, version: FunctionVersion, init_type: str, extra_environ: Mapping[str, str],
                criu_config: Path, private_rootfs: bool = False, network: NetworkLease | None = None,
-               slice_index: int | None = None) -> Environment:
+               slice_index: int | None = None, early: EarlyCgroup | None = None) -> Environment:
         """`private_rootfs`: `runc restore` bind-mounts the container's mounts onto its rootfs
         in the host's mount namespace while CRIU works, so concurrent restores must not share
         one rootfs directory (the skeleton is a few empty directories and links).
@@ -352,11 +392,14 @@ class EnvironmentFactory:
         sources = self._prepare(version.runtime)
         if slice_index is None:
             slice_index = self.slice_of(version.name)
-        env_id = secrets.token_hex(8)
+        env_id = early.env_id if early is not None else secrets.token_hex(8)
         cgroup = environment_cgroup(self.runc.cgroup, env_id)
         container_id, bundle = CONTAINER_PREFIX + env_id, self.bundles / env_id
         container = (CriuContainer(self.runc, container_id, bundle, self.criu_engine)
                      if private_rootfs and self.criu_engine is not None else Container(self.runc, container_id, bundle))
+        if early is not None and isinstance(container, CriuContainer):
+            early.taken = True
+            container.begin_cgroup(early.made, early.limits)
         limits = self.config.limits
         env = Environment(env_id, version, container, self.logs, cgroup,
                           max_frame_bytes=limits.response_bytes, tail_chars=limits.log_tail_bytes)

@@ -35,7 +35,7 @@ from snapfaas.snapshot.workingset import WorkingSetKeeper
 from snapfaas import metrics, timeline
 from snapfaas.worker import billing, platform_log
 from snapfaas.worker.billing import Phase
-from snapfaas.worker.factory import EnvironmentFactory
+from snapfaas.worker.factory import EarlyCgroup, EnvironmentFactory
 from snapfaas.worker.placement import (
     MIN_IDLE_AGE_S, DemandAverage, IdleEnvironment, PoolLoad, choose_victim, next_eligible_at,
 )
@@ -777,6 +777,15 @@ class Worker:
             # the code, network, images and bundle are prepared and runc and CRIU work
             self.working_sets.prefetch(version.snapshot_id, images=False)
         self.factory.prime_cgroup_attach()  # in a thread: its container's cgroup move will not wait for a grace period
+        # its cgroup is made in a thread meanwhile (criu engine): the environment takes it, else it is discarded
+        early = self.factory.begin_restore(version) if restoring else None
+        try:
+            return await self._prepare_environment(version, restoring, early)
+        finally:
+            if early is not None and not early.taken:
+                await early.discard()
+
+    async def _prepare_environment(self, version: FunctionVersion, restoring: bool, early: EarlyCgroup | None) -> Environment:
         slice_index = self.factory.slice_of(version.name)  # one registry lookup for the code, images and bundle
         await self.factory.stage_code(version, slice_index)  # off the event loop: the code may come from the store origin
         timeline.mark("code staged")
@@ -789,7 +798,7 @@ class Worker:
                 if lease.mapped and self.working_sets is not None:  # the view's pages it used: pushed once exposed
                     self.working_sets.prefetch(version.snapshot_id, files=False)
                 try:
-                    env = self.factory.restored(version, lease.path, network, slice_index)
+                    env = self.factory.restored(version, lease.path, network, slice_index, early)
                 except BaseException:
                     lease.release()
                     raise

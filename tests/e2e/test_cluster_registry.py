@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import ServerHandle, create, invoke_json, require_root, run_server, shared_store_args
+from tests.conftest import ServerHandle, create, invoke_json, require_root, run_servers, shared_store_args
 from tests.e2e.test_control_plane import echo_code, wait_updated, without_metadata
 
 DEADLINE_S = 120.0  # generous (shared machine); conditions are polled, nothing is timed
@@ -41,15 +41,20 @@ def node_args(tmp_path_factory: pytest.TempPathFactory, registry_url: str) -> li
 
 
 @pytest.fixture(scope="module")
-def first(processes, tmp_path_factory: pytest.TempPathFactory, node_args: list[str]) -> Iterator[ServerHandle]:  # type: ignore[no-untyped-def]
+def nodes(processes, tmp_path_factory: pytest.TempPathFactory, node_args: list[str]) -> Iterator[dict[str, ServerHandle]]:  # type: ignore[no-untyped-def]
+    """The two nodes, started (and stopped) together."""
     require_root()
-    yield from run_server(processes, tmp_path_factory.mktemp("node_a"), node_args)
+    yield from run_servers(processes, {name: (tmp_path_factory.mktemp(name), node_args) for name in ("node_a", "node_b")})
 
 
 @pytest.fixture(scope="module")
-def second(processes, tmp_path_factory: pytest.TempPathFactory, node_args: list[str],  # type: ignore[no-untyped-def]
-           first: ServerHandle) -> Iterator[ServerHandle]:
-    yield from run_server(processes, tmp_path_factory.mktemp("node_b"), node_args)
+def first(nodes: dict[str, ServerHandle]) -> ServerHandle:
+    return nodes["node_a"]
+
+
+@pytest.fixture(scope="module")
+def second(nodes: dict[str, ServerHandle]) -> ServerHandle:
+    return nodes["node_b"]
 
 
 def log_says(server: ServerHandle, text: str) -> bool:

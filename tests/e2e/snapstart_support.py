@@ -92,11 +92,15 @@ class Gate:
         self.peer = peer
         self.lock = threading.Lock()
         self.opened: dict[str, threading.Event] = {}
+        self.arrived: collections.Counter[str] = collections.Counter()
         gate = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-                released = gate.event(self.path.lstrip("/")).wait(hold_s)
+                key = self.path.lstrip("/")
+                with gate.lock:
+                    gate.arrived[key] += 1
+                released = gate.event(key).wait(hold_s)
                 body = b"released" if released else b"held-too-long"
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -121,6 +125,11 @@ class Gate:
     def event(self, key: str) -> threading.Event:
         with self.lock:
             return self.opened.setdefault(key, threading.Event())
+
+    def held(self, key: str) -> int:
+        """How many GETs of ``/<key>`` arrived so far (held until `release`, or answered after it)."""
+        with self.lock:
+            return self.arrived[key]
 
     def release(self, key: str) -> None:
         """Answer every held and later GET of ``/<key>``."""

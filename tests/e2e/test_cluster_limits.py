@@ -154,6 +154,8 @@ def test_reserved_concurrency_holds_across_two_nodes(nodes: dict[str, ServerHand
             asked = time.time()
             on_b = [pool.submit(call, b, "capped", gate="reserved") for _ in range(3)]
             concurrent.futures.wait(on_b, timeout=30)  # refusals answer at once; one B wrongly admitted is held
+            # every admitted invoke is in its handler (its start stamped), so all overlap until the release
+            wait_for(lambda: gate.held("reserved") >= RESERVED, 60, what="node A's admitted invokes at the gate")
         finally:
             gate.release("reserved")
         second = [f.result() for f in on_b]
@@ -197,6 +199,8 @@ def test_the_account_limit_holds_across_two_nodes(nodes: dict[str, ServerHandle]
             running_on_b = pool.submit(call, b, FREE["node-b"], gate="account")
             wait_for(lambda: in_use(database, "node-b", "") == 1, 60, what="node B publishing its invoke")
             refused = call(b, FREE["node-b"])
+            # every admitted invoke is in its handler (its start stamped), so all overlap until the release
+            wait_for(lambda: gate.held("account") >= ACCOUNT, 60, what="the three admitted invokes at the gate")
         finally:
             gate.release("account")
         outcomes = [f.result() for f in first] + [running_on_b.result(), refused]

@@ -23,16 +23,14 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# Bytecode for the suite: it starts hundreds of Python processes (pytest, every daemon, the CLIs,
-# the AWS CLI), each importing boto3/botocore/aiohttp/sqlalchemy. With PYTHONDONTWRITEBYTECODE in
-# the caller's environment (CI sets it) each of them compiled every module it imported from source
-# (~3 s of CPU per daemon start). The suite writes and reads bytecode in one cache under the venv
-# instead (PYTHONPYCACHEPREFIX: nothing is written next to the sources, nor into the interpreter
-# trees the daemons mirror for sandboxes; `make clean` removes it with the venv).
-PYCACHE := $(abspath $(VENV))/pycache
-
+# Bytecode for the suite: it starts hundreds of Python processes (pytest, every daemon, the CLIs),
+# each importing boto3/botocore/aiohttp/sqlalchemy. With PYTHONDONTWRITEBYTECODE in the caller's
+# environment (CI sets it) each of them compiled every module it imported from source (~3 s of
+# CPU per daemon start): the suite runs with it cleared, so the first import writes __pycache__
+# (ignored by git) and later processes read it. Not PYTHONPYCACHEPREFIX: snapfaas compiles the
+# bytecode that deploy zips and the sandbox runtime ship, which must land next to the sources.
 test: deps
-	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(PYCACHE) $(PY) -m pytest $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest $(PYTEST_ARGS)
 
 bench-runtime:
 	@bash scripts/make-bench-runtime.sh .bench-runtime/py311

@@ -32,6 +32,30 @@ SNAPSTART = {"ApplyOn": "PublishedVersions"}
 REPORT_FIELDS = re.compile(r"(?P<key>[A-Z][A-Za-z ]+): (?P<value>[^\t]+)")
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that answers with a body and logs nothing."""
+
+    def answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
+        return None
+
+
+def serve_in_peer(peer: NetPeer, handler: type[BaseHTTPRequestHandler], name: str) -> ThreadingHTTPServer:
+    """A threading HTTP server listening in `peer`, served by a daemon thread named `name`."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
+    httpd.socket.close()
+    httpd.socket = peer.listen()
+    httpd.server_address = httpd.socket.getsockname()
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, name=name, daemon=True).start()
+    return httpd
+
+
 class Counter:
     """Counts GET requests per path and answers with the count so far (as text).
 
@@ -44,26 +68,14 @@ class Counter:
         self.lock = threading.Lock()
         counter = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 with counter.lock:
                     counter.hits[self.path] += 1
                     body = str(counter.hits[self.path]).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
-                return None
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        self.httpd.socket.close()
-        self.httpd.socket = peer.listen()
-        self.httpd.server_address = self.httpd.socket.getsockname()
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="counter", daemon=True)
-        self.thread.start()
+        self.httpd = serve_in_peer(peer, Handler, "counter")
 
     @property
     def port(self) -> int:
@@ -95,28 +107,15 @@ class Gate:
         self.arrived: collections.Counter[str] = collections.Counter()
         gate = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 key = self.path.lstrip("/")
                 with gate.lock:
                     gate.arrived[key] += 1
                 released = gate.event(key).wait(hold_s)
-                body = b"released" if released else b"held-too-long"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(b"released" if released else b"held-too-long")
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
-                return None
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        self.httpd.socket.close()
-        self.httpd.socket = peer.listen()
-        self.httpd.server_address = self.httpd.socket.getsockname()
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="gate", daemon=True)
-        self.thread.start()
+        self.httpd = serve_in_peer(peer, Handler, "gate")
 
     @property
     def url(self) -> str:

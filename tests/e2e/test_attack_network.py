@@ -18,11 +18,12 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from tests.conftest import ServerHandle, create, invoke_json
+from tests.e2e.snapstart_support import QuietHandler
 from tests.netpeer import METADATA_IP, NetPeer
 
 PROBE = r'''
@@ -103,17 +104,10 @@ def handler(event, context):
 '''
 
 
-class Hello(BaseHTTPRequestHandler):
+class Hello(QuietHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         # /whoami: the source address the peer sees (the host's, if the environment's was NATed)
-        body = self.client_address[0].encode() if self.path == "/whoami" else b"hello from the peer"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
-        return None
+        self.answer(self.client_address[0].encode() if self.path == "/whoami" else b"hello from the peer")
 
 
 @contextlib.contextmanager

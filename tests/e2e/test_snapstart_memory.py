@@ -207,3 +207,60 @@ def test_a_snapshot_mapping_jemalloc_restores_by_copying(lam, server: ServerHand
     result, body = invoke_json(lam, "mem-jemalloc", {}, Qualifier="1", LogType="Tail")
     assert_restored(result["LogResult"])
     assert body["before"] == BLOCK_DIGEST and body["mapped_from_images"] == 0, body
+
+
+LAYOUT_APP = """
+import ctypes, mmap
+
+PAGE = mmap.PAGESIZE
+# 64 pages made at init: every fourth page and the last written, two or three never touched
+# between (small holes)
+REGION = mmap.mmap(-1, 64 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+WRITTEN = [*range(0, 64, 4), 63]
+for page in WRITTEN:
+    REGION[page * PAGE:page * PAGE + 5] = b"page" + bytes([page])
+
+
+def pieces(start, end):  # the /proc/self/maps lines that cover [start, end)
+    out = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low < end and high > start:
+            out.append(line.strip())
+    return out
+
+
+def stack_start():  # the lowest address of the main thread's growsdown mapping (its stack)
+    start = None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            start = int(fields[0].split("-")[0], 16)
+        elif fields[0] == "VmFlags:" and "gd" in fields[1:]:
+            return start
+    return None
+
+
+def handler(event, context):
+    base = ctypes.addressof(ctypes.c_char.from_buffer(REGION))
+    contents = [bytes(REGION[p * PAGE:p * PAGE + 5]) == b"page" + bytes([p]) for p in WRITTEN]
+    holes = all(REGION[p * PAGE:(p + 1) * PAGE] == bytes(PAGE) for p in range(64) if p not in WRITTEN)
+    low = stack_start()
+    ctypes.memset(low - 64 * PAGE, 0, PAGE)  # below the stack: the kernel grows it (else SIGSEGV)
+    return {"pieces": pieces(base, base + 64 * PAGE), "contents": all(contents), "holes_zero": holes,
+            "stack_grew_by": low - stack_start()}
+"""
+
+
+def test_a_restored_process_keeps_its_layout_and_its_stack_grows(lam) -> None:  # type: ignore[no-untyped-def]
+    """What a map-pages restore changes in a process's layout stays invisible to it: the stack
+    (mapped from the image above its lowest page, patch 0012) still grows below where it was
+    at the checkpoint, and an anonymous mapping with small holes keeps its pages and reads
+    zeros in its holes."""
+    create(lam, "mem-layout", {"app.py": LAYOUT_APP}, MemorySize=512, SnapStart=SNAPSTART)
+    publish(lam, "mem-layout")
+    result, body = invoke_json(lam, "mem-layout", {}, Qualifier="1", LogType="Tail")
+    assert_restored(result["LogResult"])
+    assert body.get("stack_grew_by", 0) >= 64 * 4096, body
+    assert body["contents"] and body["holes_zero"], body

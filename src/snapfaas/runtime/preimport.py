@@ -49,6 +49,11 @@ from typing import Any, BinaryIO
 MAX_SOURCE = 1 << 20  # a bigger handler module is imported the ordinary way
 CODE_QUANTUM = 64 << 10  # the marshalled code is padded to a multiple of this (see the module doc)
 LENGTH = 4
+# The handler module's top-level code object, kept for the process's life. Freed after the
+# body ran (as an ordinary import does), its blocks (the code object, its constants and names
+# tuples, whose sizes differ between versions) became holes that the rest of init's objects of
+# those classes filled, one version's one block off the other's for everything after.
+_LOADED: list[object] = []
 
 
 def leading_imports(source: bytes) -> str:
@@ -132,6 +137,7 @@ class _CompiledFinder:
         class CompiledLoader(importlib.machinery.SourceFileLoader):
             def get_code(self, fullname: str) -> Any:
                 loaded = marshal.loads(code)
+                _LOADED.append(loaded)  # never freed: see _LOADED
                 barrier()  # what the module body allocates no longer depends on the code's size
                 realign()  # nor the version tags of the dicts it changes
                 return loaded

@@ -20,6 +20,25 @@ def test_proc_stat_fields_are_counted_after_the_last_parenthesis() -> None:
     assert cpu.parse_proc_stat(STAT) == (1000, 42)
 
 
+@pytest.mark.skipif(os.uname().machine not in density.SLEEP_SYSCALLS, reason="sleep system calls known for x86_64/aarch64")
+def test_density_sees_a_process_asleep_in_time_sleep_and_not_one_reading() -> None:
+    import subprocess
+    calls = density.SLEEP_SYSCALLS[os.uname().machine]
+    asleep = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stdin.readline(); time.sleep(60)"],
+                              stdin=subprocess.PIPE)
+    try:
+        cpu.wait_for(lambda: Path(f"/proc/{asleep.pid}/syscall").read_text().split()[0] == "0", 30, "the child to read")
+        assert not density.sleeping(asleep.pid, calls)  # blocked, but reading: not the handler's hold
+        assert asleep.stdin is not None
+        asleep.stdin.write(b"go\n")
+        asleep.stdin.flush()
+        cpu.wait_for(lambda: density.sleeping(asleep.pid, calls), 30, "the child to sleep")
+    finally:
+        asleep.kill()
+        asleep.wait()
+    assert not density.sleeping(asleep.pid, calls)  # gone
+
+
 def test_schedstat_and_cgroup_counters_are_nanoseconds() -> None:
     assert cpu.parse_schedstat("123456789 1000 42\n") == 123456789
     assert cpu.parse_cgroup_cpu("98765\n", v1=True) == 98765

@@ -4,14 +4,29 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: deps sysdeps pydeps bench-runtime test demo serve bench clean
+.PHONY: deps sysdeps pydeps native-init bench-runtime test demo serve bench clean
 
 deps: sysdeps pydeps
 
 sysdeps:
 	@bash scripts/install-system-deps.sh
 
-pydeps: $(STAMP)
+pydeps: $(STAMP) native-init
+
+# The sandbox's pid 1 (src/snapfaas/runtime/init.c): freestanding C, no libc, a few pages of code
+# and its stack; the daemon falls back to the Python init (runtime/init.py), saying so, where it
+# was not built. gcc is a system dependency anyway (CRIU's build).
+INIT_SRC := src/snapfaas/runtime/init.c
+INIT_BIN := src/snapfaas/runtime/snapfaas-init
+INIT_CFLAGS := -Os -static -nostdlib -ffreestanding -fno-builtin -fno-stack-protector \
+	-fno-tree-loop-distribute-patterns -fno-asynchronous-unwind-tables -fno-pie -no-pie -Wall -Wextra -Werror \
+	-Wl,--build-id=none -Wl,-z,noexecstack -Wl,-z,noseparate-code
+
+native-init: $(INIT_BIN)
+
+$(INIT_BIN): $(INIT_SRC) Makefile
+	gcc $(INIT_CFLAGS) -o $@.tmp $(INIT_SRC)
+	mv -f $@.tmp $@
 
 # scripts/install-pydeps.sh: pip install -e '.[test]' --no-compile (Python compiles the modules a
 # run imports on first use; compiling every installed file up front, botocore, awscli, moto...,
@@ -45,4 +60,4 @@ bench: deps bench-runtime
 	$(VENV)/bin/snapfaas bench
 
 clean:
-	rm -rf $(VENV) .bench-runtime .snapfaas .pytest_cache
+	rm -rf $(VENV) .bench-runtime .snapfaas .pytest_cache $(INIT_BIN)

@@ -28,6 +28,7 @@ import pytest
 from snapfaas.runtime import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
+NATIVE_INIT = ROOT / "src" / "snapfaas" / "runtime" / "snapfaas-init"
 RUNTIME_SRC = ROOT / "src" / "snapfaas" / "runtime"
 TIMEOUT = 10.0
 ARN = "arn:aws:lambda:us-east-1:000000000000:function:f"
@@ -178,7 +179,10 @@ def reap(started: list[Runtime]) -> None:
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    """start(files, handler="app.handler", init_type="on-demand", env=None, launcher=None) -> Runtime."""
+    """start(files, handler="app.handler", init_type="on-demand", env=None, launcher=None, init="python") -> Runtime.
+
+    `init`: ``python`` runs the Python init (``-m snapfaas_runtime``), ``native`` the native
+    one (``snapfaas-init``, built by ``make``) exec'ing the runtime's entry (``-m snapfaas_runtime.start``)."""
     pkg_root = tmp_path / "runtime-path"
     pkg_root.mkdir()
     (pkg_root / "snapfaas_runtime").symlink_to(RUNTIME_SRC, target_is_directory=True)
@@ -186,7 +190,7 @@ def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     counter = iter(range(1000))
 
     def _start(files: dict[str, str], handler: str = "app.handler", init_type: str = "on-demand",
-               env: dict[str, str] | None = None, launcher: list[str] | None = None) -> Runtime:
+               env: dict[str, str] | None = None, launcher: list[str] | None = None, init: str = "python") -> Runtime:
         task = tmp_path / f"task{next(counter)}"
         task.mkdir()
         for name, text in files.items():
@@ -209,7 +213,12 @@ def start(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
             "AWS_REGION": "us-east-1",
             **(env or {}),
         }
-        return spawn([*(launcher or []), sys.executable, "-m", "snapfaas_runtime"], task, environ, started)
+        if init == "native":
+            assert NATIVE_INIT.is_file(), f"the native init {NATIVE_INIT} was not built: run make native-init"
+            runtime = [str(NATIVE_INIT), sys.executable, "-m", "snapfaas_runtime.start"]
+        else:
+            runtime = [sys.executable, "-m", "snapfaas_runtime"]
+        return spawn([*(launcher or []), *runtime], task, environ, started)
 
     yield _start
     reap(started)
@@ -368,8 +377,9 @@ def test_subprocess_output_on_fd1_is_not_a_frame(start) -> None:  # type: ignore
     assert rt.noise == [b"from-a-subprocess\n"]
 
 
-def test_runtime_killed_by_signal_reports_128_plus_signal(start) -> None:  # type: ignore[no-untyped-def]
-    rt = start({"app.py": APP}, handler="app.suicide")
+@pytest.mark.parametrize("init", ["python", "native"])
+def test_runtime_killed_by_signal_reports_128_plus_signal(start, init: str) -> None:  # type: ignore[no-untyped-def]
+    rt = start({"app.py": APP}, handler="app.suicide", init=init)
     rt.expect("ready")
     rt.invoke({}, "k")
     rt.expect_eof()
@@ -685,7 +695,8 @@ def fail(event, context):
 HELPER = "import json\nVALUE = json.dumps([1, 2])\n"
 
 
-def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(start) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("init", ["python", "native"])
+def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(start, init: str) -> None:  # type: ignore[no-untyped-def]
     """What the worker adds for a SnapStart init (the hash seed, glibc tunables, the pointer
     guard, a layout without ASLR) is gone before user code runs or restored copies start programs; the
     handler module, loaded from code compiled in a child after its leading imports ran, is
@@ -698,7 +709,7 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     def restored(handler: str = "app.handler"):  # type: ignore[no-untyped-def]
         """A deterministic SnapStart init of the app, through the restore barrier, ready."""
         rt = start({"app.py": DETERMINISTIC_APP, "helper.py": HELPER}, handler=handler, init_type="snap-start",
-                   env=env, launcher=setarch)
+                   env=env, launcher=setarch, init=init)
         rt.expect("restore_ready")
         rt.send("restore", b"{}")
         rt.expect("resumed")
@@ -712,7 +723,7 @@ def test_a_deterministic_snapstart_init_keeps_semantics_and_hands_back_aslr(star
     assert body["file"].endswith("/app.py") and body["loader"] == "CompiledLoader"
     assert body["env"] == {"PYTHONHASHSEED": None, "GLIBC_TUNABLES": None, "_SNAPFAAS_INIT_VARS": None,
                            "_SNAPFAAS_POINTER_GUARD": None, "_SNAPFAAS_STACK_CANARY": None, "KEEP": "user"}
-    if platform.machine() == "x86_64":  # pid 1 re-keyed glibc's pointer guard and stack canary before forking the runtime
+    if platform.machine() == "x86_64":  # re-keyed by the Python init before it forked the runtime, or by the exec'd runtime
         assert body["guard"] == "0123456789abcdef" and body["canary"] == "0f1e2d3c4b5a6900"
     seeded = subprocess.run([sys.executable, "-c", "print(hash('snapfaas'))"], capture_output=True, text=True,
                             env={"PYTHONHASHSEED": "12345"}, check=True).stdout

@@ -10,7 +10,7 @@ from snapfaas.config import ServerConfig
 from snapfaas.registry.model import LATEST, FunctionVersion
 from snapfaas.runtime import custom
 from snapfaas.sandbox.interpreter import InterpreterRegistry, candidate_commands
-from snapfaas.worker.factory import is_custom, lambda_environ, runtime_args
+from snapfaas.worker.factory import is_custom, lambda_environ, runtime_argv
 
 
 def version(runtime: str) -> FunctionVersion:
@@ -28,8 +28,11 @@ def test_custom_runtime_interpreter_is_the_sandbox_python3() -> None:
 def test_custom_runtime_arguments_and_environment(tmp_path: Path) -> None:
     config = ServerConfig(tmp_path)
     assert is_custom("provided.al2023") and not is_custom("python3.12")
-    assert runtime_args("provided.al2023") == ["-m", "snapfaas_runtime", "custom"]
-    assert runtime_args("python3.12") == ["-m", "snapfaas_runtime"]
+    native = "/var/runtime/snapfaas_runtime/snapfaas-init"
+    assert runtime_argv("provided.al2023", "/py", True) == [native, "/py", "-m", "snapfaas_runtime.start", "custom"]
+    assert runtime_argv("python3.12", "/py", True) == [native, "/py", "-m", "snapfaas_runtime.start"]
+    assert runtime_argv("provided.al2023", "/py", False) == ["/py", "-m", "snapfaas_runtime", "custom"]  # the Python init
+    assert runtime_argv("python3.12", "/py", False) == ["/py", "-m", "snapfaas_runtime"]
     environ = lambda_environ(config, version("provided.al2023"), "on-demand", "stream")
     assert "AWS_EXECUTION_ENV" not in environ
     assert environ[custom.RESPONSE_LIMIT_VAR] == str(config.limits.response_bytes)

@@ -1,4 +1,8 @@
-"""pid 1 of the sandbox: start the runtime as a child, reap orphans, exit as the runtime did.
+"""pid 1 of the sandbox in Python: start the runtime as a child, reap orphans, exit as the runtime did.
+
+The sandbox runs the native pid 1 (``init.c``, built by ``make``; the same contract, without a
+second interpreter to checkpoint and restore) and falls back to this one only where that was
+not built (`snapfaas.worker.factory` logs it). The runtime entry both use is `start`.
 
 The first process of a pid namespace is special: the kernel drops every signal sent to it from
 inside the namespace unless it installed a handler (SIGKILL and SIGSTOP always), and it adopts
@@ -63,32 +67,48 @@ def burn_pids_before(target: int) -> bool:
 CUSTOM = "custom"  # argv[1] for a provided.* runtime: the Runtime API supervisor (`custom`) instead of Python's
 
 
+def rekey_from_environ() -> None:
+    """In a deterministic SnapStart init (``_SNAPFAAS_POINTER_GUARD`` set), re-key this process's
+    pointer guard and (``_SNAPFAAS_STACK_CANARY``) stack canary (`pointerguard.rekey`); says so
+    on stderr if that could not be done. Call it while the process has one thread and has run
+    only the interpreter's start-up."""
+    guard = os.environ.get(POINTER_GUARD)
+    if not guard:
+        return
+    from .pointerguard import rekey
+
+    try:
+        canary = os.environ.get(STACK_CANARY)
+        rekeyed = rekey(int(guard, 16), int(canary, 16) if canary else None)
+    except ValueError:  # not hex: the init is just less deterministic
+        rekeyed = False
+    if not rekeyed:  # said, so a snapshot that dedups badly against its other versions can be explained
+        os.write(2, b"snapfaas init: glibc's pointer guard and stack canary were not re-keyed (deterministic init)\n")
+
+
+def run_runtime(custom: bool) -> None:
+    """Run the runtime in this process: Python's (`bootstrap`) or a custom runtime's supervisor."""
+    if custom:
+        from .custom import main as runtime_main
+    else:
+        from .bootstrap import main as runtime_main
+    runtime_main()
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The Python init (``python -m snapfaas_runtime [custom]``): the sandbox's pid 1 where the
+    native one (``init.c``) was not built. In a deterministic init it re-keys itself before
+    forking, so the runtime inherits the keys."""
     import sys
 
     custom = (sys.argv[1:] if argv is None else argv) == [CUSTOM]
-    guard = os.environ.get(POINTER_GUARD)
-    if guard:
-        from .pointerguard import rekey
-
-        try:
-            canary = os.environ.get(STACK_CANARY)
-            rekeyed = rekey(int(guard, 16), int(canary, 16) if canary else None)
-        except ValueError:  # not hex: the init is just less deterministic
-            rekeyed = False
-        if not rekeyed:  # said, so a snapshot that dedups badly against its other versions can be explained
-            os.write(2, b"snapfaas init: glibc's pointer guard and stack canary were not re-keyed (deterministic init)\n")
+    rekey_from_environ()
     target = os.environ.get(RUNTIME_PID, "")
     if target.isdigit() and os.getpid() == 1 and not burn_pids_before(int(target)):
         os.write(2, f"snapfaas init: the runtime could not get pid {target} (deterministic init)\n".encode())
     runtime_pid = os.fork()
     if runtime_pid == 0:
-        if custom:
-            from .custom import main as runtime_main
-        else:
-            from .bootstrap import main as runtime_main
-
-        runtime_main()
+        run_runtime(custom)
         return
     # Our fds 0-2 stay the container's stdio pipes: runc records pid 1's stdio at checkpoint
     # and re-attaches those pipes at restore. We never read or write them, and we exit as soon

@@ -136,7 +136,8 @@ def _namespaces(spec: SandboxSpec) -> list[dict[str, str]]:
     return out
 
 
-def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict[str, Any]:
+def render(spec: SandboxSpec, rootfs: Path, argv: list[str]) -> dict[str, Any]:
+    """runc's config.json for `spec` on `rootfs`, the container process running `argv`."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -163,7 +164,7 @@ def render(spec: SandboxSpec, rootfs: Path, interpreter_args: list[str]) -> dict
         "process": {
             "terminal": False,
             "user": {"uid": spec.uid, "gid": spec.uid},
-            "args": [spec.interpreter.executable, *interpreter_args],
+            "args": argv,
             "env": [f"{k}={v}" for k, v in spec.environ.items()],
             "cwd": TASK_ROOT,
             "noNewPrivileges": True,

@@ -89,10 +89,18 @@ def lambda_environ(config: ServerConfig, version: FunctionVersion, init_type: st
     return environ
 
 
-def runtime_args(runtime: str) -> list[str]:
-    """The interpreter's arguments: the runtime package, as Python's runtime or as the Runtime
-    API supervisor of a custom runtime (`runtime.init`)."""
-    return ["-m", RUNTIME_PACKAGE, init.CUSTOM] if is_custom(runtime) else ["-m", RUNTIME_PACKAGE]
+NATIVE_INIT = "snapfaas-init"  # the native pid 1, built by `make` from runtime/init.c into the runtime package
+
+
+def runtime_argv(runtime: str, executable: str, native_init: bool) -> list[str]:
+    """The container process's argv: with `native_init` the native pid 1 (``runtime/init.c``)
+    exec'ing the interpreter on the runtime's entry point (`runtime.start`), else the
+    interpreter as the Python init (`runtime.init`); either runs Python's runtime, or the
+    Runtime API supervisor of a custom runtime."""
+    mode = [init.CUSTOM] if is_custom(runtime) else []
+    if native_init:
+        return [f"{RUNTIME_DIR}/{RUNTIME_PACKAGE}/{NATIVE_INIT}", executable, "-m", f"{RUNTIME_PACKAGE}.start", *mode]
+    return [executable, "-m", RUNTIME_PACKAGE, *mode]
 
 
 class EnvironmentServices(Protocol):
@@ -185,6 +193,7 @@ class EnvironmentFactory:
         self.rootfs = config.sandbox_dir / "rootfs"
         self.bundles = config.bundles_dir
         self.runtime_mount = config.sandbox_dir / "runtime"
+        self.native_init = False  # whether the native pid 1 was built (`_install_runtime`)
         self.network_pool: NetworkPool | None = None  # set by the server: every environment gets its own netns
         self.services: EnvironmentServices | None = None
         self.criu_engine: CriuEngine | None = None  # set by the server under --restore-engine criu: restores without runc
@@ -217,8 +226,15 @@ class EnvironmentFactory:
         target = self.runtime_mount / RUNTIME_PACKAGE
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(RUNTIME_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(RUNTIME_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp"))
         _world_readable(self.runtime_mount)
+        native = target / NATIVE_INIT
+        self.native_init = native.is_file()
+        if self.native_init:
+            native.chmod(0o755)
+        else:
+            logger.warning("the native sandbox init %s was not built (run make): sandboxes run the Python init "
+                           "(runtime/init.py), with a second interpreter to checkpoint and restore", RUNTIME_SOURCE / NATIVE_INIT)
         path = self.config.sandbox_dir
         while path != path.parent:
             if path.exists():
@@ -429,7 +445,7 @@ class EnvironmentFactory:
         if private_rootfs:
             rootfs = container.bundle / "rootfs"
             make_private_rootfs(rootfs, [interp])
-        container.write_config(render(spec, rootfs, runtime_args(version.runtime)))
+        container.write_config(render(spec, rootfs, runtime_argv(version.runtime, interp.executable, self.native_init)))
         return env
 
 

@@ -228,11 +228,8 @@ class EnvironmentFactory:
             shutil.rmtree(target)
         shutil.copytree(RUNTIME_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp"))
         _world_readable(self.runtime_mount)
-        native = target / NATIVE_INIT
-        self.native_init = native.is_file()
-        if self.native_init:
-            native.chmod(0o755)
-        else:
+        self.native_init = (target / NATIVE_INIT).is_file()
+        if not self.native_init:
             logger.warning("the native sandbox init %s was not built (run make): sandboxes run the Python init "
                            "(runtime/init.py), with a second interpreter to checkpoint and restore", RUNTIME_SOURCE / NATIVE_INIT)
         path = self.config.sandbox_dir
@@ -450,8 +447,9 @@ class EnvironmentFactory:
 
 
 def _world_readable(tree: Path) -> None:
-    """Directories 0755 and files 0644 below (and at) `tree`: what the sandbox's users read."""
+    """Directories 0755 and files 0644 below (and at) `tree`: what the sandbox's users read;
+    the native init (`NATIVE_INIT`) 0755: what they run."""
     for dirpath, _, filenames in os.walk(tree):
         os.chmod(dirpath, 0o755)
         for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o644)
+            os.chmod(os.path.join(dirpath, name), 0o755 if name == NATIVE_INIT else 0o644)

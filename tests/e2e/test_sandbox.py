@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ServerHandle, create, invoke_json, make_zip
 
+NATIVE_INIT = Path(__file__).resolve().parents[2] / "src" / "snapfaas" / "runtime" / "snapfaas-init"
+
 PROBE = r'''
 import errno, glob, os, json
 
@@ -47,6 +49,7 @@ def handler(event, context):
         "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "pid": os.getpid(),
         "pids": pids,
         "pid1_cmdline": open("/proc/1/cmdline", "rb").read().replace(b"\0", b" ").decode(),
+        "pid_cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode(),
         "write_task": attempt(lambda: write("/var/task/new.txt")),
         "write_task_existing": attempt(lambda: write("/var/task/app.py")),
         "write_root": attempt(lambda: write("/evil.txt")),
@@ -153,6 +156,9 @@ def test_sees_only_its_own_processes(probe: dict) -> None:
     assert probe["pids"] == [1, probe["pid"]], probe["pids"]
     assert probe["pid"] != 1
     assert "-m snapfaas_runtime" in probe["pid1_cmdline"]
+    if NATIVE_INIT.is_file():  # built by make: pid 1 is the native init, which exec'd the runtime
+        assert probe["pid1_cmdline"].startswith("/var/runtime/snapfaas_runtime/snapfaas-init "), probe["pid1_cmdline"]
+        assert "-m snapfaas_runtime.start" in probe["pid_cmdline"], probe["pid_cmdline"]
 
 
 def test_no_capabilities_and_no_new_privileges(probe: dict) -> None:

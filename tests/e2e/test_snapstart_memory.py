@@ -267,10 +267,14 @@ def test_a_restored_process_keeps_its_layout_and_its_stack_grows(lam) -> None:  
     """What a map-pages restore changes in a process's layout stays invisible to it: the stack
     (mapped from the image above its lowest page, patch 0012) still grows below where it was
     at the checkpoint, and an anonymous mapping with small holes keeps its pages and reads
-    zeros in its holes."""
+    zeros in its holes; when the checkpoint dumped those holes as zero pages (patch 0013) the
+    restore maps the mapping from the image in one piece."""
+    status = engine.probe()
     create(lam, "mem-layout", {"app.py": LAYOUT_APP}, MemorySize=512, SnapStart=SNAPSTART)
     publish(lam, "mem-layout")
     result, body = invoke_json(lam, "mem-layout", {}, Qualifier="1", LogType="Tail")
     assert_restored(result["LogResult"])
     assert body.get("stack_grew_by", 0) >= 64 * 4096, body
     assert body["contents"] and body["holes_zero"], body
+    if status.maps_pages and engine.FILL_HOLES_PATCH in status.patches:
+        assert len(body["pieces"]) == 1 and "/pages-" in body["pieces"][0], body["pieces"]

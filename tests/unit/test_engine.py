@@ -27,6 +27,15 @@ def test_restore_environ_asks_for_mapping_only_when_wanted_and_supported() -> No
     assert "no snapfaas patches" in stock.describe()
 
 
+def test_checkpoint_environ_fills_holes_only_for_mapped_restores_of_a_patched_criu() -> None:
+    filling = engine.CriuStatus(True, "/usr/local/sbin/criu", "4.1.1", None,
+                                (engine.MAP_PAGES_PATCH, engine.FILL_HOLES_PATCH))
+    mapping_only = engine.CriuStatus(True, "/usr/local/sbin/criu", "4.1.1", None, (engine.MAP_PAGES_PATCH,))
+    assert engine.checkpoint_environ(filling, "map") == {"CRIU_FILL_HOLES": str(engine.FILL_HOLES_PAGES)}
+    assert engine.checkpoint_environ(filling, "copy") == {}  # a copying restore gains nothing from it
+    assert engine.checkpoint_environ(mapping_only, "map") == {}
+
+
 def test_snapstart_in_own_network_namespaces_needs_the_netns_patches() -> None:
     stock = engine.CriuStatus(True, "/usr/sbin/criu", "4.1.1", None, ("map-pages-copy-on-write",))
     status = stock.requiring_netns_patches()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
@@ -41,6 +42,12 @@ DUMP_CONFIG = "file-locks\n" + NETWORK_LOCK
 RESTORE_CONFIG = "file-locks\nverbosity=2\n" + NETWORK_LOCK
 MAP_PAGES_PATCH = "map-pages-copy-on-write"
 NO_COW_PAIRS_PATCH = "map-pages-without-cow-pairs"  # parent and child VMAs mapped, not paired and copied
+FILL_HOLES_PATCH = "dump-fills-small-holes"  # small holes of anonymous VMAs dumped as zero pages
+# The largest hole (pages) of a private anonymous mapping that a checkpoint for map-pages restores
+# dumps as zero pages, so that the mapping's pages are one range of the image and a restore maps
+# it with one mmap (one VMA) instead of one VMA per range and per hole between them. Bounds what
+# it adds to the image: at most this much per hole, zeros (one chunk in the store).
+FILL_HOLES_PAGES = 16
 EXTERNAL_NETNS_PATCHES = ("network-lock-in-rpc-config", "external-netns-of-another-userns")
 KERNDAT_CACHE = Path("/run/criu.kdat")  # CRIU's compiled-in cache path (RUNDIR=/run)
 
@@ -103,6 +110,16 @@ def restore_environ(status: CriuStatus, memory: str) -> Mapping[str, str]:
     """Extra environment for `runc restore` (runc passes it on to CRIU): memory="map" asks a
     patched CRIU to map page images copy-on-write; "copy" (or an unpatched CRIU) copies them."""
     return {"CRIU_MAP_PAGES": "1"} if memory == "map" and status.maps_pages else {}
+
+
+def checkpoint_environ(status: CriuStatus, memory: str) -> Mapping[str, str]:
+    """Extra environment for `runc checkpoint` (runc passes it on to CRIU): for a snapshot that
+    restores by mapping its page images ("map"), a CRIU with the fill-holes patch dumps small
+    holes of anonymous mappings as zero pages (`FILL_HOLES_PAGES`). Every restored environment
+    then has fewer VMAs (kernel memory); the image is restorable by any CRIU."""
+    if memory == "map" and status.maps_pages and FILL_HOLES_PATCH in status.patches:
+        return {"CRIU_FILL_HOLES": str(FILL_HOLES_PAGES)}
+    return {}
 
 
 def probe(binary: str = "criu") -> CriuStatus:
@@ -176,13 +193,16 @@ def criu_errors(log: Path, limit: int = 3) -> str:
     return "; ".join(errors[-limit:]) or (lines[-1] if lines else "CRIU log is empty")
 
 
-async def checkpoint(runc_argv: list[str], container_id: str, image_dir: Path) -> float:
-    """`runc checkpoint` the container into `image_dir` (the container stops); returns seconds."""
+async def checkpoint(runc_argv: list[str], container_id: str, image_dir: Path,
+                     environ: Mapping[str, str] | None = None) -> float:
+    """`runc checkpoint` the container into `image_dir` (the container stops); returns seconds.
+    `environ` is added to runc's environment (`checkpoint_environ`)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     proc = await asyncio.create_subprocess_exec(
         *runc_argv, "checkpoint", "--image-path", str(image_dir), "--work-path", str(image_dir), container_id,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, umask=RUNC_UMASK,
+        env={**os.environ, **environ} if environ else None,
     )
     _, stderr = await proc.communicate()
     if proc.returncode != 0:

@@ -402,7 +402,8 @@ class SnapshotManager:
             if env.container.launcher:  # a deterministic init (snapshot/determinism.py): its tmpfs images too
                 await asyncio.to_thread(self._settle_timestamps, env)
             try:
-                dump_s = await engine.checkpoint(self.factory.runc.argv(), env.container.id, work)
+                dump_s = await engine.checkpoint(self.factory.runc.argv(), env.container.id, work,
+                                                 engine.checkpoint_environ(self.status, decision.mode))
             except engine.CheckpointFailed as exc:
                 self.vault.delete(snapshot_id)
                 return PublishFailure("FunctionError", f"Checkpoint failed: {exc.detail}")

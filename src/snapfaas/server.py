@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import shutil
 import signal
 import ssl
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from snapfaas.sandbox.network import NetworkPool
 from snapfaas.identity import EndpointCredentials, IdentityBroker
 from snapfaas.scan import publish_scanner
 from snapfaas.snapshot import engine, workingset
+from snapfaas.snapshot.resident import ResidentPrograms
 from snapfaas.snapshot.view import SnapshotView, clear_stale_mount
 from snapfaas.snapshot.workingset import WorkingSetKeeper, WorkingSets
 from snapfaas.transport import is_loopback, server_ssl_context
@@ -80,6 +82,7 @@ class Server:
         self.environ = environ
         self.say = say
         self._stop = asyncio.Event()
+        self.resident = ResidentPrograms()  # the restore engine's programs, locked in memory while serving
 
     def _keys(self) -> dict[str, str]:
         """The operator's keys. A generated secret is shown once, when it is created; later
@@ -191,7 +194,15 @@ class Server:
         snapshots.shared_network = cfg.sandbox_network == "host"
         working_sets = WorkingSetKeeper(WorkingSets(snapshots.vault.store), view=snapshots.vault.view)  # attachments of the snapshots
         if snapshots.status.binary:  # CRIU runs at every restore, whichever engine drives it
-            working_sets.platform = workingset.whole_files([snapshots.status.binary])
+            # the engine's programs stay in memory (snapshot/resident.py); any that could not be
+            # locked are read ahead whole at each restore instead
+            engines = [snapshots.status.binary]
+            if cfg.restore_engine == "runc" or factory.criu_engine is None:
+                engines.append(shutil.which(cfg.runc_binary) or cfg.runc_binary)
+            for program in engines:
+                self.say(await asyncio.to_thread(self.resident.hold_program, program))
+            working_sets.platform = workingset.whole_files(
+                path for path in engines if os.path.realpath(path) not in self.resident.locked_paths)
         if cfg.restore_prefetch:
             worker.working_sets = working_sets
         snapshots.environment_slot = worker.environment_slot  # publishes count against --max-environments
@@ -284,6 +295,7 @@ class Server:
             await control.close()
             await working_sets.close()  # before the store closes; no prefetch or recording after it
             await snapshots.close()
+            self.resident.release()  # no restore runs any more
             await invoker.close()
             if usage is not None:
                 await usage.close()

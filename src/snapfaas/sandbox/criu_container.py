@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from snapfaas import timeline
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox import criu_rpc
-from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1
+from snapfaas.sandbox.cgroup import AttachPrimer, Limits, attach_v1, create_v1
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, PipeSink, Runc
 from snapfaas.sandbox.mounts import remove_tree
@@ -191,9 +191,11 @@ def exit_status(wait_status: int) -> int:
 class CriuEngine:
     """What every `CriuContainer` of a daemon shares: the CRIU binary and the records ledger."""
 
-    def __init__(self, binary: str, ledger: RestoredLedger) -> None:
+    def __init__(self, binary: str, ledger: RestoredLedger, attach_primer: AttachPrimer | None = None) -> None:
         self.binary = binary
         self.ledger = ledger
+        # primed again as CRIU is spawned (`CriuContainer._restore`): see there
+        self.attach_primer = attach_primer
 
 
 class CriuContainer(Container):
@@ -353,6 +355,12 @@ class CriuContainer(Container):
             timeline.mark("images, netns, pipes opened")
             step = "exec criu"
             server_fd = to_close[-1]
+            if self.engine.attach_primer is not None:
+                # CRIU's move into the cgroup (below) comes once the host is prepared; on a cold
+                # host that is more than a grace period after the priming at the restore's
+                # start, and the move would wait a grace period again (10-20 ms): a priming
+                # now waits it out while CRIU starts and the host preparation is awaited
+                self.engine.attach_primer.start()
             self._criu = ChildProcess(
                 [self.engine.binary, "swrk", str(server_fd)],
                 stdin=stdin_r, stdout=stdout_w, stderr=stderr_w,

@@ -507,9 +507,15 @@ def main() -> None:
         from . import extension_host
 
         channel = extension_host.wrap(channel, environ, snap_start)
+    early_imports = snap_start and fixed_layout()
+    if early_imports:
+        # what the snapshot barrier imports, imported before the handler's code is loaded: imported
+        # after it, its code objects went into holes the module's code left (which differ by
+        # version), and its names into the interned-string table after the module's own names
+        from . import sockets  # noqa: F401
     try:
         # leading imports first only for a fixed-layout (deterministic) init: it makes versions share chunks
-        handler = load_handler(environ["_HANDLER"], early_imports=snap_start and fixed_layout())
+        handler = load_handler(environ["_HANDLER"], early_imports=early_imports)
     except Fault as fault:
         fail(channel, "init_error", "init", fault.to_error(""), EXIT_INIT_ERROR)
     except Exception as exc:  # module-level user code raised

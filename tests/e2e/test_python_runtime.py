@@ -1,6 +1,7 @@
 """The Python runtime as Lambda's: the root logging handler (Text and JSON formats, levels),
 `print` and logging both in the function's log, LoggingConfig through boto3, the variables of
-an on-demand environment (key variables, log group/stream) and its REPORT billing (Init billed).
+an on-demand environment (key variables, log group/stream, the invoke loop's nice value) and its
+REPORT billing (Init billed).
 Logs are read back through the log API and the `snapfaas logs` CLI.
 """
 
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from snapfaas.client import Connection
+from snapfaas.runtime.bootstrap import INVOKE_NICE
 from tests.conftest import ACCESS_KEY, SECRET_KEY, ServerHandle, create, invoke_json
 from tests.e2e.snapstart_support import report
 
@@ -43,7 +45,7 @@ def handler(event, context):
              "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
              "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL")
     out = {"env": {name: os.environ.get(name) for name in names}, "log_stream": context.log_stream_name,
-           "log_group": context.log_group_name}
+           "log_group": context.log_group_name, "nice": os.getpriority(os.PRIO_PROCESS, 0)}
     if event.get("call"):
         client = boto3.client("lambda")  # key variables: botocore's environment provider
         try:
@@ -124,6 +126,8 @@ def test_on_demand_environment_gets_key_variables_and_log_names(text_function, s
     # the key variables authenticate as the function (authorization then denies GetFunction)
     assert body["caller_key"] == env["AWS_ACCESS_KEY_ID"]
     assert body["get_function"] == "AccessDeniedException"
+    # the handler runs in the invoke loop, below the worker's priority (bootstrap.lower_priority)
+    assert body["nice"] == max(INVOKE_NICE, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def test_report_bills_init_on_a_cold_start(text_function) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ import decimal
 import io
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -64,3 +66,23 @@ def test_rehearsal_leaves_the_environment_and_the_channel_alone(monkeypatch: pyt
     bootstrap.rehearse(bootstrap.Channel(io.BytesIO(), out, log))
     assert dict(os.environ) == before
     assert out.getvalue() == b"" and log.getvalue() == ""
+
+
+PRIORITY_PROBE = """
+import os
+from snapfaas.runtime import bootstrap
+start = os.getpriority(os.PRIO_PROCESS, 0)
+bootstrap.lower_priority()
+lowered = os.getpriority(os.PRIO_PROCESS, 0)
+bootstrap.lower_priority(bootstrap.INVOKE_NICE - 5)
+print(start, lowered, os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+
+def test_the_invoke_loop_runs_at_invoke_nice_and_never_raises_its_priority() -> None:
+    """In a child (a raised nice value is not undone without a capability): `lower_priority`
+    sets INVOKE_NICE and a second call asking for a higher priority leaves it at that."""
+    probe = subprocess.run([sys.executable, "-c", PRIORITY_PROBE], capture_output=True, text=True, check=True)
+    start, lowered, again = (int(word) for word in probe.stdout.split())
+    assert lowered == max(start, bootstrap.INVOKE_NICE)
+    assert again == lowered

@@ -13,7 +13,7 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    reseed the RNGs if the ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``)
    and run after-restore hooks (FIFO). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
-3. The invoke loop runs at a lower CPU priority (`lower_priority`), then ``ready``, and for
+3. ``ready``, then the invoke loop runs at a lower CPU priority (`lower_priority`), and for
    each ``invoke`` frame: call the handler, answer ``response`` or ``error``.
 
 Logging: `applog` puts Lambda's handler on the root logger before init (Text or JSON lines
@@ -273,10 +273,15 @@ def encode_result(result: Any) -> bytes:
         raise Fault(Fault.MARSHAL, f"Unable to marshal response: {exc}") from exc
 
 
-def serve(channel: Channel, handler: Handler, environ: Mapping[str, str], clock: PhaseClock | None = None) -> None:
+def serve(channel: Channel, handler: Handler, environ: Mapping[str, str], clock: PhaseClock | None = None,
+          nice: int | None = None) -> None:
     """Answer invocations until the channel closes. `clock` (the phases debug switch): its
-    phases so far and the first invocation's go to that invocation's log, then it is dropped."""
+    phases so far and the first invocation's go to that invocation's log, then it is dropped.
+    `nice`: the invoke loop's nice value (`lower_priority`), set once ``ready`` is sent (a
+    restore's or init's duration ends with that frame and never waits behind the new priority)."""
     channel.send("ready")
+    if nice is not None:
+        lower_priority(nice)
     while True:
         frame = channel.receive()
         if frame is None:
@@ -457,8 +462,8 @@ def lower_priority(nice: int = INVOKE_NICE) -> None:
     the CPU after the loop instead of sharing it evenly (same-server A/B at concurrency 8 on
     2 cores: invoke/echo throughput ratio up ~0.15 in the median of six pairs; the loop's
     involuntary context switches did not drop, so it is the CPU share, not wake-up
-    preemption). Init, the before-snapshot hooks, the restore and the after-restore hooks
-    keep the priority the process started with. Raising one's own nice value needs no
+    preemption). Init, the before-snapshot hooks, the restore, the after-restore hooks and
+    the ``ready`` frame keep the priority the process started with. Raising one's own nice value needs no
     capability; a refusal (a seccomp filter that denies it) leaves the priority as it was.
     """
     try:
@@ -546,5 +551,4 @@ def main() -> None:
             clock.begin("init")
             clock.mark("init")
         channel.mark_logs("init")
-    lower_priority()
-    serve(channel, handler, environ, clock)
+    serve(channel, handler, environ, clock, nice=INVOKE_NICE)

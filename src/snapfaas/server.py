@@ -363,7 +363,7 @@ class Server:
             self.say(engine.prime_kernel_cache(status.binary))
             if cfg.restore_engine == "criu":
                 if is_v1():
-                    factory.criu_engine = CriuEngine(status.binary, factory.restored_ledger, factory.attach_primer)
+                    factory.criu_engine = CriuEngine(status.binary, factory.restored_ledger)
                     self.say("restore engine: criu (the daemon drives CRIU directly, no runc process per restore)")
                 else:
                     self.say("WARNING: --restore-engine criu sets up cgroup v1 only; this host has cgroup v2: restores use runc")

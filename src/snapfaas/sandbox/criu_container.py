@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from snapfaas import timeline
 from snapfaas.errors import ServiceError
 from snapfaas.sandbox import criu_rpc
-from snapfaas.sandbox.cgroup import AttachPrimer, Limits, attach_v1, create_v1
+from snapfaas.sandbox.cgroup import Limits, attach_v1, create_v1
 from snapfaas.sandbox.cgroup import remove as remove_cgroup
 from snapfaas.sandbox.container import RUNC_UMASK, STREAM_LIMIT, Container, PipeSink, Runc
 from snapfaas.sandbox.mounts import remove_tree
@@ -191,11 +191,9 @@ def exit_status(wait_status: int) -> int:
 class CriuEngine:
     """What every `CriuContainer` of a daemon shares: the CRIU binary and the records ledger."""
 
-    def __init__(self, binary: str, ledger: RestoredLedger, attach_primer: AttachPrimer | None = None) -> None:
+    def __init__(self, binary: str, ledger: RestoredLedger) -> None:
         self.binary = binary
         self.ledger = ledger
-        # primed again as CRIU is spawned (`CriuContainer._restore`): see there
-        self.attach_primer = attach_primer
 
 
 class CriuContainer(Container):
@@ -324,6 +322,7 @@ class CriuContainer(Container):
         # restores anything. Files written in threads are waited for before this returns or
         # raises, so a teardown never races them.
         cgroup_made = loop.run_in_executor(None, timeline.carried(self._prepare_host))
+        moved: asyncio.Future[None] | None = None  # CRIU's move into the cgroup, in a worker thread
         restored_pid: int | None = None
         try:
             step = "rootfs"
@@ -355,12 +354,6 @@ class CriuContainer(Container):
             timeline.mark("images, netns, pipes opened")
             step = "exec criu"
             server_fd = to_close[-1]
-            if self.engine.attach_primer is not None:
-                # CRIU's move into the cgroup (below) comes once the host is prepared; on a cold
-                # host that is more than a grace period after the priming at the restore's
-                # start, and the move would wait a grace period again (10-20 ms): a priming
-                # now waits it out while CRIU starts and the host preparation is awaited
-                self.engine.attach_primer.start()
             self._criu = ChildProcess(
                 [self.engine.binary, "swrk", str(server_fd)],
                 stdin=stdin_r, stdout=stdout_w, stderr=stderr_w,
@@ -368,16 +361,25 @@ class CriuContainer(Container):
                 start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},
             )
             timeline.mark("criu spawned")
-            step = "record, cgroup and config.json"
-            await asyncio.shield(cgroup_made)
             if self._cgroup_made is not None:
                 step = "cgroup"
                 await asyncio.shield(self._cgroup_made)  # raises what making it raised
-                if self._cgroup_limits != limits_of(self.config):  # not the spec's settings: make it so
-                    await _off_loop(functools.partial(create_v1, self.cgroup, limits_of(self.config)))
+                # CRIU joins the cgroup now, while the record and config.json are written: the
+                # move can wait a grace period for the cgroup attach lock (10-20 ms, more under
+                # load, whenever the last move or priming is older than one; on a cold host the
+                # host preparation alone outlasts it), so it no longer waits after them
+                moved = loop.run_in_executor(None, timeline.carried(
+                    functools.partial(attach_v1, self.cgroup, self._criu.pid)))
+            step = "record, cgroup and config.json"
+            await asyncio.shield(cgroup_made)
+            if self._cgroup_made is not None and self._cgroup_limits != limits_of(self.config):
+                step = "cgroup"  # not the spec's settings: make it so
+                await _off_loop(functools.partial(create_v1, self.cgroup, limits_of(self.config)))
             timeline.mark("host prepared (awaited)")
             step = "move criu into the cgroup"
-            await _off_loop(functools.partial(attach_v1, self.cgroup, self._criu.pid))
+            if moved is None:
+                moved = loop.run_in_executor(None, functools.partial(attach_v1, self.cgroup, self._criu.pid))
+            await asyncio.shield(moved)
             timeline.mark("criu moved into the cgroup")
             request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd)
             for fd in (stdin_r, stdout_w, stderr_w, server_fd):  # CRIU holds them now
@@ -415,6 +417,9 @@ class CriuContainer(Container):
                     await asyncio.shield(cgroup_made)
             elif not cgroup_made.cancelled():
                 cgroup_made.exception()  # retrieved: a failure is reported by the step that awaited it
+            if moved is not None:  # never race the teardown's removal of the cgroup either
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(moved)
             await self._cgroup_settled()
             for fd in to_close:
                 os.close(fd)

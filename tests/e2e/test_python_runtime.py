@@ -1,7 +1,7 @@
 """The Python runtime as Lambda's: the root logging handler (Text and JSON formats, levels),
 `print` and logging both in the function's log, LoggingConfig through boto3, the variables of
-an on-demand environment (key variables, log group/stream, the invoke loop's nice value) and its
-REPORT billing (Init billed).
+an on-demand environment (key variables, log group/stream), the nice value of a first and a
+warm invocation, and its REPORT billing (Init billed).
 Logs are read back through the log API and the `snapfaas logs` CLI.
 """
 
@@ -114,7 +114,7 @@ def test_text_format_lines_reach_the_log_like_lambdas(text_function, server: Ser
 
 
 def test_on_demand_environment_gets_key_variables_and_log_names(text_function, server: ServerHandle) -> None:  # type: ignore[no-untyped-def]
-    _, body, _, _ = text_function
+    _, body, _, warm_body = text_function
     env = body["env"]
     assert env["AWS_LAMBDA_INITIALIZATION_TYPE"] == "on-demand"
     assert env["AWS_ACCESS_KEY_ID"].startswith("ASIA") and env["AWS_SECRET_ACCESS_KEY"] and env["AWS_SESSION_TOKEN"]
@@ -126,8 +126,9 @@ def test_on_demand_environment_gets_key_variables_and_log_names(text_function, s
     # the key variables authenticate as the function (authorization then denies GetFunction)
     assert body["caller_key"] == env["AWS_ACCESS_KEY_ID"]
     assert body["get_function"] == "AccessDeniedException"
-    # the handler runs in the invoke loop, below the worker's priority (bootstrap.lower_priority)
-    assert body["nice"] == max(INVOKE_NICE, os.getpriority(os.PRIO_PROCESS, 0))
+    # the first invocation runs at the worker's priority, warm ones below it (bootstrap.lower_priority)
+    assert body["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
+    assert warm_body["nice"] == max(INVOKE_NICE, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def test_report_bills_init_on_a_cold_start(text_function) -> None:  # type: ignore[no-untyped-def]

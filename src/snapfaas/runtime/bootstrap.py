@@ -13,8 +13,8 @@ Sequence (Lambda's Runtime API semantics over the stdio channel of `protocol`):
    reseed the RNGs if the ``restore`` frame asks for it (``reseed``: ``--reseed-after-restore``)
    and run after-restore hooks (FIFO). Failures send
    ``init_error`` (exit 64) or ``restore_error`` (exit 65).
-3. ``ready``, then the invoke loop runs at a lower CPU priority (`lower_priority`), and for
-   each ``invoke`` frame: call the handler, answer ``response`` or ``error``.
+3. ``ready``, then for each ``invoke`` frame: call the handler, answer ``response`` or
+   ``error``; from the second one on at a lower CPU priority (`lower_priority`).
 
 Logging: `applog` puts Lambda's handler on the root logger before init (Text or JSON lines
 with the current request id); errors the runtime reports are logged in the same format.
@@ -277,12 +277,16 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str], clock:
           nice: int | None = None) -> None:
     """Answer invocations until the channel closes. `clock` (the phases debug switch): its
     phases so far and the first invocation's go to that invocation's log, then it is dropped.
-    `nice`: the invoke loop's nice value (`lower_priority`), set once ``ready`` is sent (a
-    restore's or init's duration ends with that frame and never waits behind the new priority)."""
+    `nice`: the invoke loop's nice value (`lower_priority`), set once the first invocation is
+    answered: init, a restore and the first invocation after either (what a cold start or a
+    restore is measured by, and what a burst of restores waits for) keep the priority the
+    process started with; warm invocations run at `nice`."""
     channel.send("ready")
-    if nice is not None:
-        lower_priority(nice)
+    invoked = False
     while True:
+        if nice is not None and invoked:
+            lower_priority(nice)
+            nice = None
         frame = channel.receive()
         if frame is None:
             return
@@ -296,6 +300,7 @@ def serve(channel: Channel, handler: Handler, environ: Mapping[str, str], clock:
             continue
         if header["t"] != "invoke":
             continue
+        invoked = True
         request_id = header["id"]
         applog.RequestId.current = request_id
         environ_trace = header.get("trace_id")
@@ -462,8 +467,9 @@ def lower_priority(nice: int = INVOKE_NICE) -> None:
     the CPU after the loop instead of sharing it evenly (same-server A/B at concurrency 8 on
     2 cores: invoke/echo throughput ratio up ~0.15 in the median of six pairs; the loop's
     involuntary context switches did not drop, so it is the CPU share, not wake-up
-    preemption). Init, the before-snapshot hooks, the restore, the after-restore hooks and
-    the ``ready`` frame keep the priority the process started with. Raising one's own nice value needs no
+    preemption). `serve` calls it once the first invocation is answered: init, the
+    before-snapshot hooks, the restore, the after-restore hooks and the first invocation keep
+    the priority the process started with. Raising one's own nice value needs no
     capability; a refusal (a seccomp filter that denies it) leaves the priority as it was.
     """
     try:

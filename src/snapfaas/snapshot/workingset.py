@@ -551,8 +551,9 @@ class WorkingSetKeeper:
         self._recording: set[str] = set()
         self._prefetched: dict[tuple[str, str], float] = {}  # (snapshot id, part) -> monotonic time of its last read-ahead
         self._read_ahead_pool = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="read-ahead")
-        # the programs every restore executes (CRIU): read ahead whole, first, with each
-        # snapshot's files (on a cold page cache CRIU's exec read its 6 MB while the restore waited)
+        # the programs every restore executes (CRIU) that the daemon could not keep resident
+        # (`snapshot.resident`): read ahead whole, first, with each snapshot's files (on a cold
+        # page cache CRIU's exec read its 6 MB while the restore waited)
         self.platform = WorkingSet(())
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False

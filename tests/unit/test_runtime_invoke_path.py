@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from snapfaas.runtime import bootstrap
+from snapfaas.runtime import bootstrap, protocol
 from snapfaas.runtime.faults import Fault
 
 RESULTS: list[Any] = [
@@ -68,9 +68,20 @@ def test_rehearsal_leaves_the_environment_and_the_channel_alone(monkeypatch: pyt
     assert out.getvalue() == b"" and log.getvalue() == ""
 
 
+def test_the_rehearsal_reads_a_restore_frame_and_an_invoke_frame() -> None:
+    """The frames the rehearsal reads from memory are well-formed frames of the kinds a
+    restored copy reads first (so it runs the same decoding code)."""
+    frames = io.BufferedReader(io.BytesIO(bootstrap.REHEARSAL_FRAMES))
+    kinds = []
+    while (frame := protocol.read_frame(frames)) is not None:
+        kinds.append(frame[0]["t"])
+        assert isinstance(protocol.decode_json(frame[1]), dict)
+    assert kinds == ["restore", "invoke"]
+
+
 PRIORITY_PROBE = """
 import os
-from snapfaas.runtime import bootstrap
+from snapfaas.runtime import bootstrap, protocol
 start = os.getpriority(os.PRIO_PROCESS, 0)
 bootstrap.lower_priority()
 lowered = os.getpriority(os.PRIO_PROCESS, 0)

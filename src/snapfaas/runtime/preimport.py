@@ -142,10 +142,6 @@ class _CompiledFinder:
                 realign()  # nor the version tags of the dicts it changes
                 return loaded
 
-            def exec_module(self, module: Any) -> None:
-                super().exec_module(module)
-                realign()  # importlib's own bookkeeping after the body: tags independent of the body
-
         return importlib.util.spec_from_file_location(name, self.path, loader=CompiledLoader(name, self.path))
 
 

@@ -463,7 +463,7 @@ def snap_start_barrier(channel: Channel, clock: PhaseClock | None = None) -> Non
     for key, value in (protocol.decode_json(payload) if payload else {}).items():
         if value is None:
             os.environ.pop(key, None)
-        else:
+        elif os.environ.get(key) != value:  # the same in every copy (the endpoint URI): kept, not rewritten
             os.environ[key] = value
     if clock is not None:
         clock.mark("credentials")

@@ -35,7 +35,6 @@ import struct
 
 INET = (socket.AF_INET, socket.AF_INET6)
 MODES = ("closed", "reset", "blackhole")
-DIR_BUFFER = 32 << 10  # glibc's opendir buffer for a directory of a file system with small blocks (procfs)
 SETTLE_MS = 2000  # longest wait for the loopback peer's FIN/RST to arrive (immediate in practice)
 _held: list[socket.socket] = []  # far ends of blackholed connections: alive and unread forever
 
@@ -78,22 +77,11 @@ def _kill_connection(fd: int) -> None:
     _replace(fd, mine)
 
 
-def scrub_listing() -> None:
-    """Clear what a directory listing just left in freed heap memory: glibc's DIR buffer of
-    ``/proc/self/fd`` held the entries' procfs inode numbers, different in every init, and
-    stayed in the snapshot (one 512 KiB window new in every version). A zeroed allocation of
-    the buffer's size takes the freed chunk (or the top of the heap it went back to) and clears
-    it; it is freed again at once."""
-    bytes(DIR_BUFFER)
-
-
 def sweep() -> Sweep:
     """Break connected TCP sockets in place (dead placeholders) and list the inet sockets the
     snapshot keeps (UDP, listening or unconnected TCP). Unix sockets are CRIU's business."""
     found = Sweep()
-    names = os.listdir("/proc/self/fd")
-    scrub_listing()
-    for name in sorted(names, key=int):
+    for name in sorted(os.listdir("/proc/self/fd"), key=int):
         fd = int(name)
         try:
             if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):

@@ -101,7 +101,7 @@ def test_an_entry_spanning_lines_reads_back_as_one(tmp_path: Path) -> None:
 
 def test_lines_are_written_in_one_batch_and_readers_do_not_wait_for_the_batch_delay(tmp_path: Path,
                                                                                    monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    store = LogStore(tmp_path, quiet_s=3600, max_delay_s=3600)  # the writer would batch for an hour
+    store = LogStore(tmp_path, max_delay_s=3600)  # the writer would batch for an hour
     writes: list[int] = []
     real = store._append_file
     monkeypatch.setattr(store, "_append_file", lambda function, lines: (writes.append(len(lines)), real(function, lines)))
@@ -114,7 +114,7 @@ def test_lines_are_written_in_one_batch_and_readers_do_not_wait_for_the_batch_de
 
 
 def test_followers_get_every_line_and_close_writes_what_is_queued(tmp_path: Path) -> None:
-    store = LogStore(tmp_path, quiet_s=3600, max_delay_s=3600)
+    store = LogStore(tmp_path, max_delay_s=3600)
     got: list[str] = []
     ended = threading.Event()
     _, stop = store.follow("f", lambda lines: got.extend(lines) if lines is not None else ended.set())
@@ -125,6 +125,29 @@ def test_followers_get_every_line_and_close_writes_what_is_queued(tmp_path: Path
     assert [line.split("\t")[2] for line in got] == [f"line {i}" for i in range(5)]
     assert len(store.path("f").read_text().splitlines()) == 5
     stop()
+
+
+def test_lines_queued_while_the_writer_lingers_or_idles_are_all_written_in_order(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, max_delay_s=0.01)
+    got: list[str] = []
+    arrived = threading.Condition()
+
+    def deliver(lines: list[str] | None) -> None:
+        with arrived:
+            got.extend(lines or [])
+            arrived.notify_all()
+    _, stop = store.follow("f", deliver)
+    expected: list[str] = []
+    for round_ in range(4):  # each round lands after a write: in the writer's linger, or once it idles
+        for i in range(3):
+            expected.append(f"r{round_} {i}")
+            store.append("f", "s", [expected[-1] + "\n"])
+        with arrived:
+            assert arrived.wait_for(lambda: len(got) == len(expected), 30), "the writer wrote without a reader asking"
+    assert [line.split("\t")[2] for line in got] == expected
+    stop()
+    store.close()
+    assert [line.split("\t")[2] for line in store.read("f")] == expected
 
 
 def test_utc_stamp_format() -> None:

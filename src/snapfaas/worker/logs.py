@@ -12,10 +12,12 @@ The log stream is ``YYYY/MM/DD/[<version>]<environment id>`` as on Lambda.
 Bounds: a file is rotated to ``<function>.log.1`` (replacing the previous generation) before
 it would grow past `max_bytes`, so a function's log takes at most twice that on disk.
 Writes leave the caller's thread (the event loop): `append` queues the lines for one writer
-thread, which writes in batches: once lines are queued it waits until appends have been quiet
-for `quiet_s` (10 ms) or the oldest queued line has waited `max_delay_s` (50 ms), whichever
-comes first, then writes everything queued in one go (one file write per function, one
-thread wake-up per batch instead of per line). So a SIGKILL of the daemon (or a power cut)
+thread, which writes in batches on one timer per batch: woken by the first line queued while
+it is idle, it waits until that line has waited `max_delay_s` (50 ms) and writes everything
+queued in one go (one file write per function); then it lingers for `max_delay_s` (appends do
+not wake it then) and writes what came meanwhile, until a linger ends with nothing queued and
+it goes idle again. Under a steady stream of lines that is one thread wake-up per 50 ms,
+whatever the rate (appends never re-arm a timer). So a SIGKILL of the daemon (or a power cut)
 loses at most the last ~50 ms of log lines; a clean shutdown (`close`) writes everything.
 `read`, `follow` and `delete` do not wait for the batch delay (they ask for an immediate
 write). The queue holds at most `queue_bytes` (a function flooding stderr cannot make the
@@ -43,8 +45,7 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
 FLUSH_WAIT_S = 30.0  # a reader waits at most this long for the writer (a stuck disk must not hang it forever)
 LINE_OVERHEAD = 64  # bytes counted per queued line beyond its message (timestamp, stream, tabs)
-QUIET_S = 0.010  # the writer writes once appends have paused this long...
-MAX_DELAY_S = 0.050  # ...or once the oldest queued line has waited this long
+MAX_DELAY_S = 0.050  # a queued line waits at most this long for the writer (and a SIGKILL loses at most this)
 
 
 _second: tuple[int, str] = (-1, "")  # (epoch second, its "YYYY-MM-DDTHH:MM:SS." text): one strftime per second
@@ -73,11 +74,10 @@ class _Batch:
 
 class LogStore:
     def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, queue_bytes: int = DEFAULT_QUEUE_BYTES,
-                 quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S) -> None:
+                 max_delay_s: float = MAX_DELAY_S) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.queue_bytes = queue_bytes
-        self.quiet_s = quiet_s
         self.max_delay_s = max_delay_s
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # `_cond`'s lock: `append` takes it directly (Condition.__enter__ is Python code)
@@ -88,7 +88,6 @@ class LogStore:
         self._queued = 0  # batches accepted so far
         self._written = 0  # batches written (or failed) so far
         self._closed = False
-        self._last_append = 0.0  # monotonic time of the last queued batch
         self._oldest = 0.0  # monotonic time the oldest queued batch was queued
         self._idle = True  # the writer waits for a first line (only then does `append` wake it)
         self._urgent = False  # a reader waits: write what is queued now, without the batch delay
@@ -117,9 +116,8 @@ class LogStore:
                 count, _ = self._dropped.get(function, (0, stream))
                 self._dropped[function] = (count + len(lines), stream)
                 return
-            self._last_append = time.monotonic()
             if not self._pending:
-                self._oldest = self._last_append
+                self._oldest = time.monotonic()
             self._pending.append(batch)
             self._pending_bytes += size
             self._queued += 1
@@ -205,12 +203,19 @@ class LogStore:
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
+        lingered = False  # the last batch was written: wait `max_delay_s` for more before going idle
         while True:
             with self._cond:
-                self._idle = True
-                self._cond.wait_for(lambda: self._pending or self._dropped or self._closed)
-                self._idle = False
-                self._wait_batch()
+                if lingered:
+                    self._linger()
+                if not (self._pending or self._dropped or self._closed):
+                    self._urgent = False  # a reader that asked meanwhile was served by the last write
+                    self._idle = True
+                    self._cond.wait_for(lambda: self._pending or self._dropped or self._closed)
+                    self._idle = False
+                    lingered = False
+                if not lingered:  # the first lines since the writer started or idled: one timer
+                    self._wait_batch()
                 self._urgent = False
                 if not self._pending and not self._dropped:  # closed and drained
                     self._writer = None
@@ -230,14 +235,26 @@ class LogStore:
             with self._cond:
                 self._written = upto
                 self._cond.notify_all()
+            lingered = True
 
     def _wait_batch(self) -> None:
-        """With `_cond` held and lines queued: wait until appends were quiet for `quiet_s` or
-        `max_delay_s` passed since the oldest queued line was queued, unless the store closes
-        or a reader asks for a write."""
+        """With `_cond` held and lines queued: wait until the oldest queued line has waited
+        `max_delay_s` (one timer: appends meanwhile do not wake the writer), unless the store
+        closes or a reader asks for a write."""
+        due = self._oldest + self.max_delay_s
         while not (self._closed or self._urgent):
             now = time.monotonic()
-            due = min(self._last_append + self.quiet_s, self._oldest + self.max_delay_s)
+            if now >= due:
+                return
+            self._cond.wait(due - now)
+
+    def _linger(self) -> None:
+        """With `_cond` held, right after a write: wait `max_delay_s` (not idle, so appends do
+        not wake the writer), unless the store closes or a reader asks for a write. A line
+        queued meanwhile was queued after the write, so it waits at most `max_delay_s`."""
+        due = time.monotonic() + self.max_delay_s
+        while not (self._closed or self._urgent):
+            now = time.monotonic()
             if now >= due:
                 return
             self._cond.wait(due - now)

@@ -108,7 +108,9 @@ def test_density_of_held_restored_environments(blink_server: ServerHandle, netpe
             raise
         return finish
 
-    result = density.measure(state_dir, cpu.settled(pid, state_dir), start, 3, resume_timeout=120)
+    # the handlers hold at a gate (a socket wait, not the bench function's sleep) and `start`
+    # returns once all of them arrived there: resumed is enough
+    result = density.measure(state_dir, cpu.settled(pid, state_dir), start, 3, resume_timeout=120, held=density.resumed)
     one, three = result["1"], result["3"]
     assert one["environments"] == 1 and three["environments"] == 3
     assert one["processes"] >= 1 and three["processes"] >= 3
@@ -118,8 +120,8 @@ def test_density_of_held_restored_environments(blink_server: ServerHandle, netpe
         assert figures["cgroup_bytes"] > 0, figures
         pages = figures["footprint_bytes"] - figures["kernel_bytes"]  # distinct resident pages: each counted once
         assert figures["kernel_bytes"] > 0 and figures["pss_bytes"] <= pages <= figures["rss_bytes"], figures
-        per = figures["per_environment"]  # every environment has an init and a runtime with private pages
-        assert per["init_private_bytes"] > 0 and per["runtime_private_bytes"] > 0, figures
+        per = figures["per_environment"]  # every runtime has private pages; the native pid 1 next to none
+        assert 0 <= per["init_private_bytes"] < per["runtime_private_bytes"], figures
         # the kernel memory by kind: the runtime's page tables and its threads' kernel stacks at least
         assert per["page_tables_bytes"] > 0 and per["kernel_stack_bytes"] > 0, figures
         assert per["page_tables_bytes"] + per["kernel_stack_bytes"] + per["slab_bytes"] <= per["kernel_bytes"] * 1.05, figures

@@ -361,19 +361,21 @@ def holding(state_dir: Path, count: int) -> Callable[[], bool]:
 
 
 def measure(state_dir: Path, settled: Callable[[], bool], start: Callable[[int], Callable[[], None]], count: int,
-            resume_timeout: float = 60.0) -> dict[str, Any]:
+            resume_timeout: float = 60.0,
+            held: Callable[[Path, int], Callable[[], bool]] = holding) -> dict[str, Any]:
     """One environment, then `count` at once: for each, wait until the daemon is `settled`, read
     MemAvailable, `start(n)` n concurrent invokes that hold their environments (it returns a
-    `finish` that lets them end and checks them), wait until n environments are `holding`
-    (resumed, their handlers asleep), read `snapshot`, then `finish()`. Returns {"1": ...,
-    "<count>": ..., "ratios": ...}."""
+    `finish` that lets them end and checks them), wait until n environments are `held` (by
+    default `holding`: resumed, their handlers asleep; a caller whose `start` already waits for
+    its handlers to arrive at a hold that is no sleep passes `resumed`), read `snapshot`, then
+    `finish()`. Returns {"1": ..., "<count>": ..., "ratios": ...}."""
     out: dict[str, Any] = {}
     for n in (1, count):
         wait_for(settled, 120, "the daemon's environments to be torn down")
         before = mem_available()
         finish = start(n)
         try:
-            wait_for(holding(state_dir, n), resume_timeout, f"{n} restored environments to resume and hold in their handlers")
+            wait_for(held(state_dir, n), resume_timeout, f"{n} restored environments to resume and hold in their handlers")
             out[str(n)] = snapshot(state_dir, before)
         finally:
             finish()

@@ -221,8 +221,10 @@ def barrier() -> Barrier | None:
     drain(done, lists, sources)
     del sources
     text = read_stats()  # again: draining took blocks of the classes those objects are in
-    counts = free_blocks(text) if text is not None else None
-    pool_fillers, pool_slots = pool_fill(unused_pools(text)) if text is not None else (0, 0)
+    if text is None:
+        return None
+    counts = free_blocks(text)
+    pool_fillers, pool_slots = pool_fill(unused_pools(text))
     del text
     if counts is None:
         return None

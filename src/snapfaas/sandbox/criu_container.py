@@ -361,6 +361,7 @@ class CriuContainer(Container):
                 start_new_session=True, umask=RUNC_UMASK, env={**os.environ, **environ},
             )
             timeline.mark("criu spawned")
+            move_criu = timeline.carried(functools.partial(attach_v1, self.cgroup, self._criu.pid))
             if self._cgroup_made is not None:
                 step = "cgroup"
                 await asyncio.shield(self._cgroup_made)  # raises what making it raised
@@ -368,8 +369,7 @@ class CriuContainer(Container):
                 # move can wait a grace period for the cgroup attach lock (10-20 ms, more under
                 # load, whenever the last move or priming is older than one; on a cold host the
                 # host preparation alone outlasts it), so it no longer waits after them
-                moved = loop.run_in_executor(None, timeline.carried(
-                    functools.partial(attach_v1, self.cgroup, self._criu.pid)))
+                moved = loop.run_in_executor(None, move_criu)
             step = "record, cgroup and config.json"
             await asyncio.shield(cgroup_made)
             if self._cgroup_made is not None and self._cgroup_limits != limits_of(self.config):
@@ -378,7 +378,7 @@ class CriuContainer(Container):
             timeline.mark("host prepared (awaited)")
             step = "move criu into the cgroup"
             if moved is None:
-                moved = loop.run_in_executor(None, functools.partial(attach_v1, self.cgroup, self._criu.pid))
+                moved = loop.run_in_executor(None, move_criu)
             await asyncio.shield(moved)
             timeline.mark("criu moved into the cgroup")
             request = restore_request(self.config, images_fd, work_fd, root, pipe_keys, netns_fd)

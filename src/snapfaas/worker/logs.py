@@ -239,20 +239,18 @@ class LogStore:
 
     def _wait_batch(self) -> None:
         """With `_cond` held and lines queued: wait until the oldest queued line has waited
-        `max_delay_s` (one timer: appends meanwhile do not wake the writer), unless the store
-        closes or a reader asks for a write."""
-        due = self._oldest + self.max_delay_s
-        while not (self._closed or self._urgent):
-            now = time.monotonic()
-            if now >= due:
-                return
-            self._cond.wait(due - now)
+        `max_delay_s` (one timer: appends meanwhile do not wake the writer)."""
+        self._wait_until(self._oldest + self.max_delay_s)
 
     def _linger(self) -> None:
         """With `_cond` held, right after a write: wait `max_delay_s` (not idle, so appends do
-        not wake the writer), unless the store closes or a reader asks for a write. A line
-        queued meanwhile was queued after the write, so it waits at most `max_delay_s`."""
-        due = time.monotonic() + self.max_delay_s
+        not wake the writer). A line queued meanwhile was queued after the write, so it waits
+        at most `max_delay_s`."""
+        self._wait_until(time.monotonic() + self.max_delay_s)
+
+    def _wait_until(self, due: float) -> None:
+        """With `_cond` held: wait until monotonic time `due`, unless the store closes or a
+        reader asks for a write."""
         while not (self._closed or self._urgent):
             now = time.monotonic()
             if now >= due:
